@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Start, stop or inspect a private containerd instance (never the system's): its own root, state, gRPC and
+# NRI sockets, NRI plugin dirs, runc root, TMPDIR and cgroup parent; CRI with cgroupfs, the local pause image
+# as sandbox image, host-network pods (no CNI). Everything lives in $GPUCR_TEST_ROOT/ctrd-<version>[-<name>].
+#
+# Usage: install/containerd.sh start VERSION    (1.7 | 2.1 | 1.7.24 | 2.1.9); prints the instance's info.json path
+#        install/containerd.sh stop VERSION     kills containers, shims and containerd; unmounts; removes cgroups and dirs
+#        install/containerd.sh status VERSION
+# Environment: GPUCR_INSTANCE=name  runs a second instance of the same version beside the first.
+#              GPUCR_CRIU_DIR=dir   a directory put first on containerd's PATH (where runc finds `criu`).
+#              GPUCR_CONTAINERD_LOG_LEVEL (default debug).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=install/lib.sh
+. "$here/lib.sh"
+
+instance_vars() {
+    VER=$(containerd_version "$1")
+    NAME=ctrd-$VER${GPUCR_INSTANCE:+-$GPUCR_INSTANCE}
+    DIR=$GPUCR_TEST_ROOT/$NAME
+    PREFIX=$(containerd_prefix "$VER")
+    SOCK=$DIR/containerd.sock
+    NRI_SOCK=$DIR/nri/nri.sock
+    CGROUP_PARENT=gpucr-test-$VER${GPUCR_INSTANCE:+-$GPUCR_INSTANCE}
+    CTR=$PREFIX/usr/bin/ctr
+    PIDFILE=$DIR/containerd.pid
+    LOG=$DIR/containerd.log
+}
+
+write_config() {
+    local major=${VER%%.*} lvl=${GPUCR_CONTAINERD_LOG_LEVEL:-debug}
+    if [ "$major" = 1 ]; then
+        cat > "$DIR/config.toml" <<TOML
+version = 2
+root = "$DIR/root"
+state = "$DIR/state"
+temp = "$DIR/tmp"
+[grpc]
+  address = "$SOCK"
+[debug]
+  level = "$lvl"
+[plugins]
+  [plugins."io.containerd.nri.v1.nri"]
+    disable = false
+    disable_connections = false
+    socket_path = "$NRI_SOCK"
+    plugin_path = "$DIR/nri/plugins"
+    plugin_config_path = "$DIR/nri/conf.d"
+    plugin_registration_timeout = "5s"
+    plugin_request_timeout = "2s"
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "$DIR/opt"
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "localhost/gpucr-pause:test"
+    restrict_oom_score_adj = true
+    enable_cdi = true
+    cdi_spec_dirs = ["$DIR/cdi"]
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = "overlayfs"
+      default_runtime_name = "runc"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+          BinaryName = "$(command -v runc)"
+          Root = "$DIR/runc"
+          SystemdCgroup = false
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "$DIR/cni/bin"
+      conf_dir = "$DIR/cni/net.d"
+TOML
+    else
+        cat > "$DIR/config.toml" <<TOML
+version = 3
+root = "$DIR/root"
+state = "$DIR/state"
+temp = "$DIR/tmp"
+[grpc]
+  address = "$SOCK"
+[debug]
+  level = "$lvl"
+[plugins]
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = false
+    disable_connections = false
+    socket_path = "$NRI_SOCK"
+    plugin_path = "$DIR/nri/plugins"
+    plugin_config_path = "$DIR/nri/conf.d"
+    plugin_registration_timeout = "5s"
+    plugin_request_timeout = "2s"
+  [plugins.'io.containerd.internal.v1.opt']
+    path = "$DIR/opt"
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "overlayfs"
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = "localhost/gpucr-pause:test"
+  [plugins.'io.containerd.cri.v1.runtime']
+    restrict_oom_score_adj = true
+    enable_cdi = true
+    cdi_spec_dirs = ["$DIR/cdi"]
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = "runc"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          BinaryName = "$(command -v runc)"
+          Root = "$DIR/runc"
+          SystemdCgroup = false
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["$DIR/cni/bin"]
+      conf_dir = "$DIR/cni/net.d"
+TOML
+    fi
+}
+
+write_info() {
+    cat > "$DIR/info.json" <<JSON
+{"version": "$VER", "name": "$NAME", "dir": "$DIR", "address": "$SOCK", "nri_socket": "$NRI_SOCK",
+ "nri_plugin_dir": "$DIR/nri/plugins", "nri_conf_dir": "$DIR/nri/conf.d", "ctr": "$CTR",
+ "runc_root": "$DIR/runc", "state_dir": "$DIR/state", "root_dir": "$DIR/root", "log": "$LOG",
+ "cgroup_parent": "/$CGROUP_PARENT", "bin_dir": "$BIN", "pid": $(cat "$PIDFILE"),
+ "busybox_image": "localhost/gpucr-busybox:test", "pause_image": "localhost/gpucr-pause:test"}
+JSON
+    # a shell-friendly copy for people: . info.env; ctr t ls
+    cat > "$DIR/info.env" <<ENV
+export CONTAINERD_ADDRESS=$SOCK CONTAINERD_NAMESPACE=k8s.io PATH=${GPUCR_CRIU_DIR:+$GPUCR_CRIU_DIR:}$BIN:$PREFIX/usr/bin:\$PATH
+ENV
+}
+
+running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+
+start() {
+    need_root start
+    instance_vars "$1"
+    [ -x "$PREFIX/usr/bin/containerd" ] || die "containerd $VER is not installed: run install/deps.sh first"
+    [ -x "$BIN/criu" ] || die "criu is not installed: run install/deps.sh first"
+    if running; then
+        say "containerd $VER already running (pid $(cat "$PIDFILE"), $SOCK)"
+        write_info; echo "$DIR/info.json"; return 0
+    fi
+    stop_instance quiet
+    mkdir -p "$DIR"/{root,state,tmp,opt,nri/plugins,nri/conf.d,runc,cni/bin,cni/net.d,cdi}
+    chmod 0700 "$DIR"
+    write_config
+    [ -e /run/containerd ] || { mkdir -p /run/containerd; touch "$GPUCR_TEST_ROOT/.created-run-containerd"; }
+    # containerd -> shim -> runc -> criu all resolve through this PATH; TMPDIR catches ctr restore's leaks.
+    local path=${GPUCR_CRIU_DIR:+$GPUCR_CRIU_DIR:}$BIN:$PREFIX/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    env -i PATH="$path" TMPDIR="$DIR/tmp" HOME=/root setsid "$PREFIX/usr/bin/containerd" --config "$DIR/config.toml" \
+        >"$LOG" 2>&1 </dev/null &
+    echo $! > "$PIDFILE"
+    local i
+    for i in $(seq 100); do
+        if ! running; then
+            say "containerd $VER exited during start-up; last lines of $LOG:"; tail -n 25 "$LOG" >&2
+            stop_instance quiet; exit 1
+        fi
+        [ -S "$SOCK" ] && "$CTR" --address "$SOCK" version >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    if ! "$CTR" --address "$SOCK" version >/dev/null 2>&1; then
+        say "containerd $VER did not answer on $SOCK within 10 s; last lines of $LOG:"; tail -n 25 "$LOG" >&2
+        stop_instance quiet; exit 1
+    fi
+    "$here/images.sh" import "$CTR" "$SOCK" || { tail -n 25 "$LOG" >&2; stop_instance quiet; exit 1; }
+    write_info
+    say "containerd $VER running (pid $(cat "$PIDFILE")), socket $SOCK, NRI socket $NRI_SOCK"
+    echo "$DIR/info.json"
+}
+
+# Kill every process whose command line names this instance (shims carry -address SOCK, plugins its dir).
+kill_instance_procs() {
+    local p
+    for p in $(pgrep -f -- "$DIR/" || true); do
+        [ "$p" = $$ ] || kill -KILL "$p" 2>/dev/null || true
+    done
+}
+
+stop_instance() {
+    local quiet=${1:-}
+    if [ -S "$SOCK" ] && running; then
+        local ns t
+        for ns in $("$CTR" --address "$SOCK" ns ls -q 2>/dev/null); do
+            for t in $("$CTR" --address "$SOCK" -n "$ns" t ls -q 2>/dev/null); do
+                "$CTR" --address "$SOCK" -n "$ns" t kill -a -s KILL "$t" >/dev/null 2>&1 || true
+            done
+        done
+    fi
+    if [ -f "$PIDFILE" ]; then
+        local p; p=$(cat "$PIDFILE")
+        kill -TERM "$p" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    fi
+    # containers (runc init and the workloads) live in the instance's cgroup parent: kill them there
+    local cg
+    for cg in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/unified/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
+        [ -d "$cg" ] || continue
+        [ -f "$cg/freezer.state" ] && find "$cg" -name freezer.state -exec sh -c 'echo THAWED > "$1"' _ {} \; 2>/dev/null || true
+        [ -f "$cg/cgroup.freeze" ] && find "$cg" -name cgroup.freeze -exec sh -c 'echo 0 > "$1"' _ {} \; 2>/dev/null || true
+        find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    done
+    kill_instance_procs
+    sleep 0.2
+    if [ -d "$DIR" ]; then
+        { findmnt -rn -o TARGET | grep -F "$DIR/" || true; } | sort -r | while read -r m; do
+            umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+        done
+    fi
+    for cg in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/unified/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
+        [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    done
+    rm -rf "$DIR"
+    rm -f /run/criu.kdat.tmp
+    # /run/containerd only if these scripts created it and no other gpucr instance still runs
+    if [ -f "$GPUCR_TEST_ROOT/.created-run-containerd" ] && ! ls "$GPUCR_TEST_ROOT"/ctrd-*/containerd.pid >/dev/null 2>&1; then
+        rm -rf /run/containerd; rm -f "$GPUCR_TEST_ROOT/.created-run-containerd"
+    fi
+    [ -n "$quiet" ] || say "containerd $VER stopped and cleaned up ($DIR removed)"
+}
+
+stop() { need_root stop; instance_vars "$1"; stop_instance; }
+
+status() {
+    instance_vars "$1"
+    if running; then say "containerd $VER running (pid $(cat "$PIDFILE")), socket $SOCK"; cat "$DIR/info.json"
+    else say "containerd $VER not running"; return 3; fi
+}
+
+[ $# -ge 2 ] || die "usage: $0 start|stop|status VERSION"
+case "$1" in
+    start) start "$2" ;;
+    stop) stop "$2" ;;
+    status) status "$2" ;;
+    *) die "usage: $0 start|stop|status VERSION" ;;
+esac

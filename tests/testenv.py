@@ -1,0 +1,126 @@
+"""The real test environment: a private containerd (1.7.24 or 2.1.9) with NRI, runc and CRIU, driven through
+``install/containerd.sh`` (the same scripts ``make demo`` uses). Nothing here mocks a component.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nri_plugin.cri import CriClient, container_config, pod_config
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL = REPO / "install"
+TEST_ROOT = Path(os.environ.get("GPUCR_TEST_ROOT", "/var/lib/gpucr-test"))
+
+
+def deps_problem() -> str | None:
+    """None when install/deps.sh finds everything, else its complaint (tests then fail loudly, never skip)."""
+    if os.geteuid() != 0:
+        return "integration tests need root (they start containerd, runc and CRIU): run `sudo make test`"
+    r = subprocess.run(["bash", str(INSTALL / "deps.sh"), "check"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"test dependencies missing; run `make test` (it runs install/deps.sh):\n{r.stderr.strip()}"
+    return None
+
+
+@dataclass
+class Containerd:
+    """A running private containerd instance (from its info.json)."""
+
+    info: dict[str, Any]
+    version: str = field(init=False)
+    address: str = field(init=False)
+    nri_socket: str = field(init=False)
+    cgroup_parent: str = field(init=False)
+    image: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.version = self.info["version"]
+        self.address = self.info["address"]
+        self.nri_socket = self.info["nri_socket"]
+        self.cgroup_parent = self.info["cgroup_parent"]
+        self.image = self.info["busybox_image"]
+
+    @property
+    def major_minor(self) -> tuple[int, int]:
+        a, b, *_ = self.version.split(".")
+        return int(a), int(b)
+
+    def cri(self, timeout_s: float = 60.0) -> CriClient:
+        return CriClient(self.address, timeout_s=timeout_s)
+
+    def ctr(self, *args: str, namespace: str = "default", check: bool = True, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run this instance's own ``ctr`` against its socket; raises with ctr's stderr on failure."""
+        cmd = [self.info["ctr"], "--address", self.address, "-n", namespace, *args]
+        full_env = {**os.environ, "PATH": f"{self.info['bin_dir']}:{os.environ.get('PATH', '')}", **(env or {})}
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}\n"
+                                 f"containerd log tail:\n{self.log_tail()}")
+        return r
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(Path(self.info["log"]).read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+    @contextlib.contextmanager
+    def pod(self, name: str | None = None, **kw: Any) -> Iterator[tuple[CriClient, str, Any]]:
+        """A CRI pod sandbox (host network, this instance's cgroup parent), removed afterwards."""
+        name = name or f"p-{uuid.uuid4().hex[:8]}"
+        cfg = pod_config(name, cgroup_parent=self.cgroup_parent, **kw)
+        with self.cri() as c:
+            pod_id = c.run_pod_sandbox(cfg)
+            try:
+                yield c, pod_id, cfg
+            finally:
+                for ct in c.list_containers(pod_id):
+                    with contextlib.suppress(Exception):
+                        c.stop_container(ct.id, 0)
+                    with contextlib.suppress(Exception):
+                        c.remove_container(ct.id)
+                with contextlib.suppress(Exception):
+                    c.stop_pod_sandbox(pod_id)
+                with contextlib.suppress(Exception):
+                    c.remove_pod_sandbox(pod_id)
+
+    def run_container(self, client: CriClient, pod_id: str, pod_cfg: Any, name: str, command: Sequence[str],
+                      **kw: Any) -> str:
+        cid = client.create_container(pod_id, container_config(name, self.image, command=command, **kw), pod_cfg)
+        client.start_container(cid)
+        return cid
+
+
+def start(version: str) -> Containerd:
+    r = subprocess.run(["bash", str(INSTALL / "containerd.sh"), "start", version], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"install/containerd.sh start {version} failed:\n{r.stderr}")
+    info_path = r.stdout.strip().splitlines()[-1]
+    return Containerd(json.loads(Path(info_path).read_text()))
+
+
+def stop(version: str) -> None:
+    subprocess.run(["bash", str(INSTALL / "containerd.sh"), "stop", version], capture_output=True, text=True)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1, what: str = "condition") -> Any:
+    """Poll ``pred`` until it returns a truthy value; AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
