@@ -9,6 +9,7 @@
 # Environment: GPUCR_INSTANCE=name  runs a second instance of the same version beside the first.
 #              GPUCR_CRIU_DIR=dir   a directory put first on containerd's PATH (where runc finds `criu`).
 #              GPUCR_CONTAINERD_LOG_LEVEL (default debug).
+#              GPUCR_CONTAINERD_EXTRA_CONFIG=file  TOML appended to the generated config (same schema version).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=install/lib.sh
@@ -109,6 +110,10 @@ temp = "$DIR/tmp"
       bin_dirs = ["$DIR/cni/bin"]
       conf_dir = "$DIR/cni/net.d"
 TOML
+    fi
+    if [ -n "${GPUCR_CONTAINERD_EXTRA_CONFIG:-}" ]; then
+        [ -r "$GPUCR_CONTAINERD_EXTRA_CONFIG" ] || die "GPUCR_CONTAINERD_EXTRA_CONFIG=$GPUCR_CONTAINERD_EXTRA_CONFIG is not readable"
+        cat "$GPUCR_CONTAINERD_EXTRA_CONFIG" >> "$DIR/config.toml"
     fi
 }
 

@@ -34,7 +34,7 @@ check() {
 
 net_check() {
     # One clear line when the package registry cannot be reached (apt would otherwise print pages).
-    if ! timeout 20 apt-get update -qq >/dev/null 2>"$GPUCR_TEST_ROOT/apt-update.err"; then
+    if ! timeout 60 apt-get update -qq --error-on=any >/dev/null 2>"$GPUCR_TEST_ROOT/apt-update.err"; then
         die "no network to the Debian package registry (apt-get update failed: $(tail -1 "$GPUCR_TEST_ROOT/apt-update.err"))"
     fi
 }
@@ -61,7 +61,7 @@ install() {
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main
 LIST
-    apt_private update -qq >/dev/null 2>&1 || die "private apt update (trixie, sid) failed: no network to the Debian package registry?"
+    apt_private update -qq --error-on=any >/dev/null 2>&1 || die "private apt update (trixie, sid) failed: no network to the Debian package registry?"
     local debs=$GPUCR_TEST_ROOT/debs v full
     rm -f "$debs"/*.deb
     for v in "${CONTAINERD_VERSIONS[@]}"; do

@@ -24,13 +24,14 @@ need_root() {
 }
 
 # Echo 12 or 13; anything else stops set-up with one clear line.
+DEBIAN_VERSION_FILE=${GPUCR_DEBIAN_VERSION_FILE:-/etc/debian_version}
 debian_major() {
-    [ -r /etc/debian_version ] || die "unsupported distribution: /etc/debian_version is missing (Debian 12 or 13 required)"
-    local v; v=$(cut -d. -f1 /etc/debian_version)
+    [ -r "$DEBIAN_VERSION_FILE" ] || die "unsupported distribution: $DEBIAN_VERSION_FILE is missing (Debian 12 or 13 required)"
+    local v; v=$(cut -d. -f1 "$DEBIAN_VERSION_FILE")
     case "$v" in
         12|13) echo "$v" ;;
         trixie*) echo 13 ;;
-        *) die "unsupported distribution: Debian '$(cat /etc/debian_version)' (Debian 12 bookworm or 13 trixie required)" ;;
+        *) die "unsupported distribution: Debian '$(cat "$DEBIAN_VERSION_FILE")' (Debian 12 bookworm or 13 trixie required)" ;;
     esac
 }
 

@@ -1,0 +1,78 @@
+"""install/ scripts: a missing prerequisite stops set-up with one clear line; a failed containerd start shows its log.
+
+These run the real scripts (as root, like `make test`), in throw-away GPUCR_TEST_ROOT / GPUCR_INSTANCE settings so
+the shared installation is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.testenv import INSTALL, deps_problem
+
+pytestmark = pytest.mark.integration
+
+
+def _run(script: str, *args: str, env: dict[str, str] | None = None, user: int | None = None,
+         netns: bool = False) -> subprocess.CompletedProcess[str]:
+    cmd = ["bash", str(INSTALL / script), *args]
+    if netns:
+        cmd = ["unshare", "--net", *cmd]
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def _one_error_line(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode != 0
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+def test_not_root_is_one_clear_line(tmp_path: Path) -> None:
+    line = _one_error_line(_run("deps.sh", "install", user=65534, env={"GPUCR_TEST_ROOT": str(tmp_path / "r")}))
+    assert "must run as root" in line
+
+
+def test_unsupported_distribution_is_one_clear_line(tmp_path: Path) -> None:
+    fake = tmp_path / "debian_version"
+    fake.write_text("11.9\n")
+    r = _run("deps.sh", "install", env={"GPUCR_TEST_ROOT": str(tmp_path / "r"), "GPUCR_DEBIAN_VERSION_FILE": str(fake)})
+    line = _one_error_line(r)
+    assert "unsupported distribution" in line and "11.9" in line
+    r = _run("deps.sh", "install", env={"GPUCR_TEST_ROOT": str(tmp_path / "r"),
+                                        "GPUCR_DEBIAN_VERSION_FILE": str(tmp_path / "missing")})
+    assert "unsupported distribution" in _one_error_line(r)
+
+
+def test_no_network_is_one_clear_line(tmp_path: Path) -> None:
+    # a fresh root (nothing installed) inside a network namespace with no route to the package registry
+    r = _run("deps.sh", "install", env={"GPUCR_TEST_ROOT": str(tmp_path / "r")}, netns=True)
+    assert "no network to the Debian package registry" in _one_error_line(r)
+
+
+def test_unknown_containerd_version_is_refused() -> None:
+    line = _one_error_line(_run("containerd.sh", "start", "1.6"))
+    assert "unsupported containerd version '1.6'" in line and "1.7.24" in line
+
+
+def test_failed_containerd_start_prints_log_tail(tmp_path: Path) -> None:
+    assert deps_problem() is None, deps_problem()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[plugins\nthis is not toml\n")
+    env = {"GPUCR_INSTANCE": f"badstart{os.getpid()}", "GPUCR_CONTAINERD_EXTRA_CONFIG": str(bad)}
+    try:
+        r = _run("containerd.sh", "start", "2.1", env=env)
+        assert r.returncode != 0
+        assert "last lines of" in r.stderr and "containerd.log" in r.stderr
+        # the tail itself is there: containerd's own complaint about the config
+        assert "toml" in r.stderr.lower() or "config" in r.stderr.lower(), r.stderr
+    finally:
+        _run("containerd.sh", "stop", "2.1", env=env)
+    assert not any(p.name.startswith(f"ctrd-2.1.9-badstart") for p in Path(os.environ.get(
+        "GPUCR_TEST_ROOT", "/var/lib/gpucr-test")).iterdir())

@@ -1,0 +1,91 @@
+"""Architecture checks: lower layers never import upper ones, and each package states its public names.
+
+Layers (style.md): errors < protocol (ttrpc, mux, nri.api, cri) and engines (ckpt) < stub/policy/front < cli.
+Checked statically (AST) on every module of the package, so a violation fails CI with the offending import.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "nri_plugin"
+
+# module prefix -> prefixes it must never import
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "nri_plugin.errors": ("nri_plugin.",),
+    "nri_plugin.ttrpc": ("nri_plugin.mux", "nri_plugin.nri", "nri_plugin.ckpt", "nri_plugin.front",
+                         "nri_plugin.cli", "nri_plugin.policy", "nri_plugin.cri"),
+    "nri_plugin.mux": ("nri_plugin.nri", "nri_plugin.ckpt", "nri_plugin.front", "nri_plugin.cli",
+                       "nri_plugin.policy", "nri_plugin.cri"),
+    "nri_plugin.nri": ("nri_plugin.ckpt", "nri_plugin.front", "nri_plugin.cli", "nri_plugin.policy"),
+    "nri_plugin.cri": ("nri_plugin.ttrpc", "nri_plugin.mux", "nri_plugin.nri", "nri_plugin.ckpt",
+                       "nri_plugin.front", "nri_plugin.cli", "nri_plugin.policy"),
+    "nri_plugin.ckpt": ("nri_plugin.ttrpc", "nri_plugin.mux", "nri_plugin.nri", "nri_plugin.front",
+                        "nri_plugin.cli", "nri_plugin.policy"),
+    "nri_plugin.front": ("nri_plugin.cli", "nri_plugin.policy"),
+    "nri_plugin.policy": ("nri_plugin.cli",),
+}
+# pure (sans-I/O) modules: no event loop, sockets, ctypes or logging
+PURE_SUFFIXES = ("_frame", ".nri.api", ".criu.rpc")
+IMPURE = ("asyncio", "socket", "ctypes", "logging")
+
+
+def _modules() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(PKG.rglob("*.py")):
+        if "_pb" in path.parts:
+            continue
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out.append((".".join(parts), path))
+    return out
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found.update(f"{mod}.{a.name}" for a in node.names)
+    return found
+
+
+@pytest.mark.parametrize("name,path", _modules(), ids=[m for m, _ in _modules()])
+def test_layering(name: str, path: Path) -> None:
+    imports = _imports(name, path)
+    for prefix, banned in FORBIDDEN.items():
+        if name == prefix or name.startswith(prefix + "."):
+            bad = sorted(i for i in imports for b in banned if (i + ".").startswith(b if b.endswith(".") else b + "."))
+            assert not bad, f"{name} imports upper layer: {bad}"
+    if not name.startswith("nri_plugin.cli"):
+        assert not any(i == "nri_plugin.cli" or i.startswith("nri_plugin.cli.") for i in imports), name
+    if name.endswith(PURE_SUFFIXES) or ".api." in name + ".":
+        if ".nri.api" in name or name.endswith(PURE_SUFFIXES):
+            bad = sorted(i for i in imports if i.split(".")[0] in IMPURE)
+            assert not bad, f"pure module {name} imports {bad}"
+    if "ctypes" in {i.split(".")[0] for i in imports}:
+        assert name.endswith("ckpt.cuda._lib"), f"ctypes belongs in nri_plugin/ckpt/cuda/_lib.py only, not {name}"
+
+
+@pytest.mark.parametrize("name", [m for m, p in _modules() if p.name == "__init__.py"])
+def test_package_declares_all(name: str) -> None:
+    mod = importlib.import_module(name)
+    assert isinstance(getattr(mod, "__all__", None), list), f"{name} has no __all__ list"
+    for attr in mod.__all__:
+        assert hasattr(mod, attr), f"{name}.__all__ names {attr!r}, which it does not define"
