@@ -1,0 +1,130 @@
+"""gpucr's pod and container annotations (``gpucr.io/...``): parsing and validation.
+
+A container annotation wins over the pod's. Every key under ``gpucr.io/`` is checked: an unknown key or a bad value
+is an :class:`AnnotationError` naming the annotation and the accepted values (the caller fails the creation, or warns
+when the node says so). Pure: strings in, a frozen :class:`ContainerPolicy` out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..errors import GpucrError
+
+__all__ = ["PREFIX", "ANNOTATIONS", "AnnotationError", "ContainerPolicy", "parse_annotations"]
+
+PREFIX = "gpucr.io/"
+
+
+class AnnotationError(GpucrError):
+    """A ``gpucr.io/`` annotation is unknown or has a bad value."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in ("true", "yes", "1", "on"):
+        return True
+    if v.lower() in ("false", "no", "0", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def _enabled(v: str) -> bool:
+    if v == "enabled":
+        return True
+    if v == "disabled":
+        return False
+    raise ValueError('"enabled" or "disabled"')
+
+
+def _seconds(v: str) -> int:
+    n = int(v) if v.isdigit() else -1
+    if not 1 <= n <= 86_400:
+        raise ValueError("a whole number of seconds from 1 to 86400")
+    return n
+
+
+def _millis(v: str) -> int:
+    n = int(v) if v.isdigit() else -1
+    if not 1 <= n <= 3_600_000:
+        raise ValueError("a whole number of milliseconds from 1 to 3600000")
+    return n
+
+
+def _gpu_map(v: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in filter(None, (p.strip() for p in v.split(","))):
+        old, sep, new = item.partition("=")
+        if not sep or not old.startswith("GPU-") or not new.startswith("GPU-"):
+            raise ValueError("a comma-separated list of OLD=NEW GPU UUIDs (GPU-xxxxxxxx-...=GPU-yyyyyyyy-...)")
+        pairs.append((old, new))
+    if not pairs:
+        raise ValueError("at least one OLD=NEW GPU UUID pair")
+    return tuple(pairs)
+
+
+#: annotation (without prefix) -> (ContainerPolicy field, parser); the parser's ValueError text is "accepted values"
+ANNOTATIONS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "checkpoint": ("checkpoint", _enabled),
+    "tcp-established": ("tcp_established", _bool),
+    "file-locks": ("file_locks", _bool),
+    "ext-unix-sk": ("ext_unix_sk", _bool),
+    "force-irmap": ("force_irmap", _bool),
+    "criu-timeout": ("criu_timeout_s", _seconds),
+    "lock-timeout": ("lock_timeout_ms", _millis),
+    "gpu-map": ("gpu_map", _gpu_map),
+}
+
+
+@dataclass(frozen=True)
+class ContainerPolicy:
+    """What the annotations ask for; ``None`` means "not said" (node defaults apply)."""
+
+    checkpoint: bool | None = None
+    tcp_established: bool | None = None
+    file_locks: bool | None = None
+    ext_unix_sk: bool | None = None
+    force_irmap: bool | None = None
+    criu_timeout_s: int | None = None
+    lock_timeout_ms: int | None = None
+    gpu_map: tuple[tuple[str, str], ...] = ()
+    #: the gpucr.io/ annotations that were read, for the record
+    source: dict[str, str] = field(default_factory=dict)
+
+
+def parse_annotations(pod: Mapping[str, str], container: Mapping[str, str], *, what: str = "container",
+                      on_error: Callable[[AnnotationError], None] | None = None) -> ContainerPolicy:
+    """Merge pod then container ``gpucr.io/`` annotations into a policy.
+
+    Args:
+        what: names the container in errors ("container web in pod default/app").
+        on_error: called with each error instead of raising (the node's "warn" mode); the bad key is ignored.
+
+    Raises:
+        AnnotationError: the first unknown key or bad value, when ``on_error`` is None.
+    """
+    merged = {k: v for k, v in pod.items() if k.startswith(PREFIX)}
+    merged.update({k: v for k, v in container.items() if k.startswith(PREFIX)})
+    values: dict[str, object] = {}
+    source: dict[str, str] = {}
+    for key in sorted(merged):
+        name, raw = key[len(PREFIX):], merged[key]
+        try:
+            if name not in ANNOTATIONS:
+                raise AnnotationError(key, f"{what}: unknown annotation {key!r}; known gpucr annotations: "
+                                           f"{', '.join(PREFIX + k for k in sorted(ANNOTATIONS))}")
+            attr, parse = ANNOTATIONS[name]
+            try:
+                values[attr] = parse(raw.strip())
+            except ValueError as exc:
+                raise AnnotationError(key, f"{what}: annotation {key}={raw!r} is invalid; accepted: {exc}") from None
+            source[key] = raw
+        except AnnotationError as err:
+            if on_error is None:
+                raise
+            on_error(err)
+    return ContainerPolicy(**values, source=source)  # type: ignore[arg-type]

@@ -1,0 +1,107 @@
+"""The node's gpucr configuration (``/etc/gpucr/config.toml``): which containers are managed and where state lives.
+
+Every key has a safe default, so a node without the file behaves sensibly: only containers that opt in by annotation
+are managed, bad ``gpucr.io/`` annotations fail the container's creation, and a dump that meets CUDA state in an
+unmanaged container is still made GPU-safe (``unmanaged_cuda = "protect"``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import GpucrError
+
+__all__ = ["DEFAULT_CONFIG_PATH", "ConfigError", "NodeConfig", "load_config"]
+
+DEFAULT_CONFIG_PATH = Path("/etc/gpucr/config.toml")
+
+_CHOICES = {
+    "annotation_errors": ("fail", "warn"),
+    "unmanaged_cuda": ("protect", "ignore"),
+}
+
+
+class ConfigError(GpucrError):
+    """The node configuration is unreadable or holds a bad key or value."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Node-wide policy. Field names are the TOML keys."""
+
+    #: manage every container that looks like a GPU container (NVIDIA env, /dev/nvidia* devices, CDI names)
+    manage_gpu_containers: bool = False
+    #: a bad gpucr.io/ annotation: "fail" the creation (default) or "warn" and ignore it
+    annotation_errors: str = "fail"
+    #: a dump meeting CUDA state in a container gpucr did not manage: "protect" it anyway, or "ignore"
+    unmanaged_cuda: str = "protect"
+    #: per-container records for the CRIU front (created 0700)
+    state_dir: Path = Path("/run/gpucr")
+    #: where gpucr writes per-container CRIU configuration files
+    criu_config_dir: Path = Path("/run/gpucr/criu")
+    #: the CRIU configuration runc reads by default; merged into ours, never overridden
+    runc_criu_config: Path = Path("/etc/criu/runc.conf")
+    #: checkpoints written by the daemon must stay under this root
+    checkpoint_root: Path = Path("/var/lib/gpucr/checkpoints")
+    #: libcuda to use ("" = the system's libcuda.so.1)
+    libcuda: str = ""
+    #: CUDA lock timeout passed to the driver
+    lock_timeout_ms: int = 10_000
+    #: gpucr's own watchdog on every driver call into a process
+    driver_call_timeout_s: float = 120.0
+    #: absolute path of the hook binary injected into managed containers' OCI hooks ("" = no hooks)
+    hook_path: str = "/usr/libexec/gpucr/gpucr-hook"
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], source: str = "<config>") -> NodeConfig:
+        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        kw: dict[str, Any] = {}
+        for name, value in data.items():
+            default = getattr(cls, name)
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{source}: {name} must be true or false, not {value!r}")
+            elif isinstance(default, Path):
+                if not isinstance(value, str) or not value.startswith("/"):
+                    raise ConfigError(f"{source}: {name} must be an absolute path, not {value!r}")
+                value = Path(value)
+            elif isinstance(default, (int, float)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                    raise ConfigError(f"{source}: {name} must be a positive number, not {value!r}")
+            elif isinstance(default, str):
+                if not isinstance(value, str):
+                    raise ConfigError(f"{source}: {name} must be a string, not {value!r}")
+                if name in _CHOICES and value not in _CHOICES[name]:
+                    raise ConfigError(f"{source}: {name} = {value!r}; accepted: {', '.join(_CHOICES[name])}")
+            kw[name] = value
+        return cls(**kw)
+
+
+def load_config(path: Path | None = None) -> NodeConfig:
+    """Load the node config; a missing file at the default path means all defaults.
+
+    Raises:
+        ConfigError: the file is unreadable, not TOML, or has a bad key or value (the message names which).
+    """
+    explicit = path is not None
+    path = path or DEFAULT_CONFIG_PATH
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return NodeConfig()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return NodeConfig.from_mapping(data, str(path))

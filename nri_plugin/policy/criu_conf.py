@@ -1,0 +1,65 @@
+"""Per-container CRIU configuration files, handed to runc through the ``org.criu.config`` annotation.
+
+runc sends CRIU one configuration file per dump and restore: the container's ``org.criu.config`` annotation, or
+``/etc/criu/runc.conf`` by default. gpucr writes its own file per managed container and points the annotation at
+it, so it must *merge* what the user already had (their annotation's file, else runc.conf): the user's lines come
+first and are kept verbatim; gpucr adds only options the user did not set. Format (CRIU's ``config.c``): one option
+per line without the leading dashes, an optional value after whitespace, ``#`` comments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["CriuOption", "parse_config", "merge_config", "render_config"]
+
+#: options CRIU accepts several times (each occurrence adds); merged by exact value, not by name
+_MULTI = {"external", "inherit-fd", "ext-mount-map", "veth-pair", "cgroup-root", "irmap-scan-path", "join-ns",
+          "skip-mnt", "enable-fs", "action-script"}
+
+
+@dataclass(frozen=True)
+class CriuOption:
+    name: str
+    value: str | None = None
+    comment: str = ""
+
+    def render(self) -> str:
+        line = self.name if self.value is None else f"{self.name} {self.value}"
+        return f"{line}  # {self.comment}" if self.comment else line
+
+
+def parse_config(text: str) -> list[CriuOption]:
+    """Parse a CRIU config file. Leading dashes are tolerated (``--tcp-established``), comments dropped."""
+    out: list[CriuOption] = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, _, value = line.partition(" ")
+        out.append(CriuOption(name.lstrip("-"), value.strip() or None))
+    return out
+
+
+def merge_config(user: Sequence[CriuOption], ours: Iterable[CriuOption]) -> list[CriuOption]:
+    """The user's options, then ours that the user did not already set (same name; same name+value for multi)."""
+    names = {o.name for o in user}
+    pairs = {(o.name, o.value) for o in user}
+    merged = list(user)
+    for o in ours:
+        if o.name in _MULTI:
+            if (o.name, o.value) in pairs:
+                continue
+        elif o.name in names:
+            continue
+        merged.append(o)
+        names.add(o.name)
+        pairs.add((o.name, o.value))
+    return merged
+
+
+def render_config(options: Sequence[CriuOption], header: str) -> str:
+    lines = [f"# {ln}" if ln else "#" for ln in header.splitlines()]
+    lines += [o.render() for o in options]
+    return "\n".join(lines) + "\n"

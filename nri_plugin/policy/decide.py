@@ -1,0 +1,107 @@
+"""The checkpoint policy for one container, decided when it is created.
+
+Pure: a runtime-neutral view of the container in, a :class:`Decision` out (managed or not and why, the validated
+annotation policy, the GPUs it asked for, and the CRIU options it needs). The NRI plugin turns a decision into a spec
+adjustment and a state record; nothing here touches files or the runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .annotations import AnnotationError, ContainerPolicy, parse_annotations
+from .config import NodeConfig
+from .criu_conf import CriuOption
+from .gpu import GpuRequest, detect_gpus
+
+__all__ = ["ContainerView", "Decision", "MountView", "decide"]
+
+_PROPAGATION = {"shared", "rshared", "slave", "rslave"}
+
+
+@dataclass(frozen=True)
+class MountView:
+    destination: str
+    type: str = "bind"
+    source: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    id: str
+    name: str
+    pod_id: str = ""
+    pod_name: str = ""
+    pod_namespace: str = ""
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    env: Sequence[str] = ()
+    devices: Sequence[str] = ()
+    cdi_devices: Sequence[str] = ()
+    mounts: Sequence[MountView] = ()
+
+    def describe(self) -> str:
+        pod = f"{self.pod_namespace}/{self.pod_name}" if self.pod_name else self.pod_id[:12]
+        return f"container {self.name or self.id[:12]} in pod {pod}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    managed: bool
+    reason: str
+    policy: ContainerPolicy
+    gpu: GpuRequest
+    criu_options: tuple[CriuOption, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def decide(view: ContainerView, node: NodeConfig) -> Decision:
+    """Decide whether gpucr manages ``view`` and with which CRIU options.
+
+    Raises:
+        AnnotationError: a ``gpucr.io/`` annotation is unknown or invalid and the node config says "fail".
+    """
+    warnings: list[str] = []
+
+    def warn(err: AnnotationError) -> None:
+        warnings.append(f"{err} (ignored: annotation_errors = \"warn\")")
+
+    policy = parse_annotations(view.pod_annotations, view.annotations, what=view.describe(),
+                               on_error=warn if node.annotation_errors == "warn" else None)
+    gpu = detect_gpus(view.env, view.devices, view.cdi_devices, [m.destination for m in view.mounts])
+    if policy.checkpoint is True:
+        managed, reason = True, "annotation gpucr.io/checkpoint=enabled"
+    elif policy.checkpoint is False:
+        managed, reason = False, "annotation gpucr.io/checkpoint=disabled"
+    elif node.manage_gpu_containers and gpu.is_gpu:
+        managed, reason = True, f"node manages GPU containers ({'; '.join(gpu.reasons)})"
+    else:
+        managed = False
+        reason = ("GPU container, but the node manages only opted-in containers" if gpu.is_gpu
+                  else "not opted in (no gpucr.io/checkpoint annotation)")
+    opts = _criu_options(view, policy, gpu) if managed else ()
+    return Decision(managed, reason, policy, gpu, opts, tuple(warnings))
+
+
+def _criu_options(view: ContainerView, policy: ContainerPolicy, gpu: GpuRequest) -> tuple[CriuOption, ...]:
+    opts: list[CriuOption] = []
+    if policy.force_irmap is not False:
+        opts.append(CriuOption("force-irmap", comment="inotify watches on overlayfs have no stable file handles"))
+    opts.append(CriuOption("link-remap", comment="open files that were unlinked (Python temp files, sockets)"))
+    if policy.tcp_established:
+        opts.append(CriuOption("tcp-established", comment="gpucr.io/tcp-established"))
+    if policy.file_locks:
+        opts.append(CriuOption("file-locks", comment="gpucr.io/file-locks"))
+    if policy.ext_unix_sk:
+        opts.append(CriuOption("ext-unix-sk", comment="gpucr.io/ext-unix-sk"))
+    if policy.criu_timeout_s:
+        opts.append(CriuOption("timeout", str(policy.criu_timeout_s), comment="gpucr.io/criu-timeout"))
+    binds = [m for m in view.mounts if m.type == "bind" or "bind" in m.options or "rbind" in m.options]
+    if gpu.is_gpu or binds:
+        opts.append(CriuOption("external", "mnt[]", comment="driver and volume submounts become external mounts"))
+    if any(_PROPAGATION & set(m.options) for m in view.mounts):
+        opts.append(CriuOption("enable-external-masters", comment="slave mount propagation in the spec"))
+        opts.append(CriuOption("enable-external-sharing", comment="shared mount propagation in the spec"))
+    return tuple(opts)

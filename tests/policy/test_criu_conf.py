@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from nri_plugin.policy import CriuOption, merge_config, parse_config, render_config
+
+
+def test_parse_tolerates_dashes_comments_and_values() -> None:
+    opts = parse_config("# user\n--tcp-established\nexternal mnt[]:m  # auto\n\nghost-limit 10M\n")
+    assert opts == [CriuOption("tcp-established"), CriuOption("external", "mnt[]:m"), CriuOption("ghost-limit", "10M")]
+
+
+def test_merge_keeps_user_settings_and_adds_ours() -> None:
+    user = parse_config("timeout 30\nexternal mnt[/data]:d\n")
+    ours = [CriuOption("timeout", "600"), CriuOption("force-irmap"), CriuOption("external", "mnt[]"),
+            CriuOption("external", "mnt[/data]:d")]
+    merged = merge_config(user, ours)
+    assert merged == [CriuOption("timeout", "30"), CriuOption("external", "mnt[/data]:d"), CriuOption("force-irmap"),
+                      CriuOption("external", "mnt[]")]
+
+
+def test_render_round_trips() -> None:
+    opts = [CriuOption("force-irmap", comment="why"), CriuOption("timeout", "5")]
+    text = render_config(opts, "gpucr: container x\n\nmerged")
+    assert text.startswith("# gpucr: container x\n#\n# merged\n")
+    assert parse_config(text) == [CriuOption("force-irmap"), CriuOption("timeout", "5")]
