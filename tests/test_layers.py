@@ -24,10 +24,12 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "nri_plugin.nri": ("nri_plugin.ckpt", "nri_plugin.front", "nri_plugin.cli", "nri_plugin.policy"),
     "nri_plugin.cri": ("nri_plugin.ttrpc", "nri_plugin.mux", "nri_plugin.nri", "nri_plugin.ckpt",
                        "nri_plugin.front", "nri_plugin.cli", "nri_plugin.policy"),
+    "nri_plugin.containerd": ("nri_plugin.ttrpc", "nri_plugin.mux", "nri_plugin.nri", "nri_plugin.ckpt",
+                              "nri_plugin.front", "nri_plugin.cli", "nri_plugin.policy", "nri_plugin.cri"),
     "nri_plugin.ckpt": ("nri_plugin.ttrpc", "nri_plugin.mux", "nri_plugin.nri", "nri_plugin.front",
                         "nri_plugin.cli", "nri_plugin.policy"),
     "nri_plugin.front": ("nri_plugin.cli", "nri_plugin.policy"),
-    "nri_plugin.policy": ("nri_plugin.cli",),
+    "nri_plugin.policy": ("nri_plugin.cli", "nri_plugin.front"),
 }
 # pure (sans-I/O) modules: no event loop, sockets, ctypes or logging
 PURE_SUFFIXES = ("_frame", ".nri.api", ".criu.rpc")
