@@ -1,0 +1,81 @@
+"""What gpucr does at a managed container's OCI hooks (injected by the NRI plugin at creation).
+
+* createRuntime: the container's init now exists; record its host pid and cgroup in the state record, so the CRIU
+  front can match a dump request (a pid) to this container without asking the runtime.
+* poststop: the container is gone; remove its state record and its per-container CRIU config file.
+
+The OCI runtime passes the container state (``ociVersion``, ``id``, ``status``, ``pid``, ``bundle``,
+``annotations``) as JSON on the hook's stdin (OCI runtime-spec, "State"). Hooks must never fail a container for
+bookkeeping: errors are reported to the caller, which logs them and exits 0 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .records import RecordError, load_record, remove_record, write_record
+
+__all__ = ["HookState", "cgroup_of", "on_create_runtime", "on_poststop", "parse_state"]
+
+
+@dataclass(frozen=True)
+class HookState:
+    id: str
+    pid: int
+    status: str
+    bundle: str
+    annotations: dict[str, str]
+
+
+def parse_state(raw: str | bytes) -> HookState:
+    """Parse the OCI state JSON from the hook's stdin. Raises ValueError naming what is missing."""
+    try:
+        data: Any = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"OCI hook state on stdin is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
+        raise ValueError("OCI hook state on stdin has no container id")
+    return HookState(id=data["id"], pid=int(data.get("pid") or 0), status=str(data.get("status", "")),
+                     bundle=str(data.get("bundle", "")), annotations=dict(data.get("annotations") or {}))
+
+
+def cgroup_of(pid: int, proc: Path = Path("/proc")) -> str:
+    """The pid's cgroup path: the v1 freezer entry where there is one (runc freezes with it on hybrid hosts),
+    else the v2 (``0::``) entry."""
+    v2 = freezer = ""
+    for line in (proc / str(pid) / "cgroup").read_text().splitlines():
+        hid, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hid == "0" and controllers == "":
+            v2 = path
+        elif "freezer" in controllers.split(","):
+            freezer = path
+    return freezer or v2
+
+
+def on_create_runtime(state: HookState, state_dir: Path) -> str:
+    """Record pid and cgroup of a managed container. Returns a one-line summary for the log."""
+    rec = load_record(state_dir, state.id)
+    rec.pid = state.pid
+    try:
+        rec.cgroup = cgroup_of(state.pid)
+    except OSError as exc:
+        raise RecordError(f"container {state.id}: cannot read the cgroup of pid {state.pid}: {exc}") from exc
+    write_record(state_dir, rec)
+    return f"{rec.describe()}: pid {rec.pid}, cgroup {rec.cgroup}"
+
+
+def on_poststop(state: HookState, state_dir: Path) -> str:
+    """Forget a container: its record and gpucr's CRIU config file for it. Idempotent."""
+    conf = ""
+    try:
+        conf = load_record(state_dir, state.id).criu_config
+    except RecordError:
+        pass
+    removed = remove_record(state_dir, state.id)
+    if conf:
+        Path(conf).unlink(missing_ok=True)
+    return f"container {state.id}: record {'removed' if removed else 'already gone'}"
