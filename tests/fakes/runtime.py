@@ -32,6 +32,8 @@ class FakeRuntime:
     config: str = ""
     answer_register: bool = True
     configure_before_reply: bool = False
+    #: never answer UpdateContainers (containerd does this after a mux frame it cannot read)
+    hang_updates: bool = False
     #: state for Synchronize, and how many objects per chunk (0: one message, no ``more``)
     pods: list[pb.PodSandbox] = field(default_factory=list)
     containers: list[pb.Container] = field(default_factory=list)
@@ -109,6 +111,8 @@ class FakeRuntime:
         req = pb.UpdateContainersRequest()
         req.ParseFromString(payload)
         self.update_requests.append(req)
+        if self.hang_updates:
+            await asyncio.Event().wait()
         failed = [u for u in req.update if u.container_id.startswith("missing")]
         return pb.UpdateContainersResponse(failed=failed).SerializeToString()
 
