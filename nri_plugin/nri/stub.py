@@ -150,7 +150,8 @@ class Stub:
             try:
                 sock = await self._dial()
                 await self._session(sock)
-                self.log.warning("runtime closed the connection on %s", self.socket_path)
+                if not self._stopping:
+                    self.log.warning("runtime closed the connection on %s", self.socket_path)
             except RegistrationError as exc:
                 self.log.error("%s", exc)
             except (OSError, ConnectionClosedError, FrameError, PluginError) as exc:
@@ -208,7 +209,7 @@ class Stub:
                         f"{self.registration_timeout_s:g} s; is this an NRI socket?") from exc
                 raise RegistrationError(f"{self.full_name}: RegisterPlugin failed: {exc}") from exc
             self.registered.set()
-            self.log.info("registered with %s %s", self.runtime_name or "the runtime", self.runtime_version)
+            self.log.info("registered")
             await serving
             if mux.error is not None:
                 raise ConnectionClosedError(str(mux.error))
