@@ -108,9 +108,11 @@ def test_update_containers_request_over_4096_bytes_is_answered(containerd: Conta
         try:
             failed = t.call(t.stub.update_containers(ups), 10)
             answer = f"failed={len(failed)}"
+            print(f"UpdateContainers ({size} bytes) answered: {answer}")
         except TTRPCError as exc:
             assert exc.code != Code.DEADLINE_EXCEEDED, f"{size}-byte UpdateContainers got no answer: {exc}"
             answer = f"status {exc}"
+            print(f"UpdateContainers ({size} bytes) answered: {answer}")
         assert time.monotonic() - t0 < 5, answer
         # and the connection is still good for more calls and events
         t.call(t.stub.update_containers([container_update(cid, res)]), 10)
@@ -182,10 +184,12 @@ def test_killed_plugin_then_restarted_resynchronizes(containerd: Containerd, tmp
 
 def test_pre_registered_plugin_launched_by_containerd(pre_registered: tuple[Containerd, Path]) -> None:
     containerd, log = pre_registered
-    text = wait_for(lambda: log.exists() and "synchronized" in log.read_text() and log.read_text(),
-                    what="pre-registered plugin to register")
+    text = wait_for(lambda: log.exists() and "configured by containerd" in log.read_text() and log.read_text(),
+                    what="pre-registered plugin to register and be configured")
     assert "pre-registered" in text and "33-gpucr-pre: registered" in text
-    assert "configured by containerd" in text
+    if containerd.major_minor >= (2, 0):
+        # observed: 2.1.9 synchronizes plugins it launched; 1.7.24 only configures them (events still flow)
+        wait_for(lambda: "synchronized" in log.read_text(), what="pre-registered plugin to synchronize")
     with containerd.pod() as (c, pod_id, cfg):
         cid = containerd.run_container(c, pod_id, cfg, "pre", SLEEP)
         # the adjustment comes from conf.d/33-gpucr-pre.conf, which containerd passes in Configure
@@ -193,4 +197,3 @@ def test_pre_registered_plugin_launched_by_containerd(pre_registered: tuple[Cont
         assert bundle_config(containerd, cid)["annotations"]["gpucr.test/pre"] == "yes"
         c.stop_container(cid, 1)
         wait_for(lambda: f"stop container pre ({cid[:12]})" in log.read_text(), what="StopContainer in the log")
-    assert os.environ.get("NRI_PLUGIN_SOCKET") is None
