@@ -290,3 +290,20 @@ def test_pre_registered_mode_exits_on_eof() -> None:
         await rt.aclose()
 
     run(main())
+
+
+def test_oversized_reply_becomes_resource_exhausted_status() -> None:
+    class Huge(Recorder):
+        async def create_container(self, p: pb.PodSandbox, c: pb.Container) -> Adjustment:
+            return Adjustment().add_annotation("big", "x" * (5 << 20))
+
+    async def main() -> None:
+        rt = FakeRuntime()
+        _, task = await connect(rt, Huge())
+        with pytest.raises(TTRPCError) as ei:
+            await rt.create_container(pod(1), container(1))
+        assert ei.value.code == Code.RESOURCE_EXHAUSTED and "exceeds the 4194304-byte limit" in ei.value.status_message
+        assert not rt.closed.is_set()
+        await finish(rt, task)
+
+    run(main())
