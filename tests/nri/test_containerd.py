@@ -197,3 +197,24 @@ def test_pre_registered_plugin_launched_by_containerd(pre_registered: tuple[Cont
         assert bundle_config(containerd, cid)["annotations"]["gpucr.test/pre"] == "yes"
         c.stop_container(cid, 1)
         wait_for(lambda: f"stop container pre ({cid[:12]})" in log.read_text(), what="StopContainer in the log")
+
+
+def test_control_one_oversized_mux_frame_loses_the_adjustment(containerd: Containerd,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative control for the two-frame write scheme: the same >4096-byte reply sent as ONE mux frame is not
+    read by containerd (it drops the plugin and creates the container without the adjustment), which is why
+    test_adjustment_reaches_the_container can fail."""
+    import nri_plugin.mux.mux as mux_mod
+    from nri_plugin.mux import encode_frame
+
+    monkeypatch.setattr(mux_mod, "message_frames", lambda conn_id, msg: [encode_frame(conn_id, msg)])
+    rec = Recorder()
+    rec.adjust["control"] = Adjustment().add_annotation("gpucr.test/big", "y" * 6000)
+    with plugin(containerd, rec) as t, containerd.pod() as (c, pod_id, cfg):
+        try:
+            cid = containerd.run_container(c, pod_id, cfg, "control", SLEEP)
+        except CriError:
+            cid = ""
+        if cid:
+            assert "gpucr.test/big" not in bundle_config(containerd, cid).get("annotations", {})
+        wait_for(lambda: t.stub.sessions > 1 or not t.stub.registered.is_set(), what="containerd to drop the plugin")

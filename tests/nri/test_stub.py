@@ -147,7 +147,7 @@ def test_slow_handler_answered_before_deadline_then_next_event() -> None:
             await rt.create_container(pod(1, slow="30"), container(1))
         took = asyncio.get_running_loop().time() - t0
         assert ei.value.code == Code.DEADLINE_EXCEEDED and "did not finish within 0.75 s" in ei.value.status_message
-        assert 0.7 < took < 0.95, took  # answered by the stub, not timed out by the runtime
+        assert 0.7 < took < 1.0, took  # answered by the stub before the runtime's 1 s deadline
         assert not rt.closed.is_set()
         assert (await rt.create_container(pod(2), container(2))).adjust.env[0].key == "FROM_PLUGIN"
         await finish(rt, task)
