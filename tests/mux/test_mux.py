@@ -9,7 +9,7 @@ import pytest
 
 from nri_plugin.mux import FIRST_FRAME_BYTES, Mux, MuxDecoder, encode_frame
 from nri_plugin.ttrpc import Channel, Client, ConnectionClosedError, RequestContext, Server
-from tests.aio import run, socketpair
+from tests.fakes.aio import run, socketpair
 
 
 async def echo(payload: bytes, ctx: RequestContext) -> bytes:

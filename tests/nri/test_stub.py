@@ -14,7 +14,7 @@ import pytest
 
 from nri_plugin.nri import Adjustment, Event, EventMask, PluginError, Stub, container_update, pb
 from nri_plugin.ttrpc import Code, TTRPCError
-from tests.aio import run, socketpair
+from tests.fakes.aio import run, socketpair
 from tests.fakes.runtime import FakeRuntime, container, pod
 
 

@@ -14,7 +14,7 @@ from nri_plugin.nri import RegistrationError, Stub
 from nri_plugin.nri.api import PLUGIN_SERVICE
 from nri_plugin.ttrpc._pb import ttrpc_pb2 as tpb
 from nri_plugin.ttrpc import ConnectionClosedError, FrameError, encode_frame as ttrpc_frame
-from tests.aio import run, socketpair
+from tests.fakes.aio import run, socketpair
 from tests.nri.test_stub import Recorder
 
 # raw garbage, plus structured garbage that gets past the mux header check into ttrpc and the NRI decoder

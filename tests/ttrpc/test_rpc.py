@@ -11,7 +11,7 @@ import pytest
 from nri_plugin.ttrpc import (MAX_MESSAGE_BYTES, Channel, Client, Code, ConnectionClosedError, FrameError, MessageType,
                               OversizedMessageError, RequestContext, Server, SocketStream, TTRPCError, encode_frame)
 from nri_plugin.ttrpc._pb import ttrpc_pb2 as pb
-from tests.aio import run, socketpair
+from tests.fakes.aio import run, socketpair
 
 SVC = "test.Echo"
 
