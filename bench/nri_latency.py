@@ -54,7 +54,7 @@ def rss_kib(pid: int) -> tuple[int, int]:
 
 
 def start_daemon(sock: str, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "-vv", "plugin", "--socket", sock,
+    return subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "-vv", "plugin", "--logger", "--socket", sock,
                              "--name", "bench", "--idx", "70", "--log-file", str(log)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -1,4 +1,7 @@
-"""``gpucr plugin``: run the NRI plugin daemon (for now the lifecycle logger), or list its events.
+"""``gpucr plugin``: run gpucr's NRI plugin daemon (the checkpoint policy), or list its events.
+
+``--logger`` runs the lifecycle logger instead (a debugging plugin that logs every event and can inject annotations
+and env from a JSON ``--config``); by default ``--config`` is the node config (``/etc/gpucr/config.toml``, TOML).
 
 Modes: external (dial ``--socket``, reconnect on loss) or pre-registered (containerd started us from its NRI plugin
 directory with the connection on fd ``$NRI_PLUGIN_SOCKET``; we exit when it closes). Name and index come from
@@ -23,11 +26,13 @@ log = logging.getLogger("gpucr.plugin")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("plugin", help="run the NRI plugin daemon (logs the container lifecycle)")
+    p = sub.add_parser("plugin", help="run the NRI plugin daemon (gpucr's checkpoint policy)")
     p.add_argument("--socket", help="the runtime's NRI socket (default /var/run/nri/nri.sock)")
     p.add_argument("--name", help="plugin name (default $NRI_PLUGIN_NAME, the executable's NN-name, or gpucr)")
     p.add_argument("--idx", help="two-digit plugin index (default $NRI_PLUGIN_IDX, the executable's NN-, or 10)")
-    p.add_argument("--config", type=Path, help="plugin config file (JSON; see nri_plugin.nri.logger)")
+    p.add_argument("--config", type=Path, help="node config (TOML, default /etc/gpucr/config.toml); with --logger: "
+                                               "the logger's JSON config (see nri_plugin.nri.logger)")
+    p.add_argument("--logger", action="store_true", help="run the lifecycle logger plugin instead of gpucr's policy")
     p.add_argument("--log-file", type=Path, help="also log here (pre-registered plugins have no stderr)")
     p.add_argument("--events", action="store_true", help="list the events the plugin subscribes to, and exit")
     p.set_defaults(func=run)
@@ -44,17 +49,25 @@ def _identity(args: argparse.Namespace) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..nri import DEFAULT_SOCKET_PATH, Stub, describe_events
-    from ..nri.logger import LifecycleLogger, LoggerConfig
 
-    config = LoggerConfig()
-    if args.config:
-        try:
-            text = args.config.read_text()
-        except OSError as exc:
-            print(f"gpucr plugin: error: cannot read --config {args.config}: {exc.strerror}", file=sys.stderr)
-            return 2
-        config = LoggerConfig.parse(text, str(args.config))
-    plugin = LifecycleLogger(config)
+    plugin: object
+    if args.logger:
+        from ..nri.logger import LifecycleLogger, LoggerConfig
+
+        config = LoggerConfig()
+        if args.config:
+            try:
+                text = args.config.read_text()
+            except OSError as exc:
+                print(f"gpucr plugin: error: cannot read --config {args.config}: {exc.strerror}", file=sys.stderr)
+                return 2
+            config = LoggerConfig.parse(text, str(args.config))
+        plugin = LifecycleLogger(config)
+    else:
+        from ..daemon import GpucrPlugin
+        from ..policy import load_config
+
+        plugin = GpucrPlugin(load_config(args.config))
     if args.events:
         print("\n".join(describe_events(plugin)))
         return 0

@@ -46,7 +46,7 @@ def pre_registered(containerd: Containerd) -> Iterator[tuple[Containerd, Path]]:
     try:
         plugin = Path(info["nri_plugin_dir"]) / PLUGIN_FILE
         # no PATH, no args, stdio on /dev/null: absolute interpreter, log to a file
-        plugin.write_text(f"#!/bin/sh\nexec {sys.executable} -m nri_plugin.cli.main -v plugin --log-file {log}\n")
+        plugin.write_text(f"#!/bin/sh\nexec {sys.executable} -m nri_plugin.cli.main -v plugin --logger --log-file {log}\n")
         plugin.chmod(0o755)
         (Path(info["nri_conf_dir"]) / f"{PLUGIN_FILE}.conf").write_text(json.dumps(PLUGIN_CONF))
         old = int((d / "containerd.pid").read_text())

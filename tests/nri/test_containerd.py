@@ -149,7 +149,7 @@ def test_slow_handler_answered_before_the_deadline(containerd: Containerd) -> No
 
 
 def _start_cli_plugin(containerd: Containerd, log: Path, name: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "-v", "plugin", "--socket",
+    return subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "-v", "plugin", "--logger", "--socket",
                              containerd.nri_socket, "--name", name, "--idx", "60", "--log-file", str(log)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -1,0 +1,147 @@
+"""gpucr's NRI plugin: the checkpoint policy applied to every container containerd creates through CRI.
+
+This is the one outer-layer module that joins the NRI stub (``nri``) and the policy (``policy``). At CreateContainer
+it decides whether gpucr manages the container; for a managed one it writes the per-container CRIU configuration
+(merged with the user's), records the decision in the state dir for the CRIU front, and returns the spec adjustment:
+``org.criu.config`` pointing at that file, plus the createRuntime/poststop OCI hooks that record the container's pid
+and cgroup and clean up after it. A bad ``gpucr.io/`` annotation fails the creation with a message naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from .nri import Adjustment, hook, pb
+from .policy import (
+    ConfigError,
+    ContainerRecord,
+    ContainerView,
+    Decision,
+    MountView,
+    NodeConfig,
+    decide,
+    merge_config,
+    parse_config,
+    remove_record,
+    render_config,
+    write_record,
+)
+from .policy.records import RecordError, load_record
+
+__all__ = ["CRIU_CONFIG_ANNOTATION", "GpucrPlugin", "container_view"]
+
+log = logging.getLogger(__name__)
+
+#: runc reads the CRIU configuration file for dump and restore from this annotation
+CRIU_CONFIG_ANNOTATION = "org.criu.config"
+
+
+def container_view(pod: pb.PodSandbox, ctr: pb.Container) -> ContainerView:
+    """The runtime-neutral view the policy decides on."""
+    return ContainerView(
+        id=ctr.id, name=ctr.name, pod_id=pod.id, pod_name=pod.name, pod_namespace=pod.namespace,
+        pod_annotations=dict(pod.annotations), annotations=dict(ctr.annotations), env=list(ctr.env),
+        devices=[d.path for d in ctr.linux.devices],
+        cdi_devices=[d.name for d in getattr(ctr, "CDI_devices", [])],
+        mounts=[MountView(m.destination, m.type, m.source, tuple(m.options)) for m in ctr.mounts])
+
+
+class GpucrPlugin:
+    """NRI handlers: configure, synchronize, create_container, remove_container."""
+
+    def __init__(self, node: NodeConfig | None = None) -> None:
+        self.node = node or NodeConfig()
+        self.runtime = ""
+
+    async def configure(self, config: str, runtime_name: str, runtime_version: str) -> None:
+        self.runtime = f"{runtime_name} {runtime_version}"
+        if config.strip():
+            import tomllib
+
+            try:
+                self.node = NodeConfig.from_mapping(tomllib.loads(config), "NRI plugin config")
+            except (tomllib.TOMLDecodeError, ConfigError) as exc:
+                raise ConfigError(f"invalid gpucr config passed by the runtime: {exc}") from exc
+        log.info("configured by %s: manage_gpu_containers=%s, annotation_errors=%s, state dir %s", self.runtime,
+                 self.node.manage_gpu_containers, self.node.annotation_errors, self.node.state_dir)
+
+    async def synchronize(self, pods: list[pb.PodSandbox], containers: list[pb.Container]) -> None:
+        """Forget records of containers that no longer exist (removed while gpucr was down)."""
+        live = {c.id for c in containers}
+        rec_dir = self.node.state_dir / "containers"
+        stale = [p for p in rec_dir.glob("*.json") if p.stem not in live] if rec_dir.is_dir() else []
+        for p in stale:
+            self._forget(p.stem)
+        log.info("synchronized: %d pods, %d containers, %d stale records removed", len(pods), len(containers),
+                 len(stale))
+
+    async def create_container(self, pod: pb.PodSandbox, ctr: pb.Container) -> Adjustment | None:
+        view = container_view(pod, ctr)
+        decision = decide(view, self.node)  # AnnotationError -> error status -> the creation fails with it
+        for w in decision.warnings:
+            log.warning("%s", w)
+        if not decision.managed:
+            log.debug("%s not managed: %s", view.describe(), decision.reason)
+            return None
+        conf = self._write_criu_config(view, decision)
+        write_record(self.node.state_dir, ContainerRecord(
+            container_id=ctr.id, name=ctr.name, pod_id=pod.id, pod_name=pod.name, pod_namespace=pod.namespace,
+            managed=True, reason=decision.reason, criu_config=str(conf), runtime=self.runtime,
+            created_at=time.time(),
+            gpus={"visible": decision.gpu.visible, "devices": list(decision.gpu.devices),
+                  "cdi": list(decision.gpu.cdi), "reasons": list(decision.gpu.reasons)},
+            policy={"source": decision.policy.source, "gpu_map": [list(p) for p in decision.policy.gpu_map],
+                    "lock_timeout_ms": decision.policy.lock_timeout_ms or self.node.lock_timeout_ms}))
+        adj = Adjustment()
+        if CRIU_CONFIG_ANNOTATION in ctr.annotations:
+            adj.remove_annotation(CRIU_CONFIG_ANNOTATION)  # take over the user's entry; its content is merged
+        adj.add_annotation(CRIU_CONFIG_ANNOTATION, str(conf))
+        if self.node.hook_path:
+            for stage, kind in (("create-runtime", "create_runtime"), ("poststop", "poststop")):
+                adj.add_hook(kind, hook(self.node.hook_path, [self.node.hook_path, stage, "--state-dir",
+                                                              str(self.node.state_dir)], timeout_s=10))
+        log.info("%s managed (%s): CRIU config %s", view.describe(), decision.reason, conf)
+        return adj
+
+    async def remove_container(self, pod: pb.PodSandbox, ctr: pb.Container) -> None:
+        self._forget(ctr.id)
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    def _write_criu_config(self, view: ContainerView, decision: Decision) -> Path:
+        base_path = view.annotations.get(CRIU_CONFIG_ANNOTATION) or str(self.node.runc_criu_config)
+        user: list[Any] = []
+        try:
+            user = parse_config(Path(base_path).read_text()) if base_path else []
+        except FileNotFoundError:
+            if view.annotations.get(CRIU_CONFIG_ANNOTATION):
+                log.warning("%s: its %s file %s does not exist; using gpucr's options only", view.describe(),
+                            CRIU_CONFIG_ANNOTATION, base_path)
+        except OSError as exc:
+            log.warning("%s: cannot read CRIU config %s (%s); using gpucr's options only", view.describe(),
+                        base_path, exc)
+        merged = merge_config(user, decision.criu_options)
+        d = self.node.criu_config_dir
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = d / f"{view.id}.conf"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(render_config(merged, f"gpucr: CRIU options for {view.describe()} ({view.id})\n"
+                                             f"managed: {decision.reason}\n"
+                                             f"merged with: {base_path if user else '(nothing)'}"))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return path
+
+    def _forget(self, container_id: str) -> None:
+        try:
+            conf = load_record(self.node.state_dir, container_id).criu_config
+        except RecordError:
+            conf = ""
+        try:
+            remove_record(self.node.state_dir, container_id)
+        except RecordError:
+            return
+        if conf:
+            Path(conf).unlink(missing_ok=True)
