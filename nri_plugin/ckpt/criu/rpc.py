@@ -183,6 +183,9 @@ def parse_reply(data: bytes) -> Reply:
         msg.ParseFromString(data)
     except Exception as exc:  # protobuf raises DecodeError, or a RuntimeError/ValueError on some backends
         raise CriuError(f"criu sent a message that is not a criu_resp ({len(data)} bytes: {data[:32]!r}…)") from exc
+    if not msg.IsInitialized():  # python protobuf parses partial messages; CRIU always sets type and success
+        missing = ", ".join(msg.FindInitializationErrors())
+        raise CriuError(f"criu sent a message that is not a criu_resp (missing {missing}; {len(data)} bytes)")
     try:
         kind = pb.criu_req_type.Name(msg.type)
     except ValueError:
