@@ -185,3 +185,13 @@ def test_notify_round_trip(name: str, pid: int) -> None:
 def test_notify_names_match_criu() -> None:
     assert [n.value for n in rpc.Notify][:3] == ["pre-stream", "pre-dump", "network-lock"]
     assert rpc.Notify.POST_RESUME == "post-resume"
+
+
+def test_front_can_import_messages_without_the_client() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; import nri_plugin.ckpt.criu._pb.rpc_pb2; "
+            "print(sorted(m for m in sys.modules if m.startswith('nri_plugin.ckpt.criu.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "nri_plugin.ckpt.criu.client" not in out and "nri_plugin.ckpt.criu.rpc" not in out
