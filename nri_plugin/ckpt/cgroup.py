@@ -150,7 +150,9 @@ class Freezer:
                       if " " in line)
         if events.get("frozen", "0").strip() == "1":
             return FreezerState.FROZEN
-        return FreezerState.FREEZING if self.self_frozen() else FreezerState.THAWED
+        # v2 freezes asynchronously (each task stops at its next signal check): frozen 0 while this cgroup or an
+        # ancestor asks for a freeze means FREEZING
+        return FreezerState.FREEZING if self.self_frozen() or self.parent_frozen() else FreezerState.THAWED
 
     def self_frozen(self) -> bool:
         """Frozen (or freezing) because of a write to *this* cgroup, as a caller's pause does."""
