@@ -73,8 +73,8 @@ class Workload:
         """After a dump that killed the tree: reap our child, and wait until init reaped the others (their pids, and
         the root's pid they hold as session/group id, must be free before a restore can reuse them)."""
         self.proc.wait(10)
-        wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in self.pids), timeout=10,
-                 what=f"pids {self.pids} to be released")
+        wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in self.pids)
+                 and not session_members(self.root), timeout=10, what=f"pids {self.pids} to be released")
 
     def kill(self) -> None:
         """Kill every process of the session (original or restored) and release the pids."""
@@ -107,6 +107,21 @@ def rmdir_cgroup(path: Path) -> None:
         return True
 
     wait_for(gone, timeout=10, what=f"cgroup {path} to be removable")
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids (zombies included) whose session id is ``sid``: all must be reaped before ``sid`` can be restored."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[3]) == sid:  # state ppid pgrp session ...
+            out.append(int(entry))
+    return out
 
 
 def threads(pid: int) -> int:

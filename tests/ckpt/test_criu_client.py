@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nri_plugin.ckpt.criu import Criu, CriuError, DumpOptions, Notify, RestoreOptions
-from tests.ckpt._workload import NAMES, Workload, ppid, state, threads
+from tests.ckpt._workload import NAMES, Workload, ppid, session_members, state, threads
 from tests.testenv import REPO, wait_for
 
 pytestmark = pytest.mark.criu
@@ -277,3 +277,42 @@ def test_silent_criu_times_out(fake_criu: str, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(CriuError, match=r"sent nothing for 0\.5 s"):
         Criu(fake_criu, timeout_s=0.5).version()
     assert time.monotonic() - start < 15
+
+
+def test_restore_with_inherited_stdout_pipe(criu_binary: str, images: Path) -> None:
+    """A container's stdio is a pipe the runtime holds: the restored tree gets a new pipe through inherit_fd."""
+    import subprocess
+
+    p = subprocess.Popen(["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i; sleep 0.02; done"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    assert p.stdout is not None
+    key = f"pipe:[{os.fstat(p.stdout.fileno()).st_ino}]"
+    try:
+        first = int(p.stdout.readline())
+        criu = Criu(criu_binary)
+        criu.dump(DumpOptions(pid=p.pid, images_dir=images))
+        p.wait(10)
+        last = int(p.stdout.read().split()[-1] or first)
+        wait_for(lambda: not session_members(p.pid), what=f"session {p.pid} to be reaped")
+        r_fd, w_fd = os.pipe()
+        try:
+            res = criu.restore(RestoreOptions(images_dir=images, inherit_fds={key: w_fd}))
+            os.close(w_fd)
+            w_fd = -1
+            with os.fdopen(r_fd, "rb", closefd=False) as r:
+                line = int(r.readline())
+            assert line == last + 1  # the restored shell writes into our new pipe, counting on
+        finally:
+            if w_fd >= 0:
+                os.close(w_fd)
+            os.close(r_fd)
+            try:
+                os.kill(res.pid, 9)
+            except (ProcessLookupError, UnboundLocalError):
+                pass
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
