@@ -16,20 +16,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .client import Criu, DumpResult, NotifyCallback, RestoreResult
     from .errors import CriuError
-    from .options import CgroupMode, DumpOptions, JoinNamespace, NetworkLock, RestoreOptions
+    from .options import CgroupMode, DumpOptions, JoinNamespace, NetworkLock, RestoreOptions, as_record
     from .rpc import MIN_VERSION, Notify
 
 _WHERE = {
     "Criu": "client", "DumpResult": "client", "NotifyCallback": "client", "RestoreResult": "client",
     "CriuError": "errors",
     "CgroupMode": "options", "DumpOptions": "options", "JoinNamespace": "options", "NetworkLock": "options",
-    "RestoreOptions": "options",
+    "RestoreOptions": "options", "as_record": "options",
     "MIN_VERSION": "rpc", "Notify": "rpc",
 }
 
 __all__ = [
     "MIN_VERSION", "CgroupMode", "Criu", "CriuError", "DumpOptions", "DumpResult", "JoinNamespace", "NetworkLock",
-    "Notify", "NotifyCallback", "RestoreOptions", "RestoreResult",
+    "Notify", "NotifyCallback", "RestoreOptions", "RestoreResult", "as_record",
 ]
 
 

@@ -232,7 +232,10 @@ class Criu:
                                       inherit_fds=inherit)
             start = time.monotonic()
             out = self._run(req, "RESTORE", what, work_dir, log_name, tuple(inherit.values()), on_notify)
-            pid = out.reply.restored_pid if out.reply.restored_pid is not None else -1
+            if out.reply.restored_pid is None or out.reply.restored_pid <= 0:
+                raise CriuError(f"{what}: criu reported success without a restored pid "
+                                f"({out.reply.restored_pid!r}): protocol error", log_file=work_dir / log_name)
+            pid = out.reply.restored_pid
             result = RestoreResult(opts.images_dir, pid, work_dir / log_name, time.monotonic() - start, out.seen,
                                    out.fds[0] if out.fds else None)
             for extra in out.fds[1:]:
