@@ -316,3 +316,23 @@ def test_restore_with_inherited_stdout_pipe(criu_binary: str, images: Path) -> N
             p.kill()
             p.wait()
         p.stdout.close()
+
+
+def test_interrupt_in_callback_closes_criu_and_workload_runs(criu_binary: str, workload: Workload,
+                                                             images: Path) -> None:
+    def cb(name: str, pid: int) -> None:
+        if name == "post-dump":  # tasks are seized right now: closing the socket must make CRIU let go
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Criu(criu_binary).dump(DumpOptions(pid=workload.root, images_dir=images), on_notify=cb)
+    assert all(state(p) in "RSD" for p in workload.pids), [state(p) for p in workload.pids]
+    workload.advancing()
+    assert _our_children() == {workload.root}  # criu was reaped, nothing else left behind
+
+
+def _our_children() -> set[int]:
+    kids: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        kids.update(map(int, Path(f"/proc/self/task/{tid}/children").read_text().split()))
+    return kids
