@@ -336,3 +336,12 @@ def _our_children() -> set[int]:
     for tid in os.listdir("/proc/self/task"):
         kids.update(map(int, Path(f"/proc/self/task/{tid}/children").read_text().split()))
     return kids
+
+
+def test_bad_options_fail_before_criu_starts(images: Path) -> None:
+    # a binary that does not exist proves criu was never needed to refuse these
+    missing = Criu("/nonexistent/criu")
+    with pytest.raises(CriuError, match="invalid dump options: pid 0"):
+        missing.dump(DumpOptions(pid=0, images_dir=images))
+    with pytest.raises(CriuError, match="invalid restore options: inherit fd"):
+        missing.restore(RestoreOptions(images_dir=images, inherit_fds={"k": -3}))

@@ -203,12 +203,12 @@ class Criu:
         Raises:
             CriuError: with CRIU's errno and the tail of ``dump.log``.
         """
-        self.version()
         log_name = opts.log_file or "dump.log"
         what = f"dump of pid {opts.pid}"
         with ExitStack() as stack:
             img_fd, work_fd, work_dir = self._open_dirs(stack, opts.images_dir, opts.work_dir, what)
             req = rpc.dump_request(opts, images_dir_fd=img_fd, work_dir_fd=work_fd, log_file=log_name)
+            self.version()  # after the cheap checks: bad input fails without starting criu
             start = time.monotonic()
             out = self._run(req, "DUMP", what, work_dir, log_name, (), on_notify)
             result = DumpResult(opts.images_dir, work_dir / log_name, time.monotonic() - start, out.seen)
@@ -222,7 +222,6 @@ class Criu:
         Raises:
             CriuError: with CRIU's errno and the tail of ``restore.log``.
         """
-        self.version()
         log_name = opts.log_file or "restore.log"
         what = f"restore from {opts.images_dir}"
         with ExitStack() as stack:
@@ -230,6 +229,7 @@ class Criu:
             inherit = dict(opts.inherit_fds)
             req = rpc.restore_request(opts, images_dir_fd=img_fd, work_dir_fd=work_fd, log_file=log_name,
                                       inherit_fds=inherit)
+            self.version()
             start = time.monotonic()
             out = self._run(req, "RESTORE", what, work_dir, log_name, tuple(inherit.values()), on_notify)
             if out.reply.restored_pid is None or out.reply.restored_pid <= 0:
