@@ -118,6 +118,7 @@ def _sleeper(cg: Path) -> subprocess.Popen[bytes]:
     return p
 
 
+@pytest.mark.criu
 def test_freeze_thaw_and_pids(cgroup: tuple[Freezer, Path]) -> None:
     f, top = cgroup
     a, b = _sleeper(top), _sleeper(top / "sub")
@@ -143,6 +144,7 @@ def test_freeze_thaw_and_pids(cgroup: tuple[Freezer, Path]) -> None:
         a.kill(); b.kill(); a.wait(); b.wait()
 
 
+@pytest.mark.criu
 def test_frozen_process_really_stops(cgroup: tuple[Freezer, Path], tmp_path: Path) -> None:
     f, top = cgroup
     out = tmp_path / "ticks"
@@ -160,6 +162,7 @@ def test_frozen_process_really_stops(cgroup: tuple[Freezer, Path], tmp_path: Pat
         p.kill(); p.wait()
 
 
+@pytest.mark.criu
 def test_refuses_to_freeze_itself_or_root(cgroup: tuple[Freezer, Path]) -> None:
     f, top = cgroup
     me = cgroups_of(os.getpid())
