@@ -345,3 +345,17 @@ def test_bad_options_fail_before_criu_starts(images: Path) -> None:
         missing.dump(DumpOptions(pid=0, images_dir=images))
     with pytest.raises(CriuError, match="invalid restore options: inherit fd"):
         missing.restore(RestoreOptions(images_dir=images, inherit_fds={"k": -3}))
+
+
+def test_plugins_disabled_even_when_user_config_names_a_dir(criu_binary: str, workload: Workload, images: Path,
+                                                            bad_plugins: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "user.conf"
+    conf.write_text(f"libdir {bad_plugins}\nfile-locks\n")
+    monkeypatch.setenv("CRIU_CONFIG_FILE", str(conf))
+    Criu(criu_binary).dump(DumpOptions(pid=workload.root, images_dir=images, leave_running=True))
+    log = (images / "dump.log").read_text()
+    assert "cuda_plugin" not in log
+    monkeypatch.setenv("CRIU_CONFIG_FILE", str(tmp_path / "missing.conf"))
+    with pytest.raises(CriuError, match=r"cannot read \$CRIU_CONFIG_FILE .*missing.conf"):
+        Criu(criu_binary).version()

@@ -8,8 +8,9 @@ criu because CRIU reads them from its own fd table.
 
 CRIU's plugins (its CUDA plugin in particular, which hangs on frozen cgroups before CRIU 4.2 and would fight gpucr
 for the CUDA lock) are disabled for every request: criu runs with ``CRIU_LIBS_DIR`` and a ``CRIU_CONFIG_FILE`` whose
-``libdir`` point at an empty private directory. The config file beats /etc/criu/default.conf and ~/.criu/default.conf
-(CRIU parses global, user, then env config); an RPC ``config_file`` still wins over all three.
+``libdir`` point at an empty private directory. That config file beats /etc/criu/default.conf and ~/.criu/default.conf
+(CRIU parses global, user, then env config) and keeps the caller's own ``$CRIU_CONFIG_FILE`` lines before ours; only an
+RPC ``config_file`` (``DumpOptions.config_file``, parsed last) could still name another ``libdir``.
 
 CRIU's log (``dump.log`` / ``restore.log``) is written next to the images; on failure its tail (and criu's stderr,
 which holds the errors CRIU prints before it opens its log) is part of the CriuError.
@@ -279,10 +280,18 @@ class Criu:
             libdir = private / "no-plugins"
             libdir.mkdir()
         env["CRIU_LIBS_DIR"] = str(libdir)
-        if "CRIU_CONFIG_FILE" not in os.environ:
-            conf = private / "gpucr-criu.conf"
-            conf.write_text(f"libdir {libdir}\n")
-            env["CRIU_CONFIG_FILE"] = str(conf)
+        # CRIU parses /etc/criu/default.conf, ~/.criu/default.conf, then $CRIU_CONFIG_FILE, later lines winning:
+        # our file carries the caller's $CRIU_CONFIG_FILE (if any) and then our libdir, which beats all three
+        user = ""
+        if os.environ.get("CRIU_CONFIG_FILE"):
+            try:
+                user = Path(os.environ["CRIU_CONFIG_FILE"]).read_text()
+            except OSError as exc:
+                raise CriuError(f"cannot read $CRIU_CONFIG_FILE {os.environ['CRIU_CONFIG_FILE']}: {exc.strerror}; "
+                                "fix or unset it") from exc
+        conf = private / "gpucr-criu.conf"
+        conf.write_text(f"{user.rstrip()}\nlibdir {libdir}\n".lstrip())
+        env["CRIU_CONFIG_FILE"] = str(conf)
         return env
 
     @contextmanager
