@@ -331,6 +331,10 @@ class Criu:
         if last and exc.criu_errmsg and last not in message:
             # cr_errmsg is CRIU's *first* error, often a harmless one (rlimit); the log's last error is the cause
             message = message.replace(exc.criu_errmsg.strip(), last)
+        if "Can't get 1:16 opt: Operation not supported" in tail:
+            # kernels >= 6.16 refuse SO_PASSCRED on inet sockets; CRIU < 4.2 treats that as fatal
+            message += ("; this CRIU cannot dump INET sockets on this kernel (SO_PASSCRED is refused, fixed in "
+                        "CRIU 4.2): install CRIU >= 4.2, or checkpoint a process without TCP/UDP sockets")
         if "Can't fork for" in last and "File exists" in last:
             message += ("; that pid is still in use here (a process, or an unreaped zombie that still holds it as its "
                         "process-group or session id): wait until it is gone, or restore into a new pid namespace")
