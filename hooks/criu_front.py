@@ -1,0 +1,86 @@
+#!/usr/bin/python3 -SE
+"""The CRIU front: the executable a runtime runs as ``criu`` (install/front.sh puts it first on runc's PATH).
+
+``criu swrk N`` on a SOCK_SEQPACKET socket is relayed to the real criu through :mod:`nri_plugin.front.swrk`, with
+gpucr's hooks at the DUMP request, each notification and the final answer. Every other invocation (``criu check``,
+``criu --version``, ``criu dump ...`` from a shell) becomes the real criu at once (exec, same pid, same argv).
+The real criu comes from the configuration (:mod:`nri_plugin.front.config`), never from PATH.
+
+Start-up is the whole cost of the front (criu-front.md Q6: runc runs it twice per operation), hence ``-S -E`` in
+the shebang (no site, no PYTHON* env), the hand-written wire codec instead of protobuf, and no logging, typing,
+dataclasses, enum or socket imports on the relay path. ``python3 -X importtime`` keeps this honest
+(bench/front_latency.py measures the added time per checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# hooks/ and nri_plugin/ sit side by side both in a checkout and when installed; with -S nothing else is on sys.path
+_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from nri_plugin.front import config as _config  # noqa: E402
+from nri_plugin.front.errors import FrontError  # noqa: E402
+
+
+def _die(msg: str, log_dir: str | None = None) -> int:
+    sys.stderr.write(msg + "\n")
+    if log_dir:
+        from nri_plugin.front._log import FrontLog
+        log = FrontLog(log_dir)
+        if log.fd >= 0:
+            log.error(msg)
+    return 1
+
+
+def _exec_real(real: str, argv: list[str], log_dir: str | None) -> int:
+    try:
+        os.execv(real, [real, *argv[1:]])
+    except OSError as exc:
+        return _die(f"gpucr criu front: cannot run the real criu {real}: {exc.strerror}; install CRIU >= 4.1 or set "
+                    f"real_criu in {_config.SYSTEM_CONF} (or GPUCR_REAL_CRIU)", log_dir)
+    return 1  # not reached
+
+
+def main(argv: list[str]) -> int:
+    """Run as ``criu ARGS``; returns the exit status (criu's, when relayed)."""
+    try:
+        cfg = _config.load(os.environ, argv[0])
+    except FrontError as exc:
+        return _die(f"gpucr criu front: {exc}")
+    fd = int(argv[2]) if len(argv) == 3 and argv[1] == "swrk" and argv[2].isdigit() else -1
+    from nri_plugin.front import swrk
+    rt = swrk.swrk_socket(fd) if fd >= 0 else None
+    if rt is None:
+        return _exec_real(cfg.real_criu, argv, cfg.log_dir)
+    from nri_plugin.front._log import FrontLog
+    from nri_plugin.front.relay import Relay
+    log = FrontLog(cfg.log_dir)
+    hooks = None
+    if cfg.hooks:
+        try:
+            hooks = _config.load_hooks(cfg.hooks, cfg.values)
+        except FrontError as exc:
+            log.error(str(exc))
+            from nri_plugin.front import messages
+            rt.sendmsg([messages.encode_failure(messages.EMPTY, f"gpucr criu front: {exc}", 22)])
+            return 1
+    env = dict(os.environ)
+    env[_config.ACTIVE_ENV] = "1"
+    try:
+        return swrk.relay_swrk(rt, fd, cfg.real_criu, Relay(hooks, cfg.real_criu), log, env)  # type: ignore[arg-type]
+    except FrontError as exc:
+        log.error(str(exc))
+        return 1
+    except OSError as exc:
+        log.error(f"swrk fd {fd}: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        rt.detach()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
