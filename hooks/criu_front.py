@@ -37,8 +37,10 @@ def _die(msg: str, log_dir: str | None = None) -> int:
 
 
 def _exec_real(real: str, argv: list[str], log_dir: str | None) -> int:
+    env = dict(os.environ)
+    env[_config.ACTIVE_ENV] = "1"  # a real_criu that leads back here fails at once instead of looping
     try:
-        os.execv(real, [real, *argv[1:]])
+        os.execve(real, [real, *argv[1:]], env)
     except OSError as exc:
         return _die(f"gpucr criu front: cannot run the real criu {real}: {exc.strerror}; install CRIU >= 4.1 or set "
                     f"real_criu in {_config.SYSTEM_CONF} (or GPUCR_REAL_CRIU)", log_dir)

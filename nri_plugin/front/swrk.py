@@ -124,6 +124,20 @@ def _write_work_log(work_fd: int | None, log_file: str | None, text: str) -> Non
         pass
 
 
+def _own_cgroup() -> str:
+    """The front's freezer (v1) or unified cgroup: on RESTORE runc has moved it into the container's (pitfall 3)."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return "?"
+    for line in lines:
+        _, ctrls, path = line.split(":", 2)
+        if "freezer" in ctrls.split(","):
+            return path
+    return next((ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")), "?")
+
+
 def _status_text(status: int) -> tuple[int, str]:
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
@@ -150,7 +164,7 @@ def relay_swrk(rt: _socket.socket, swrk_fd: int, real_criu: str, relay: Relay, l
         return 1
     req.peer_pid = peer
     log.info(f"request {req.type_name} from runtime pid {peer}: pid={req.pid} leave_running={req.leave_running} "
-             f"freeze_cgroup={req.freeze_cgroup} fds={req.fds} passed_fds={len(fds)}")
+             f"freeze_cgroup={req.freeze_cgroup} fds={req.fds} passed_fds={len(fds)} front_cgroup={_own_cgroup()}")
     own: dict[str, int] = {}
     try:
         try:

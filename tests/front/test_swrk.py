@@ -1,0 +1,158 @@
+"""The front against the real CRIU, with this test process playing the runtime (no containerd): fd rewrite,
+pass-through, exit status and the bad-input cases."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nri_plugin.ckpt.criu._pb import rpc_pb2
+from tests.front.conftest import REAL_CRIU, FrontRoute
+
+pytestmark = pytest.mark.criu
+_open: list[Session] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sessions() -> Iterator[None]:
+    yield
+    while _open:
+        s = _open.pop()
+        s.ours.close()
+        if s.proc.poll() is None:
+            s.proc.kill()
+        s.proc.wait()
+
+
+class Session:
+    """A `criu swrk N` run of the front, this process on the other end of the socket (as runc would be)."""
+
+    def __init__(self, route: FrontRoute, env: dict[str, str] | None = None) -> None:
+        self.ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen([str(route.criu), "swrk", str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                                     env={**os.environ, **(env or {})})
+        theirs.close()
+        self.ours.settimeout(30)
+        _open.append(self)
+
+    def send(self, req: rpc_pb2.criu_req | bytes) -> None:
+        self.ours.send(req if isinstance(req, bytes) else req.SerializeToString())
+
+    def recv(self) -> rpc_pb2.criu_resp:
+        return rpc_pb2.criu_resp.FromString(self.ours.recv(1 << 20))
+
+    def finish(self, timeout: float = 30) -> int:
+        self.ours.shutdown(socket.SHUT_WR)
+        self.ours.settimeout(timeout)
+        assert self.ours.recv(1 << 20) == b""  # the front mirrors criu's half-close
+        rc = self.proc.wait(timeout)
+        self.ours.close()
+        return rc
+
+
+def test_version_through_the_front(front_route: FrontRoute) -> None:
+    mark = front_route.log_mark()
+    s = Session(front_route)
+    s.send(rpc_pb2.criu_req(type=rpc_pb2.VERSION))
+    resp = s.recv()
+    assert resp.type == rpc_pb2.VERSION and resp.success
+    assert (resp.version.major_number, resp.version.minor_number) >= (4, 1)
+    assert s.finish() == 0
+    log = front_route.log_since(mark)
+    assert "request VERSION from runtime pid" in log and f"swrk {s.proc.args[2]}" in log
+    assert "criu pid" in log and "exited with status 0" in log
+
+
+def test_dump_with_fd_numbers_of_the_caller(front_route: FrontRoute, tmp_path: Path) -> None:
+    """CRIU resolves images_dir_fd in its peer (the front): the front must reopen this process's fd and renumber."""
+    victim = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    images = tmp_path / "images"
+    images.mkdir()
+    # a high fd number the front is unlikely to hold itself: the naive relay would hand CRIU /proc/<front>/fd/N
+    low = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+    img_fd = os.dup2(low, 333)
+    os.close(low)
+    try:
+        req = rpc_pb2.criu_req(type=rpc_pb2.DUMP)
+        req.opts.images_dir_fd, req.opts.work_dir_fd = img_fd, img_fd
+        req.opts.pid, req.opts.leave_running, req.opts.log_file, req.opts.log_level = victim.pid, True, "dump.log", 4
+        req.opts.notify_scripts = True
+        s = Session(front_route)
+        s.send(req)
+        notes = []
+        while True:
+            resp = s.recv()
+            if resp.type != rpc_pb2.NOTIFY:
+                break
+            notes.append(resp.notify.script)
+            s.send(rpc_pb2.criu_req(type=rpc_pb2.NOTIFY, notify_success=True))
+        assert resp.type == rpc_pb2.DUMP and resp.success, (resp, (images / "dump.log").read_text()[-2000:])
+        assert s.finish() == 0
+        assert "pre-dump" in notes and "post-dump" in notes
+        assert (images / "pstree.img").exists() and (images / "dump.log").exists()
+        assert victim.poll() is None  # leave_running
+    finally:
+        os.close(img_fd)
+        victim.kill()
+        victim.wait()
+
+
+def test_garbage_gets_a_clear_error_and_no_hang(front_route: FrontRoute) -> None:
+    mark = front_route.log_mark()
+    s = Session(front_route)
+    s.send(b"GET / HTTP/1.1\r\n\r\n")
+    resp = s.recv()
+    assert not resp.success and resp.cr_errmsg.startswith("gpucr criu front: cannot decode the runtime's request")
+    assert s.proc.wait(10) == 1
+    assert "garbage from runtime pid" in front_route.log_since(mark)
+
+
+def test_unknown_request_type_is_relayed_to_criu(front_route: FrontRoute) -> None:
+    mark = front_route.log_mark()
+    s = Session(front_route)
+    s.send(bytes.fromhex("0863"))  # criu_req{type=99}
+    raw = s.ours.recv(1 << 20)
+    t0 = time.monotonic()
+    rc = s.proc.wait(30)
+    assert time.monotonic() - t0 < 30
+    log = front_route.log_since(mark)
+    assert "request UNKNOWN(99)" in log
+    # whatever CRIU answered reached us unchanged, and the front exited with criu's own status
+    assert raw, "criu's answer to an unknown request type was not relayed"
+    assert f"exited with status {rc}" in log
+
+
+def test_real_criu_missing(front_route: FrontRoute) -> None:
+    s = Session(front_route, env={"GPUCR_REAL_CRIU": "/nonexistent/criu"})
+    s.send(rpc_pb2.criu_req(type=rpc_pb2.VERSION))
+    resp = s.recv()
+    assert not resp.success
+    assert resp.cr_errmsg == ("gpucr criu front: cannot run the real criu /nonexistent/criu: No such file or "
+                              "directory; install CRIU >= 4.1 or set real_criu in /etc/gpucr/front.conf (or "
+                              "GPUCR_REAL_CRIU)")
+    assert s.proc.wait(10) == 1
+    r = subprocess.run([str(front_route.criu), "--version"], capture_output=True, text=True,
+                       env={**os.environ, "GPUCR_REAL_CRIU": "/nonexistent/criu"})
+    assert r.returncode == 1 and "cannot run the real criu /nonexistent/criu" in r.stderr
+
+
+def test_pass_through_is_the_real_criu(front_route: FrontRoute) -> None:
+    for args in (["--version"], ["check"]):
+        real = subprocess.run([str(REAL_CRIU), *args], capture_output=True, text=True)
+        front = subprocess.run([str(front_route.criu), *args], capture_output=True, text=True)
+        assert (front.returncode, front.stdout) == (real.returncode, real.stdout), args
+    assert subprocess.run([str(front_route.criu), "check"], capture_output=True, text=True).stdout.strip() == "Looks good."
+
+
+def test_recursion_onto_itself_is_refused(front_route: FrontRoute) -> None:
+    r = subprocess.run([str(front_route.criu), "--version"], capture_output=True, text=True, timeout=20,
+                       env={**os.environ, "GPUCR_REAL_CRIU": str(front_route.criu)})
+    assert r.returncode == 1
+    assert "leads back to the front" in r.stderr
