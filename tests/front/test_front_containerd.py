@@ -1,0 +1,224 @@
+"""The CRIU front under real containerd (1.7.24 and 2.1.9), runc 1.1.5 and CRIU 4.1.1: the standard checkpoint
+commands pass through it transparently, its hooks run at the right moment, and a failing hook aborts the dump with
+gpucr's explanation while the container keeps running."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.front.conftest import FrontRoute
+from tests.front.recording_hooks import records
+from tests.testenv import Containerd, wait_for
+
+pytestmark = pytest.mark.integration
+
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /data/n; echo $i >> /data/log; sleep 0.2; done"
+HOOKS = "tests.front.recording_hooks:make"
+
+
+def _n(data: Path) -> int:
+    return int((data / "n").read_text().strip() or 0)
+
+
+@contextlib.contextmanager
+def ctr_counter(ctrd: Containerd, tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
+    """A ctr container writing a counter to DATA/n; yields (name, data dir, cgroup path)."""
+    name = f"fr-{uuid.uuid4().hex[:6]}"
+    data = tmp_path / "data"
+    data.mkdir()
+    d = ctrd.info["dir"]
+    cgroup = f"{ctrd.cgroup_parent}/{name}"
+    ctrd.ctr("run", "-d", "--null-io", "--fifo-dir", f"{d}/fifo", "--runc-root", f"{d}/runc-ctr", "--cgroup", cgroup,
+             "--mount", f"type=bind,src={data},dst=/data,options=rbind:rw", ctrd.image, name, "/bin/sh", "-c", COUNTER)
+    try:
+        wait_for(lambda: (data / "n").exists() and _n(data) >= 2, what="counter to start")
+        yield name, data, cgroup
+    finally:
+        ctrd.ctr("t", "kill", "-s", "KILL", name, check=False)
+        time.sleep(0.3)
+        ctrd.ctr("t", "rm", "-f", name, check=False)
+        ctrd.ctr("c", "rm", name, check=False)
+
+
+def _advancing(data: Path) -> bool:
+    a = _n(data)
+    return bool(wait_for(lambda: _n(data) > a, timeout=5, what="counter to advance"))
+
+
+def test_ctr_task_checkpoint_hook_sees_frozen(front_containerd: Containerd, front_route: FrontRoute,
+                                              tmp_path: Path) -> None:
+    rec = tmp_path / "hooks.jsonl"
+    with ctr_counter(front_containerd, tmp_path) as (name, data, cgroup), \
+            front_route.configured(hooks=HOOKS, record_to=str(rec)):
+        mark = front_route.log_mark()
+        front_containerd.ctr("t", "checkpoint", "--image-path", str(tmp_path / "img"), name)
+        log = front_route.log_since(mark)
+        assert "request VERSION" in log and "VERSION success=True version=4.1" in log
+        assert "request DUMP" in log and "DUMP success=True" in log and "exited with status 0" in log
+        r = records(rec)
+        before = [x for x in r if x["point"] == "before_dump"]
+        assert len(before) == 1, r
+        b = before[0]
+        # containerd pauses the task before runc even starts criu (criu-front.md Q3a)
+        assert b["freezer"] == "FROZEN" and b["freeze_cgroup"].endswith(cgroup), b
+        assert b["leave_running"] is True and b["task_state"].startswith("D"), b
+        assert [x["name"] for x in r if x["point"] == "notify"][:2] == ["pre-dump", "network-lock"]
+        assert r[-1] == {"front_pid": b["front_pid"], "point": "after", "type": "DUMP", "success": True}
+        assert _advancing(data)  # resumed after the checkpoint
+
+
+def test_ctr_checkpoint_thaw_refreeze_then_restore(front_containerd: Containerd, front_route: FrontRoute,
+                                                   tmp_path: Path) -> None:
+    """What the CUDA engine will do before a dump (thaw, act on live tasks, re-freeze), then a live restore."""
+    rec = tmp_path / "hooks.jsonl"
+    ref = f"localhost/fr-{uuid.uuid4().hex[:6]}:ckpt"
+    ctrd = front_containerd
+    with ctr_counter(ctrd, tmp_path) as (name, data, cgroup):
+        with front_route.configured(hooks=HOOKS, record_to=str(rec), thaw_for_s="0.6",
+                                    counter_file=str(data / "n")):
+            ctrd.ctr("c", "checkpoint", "--task", "--rw", "--image", name, ref)
+        b = next(x for x in records(rec) if x["point"] == "before_dump")
+        assert b["freezer"] == "FROZEN" and b["refrozen"] == "FROZEN", b
+        assert b["thawed_task_state"][0] in "SR", b
+        was, now = (int(x) for x in b["counter_while_thawed"])
+        assert now > was, b  # the tasks really ran while the hook held the dump
+        at_ckpt = _n(data)
+        ctrd.ctr("t", "kill", "-s", "KILL", name)
+        wait_for(lambda: name not in ctrd.ctr("t", "ls").stdout or "STOPPED" in ctrd.ctr("t", "ls").stdout,
+                 what="task to stop")
+        ctrd.ctr("t", "rm", name)
+        ctrd.ctr("c", "rm", name)
+        lines_before = len((data / "log").read_text().split())
+        mark = front_route.log_mark()
+        try:
+            ctrd.ctr("c", "restore", "--live", "--rw", name, ref)
+            wait_for(lambda: len((data / "log").read_text().split()) >= lines_before + 3, what="restored counter")
+            after = [int(x) for x in (data / "log").read_text().split()[lines_before:]]
+            assert at_ckpt - 3 <= after[0] <= at_ckpt + 3, (at_ckpt, after)  # memory came back, not a fresh start
+            log = front_route.log_since(mark)
+            assert "request RESTORE" in log and "RESTORE success=True restore.pid=" in log
+            assert "notify post-resume" in log
+            # runc moved the front into the container's cgroups before sending RESTORE (pitfall 3)
+            restore_line = next(ln for ln in log.splitlines() if "request RESTORE" in ln)
+            assert restore_line.endswith(f"front_cgroup={cgroup}"), restore_line
+        finally:
+            ctrd.ctr("images", "rm", "--sync", ref, check=False)
+
+
+def test_failing_hook_aborts_dump_and_container_keeps_running(front_containerd: Containerd,
+                                                              front_route: FrontRoute, tmp_path: Path) -> None:
+    rec = tmp_path / "hooks.jsonl"
+    text = "test hook refused: cuda lock of this container timed out"
+    with ctr_counter(front_containerd, tmp_path) as (name, data, cgroup), \
+            front_route.configured(hooks=HOOKS, record_to=str(rec), fail_before_dump=text):
+        mark = front_route.log_mark()
+        r = front_containerd.ctr("t", "checkpoint", "--image-path", str(tmp_path / "img"), name, check=False)
+        assert r.returncode != 0
+        log = front_route.log_since(mark)
+        assert f"DUMP refused before criu ran: gpucr criu front: before DUMP of pid" in log and text in log
+        assert "started /" not in log.split("request DUMP", 1)[1]  # criu never ran for the DUMP
+        out = r.stdout + r.stderr
+        assert "criu failed" in out and "errno 125" in out, out
+        # the runtime points at CRIU's log; gpucr's explanation is in it (containerd copies it to criu-dump.log)
+        dump_logs = list(Path(front_containerd.info["state_dir"]).rglob("criu-dump.log"))
+        assert any(text in p.read_text() for p in dump_logs), (out, dump_logs)
+        assert "RUNNING" in front_containerd.ctr("t", "ls").stdout
+        assert Path(f"/sys/fs/cgroup/freezer{cgroup}/freezer.state").read_text().strip() == "THAWED"
+        assert _advancing(data)
+
+
+def _bundle(root: Path, name: str, data: Path, cgroup: str) -> Path:
+    bundle = root / "bundle"
+    rootfs = bundle / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    (rootfs / "data").mkdir()
+    subprocess.run(["cp", "/bin/busybox", str(rootfs / "bin/busybox")], check=True)
+    for a in ("sh", "sleep", "echo"):
+        (rootfs / "bin" / a).symlink_to("busybox")
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["/bin/sh", "-c", COUNTER]
+    spec["root"]["readonly"] = False
+    spec["mounts"].append({"destination": "/data", "type": "bind", "source": str(data), "options": ["rbind", "rw"]})
+    spec["linux"]["cgroupsPath"] = cgroup
+    (bundle / "config.json").write_text(json.dumps(spec))
+    return bundle
+
+
+def test_runc_direct_through_the_wrapper(front_route: FrontRoute, tmp_path: Path) -> None:
+    """`runc checkpoint` / `runc restore -d` run through the route's runc wrapper (BinaryName), cgroup THAWED."""
+    name = f"fr-runc-{uuid.uuid4().hex[:6]}"
+    data = tmp_path / "data"
+    data.mkdir()
+    cgroup = f"/gpucr-front-test/{name}"
+    bundle = _bundle(tmp_path, name, data, cgroup)
+    runc = [str(front_route.runc), "--root", str(tmp_path / "runc-root")]
+    rec = tmp_path / "hooks.jsonl"
+    images, work = tmp_path / "images", tmp_path / "work"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([*runc, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, (args, r.stderr, (work / "dump.log").read_text()[-1500:] if (work / "dump.log").exists() else "")
+        return r
+
+    try:
+        subprocess.run([*runc, "run", "-d", "--bundle", str(bundle), name], check=True, timeout=60,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: (data / "n").exists() and _n(data) >= 2, what="runc counter")
+        mark = front_route.log_mark()
+        with front_route.configured(hooks=HOOKS, record_to=str(rec)):
+            run("checkpoint", "--image-path", str(images), "--work-path", str(work), name)
+        b = next(x for x in records(rec) if x["point"] == "before_dump")
+        assert b["freezer"] == "THAWED" and b["leave_running"] is False, b  # only a direct runc arrives thawed
+        log = front_route.log_since(mark)
+        assert "request DUMP" in log and "DUMP success=True" in log
+        at_ckpt = _n(data)
+        lines_before = len((data / "log").read_text().split())
+        run("restore", "-d", "--image-path", str(images), "--work-path", str(work), "--bundle", str(bundle), name)
+        wait_for(lambda: len((data / "log").read_text().split()) >= lines_before + 3, what="restored runc counter")
+        after = [int(x) for x in (data / "log").read_text().split()[lines_before:]]
+        assert at_ckpt - 3 <= after[0] <= at_ckpt + 3, (at_ckpt, after)
+        assert "RESTORE success=True" in front_route.log_since(mark)
+    finally:
+        subprocess.run([*runc, "kill", name, "KILL"], capture_output=True)
+        time.sleep(0.3)
+        subprocess.run([*runc, "delete", "-f", name], capture_output=True)
+        for ctrl in Path("/sys/fs/cgroup").iterdir():
+            for d in (ctrl / cgroup.lstrip("/"), ctrl / "gpucr-front-test"):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+
+
+def test_cri_checkpoint_container(front_containerd: Containerd, front_route: FrontRoute, tmp_path: Path) -> None:
+    """CRI CheckpointContainer: 2.1.9 checks criu on the daemon's PATH, then runs runc (through the front);
+    1.7.24 does not implement it at all."""
+    ctrd = front_containerd
+    with ctrd.pod() as (c, pod_id, cfg):
+        cid = ctrd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); "
+                                                             "echo $i > /tmp/n; sleep 0.2; done"])
+        archive = tmp_path / "ckpt.tar"
+        mark = front_route.log_mark()
+        if ctrd.major_minor < (2, 0):
+            with pytest.raises(Exception, match="(?i)unimplemented"):
+                c.checkpoint_container(cid, str(archive))
+            return
+        c.checkpoint_container(cid, str(archive))
+        with tarfile.open(archive) as t:
+            names = t.getnames()
+        assert any(n.endswith("pstree.img") for n in names) and "spec.dump" in names, names[:20]
+        log = front_route.log_since(mark)
+        daemon = str(ctrd.info["pid"])
+        assert f"request VERSION from runtime pid {daemon}:" in log  # containerd's own criu check
+        assert "request DUMP" in log and "DUMP success=True" in log
+        n1 = c.exec_sync(cid, ["cat", "/tmp/n"]).stdout.strip()
+        wait_for(lambda: c.exec_sync(cid, ["cat", "/tmp/n"]).stdout.strip() != n1, what="container to keep running")
