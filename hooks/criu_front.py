@@ -17,6 +17,10 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # not typing's (start-up cost, see nri_plugin/front/_wire.py)
+if TYPE_CHECKING:
+    import _socket
+
 # hooks/ and nri_plugin/ sit side by side both in a checkout and when installed; with -S nothing else is on sys.path
 _ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 if _ROOT not in sys.path:
@@ -53,35 +57,70 @@ def main(argv: list[str]) -> int:
         cfg = _config.load(os.environ, argv[0])
     except FrontError as exc:
         return _die(f"gpucr criu front: {exc}")
-    fd = int(argv[2]) if len(argv) == 3 and argv[1] == "swrk" and argv[2].isdigit() else -1
-    from nri_plugin.front import swrk
-    rt = swrk.swrk_socket(fd) if fd >= 0 else None
-    if rt is None:
+    if not (len(argv) == 3 and argv[1] == "swrk" and argv[2].isdigit()):
         return _exec_real(cfg.real_criu, argv, cfg.log_dir)
+    fd = int(argv[2])
+    from nri_plugin.front import swrk
+    rt = swrk.swrk_socket(fd)
+    if rt is None:  # not a SEQPACKET socket: let criu itself say what is wrong
+        return _exec_real(cfg.real_criu, argv, cfg.log_dir)
+    try:
+        return _swrk(cfg, rt, fd)
+    finally:
+        rt.detach()
+
+
+def _swrk(cfg: _config.FrontConfig, sock: _socket.socket, fd: int) -> int:
+    """Hand the session to the real criu when gpucr has nothing to do in it, else relay it."""
+    from nri_plugin.front import messages, swrk
     from nri_plugin.front._log import FrontLog
-    from nri_plugin.front.relay import Relay
+    from nri_plugin.front.relay import Relay, needs_relay, version_problem
     log = FrontLog(cfg.log_dir)
-    hooks = None
-    if cfg.hooks:
-        try:
-            hooks = _config.load_hooks(cfg.hooks, cfg.values)
-        except FrontError as exc:
-            log.error(str(exc))
-            from nri_plugin.front import messages
-            rt.sendmsg([messages.encode_failure(messages.EMPTY, f"gpucr criu front: {exc}", 22)])
-            return 1
+    peer = swrk.peer_pid(sock)
     env = dict(os.environ)
     env[_config.ACTIVE_ENV] = "1"
+    hooks = None
     try:
-        return swrk.relay_swrk(rt, fd, cfg.real_criu, Relay(hooks, cfg.real_criu), log, env)  # type: ignore[arg-type]
+        req = messages.decode_request(swrk.peek_request(sock))
+    except messages.MessageError:
+        req = None  # garbage: the relay answers it with a clear error
+    except OSError as exc:
+        log.error(f"swrk fd {fd}: reading the runtime's request: {exc}")
+        return 1
+    if req is not None:
+        req.peer_pid = peer
+        problem = version_problem(swrk.criu_version(cfg.real_criu, cfg.log_dir), cfg.real_criu)
+        if problem:
+            log.error(f"{req.type_name} from runtime pid {peer} refused: {problem}")
+            swrk.answer(sock, messages.encode_failure(req.type, problem, 95))  # EOPNOTSUPP
+            return 1
+        if cfg.hooks:
+            try:
+                hooks = _config.load_hooks(cfg.hooks, cfg.values)
+            except FrontError as exc:
+                log.error(str(exc))
+                swrk.answer(sock, messages.encode_failure(req.type, f"gpucr criu front: {exc}", 22))
+                return 1
+            req.images_dir = swrk.runtime_paths(peer, req.fds).get("images_dir_fd")
+        if not needs_relay(req, hooks, cfg.relay_always):
+            log.info(f"{req.type_name} from runtime pid {peer}: no gpucr work, handing swrk {fd} to {cfg.real_criu} "
+                     f"(pid={req.pid})")
+            try:
+                os.execve(cfg.real_criu, [cfg.real_criu, "swrk", str(fd)], env)
+            except OSError as exc:
+                msg = (f"gpucr criu front: cannot run the real criu {cfg.real_criu}: {exc.strerror}; install CRIU >= "
+                       f"4.1 or set real_criu in {_config.SYSTEM_CONF} (or GPUCR_REAL_CRIU)")
+                log.error(msg)
+                swrk.answer(sock, messages.encode_failure(req.type, msg, 2))
+                return 1
+    try:
+        return swrk.relay_swrk(sock, fd, cfg.real_criu, Relay(hooks, cfg.real_criu), log, env)
     except FrontError as exc:
         log.error(str(exc))
         return 1
     except OSError as exc:
         log.error(f"swrk fd {fd}: {type(exc).__name__}: {exc}")
         return 1
-    finally:
-        rt.detach()
 
 
 if __name__ == "__main__":

@@ -69,13 +69,16 @@ make_route() {
     case "$RUNC" in "$DIR"/*) die "--runc $RUNC is inside $DIR: give the real runc" ;; esac
     mkdir -p "$DIR/bin" "$DIR/path"
     chmod 0755 "$DIR" "$DIR/bin" "$DIR/path"
-    # the front runs as DIR/path/criu: a launcher (not a symlink) fixes the interpreter, -S -E and its front.conf
-    cat > "$DIR/path/criu.tmp" <<SH
-#!/bin/sh
-# gpucr's CRIU front (install/front.sh). The real criu is in front.conf beside this file.
-GPUCR_FRONT_CONF=$DIR/path/front.conf exec $PYTHON -S -E $FRONT "\$@"
-SH
-    chmod 0755 "$DIR/path/criu.tmp"; mv -f "$DIR/path/criu.tmp" "$DIR/path/criu"
+    # the front runs as DIR/path/criu and reads DIR/path/front.conf beside it. A symlink to hooks/criu_front.py
+    # (its shebang is /usr/bin/python3 -SE) costs no extra exec; another interpreter gets a one-line launcher.
+    rm -f "$DIR/path/criu"
+    if [ "$PYTHON" = /usr/bin/python3 ]; then
+        ln -s "$FRONT" "$DIR/path/criu"
+    else
+        printf '#!/bin/sh\n# gpucr CRIU front (install/front.sh)\nGPUCR_FRONT_CONF=%s exec %s -S -E %s "$@"\n' \
+            "$DIR/path/front.conf" "$PYTHON" "$FRONT" > "$DIR/path/criu"
+        chmod 0755 "$DIR/path/criu"
+    fi
     {
         echo "# gpucr CRIU front configuration (install/front.sh); environment GPUCR_REAL_CRIU etc. override it"
         echo "real_criu = $REAL_CRIU"

@@ -4,7 +4,7 @@ Sources, highest first: the environment (``GPUCR_REAL_CRIU``, ``GPUCR_FRONT_LOG_
 the first configuration file that exists of ``$GPUCR_FRONT_CONF``, ``front.conf`` beside the ``criu`` the runtime
 ran (the route directory install/front.sh makes, so each containerd instance can have its own), and
 ``/etc/gpucr/front.conf``; then the defaults. The file holds ``key = value`` lines (``real_criu``, ``log_dir``,
-``hooks``, and any key a hook wants), ``#`` comments, optional quotes: simple enough to parse without tomllib on
+``hooks``, ``relay = auto|always``, and any key a hook wants), ``#`` comments, optional quotes: simple enough to parse without tomllib on
 the start-up path. The real criu is never found through PATH, so the front cannot recurse onto itself.
 """
 
@@ -26,11 +26,12 @@ ACTIVE_ENV = "GPUCR_FRONT_ACTIVE"
 class FrontConfig:
     """The resolved configuration; ``values`` keeps every key of the file (hooks read their own)."""
 
-    __slots__ = ("real_criu", "log_dir", "hooks", "conf_file", "values")
+    __slots__ = ("real_criu", "log_dir", "hooks", "relay_always", "conf_file", "values")
 
     def __init__(self, real_criu: str = DEFAULT_REAL_CRIU, log_dir: str | None = DEFAULT_LOG_DIR,
-                 hooks: str | None = None, conf_file: str | None = None, values: dict[str, str] | None = None) -> None:
-        self.real_criu, self.log_dir, self.hooks = real_criu, log_dir, hooks
+                 hooks: str | None = None, relay_always: bool = False, conf_file: str | None = None,
+                 values: dict[str, str] | None = None) -> None:
+        self.real_criu, self.log_dir, self.hooks, self.relay_always = real_criu, log_dir, hooks, relay_always
         self.conf_file, self.values = conf_file, values or {}
 
 
@@ -53,6 +54,13 @@ def parse_conf(text: str, where: str = "front.conf") -> dict[str, str]:
             value = value[1:-1]
         out[key.strip()] = value
     return out
+
+
+def _relay_mode(value: str, where: str | None) -> bool:
+    if value not in ("auto", "always"):
+        raise FrontError(f"relay = {value!r} in {where or 'GPUCR_FRONT_RELAY'}: expected 'auto' (relay only what the "
+                         "hooks want) or 'always'")
+    return value == "always"
 
 
 def load(env: dict[str, str] | os._Environ[str], argv0: str) -> FrontConfig:
@@ -78,6 +86,7 @@ def load(env: dict[str, str] | os._Environ[str], argv0: str) -> FrontConfig:
         real_criu=env.get("GPUCR_REAL_CRIU") or values.get("real_criu") or DEFAULT_REAL_CRIU,
         log_dir=env.get("GPUCR_FRONT_LOG_DIR") or values.get("log_dir") or DEFAULT_LOG_DIR,
         hooks=env.get("GPUCR_FRONT_HOOKS") or values.get("hooks") or None,
+        relay_always=_relay_mode(env.get("GPUCR_FRONT_RELAY") or values.get("relay") or "auto", conf_file),
         conf_file=conf_file, values=values)
     if not os.path.isabs(cfg.real_criu):
         raise FrontError(f"real_criu must be an absolute path, got {cfg.real_criu!r} (from {conf_file or 'the environment'}):"

@@ -1,6 +1,8 @@
 """The seam where gpucr's engines act during a relayed CRIU operation.
 
-The relay calls a :class:`FrontHooks` implementation at three points (criu-front.md section 5, pitfall 6):
+First :meth:`~FrontHooks.wants` decides whether gpucr has work in this session at all. If not, the front hands the
+runtime's socket to the real criu (exec, same pid: nothing relayed, no fd renumbering, transparent by construction);
+if so, it relays the session and calls the hooks at three points (criu-front.md section 5, pitfall 6):
 
 * :meth:`~FrontHooks.before_dump` -- the DUMP request arrived and CRIU has not started yet. Under containerd the
   cgroup is already FROZEN here (``request.freeze_cgroup``); a hook that needs live tasks thaws, acts and re-freezes.
@@ -34,6 +36,11 @@ __all__ = ["FrontHooks", "NoHooks"]
 class FrontHooks(Protocol):
     """What the relay calls; every method runs in the front's process, synchronously, with the runtime waiting."""
 
+    def wants(self, request: Request) -> bool:
+        """True when gpucr must act on this request (a managed or CUDA-holding tree, a gpucr checkpoint image on
+        RESTORE); False hands the session to the real criu untouched. Must be cheap: it runs on every call,
+        VERSION included. An exception counts as True (the session is relayed and the hooks decide)."""
+
     def before_dump(self, request: Request) -> None:
         """A DUMP (or PRE_DUMP) request is about to be forwarded to CRIU (``request.pid``, ``freeze_cgroup``,
         ``leave_running``, ``peer_pid``, ``images_dir``)."""
@@ -46,7 +53,10 @@ class FrontHooks(Protocol):
 
 
 class NoHooks:
-    """The default: do nothing at every point."""
+    """The default: no work, so every session goes straight to the real criu."""
+
+    def wants(self, request: Request) -> bool:
+        return False
 
     def before_dump(self, request: Request) -> None:
         return None

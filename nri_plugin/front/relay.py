@@ -21,7 +21,7 @@ TYPE_CHECKING = False  # not typing's: importing typing costs ~26 ms of start-up
 if TYPE_CHECKING:
     from .hooks import FrontHooks
 
-__all__ = ["MIN_CRIU_VERSION", "Relay", "Route", "TO_CRIU", "TO_RUNTIME"]
+__all__ = ["MIN_CRIU_VERSION", "Relay", "Route", "TO_CRIU", "TO_RUNTIME", "needs_relay", "version_problem"]
 
 TO_RUNTIME, TO_CRIU = "runtime", "criu"
 #: CRIU older than this fails on current kernels (vDSO) and lacks RPC action-script support (criu-front.md Q5b)
@@ -40,6 +40,28 @@ class Route:
 
     def __repr__(self) -> str:
         return f"Route({self.to}, {len(self.data)} bytes, {self.note!r})"
+
+
+def needs_relay(request: m.Request, hooks: FrontHooks | None, always: bool = False) -> bool:
+    """Relay the session (True) or hand it to the real criu (False): only when there are hooks and they want it,
+    or when the configuration says ``relay = always``. A ``wants`` that raises counts as wanting (safe side)."""
+    if always:
+        return True
+    if hooks is None:
+        return False
+    try:
+        return bool(hooks.wants(request))
+    except Exception:  # the hooks will meet the request again in the relay and can fail it with an explanation
+        return True
+
+
+def version_problem(version: tuple[int, int] | None, real_criu: str) -> str | None:
+    """gpucr's explanation when the real criu is older than :data:`MIN_CRIU_VERSION`, else None."""
+    if version is None or version >= MIN_CRIU_VERSION:
+        return None
+    return (f"{PREFIX}: the real criu ({real_criu}) is version {version[0]}.{version[1]}; gpucr needs CRIU >= "
+            f"{MIN_CRIU_VERSION[0]}.{MIN_CRIU_VERSION[1]} (install a newer criu and point real_criu in "
+            "/etc/gpucr/front.conf at it)")
 
 
 def _explain(point: str, exc: Exception) -> str:
@@ -116,10 +138,7 @@ class Relay:
         self.final = resp
         note = (f"{resp.type_name} success={resp.success}" + (f" restore.pid={resp.restore_pid}" if resp.restore_pid
                 else "") + (f" version={resp.version[0]}.{resp.version[1]}" if resp.version else ""))
-        if resp.version is not None and resp.version < MIN_CRIU_VERSION:
-            self.explanation = (f"{PREFIX}: the real criu ({self.real_criu}) is version {resp.version[0]}."
-                                f"{resp.version[1]}; gpucr needs CRIU >= {MIN_CRIU_VERSION[0]}.{MIN_CRIU_VERSION[1]} "
-                                "(install a newer criu and point real_criu in /etc/gpucr/front.conf at it)")
+        self.explanation = version_problem(resp.version, self.real_criu) or self.explanation
         try:
             self.hooks.after_response(req, resp.success)
         except Exception as exc:  # see before_forward

@@ -30,7 +30,8 @@ from ._log import FrontLog
 from .errors import FrontError
 from .relay import TO_CRIU, Relay
 
-__all__ = ["MAX_FDS", "MAX_MESSAGE_BYTES", "peer_pid", "relay_swrk", "reopen_fds", "swrk_socket"]
+__all__ = ["MAX_FDS", "MAX_MESSAGE_BYTES", "answer", "criu_version", "peek_request", "peer_pid", "relay_swrk",
+           "reopen_fds", "runtime_paths", "swrk_socket"]
 
 #: larger than any CRIU RPC message runc sends or receives (runc reads answers into 10 * 4096 bytes)
 MAX_MESSAGE_BYTES = 1 << 20
@@ -60,6 +61,88 @@ def swrk_socket(fd: int) -> _socket.socket | None:
 def peer_pid(sock: _socket.socket) -> int:
     pid, _uid, _gid = _UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))
     return int(pid)
+
+
+def peek_request(sock: _socket.socket) -> bytes:
+    """The runtime's first message, left in the socket (MSG_PEEK, no fds taken), so that the real criu can still
+    read it when the front hands the session over by exec."""
+    return sock.recv(MAX_MESSAGE_BYTES, _socket.MSG_PEEK)
+
+
+def answer(sock: _socket.socket, data: bytes) -> None:
+    """Consume the runtime's pending request (closing any fds it carried) and send the front's own answer."""
+    try:
+        sock.setblocking(False)
+        _, fds = _recv(sock, "the runtime")
+        for fd in fds:
+            os.close(fd)
+    except (BlockingIOError, FrontError):
+        pass
+    finally:
+        sock.setblocking(True)
+    sock.sendmsg([data])
+
+
+def runtime_paths(pid: int, fds: dict[str, int]) -> dict[str, str]:
+    """What the runtime's fd options point at (readlink of /proc/<pid>/fd/N), for the hooks' decision; best effort."""
+    out: dict[str, str] = {}
+    for name, n in fds.items():
+        try:
+            out[name] = os.readlink(f"/proc/{pid}/fd/{n}")
+        except OSError:
+            pass
+    return out
+
+
+def criu_version(real_criu: str, cache_dir: str | None) -> tuple[int, int] | None:
+    """The real criu's (major, minor) from ``criu --version``, cached in ``cache_dir`` by path, mtime and size, so
+    the check costs a file read per call and one criu run per installed binary. None when it cannot be told (the
+    relay's VERSION answer still catches an old criu then)."""
+    try:
+        st = os.stat(real_criu)
+    except OSError:
+        return None
+    key = f"{os.path.realpath(real_criu)} {st.st_mtime_ns} {st.st_size}"
+    cache = os.path.join(cache_dir, "criu-version.cache") if cache_dir else None
+    if cache:
+        try:
+            with open(cache, encoding="utf-8") as f:
+                k, _, v = f.read().strip().rpartition(" ")
+            if k == key:
+                major, minor = v.split(".")
+                return int(major), int(minor)
+        except (OSError, ValueError):
+            pass
+    r, w = os.pipe()
+    try:
+        pid = os.posix_spawn(real_criu, [real_criu, "--version"], os.environ,
+                             file_actions=[(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return None
+    os.close(w)
+    out = b""
+    while chunk := os.read(r, 4096):
+        out += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    text = out.decode("utf-8", "replace")
+    line = next((ln for ln in text.splitlines() if ln.startswith("Version:")), "")
+    parts = line.partition(":")[2].strip().split(".")
+    try:
+        version = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return None
+    if cache:
+        try:
+            tmp = f"{cache}.{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(f"{key} {version[0]}.{version[1]}\n")
+            os.replace(tmp, cache)
+        except OSError:
+            pass
+    return version
 
 
 def _recv(sock: _socket.socket, side: str) -> tuple[bytes, list[int]]:

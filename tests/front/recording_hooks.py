@@ -62,6 +62,9 @@ class Recording:
         with self.out.open("a") as f:
             f.write(json.dumps({"front_pid": os.getpid(), **kw}) + "\n")
 
+    def wants(self, request: Request) -> bool:
+        return True
+
     def before_dump(self, request: Request) -> None:
         rec: dict[str, Any] = {"point": "before_dump", "pid": request.pid, "freeze_cgroup": request.freeze_cgroup,
                                "leave_running": request.leave_running, "freezer": _freezer(request.freeze_cgroup),

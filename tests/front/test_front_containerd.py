@@ -91,27 +91,53 @@ def test_ctr_checkpoint_thaw_refreeze_then_restore(front_containerd: Containerd,
         assert b["thawed_task_state"][0] in "SR", b
         was, now = (int(x) for x in b["counter_while_thawed"])
         assert now > was, b  # the tasks really ran while the hook held the dump
-        at_ckpt = _n(data)
-        ctrd.ctr("t", "kill", "-s", "KILL", name)
-        wait_for(lambda: name not in ctrd.ctr("t", "ls").stdout or "STOPPED" in ctrd.ctr("t", "ls").stdout,
-                 what="task to stop")
-        ctrd.ctr("t", "rm", name)
-        ctrd.ctr("c", "rm", name)
-        lines_before = len((data / "log").read_text().split())
+        with front_route.configured(hooks=HOOKS, record_to=str(rec)):
+            log = restore_and_check(ctrd, front_route, name, data, ref)
+        assert "request RESTORE" in log and "RESTORE success=True restore.pid=" in log
+        assert "notify post-resume" in log
+        notes = [(x["name"], x["task_state"]) for x in records(rec) if x["point"] == "notify" and x["type"] == "RESTORE"]
+        # post-resume is the last notify and the restored init runs then (criu-front.md Q4a/b)
+        assert notes[-1][0] == "post-resume", notes
+        assert records(rec)[-1]["point"] == "after" and records(rec)[-1]["success"] is True
+        # runc moved the front into the container's cgroups before sending RESTORE (pitfall 3)
+        restore_line = next(ln for ln in log.splitlines() if "request RESTORE" in ln)
+        assert restore_line.endswith(f"front_cgroup={cgroup}"), restore_line
+
+
+def restore_and_check(ctrd: Containerd, route: FrontRoute, name: str, data: Path, ref: str) -> str:
+    """Kill and remove the container, `ctr c restore --live --rw` it, check the counter continues from the
+    checkpoint; returns the front's log lines of the restore."""
+    at_ckpt = _n(data)
+    ctrd.ctr("t", "kill", "-s", "KILL", name)
+    wait_for(lambda: name not in ctrd.ctr("t", "ls").stdout or "STOPPED" in ctrd.ctr("t", "ls").stdout,
+             what="task to stop")
+    ctrd.ctr("t", "rm", name)
+    ctrd.ctr("c", "rm", name)
+    lines_before = len((data / "log").read_text().split())
+    mark = route.log_mark()
+    try:
+        ctrd.ctr("c", "restore", "--live", "--rw", name, ref)
+        wait_for(lambda: len((data / "log").read_text().split()) >= lines_before + 3, what="restored counter")
+        after = [int(x) for x in (data / "log").read_text().split()[lines_before:]]
+        assert at_ckpt - 3 <= after[0] <= at_ckpt + 3, (at_ckpt, after)  # memory came back, not a fresh start
+        assert after == list(range(after[0], after[0] + len(after)))
+        return route.log_since(mark)
+    finally:
+        ctrd.ctr("images", "rm", "--sync", ref, check=False)
+
+
+def test_unmanaged_checkpoint_restore_is_handed_to_criu(front_containerd: Containerd, front_route: FrontRoute,
+                                                        tmp_path: Path) -> None:
+    """No hooks want the session: the front execs the real criu on runc's own socket (nothing relayed)."""
+    ref = f"localhost/fr-{uuid.uuid4().hex[:6]}:ckpt"
+    with ctr_counter(front_containerd, tmp_path) as (name, data, _cgroup):
         mark = front_route.log_mark()
-        try:
-            ctrd.ctr("c", "restore", "--live", "--rw", name, ref)
-            wait_for(lambda: len((data / "log").read_text().split()) >= lines_before + 3, what="restored counter")
-            after = [int(x) for x in (data / "log").read_text().split()[lines_before:]]
-            assert at_ckpt - 3 <= after[0] <= at_ckpt + 3, (at_ckpt, after)  # memory came back, not a fresh start
-            log = front_route.log_since(mark)
-            assert "request RESTORE" in log and "RESTORE success=True restore.pid=" in log
-            assert "notify post-resume" in log
-            # runc moved the front into the container's cgroups before sending RESTORE (pitfall 3)
-            restore_line = next(ln for ln in log.splitlines() if "request RESTORE" in ln)
-            assert restore_line.endswith(f"front_cgroup={cgroup}"), restore_line
-        finally:
-            ctrd.ctr("images", "rm", "--sync", ref, check=False)
+        front_containerd.ctr("c", "checkpoint", "--task", "--rw", "--image", name, ref)
+        log = front_route.log_since(mark)
+        assert "VERSION from runtime pid" in log and "DUMP from runtime pid" in log and "no gpucr work" in log
+        assert "request DUMP" not in log  # not relayed
+        log = restore_and_check(front_containerd, front_route, name, data, ref)
+        assert "RESTORE from runtime pid" in log and "no gpucr work, handing swrk 3" in log
 
 
 def test_failing_hook_aborts_dump_and_container_keeps_running(front_containerd: Containerd,
@@ -184,7 +210,8 @@ def test_runc_direct_through_the_wrapper(front_route: FrontRoute, tmp_path: Path
         assert "request DUMP" in log and "DUMP success=True" in log
         at_ckpt = _n(data)
         lines_before = len((data / "log").read_text().split())
-        run("restore", "-d", "--image-path", str(images), "--work-path", str(work), "--bundle", str(bundle), name)
+        with front_route.configured(hooks=HOOKS, record_to=str(rec)):
+            run("restore", "-d", "--image-path", str(images), "--work-path", str(work), "--bundle", str(bundle), name)
         wait_for(lambda: len((data / "log").read_text().split()) >= lines_before + 3, what="restored runc counter")
         after = [int(x) for x in (data / "log").read_text().split()[lines_before:]]
         assert at_ckpt - 3 <= after[0] <= at_ckpt + 3, (at_ckpt, after)
@@ -199,11 +226,13 @@ def test_runc_direct_through_the_wrapper(front_route: FrontRoute, tmp_path: Path
                     d.rmdir()
 
 
-def test_cri_checkpoint_container(front_containerd: Containerd, front_route: FrontRoute, tmp_path: Path) -> None:
+@pytest.mark.parametrize("relay", ["auto", "always"])
+def test_cri_checkpoint_container(front_containerd: Containerd, front_route: FrontRoute, tmp_path: Path,
+                                  relay: str) -> None:
     """CRI CheckpointContainer: 2.1.9 checks criu on the daemon's PATH, then runs runc (through the front);
     1.7.24 does not implement it at all."""
     ctrd = front_containerd
-    with ctrd.pod() as (c, pod_id, cfg):
+    with ctrd.pod() as (c, pod_id, cfg), front_route.configured(relay=relay):
         cid = ctrd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); "
                                                              "echo $i > /tmp/n; sleep 0.2; done"])
         archive = tmp_path / "ckpt.tar"
@@ -218,7 +247,11 @@ def test_cri_checkpoint_container(front_containerd: Containerd, front_route: Fro
         assert any(n.endswith("pstree.img") for n in names) and "spec.dump" in names, names[:20]
         log = front_route.log_since(mark)
         daemon = str(ctrd.info["pid"])
-        assert f"request VERSION from runtime pid {daemon}:" in log  # containerd's own criu check
-        assert "request DUMP" in log and "DUMP success=True" in log
+        if relay == "always":
+            assert f"request VERSION from runtime pid {daemon}:" in log  # containerd's own criu check
+            assert "request DUMP" in log and "DUMP success=True" in log
+        else:
+            assert f"VERSION from runtime pid {daemon}: no gpucr work" in log
+            assert "DUMP from runtime pid" in log and "no gpucr work, handing swrk 3" in log
         n1 = c.exec_sync(cid, ["cat", "/tmp/n"]).stdout.strip()
         wait_for(lambda: c.exec_sync(cid, ["cat", "/tmp/n"]).stdout.strip() != n1, what="container to keep running")

@@ -10,7 +10,7 @@ from nri_plugin.ckpt.criu._pb import rpc_pb2
 from nri_plugin.front import messages as m
 from nri_plugin.front.errors import HookError
 from nri_plugin.front.hooks import FrontHooks, NoHooks
-from nri_plugin.front.relay import TO_CRIU, TO_RUNTIME, Relay
+from nri_plugin.front.relay import TO_CRIU, TO_RUNTIME, Relay, needs_relay, version_problem
 
 
 class Recorder:
@@ -23,6 +23,11 @@ class Recorder:
     def _maybe_fail(self, point: str) -> None:
         if self.fail_at == point:
             raise self.exc
+
+    def wants(self, request: m.Request) -> bool:
+        self.calls.append(("wants", request.type_name))
+        self._maybe_fail("wants")
+        return True
 
     def before_dump(self, request: m.Request) -> None:
         self.calls.append(("before_dump", request.pid, request.freeze_cgroup, request.leave_running))
@@ -58,11 +63,12 @@ def final(t: int = rpc_pb2.DUMP, success: bool = True) -> bytes:
 
 def test_no_hooks_implements_the_whole_protocol() -> None:
     points = {k for k in vars(FrontHooks) if not k.startswith("_")}
-    assert points == {"before_dump", "on_notify", "after_response"}
+    assert points == {"wants", "before_dump", "on_notify", "after_response"}
     assert points <= {k for k in vars(NoHooks) if not k.startswith("_")}
     assert points <= {k for k in vars(Recorder) if not k.startswith("_")}
     n = NoHooks()
     req = m.decode_request(dump_req())
+    assert n.wants(req) is False
     assert n.before_dump(req) is None and n.on_notify(req, "x", 1) is None and n.after_response(req, True) is None
 
 
@@ -167,3 +173,17 @@ def test_garbage_and_missing_answers() -> None:
     relay.accept_request(dump_req())
     miss = rpc_pb2.criu_resp.FromString(relay.missing_answer("was killed by signal 9"))
     assert miss.cr_errmsg == "gpucr criu front: criu (/x/criu) was killed by signal 9 before answering the DUMP request"
+
+
+def test_needs_relay() -> None:
+    req = m.decode_request(dump_req())
+    assert needs_relay(req, None) is False
+    assert needs_relay(req, None, always=True) is True
+    assert needs_relay(req, NoHooks()) is False
+    assert needs_relay(req, Recorder()) is True
+    assert needs_relay(req, Recorder(fail_at="wants", exc=RuntimeError("state dir unreadable"))) is True  # safe side
+
+
+def test_version_problem() -> None:
+    assert version_problem(None, "/c") is None and version_problem((4, 1), "/c") is None
+    assert version_problem((3, 19), "/c") is not None

@@ -19,6 +19,17 @@ pytestmark = pytest.mark.criu
 _open: list[Session] = []
 
 
+@pytest.fixture(params=["handoff", "relay"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """``handoff``: no hooks, so the front execs the real criu on the runtime's socket (relay = auto, the default);
+    ``relay``: relay = always, the path gpucr's hooks use."""
+    return str(request.param)
+
+
+def mode_env(mode: str) -> dict[str, str]:
+    return {"GPUCR_FRONT_RELAY": "always" if mode == "relay" else "auto"}
+
+
 @pytest.fixture(autouse=True)
 def _close_sessions() -> Iterator[None]:
     yield
@@ -56,21 +67,26 @@ class Session:
         return rc
 
 
-def test_version_through_the_front(front_route: FrontRoute) -> None:
+def test_version_through_the_front(front_route: FrontRoute, mode: str) -> None:
     mark = front_route.log_mark()
-    s = Session(front_route)
+    s = Session(front_route, mode_env(mode))
     s.send(rpc_pb2.criu_req(type=rpc_pb2.VERSION))
     resp = s.recv()
     assert resp.type == rpc_pb2.VERSION and resp.success
     assert (resp.version.major_number, resp.version.minor_number) >= (4, 1)
     assert s.finish() == 0
     log = front_route.log_since(mark)
-    assert "request VERSION from runtime pid" in log and f"swrk {s.proc.args[2]}" in log
-    assert "criu pid" in log and "exited with status 0" in log
+    me = os.getpid()
+    if mode == "relay":
+        assert f"request VERSION from runtime pid {me}:" in log and f"swrk {s.proc.args[2]} as pid" in log
+        assert "VERSION success=True version=4.1" in log and "exited with status 0" in log
+    else:
+        assert f"VERSION from runtime pid {me}: no gpucr work, handing swrk {s.proc.args[2]} to {REAL_CRIU}" in log
 
 
-def test_dump_with_fd_numbers_of_the_caller(front_route: FrontRoute, tmp_path: Path) -> None:
-    """CRIU resolves images_dir_fd in its peer (the front): the front must reopen this process's fd and renumber."""
+def test_dump_with_fd_numbers_of_the_caller(front_route: FrontRoute, tmp_path: Path, mode: str) -> None:
+    """CRIU resolves images_dir_fd in its peer: a relaying front must reopen this process's fd and renumber it;
+    a handing-off front leaves this process as criu's peer."""
     victim = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     images = tmp_path / "images"
@@ -84,7 +100,8 @@ def test_dump_with_fd_numbers_of_the_caller(front_route: FrontRoute, tmp_path: P
         req.opts.images_dir_fd, req.opts.work_dir_fd = img_fd, img_fd
         req.opts.pid, req.opts.leave_running, req.opts.log_file, req.opts.log_level = victim.pid, True, "dump.log", 4
         req.opts.notify_scripts = True
-        s = Session(front_route)
+        mark = front_route.log_mark()
+        s = Session(front_route, mode_env(mode))
         s.send(req)
         notes = []
         while True:
@@ -98,15 +115,17 @@ def test_dump_with_fd_numbers_of_the_caller(front_route: FrontRoute, tmp_path: P
         assert "pre-dump" in notes and "post-dump" in notes
         assert (images / "pstree.img").exists() and (images / "dump.log").exists()
         assert victim.poll() is None  # leave_running
+        if mode == "relay":
+            assert "fds={'images_dir_fd': 333, 'work_dir_fd': 333}" in front_route.log_since(mark)
     finally:
         os.close(img_fd)
         victim.kill()
         victim.wait()
 
 
-def test_garbage_gets_a_clear_error_and_no_hang(front_route: FrontRoute) -> None:
+def test_garbage_gets_a_clear_error_and_no_hang(front_route: FrontRoute, mode: str) -> None:
     mark = front_route.log_mark()
-    s = Session(front_route)
+    s = Session(front_route, mode_env(mode))
     s.send(b"GET / HTTP/1.1\r\n\r\n")
     resp = s.recv()
     assert not resp.success and resp.cr_errmsg.startswith("gpucr criu front: cannot decode the runtime's request")
@@ -114,23 +133,26 @@ def test_garbage_gets_a_clear_error_and_no_hang(front_route: FrontRoute) -> None
     assert "garbage from runtime pid" in front_route.log_since(mark)
 
 
-def test_unknown_request_type_is_relayed_to_criu(front_route: FrontRoute) -> None:
+def test_unknown_request_type_is_relayed_to_criu(front_route: FrontRoute, mode: str) -> None:
     mark = front_route.log_mark()
-    s = Session(front_route)
+    s = Session(front_route, mode_env(mode))
     s.send(bytes.fromhex("0863"))  # criu_req{type=99}
     raw = s.ours.recv(1 << 20)
     t0 = time.monotonic()
     rc = s.proc.wait(30)
     assert time.monotonic() - t0 < 30
     log = front_route.log_since(mark)
-    assert "request UNKNOWN(99)" in log
     # whatever CRIU answered reached us unchanged, and the front exited with criu's own status
     assert raw, "criu's answer to an unknown request type was not relayed"
-    assert f"exited with status {rc}" in log
+    assert rpc_pb2.criu_resp.FromString(raw).success is False
+    if mode == "relay":
+        assert "request UNKNOWN(99)" in log and f"exited with status {rc}" in log
+    else:
+        assert "UNKNOWN(99) from runtime pid" in log and "handing swrk" in log
 
 
-def test_real_criu_missing(front_route: FrontRoute) -> None:
-    s = Session(front_route, env={"GPUCR_REAL_CRIU": "/nonexistent/criu"})
+def test_real_criu_missing(front_route: FrontRoute, mode: str) -> None:
+    s = Session(front_route, env={"GPUCR_REAL_CRIU": "/nonexistent/criu", **mode_env(mode)})
     s.send(rpc_pb2.criu_req(type=rpc_pb2.VERSION))
     resp = s.recv()
     assert not resp.success
@@ -151,8 +173,34 @@ def test_pass_through_is_the_real_criu(front_route: FrontRoute) -> None:
     assert subprocess.run([str(front_route.criu), "check"], capture_output=True, text=True).stdout.strip() == "Looks good."
 
 
-def test_recursion_onto_itself_is_refused(front_route: FrontRoute) -> None:
+def test_recursion_onto_itself_is_refused(front_route: FrontRoute, tmp_path: Path) -> None:
     r = subprocess.run([str(front_route.criu), "--version"], capture_output=True, text=True, timeout=20,
                        env={**os.environ, "GPUCR_REAL_CRIU": str(front_route.criu)})
     assert r.returncode == 1
+    assert f"real_criu {front_route.criu} is the CRIU front itself" in r.stderr
+    # a wrapper script that leads back to the front: caught on the second round, no loop
+    loop = tmp_path / "criu-wrapper"
+    loop.write_text(f"#!/bin/sh\nexec {front_route.criu} \"$@\"\n")
+    loop.chmod(0o755)
+    r = subprocess.run([str(front_route.criu), "--version"], capture_output=True, text=True, timeout=20,
+                       env={**os.environ, "GPUCR_REAL_CRIU": str(loop)})
+    assert r.returncode == 1
     assert "leads back to the front" in r.stderr
+
+
+def test_real_criu_too_old(front_route: FrontRoute, tmp_path: Path, mode: str) -> None:
+    """An old criu (3.17 is bookworm's, which fails on kernels >= 6.13) is refused with one clear error before any
+    request reaches it. The stand-in answers only --version: the front must not get further."""
+    old = tmp_path / "criu-3.17"
+    old.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'Version: 3.17.1'; exit 0; }\nexit 99\n")
+    old.chmod(0o755)
+    for req in (rpc_pb2.criu_req(type=rpc_pb2.VERSION), rpc_pb2.criu_req(type=rpc_pb2.RESTORE)):
+        s = Session(front_route, env={"GPUCR_REAL_CRIU": str(old), "GPUCR_FRONT_LOG_DIR": str(tmp_path / "log"),
+                                      **mode_env(mode)})
+        s.send(req)
+        resp = s.recv()
+        assert resp.type == req.type and not resp.success
+        assert resp.cr_errmsg == (f"gpucr criu front: the real criu ({old}) is version 3.17; gpucr needs CRIU >= 4.1 "
+                                  "(install a newer criu and point real_criu in /etc/gpucr/front.conf at it)")
+        assert s.proc.wait(10) == 1
+    assert (tmp_path / "log/criu-version.cache").read_text().endswith(" 3.17\n")

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Added latency of the CRIU front per checkpoint (issue 5: target < 50 ms; the prototype's Python start cost 150 ms).
+
+Two measurements, both against the real components:
+
+1. ``ctr t checkpoint`` of a running counter container on a private containerd whose runc finds ``criu`` in a route
+   directory (install/front.sh route). "off" makes that ``criu`` a symlink to the real criu, "on" is the front's
+   launcher; the two are swapped by rename between runs, interleaved off/on after a warm-up, so both modes see the
+   same container, daemon and disk state. Each checkpoint runs criu twice (VERSION, then DUMP).
+2. One ``criu swrk`` VERSION exchange driven from this process (no containerd): the real criu directly vs the front,
+   which isolates the front's start-up plus relay cost per criu invocation.
+
+Usage (root): .venv/bin/python bench/front_latency.py [--version 1.7.24] [--runs 7] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from nri_plugin.ckpt.criu._pb import rpc_pb2  # noqa: E402
+from tests import testenv  # noqa: E402
+
+REAL_CRIU = testenv.TEST_ROOT / "bin/criu"
+INSTANCE = f"{os.environ.get('GPUCR_INSTANCE') or 'default'}-bench"
+
+
+def version_exchange(criu: str) -> float:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    t0 = time.perf_counter()
+    p = subprocess.Popen([criu, "swrk", str(theirs.fileno())], pass_fds=(theirs.fileno(),))
+    theirs.close()
+    ours.send(rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString())
+    resp = rpc_pb2.criu_resp.FromString(ours.recv(1 << 16))
+    ours.shutdown(socket.SHUT_WR)
+    ours.recv(1 << 16)
+    rc = p.wait()
+    dt = time.perf_counter() - t0
+    ours.close()
+    assert resp.success and rc == 0, (resp, rc)
+    return dt * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--version", default="1.7.24")
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--markdown", action="store_true", help="print a results section for bench/results/")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("front_latency: run as root (it starts containerd, runc and CRIU)")
+    route = testenv.TEST_ROOT / f"front-route-{INSTANCE}"
+    shutil.rmtree(route, ignore_errors=True)
+    subprocess.run(["bash", str(REPO / "install/front.sh"), "route", "--dir", str(route), "--real-criu",
+                    str(REAL_CRIU), "--log-dir", str(route / "log")], check=True, capture_output=True)
+    front = route / "path/criu"
+    front_saved = route / "path/criu.front"
+    off_link = route / "path/criu.off"
+    off_link.symlink_to(REAL_CRIU)
+    os.link(front, front_saved)
+
+    def mode(on: bool) -> None:
+        src = front_saved if on else off_link
+        tmp = route / "path/criu.swap"
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+        if on:
+            os.link(src, tmp)
+        else:
+            tmp.symlink_to(REAL_CRIU)
+        os.replace(tmp, front)
+
+    env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route / "path")}
+    r = subprocess.run(["bash", str(REPO / "install/containerd.sh"), "start", args.version], env=env,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"containerd start failed:\n{r.stderr}")
+    import json
+    ctrd = testenv.Containerd(json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text()))
+    name = f"bench-{uuid.uuid4().hex[:6]}"
+    work = Path(ctrd.info["dir"]) / "bench"
+    work.mkdir()
+    results: dict[str, list[float]] = {"off": [], "on": []}
+    version: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        d = ctrd.info["dir"]
+        ctrd.ctr("run", "-d", "--null-io", "--fifo-dir", f"{d}/fifo", "--cgroup", f"{ctrd.cgroup_parent}/{name}",
+                 ctrd.image, name, "/bin/sh", "-c", "i=0; while :; do i=$((i+1)); sleep 0.1; done")
+        time.sleep(0.5)
+        for i in range(args.runs + 1):
+            for m in ("off", "on"):
+                mode(m == "on")
+                t0 = time.perf_counter()
+                ctrd.ctr("t", "checkpoint", "--image-path", str(work / f"{m}-{i}"), name)
+                dt = (time.perf_counter() - t0) * 1000
+                shutil.rmtree(work / f"{m}-{i}", ignore_errors=True)
+                if i:  # run 0 is the warm-up
+                    results[m].append(dt)
+        for i in range(args.runs + 1):
+            for m, criu in (("off", str(REAL_CRIU)), ("on", str(front_saved))):
+                dt = version_exchange(criu)
+                if i:
+                    version[m].append(dt)
+    finally:
+        mode(True)
+        ctrd.ctr("t", "kill", "-s", "KILL", name, check=False)
+        subprocess.run(["bash", str(REPO / "install/containerd.sh"), "stop", args.version], env=env,
+                       capture_output=True)
+        shutil.rmtree(route, ignore_errors=True)
+
+    def row(label: str, res: dict[str, list[float]]) -> str:
+        off, on = res["off"], res["on"]
+        mo, mn = statistics.median(off), statistics.median(on)
+        return (f"| {label} | {', '.join(f'{x:.0f}' for x in off)} (median **{mo:.0f}**) | "
+                f"{', '.join(f'{x:.0f}' for x in on)} (median **{mn:.0f}**) | **{mn - mo:+.0f} ms** median "
+                f"({statistics.mean(on) - statistics.mean(off):+.0f} mean) |")
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.machine())
+    print(f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, containerd {args.version}, {args.runs} runs each\n")
+    print(f"Machine: {platform.node()}, {cpu}, {os.cpu_count()} cores, kernel {platform.release()}, "
+          f"Python {platform.python_version()} (front: /usr/bin/python3 -S -E).\n")
+    print("| what (ms) | real criu | through the front | added |")
+    print("|---|---|---|---|")
+    print(row(f"`ctr t checkpoint` (containerd {args.version})", results))
+    print(row("one `criu swrk` VERSION exchange", version))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
