@@ -4,11 +4,13 @@
 Two measurements, both against the real components:
 
 1. ``ctr t checkpoint`` of a running counter container on a private containerd whose runc finds ``criu`` in a route
-   directory (install/front.sh route). "off" makes that ``criu`` a symlink to the real criu, "on" is the front's
-   launcher; the two are swapped by rename between runs, interleaved off/on after a warm-up, so both modes see the
-   same container, daemon and disk state. Each checkpoint runs criu twice (VERSION, then DUMP).
-2. One ``criu swrk`` VERSION exchange driven from this process (no containerd): the real criu directly vs the front,
-   which isolates the front's start-up plus relay cost per criu invocation.
+   directory (install/front.sh route). "off": that ``criu`` is a symlink to the real criu; "handoff": the front with
+   no hooks (the default for unmanaged containers: it peeks at the request and execs the real criu); "relay": the
+   front with ``relay = always`` (the path gpucr's hooks use: a full relay with fd rewrite, no-op hooks). Modes are
+   swapped by rename/conf edit between runs, interleaved after a warm-up, so all see the same container, daemon and
+   disk state. Each checkpoint runs criu twice (VERSION, then DUMP).
+2. One ``criu swrk`` VERSION exchange driven from this process (no containerd), same three modes, which isolates
+   the front's start-up plus relay cost per criu invocation.
 
 Usage (root): .venv/bin/python bench/front_latency.py [--version 1.7.24] [--runs 7] [--markdown]
 """
@@ -66,21 +68,19 @@ def main() -> int:
     subprocess.run(["bash", str(REPO / "install/front.sh"), "route", "--dir", str(route), "--real-criu",
                     str(REAL_CRIU), "--log-dir", str(route / "log")], check=True, capture_output=True)
     front = route / "path/criu"
-    front_saved = route / "path/criu.front"
-    off_link = route / "path/criu.off"
-    off_link.symlink_to(REAL_CRIU)
-    os.link(front, front_saved)
 
-    def mode(on: bool) -> None:
-        src = front_saved if on else off_link
+    conf = route / "path/front.conf"
+    base_conf = conf.read_text()
+    front_target = os.readlink(front)
+    modes = ("off", "handoff", "relay")
+
+    def mode(m: str) -> None:
         tmp = route / "path/criu.swap"
         if tmp.exists() or tmp.is_symlink():
             tmp.unlink()
-        if on:
-            os.link(src, tmp)
-        else:
-            tmp.symlink_to(REAL_CRIU)
+        tmp.symlink_to(REAL_CRIU if m == "off" else front_target)
         os.replace(tmp, front)
+        conf.write_text(base_conf + ("relay = always\n" if m == "relay" else ""))
 
     env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route / "path")}
     r = subprocess.run(["bash", str(REPO / "install/containerd.sh"), "start", args.version], env=env,
@@ -92,16 +92,16 @@ def main() -> int:
     name = f"bench-{uuid.uuid4().hex[:6]}"
     work = Path(ctrd.info["dir"]) / "bench"
     work.mkdir()
-    results: dict[str, list[float]] = {"off": [], "on": []}
-    version: dict[str, list[float]] = {"off": [], "on": []}
+    results: dict[str, list[float]] = {m: [] for m in modes}
+    version: dict[str, list[float]] = {m: [] for m in modes}
     try:
         d = ctrd.info["dir"]
         ctrd.ctr("run", "-d", "--null-io", "--fifo-dir", f"{d}/fifo", "--cgroup", f"{ctrd.cgroup_parent}/{name}",
                  ctrd.image, name, "/bin/sh", "-c", "i=0; while :; do i=$((i+1)); sleep 0.1; done")
         time.sleep(0.5)
         for i in range(args.runs + 1):
-            for m in ("off", "on"):
-                mode(m == "on")
+            for m in modes:
+                mode(m)
                 t0 = time.perf_counter()
                 ctrd.ctr("t", "checkpoint", "--image-path", str(work / f"{m}-{i}"), name)
                 dt = (time.perf_counter() - t0) * 1000
@@ -109,31 +109,34 @@ def main() -> int:
                 if i:  # run 0 is the warm-up
                     results[m].append(dt)
         for i in range(args.runs + 1):
-            for m, criu in (("off", str(REAL_CRIU)), ("on", str(front_saved))):
-                dt = version_exchange(criu)
+            for m in modes:
+                mode(m)
+                dt = version_exchange(str(front))
                 if i:
                     version[m].append(dt)
     finally:
-        mode(True)
+        mode("handoff")
         ctrd.ctr("t", "kill", "-s", "KILL", name, check=False)
         subprocess.run(["bash", str(REPO / "install/containerd.sh"), "stop", args.version], env=env,
                        capture_output=True)
         shutil.rmtree(route, ignore_errors=True)
 
+    def cell(xs: list[float]) -> str:
+        return f"{', '.join(f'{x:.0f}' for x in xs)} (median **{statistics.median(xs):.0f}**)"
+
     def row(label: str, res: dict[str, list[float]]) -> str:
-        off, on = res["off"], res["on"]
-        mo, mn = statistics.median(off), statistics.median(on)
-        return (f"| {label} | {', '.join(f'{x:.0f}' for x in off)} (median **{mo:.0f}**) | "
-                f"{', '.join(f'{x:.0f}' for x in on)} (median **{mn:.0f}**) | **{mn - mo:+.0f} ms** median "
-                f"({statistics.mean(on) - statistics.mean(off):+.0f} mean) |")
+        off = statistics.median(res["off"])
+        added = " / ".join(f"**{statistics.median(res[m]) - off:+.0f}**" for m in modes[1:])
+        return f"| {label} | {' | '.join(cell(res[m]) for m in modes)} | {added} |"
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.machine())
     print(f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, containerd {args.version}, {args.runs} runs each\n")
     print(f"Machine: {platform.node()}, {cpu}, {os.cpu_count()} cores, kernel {platform.release()}, "
           f"Python {platform.python_version()} (front: /usr/bin/python3 -S -E).\n")
-    print("| what (ms) | real criu | through the front | added |")
-    print("|---|---|---|---|")
+    print("| what (ms) | real criu (off) | front, handoff (no hooks) | front, relay (relay = always) "
+          "| added median: handoff / relay |")
+    print("|---|---|---|---|---|")
     print(row(f"`ctr t checkpoint` (containerd {args.version})", results))
     print(row("one `criu swrk` VERSION exchange", version))
     return 0

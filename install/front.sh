@@ -130,7 +130,7 @@ def binary_value(doc):
     def walk(d, trail):
         if isinstance(d, dict):
             for k, v in d.items():
-                if k == "options" and trail[-2:-1] == [runtime] and trail[-3:-2] == ["runtimes"] and isinstance(v, dict):
+                if k == "options" and trail[-2:] == ["runtimes", runtime] and isinstance(v, dict):
                     found.append(v.get("BinaryName"))
                 walk(v, trail + [k])
     walk(doc, [])
