@@ -92,6 +92,7 @@ def main() -> int:
     name = f"bench-{uuid.uuid4().hex[:6]}"
     work = Path(ctrd.info["dir"]) / "bench"
     work.mkdir()
+    load0 = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     results: dict[str, list[float]] = {m: [] for m in modes}
     version: dict[str, list[float]] = {m: [] for m in modes}
     try:
@@ -122,20 +123,23 @@ def main() -> int:
         shutil.rmtree(route, ignore_errors=True)
 
     def cell(xs: list[float]) -> str:
-        return f"{', '.join(f'{x:.0f}' for x in xs)} (median **{statistics.median(xs):.0f}**)"
+        return f"{', '.join(f'{x:.0f}' for x in xs)} (median **{statistics.median(xs):.0f}**, min {min(xs):.0f})"
 
     def row(label: str, res: dict[str, list[float]]) -> str:
-        off = statistics.median(res["off"])
-        added = " / ".join(f"**{statistics.median(res[m]) - off:+.0f}**" for m in modes[1:])
+        off, off_min = statistics.median(res["off"]), min(res["off"])
+        added = " / ".join(f"**{statistics.median(res[m]) - off:+.0f}** (min {min(res[m]) - off_min:+.0f})"
+                           for m in modes[1:])
         return f"| {label} | {' | '.join(cell(res[m]) for m in modes)} | {added} |"
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.machine())
     print(f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, containerd {args.version}, {args.runs} runs each\n")
+    print(f"Load average before/after: {load0} / {' '.join(Path('/proc/loadavg').read_text().split()[:3])} "
+          "(the machine is shared; other sessions' tests ran meanwhile).\n")
     print(f"Machine: {platform.node()}, {cpu}, {os.cpu_count()} cores, kernel {platform.release()}, "
           f"Python {platform.python_version()} (front: /usr/bin/python3 -S -E).\n")
     print("| what (ms) | real criu (off) | front, handoff (no hooks) | front, relay (relay = always) "
-          "| added median: handoff / relay |")
+          "| added: handoff / relay |")
     print("|---|---|---|---|---|")
     print(row(f"`ctr t checkpoint` (containerd {args.version})", results))
     print(row("one `criu swrk` VERSION exchange", version))

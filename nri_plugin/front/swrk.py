@@ -200,7 +200,9 @@ def _write_work_log(work_fd: int | None, log_file: str | None, text: str) -> Non
     try:
         fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600, dir_fd=work_fd)
         try:
-            os.write(fd, (text + "\n").encode("utf-8", "replace"))
+            # CRIU's own line shape, with "Error" in it: runc >= 1.2 echoes such lines of this log in its error
+            line = "(00.000000) Error (" + text.replace("gpucr criu front: ", "gpucr criu front): ", 1) + "\n"
+            os.write(fd, line.encode("utf-8", "replace"))
         finally:
             os.close(fd)
     except OSError:
