@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import tarfile
 import time
@@ -255,3 +256,92 @@ def test_cri_checkpoint_container(front_containerd: Containerd, front_route: Fro
             assert "DUMP from runtime pid" in log and "no gpucr work, handing swrk 3" in log
         n1 = c.exec_sync(cid, ["cat", "/tmp/n"]).stdout.strip()
         wait_for(lambda: c.exec_sync(cid, ["cat", "/tmp/n"]).stdout.strip() != n1, what="container to keep running")
+
+
+class ConsoleSocket:
+    """runc's --console-socket peer: receives pty master fds (SCM_RIGHTS) and keeps draining them."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+        import threading
+        self.path = path
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(str(path))
+        self.srv.listen(4)
+        self.srv.settimeout(60)
+        self.masters: list[int] = []
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import array
+        import socket
+        while not self._stop:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            with conn:
+                fds = array.array("i")
+                _, anc, _, _ = conn.recvmsg(4096, socket.CMSG_SPACE(4 * fds.itemsize))
+                for level, kind, data in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+                self.masters.extend(fds)
+
+    def close(self) -> None:
+        self._stop = True
+        self.srv.close()
+        for fd in self.masters:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def test_terminal_container_pty_master_crosses_the_relay(front_route: FrontRoute, tmp_path: Path) -> None:
+    """On RESTORE of a terminal container CRIU sends the new pty master with the orphan-pts-master notify
+    (SCM_RIGHTS); the relay must pass the fd on to runc, which hands it to the console socket."""
+    name = f"fr-tty-{uuid.uuid4().hex[:6]}"
+    data = tmp_path / "data"
+    data.mkdir()
+    cgroup = f"/gpucr-front-test/{name}"
+    bundle = _bundle(tmp_path, name, data, cgroup)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = True
+    (bundle / "config.json").write_text(json.dumps(spec))
+    runc = [str(front_route.runc), "--root", str(tmp_path / "runc-root")]
+    images, work, rec = tmp_path / "images", tmp_path / "work", tmp_path / "hooks.jsonl"
+    console = ConsoleSocket(tmp_path / "console.sock")
+
+    def run(*args: str) -> None:
+        r = subprocess.run([*runc, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        log = next((p.read_text()[-1500:] for p in (work / "dump.log", work / "restore.log") if p.exists()), "")
+        assert r.returncode == 0, (args, r.stderr, log)
+
+    try:
+        run("run", "-d", "--console-socket", str(console.path), "--bundle", str(bundle), name)
+        wait_for(lambda: len(console.masters) == 1, what="pty master from runc run")
+        wait_for(lambda: (data / "n").exists() and _n(data) >= 2, what="tty counter")
+        with front_route.configured(hooks=HOOKS, record_to=str(rec)):
+            run("checkpoint", "--image-path", str(images), "--work-path", str(work), name)
+            at_ckpt = _n(data)
+            lines_before = len((data / "log").read_text().split())
+            mark = front_route.log_mark()
+            run("restore", "-d", "--console-socket", str(console.path), "--image-path", str(images), "--work-path",
+                str(work), "--bundle", str(bundle), name)
+        wait_for(lambda: len(console.masters) == 2, what="pty master from the restore (through the relay)")
+        assert os.isatty(console.masters[1])
+        log = front_route.log_since(mark)
+        assert "notify orphan-pts-master" in log and "RESTORE success=True" in log
+        wait_for(lambda: len((data / "log").read_text().split()) >= lines_before + 3, what="restored tty counter")
+        after = [int(x) for x in (data / "log").read_text().split()[lines_before:]]
+        assert at_ckpt - 3 <= after[0] <= at_ckpt + 3, (at_ckpt, after)
+    finally:
+        subprocess.run([*runc, "kill", name, "KILL"], capture_output=True)
+        time.sleep(0.3)
+        subprocess.run([*runc, "delete", "-f", name], capture_output=True)
+        console.close()
+        for ctrl in Path("/sys/fs/cgroup").iterdir():
+            for d in (ctrl / cgroup.lstrip("/"), ctrl / "gpucr-front-test"):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
