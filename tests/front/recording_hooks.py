@@ -51,6 +51,22 @@ def _set_freezer(cg: str, state: str) -> None:
         time.sleep(0.005)
 
 
+def _last_value(path: str | None) -> str | None:
+    """Last complete line of an append-only counter log."""
+    text = _read_raw(Path(path)) if path else None
+    if text is None:
+        return None
+    lines = text.split("\n")[:-1]
+    return lines[-1] if lines else None
+
+
+def _read_raw(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
 class Recording:
     def __init__(self, values: dict[str, str]) -> None:
         self.out = Path(values["record_to"])
@@ -71,11 +87,11 @@ class Recording:
                                "task_state": _task_state(request.pid), "images_dir": request.images_dir,
                                "peer_pid": request.peer_pid}
         if self.thaw_for_s and request.freeze_cgroup and rec["freezer"] == "FROZEN":
-            before = _read(Path(self.counter)) if self.counter else None
+            before = _last_value(self.counter)
             _set_freezer(request.freeze_cgroup, "THAWED")
             time.sleep(self.thaw_for_s)
             rec["thawed_task_state"] = _task_state(request.pid)
-            rec["counter_while_thawed"] = [before, _read(Path(self.counter)) if self.counter else None]
+            rec["counter_while_thawed"] = [before, _last_value(self.counter)]
             _set_freezer(request.freeze_cgroup, "FROZEN")
             rec["refrozen"] = _freezer(request.freeze_cgroup)
         self._rec(**rec)

@@ -27,7 +27,14 @@ HOOKS = "tests.front.recording_hooks:make"
 
 
 def _n(data: Path) -> int:
-    return int((data / "n").read_text().strip() or 0)
+    """The counter's last complete value, from the append-only log (DATA/n is rewritten in place, so a read can
+    meet it empty)."""
+    try:
+        text = (data / "log").read_text()
+    except FileNotFoundError:
+        return 0
+    lines = text.split("\n")[:-1]  # the part after the last newline may be a write in progress
+    return int(lines[-1]) if lines else 0
 
 
 @contextlib.contextmanager
@@ -41,7 +48,7 @@ def ctr_counter(ctrd: Containerd, tmp_path: Path) -> Iterator[tuple[str, Path, s
     ctrd.ctr("run", "-d", "--null-io", "--fifo-dir", f"{d}/fifo", "--runc-root", f"{d}/runc-ctr", "--cgroup", cgroup,
              "--mount", f"type=bind,src={data},dst=/data,options=rbind:rw", ctrd.image, name, "/bin/sh", "-c", COUNTER)
     try:
-        wait_for(lambda: (data / "n").exists() and _n(data) >= 2, what="counter to start")
+        wait_for(lambda: _n(data) >= 2, what="counter to start")
         yield name, data, cgroup
     finally:
         ctrd.ctr("t", "kill", "-s", "KILL", name, check=False)
@@ -85,7 +92,7 @@ def test_ctr_checkpoint_thaw_refreeze_then_restore(front_containerd: Containerd,
     ctrd = front_containerd
     with ctr_counter(ctrd, tmp_path) as (name, data, cgroup):
         with front_route.configured(hooks=HOOKS, record_to=str(rec), thaw_for_s="0.6",
-                                    counter_file=str(data / "n")):
+                                    counter_file=str(data / "log")):
             lo = _n(data)
             ctrd.ctr("c", "checkpoint", "--task", "--rw", "--image", name, ref)
             window = (lo, _n(data))
@@ -207,7 +214,7 @@ def test_runc_direct_through_the_wrapper(front_route: FrontRoute, tmp_path: Path
     try:
         subprocess.run([*runc, "run", "-d", "--bundle", str(bundle), name], check=True, timeout=60,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: (data / "n").exists() and _n(data) >= 2, what="runc counter")
+        wait_for(lambda: _n(data) >= 2, what="runc counter")
         mark = front_route.log_mark()
         lo = _n(data)
         with front_route.configured(hooks=HOOKS, record_to=str(rec)):
@@ -328,7 +335,7 @@ def test_terminal_container_pty_master_crosses_the_relay(front_route: FrontRoute
     try:
         run("run", "-d", "--console-socket", str(console.path), "--bundle", str(bundle), name)
         wait_for(lambda: len(console.masters) == 1, what="pty master from runc run")
-        wait_for(lambda: (data / "n").exists() and _n(data) >= 2, what="tty counter")
+        wait_for(lambda: _n(data) >= 2, what="tty counter")
         with front_route.configured(hooks=HOOKS, record_to=str(rec)):
             lo = _n(data)
             run("checkpoint", "--image-path", str(images), "--work-path", str(work), name)
