@@ -316,16 +316,21 @@ def _pump(rt: _socket.socket, criu: _socket.socket, pid: int, pidfd: int, relay:
     rt_writable = True              # the runtime still takes messages
     status: int | None = None
 
-    def runtime_gone() -> None:
-        nonlocal rt_open, rt_writable
+    def runtime_eof() -> None:
+        # the runtime will send nothing more (runc's CloseWrite); it may still read, so only criu hears of it
+        nonlocal rt_open
         if rt_open:
             poll.unregister(rt.fileno())
             rt_open = False
-        rt_writable = False
         try:
             criu.shutdown(_socket.SHUT_WR)
         except OSError:
             pass
+
+    def runtime_gone() -> None:
+        nonlocal rt_writable
+        runtime_eof()
+        rt_writable = False
 
     def criu_done(why: str) -> None:
         nonlocal criu_open, rt_writable
@@ -385,7 +390,7 @@ def _pump(rt: _socket.socket, criu: _socket.socket, pid: int, pidfd: int, relay:
                     continue
                 if not data and not fds:
                     log.debug("runtime closed its end (EOF), passing the half-close to criu")
-                    runtime_gone()
+                    runtime_eof()
                     continue
                 try:
                     _send(criu, data, fds)

@@ -204,3 +204,38 @@ def test_real_criu_too_old(front_route: FrontRoute, tmp_path: Path, mode: str) -
                                   "(install a newer criu and point real_criu in /etc/gpucr/front.conf at it)")
         assert s.proc.wait(10) == 1
     assert (tmp_path / "log/criu-version.cache").read_text().endswith(" 3.17\n")
+
+
+@pytest.mark.parametrize("relay", ["auto", "always"])
+def test_startup_imports_stay_small(tmp_path: Path, relay: str) -> None:
+    """The front starts twice per runc operation: neither path may pull in protobuf or the heavy stdlib modules
+    (criu-front.md Q6: rpc_pb2 alone cost 56 ms; typing, dataclasses, enum, logging and socket add more)."""
+    front = Path(__file__).resolve().parent.parent.parent / "hooks/criu_front.py"
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with (tmp_path / "stderr").open("w") as err:
+        p = subprocess.Popen(["/usr/bin/python3", "-S", "-E", "-X", "importtime", str(front), "swrk",
+                              str(theirs.fileno())], pass_fds=(theirs.fileno(),), stderr=err,
+                             env={**os.environ, "GPUCR_REAL_CRIU": str(REAL_CRIU), "GPUCR_FRONT_RELAY": relay,
+                                  "GPUCR_FRONT_LOG_DIR": str(tmp_path / "log")})
+        theirs.close()
+        with ours:
+            ours.send(rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString())
+            assert rpc_pb2.criu_resp.FromString(ours.recv(1 << 16)).success
+            ours.shutdown(socket.SHUT_WR)
+            assert p.wait(30) == 0
+    loaded = {ln.rsplit("|", 1)[1].strip() for ln in (tmp_path / "stderr").read_text().splitlines()
+              if ln.startswith("import time:") and "|" in ln}
+    assert "nri_plugin.front.swrk" in loaded
+    heavy = {"google.protobuf", "typing", "dataclasses", "enum", "logging", "socket", "inspect", "re", "json"}
+    assert not heavy & loaded, sorted(heavy & loaded)
+
+
+def test_half_close_right_after_the_request(front_route: FrontRoute, mode: str) -> None:
+    """A caller that shuts its writing side right after the request still gets CRIU's answer, then EOF."""
+    s = Session(front_route, mode_env(mode))
+    s.send(rpc_pb2.criu_req(type=rpc_pb2.VERSION))
+    s.ours.shutdown(socket.SHUT_WR)
+    resp = s.recv()
+    assert resp.type == rpc_pb2.VERSION and resp.success
+    assert s.ours.recv(1 << 16) == b""
+    assert s.proc.wait(30) == 0
