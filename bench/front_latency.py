@@ -143,6 +143,13 @@ def main() -> int:
     print("|---|---|---|---|---|")
     print(row(f"`ctr t checkpoint` (containerd {args.version})", results))
     print(row("one `criu swrk` VERSION exchange", version))
+    floor = []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        subprocess.run(["/usr/bin/python3", "-S", "-E", "-c", "pass"], check=True)
+        floor.append((time.perf_counter() - t0) * 1000)
+    print(f"\nFloor: `/usr/bin/python3 -S -E -c pass` alone takes {statistics.median(floor):.0f} ms median "
+          f"(min {min(floor):.0f}) here; the front starts twice per checkpoint.")
     return 0
 
 

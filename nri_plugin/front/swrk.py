@@ -15,7 +15,8 @@ What it does, in order (criu-front.md sections 3 and 5):
    the front's child through ``rst_sibling`` and must go to the runtime's subreaper, pitfall 4); then return criu's
    exit status so the front exits with it at once.
 
-Uses ``_socket`` rather than ``socket``: the latter imports enum and costs ~14 ms of start-up per call.
+Uses ``_socket`` rather than ``socket``: the latter imports enum and costs ~14 ms of start-up per call. The
+runtime-side helpers that the hand-over path needs too live in :mod:`.runtime`.
 """
 
 from __future__ import annotations
@@ -23,150 +24,14 @@ from __future__ import annotations
 import _socket
 import os
 import select
-import struct
 
 from . import messages as m
 from ._log import FrontLog
 from .errors import FrontError
 from .relay import TO_CRIU, Relay
+from .runtime import _recv, _send, peer_pid
 
-__all__ = ["MAX_FDS", "MAX_MESSAGE_BYTES", "answer", "criu_version", "peek_request", "peer_pid", "relay_swrk",
-           "reopen_fds", "runtime_paths", "swrk_socket"]
-
-#: larger than any CRIU RPC message runc sends or receives (runc reads answers into 10 * 4096 bytes)
-MAX_MESSAGE_BYTES = 1 << 20
-MAX_FDS = 64
-_INT = struct.Struct("i")
-_UCRED = struct.Struct("3i")
-
-
-def swrk_socket(fd: int) -> _socket.socket | None:
-    """The runtime's socket at ``fd`` if it is an AF_UNIX SOCK_SEQPACKET socket, else None (not a swrk call)."""
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return None
-    if (st.st_mode & 0o170000) != 0o140000:  # S_IFSOCK
-        return None
-    try:
-        s = _socket.socket(fileno=fd)
-    except OSError:
-        return None
-    if s.family != _socket.AF_UNIX or s.type != _socket.SOCK_SEQPACKET:
-        s.detach()
-        return None
-    return s
-
-
-def peer_pid(sock: _socket.socket) -> int:
-    pid, _uid, _gid = _UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))
-    return int(pid)
-
-
-def peek_request(sock: _socket.socket) -> bytes:
-    """The runtime's first message, left in the socket (MSG_PEEK, no fds taken), so that the real criu can still
-    read it when the front hands the session over by exec."""
-    return sock.recv(MAX_MESSAGE_BYTES, _socket.MSG_PEEK)
-
-
-def answer(sock: _socket.socket, data: bytes) -> None:
-    """Consume the runtime's pending request (closing any fds it carried) and send the front's own answer."""
-    try:
-        sock.setblocking(False)
-        _, fds = _recv(sock, "the runtime")
-        for fd in fds:
-            os.close(fd)
-    except (BlockingIOError, FrontError):
-        pass
-    finally:
-        sock.setblocking(True)
-    sock.sendmsg([data])
-
-
-def runtime_paths(pid: int, fds: dict[str, int]) -> dict[str, str]:
-    """What the runtime's fd options point at (readlink of /proc/<pid>/fd/N), for the hooks' decision; best effort."""
-    out: dict[str, str] = {}
-    for name, n in fds.items():
-        try:
-            out[name] = os.readlink(f"/proc/{pid}/fd/{n}")
-        except OSError:
-            pass
-    return out
-
-
-def criu_version(real_criu: str, cache_dir: str | None) -> tuple[int, int] | None:
-    """The real criu's (major, minor) from ``criu --version``, cached in ``cache_dir`` by path, mtime and size, so
-    the check costs a file read per call and one criu run per installed binary. None when it cannot be told (the
-    relay's VERSION answer still catches an old criu then)."""
-    try:
-        st = os.stat(real_criu)
-    except OSError:
-        return None
-    key = f"{os.path.realpath(real_criu)} {st.st_mtime_ns} {st.st_size}"
-    cache = os.path.join(cache_dir, "criu-version.cache") if cache_dir else None
-    if cache:
-        try:
-            with open(cache, encoding="utf-8") as f:
-                k, _, v = f.read().strip().rpartition(" ")
-            if k == key:
-                major, minor = v.split(".")
-                return int(major), int(minor)
-        except (OSError, ValueError):
-            pass
-    r, w = os.pipe()
-    try:
-        pid = os.posix_spawn(real_criu, [real_criu, "--version"], os.environ,
-                             file_actions=[(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
-    except OSError:
-        os.close(r)
-        os.close(w)
-        return None
-    os.close(w)
-    out = b""
-    while chunk := os.read(r, 4096):
-        out += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    text = out.decode("utf-8", "replace")
-    line = next((ln for ln in text.splitlines() if ln.startswith("Version:")), "")
-    parts = line.partition(":")[2].strip().split(".")
-    try:
-        version = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        return None
-    if cache:
-        try:
-            tmp = f"{cache}.{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(f"{key} {version[0]}.{version[1]}\n")
-            os.replace(tmp, cache)
-        except OSError:
-            pass
-    return version
-
-
-def _recv(sock: _socket.socket, side: str) -> tuple[bytes, list[int]]:
-    """One message and the fds that came with it; (b"", []) is EOF."""
-    data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE_BYTES, _socket.CMSG_SPACE(MAX_FDS * _INT.size))
-    fds: list[int] = []
-    for level, kind, payload in anc:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % _INT.size
-            fds.extend(struct.unpack(f"{usable // _INT.size}i", payload[:usable]))
-    if flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
-        for fd in fds:
-            os.close(fd)
-        raise FrontError(f"message from {side} truncated (over {MAX_MESSAGE_BYTES} bytes or {MAX_FDS} fds)")
-    return data, fds
-
-
-def _send(sock: _socket.socket, data: bytes, fds: list[int]) -> None:
-    anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))] if fds else []
-    try:
-        sock.sendmsg([data], anc)
-    finally:
-        for fd in fds:
-            os.close(fd)
+__all__ = ["relay_swrk", "reopen_fds"]
 
 
 def reopen_fds(pid: int, fds: dict[str, int]) -> dict[str, int]:
@@ -396,14 +261,14 @@ def _pump(rt: _socket.socket, criu: _socket.socket, pid: int, pidfd: int, relay:
                     _send(criu, data, fds)
                 except OSError as exc:
                     log.error(f"forwarding the runtime's message to criu pid {pid}: {exc}")
-        if status is not None and criu_open and not poll_has_input(criu):
+        if status is not None and criu_open and not _has_input(criu):
             criu_done(_status_text(status)[1])
     code, text = _status_text(status)
     log.info(f"criu pid {pid} {text}")
     return code
 
 
-def poll_has_input(sock: _socket.socket) -> bool:
+def _has_input(sock: _socket.socket) -> bool:
     p = select.poll()
     p.register(sock.fileno(), select.POLLIN)
     return bool(p.poll(0))

@@ -16,6 +16,8 @@ from nri_plugin.ckpt.criu._pb import rpc_pb2
 from tests.front.conftest import REAL_CRIU, FrontRoute
 
 pytestmark = pytest.mark.criu
+#: criu_resp{type: VERSION, success: true, version{major_number: 3, minor_number: 17, sublevel: 1}}
+OLD_VERSION_ANSWER = "080a10015206080310112001"
 _open: list[Session] = []
 
 
@@ -81,7 +83,8 @@ def test_version_through_the_front(front_route: FrontRoute, mode: str) -> None:
         assert f"request VERSION from runtime pid {me}:" in log and f"swrk {s.proc.args[2]} as pid" in log
         assert "VERSION success=True version=4.1" in log and "exited with status 0" in log
     else:
-        assert f"VERSION from runtime pid {me}: no gpucr work, handing swrk {s.proc.args[2]} to {REAL_CRIU}" in log
+        # answered with the real criu's own answer, cached per binary (no criu start on runc's VERSION call)
+        assert f"VERSION from runtime pid {me}: answered with {REAL_CRIU}'s cached answer" in log
 
 
 def test_dump_with_fd_numbers_of_the_caller(front_route: FrontRoute, tmp_path: Path, mode: str) -> None:
@@ -190,9 +193,14 @@ def test_recursion_onto_itself_is_refused(front_route: FrontRoute, tmp_path: Pat
 
 def test_real_criu_too_old(front_route: FrontRoute, tmp_path: Path, mode: str) -> None:
     """An old criu (3.17 is bookworm's, which fails on kernels >= 6.13) is refused with one clear error before any
-    request reaches it. The stand-in answers only --version: the front must not get further."""
+    request reaches it. The stand-in answers only a VERSION request, as CRIU 3.17 does: the front must not get
+    further (any other request makes it exit 99 without an answer)."""
     old = tmp_path / "criu-3.17"
-    old.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'Version: 3.17.1'; exit 0; }\nexit 99\n")
+    old.write_text("#!/usr/bin/python3\nimport socket, sys\n"
+                   "s = socket.socket(fileno=int(sys.argv[2]))\n"
+                   "if s.recv(4096) != b'\\x08\\x0a': sys.exit(99)\n"
+                   f"s.send(bytes.fromhex('{OLD_VERSION_ANSWER}'))\n"
+                   "while s.recv(4096): pass\n")
     old.chmod(0o755)
     for req in (rpc_pb2.criu_req(type=rpc_pb2.VERSION), rpc_pb2.criu_req(type=rpc_pb2.RESTORE)):
         s = Session(front_route, env={"GPUCR_REAL_CRIU": str(old), "GPUCR_FRONT_LOG_DIR": str(tmp_path / "log"),
@@ -203,7 +211,7 @@ def test_real_criu_too_old(front_route: FrontRoute, tmp_path: Path, mode: str) -
         assert resp.cr_errmsg == (f"gpucr criu front: the real criu ({old}) is version 3.17; gpucr needs CRIU >= 4.1 "
                                   "(install a newer criu and point real_criu in /etc/gpucr/front.conf at it)")
         assert s.proc.wait(10) == 1
-    assert (tmp_path / "log/criu-version.cache").read_text().endswith(" 3.17\n")
+    assert (tmp_path / "log/criu-version.cache").read_text().endswith(f" {OLD_VERSION_ANSWER}\n")
 
 
 @pytest.mark.parametrize("relay", ["auto", "always"])
@@ -225,7 +233,7 @@ def test_startup_imports_stay_small(tmp_path: Path, relay: str) -> None:
             assert p.wait(30) == 0
     loaded = {ln.rsplit("|", 1)[1].strip() for ln in (tmp_path / "stderr").read_text().splitlines()
               if ln.startswith("import time:") and "|" in ln}
-    assert "nri_plugin.front.swrk" in loaded
+    assert "nri_plugin.front.runtime" in loaded and ("nri_plugin.front.swrk" in loaded) == (relay == "always")
     heavy = {"google.protobuf", "typing", "dataclasses", "enum", "logging", "socket", "inspect", "re", "json"}
     assert not heavy & loaded, sorted(heavy & loaded)
 
@@ -239,3 +247,15 @@ def test_half_close_right_after_the_request(front_route: FrontRoute, mode: str) 
     assert resp.type == rpc_pb2.VERSION and resp.success
     assert s.ours.recv(1 << 16) == b""
     assert s.proc.wait(30) == 0
+
+
+def test_request_after_a_cached_version_answer_goes_to_the_real_criu(front_route: FrontRoute) -> None:
+    mark = front_route.log_mark()
+    s = Session(front_route, mode_env("handoff"))
+    for _ in range(2):
+        s.send(rpc_pb2.criu_req(type=rpc_pb2.VERSION))
+        resp = s.recv()
+        assert resp.type == rpc_pb2.VERSION and resp.success and resp.version.major_number >= 4
+    assert s.finish() == 0
+    log = front_route.log_since(mark)
+    assert "answered with" in log and "VERSION after VERSION from runtime pid" in log and "handing swrk" in log
