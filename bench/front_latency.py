@@ -5,8 +5,10 @@ Two measurements, both against the real components:
 
 1. ``ctr t checkpoint`` of a running counter container on a private containerd whose runc finds ``criu`` in a route
    directory (install/front.sh route). "off": that ``criu`` is a symlink to the real criu; "handoff": the front with
-   no hooks (the default for unmanaged containers: it peeks at the request and execs the real criu); "relay": the
-   front with ``relay = always`` (the path gpucr's hooks use: a full relay with fd rewrite, no-op hooks). Modes are
+   no hooks (the default for unmanaged containers: it answers runc's VERSION call from the cached answer and execs
+   the real criu for the DUMP); "relay": the front with hooks that want every session and do nothing
+   (``bench/_want_all.py``: VERSION from the cache, the DUMP fully relayed with fd rewrite), i.e. what a managed
+   container pays before any engine work. Modes are
    swapped by rename/conf edit between runs, interleaved after a warm-up, so all see the same container, daemon and
    disk state. Each checkpoint runs criu twice (VERSION, then DUMP).
 2. One ``criu swrk`` VERSION exchange driven from this process (no containerd), same three modes, which isolates
@@ -80,7 +82,7 @@ def main() -> int:
             tmp.unlink()
         tmp.symlink_to(REAL_CRIU if m == "off" else front_target)
         os.replace(tmp, front)
-        conf.write_text(base_conf + ("relay = always\n" if m == "relay" else ""))
+        conf.write_text(base_conf + ("hooks = bench._want_all:make\n" if m == "relay" else ""))
 
     env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route / "path")}
     r = subprocess.run(["bash", str(REPO / "install/containerd.sh"), "start", args.version], env=env,
@@ -138,7 +140,7 @@ def main() -> int:
           "(the machine is shared; other sessions' tests ran meanwhile).\n")
     print(f"Machine: {platform.node()}, {cpu}, {os.cpu_count()} cores, kernel {platform.release()}, "
           f"Python {platform.python_version()} (front: /usr/bin/python3 -S -E).\n")
-    print("| what (ms) | real criu (off) | front, handoff (no hooks) | front, relay (relay = always) "
+    print("| what (ms) | real criu (off) | front, handoff (no hooks) | front, relay (hooks want all, no-op) "
           "| added: handoff / relay |")
     print("|---|---|---|---|---|")
     print(row(f"`ctr t checkpoint` (containerd {args.version})", results))
