@@ -55,3 +55,20 @@ def test_refusals(tmp_path: Path) -> None:
         config.load_hooks("nocolon", {})
     with pytest.raises(FrontError, match="cannot load the front's hooks 'no.such.module:f': ModuleNotFoundError"):
         config.load_hooks("no.such.module:f", {})
+
+
+def test_front_log_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nri_plugin.front._log import FrontLog
+    log = FrontLog(str(tmp_path / "log"))
+    log.info("DUMP from runtime pid 7: no gpucr work\nsecond line")
+    log.error("boom")
+    lines = (tmp_path / "log/criu-front.log").read_text().splitlines()
+    assert len(lines) == 2  # one event per line, newlines escaped
+    stamp, rest = lines[0].split(" ", 1)
+    assert stamp.endswith("Z") and "T" in stamp
+    assert rest == f"gpucr-criu-front[{os.getpid()}]: INFO: DUMP from runtime pid 7: no gpucr work\\nsecond line"
+    assert lines[1].endswith(": ERROR: boom")
+    assert (tmp_path / "log/criu-front.log").stat().st_mode & 0o777 == 0o600
+    bad = FrontLog(str(tmp_path / "log/criu-front.log/x"))  # not a directory: falls back to stderr
+    bad.warning("still heard")
+    assert bad.problem and "still heard" in capsys.readouterr().err
