@@ -135,7 +135,10 @@ def relay_swrk(rt: _socket.socket, swrk_fd: int, real_criu: str, relay: Relay, l
                 os.close(fd)
             rt.sendmsg([answer])
             return 1
-        return _run_criu(rt, swrk_fd, real_criu, relay, log, env, forward, fds)
+        code = _run_criu(rt, swrk_fd, real_criu, relay, log, env, forward, fds)
+        if relay.explanation:  # a hook failed mid-way or after CRIU: say so in the log the runtime points at
+            _write_work_log(own.get("work_dir_fd"), req.log_file, relay.explanation)
+        return code
     finally:
         for fd in own.values():
             os.close(fd)

@@ -4,7 +4,8 @@
 It appends one JSON line per hook call to ``record_to``: at the DUMP request the v1 freezer state of
 ``freeze_cgroup`` (or ``cgroup.freeze`` on v2) and the State of the dumped pid. With ``thaw_for_s`` it does what a
 CUDA lock needs (criu-front.md Q3b): thaw, wait, record the tasks running, re-freeze; with ``fail_before_dump`` it
-raises a HookError with that text, which must abort the dump and leave the container running.
+raises a HookError with that text, which must abort the dump and leave the container running; ``fail_at_notify``
+names a notification at which it raises (CRIU is then told the notify failed).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Recording:
         self.thaw_for_s = float(values.get("thaw_for_s", "0"))
         self.fail = values.get("fail_before_dump")
         self.counter = values.get("counter_file")
+        self.fail_notify = values.get("fail_at_notify")
 
     def _rec(self, **kw: Any) -> None:
         with self.out.open("a") as f:
@@ -100,6 +102,8 @@ class Recording:
 
     def on_notify(self, request: Request, name: str, pid: int | None) -> None:
         self._rec(point="notify", name=name, pid=pid, type=request.type_name, task_state=_task_state(pid))
+        if self.fail_notify == name:
+            raise HookError(f"test hook refused at {name}")
 
     def after_response(self, request: Request, success: bool) -> None:
         self._rec(point="after", type=request.type_name, success=success)

@@ -176,6 +176,30 @@ def test_failing_hook_aborts_dump_and_container_keeps_running(front_containerd: 
         assert _advancing(data)
 
 
+def test_failing_notify_hook_aborts_dump_mid_way(front_containerd: Containerd, front_route: FrontRoute,
+                                                 tmp_path: Path) -> None:
+    """A hook failing at network-lock (CRIU has seized the tasks): CRIU is told the notify failed, aborts and
+    releases the tasks; the runtime gets the failure with gpucr's explanation; the container keeps running."""
+    rec = tmp_path / "hooks.jsonl"
+    with ctr_counter(front_containerd, tmp_path) as (name, data, cgroup), \
+            front_route.configured(hooks=HOOKS, record_to=str(rec), fail_at_notify="network-lock"):
+        mark = front_route.log_mark()
+        r = front_containerd.ctr("t", "checkpoint", "--image-path", str(tmp_path / "img"), name, check=False)
+        # runc 1.1 names the last request it sent (our NOTIFY answer), and shows only errno and the log path
+        assert r.returncode != 0 and "criu failed: type NOTIFY errno 125" in r.stderr, r.stderr
+        dump_log = Path(r.stderr.split("path= ", 1)[1].split(":", 1)[0].strip())
+        assert "Error (gpucr criu front): at network-lock of DUMP: test hook refused" in dump_log.read_text()
+        log = front_route.log_since(mark)
+        assert "notify network-lock failed: gpucr criu front: at network-lock of DUMP: test hook refused" in log
+        assert "turned into a failure: gpucr criu front: at network-lock of DUMP" in log
+        # CRIU rolls back: it still unlocks the network (that notify reaches runc as usual), then answers failure
+        assert [x["name"] for x in records(rec) if x["point"] == "notify"] == ["pre-dump", "network-lock",
+                                                                               "network-unlock"]
+        assert "RUNNING" in front_containerd.ctr("t", "ls").stdout
+        assert Path(f"/sys/fs/cgroup/freezer{cgroup}/freezer.state").read_text().strip() == "THAWED"
+        assert _advancing(data)
+
+
 def _bundle(root: Path, name: str, data: Path, cgroup: str) -> Path:
     bundle = root / "bundle"
     rootfs = bundle / "rootfs"
