@@ -45,8 +45,9 @@ def _die(msg: str, log_dir: str | None = None) -> int:
 def _exec_real(real: str, argv: list[str], log_dir: str | None) -> int:
     env = dict(os.environ)
     env[_config.ACTIVE_ENV] = "1"  # a real_criu that leads back here fails at once instead of looping
+    from nri_plugin.front.runtime import exec_real
     try:
-        os.execve(real, [real, *argv[1:]], env)
+        exec_real(real, [real, *argv[1:]], env)
     except OSError as exc:
         return _die(f"gpucr criu front: cannot run the real criu {real}: {exc.strerror}; install CRIU >= 4.1 or set "
                     f"real_criu in {_config.SYSTEM_CONF} (or GPUCR_REAL_CRIU)", log_dir)
@@ -142,7 +143,7 @@ def _hand_over(cfg: _config.FrontConfig, sock: _socket.socket, fd: int, req_type
     """exec the real criu on the runtime's own socket: same pid, runc stays its peer, nothing relayed."""
     from nri_plugin.front import messages, runtime
     try:
-        os.execve(cfg.real_criu, [cfg.real_criu, "swrk", str(fd)], env)
+        runtime.exec_real(cfg.real_criu, [cfg.real_criu, "swrk", str(fd)], env)
     except OSError as exc:
         msg = (f"gpucr criu front: cannot run the real criu {cfg.real_criu}: {exc.strerror}; install CRIU >= 4.1 "
                f"or set real_criu in {_config.SYSTEM_CONF} (or GPUCR_REAL_CRIU)")

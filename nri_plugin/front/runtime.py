@@ -8,14 +8,15 @@ in, imports as little as possible. ``_socket`` rather than ``socket`` for the sa
 
 from __future__ import annotations
 
+import _signal
 import _socket
 import os
 import struct
 
 from .errors import FrontError
 
-__all__ = ["MAX_FDS", "MAX_MESSAGE_BYTES", "VERSION_REQUEST", "answer", "criu_version_answer", "peek_request",
-           "peer_pid", "runtime_paths", "swrk_socket"]
+__all__ = ["CHILD_DEFAULT_SIGNALS", "MAX_FDS", "MAX_MESSAGE_BYTES", "VERSION_REQUEST", "answer", "criu_version_answer",
+           "exec_real", "peek_request", "peer_pid", "runtime_paths", "swrk_socket"]
 
 #: larger than any CRIU RPC message runc sends or receives (runc reads answers into 10 * 4096 bytes)
 MAX_MESSAGE_BYTES = 1 << 20
@@ -24,6 +25,20 @@ MAX_FDS = 64
 VERSION_REQUEST = b"\x08\x0a"
 _INT = struct.Struct("i")
 _UCRED = struct.Struct("3i")
+#: Python ignores these at start-up and an ignored signal survives exec: criu must get them at their defaults, as
+#: it would from runc directly (``_signal``, not ``signal``, whose import pulls in enum)
+CHILD_DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
+
+
+def exec_real(path: str, argv: list[str], env: dict[str, str]) -> None:
+    """Become the real criu (same pid, same fds), with default signal dispositions. Returns only by raising OSError."""
+    for sig in CHILD_DEFAULT_SIGNALS:
+        _signal.signal(sig, _signal.SIG_DFL)
+    try:
+        os.execve(path, argv, env)
+    finally:
+        for sig in CHILD_DEFAULT_SIGNALS:
+            _signal.signal(sig, _signal.SIG_IGN)
 
 
 def swrk_socket(fd: int) -> _socket.socket | None:
@@ -119,7 +134,8 @@ def _ask_version(real_criu: str) -> bytes | None:
         env["GPUCR_FRONT_ACTIVE"] = "1"
         try:
             pid = os.posix_spawn(real_criu, [real_criu, "swrk", str(theirs.fileno())], env,
-                                 file_actions=[(os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
+                                 file_actions=[(os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)],
+                                 setsigdef=CHILD_DEFAULT_SIGNALS)
         except OSError:
             return None
         theirs.close()

@@ -29,7 +29,7 @@ from . import messages as m
 from ._log import FrontLog
 from .errors import FrontError
 from .relay import TO_CRIU, Relay
-from .runtime import _recv, _send, peer_pid
+from .runtime import CHILD_DEFAULT_SIGNALS, _recv, _send, peer_pid
 
 __all__ = ["relay_swrk", "reopen_fds"]
 
@@ -150,7 +150,8 @@ def _run_criu(rt: _socket.socket, swrk_fd: int, real_criu: str, relay: Relay, lo
     try:
         try:
             pid = os.posix_spawn(real_criu, [real_criu, "swrk", str(swrk_fd)], env,
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), swrk_fd)])
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), swrk_fd)],
+                                 setsigdef=CHILD_DEFAULT_SIGNALS)
         except OSError as exc:
             msg = (f"gpucr criu front: cannot run the real criu {real_criu}: {exc.strerror}; install CRIU >= 4.1 "
                    "or set real_criu in /etc/gpucr/front.conf (or GPUCR_REAL_CRIU)")

@@ -259,3 +259,26 @@ def test_request_after_a_cached_version_answer_goes_to_the_real_criu(front_route
     assert s.finish() == 0
     log = front_route.log_since(mark)
     assert "answered with" in log and "VERSION after VERSION from runtime pid" in log and "handing swrk" in log
+
+
+def test_real_criu_gets_default_signal_dispositions(front_route: FrontRoute, tmp_path: Path, mode: str) -> None:
+    """Python ignores SIGPIPE and SIGXFSZ and an ignored signal survives exec; the real criu must not inherit that
+    (runc would start it with defaults). The stand-in records its SigIgn mask and answers VERSION."""
+    probe = tmp_path / "criu-probe"
+    out = tmp_path / "sigign"
+    probe.write_text("#!/bin/sh\n"
+                     f"grep SigIgn /proc/self/status >> {out}\n"
+                     f"exec {REAL_CRIU} \"$@\"\n")
+    probe.chmod(0o755)
+    env = {"GPUCR_REAL_CRIU": str(probe), "GPUCR_FRONT_LOG_DIR": str(tmp_path / "log"), **mode_env(mode)}
+    s = Session(front_route, env)
+    s.send(rpc_pb2.criu_req(type=rpc_pb2.CHECK))  # not VERSION: goes to criu in both modes
+    assert s.recv().type == rpc_pb2.CHECK
+    s.finish()
+    r = subprocess.run([str(front_route.criu), "--version"], capture_output=True, text=True,
+                       env={**os.environ, "GPUCR_REAL_CRIU": str(probe)})
+    assert r.returncode == 0
+    masks = [int(line.split()[1], 16) for line in out.read_text().splitlines()]
+    assert len(masks) >= 3  # version cache probe (first call), the CHECK session, the pass-through
+    for mask in masks:
+        assert not mask & (1 << (13 - 1)) and not mask & (1 << (25 - 1)), hex(mask)
