@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,6 +201,57 @@ def test_failing_notify_hook_aborts_dump_mid_way(front_containerd: Containerd, f
         assert _advancing(data)
 
 
+@contextlib.contextmanager
+def _subreaper(cgroup: str) -> Iterator[list[int]]:
+    """Make this process the child subreaper while a runc test runs: the containers' processes, orphaned when runc
+    exits, come to us instead of this machine's PID 1, which reaps slowly (zombies pin their cgroups). On exit,
+    reap whatever was adopted and remove the container's cgroup. Yields a list for the inits' pids (informative)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_child_subreaper = 36
+    pids: list[int] = []
+    libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+    try:
+        yield pids
+    finally:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-1, os.WNOHANG) != (0, 0):
+                    pass
+            if _remove_cgroup(cgroup, quiet=True) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        libc.prctl(pr_set_child_subreaper, 0, 0, 0, 0)
+        _remove_cgroup(cgroup)
+
+
+def _runc_pid(runc: list[str], name: str) -> int:
+    r = subprocess.run([*runc, "state", name], capture_output=True, text=True, check=True)
+    return int(json.loads(r.stdout)["pid"])
+
+
+def _remove_cgroup(cgroup: str, quiet: bool = False) -> bool:
+    """rmdir the runc test container's cgroup in every hierarchy, and the shared parent once empty; True when gone.
+    Raises (unless ``quiet``) naming what is left."""
+    left = []
+    for ctrl in Path("/sys/fs/cgroup").iterdir():
+        d = ctrl / cgroup.lstrip("/")
+        if ctrl.is_symlink() or not d.exists():
+            continue
+        try:
+            d.rmdir()
+        except OSError:
+            left.append(d)
+    if not left:
+        for ctrl in Path("/sys/fs/cgroup").iterdir():
+            with contextlib.suppress(OSError):
+                (ctrl / cgroup.lstrip("/")).parent.rmdir()
+    if left and not quiet:
+        raise AssertionError(f"cgroups left behind: {left}")
+    return not left
+
+
 def _bundle(root: Path, name: str, data: Path, cgroup: str) -> Path:
     bundle = root / "bundle"
     rootfs = bundle / "rootfs"
@@ -235,9 +287,16 @@ def test_runc_direct_through_the_wrapper(front_route: FrontRoute, tmp_path: Path
         assert r.returncode == 0, (args, r.stderr, (work / "dump.log").read_text()[-1500:] if (work / "dump.log").exists() else "")
         return r
 
+    with _subreaper(cgroup) as inits:
+        _runc_direct(runc, name, bundle, data, images, work, rec, front_route, inits, run)
+
+
+def _runc_direct(runc: list[str], name: str, bundle: Path, data: Path, images: Path, work: Path, rec: Path,
+                 front_route: FrontRoute, inits: list[int], run: Any) -> None:
     try:
         subprocess.run([*runc, "run", "-d", "--bundle", str(bundle), name], check=True, timeout=60,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        inits.append(_runc_pid(runc, name))
         wait_for(lambda: _n(data) >= 2, what="runc counter")
         mark = front_route.log_mark()
         lo = _n(data)
@@ -251,18 +310,15 @@ def test_runc_direct_through_the_wrapper(front_route: FrontRoute, tmp_path: Path
         lines_before = len((data / "log").read_text().split())
         with front_route.configured(hooks=HOOKS, record_to=str(rec)):
             run("restore", "-d", "--image-path", str(images), "--work-path", str(work), "--bundle", str(bundle), name)
+        inits.append(_runc_pid(runc, name))
         wait_for(lambda: len((data / "log").read_text().split()) >= lines_before + 3, what="restored runc counter")
         after = [int(x) for x in (data / "log").read_text().split()[lines_before:]]
         assert lo <= after[0] - 1 <= hi + 1, (lo, hi, after)
         assert "RESTORE success=True" in front_route.log_since(mark)
     finally:
-        subprocess.run([*runc, "kill", name, "KILL"], capture_output=True)
+        subprocess.run([*runc, "kill", "--all", name, "KILL"], capture_output=True)
         time.sleep(0.3)
         subprocess.run([*runc, "delete", "-f", name], capture_output=True)
-        for ctrl in Path("/sys/fs/cgroup").iterdir():
-            for d in (ctrl / cgroup.lstrip("/"), ctrl / "gpucr-front-test"):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
 
 
 @pytest.mark.parametrize("relay", ["auto", "always"])
@@ -356,31 +412,30 @@ def test_terminal_container_pty_master_crosses_the_relay(front_route: FrontRoute
         log = next((p.read_text()[-1500:] for p in (work / "dump.log", work / "restore.log") if p.exists()), "")
         assert r.returncode == 0, (args, r.stderr, log)
 
-    try:
-        run("run", "-d", "--console-socket", str(console.path), "--bundle", str(bundle), name)
-        wait_for(lambda: len(console.masters) == 1, what="pty master from runc run")
-        wait_for(lambda: _n(data) >= 2, what="tty counter")
-        with front_route.configured(hooks=HOOKS, record_to=str(rec)):
-            lo = _n(data)
-            run("checkpoint", "--image-path", str(images), "--work-path", str(work), name)
-            hi = _n(data)
-            lines_before = len((data / "log").read_text().split())
-            mark = front_route.log_mark()
-            run("restore", "-d", "--console-socket", str(console.path), "--image-path", str(images), "--work-path",
-                str(work), "--bundle", str(bundle), name)
-        wait_for(lambda: len(console.masters) == 2, what="pty master from the restore (through the relay)")
-        assert os.isatty(console.masters[1])
-        log = front_route.log_since(mark)
-        assert "notify orphan-pts-master" in log and "RESTORE success=True" in log
-        wait_for(lambda: len((data / "log").read_text().split()) >= lines_before + 3, what="restored tty counter")
-        after = [int(x) for x in (data / "log").read_text().split()[lines_before:]]
-        assert lo <= after[0] - 1 <= hi + 1, (lo, hi, after)
-    finally:
-        subprocess.run([*runc, "kill", name, "KILL"], capture_output=True)
-        time.sleep(0.3)
-        subprocess.run([*runc, "delete", "-f", name], capture_output=True)
-        console.close()
-        for ctrl in Path("/sys/fs/cgroup").iterdir():
-            for d in (ctrl / cgroup.lstrip("/"), ctrl / "gpucr-front-test"):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
+    with _subreaper(cgroup) as inits:
+        try:
+            run("run", "-d", "--console-socket", str(console.path), "--bundle", str(bundle), name)
+            wait_for(lambda: len(console.masters) == 1, what="pty master from runc run")
+            inits.append(_runc_pid(runc, name))
+            wait_for(lambda: _n(data) >= 2, what="tty counter")
+            with front_route.configured(hooks=HOOKS, record_to=str(rec)):
+                lo = _n(data)
+                run("checkpoint", "--image-path", str(images), "--work-path", str(work), name)
+                hi = _n(data)
+                lines_before = len((data / "log").read_text().split())
+                mark = front_route.log_mark()
+                run("restore", "-d", "--console-socket", str(console.path), "--image-path", str(images), "--work-path",
+                    str(work), "--bundle", str(bundle), name)
+            wait_for(lambda: len(console.masters) == 2, what="pty master from the restore (through the relay)")
+            inits.append(_runc_pid(runc, name))
+            assert os.isatty(console.masters[1])
+            log = front_route.log_since(mark)
+            assert "notify orphan-pts-master" in log and "RESTORE success=True" in log
+            wait_for(lambda: len((data / "log").read_text().split()) >= lines_before + 3, what="restored tty counter")
+            after = [int(x) for x in (data / "log").read_text().split()[lines_before:]]
+            assert lo <= after[0] - 1 <= hi + 1, (lo, hi, after)
+        finally:
+            subprocess.run([*runc, "kill", "--all", name, "KILL"], capture_output=True)
+            time.sleep(0.3)
+            subprocess.run([*runc, "delete", "-f", name], capture_output=True)
+            console.close()
