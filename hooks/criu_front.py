@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
         return _exec_real(cfg.real_criu, argv, cfg.log_dir)
     try:
         return _swrk(cfg, rt, fd)
-    except Exception as exc:  # the root of the front: one line in its log and a failed answer, never a traceback lost on /dev/null
+    except Exception as exc:  # the root: one log line and a failed answer, not a traceback lost on /dev/null
         import traceback
         where = traceback.extract_tb(exc.__traceback__)[-1]
         msg = (f"gpucr criu front: internal error ({type(exc).__name__}: {exc} at {os.path.basename(where.filename)}:"

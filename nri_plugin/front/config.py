@@ -4,8 +4,9 @@ Sources, highest first: the environment (``GPUCR_REAL_CRIU``, ``GPUCR_FRONT_LOG_
 the first configuration file that exists of ``$GPUCR_FRONT_CONF``, ``front.conf`` beside the ``criu`` the runtime
 ran (the route directory install/front.sh makes, so each containerd instance can have its own), and
 ``/etc/gpucr/front.conf``; then the defaults. The file holds ``key = value`` lines (``real_criu``, ``log_dir``,
-``hooks``, ``relay = auto|always``, and any key a hook wants), ``#`` comments, optional quotes: simple enough to parse without tomllib on
-the start-up path. The real criu is never found through PATH, so the front cannot recurse onto itself.
+``hooks``, ``relay = auto|always``, and any key a hook wants), ``#`` comments, optional quotes: simple enough to
+parse without tomllib on the start-up path. The real criu is never found through PATH, so the front cannot recurse
+onto itself.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 
 from .errors import FrontError
 
-__all__ = ["ACTIVE_ENV", "DEFAULT_LOG_DIR", "DEFAULT_REAL_CRIU", "SYSTEM_CONF", "FrontConfig", "load", "load_hooks", "parse_conf"]
+__all__ = ["ACTIVE_ENV", "DEFAULT_LOG_DIR", "DEFAULT_REAL_CRIU", "SYSTEM_CONF", "FrontConfig", "load", "load_hooks",
+           "parse_conf"]
 
 DEFAULT_REAL_CRIU = "/usr/sbin/criu"
 DEFAULT_LOG_DIR = "/var/log/gpucr"
@@ -89,8 +91,9 @@ def load(env: dict[str, str] | os._Environ[str], argv0: str) -> FrontConfig:
         relay_always=_relay_mode(env.get("GPUCR_FRONT_RELAY") or values.get("relay") or "auto", conf_file),
         conf_file=conf_file, values=values)
     if not os.path.isabs(cfg.real_criu):
-        raise FrontError(f"real_criu must be an absolute path, got {cfg.real_criu!r} (from {conf_file or 'the environment'}):"
-                         " the front never searches PATH, where it would find itself")
+        where = conf_file or "the environment"
+        raise FrontError(f"real_criu must be an absolute path, got {cfg.real_criu!r} (from {where}): the front never "
+                         "searches PATH, where it would find itself")
     me = os.path.realpath(argv0) if os.sep in argv0 else None
     if me and os.path.realpath(cfg.real_criu) == me:
         raise FrontError(f"real_criu {cfg.real_criu} is the CRIU front itself ({me}); set real_criu in "
