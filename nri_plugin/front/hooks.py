@@ -13,7 +13,13 @@ if so, it relays the session and calls the hooks at three points (criu-front.md 
 Raising (preferably :class:`~nri_plugin.front.errors.HookError`) aborts: before the dump, CRIU never runs and the
 runtime gets a failed DUMP carrying the hook's explanation; in a notify, CRIU is told the notification failed (which
 aborts DUMP/RESTORE up to ``post-restore``; CRIU ignores failures at ``pre-resume``/``post-resume``), and the
-explanation is put in front of CRIU's own error. The default, :class:`NoHooks`, does nothing, so non-CUDA and
+explanation is put in front of CRIU's own error (and written to CRIU's log in the work dir, which containerd names in
+its error: runc 1.1 itself shows only ``criu failed: type ... errno 125``).
+
+Where the hooks run: on DUMP the front sits in the runtime's cgroups (the root cgroup under containerd), so thawing
+and re-freezing the container around a CUDA lock is safe; on RESTORE runc has moved the front into the container's
+cgroups before sending the request, so a hook must never freeze the container then (it would freeze the front and
+criu), and its memory counts against the container's limit. The default, :class:`NoHooks`, does nothing, so non-CUDA and
 unmanaged checkpoints pass through untouched. A hook factory named in the front's configuration (``hooks =
 module:callable``) is called with the configuration's key/value mapping and returns the hooks object.
 """
