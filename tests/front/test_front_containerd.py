@@ -321,13 +321,15 @@ def _runc_direct(runc: list[str], name: str, bundle: Path, data: Path, images: P
         subprocess.run([*runc, "delete", "-f", name], capture_output=True)
 
 
-@pytest.mark.parametrize("relay", ["auto", "always"])
+@pytest.mark.parametrize("mode", ["handoff", "hooks"])
 def test_cri_checkpoint_container(front_containerd: Containerd, front_route: FrontRoute, tmp_path: Path,
-                                  relay: str) -> None:
-    """CRI CheckpointContainer: 2.1.9 checks criu on the daemon's PATH, then runs runc (through the front);
-    1.7.24 does not implement it at all."""
+                                  mode: str) -> None:
+    """CRI CheckpointContainer: 2.1.9 checks criu on the daemon's PATH, pauses the container, then runs runc (through
+    the front; with hooks the DUMP is relayed and the hook sees the cgroup FROZEN); 1.7.24 does not implement it."""
     ctrd = front_containerd
-    with ctrd.pod() as (c, pod_id, cfg), front_route.configured(relay=relay):
+    rec = tmp_path / "hooks.jsonl"
+    conf = {"hooks": HOOKS, "record_to": str(rec)} if mode == "hooks" else {}
+    with ctrd.pod() as (c, pod_id, cfg), front_route.configured(**conf):
         cid = ctrd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); "
                                                              "echo $i > /tmp/n; sleep 0.2; done"])
         archive = tmp_path / "ckpt.tar"
@@ -342,11 +344,12 @@ def test_cri_checkpoint_container(front_containerd: Containerd, front_route: Fro
         assert any(n.endswith("pstree.img") for n in names) and "spec.dump" in names, names[:20]
         log = front_route.log_since(mark)
         daemon = str(ctrd.info["pid"])
-        if relay == "always":
-            assert f"request VERSION from runtime pid {daemon}:" in log  # containerd's own criu check
+        assert f"VERSION from runtime pid {daemon}: answered with" in log  # containerd's own criu check
+        if mode == "hooks":
             assert "request DUMP" in log and "DUMP success=True" in log
+            b = next(x for x in records(rec) if x["point"] == "before_dump")
+            assert b["freezer"] == "FROZEN" and b["leave_running"] is True, b
         else:
-            assert f"VERSION from runtime pid {daemon}: answered with" in log
             assert "DUMP from runtime pid" in log and "no gpucr work, handing swrk 3" in log
         n1 = c.exec_sync(cid, ["cat", "/tmp/n"]).stdout.strip()
         wait_for(lambda: c.exec_sync(cid, ["cat", "/tmp/n"]).stdout.strip() != n1, what="container to keep running")
