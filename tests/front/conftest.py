@@ -1,0 +1,100 @@
+"""Fixtures of the CRIU front's tests: a route directory made by install/front.sh, and a private containerd
+(1.7.24 and 2.1.9) whose runc finds the front first on PATH (``GPUCR_CRIU_DIR``), as the product route does through
+the runc wrapper. Missing pieces fail loudly; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import testenv
+from tests.conftest import VERSIONS
+
+REAL_CRIU = testenv.TEST_ROOT / "bin/criu"
+INSTANCE = f"{os.environ.get('GPUCR_INSTANCE') or 'default'}-fr"
+
+
+class FrontRoute:
+    """install/front.sh's route directory: ``bin/runc`` (wrapper), ``path/criu`` (front), ``path/front.conf``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.criu = root / "path/criu"
+        self.runc = root / "bin/runc"
+        self.conf = root / "path/front.conf"
+        self.log_dir = root / "log"
+        self.log = self.log_dir / "criu-front.log"
+        self.base_conf = self.conf.read_text()
+
+    def log_mark(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def log_since(self, mark: int) -> str:
+        if not self.log.exists():
+            return ""
+        with self.log.open("rb") as f:
+            f.seek(mark)
+            return f.read().decode(errors="replace")
+
+    @contextlib.contextmanager
+    def configured(self, **values: str) -> Iterator[None]:
+        """front.conf plus ``values`` (e.g. hooks=..., and the hook's own keys) for the duration."""
+        self.conf.write_text(self.base_conf + "".join(f"{k} = {v}\n" for k, v in values.items()))
+        try:
+            yield
+        finally:
+            self.conf.write_text(self.base_conf)
+
+
+def make_route(root: Path) -> FrontRoute:
+    if root.exists():
+        shutil.rmtree(root)
+    r = subprocess.run(["bash", str(testenv.INSTALL / "front.sh"), "route", "--dir", str(root), "--real-criu",
+                        str(REAL_CRIU), "--log-dir", str(root / "log")], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail(f"install/front.sh route failed:\n{r.stderr}", pytrace=False)
+    return FrontRoute(root)
+
+
+@pytest.fixture(scope="session")
+def front_route() -> Iterator[FrontRoute]:
+    if os.geteuid() != 0 or not REAL_CRIU.exists():
+        pytest.fail(testenv.deps_problem() or f"{REAL_CRIU} missing: run install/deps.sh", pytrace=False)
+    route = make_route(testenv.TEST_ROOT / f"front-route-{INSTANCE}")
+    try:
+        yield route
+    finally:
+        shutil.rmtree(route.root, ignore_errors=True)
+
+
+def _containerd_sh(cmd: str, version: str, route: FrontRoute) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route.criu.parent)}
+    return subprocess.run(["bash", str(testenv.INSTALL / "containerd.sh"), cmd, version], capture_output=True,
+                          text=True, env=env)
+
+
+@pytest.fixture(scope="session", params=VERSIONS, ids=[f"containerd-{v}" for v in VERSIONS])
+def front_containerd(request: pytest.FixtureRequest, front_route: FrontRoute) -> Iterator[testenv.Containerd]:
+    """A private containerd whose shims, runc and (2.1) CRI checkpoint find the front as ``criu``."""
+    problem = testenv.deps_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    version = request.param
+    r = _containerd_sh("start", version, front_route)
+    if r.returncode != 0:
+        _containerd_sh("stop", version, front_route)
+        pytest.fail(f"install/containerd.sh start {version} (GPUCR_INSTANCE={INSTANCE}) failed:\n{r.stderr}",
+                    pytrace=False)
+    info = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+    try:
+        yield testenv.Containerd(info)
+    finally:
+        _containerd_sh("stop", version, front_route)
