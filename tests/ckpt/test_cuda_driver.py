@@ -21,7 +21,7 @@ from nri_plugin.ckpt.cuda import (
 )
 from nri_plugin.ckpt.cuda import _lib
 from nri_plugin.ckpt.cuda.driver import uuid_bytes
-from tests.fakes.cuda import WORKLOAD, FakeCuda
+from tests.fakes.cuda import WORKLOAD, FakeCuda, fake_cuda, fake_cuda_lib  # noqa: F401 (fixtures)
 from tests.testenv import wait_for
 
 

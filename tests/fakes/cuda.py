@@ -74,3 +74,22 @@ while True:
         f.write(f"{n}\n")
     time.sleep(0.1)
 '''
+
+
+# -- pytest fixtures (import them into a test module: ``from tests.fakes.cuda import fake_cuda, fake_cuda_lib``) --
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fake_cuda_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(tmp_path_factory.mktemp("fakecuda"))
+
+
+@pytest.fixture
+def fake_cuda(fake_cuda_lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
+    state = tmp_path / "fake-cuda-state"
+    state.mkdir()
+    fc = FakeCuda(fake_cuda_lib, state)
+    for k, v in fc.env.items():
+        monkeypatch.setenv(k, v)
+    return fc
