@@ -31,7 +31,7 @@ from .cuda.driver import CudaError, Driver, ProcessState, format_api_version
 from .cuda.nvml import Nvml
 from .discovery import CudaProcess, GpuInventory, discover, gpu_inventory, tree_pids
 
-__all__ = ["CgroupsLike", "CheckpointError", "CheckpointRequest", "CriuLike", "Engine", "Progress", "RestoreRequest",
+__all__ = ["CgroupsLike", "CheckpointError", "FreezerLike", "CheckpointRequest", "CriuLike", "Engine", "Progress", "RestoreRequest",
            "StoreLike", "Summary"]
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,19 @@ class CriuLike(Protocol):
     def restore(self, opts: Any, on_notify: Any = None) -> Any: ...
 
 
-class CgroupsLike(Protocol):
-    """Freezer view of the cgroup a workload lives in (v1 freezer dir or v2 dir; None when there is none)."""
+class FreezerLike(Protocol):
+    """The freezer of the cgroup a workload lives in (``nri_plugin.ckpt.cgroup.Freezer``)."""
 
-    def freezer_of(self, pid: int) -> str | None: ...
-    def is_frozen(self, cgroup: str) -> bool: ...
-    def freeze(self, cgroup: str) -> None: ...
-    def thaw(self, cgroup: str) -> None: ...
-    def pids(self, cgroup: str) -> list[int]: ...
+    path: Path
+
+    def frozen(self) -> bool: ...
+    def freeze(self) -> None: ...
+    def thaw(self) -> None: ...
+    def pids(self) -> list[int]: ...
+
+
+#: pid -> the freezer of its cgroup, or None when it sits in a root cgroup that nobody can freeze
+CgroupsLike = Callable[[int], "FreezerLike | None"]
 
 
 class StoreLike(Protocol):
@@ -221,11 +226,11 @@ class Engine:
                 step="host-memory")
 
     # -- rollback ------------------------------------------------------------------------------------------------
-    def _rollback(self, touched: set[int], cgroup: str | None, frozen_before: bool) -> list[str]:
+    def _rollback(self, touched: set[int], cgroup: FreezerLike | None, frozen_before: bool) -> list[str]:
         """Bring every touched process back to RUNNING; return problems (empty when all is well)."""
         problems: list[str] = []
-        if cgroup and self.cgroups.is_frozen(cgroup):
-            self.cgroups.thaw(cgroup)
+        if cgroup is not None and cgroup.frozen():
+            cgroup.thaw()
         for pid in sorted(touched):
             if not os.path.exists(f"/proc/{pid}"):
                 continue
@@ -241,13 +246,13 @@ class Engine:
                     self.driver.unlock(pid)
             except CudaError as exc:
                 problems.append(f"pid {pid}: {exc}")
-        if cgroup and frozen_before:
-            self.cgroups.freeze(cgroup)
+        if cgroup is not None and frozen_before:
+            cgroup.freeze()
         for pid in touched:
             log.info("rollback: pid %d back to %s", pid, "RUNNING" if not problems else "?")
         return problems
 
-    def _fail(self, exc: Exception, step: str, touched: set[int], cgroup: str | None,
+    def _fail(self, exc: Exception, step: str, touched: set[int], cgroup: FreezerLike | None,
               frozen_before: bool) -> CheckpointError:
         problems = self._rollback(touched, cgroup, frozen_before)
         pid = getattr(exc, "pid", None)
@@ -268,8 +273,8 @@ class Engine:
         summary = Summary("checkpoint", str(req.images_dir), pid=req.pid, leave_running=req.leave_running)
         with self._step("prepare"):
             self.store.prepare(req.images_dir, force=req.force)
-        cgroup = self.cgroups.freezer_of(req.pid)
-        frozen = bool(cgroup) and self.cgroups.is_frozen(cgroup)  # type: ignore[arg-type]
+        cgroup = self.cgroups(req.pid)
+        frozen = cgroup is not None and cgroup.frozen()
         summary.frozen_before = frozen
         touched: set[int] = set()
         step = "thaw"
@@ -278,10 +283,10 @@ class Engine:
         try:
             if frozen:
                 with self._step("thaw"):
-                    self.cgroups.thaw(cgroup)  # type: ignore[arg-type]
+                    cgroup.thaw()  # type: ignore[union-attr]
             step = "discover"
             with self._step("discover"):
-                pids = self.cgroups.pids(cgroup) if (req.use_cgroup and cgroup) else tree_pids(req.pid)
+                pids = cgroup.pids() if (req.use_cgroup and cgroup is not None) else tree_pids(req.pid)
                 procs, inv = discover(pids, self.driver, self.nvml)
             summary.gpu_bytes = sum(p.gpu_bytes for p in procs)
             step = "host-memory"
@@ -302,11 +307,11 @@ class Engine:
             if frozen:
                 step = "refreeze"
                 with self._step("refreeze"):
-                    self.cgroups.freeze(cgroup)  # type: ignore[arg-type]
+                    cgroup.freeze()  # type: ignore[union-attr]
             step = "criu-dump"
             self.progress(step, f"criu dump of pid {req.pid}")
             with self._step(step):
-                opts = self._make_dump_options(req, cgroup if frozen else None)
+                opts = self._make_dump_options(req, str(cgroup.path) if (frozen and cgroup is not None) else None)
                 self.criu.dump(opts)
         except Exception as exc:
             raise self._fail(exc, step, touched, cgroup, frozen) from exc
@@ -322,12 +327,12 @@ class Engine:
         self.store.write_metadata(req.images_dir, self._metadata(req, procs, inv, summary))
         return summary
 
-    def _resume_cuda(self, procs: Sequence[CudaProcess], cgroup: str | None, frozen: bool,
+    def _resume_cuda(self, procs: Sequence[CudaProcess], cgroup: FreezerLike | None, frozen: bool,
                      gpu_pairs: Mapping[int, list[tuple[str, str]]]) -> None:
         """CUDA restore + unlock of running (or thawed) processes; puts a frozen cgroup back to FROZEN."""
         thawed = False
-        if cgroup and self.cgroups.is_frozen(cgroup):
-            self.cgroups.thaw(cgroup)
+        if cgroup is not None and cgroup.frozen():
+            cgroup.thaw()
             thawed = True
         try:
             total = sum(p.gpu_bytes for p in procs)
@@ -336,10 +341,10 @@ class Engine:
                 p.pid, gpu_pairs.get(p.pid, []), self._copy_deadline(p), on_tick=tick))
             self._parallel("cuda-unlock", procs, lambda p: self.driver.unlock(p.pid))
         finally:
-            if thawed and frozen:
-                self.cgroups.freeze(cgroup)  # type: ignore[arg-type]
+            if thawed and frozen and cgroup is not None:
+                cgroup.freeze()
 
-    def _make_dump_options(self, req: CheckpointRequest, freeze_cgroup: str | None) -> Any:
+    def _make_dump_options(self, req: CheckpointRequest, freeze_cgroup: FreezerLike | None) -> Any:
         kw: dict[str, Any] = dict(pid=req.pid, images_dir=req.images_dir, leave_running=req.leave_running,
                                   file_locks=True, tcp_established=True, ext_unix_sk=True, link_remap=True,
                                   force_irmap=True, shell_job=True)
@@ -399,11 +404,11 @@ class Engine:
         procs: list[CudaProcess] = []
         if old_procs:
             step = "discover"
-            cgroup = self.cgroups.freezer_of(summary.pid)
-            frozen = bool(cgroup) and self.cgroups.is_frozen(cgroup)  # type: ignore[arg-type]
+            cgroup = self.cgroups(summary.pid)
+            frozen = cgroup is not None and cgroup.frozen()
             try:
                 if frozen:
-                    self.cgroups.thaw(cgroup)  # type: ignore[arg-type]
+                    cgroup.thaw()  # type: ignore[union-attr]
                 with self._step(step):
                     found, _ = discover(tree_pids(summary.pid), self.driver, None)
                     procs = [p for p in found if p.state == ProcessState.CHECKPOINTED]
@@ -417,14 +422,14 @@ class Engine:
                 pairs = {p.pid: self._pairs(p, req.gpu_map) for p in procs}
                 self._resume_cuda(procs, cgroup, False, pairs)
             except Exception as exc:
-                if frozen and cgroup:
-                    self.cgroups.freeze(cgroup)
+                if frozen and cgroup is not None:
+                    cgroup.freeze()
                 step = getattr(exc, "step", step)
                 raise CheckpointError(
                     f"{exc}\nthe processes were restored by CRIU (pid {summary.pid}) but their CUDA state was not; "
                     f"kill them and retry the restore", step=step, pid=getattr(exc, "pid", summary.pid)) from exc
-            if frozen and cgroup:
-                self.cgroups.freeze(cgroup)
+            if frozen and cgroup is not None:
+                cgroup.freeze()
         summary.cuda_processes = [p.to_json() for p in procs]
         summary.image_bytes = dir_bytes(req.images_dir)
         summary.timings_s = dict(self._timings)
