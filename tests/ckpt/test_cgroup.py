@@ -1,0 +1,186 @@
+"""nri_plugin.ckpt.cgroup: pure parsing (tables), then real cgroups on this host — a v1 freezer cgroup (hybrid host)
+and a cgroup in the cgroup2 hierarchy — with a sleeping process frozen, thawed and found recursively."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nri_plugin.ckpt.cgroup import (
+    CgroupError, CgroupMount, Freezer, FreezerState, cgroups_of, parse_mountinfo, parse_proc_cgroup, resolve,
+)
+from tests.ckpt._workload import state
+from tests.testenv import wait_for
+
+HYBRID_MOUNTINFO = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate
+50 23 0:40 / /mnt/with\\040space rw - ext4 /dev/sda1 rw
+"""
+V2_ONLY = "25 20 0:23 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n"
+CONTAINER_V2 = "25 20 0:23 /kubepods/pod1/c1 /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n"
+
+
+def test_parse_proc_cgroup() -> None:
+    text = "12:freezer:/k8s/c1\n4:cpu,cpuacct:/k8s/c1\n1:name=systemd:/init.scope\n0::/k8s/c1\n"
+    assert parse_proc_cgroup(text) == {"freezer": "/k8s/c1", "cpu": "/k8s/c1", "cpuacct": "/k8s/c1",
+                                       "name=systemd": "/init.scope", "": "/k8s/c1"}
+    assert parse_proc_cgroup("0::/\n") == {"": "/"}
+    with pytest.raises(CgroupError, match="malformed"):
+        parse_proc_cgroup("garbage\n")
+
+
+def test_parse_mountinfo_hybrid() -> None:
+    mounts = parse_mountinfo(HYBRID_MOUNTINFO)
+    assert [(m.version, str(m.mountpoint)) for m in mounts] == [
+        (1, "/sys/fs/cgroup/cpu,cpuacct"), (1, "/sys/fs/cgroup/freezer"), (1, "/sys/fs/cgroup/systemd"),
+        (2, "/sys/fs/cgroup/unified")]
+    assert mounts[0].controllers >= {"cpu", "cpuacct"} and "freezer" in mounts[1].controllers
+    assert "name=systemd" in mounts[2].controllers and "rw" not in mounts[1].controllers
+
+
+def test_parse_mountinfo_v2_and_escapes() -> None:
+    (m,) = parse_mountinfo(V2_ONLY)
+    assert (m.version, m.mountpoint, m.root) == (2, Path("/sys/fs/cgroup"), "/")
+    (c,) = parse_mountinfo(CONTAINER_V2)
+    assert c.root == "/kubepods/pod1/c1"
+    esc = parse_mountinfo("9 1 0:5 / /a\\040b rw - cgroup2 none rw\n")
+    assert esc[0].mountpoint == Path("/a b")
+
+
+@pytest.mark.parametrize("root, path, want", [
+    ("/", "/", "/sys/fs/cgroup"),
+    ("/", "/k8s/c1", "/sys/fs/cgroup/k8s/c1"),
+    ("/kubepods/pod1/c1", "/kubepods/pod1/c1", "/sys/fs/cgroup"),
+    ("/kubepods/pod1/c1", "/kubepods/pod1/c1/sub", "/sys/fs/cgroup/sub"),
+    ("/kubepods/pod1/c1", "/kubepods/pod1/c10", None),
+    ("/kubepods/pod1/c1", "/other", None),
+])
+def test_resolve(root: str, path: str, want: str | None) -> None:
+    m = CgroupMount(2, Path("/sys/fs/cgroup"), root, frozenset())
+    got = resolve(m, path)
+    assert (str(got) if got is not None else None) == want
+
+
+# --- real cgroups -------------------------------------------------------------------------------------------------
+
+
+def _hierarchies() -> dict[int, Path]:
+    """v1 freezer and the cgroup2 mount of this host (either may be missing on other hosts)."""
+    out: dict[int, Path] = {}
+    for m in parse_mountinfo(Path("/proc/self/mountinfo").read_text()):
+        if m.version == 1 and "freezer" in m.controllers and m.root == "/":
+            out.setdefault(1, m.mountpoint)
+        if m.version == 2 and m.root == "/":
+            out.setdefault(2, m.mountpoint)
+    return out
+
+
+VERSIONS = sorted(_hierarchies())
+
+
+@pytest.fixture(params=VERSIONS, ids=[f"v{v}" for v in VERSIONS])
+def cgroup(request: pytest.FixtureRequest) -> Iterator[tuple[Freezer, Path]]:
+    """A fresh cgroup (with a child cgroup) in the v1 freezer or the v2 hierarchy; removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.fail("cgroup tests need root", pytrace=False)
+    version: int = request.param
+    top = _hierarchies()[version] / f"gpucr-test-criu-{uuid.uuid4().hex[:8]}"
+    top.mkdir()
+    (top / "sub").mkdir()
+    try:
+        yield Freezer(top, version), top
+    finally:
+        f = Freezer(top, version)
+        try:
+            f.thaw()
+        except CgroupError:
+            pass
+        for pid in f.pids():
+            os.kill(pid, 9)
+        wait_for(lambda: not f.pids(), what=f"{top} to empty")
+        (top / "sub").rmdir()
+        top.rmdir()
+
+
+def _sleeper(cg: Path) -> subprocess.Popen[bytes]:
+    p = subprocess.Popen(["sleep", "1000"])
+    (cg / "cgroup.procs").write_text(str(p.pid))
+    return p
+
+
+def test_freeze_thaw_and_pids(cgroup: tuple[Freezer, Path]) -> None:
+    f, top = cgroup
+    a, b = _sleeper(top), _sleeper(top / "sub")
+    try:
+        assert f.pids() == sorted([a.pid, b.pid])
+        assert Freezer(top / "sub", f.version).pids() == [b.pid]
+        pc = cgroups_of(a.pid)
+        assert (pc.v1_freezer if f.version == 1 else pc.unified) == top
+        assert any(x == f for x in pc.freezers())
+
+        assert f.state() == FreezerState.THAWED and not f.frozen() and not f.self_frozen()
+        f.freeze()
+        assert f.state() == FreezerState.FROZEN and f.frozen() and f.self_frozen()
+        sub = Freezer(top / "sub", f.version)
+        assert sub.state() == FreezerState.FROZEN and sub.parent_frozen() and not sub.self_frozen()
+        with pytest.raises(CgroupError, match="an ancestor cgroup is frozen"):
+            sub.thaw()
+        assert state(a.pid) in "DS" and state(b.pid) in "DS"  # v1 frozen tasks read D; v2 ones S
+        f.thaw()
+        assert f.state() == FreezerState.THAWED and sub.state() == FreezerState.THAWED
+        assert not sub.parent_frozen()
+    finally:
+        a.kill(); b.kill(); a.wait(); b.wait()
+
+
+def test_frozen_process_really_stops(cgroup: tuple[Freezer, Path], tmp_path: Path) -> None:
+    f, top = cgroup
+    out = tmp_path / "ticks"
+    p = subprocess.Popen(["sh", "-c", f"while :; do echo x >> {out}; sleep 0.01; done"])
+    (top / "cgroup.procs").write_text(str(p.pid))
+    try:
+        wait_for(lambda: out.exists() and out.stat().st_size > 10, what="ticks")
+        f.freeze()
+        size = out.stat().st_size
+        time.sleep(0.3)
+        assert out.stat().st_size == size, "a frozen cgroup kept running"
+        f.thaw()
+        wait_for(lambda: out.stat().st_size > size, what="ticks after thaw")
+    finally:
+        p.kill(); p.wait()
+
+
+def test_refuses_to_freeze_itself_or_root(cgroup: tuple[Freezer, Path]) -> None:
+    f, top = cgroup
+    me = cgroups_of(os.getpid())
+    own = me.v1_freezer if f.version == 1 else me.unified
+    assert own is not None
+    (top / "cgroup.procs").write_text(str(os.getpid()))
+    try:
+        with pytest.raises(CgroupError, match=f"holds gpucr itself \\(pid {os.getpid()}\\)"):
+            f.freeze()
+    finally:
+        (own / "cgroup.procs").write_text(str(os.getpid()))
+    root = Freezer(_hierarchies()[f.version], f.version)
+    assert root.is_root and root.state() == FreezerState.THAWED
+    with pytest.raises(CgroupError, match="root cgroup cannot be frozen"):
+        root.freeze()
+
+
+def test_missing_pid_and_cgroup() -> None:
+    with pytest.raises(CgroupError, match="no such process"):
+        cgroups_of(2**22 - 1)
+    with pytest.raises(CgroupError, match="does not exist"):
+        Freezer(Path("/sys/fs/cgroup/gpucr-no-such-cgroup"), 2).pids()
+    with pytest.raises(CgroupError, match="does not exist"):
+        Freezer(Path("/sys/fs/cgroup/gpucr-no-such-cgroup"), 1).state()
