@@ -40,7 +40,7 @@ typedef struct {
     unsigned long long reserved1;
 } CUcheckpointRestoreArgs;
 
-typedef struct { int state; unsigned long long bytes; char gpu[64]; } rec_t;
+typedef struct { int state; unsigned long long bytes; char gpu[64]; unsigned long long start; } rec_t;
 
 static const char *dir(void) {
     const char *d = getenv("FAKE_CUDA_DIR");
@@ -53,13 +53,32 @@ static void fake_uuid(int index, char *out, size_t n) {
     snprintf(out, n, "GPU-00000000-0000-4000-8000-%012d", index);
 }
 
+static int write_rec(int pid, const rec_t *r);
+static unsigned long long proc_start(int pid);
+
+/* The driver's state lives in the process's memory, so a process CRIU brought back from an image is in the state
+ * the image was taken in: CHECKPOINTED (gpucr dumps only checkpointed CUDA processes). A restored process is a new
+ * task, seen by its start time. Only driver-API callers apply this rule: CRIU may restore the workload into its own
+ * time namespace, where its own view of its start time differs from everyone else's. */
+static int read_rec_raw(int pid, rec_t *r);
 static int read_rec(int pid, rec_t *r) {
+    if (read_rec_raw(pid, r) != 0) return -1;
+    unsigned long long st = proc_start(pid);
+    if (st && r->start && st != r->start) {
+        r->state = ST_CHECKPOINTED;
+        r->start = st;
+        write_rec(pid, r);
+    }
+    return 0;
+}
+
+static int read_rec_raw(int pid, rec_t *r) {
     char p[512];
     path_of(p, sizeof p, pid);
     FILE *f = fopen(p, "r");
     if (!f) return -1;
     memset(r, 0, sizeof *r);
-    int ok = fscanf(f, "state=%d bytes=%llu gpu=%63s", &r->state, &r->bytes, r->gpu) == 3;
+    int ok = fscanf(f, "state=%d bytes=%llu gpu=%63s start=%llu", &r->state, &r->bytes, r->gpu, &r->start) == 4;
     fclose(f);
     return ok ? 0 : -1;
 }
@@ -70,7 +89,7 @@ static int write_rec(int pid, const rec_t *r) {
     snprintf(t, sizeof t, "%s.tmp.%d", p, (int)getpid());
     FILE *f = fopen(t, "w");
     if (!f) return -1;
-    fprintf(f, "state=%d bytes=%llu gpu=%s\n", r->state, r->bytes, r->gpu);
+    fprintf(f, "state=%d bytes=%llu gpu=%s start=%llu\n", r->state, r->bytes, r->gpu, r->start);
     fclose(f);
     return rename(t, p);
 }
@@ -87,6 +106,23 @@ static char proc_state(int pid) {
     buf[n] = 0;
     char *rp = strrchr(buf, ')');
     return rp && rp[1] == ' ' ? rp[2] : 0;
+}
+
+/* field 22 of /proc/PID/stat: when the task was created; a process CRIU restored is a new task */
+static unsigned long long proc_start(int pid) {
+    char p[64], buf[1024];
+    snprintf(p, sizeof p, "/proc/%d/stat", pid);
+    int fd = open(p, O_RDONLY);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    char *s = strrchr(buf, ')');
+    if (!s) return 0;
+    s += 2; /* at field 3 */
+    for (int i = 3; i < 22 && s; i++) { s = strchr(s, ' '); if (s) s++; }
+    return s ? strtoull(s, NULL, 10) : 0;
 }
 
 static int file_has(const char *path, const char *needle) {
@@ -187,7 +223,9 @@ static int transition(int pid, const char *step, int from, int to) {
 
 /* ---- workload side ---- */
 int fakeCudaRegister(unsigned long long bytes, int gpu_index) {
-    rec_t r = {ST_RUNNING, bytes, ""};
+    rec_t r = {ST_RUNNING, bytes, "", 0};
+    /* the start time as the driver's callers see it: fakeCudaRegister runs before any restore, in their namespace */
+    r.start = proc_start(getpid());
     fake_uuid(gpu_index, r.gpu, sizeof r.gpu);
     int fd = lock_dir();
     int rc = write_rec(getpid(), &r);
@@ -198,7 +236,7 @@ int fakeCudaRegister(unsigned long long bytes, int gpu_index) {
 int fakeCudaWait(void) {
     rec_t r;
     for (;;) {
-        if (read_rec(getpid(), &r) != 0) return -1;
+        if (read_rec_raw(getpid(), &r) != 0) return -1;
         if (r.state == ST_RUNNING) return 0;
         usleep(5000);
     }
