@@ -41,6 +41,8 @@ ROLLBACK_WAIT_S = 30.0
 #: checkpoint/restore deadline: a floor plus time at a pessimistic 0.5 GiB/s (measured 1.6-5 GiB/s on an H200)
 COPY_FLOOR_S = 60.0
 COPY_RATE_BPS = 0.5 * (1 << 30)
+#: how long the dumped (killed) tasks may take to leave their cgroup before it is frozen again
+KILL_WAIT_S = 10.0
 #: host memory kept free beyond the GPU data, for CRIU and the rest of the node
 HOST_MEMORY_MARGIN_BYTES = 512 << 20
 
@@ -156,13 +158,16 @@ class Engine:
 
     def __init__(self, driver: Driver, criu: CriuLike, cgroups: CgroupsLike, store: StoreLike, *,
                  nvml: Nvml | None = None, progress: Progress | None = None,
+                 freezer_at: Callable[[str, int], FreezerLike | None] | None = None,
                  dump_options: Callable[..., Any] | None = None,
                  restore_options: Callable[..., Any] | None = None) -> None:
         self.driver, self.criu, self.cgroups, self.store, self.nvml = driver, criu, cgroups, store, nvml
         self.progress = progress or (lambda step, msg: None)
+        self.freezer_at = freezer_at or (lambda path, version: None)
         self._dump_options = dump_options
         self._restore_options = restore_options
         self._timings: dict[str, float] = {}
+        self._checkpoint_freezer: FreezerLike | None = None
 
     # -- small helpers -------------------------------------------------------------------------------------------
     @contextmanager
@@ -274,6 +279,7 @@ class Engine:
         with self._step("prepare"):
             self.store.prepare(req.images_dir, force=req.force)
         cgroup = self.cgroups(req.pid)
+        self._checkpoint_freezer = cgroup
         frozen = cgroup is not None and cgroup.frozen()
         summary.frozen_before = frozen
         touched: set[int] = set()
@@ -321,6 +327,15 @@ class Engine:
                 self._resume_cuda(procs, cgroup, frozen, gpu_pairs={})
             except Exception as exc:
                 raise self._fail(exc, "cuda-restore", touched, cgroup, frozen) from exc
+        if frozen and cgroup is not None and not cgroup.frozen():
+            # CRIU thaws the freezer to let the dumped tasks die (no leave-running): once they are gone, put back the
+            # caller's state (freezing earlier would trap the dying tasks)
+            with self._step("refreeze"):
+                dumped = set(tree_pids(req.pid)) | {p.pid for p in procs} | {req.pid}
+                deadline = time.monotonic() + KILL_WAIT_S
+                while dumped & set(cgroup.pids()) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                cgroup.freeze()
         summary.image_bytes = dir_bytes(req.images_dir)
         summary.cuda_processes = [p.to_json() for p in procs]
         summary.timings_s = dict(self._timings)
@@ -366,6 +381,7 @@ class Engine:
             "container_id": req.container_id,
             "leave_running": req.leave_running,
             "frozen_before": summary.frozen_before,
+            "freezer": self._freezer_json(req.pid),
             "cuda": {
                 "driver_api": api,
                 "driver_api_version": format_api_version(api) if api else "",
@@ -377,6 +393,10 @@ class Engine:
             "timings_s": summary.timings_s,
             "image_bytes": summary.image_bytes,
         }
+
+    def _freezer_json(self, pid: int) -> dict[str, Any]:
+        f = self._checkpoint_freezer
+        return {"path": str(f.path), "version": int(getattr(f, "version", 0))} if f is not None else {}
 
     # -- restore -------------------------------------------------------------------------------------------------
     def restore(self, req: RestoreRequest) -> Summary:
@@ -392,15 +412,37 @@ class Engine:
             with self._step("compatibility"):
                 self._check_compat(cuda, req.gpu_map)
         self._check_host_memory(summary.gpu_bytes, f"restore {req.images_dir}")
+        # CRIU puts the tasks back into their cgroup; if a caller keeps it frozen, the restore would freeze mid-way:
+        # thaw it for the restore and the CUDA steps, and freeze it again at the end (the tree comes back paused,
+        # as it was checkpointed)
+        rec = meta.get("freezer") or {}
+        home = self.freezer_at(rec["path"], int(rec.get("version") or 0)) if rec.get("path") else None
+        home_frozen = home is not None and home.frozen()
         step = "criu-restore"
         self.progress(step, f"criu restore from {req.images_dir}")
         try:
+            if home_frozen:
+                with self._step("thaw"):
+                    home.thaw()  # type: ignore[union-attr]
             with self._step(step):
                 opts = self._make_restore_options(req)
                 res = self.criu.restore(opts)
         except Exception as exc:
+            if home_frozen:
+                home.freeze()  # type: ignore[union-attr]
             raise CheckpointError(f"criu restore failed: {exc}", step=step) from exc
         summary.pid = int(res.pid)
+        try:
+            self._restore_cuda(req, summary, old_procs)
+        finally:
+            if home_frozen:
+                with self._step("refreeze"):
+                    home.freeze()  # type: ignore[union-attr]
+        summary.timings_s = dict(self._timings)
+        return summary
+
+    def _restore_cuda(self, req: RestoreRequest, summary: Summary, old_procs: list[dict[str, Any]]) -> Summary:
+        """CUDA restore + unlock of the CRIU-restored tree rooted at ``summary.pid``."""
         procs: list[CudaProcess] = []
         if old_procs:
             step = "discover"

@@ -80,7 +80,7 @@ class _ProgressLine:
 
 
 def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
-    from ..ckpt.cgroup import CgroupError, cgroups_of
+    from ..ckpt.cgroup import CgroupError, Freezer, cgroups_of
     from ..ckpt.criu import Criu
     from ..ckpt.cuda import Driver, Nvml
     from ..ckpt.engine import Engine
@@ -93,8 +93,12 @@ def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
             return None
         return None if f.is_root else f
 
+    def freezer_at(path: str, version: int) -> Any:
+        f = Freezer(Path(path), version)
+        return f if version in (1, 2) and f.path.is_dir() and not f.is_root else None
+
     return Engine(Driver(args.libcuda), Criu(args.criu), freezer_of, CheckpointStore(args.root),
-                  nvml=Nvml(args.libnvml), progress=progress)
+                  nvml=Nvml(args.libnvml), progress=progress, freezer_at=freezer_at)
 
 
 def resolve_container(ref: str, address: str) -> tuple[str, int]:

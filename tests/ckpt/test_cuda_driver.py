@@ -164,7 +164,7 @@ def _workload(fc: FakeCuda, tmp_path: Path, gpu_bytes: int = 1 << 30) -> subproc
     out = tmp_path / "count.log"
     p = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(out), str(gpu_bytes)], env={**os.environ, **fc.env},
                          start_new_session=True)
-    wait_for(lambda: fc.state(p.pid) == "RUNNING" and out.exists(), what="fake CUDA workload to register")
+    wait_for(lambda: fc.state(p.pid) == "RUNNING" and Path(f"{out}.0").exists(), what="fake CUDA workload")
     return p
 
 

@@ -60,20 +60,87 @@ class FakeCuda:
             f.unlink()
 
 
-#: a workload snippet: load the fake (so discovery sees it mapped), register, then loop on fakeCudaWait()
+#: a workload: N processes (argv[3]), each loads the fake (so discovery sees it mapped), registers its CUDA state and
+#: loops on fakeCudaWait() -- which blocks while the process is locked or checkpointed, as a CUDA call would -- writing
+#: its counter to OUT.<i>; a helper thread in each process keeps a second counter (multi-threaded)
 WORKLOAD = r'''
 import ctypes, os, sys, time, threading
+out, nbytes, nproc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 1
+idx = 0
+for i in range(1, nproc):
+    if os.fork() == 0:
+        idx = i
+        break
 lib = ctypes.CDLL(os.environ["GPUCR_LIBCUDA"])
-lib.fakeCudaRegister(ctypes.c_ulonglong(int(sys.argv[2])), 0)
-out = sys.argv[1]
-n = 0
-while True:
-    lib.fakeCudaWait()          # blocks while locked/checkpointed, like a CUDA call would
-    n += 1
-    with open(out, "a") as f:
-        f.write(f"{n}\n")
-    time.sleep(0.1)
+lib.fakeCudaRegister(ctypes.c_ulonglong(nbytes), 0)
+def count(name):
+    n = 0
+    while True:
+        lib.fakeCudaWait()
+        n += 1
+        tmp = f"{out}.{name}.tmp"
+        with open(tmp, "w") as f:
+            f.write(str(n))
+        os.replace(tmp, f"{out}.{name}")
+        time.sleep(0.05)
+threading.Thread(target=count, args=(f"{idx}t",), daemon=True).start()
+count(str(idx))
 '''
+
+
+class FakeWorkload:
+    """A running fake-CUDA workload tree; ``pids`` are its processes (root first)."""
+
+    def __init__(self, fc: FakeCuda, tmp: Path, nproc: int = 1, gpu_bytes: int = 1 << 30) -> None:
+        import subprocess
+        import sys
+
+        from tests.testenv import wait_for
+
+        self.fc, self.nproc = fc, nproc
+        self.base = tmp / "fakecount"
+        self.log = open(tmp / "fakeworkload.out", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(self.base), str(gpu_bytes), str(nproc)],
+                                     env={**os.environ, **fc.env}, stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp)
+        self.root = self.proc.pid
+        wait_for(lambda: len(self.counters()) == 2 * nproc, what="fake CUDA workload counters")
+        kids = Path(f"/proc/{self.root}/task/{self.root}/children").read_text().split()
+        self.pids = [self.root, *map(int, kids)]
+        assert len(self.pids) == nproc, self.pids
+
+    def counters(self) -> dict[str, int]:
+        out = {}
+        for p in self.base.parent.glob(self.base.name + ".*"):
+            if not p.name.endswith(".tmp"):
+                try:
+                    out[p.name.rsplit(".", 1)[1]] = int(p.read_text() or 0)
+                except (OSError, ValueError):
+                    pass
+        return out
+
+    def advancing(self, timeout: float = 10.0) -> dict[str, int]:
+        from tests.testenv import wait_for
+
+        before = self.counters()
+        wait_for(lambda: len(before) == 2 * self.nproc and all(
+            v > before[n] for n, v in self.counters().items()), timeout=timeout,
+            what=f"every counter of the fake CUDA workload (root {self.root}) to advance")
+        return self.counters()
+
+    def kill(self) -> None:
+        import signal
+
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(10)
+        except Exception:
+            pass
+        self.log.close()
 
 
 # -- pytest fixtures (import them into a test module: ``from tests.fakes.cuda import fake_cuda, fake_cuda_lib``) --
