@@ -52,6 +52,7 @@ class GpuInventory:
 
     driver_version: str = ""
     gpus: dict[str, str] = field(default_factory=dict)
+    by_index: dict[int, str] = field(default_factory=dict)
 
 
 def _ppid_map() -> dict[int, int]:
@@ -113,6 +114,24 @@ def cuda_candidates(pids: Iterable[int], driver_path: str) -> list[int]:
     return [p for p in pids if p != os.getpid() and (_maps_cuda(p, names) or _has_nvidia_fd(p))]
 
 
+def _nvidia_minors(pid: int) -> set[int]:
+    """GPU minor numbers of the /dev/nvidiaN fds a process holds (NVML may not see processes in some VMs)."""
+    out: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        tail = target.removeprefix("/dev/nvidia")
+        if tail != target and tail.isdigit():
+            out.add(int(tail))
+    return out
+
+
 def _comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
@@ -126,7 +145,8 @@ def gpu_inventory(nvml: Nvml | None) -> tuple[GpuInventory, dict[int, dict[str, 
     if nvml is None:
         return GpuInventory(), {}
     try:
-        inv = GpuInventory(nvml.driver_version(), {g.uuid: g.name for g in nvml.gpus()})
+        gpus = nvml.gpus()
+        inv = GpuInventory(nvml.driver_version(), {g.uuid: g.name for g in gpus}, {g.index: g.uuid for g in gpus})
         usage = {pid: dict(u.memory) for pid, u in nvml.usage().items()}
         return inv, usage
     except NvmlError as exc:
@@ -151,5 +171,6 @@ def discover(pids: Iterable[int], driver: Driver, nvml: Nvml | None = None,
             state = driver.get_state(pid, timeout_s)
         except NotCudaProcessError:
             continue
-        found.append(CudaProcess(pid, state, _comm(pid), usage.get(pid, {})))
+        gpus = usage.get(pid) or {inv.by_index[i]: 0 for i in _nvidia_minors(pid) if i in inv.by_index}
+        found.append(CudaProcess(pid, state, _comm(pid), gpus))
     return found, inv
