@@ -282,6 +282,33 @@ class Bench:
             except OSError as exc:
                 print(f"grit cleanup: {exc}", file=sys.stderr)
 
+    def gpu_used_mib(self) -> list[int]:
+        q = sh(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+        return [int(v) for v in q.stdout.split()]
+
+    def cross_gpu(self, gib: float) -> None:
+        """Checkpoint on GPU 0, restore onto GPU 1 with --gpu-map GPU0=GPU1 (needs two GPUs of the same chip)."""
+        uuids = sh(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"]).stdout.split()
+        if len(uuids) < 2:
+            raise RuntimeError(f"cross-GPU restore needs 2 GPUs, this machine has {len(uuids)}")
+        pid, d, dig0 = self.start(gib, "cross")
+        used0 = self.gpu_used_mib()
+        ck = self.work / "ckcross"
+        s = self.gpucr("checkpoint", "--pid", str(pid), "--to", str(ck))
+        at = self.step(d)
+        self.wait_gone(pid)
+        r = self.gpucr("restore", str(ck), "--gpu-map", f"{uuids[0]}={uuids[1]}")
+        first = self.step(d)
+        after = self.wait_steps(d, 5)
+        ok = self.verify(d, "rs") == dig0
+        used1 = self.gpu_used_mib()
+        self.record(case=f"{gib:g} GiB GPU0 -> GPU1", mode="kill+restore (--gpu-map GPU0=GPU1)", checkpoint=s,
+                    restore=r, digest_ok=ok, steps=[at, first, after], gpu_used_mib_before=used0,
+                    gpu_used_mib_after=used1, moved=used1[1] > used0[1] + 512 and used1[0] < used0[0] - 512)
+        os.kill(r["pid"], 9)
+        self.wait_gone(r["pid"])
+        shutil.rmtree(ck)
+
     def cleanup(self) -> None:
         for p in getattr(self, "_procs", []):
             try:
@@ -326,6 +353,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=None, help="where checkpoints go (default: a temp dir)")
     ap.add_argument("--no-grit", action="store_true")
     ap.add_argument("--no-map", action="store_true")
+    ap.add_argument("--cross-gpu", action="store_true", help="also checkpoint on GPU 0 and restore on GPU 1")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     tools = Path(tempfile.mkdtemp(prefix="gpucr-tools-"))
@@ -342,6 +370,13 @@ def main() -> int:
             except Exception as exc:
                 failures += 1
                 b.record(case=f"{g:g} GiB", mode="FAILED", error=str(exc)[-3000:], checkpoint={"timings_s": {},
+                         "image_bytes": 0, "wall_s": 0}, digest_ok=False, steps=[])
+        if a.cross_gpu:
+            try:
+                b.cross_gpu(1.0)
+            except Exception as exc:
+                failures += 1
+                b.record(case="GPU0 -> GPU1", mode="FAILED", error=str(exc)[-3000:], checkpoint={"timings_s": {},
                          "image_bytes": 0, "wall_s": 0}, digest_ok=False, steps=[])
         if not a.no_grit:
             try:
