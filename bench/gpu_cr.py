@@ -297,12 +297,12 @@ class Bench:
         s = self.gpucr("checkpoint", "--pid", str(pid), "--to", str(ck))
         at = self.step(d)
         self.wait_gone(pid)
-        r = self.gpucr("restore", str(ck), "--gpu-map", f"{uuids[0]}={uuids[1]}")
+        r = self.gpucr("restore", str(ck), "--gpu-map", f"{uuids[0]}={uuids[1]},{uuids[1]}={uuids[0]}")
         first = self.step(d)
         after = self.wait_steps(d, 5)
         ok = self.verify(d, "rs") == dig0
         used1 = self.gpu_used_mib()
-        self.record(case=f"{gib:g} GiB GPU0 -> GPU1", mode="kill+restore (--gpu-map GPU0=GPU1)", checkpoint=s,
+        self.record(case=f"{gib:g} GiB GPU0 -> GPU1", mode="kill+restore (--gpu-map GPU0=GPU1,GPU1=GPU0)", checkpoint=s,
                     restore=r, digest_ok=ok, steps=[at, first, after], gpu_used_mib_before=used0,
                     gpu_used_mib_after=used1, moved=used1[1] > used0[1] + 512 and used1[0] < used0[0] - 512)
         os.kill(r["pid"], 9)

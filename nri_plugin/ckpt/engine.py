@@ -168,6 +168,7 @@ class Engine:
         self._restore_options = restore_options
         self._timings: dict[str, float] = {}
         self._checkpoint_freezer: FreezerLike | None = None
+        self._node_gpus: list[str] = []
 
     # -- small helpers -------------------------------------------------------------------------------------------
     @contextmanager
@@ -407,6 +408,7 @@ class Engine:
             meta = self.store.read_metadata(req.images_dir)
         cuda = meta.get("cuda") or {}
         old_procs = cuda.get("processes") or []
+        self._node_gpus = list((cuda.get("gpus") or {}).keys())
         summary.gpu_bytes = int(cuda.get("gpu_bytes") or 0)
         if old_procs:
             with self._step("compatibility"):
@@ -461,7 +463,7 @@ class Engine:
                     raise CheckpointError(
                         f"the restored tree of pid {summary.pid} has {len(procs)} checkpointed CUDA process(es), the "
                         f"checkpoint recorded {len(old_procs)}", step=step, pid=summary.pid)
-                pairs = {p.pid: self._pairs(p, req.gpu_map) for p in procs}
+                pairs = {p.pid: self._pairs(p, req.gpu_map, self._node_gpus) for p in procs}
                 self._resume_cuda(procs, cgroup, False, pairs)
             except Exception as exc:
                 if frozen and cgroup is not None:
@@ -477,11 +479,25 @@ class Engine:
         summary.timings_s = dict(self._timings)
         return summary
 
-    def _pairs(self, p: CudaProcess, gpu_map: Mapping[str, str]) -> list[tuple[str, str]]:
-        """Old->new UUID pairs covering every GPU the process used; none when nothing moves (driver default)."""
+    def _pairs(self, p: CudaProcess, gpu_map: Mapping[str, str], node_gpus: Sequence[str] = ()) -> list[tuple[str, str]]:
+        """Old->new UUID pairs; none when nothing moves (the driver's default).
+
+        The driver wants the pairs to cover every GPU the process could see (measured on a 2-GPU H200: a PyTorch
+        process on GPU 0 alone got CUDA_ERROR_INVALID_VALUE for the single pair GPU0->GPU1), so every GPU of the
+        checkpointing node is paired, unmapped ones with themselves, and the result must be one-to-one.
+        """
         if not gpu_map:
             return []
-        return [(u, gpu_map.get(u, u)) for u in p.gpus]
+        olds = list(dict.fromkeys([*p.gpus, *node_gpus, *gpu_map]))
+        pairs = [(u, gpu_map.get(u, u)) for u in olds]
+        news = [b for _, b in pairs]
+        if len(set(news)) != len(news):
+            dup = sorted({b for b in news if news.count(b) > 1})
+            raise CheckpointError(
+                f"--gpu-map must be one-to-one over the GPUs of the checkpointing node ({', '.join(olds)}): "
+                f"{', '.join(dup)} would receive two GPUs; map the other one too (e.g. swap them)",
+                step="compatibility", pid=p.pid)
+        return pairs
 
     def _check_compat(self, cuda: Mapping[str, Any], gpu_map: Mapping[str, str]) -> None:
         """Refuse before CRIU when this node cannot take the checkpoint's GPU state; say what differs."""
@@ -497,8 +513,9 @@ class Engine:
         old_gpus: Mapping[str, str] = cuda.get("gpus") or {}
         used = {u for p in cuda.get("processes") or [] for u in (p.get("gpus") or {})}
         for u in sorted(gpu_map):
-            if u not in used:
-                diffs.append(f"--gpu-map names {u}, which no checkpointed process used (used: {sorted(used)})")
+            if u not in used and u not in old_gpus:
+                diffs.append(f"--gpu-map names {u}, which was not a GPU of the checkpointing node "
+                             f"(it had: {sorted(set(old_gpus) | used)})")
         if inv.gpus:
             for u in sorted(used):
                 target = gpu_map.get(u, u)

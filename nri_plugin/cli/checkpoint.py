@@ -144,14 +144,22 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     from ..ckpt.engine import CheckpointRequest
 
     container_id, pid, use_cgroup = "", args.pid, False
+    criu_options: dict[str, Any] = {}
     if args.container:
+        from ..ckpt.container import bind_mounts
+
         container_id, pid = resolve_container(args.container, args.address)
         use_cgroup = True
+        # like runc: every bind mount is external to CRIU, keyed by its mountpoint in the container
+        criu_options["external_mounts"] = {m.target: m.target for m in bind_mounts(pid)}
+        # the container's cgroup mounts are bind mounts of cgroup dirs: CRIU handles them when it manages cgroups
+        criu_options["manage_cgroups"] = True
     progress = _ProgressLine()
     try:
         summary = _engine(args, progress).checkpoint(CheckpointRequest(
             images_dir=args.to, pid=pid, leave_running=args.leave_running, force=args.force,
-            container_id=container_id, use_cgroup=use_cgroup, lock_timeout_ms=args.lock_timeout_ms))
+            container_id=container_id, use_cgroup=use_cgroup, lock_timeout_ms=args.lock_timeout_ms,
+            criu_options=criu_options))
     finally:
         progress.done()
     _print(summary, args.json)

@@ -266,3 +266,29 @@ def test_dir_outside_root_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="outside the configured checkpoint root"):
         store.prepare(tmp_path / "elsewhere", force=False)
     store.prepare(tmp_path / "root" / "ok", force=False)
+
+
+def test_gpu_map_pairs_cover_every_gpu_and_are_one_to_one(mocker: MockerFixture, procs: list[int],
+                                                          tmp_path: Path) -> None:
+    """Measured on a 2-GPU H200: the driver refuses pairs that leave a visible GPU out (INVALID_VALUE)."""
+    s = Setup(mocker, procs, tmp_path)
+    p = CudaProcess(procs[0], ProcessState.CHECKPOINTED, "python3", {UUID0: GIB})
+    assert s.engine._pairs(p, {}, [UUID0, UUID1]) == []
+    assert s.engine._pairs(p, {UUID0: UUID1, UUID1: UUID0}, [UUID0, UUID1]) == [(UUID0, UUID1), (UUID1, UUID0)]
+    assert s.engine._pairs(p, {UUID0: UUID0}, [UUID0]) == [(UUID0, UUID0)]
+    with pytest.raises(CheckpointError, match=f"{UUID1} would receive two GPUs; map the other one too"):
+        s.engine._pairs(p, {UUID0: UUID1}, [UUID0, UUID1])
+
+
+def test_restore_remaps_gpus(mocker: MockerFixture, procs: list[int], tmp_path: Path) -> None:
+    s = Setup(mocker, procs, tmp_path)
+    s.checkpoint(leave_running=True)
+    for pid in procs:
+        s.driver.state[pid] = ProcessState.CHECKPOINTED
+    s.criu.restore.return_value = mocker.MagicMock(pid=procs[0])
+    restore = mocker.spy(s.driver, "restore")
+    mocker.patch.object(engine_mod, "gpu_inventory", return_value=(
+        GpuInventory("580.159.04", {UUID0: "NVIDIA H200", UUID1: "NVIDIA H200"}), {}))
+    out = s.engine.restore(RestoreRequest(images_dir=s.dir, gpu_map={UUID0: UUID1, UUID1: UUID0}))
+    assert s.all_running() and out.pid == procs[0]
+    assert {c.args[1] and tuple(c.args[1]) for c in restore.call_args_list} == {((UUID0, UUID1), (UUID1, UUID0))}
