@@ -3,17 +3,19 @@
 A container's bind mounts (its volumes, ``/etc/hosts``, ``/etc/resolv.conf``, ...) come from outside its root
 filesystem, so CRIU cannot dump them as part of the mount tree: like runc, gpucr marks each as external, keyed by its
 mountpoint inside the container, and records the host path it came from so a restore can map the key back.
-Kernel-provided filesystems (proc, sysfs, tmpfs, devpts, mqueue, cgroup) are left to CRIU.
+Kernel-provided filesystems (proc, sysfs, tmpfs, devpts, mqueue) are left to CRIU; cgroup mounts are binds of the
+container's own cgroup directories, so they are external too (as runc passes them).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-__all__ = ["BindMount", "bind_mounts", "parse_mountinfo_line"]
+__all__ = ["BindMount", "bind_mounts", "external_pid_ns", "parse_mountinfo_line"]
 
 #: filesystems CRIU dumps and restores itself inside a container's mount namespace
-KERNEL_FS = frozenset({"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "devtmpfs", "securityfs"})
+KERNEL_FS = frozenset({"proc", "sysfs", "tmpfs", "devpts", "mqueue", "devtmpfs", "securityfs"})
 
 
 @dataclass(frozen=True)
@@ -55,3 +57,18 @@ def bind_mounts(pid: int) -> list[BindMount]:
         src = (base.rstrip("/") + root) if base else root
         out.append(BindMount(mp, src or "/", fs))
     return out
+
+
+def external_pid_ns(pid: int) -> str | None:
+    """``pid[INODE]:extRootPidNS`` when ``pid`` lives in a pid namespace it is not the init of (a container that
+    shares its pod's pid namespace): CRIU cannot dump such a namespace and must treat it as external, as runc does."""
+    try:
+        ours = os.stat("/proc/self/ns/pid").st_ino
+        theirs = os.stat(f"/proc/{pid}/ns/pid").st_ino
+        with open(f"/proc/{pid}/status") as f:
+            nspid = next((ln.split()[1:] for ln in f if ln.startswith("NSpid:")), [])
+    except OSError:
+        return None
+    if theirs == ours or not nspid or nspid[-1] == "1":
+        return None
+    return f"pid[{theirs}]:extRootPidNS"

@@ -100,6 +100,7 @@ class CheckpointRequest:
     use_cgroup: bool = False
     lock_timeout_ms: int = 30_000
     criu_options: Mapping[str, Any] = field(default_factory=dict)
+    extra_metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -393,6 +394,7 @@ class Engine:
             },
             "timings_s": summary.timings_s,
             "image_bytes": summary.image_bytes,
+            **req.extra_metadata,
         }
 
     def _freezer_json(self, pid: int) -> dict[str, Any]:

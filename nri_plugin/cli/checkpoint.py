@@ -145,21 +145,25 @@ def run_checkpoint(args: argparse.Namespace) -> int:
 
     container_id, pid, use_cgroup = "", args.pid, False
     criu_options: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     if args.container:
-        from ..ckpt.container import bind_mounts
+        from ..ckpt.container import bind_mounts, external_pid_ns
 
         container_id, pid = resolve_container(args.container, args.address)
         use_cgroup = True
         # like runc: every bind mount is external to CRIU, keyed by its mountpoint in the container
-        criu_options["external_mounts"] = {m.target: m.target for m in bind_mounts(pid)}
-        # the container's cgroup mounts are bind mounts of cgroup dirs: CRIU handles them when it manages cgroups
-        criu_options["manage_cgroups"] = True
+        mounts = bind_mounts(pid)
+        criu_options["external_mounts"] = {m.target: m.target for m in mounts}
+        extra["container"] = {"id": container_id, "bind_mounts": {m.target: m.source for m in mounts}}
+        ext_pid = external_pid_ns(pid)
+        if ext_pid:
+            criu_options["external"] = [ext_pid]
     progress = _ProgressLine()
     try:
         summary = _engine(args, progress).checkpoint(CheckpointRequest(
             images_dir=args.to, pid=pid, leave_running=args.leave_running, force=args.force,
             container_id=container_id, use_cgroup=use_cgroup, lock_timeout_ms=args.lock_timeout_ms,
-            criu_options=criu_options))
+            criu_options=criu_options, extra_metadata=extra))
     finally:
         progress.done()
     _print(summary, args.json)
