@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..errors import GpucrError
 
 __all__ = [
     "CgroupError", "CgroupMount", "Freezer", "FreezerState", "ProcessCgroups", "cgroups_of", "parse_mountinfo",
-    "parse_proc_cgroup", "resolve",
+    "parse_proc_cgroup", "resolve", "thawed",
 ]
 
 FREEZE_TIMEOUT_S = 10.0
@@ -150,7 +151,9 @@ class Freezer:
                       if " " in line)
         if events.get("frozen", "0").strip() == "1":
             return FreezerState.FROZEN
-        return FreezerState.FREEZING if self.self_frozen() else FreezerState.THAWED
+        # v2 freezes asynchronously (each task stops at its next signal check): frozen 0 while this cgroup or an
+        # ancestor asks for a freeze means FREEZING
+        return FreezerState.FREEZING if self.self_frozen() or self.parent_frozen() else FreezerState.THAWED
 
     def self_frozen(self) -> bool:
         """Frozen (or freezing) because of a write to *this* cgroup, as a caller's pause does."""
@@ -293,3 +296,37 @@ def cgroups_of(pid: int, *, proc: Path = Path("/proc")) -> ProcessCgroups:
     v1 = _pick(mounts, 1, own["freezer"], "freezer") if "freezer" in own else None
     v2 = _pick(mounts, 2, own[""], None) if "" in own else None
     return ProcessCgroups(pid, v1, v2)
+
+
+@contextmanager
+def thawed(freezers: Iterable[Freezer], timeout_s: float = FREEZE_TIMEOUT_S) -> Iterator[list[Freezer]]:
+    """Thaw every freezer a caller froze, and freeze exactly those again on exit (on errors too).
+
+    This is the step that lets CUDA be locked in a container that containerd paused: the lock needs running
+    processes, and the caller must find its cgroup frozen again afterwards. Yields the freezers that were thawed
+    (empty when nothing was frozen).
+
+    Raises:
+        CgroupError: a cgroup is frozen through an ancestor (thawing it cannot help: says which), or a thaw or the
+            re-freeze did not settle. Freezers thawed before a failure are frozen again before the error propagates.
+    """
+    done: list[Freezer] = []
+    try:
+        for f in freezers:
+            if not f.frozen():
+                continue
+            if f.parent_frozen() and not f.self_frozen():
+                raise CgroupError(f"{f.path} is frozen by an ancestor cgroup, not by itself: thaw the ancestor "
+                                  "(or resume the parent pod) before checkpointing")
+            f.thaw(timeout_s)
+            done.append(f)
+        yield list(done)
+    finally:
+        errors = []
+        for f in reversed(done):
+            try:
+                f.freeze(timeout_s)
+            except CgroupError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise CgroupError("could not freeze again what a caller had frozen: " + "; ".join(errors))

@@ -20,13 +20,15 @@ SCRIPT = r"""
 import os, sys, threading, time
 d = sys.argv[1]
 def counter(name):
+    # one file, kept open and rewritten in place: it exists at every instant, so images taken with
+    # leave_running always restore (a temp file renamed away after the dump would not)
+    f = open(os.path.join(d, name), "w")
     n = 0
     while True:
         n += 1
-        tmp = os.path.join(d, name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(str(n))
-        os.replace(tmp, os.path.join(d, name))
+        f.seek(0)
+        f.write(str(n).ljust(16))
+        f.flush()
         time.sleep(0.02)
 for i in range(2):
     if os.fork() == 0:
@@ -58,7 +60,7 @@ class Workload:
         assert len(self.pids) == 3, self.pids
 
     def counters(self) -> dict[str, int]:
-        return {n: int((self.dir / n).read_text() or 0) for n in NAMES}
+        return {n: int((self.dir / n).read_text().strip() or 0) for n in NAMES}
 
     def advancing(self, timeout: float = 5.0) -> dict[str, int]:
         """Wait until every counter moved past its current value; returns the new values."""
@@ -71,8 +73,8 @@ class Workload:
         """After a dump that killed the tree: reap our child, and wait until init reaped the others (their pids, and
         the root's pid they hold as session/group id, must be free before a restore can reuse them)."""
         self.proc.wait(10)
-        wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in self.pids), timeout=10,
-                 what=f"pids {self.pids} to be released")
+        wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in self.pids)
+                 and not session_members(self.root), timeout=10, what=f"pids {self.pids} to be released")
 
     def kill(self) -> None:
         """Kill every process of the session (original or restored) and release the pids."""
@@ -91,6 +93,35 @@ class Workload:
             except ChildProcessError:
                 pass
         self.out.close()
+
+
+def rmdir_cgroup(path: Path) -> None:
+    """Remove a test cgroup, retrying while the kernel still counts exiting tasks in it (EBUSY)."""
+    def gone() -> bool:
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    wait_for(gone, timeout=10, what=f"cgroup {path} to be removable")
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids (zombies included) whose session id is ``sid``: all must be reaped before ``sid`` can be restored."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[3]) == sid:  # state ppid pgrp session ...
+            out.append(int(entry))
+    return out
 
 
 def threads(pid: int) -> int:

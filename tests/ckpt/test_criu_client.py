@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nri_plugin.ckpt.criu import Criu, CriuError, DumpOptions, Notify, RestoreOptions
-from tests.ckpt._workload import NAMES, Workload, ppid, state, threads
+from tests.ckpt._workload import NAMES, Workload, ppid, session_members, state, threads
 from tests.testenv import REPO, wait_for
 
 pytestmark = pytest.mark.criu
@@ -78,8 +78,14 @@ def test_restore_without_sibling_reparents_root(criu_binary: str, workload: Work
 
 def test_leave_running_then_restore_from_images(criu_binary: str, workload: Workload, images: Path) -> None:
     criu = Criu(criu_binary)
-    res = criu.dump(DumpOptions(pid=workload.root, images_dir=images, leave_running=True))
-    at_dump = workload.counters()
+    frozen: dict[str, int] = {}
+
+    def at_post_dump(name: str, pid: int) -> None:
+        if name == "post-dump":  # tasks are still seized here: the files hold the values in the images
+            frozen.update(workload.counters())
+
+    res = criu.dump(DumpOptions(pid=workload.root, images_dir=images, leave_running=True), on_notify=at_post_dump)
+    at_dump = frozen
     assert res.notifications[0] == Notify.PRE_DUMP and Notify.POST_DUMP in res.notifications
     moved = workload.advancing()  # still running, every thread
     assert all(state(p) in "RSD" for p in workload.pids)
@@ -271,3 +277,85 @@ def test_silent_criu_times_out(fake_criu: str, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(CriuError, match=r"sent nothing for 0\.5 s"):
         Criu(fake_criu, timeout_s=0.5).version()
     assert time.monotonic() - start < 15
+
+
+def test_restore_with_inherited_stdout_pipe(criu_binary: str, images: Path) -> None:
+    """A container's stdio is a pipe the runtime holds: the restored tree gets a new pipe through inherit_fd."""
+    import subprocess
+
+    p = subprocess.Popen(["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i; sleep 0.02; done"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    assert p.stdout is not None
+    key = f"pipe:[{os.fstat(p.stdout.fileno()).st_ino}]"
+    try:
+        first = int(p.stdout.readline())
+        criu = Criu(criu_binary)
+        criu.dump(DumpOptions(pid=p.pid, images_dir=images))
+        p.wait(10)
+        last = int(p.stdout.read().split()[-1] or first)
+        wait_for(lambda: not session_members(p.pid), what=f"session {p.pid} to be reaped")
+        r_fd, w_fd = os.pipe()
+        try:
+            res = criu.restore(RestoreOptions(images_dir=images, inherit_fds={key: w_fd}))
+            os.close(w_fd)
+            w_fd = -1
+            with os.fdopen(r_fd, "rb", closefd=False) as r:
+                line = int(r.readline())
+            assert line == last + 1  # the restored shell writes into our new pipe, counting on
+        finally:
+            if w_fd >= 0:
+                os.close(w_fd)
+            os.close(r_fd)
+            try:
+                os.kill(res.pid, 9)
+            except (ProcessLookupError, UnboundLocalError):
+                pass
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+
+
+def test_interrupt_in_callback_closes_criu_and_workload_runs(criu_binary: str, workload: Workload,
+                                                             images: Path) -> None:
+    def cb(name: str, pid: int) -> None:
+        if name == "post-dump":  # tasks are seized right now: closing the socket must make CRIU let go
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Criu(criu_binary).dump(DumpOptions(pid=workload.root, images_dir=images), on_notify=cb)
+    assert all(state(p) in "RSD" for p in workload.pids), [state(p) for p in workload.pids]
+    workload.advancing()
+    assert _our_children() == {workload.root}  # criu was reaped, nothing else left behind
+
+
+def _our_children() -> set[int]:
+    kids: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        kids.update(map(int, Path(f"/proc/self/task/{tid}/children").read_text().split()))
+    return kids
+
+
+def test_bad_options_fail_before_criu_starts(images: Path) -> None:
+    # a binary that does not exist proves criu was never needed to refuse these
+    missing = Criu("/nonexistent/criu")
+    with pytest.raises(CriuError, match="invalid dump options: pid 0"):
+        missing.dump(DumpOptions(pid=0, images_dir=images))
+    with pytest.raises(CriuError, match="invalid restore options: inherit fd"):
+        missing.restore(RestoreOptions(images_dir=images, inherit_fds={"k": -3}))
+
+
+def test_plugins_disabled_even_when_user_config_names_a_dir(criu_binary: str, workload: Workload, images: Path,
+                                                            bad_plugins: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "user.conf"
+    conf.write_text(f"libdir {bad_plugins}\nfile-locks\n")
+    monkeypatch.setenv("CRIU_CONFIG_FILE", str(conf))
+    Criu(criu_binary).dump(DumpOptions(pid=workload.root, images_dir=images, leave_running=True))
+    log = (images / "dump.log").read_text()
+    assert "cuda_plugin" not in log
+    monkeypatch.setenv("CRIU_CONFIG_FILE", str(tmp_path / "missing.conf"))
+    with pytest.raises(CriuError, match=r"cannot read \$CRIU_CONFIG_FILE .*missing.conf"):
+        Criu(criu_binary).version()

@@ -185,3 +185,43 @@ def test_notify_round_trip(name: str, pid: int) -> None:
 def test_notify_names_match_criu() -> None:
     assert [n.value for n in rpc.Notify][:3] == ["pre-stream", "pre-dump", "network-lock"]
     assert rpc.Notify.POST_RESUME == "post-resume"
+
+
+def test_front_can_import_messages_without_the_client() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; import nri_plugin.ckpt.criu._pb.rpc_pb2; "
+            "print(sorted(m for m in sys.modules if m.startswith('nri_plugin.ckpt.criu.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "nri_plugin.ckpt.criu.client" not in out and "nri_plugin.ckpt.criu.rpc" not in out
+
+
+def test_parse_request_for_a_front() -> None:
+    raw = rpc.dump_request(DumpOptions(pid=5, images_dir=IMG, external_mounts={"/d": "d"}), images_dir_fd=8,
+                           work_dir_fd=9)
+    req = rpc.parse_request(raw + b"\xf8\x01\x07")  # + unknown top-level field 31 = 7 (a newer runtime's)
+    assert req.type == pb.DUMP and req.opts.images_dir_fd == 8 and req.opts.work_dir_fd == 9
+    req.opts.images_dir_fd, req.opts.work_dir_fd = 3, 4  # what a front rewrites (SO_PEERCRED fd numbers)
+    out = req.SerializeToString()
+    assert out.endswith(b"\xf8\x01\x07") or b"\xf8\x01\x07" in out
+    again = rpc.parse_request(out)
+    assert (again.opts.images_dir_fd, again.opts.work_dir_fd, list(again.opts.external)) == (3, 4, ["mnt[/d]:d"])
+    assert rpc.parse_request(rpc.version_request()).type == pb.VERSION
+    with pytest.raises(CriuError, match="not a criu_req"):
+        rpc.parse_request(b"\xff\xff")
+    with pytest.raises(CriuError, match="without type"):
+        rpc.parse_request(b"")
+
+
+def test_options_record_is_json() -> None:
+    import json
+
+    from nri_plugin.ckpt.criu.options import as_record
+
+    rec = as_record(DumpOptions(pid=3, images_dir=IMG, cgroups_mode=CgroupMode.SOFT, external_mounts={"/a": "b"}))
+    assert rec["images_dir"] == "/ckpt/img" and rec["cgroups_mode"] == "SOFT" and rec["external_mounts"] == {"/a": "b"}
+    r2 = as_record(RestoreOptions(images_dir=IMG, cgroup_roots={None: "/x"}, join_ns=[JoinNamespace("net", "/n")]))
+    assert r2["cgroup_roots"] == {"": "/x"} and r2["join_ns"] == [{"ns": "net", "ns_file": "/n", "extra_opt": None}]
+    json.dumps(rec)
+    json.dumps(r2)

@@ -8,8 +8,9 @@ criu because CRIU reads them from its own fd table.
 
 CRIU's plugins (its CUDA plugin in particular, which hangs on frozen cgroups before CRIU 4.2 and would fight gpucr
 for the CUDA lock) are disabled for every request: criu runs with ``CRIU_LIBS_DIR`` and a ``CRIU_CONFIG_FILE`` whose
-``libdir`` point at an empty private directory. The config file beats /etc/criu/default.conf and ~/.criu/default.conf
-(CRIU parses global, user, then env config); an RPC ``config_file`` still wins over all three.
+``libdir`` point at an empty private directory. That config file beats /etc/criu/default.conf and ~/.criu/default.conf
+(CRIU parses global, user, then env config) and keeps the caller's own ``$CRIU_CONFIG_FILE`` lines before ours; only an
+RPC ``config_file`` (``DumpOptions.config_file``, parsed last) could still name another ``libdir``.
 
 CRIU's log (``dump.log`` / ``restore.log``) is written next to the images; on failure its tail (and criu's stderr,
 which holds the errors CRIU prints before it opens its log) is part of the CriuError.
@@ -203,12 +204,12 @@ class Criu:
         Raises:
             CriuError: with CRIU's errno and the tail of ``dump.log``.
         """
-        self.version()
         log_name = opts.log_file or "dump.log"
         what = f"dump of pid {opts.pid}"
         with ExitStack() as stack:
             img_fd, work_fd, work_dir = self._open_dirs(stack, opts.images_dir, opts.work_dir, what)
             req = rpc.dump_request(opts, images_dir_fd=img_fd, work_dir_fd=work_fd, log_file=log_name)
+            self.version()  # after the cheap checks: bad input fails without starting criu
             start = time.monotonic()
             out = self._run(req, "DUMP", what, work_dir, log_name, (), on_notify)
             result = DumpResult(opts.images_dir, work_dir / log_name, time.monotonic() - start, out.seen)
@@ -222,7 +223,6 @@ class Criu:
         Raises:
             CriuError: with CRIU's errno and the tail of ``restore.log``.
         """
-        self.version()
         log_name = opts.log_file or "restore.log"
         what = f"restore from {opts.images_dir}"
         with ExitStack() as stack:
@@ -230,9 +230,13 @@ class Criu:
             inherit = dict(opts.inherit_fds)
             req = rpc.restore_request(opts, images_dir_fd=img_fd, work_dir_fd=work_fd, log_file=log_name,
                                       inherit_fds=inherit)
+            self.version()
             start = time.monotonic()
             out = self._run(req, "RESTORE", what, work_dir, log_name, tuple(inherit.values()), on_notify)
-            pid = out.reply.restored_pid if out.reply.restored_pid is not None else -1
+            if out.reply.restored_pid is None or out.reply.restored_pid <= 0:
+                raise CriuError(f"{what}: criu reported success without a restored pid "
+                                f"({out.reply.restored_pid!r}): protocol error", log_file=work_dir / log_name)
+            pid = out.reply.restored_pid
             result = RestoreResult(opts.images_dir, pid, work_dir / log_name, time.monotonic() - start, out.seen,
                                    out.fds[0] if out.fds else None)
             for extra in out.fds[1:]:
@@ -276,10 +280,18 @@ class Criu:
             libdir = private / "no-plugins"
             libdir.mkdir()
         env["CRIU_LIBS_DIR"] = str(libdir)
-        if "CRIU_CONFIG_FILE" not in os.environ:
-            conf = private / "gpucr-criu.conf"
-            conf.write_text(f"libdir {libdir}\n")
-            env["CRIU_CONFIG_FILE"] = str(conf)
+        # CRIU parses /etc/criu/default.conf, ~/.criu/default.conf, then $CRIU_CONFIG_FILE, later lines winning:
+        # our file carries the caller's $CRIU_CONFIG_FILE (if any) and then our libdir, which beats all three
+        user = ""
+        if os.environ.get("CRIU_CONFIG_FILE"):
+            try:
+                user = Path(os.environ["CRIU_CONFIG_FILE"]).read_text()
+            except OSError as exc:
+                raise CriuError(f"cannot read $CRIU_CONFIG_FILE {os.environ['CRIU_CONFIG_FILE']}: {exc.strerror}; "
+                                "fix or unset it") from exc
+        conf = private / "gpucr-criu.conf"
+        conf.write_text(f"{user.rstrip()}\nlibdir {libdir}\n".lstrip())
+        env["CRIU_CONFIG_FILE"] = str(conf)
         return env
 
     @contextmanager
@@ -319,6 +331,10 @@ class Criu:
         if last and exc.criu_errmsg and last not in message:
             # cr_errmsg is CRIU's *first* error, often a harmless one (rlimit); the log's last error is the cause
             message = message.replace(exc.criu_errmsg.strip(), last)
+        if "Can't get 1:16 opt: Operation not supported" in tail:
+            # kernels >= 6.16 refuse SO_PASSCRED on inet sockets; CRIU < 4.2 treats that as fatal
+            message += ("; this CRIU cannot dump INET sockets on this kernel (SO_PASSCRED is refused, fixed in "
+                        "CRIU 4.2): install CRIU >= 4.2, or checkpoint a process without TCP/UDP sockets")
         if "Can't fork for" in last and "File exists" in last:
             message += ("; that pid is still in use here (a process, or an unreaped zombie that still holds it as its "
                         "process-group or session id): wait until it is gone, or restore into a new pid namespace")

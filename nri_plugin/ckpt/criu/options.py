@@ -9,11 +9,12 @@ Validation lives in :func:`nri_plugin.ckpt.criu.rpc.dump_request` / ``restore_re
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import IntEnum
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum, IntEnum
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CgroupMode", "DumpOptions", "JoinNamespace", "NetworkLock", "RestoreOptions"]
+__all__ = ["CgroupMode", "DumpOptions", "JoinNamespace", "NetworkLock", "RestoreOptions", "as_record"]
 
 DEFAULT_LOG_LEVEL = 4  # CRIU's -v4: debug; what runc uses, and what a failure report needs
 
@@ -107,3 +108,23 @@ class RestoreOptions(_Common):
     cgroup_roots: Mapping[str | None, str] = field(default_factory=dict)  # --cgroup-root [CTRL:]PATH
     join_ns: Sequence[JoinNamespace] = ()    # --join-ns
     lsm_profile: str | None = None           # --lsm-profile
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.name
+    if isinstance(value, Path):
+        return str(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {("" if k is None else str(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def as_record(opts: DumpOptions | RestoreOptions) -> dict[str, Any]:
+    """The options as a JSON-able dict (paths as strings, enums by name), for a checkpoint's metadata."""
+    rec: dict[str, Any] = _plain(opts)
+    return rec

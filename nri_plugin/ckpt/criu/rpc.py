@@ -19,7 +19,7 @@ from .options import DumpOptions, RestoreOptions, _Common
 
 __all__ = [
     "MIN_VERSION", "Notify", "Reply", "check_final", "check_version", "dump_request", "notify_answer",
-    "parse_reply", "restore_request", "version_request",
+    "parse_reply", "parse_request", "restore_request", "version_request",
 ]
 
 MIN_VERSION = (4, 1)
@@ -170,6 +170,24 @@ def restore_request(o: RestoreOptions, *, images_dir_fd: int, work_dir_fd: int |
     if o.lsm_profile is not None:
         opts.lsm_profile = o.lsm_profile
     return pb.criu_req(type=pb.RESTORE, opts=opts).SerializeToString()
+
+
+def parse_request(data: bytes) -> pb.criu_req:
+    """Decode a request as a runtime (runc, go-criu) sends it, for a CRIU front that inspects or rewrites it.
+
+    Fields this subset does not define are kept and re-encoded untouched by ``SerializeToString()``.
+
+    Raises:
+        CriuError: the bytes are not a criu_req (the runtime's fault, or a wrong peer).
+    """
+    msg = pb.criu_req()
+    try:
+        msg.ParseFromString(data)
+    except Exception as exc:  # DecodeError, or RuntimeError/ValueError depending on the protobuf backend
+        raise CriuError(f"the runtime sent a message that is not a criu_req ({len(data)} bytes)") from exc
+    if not msg.IsInitialized():
+        raise CriuError(f"the runtime sent a criu_req without {', '.join(msg.FindInitializationErrors())}")
+    return msg
 
 
 def parse_reply(data: bytes) -> Reply:

@@ -1,0 +1,377 @@
+"""The checkpoint directory: private creation, refusal rules, ``gpucr.json`` metadata with a manifest, and host
+resource checks made before the expensive steps.
+
+Layout of a checkpoint ``DIR`` (dirs 0700, files 0600, because images hold the process's whole memory)::
+
+    DIR/gpucr.json      metadata (written last, atomically: its presence marks a complete checkpoint)
+    DIR/images/         CRIU's images, with dump.log (and later restore.log) beside them
+
+``gpucr.json`` records the format version, gpucr and driver versions, per-process GPU facts (filled by the engine),
+the container id and spec digest, the network identity, timings, sizes, and a manifest (size + sha256) of every file
+of the checkpoint, so a truncated or corrupt checkpoint is refused *before* CRIU runs on restore.
+
+Deliberately not here: what goes into the images (CRIU), GPU discovery (the CUDA engine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import GpucrError
+
+__all__ = [
+    "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
+    "check_disk_space", "check_host_memory", "mem_available", "mode_of", "parse_meminfo",
+]
+
+FORMAT_VERSION = 1
+METADATA = "gpucr.json"
+IMAGES = "images"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_CHUNK = 4 << 20
+_EXCLUDED = frozenset({METADATA, f".{METADATA}.tmp"})
+_LOGS = frozenset({"restore.log"})  # written by every restore; never part of the manifest
+
+
+class LayoutError(GpucrError):
+    """A checkpoint directory is unusable: refused, missing, corrupt, or the host lacks room for it."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    size: int
+    sha256: str
+
+
+@dataclass
+class GpuProcess:
+    """One process that held CUDA state at checkpoint time (the engine fills this)."""
+
+    pid: int
+    gpu_uuids: list[str] = field(default_factory=list)
+    chips: list[str] = field(default_factory=list)     # e.g. "NVIDIA H200", one per UUID
+    memory_bytes: int = 0
+
+
+@dataclass
+class Metadata:
+    """The content of ``gpucr.json``. Unknown keys from a newer gpucr are kept in ``extra``."""
+
+    format_version: int = FORMAT_VERSION
+    gpucr_version: str = __version__
+    created_at: float = field(default_factory=time.time)
+    root_pid: int | None = None
+    container_id: str | None = None
+    spec_digest: str | None = None                  # "sha256:<hex>" of the OCI spec the container ran with
+    driver_version: str | None = None
+    processes: list[GpuProcess] = field(default_factory=list)
+    network: dict[str, Any] | None = None           # netid.read_netns() output
+    criu: dict[str, Any] = field(default_factory=dict)   # options the dump used (for the restore)
+    timings: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    manifest: dict[str, FileEntry] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        extra = d.pop("extra")
+        return json.dumps({**extra, **d}, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str = METADATA) -> Metadata:
+        """Parse and validate.
+
+        Raises:
+            LayoutError: not JSON, an unknown format version, or a field of the wrong type (names it).
+        """
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LayoutError(f"{where} is not valid JSON ({exc}): the checkpoint is corrupt or truncated") from exc
+        if not isinstance(raw, dict):
+            raise LayoutError(f"{where} does not hold a JSON object: the checkpoint is corrupt")
+        fv = raw.get("format_version")
+        if fv != FORMAT_VERSION:
+            raise LayoutError(f"{where} has format version {fv!r}; this gpucr ({__version__}) reads version "
+                              f"{FORMAT_VERSION}: restore with the gpucr that wrote it")
+
+        def want(key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+            value = raw.get(key)
+            if value is None and optional:
+                return None
+            if not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float, (int, float)):
+                raise LayoutError(f"{where}: field {key!r} is {value!r}, not a {getattr(kind, '__name__', kind)}: "
+                                  "the checkpoint is corrupt")
+            return value
+
+        try:
+            manifest = {name: FileEntry(int(e["size"]), str(e["sha256"]))
+                        for name, e in want("manifest", dict).items()}
+            procs = [GpuProcess(int(p["pid"]), list(p.get("gpu_uuids", [])), list(p.get("chips", [])),
+                                int(p.get("memory_bytes", 0))) for p in want("processes", list)]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise LayoutError(f"{where}: malformed manifest or processes entry ({exc!r}): the checkpoint is "
+                              "corrupt") from exc
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        return cls(
+            format_version=fv, gpucr_version=want("gpucr_version", str), created_at=want("created_at", (int, float)),
+            root_pid=want("root_pid", int, True), container_id=want("container_id", str, True),
+            spec_digest=want("spec_digest", str, True), driver_version=want("driver_version", str, True),
+            processes=procs, network=want("network", dict, True), criu=want("criu", dict),
+            timings=want("timings", dict), sizes=want("sizes", dict), manifest=manifest,
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+class CheckpointDir:
+    """A checkpoint directory (see the module docstring for its layout)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def images_dir(self) -> Path:
+        return self.path / IMAGES
+
+    @property
+    def metadata_file(self) -> Path:
+        return self.path / METADATA
+
+    @staticmethod
+    def holds_checkpoint(path: Path) -> bool:
+        """True when ``path`` holds a checkpoint, complete (gpucr.json) or not (CRIU images)."""
+        return (path / METADATA).exists() or (path / IMAGES / "inventory.img").exists() \
+            or (path / "inventory.img").exists()
+
+    @staticmethod
+    def _check_root(path: Path, root: Path | None) -> Path:
+        real = path.resolve()
+        if root is not None and (real == root.resolve() or not _inside(real, root.resolve())):
+            raise LayoutError(f"checkpoint dir {path} (really {real}) is outside the configured checkpoint root "
+                              f"{root} (or is the root itself): choose a new dir under {root}")
+        return real
+
+    @classmethod
+    def create(cls, path: Path, *, force: bool = False, root: Path | None = None) -> CheckpointDir:
+        """Make ``path`` ready for a new checkpoint: created 0700 (parents too), ``images/`` inside.
+
+        Args:
+            force: replace a checkpoint already there (its ``images/`` and ``gpucr.json`` are removed; nothing else).
+            root: when set (daemon mode), refuse any dir that does not resolve to a place under it.
+
+        Raises:
+            LayoutError: a checkpoint is already there (without ``force``), the dir is not empty and not a
+                checkpoint, the dir is outside ``root``, or it cannot be created.
+        """
+        cls._check_root(path, root)
+        try:
+            if path.exists():
+                if not path.is_dir():
+                    raise LayoutError(f"checkpoint dir {path} exists and is not a directory: choose another path")
+                if cls.holds_checkpoint(path):
+                    if not force:
+                        raise LayoutError(f"{path} already holds a checkpoint: choose another dir, or pass --force "
+                                          "to replace it")
+                    shutil.rmtree(path / IMAGES, ignore_errors=True)
+                    (path / METADATA).unlink(missing_ok=True)
+                    for stray in path.glob("*.img"):
+                        stray.unlink()
+                elif any(path.iterdir()) and not force:
+                    raise LayoutError(f"checkpoint dir {path} is not empty and holds no checkpoint: choose an empty "
+                                      "or new dir (or pass --force)")
+            else:
+                path.mkdir(mode=DIR_MODE, parents=True)
+            os.chmod(path, DIR_MODE)
+            (path / IMAGES).mkdir(mode=DIR_MODE, exist_ok=True)
+            os.chmod(path / IMAGES, DIR_MODE)
+        except OSError as exc:
+            raise LayoutError(f"cannot prepare checkpoint dir {path}: {exc.strerror}") from exc
+        cls._check_root(path, root)  # a symlink swapped in meanwhile is caught here
+        return cls(path)
+
+    def _files(self) -> list[Path]:
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                p = Path(dirpath, name)
+                rel = p.relative_to(self.path)
+                if str(rel) in _EXCLUDED or (rel.parent == Path(IMAGES) and name in _LOGS):
+                    continue
+                out.append(p)
+        return out
+
+    def finalize(self, meta: Metadata, progress: Callable[[str], None] | None = None) -> Metadata:
+        """Tighten modes (0700/0600), fill ``meta.manifest`` and ``meta.sizes['total_bytes']``, then write
+        ``gpucr.json`` atomically (its appearance marks the checkpoint complete). Returns ``meta``.
+
+        Raises:
+            LayoutError: a file could not be read or the metadata not written.
+        """
+        try:
+            os.chmod(self.path, DIR_MODE)
+            manifest: dict[str, FileEntry] = {}
+            for dirpath, dirnames, _ in os.walk(self.path):
+                for d in dirnames:
+                    os.chmod(Path(dirpath, d), DIR_MODE)
+            for p in self._files():
+                if p.is_symlink() or not p.is_file():
+                    raise LayoutError(f"{p} in checkpoint dir {self.path} is not a regular file: remove it")
+                os.chmod(p, FILE_MODE)
+                if progress is not None:
+                    progress(str(p.relative_to(self.path)))
+                manifest[str(p.relative_to(self.path))] = FileEntry(p.stat().st_size, _sha256(p))
+            meta.manifest = manifest
+            meta.sizes["total_bytes"] = sum(e.size for e in manifest.values())
+            meta.sizes["files"] = len(manifest)
+            tmp = self.path / f".{METADATA}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with os.fdopen(fd, "w") as f:
+                f.write(meta.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.metadata_file)
+        except OSError as exc:
+            raise LayoutError(f"cannot finalize checkpoint {self.path}: {exc}") from exc
+        return meta
+
+    @classmethod
+    def open(cls, path: Path, *, root: Path | None = None, verify: bool = True) -> tuple[CheckpointDir, Metadata]:
+        """Load a checkpoint for restore and check it before CRIU sees it.
+
+        Args:
+            verify: check every manifest entry's size *and* sha256 (False: sizes only, for speed).
+
+        Raises:
+            LayoutError: missing, outside ``root``, incomplete (no gpucr.json), corrupt or truncated (names the file).
+        """
+        cls._check_root(path, root)
+        if not path.is_dir():
+            raise LayoutError(f"checkpoint dir {path} does not exist")
+        cp = cls(path)
+        if not cp.metadata_file.exists():
+            hint = " (CRIU images are there: the checkpoint did not finish)" if cls.holds_checkpoint(path) else ""
+            raise LayoutError(f"{path} holds no {METADATA}{hint}: not a complete gpucr checkpoint")
+        try:
+            text = cp.metadata_file.read_text()
+        except OSError as exc:
+            raise LayoutError(f"cannot read {cp.metadata_file}: {exc.strerror}") from exc
+        meta = Metadata.from_json(text, str(cp.metadata_file))
+        cp.verify(meta, full=verify)
+        return cp, meta
+
+    def verify(self, meta: Metadata, *, full: bool = True) -> None:
+        """Every manifest file present, with its size (and with ``full`` its sha256); nothing missing.
+
+        Raises:
+            LayoutError: names the first bad file and what is wrong with it.
+        """
+        if not meta.manifest:
+            raise LayoutError(f"{self.metadata_file} lists no files: the checkpoint is empty or corrupt")
+        for name, entry in meta.manifest.items():
+            p = self.path / name
+            if not _inside(p.resolve(), self.path.resolve()) or ".." in Path(name).parts:
+                raise LayoutError(f"{self.metadata_file} names {name!r}, outside the checkpoint: refusing it")
+            try:
+                size = p.stat().st_size
+            except FileNotFoundError as exc:
+                raise LayoutError(f"checkpoint {self.path} is incomplete: {name} is missing") from exc
+            if size != entry.size:
+                raise LayoutError(f"checkpoint {self.path} is corrupt: {name} has {size} bytes, the manifest says "
+                                  f"{entry.size} (truncated or changed)")
+            if full and _sha256(p) != entry.sha256:
+                raise LayoutError(f"checkpoint {self.path} is corrupt: {name} does not match its sha256")
+
+
+# --- host resource checks ------------------------------------------------------------------------------------------
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """``/proc/meminfo`` as {key: bytes}."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if not parts or not parts[0].isdigit():
+            continue
+        out[key.strip()] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
+    return out
+
+
+def mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """MemAvailable in bytes.
+
+    Raises:
+        LayoutError: the file cannot be read or lacks MemAvailable (kernel < 3.14).
+    """
+    try:
+        info = parse_meminfo(meminfo.read_text())
+    except OSError as exc:
+        raise LayoutError(f"cannot read {meminfo}: {exc.strerror}") from exc
+    if "MemAvailable" not in info:
+        raise LayoutError(f"{meminfo} has no MemAvailable: cannot check host memory")
+    return info["MemAvailable"]
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def check_host_memory(needed_bytes: int, *, what: str = "the GPU data", available: int | None = None,
+                      meminfo: Path = Path("/proc/meminfo")) -> None:
+    """Refuse up front when the host cannot take ``needed_bytes`` (e.g. the GPU memory CUDA will copy to host).
+
+    Raises:
+        LayoutError: not enough MemAvailable (says how much is needed, available, and what to do).
+    """
+    avail = mem_available(meminfo) if available is None else available
+    if needed_bytes > avail:
+        raise LayoutError(f"not enough host memory for {what}: need {_gib(needed_bytes)}, MemAvailable is "
+                          f"{_gib(avail)}; free {_gib(needed_bytes - avail)} of memory (or checkpoint fewer "
+                          "processes at a time) and retry")
+
+
+def check_disk_space(path: Path, needed_bytes: int, *, what: str = "the checkpoint images") -> None:
+    """Refuse up front when the filesystem of ``path`` has less free space than ``needed_bytes``.
+
+    Raises:
+        LayoutError: names the filesystem, the sizes and the fix.
+    """
+    try:
+        st = os.statvfs(path)
+    except OSError as exc:
+        raise LayoutError(f"cannot check free space at {path}: {exc.strerror}") from exc
+    free = st.f_bavail * st.f_frsize
+    if needed_bytes > free:
+        raise LayoutError(f"not enough disk space at {path} for {what}: need {_gib(needed_bytes)}, "
+                          f"{_gib(free)} free; choose a dir on a larger filesystem or free space")
+
+
+def mode_of(path: Path) -> int:
+    """Permission bits of ``path`` (used by tests and by callers auditing a checkpoint)."""
+    return stat.S_IMODE(path.stat().st_mode)
+
+

@@ -1,0 +1,203 @@
+"""nri_plugin.ckpt.layout: private creation, refusals (existing checkpoint, outside the root), metadata round trip
+and validation, manifest verification catching truncation/corruption/missing files, host resource checks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from nri_plugin import __version__
+from nri_plugin.ckpt.layout import (
+    FORMAT_VERSION, CheckpointDir, GpuProcess, LayoutError, Metadata, check_disk_space, check_host_memory,
+    mem_available, mode_of, parse_meminfo,
+)
+
+
+def _fake_dump(cp: CheckpointDir, size: int = 100_000) -> None:
+    """Files where CRIU would put them (the real CRIU path is covered in test_criu_client.py)."""
+    (cp.images_dir / "inventory.img").write_bytes(b"inv")
+    (cp.images_dir / "pages-1.img").write_bytes(os.urandom(size))
+    (cp.images_dir / "dump.log").write_text("(00.000001) dump log\n")
+    os.chmod(cp.images_dir / "pages-1.img", 0o644)  # as if CRIU made it readable: finalize must tighten
+
+
+def _meta() -> Metadata:
+    return Metadata(root_pid=42, container_id="c1", spec_digest="sha256:" + "0" * 64, driver_version="580.159.04",
+                    processes=[GpuProcess(42, ["GPU-1"], ["NVIDIA H200"], 1 << 30)],
+                    network={"interfaces": []}, criu={"tcp_established": True}, timings={"dump_s": 1.5},
+                    extra={"future_key": {"x": 1}})
+
+
+def test_create_private(tmp_path: Path) -> None:
+    cp = CheckpointDir.create(tmp_path / "a/b/ckpt")
+    assert cp.path.is_dir() and cp.images_dir.is_dir()
+    assert mode_of(cp.path) == 0o700 and mode_of(cp.images_dir) == 0o700
+    existing = tmp_path / "empty"
+    existing.mkdir(mode=0o755)
+    assert mode_of(CheckpointDir.create(existing).path) == 0o700
+
+
+def test_finalize_and_open_round_trip(tmp_path: Path) -> None:
+    cp = CheckpointDir.create(tmp_path / "ckpt")
+    _fake_dump(cp)
+    seen: list[str] = []
+    meta = cp.finalize(_meta(), progress=seen.append)
+    assert set(meta.manifest) == {"images/dump.log", "images/inventory.img", "images/pages-1.img"} == set(seen)
+    assert meta.sizes["total_bytes"] == sum(e.size for e in meta.manifest.values()) and meta.sizes["files"] == 3
+    for p in [cp.metadata_file, *cp.images_dir.iterdir()]:
+        assert mode_of(p) == 0o600, p
+    raw = json.loads(cp.metadata_file.read_text())
+    assert raw["format_version"] == FORMAT_VERSION and raw["gpucr_version"] == __version__
+    assert raw["future_key"] == {"x": 1}
+
+    (cp.images_dir / "restore.log").write_text("a restore ran here\n")  # restores add their log: still valid
+    cp2, loaded = CheckpointDir.open(cp.path)
+    assert loaded.processes == meta.processes and loaded.manifest == meta.manifest
+    assert (loaded.container_id, loaded.root_pid, loaded.driver_version) == ("c1", 42, "580.159.04")
+    assert loaded.extra == {"future_key": {"x": 1}} and loaded.network == {"interfaces": []}
+
+
+def test_refuses_existing_checkpoint_unless_force(tmp_path: Path) -> None:
+    cp = CheckpointDir.create(tmp_path / "ckpt")
+    _fake_dump(cp)
+    with pytest.raises(LayoutError, match="already holds a checkpoint: .*--force"):
+        CheckpointDir.create(cp.path)
+    cp.finalize(_meta())
+    (cp.path / "notes.txt").write_text("user's file")
+    with pytest.raises(LayoutError, match="already holds a checkpoint"):
+        CheckpointDir.create(cp.path)
+    again = CheckpointDir.create(cp.path, force=True)
+    assert not again.metadata_file.exists() and list(again.images_dir.iterdir()) == []
+    assert (cp.path / "notes.txt").exists()  # force removes only the checkpoint
+
+
+def test_refuses_non_empty_non_checkpoint(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "x").write_text("x")
+    with pytest.raises(LayoutError, match="not empty and holds no checkpoint"):
+        CheckpointDir.create(d)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(LayoutError, match="not a directory"):
+        CheckpointDir.create(tmp_path / "f")
+
+
+def test_root_confinement(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    CheckpointDir.create(root / "ok", root=root)
+    with pytest.raises(LayoutError, match="outside the configured checkpoint root"):
+        CheckpointDir.create(tmp_path / "elsewhere", root=root)
+    with pytest.raises(LayoutError, match="outside the configured checkpoint root"):
+        CheckpointDir.create(root / ".." / "escape", root=root)
+    with pytest.raises(LayoutError, match="root itself"):
+        CheckpointDir.create(root, root=root)
+    (root / "link").symlink_to(tmp_path)
+    with pytest.raises(LayoutError, match="really"):
+        CheckpointDir.create(root / "link" / "x", root=root)
+    outside = CheckpointDir.create(tmp_path / "out")
+    _fake_dump(outside)
+    outside.finalize(_meta())
+    with pytest.raises(LayoutError, match="outside the configured checkpoint root"):
+        CheckpointDir.open(outside.path, root=root)
+
+
+@pytest.fixture
+def done(tmp_path: Path) -> CheckpointDir:
+    cp = CheckpointDir.create(tmp_path / "ckpt")
+    _fake_dump(cp)
+    cp.finalize(_meta())
+    return cp
+
+
+def test_truncated_file_detected(done: CheckpointDir) -> None:
+    pages = done.images_dir / "pages-1.img"
+    with open(pages, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(LayoutError, match=r"corrupt: images/pages-1.img has 1000 bytes, the manifest says 100000"):
+        CheckpointDir.open(done.path)
+
+
+def test_flipped_byte_detected_only_by_full_verify(done: CheckpointDir) -> None:
+    pages = done.images_dir / "pages-1.img"
+    data = bytearray(pages.read_bytes())
+    data[500] ^= 0xFF
+    pages.write_bytes(bytes(data))
+    CheckpointDir.open(done.path, verify=False)  # sizes only: same size passes
+    with pytest.raises(LayoutError, match="images/pages-1.img does not match its sha256"):
+        CheckpointDir.open(done.path)
+
+
+def test_missing_file_and_incomplete_checkpoint(done: CheckpointDir) -> None:
+    (done.images_dir / "inventory.img").unlink()
+    with pytest.raises(LayoutError, match="incomplete: images/inventory.img is missing"):
+        CheckpointDir.open(done.path)
+    done.metadata_file.unlink()
+    (done.images_dir / "inventory.img").write_bytes(b"inv")
+    with pytest.raises(LayoutError, match="holds no gpucr.json .*did not finish"):
+        CheckpointDir.open(done.path)
+    with pytest.raises(LayoutError, match="does not exist"):
+        CheckpointDir.open(done.path / "nope")
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda d: "{not json", "not valid JSON"),
+    (lambda d: "[1, 2]", "does not hold a JSON object"),
+    (lambda d: json.dumps({**d, "format_version": 99}), "format version 99; this gpucr .* reads version 1"),
+    (lambda d: json.dumps({**d, "root_pid": "42"}), "field 'root_pid' is '42'"),
+    (lambda d: json.dumps({**d, "created_at": True}), "field 'created_at'"),
+    (lambda d: json.dumps({**d, "manifest": {"images/x": {"size": 1}}}), "malformed manifest"),
+    (lambda d: json.dumps({**d, "manifest": {}}), "lists no files"),
+    (lambda d: json.dumps({**d, "manifest": {"../../etc/passwd": {"size": 1, "sha256": "0"}}}), "outside the"),
+])
+def test_bad_metadata(done: CheckpointDir, mutate, match: str) -> None:  # type: ignore[no-untyped-def]
+    d = json.loads(done.metadata_file.read_text())
+    done.metadata_file.write_text(mutate(d))
+    with pytest.raises(LayoutError, match=match):
+        CheckpointDir.open(done.path)
+
+
+def test_parse_meminfo_and_memory_check(tmp_path: Path) -> None:
+    text = "MemTotal:       16000000 kB\nMemFree:  100 kB\nMemAvailable:    8000000 kB\nHugePages_Total:       0\n"
+    info = parse_meminfo(text)
+    assert info["MemAvailable"] == 8_000_000 * 1024 and info["HugePages_Total"] == 0
+    f = tmp_path / "meminfo"
+    f.write_text(text)
+    assert mem_available(f) == 8_000_000 * 1024
+    check_host_memory(1 << 30, meminfo=f)
+    with pytest.raises(LayoutError, match=r"not enough host memory for the GPU data of pid 7: need 32.00 GiB, "
+                                          r"MemAvailable is 7.63 GiB; free 24.37 GiB"):
+        check_host_memory(32 << 30, what="the GPU data of pid 7", meminfo=f)
+    f.write_text("MemTotal: 1 kB\n")
+    with pytest.raises(LayoutError, match="no MemAvailable"):
+        mem_available(f)
+    assert mem_available() > 0  # the real /proc/meminfo
+
+
+def test_disk_space(tmp_path: Path) -> None:
+    check_disk_space(tmp_path, 1)
+    with pytest.raises(LayoutError, match="not enough disk space at .* need 1048576.00 GiB"):
+        check_disk_space(tmp_path, 1 << 50)
+
+
+@pytest.mark.criu
+def test_real_dump_finalized_and_verified(criu_binary: str, workload, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from nri_plugin.ckpt.criu import Criu, DumpOptions, RestoreOptions
+
+    cp = CheckpointDir.create(tmp_path / "ckpt")
+    criu = Criu(criu_binary)
+    res = criu.dump(DumpOptions(pid=workload.root, images_dir=cp.images_dir))
+    meta = cp.finalize(Metadata(root_pid=workload.root, timings={"dump_s": res.duration_s}))
+    assert "images/inventory.img" in meta.manifest and "images/dump.log" in meta.manifest
+    assert any(n.startswith("images/pages-") for n in meta.manifest)
+    for p in cp.images_dir.iterdir():
+        assert mode_of(p) == 0o600, p
+    workload.wait_gone()
+    opened, loaded = CheckpointDir.open(cp.path)
+    r = criu.restore(RestoreOptions(images_dir=opened.images_dir))
+    assert r.pid == loaded.root_pid
+    workload.advancing()
+    CheckpointDir.open(cp.path)  # restore.log appeared; the checkpoint still verifies
