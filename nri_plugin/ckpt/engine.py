@@ -78,9 +78,9 @@ CgroupsLike = Callable[[int], "FreezerLike | None"]
 class StoreLike(Protocol):
     """The checkpoint directory: prepared private, metadata written and read back validated."""
 
-    def prepare(self, images_dir: Path, *, force: bool) -> None: ...
+    def prepare(self, images_dir: Path, *, force: bool) -> Path: ...
     def write_metadata(self, images_dir: Path, meta: dict[str, Any]) -> None: ...
-    def read_metadata(self, images_dir: Path) -> dict[str, Any]: ...
+    def read_metadata(self, images_dir: Path) -> tuple[dict[str, Any], Path]: ...
     def host_memory_available(self) -> int: ...
 
 
@@ -279,7 +279,7 @@ class Engine:
         self._timings = {}
         summary = Summary("checkpoint", str(req.images_dir), pid=req.pid, leave_running=req.leave_running)
         with self._step("prepare"):
-            self.store.prepare(req.images_dir, force=req.force)
+            criu_dir = self.store.prepare(req.images_dir, force=req.force)
         cgroup = self.cgroups(req.pid)
         self._checkpoint_freezer = cgroup
         frozen = cgroup is not None and cgroup.frozen()
@@ -319,7 +319,8 @@ class Engine:
             step = "criu-dump"
             self.progress(step, f"criu dump of pid {req.pid}")
             with self._step(step):
-                opts = self._make_dump_options(req, str(cgroup.path) if (frozen and cgroup is not None) else None)
+                opts = self._make_dump_options(req, criu_dir,
+                                               str(cgroup.path) if (frozen and cgroup is not None) else None)
                 self.criu.dump(opts)
         except Exception as exc:
             raise self._fail(exc, step, touched, cgroup, frozen) from exc
@@ -338,7 +339,7 @@ class Engine:
                 while dumped & set(cgroup.pids()) and time.monotonic() < deadline:
                     time.sleep(0.02)
                 cgroup.freeze()
-        summary.image_bytes = dir_bytes(req.images_dir)
+        summary.image_bytes = dir_bytes(criu_dir)
         summary.cuda_processes = [p.to_json() for p in procs]
         summary.timings_s = dict(self._timings)
         self.store.write_metadata(req.images_dir, self._metadata(req, procs, inv, summary))
@@ -361,8 +362,8 @@ class Engine:
             if thawed and frozen and cgroup is not None:
                 cgroup.freeze()
 
-    def _make_dump_options(self, req: CheckpointRequest, freeze_cgroup: FreezerLike | None) -> Any:
-        kw: dict[str, Any] = dict(pid=req.pid, images_dir=req.images_dir, leave_running=req.leave_running,
+    def _make_dump_options(self, req: CheckpointRequest, criu_dir: Path, freeze_cgroup: str | None) -> Any:
+        kw: dict[str, Any] = dict(pid=req.pid, images_dir=criu_dir, leave_running=req.leave_running,
                                   file_locks=True, tcp_established=True, ext_unix_sk=True, link_remap=True,
                                   force_irmap=True, shell_job=True)
         if freeze_cgroup:
@@ -407,7 +408,7 @@ class Engine:
         self._timings = {}
         summary = Summary("restore", str(req.images_dir))
         with self._step("validate"):
-            meta = self.store.read_metadata(req.images_dir)
+            meta, criu_dir = self.store.read_metadata(req.images_dir)
         cuda = meta.get("cuda") or {}
         old_procs = cuda.get("processes") or []
         self._node_gpus = list((cuda.get("gpus") or {}).keys())
@@ -429,7 +430,7 @@ class Engine:
                 with self._step("thaw"):
                     home.thaw()  # type: ignore[union-attr]
             with self._step(step):
-                opts = self._make_restore_options(req)
+                opts = self._make_restore_options(req, criu_dir)
                 res = self.criu.restore(opts)
         except Exception as exc:
             if home_frozen:
@@ -477,7 +478,7 @@ class Engine:
             if frozen and cgroup is not None:
                 cgroup.freeze()
         summary.cuda_processes = [p.to_json() for p in procs]
-        summary.image_bytes = dir_bytes(req.images_dir)
+        summary.image_bytes = dir_bytes(req.images_dir / "images")
         summary.timings_s = dict(self._timings)
         return summary
 
@@ -531,8 +532,8 @@ class Engine:
             raise CheckpointError("checkpoint is not compatible with this node: " + "; ".join(diffs),
                                   step="compatibility")
 
-    def _make_restore_options(self, req: RestoreRequest) -> Any:
-        kw: dict[str, Any] = dict(images_dir=req.images_dir, file_locks=True, tcp_established=True,
+    def _make_restore_options(self, req: RestoreRequest, criu_dir: Path) -> Any:
+        kw: dict[str, Any] = dict(images_dir=criu_dir, file_locks=True, tcp_established=True,
                                   ext_unix_sk=True, shell_job=True)
         kw.update(req.criu_options)
         if self._restore_options is not None:

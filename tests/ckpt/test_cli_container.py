@@ -55,7 +55,7 @@ def test_checkpoint_container_leave_running(containerd: Containerd, criu_binary:
         meta = json.loads((ck / "gpucr.json").read_text())
         assert meta["container"]["id"] == cid
         assert meta["container"]["bind_mounts"]["/data"] == str(data)
-        assert any(p.name.startswith("core-") for p in ck.iterdir())
+        assert any(p.name.startswith("core-") for p in (ck / "images").iterdir())
         if paused:
             # left exactly as containerd paused it
             assert (freezer / "freezer.state").read_text().strip() == "FROZEN"

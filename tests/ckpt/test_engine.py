@@ -113,7 +113,7 @@ class Setup:
         self.driver = SMDriver(pids)
         self.freezer = MockFreezer(frozen, self.driver.log) if frozen is not None else None
         self.criu = mocker.MagicMock()
-        self.criu.dump.side_effect = lambda opts, on_notify=None: self.driver.log.append(("dump", opts.pid))
+        self.criu.dump.side_effect = self._dump
         found = [CudaProcess(p, ProcessState.RUNNING, "python3", {UUID0: GIB}) for p in pids]
         mocker.patch.object(engine_mod, "discover", side_effect=lambda *a, **k: (
             [CudaProcess(p.pid, self.driver.state[p.pid], p.comm, dict(p.gpus)) for p in found],
@@ -121,6 +121,12 @@ class Setup:
         self.store = CheckpointStore()
         self.engine = Engine(self.driver, self.criu, lambda pid: self.freezer, self.store)  # type: ignore[arg-type]
         self.dir = tmp / "ck"
+
+    def _dump(self, opts: Any, on_notify: Any = None) -> None:
+        """What a dump leaves behind: image files in CRIU's dir."""
+        self.driver.log.append(("dump", opts.pid))
+        (opts.images_dir / f"core-{opts.pid}.img").write_bytes(b"c" * 100)
+        (opts.images_dir / "pages-1.img").write_bytes(b"p" * 4096)
 
     def checkpoint(self, **kw: Any) -> Any:
         return self.engine.checkpoint(CheckpointRequest(images_dir=self.dir, pid=self.pids[0], **kw))
@@ -138,7 +144,8 @@ def test_leave_running_order(mocker: MockerFixture, procs: list[int], tmp_path: 
     opts = s.criu.dump.call_args.args[0]
     assert opts.leave_running and opts.freeze_cgroup is None and opts.pid == procs[0]
     assert summary.gpu_bytes == 2 * GIB and set(summary.timings_s) >= {"cuda-lock", "cuda-checkpoint", "criu-dump"}
-    meta = s.store.read_metadata(s.dir)
+    meta, images = s.store.read_metadata(s.dir)
+    assert images == s.dir / "images" and (images / f"core-{procs[0]}.img").exists()
     assert meta["cuda"]["driver_version"] == "580.159.04" and len(meta["cuda"]["processes"]) == 2
 
 
@@ -146,8 +153,7 @@ def test_frozen_cgroup_is_thawed_for_cuda_and_refrozen(mocker: MockerFixture, pr
                                                        tmp_path: Path) -> None:
     s = Setup(mocker, procs, tmp_path, frozen=True)
     # CRIU puts a cgroup it found frozen back to FROZEN before answering
-    s.criu.dump.side_effect = lambda opts, on_notify=None: (s.driver.log.append(("dump", 0)),
-                                                            setattr(s.freezer, "is_frozen", True))
+    s.criu.dump.side_effect = lambda opts, on_notify=None: (s._dump(opts), setattr(s.freezer, "is_frozen", True))
     summary = s.checkpoint(leave_running=True)
     calls = [c for c, _ in s.driver.log]
     assert calls == ["thaw", "lock", "lock", "checkpoint", "checkpoint", "freeze", "dump",
@@ -223,11 +229,11 @@ def test_dir_with_checkpoint_is_refused_unless_forced(mocker: MockerFixture, pro
                                                       tmp_path: Path) -> None:
     s = Setup(mocker, procs, tmp_path)
     s.checkpoint(leave_running=True)
-    with pytest.raises(Exception, match="already holds a checkpoint; pass --force"):
+    with pytest.raises(Exception, match="already holds a checkpoint: choose another dir, or pass --force"):
         s.checkpoint(leave_running=True)
     s.checkpoint(leave_running=True, force=True)
-    assert oct(s.dir.stat().st_mode & 0o777) == "0o700"
-    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in s.dir.iterdir())
+    assert all(oct(p.stat().st_mode & 0o777) == ("0o700" if p.is_dir() else "0o600")
+               for p in [s.dir, *s.dir.rglob("*")])
 
 
 def test_restore_compatibility_says_what_differs(mocker: MockerFixture, procs: list[int], tmp_path: Path) -> None:
@@ -249,14 +255,12 @@ def test_restore_compatibility_says_what_differs(mocker: MockerFixture, procs: l
 def test_corrupt_checkpoint_is_caught_before_criu(mocker: MockerFixture, procs: list[int], tmp_path: Path) -> None:
     s = Setup(mocker, procs, tmp_path)
     s.checkpoint(leave_running=True)
-    (s.dir / "core-1.img").write_bytes(b"x" * 100)
-    s.store.write_metadata(s.dir, {k: v for k, v in s.store.read_metadata(s.dir).items() if k != "manifest"})
-    with open(s.dir / "core-1.img", "r+b") as f:
+    with open(s.dir / "images" / "pages-1.img", "r+b") as f:
         f.truncate(10)
-    with pytest.raises(Exception, match="truncated or corrupt: core-1.img has 10 bytes, 100 were written"):
+    with pytest.raises(Exception, match="corrupt: images/pages-1.img has 10 bytes, the manifest says 4096"):
         s.engine.restore(RestoreRequest(images_dir=s.dir))
     (s.dir / "gpucr.json").write_text("{not json")
-    with pytest.raises(Exception, match="corrupt: gpucr.json unreadable"):
+    with pytest.raises(Exception, match="gpucr.json is not valid JSON"):
         s.engine.restore(RestoreRequest(images_dir=s.dir))
     s.criu.restore.assert_not_called()
 
