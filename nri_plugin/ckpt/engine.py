@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -429,8 +429,12 @@ class Engine:
             if home_frozen:
                 with self._step("thaw"):
                     home.thaw()  # type: ignore[union-attr]
-            with self._step(step):
-                opts = self._make_restore_options(req, criu_dir)
+            with self._step(step), ExitStack() as stack:
+                extra: dict[str, Any] = {}
+                if meta.get("container"):
+                    from .container import restore_options
+                    extra = stack.enter_context(restore_options(meta["container"]))
+                opts = self._make_restore_options(req, criu_dir, extra)
                 res = self.criu.restore(opts)
         except Exception as exc:
             if home_frozen:
@@ -532,9 +536,10 @@ class Engine:
             raise CheckpointError("checkpoint is not compatible with this node: " + "; ".join(diffs),
                                   step="compatibility")
 
-    def _make_restore_options(self, req: RestoreRequest, criu_dir: Path) -> Any:
+    def _make_restore_options(self, req: RestoreRequest, criu_dir: Path, extra: Mapping[str, Any]) -> Any:
         kw: dict[str, Any] = dict(images_dir=criu_dir, file_locks=True, tcp_established=True,
                                   ext_unix_sk=True, shell_job=True)
+        kw.update(extra)
         kw.update(req.criu_options)
         if self._restore_options is not None:
             return self._restore_options(**kw)

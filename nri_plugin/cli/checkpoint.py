@@ -147,17 +147,15 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     criu_options: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     if args.container:
-        from ..ckpt.container import bind_mounts, external_pid_ns
+        from ..ckpt import container
 
         container_id, pid = resolve_container(args.container, args.address)
         use_cgroup = True
-        # like runc: every bind mount is external to CRIU, keyed by its mountpoint in the container
-        mounts = bind_mounts(pid)
-        criu_options["external_mounts"] = {m.target: m.target for m in mounts}
-        extra["container"] = {"id": container_id, "bind_mounts": {m.target: m.source for m in mounts}}
-        ext_pid = external_pid_ns(pid)
-        if ext_pid:
-            criu_options["external"] = [ext_pid]
+        # like runc: bind mounts (and cgroup binds) are external to CRIU, keyed by their mountpoint, and a pod's
+        # shared pid namespace is external; what a restore needs is recorded in the metadata
+        desc = container.describe(pid, container_id)
+        criu_options.update(container.dump_options(desc))
+        extra["container"] = desc
     progress = _ProgressLine()
     try:
         summary = _engine(args, progress).checkpoint(CheckpointRequest(

@@ -67,3 +67,32 @@ def test_checkpoint_container_leave_running(containerd: Containerd, criu_binary:
         wait_for(lambda: last(log) >= n + 3, what="container counter to continue after the checkpoint")
         values = [int(x) for x in log.read_text().split()]
         assert values == list(range(1, len(values) + 1))  # one uninterrupted sequence
+
+
+def test_checkpoint_and_restore_container_counter_continues(containerd: Containerd, criu_binary: str,
+                                                           tmp_path: Path) -> None:
+    """Kill-mode checkpoint of a CRI container, then `gpucr restore`: the processes come back in the pod's pid
+    namespace on the container's remounted root filesystem, and the counter continues from its checkpointed value."""
+    data = tmp_path / "data"
+    data.mkdir()
+    log = data / "counter.log"
+    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1"}
+    with containerd.pod() as (c, pod_id, cfg):
+        cid = containerd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER],
+                                       mounts=[(str(data), "/data", False)])
+        wait_for(lambda: log.exists() and last(log) >= 3, what="counter to start")
+        ck = tmp_path / "ck"
+        r = gpucr("checkpoint", cid, "--to", str(ck), "--json", "--address", containerd.address, env=env)
+        assert r.returncode == 0, r.stderr
+        at_dump = last(log)
+        time.sleep(0.6)
+        assert last(log) == at_dump  # CRIU killed the container's processes after the dump
+        r = gpucr("restore", str(ck), "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        restored = json.loads(r.stdout.strip().splitlines()[-1])["pid"]
+        wait_for(lambda: last(log) >= at_dump + 3, what="restored counter to continue")
+        values = [int(x) for x in log.read_text().split()]
+        assert values == list(range(1, len(values) + 1)), values  # continues from the dumped value, no restart
+        # it is back in the pod's pid namespace and on the container's root filesystem
+        assert os.stat(f"/proc/{restored}/ns/pid").st_ino != os.stat("/proc/self/ns/pid").st_ino
+        assert Path(f"/proc/{restored}/root/bin/busybox").exists() or Path(f"/proc/{restored}/root/bin/sh").exists()
