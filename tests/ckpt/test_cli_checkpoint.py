@@ -175,6 +175,8 @@ def test_bad_input(criu_env: dict[str, str], workload: Workload, tmp_path: Path)
         f.truncate(img.stat().st_size // 2)
     r = gpucr("restore", str(ck), env=criu_env, check=False)
     assert r.returncode == 1 and f"is corrupt: images/{img.name} has" in r.stderr
+    r = gpucr("restore", "--quick-verify", str(ck), env=criu_env, check=False)
+    assert r.returncode == 1 and f"is corrupt: images/{img.name} has" in r.stderr
     assert not (ck / "images" / "restore.log").exists()
     r = gpucr("restore", "--gpu-map", "nonsense", str(ck), env=criu_env, check=False)
     assert r.returncode == 1 and "bad --gpu-map entry 'nonsense'" in r.stderr
