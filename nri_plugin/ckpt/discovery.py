@@ -1,0 +1,176 @@
+"""Find the processes of a workload that hold CUDA state, and what GPU memory they hold.
+
+A workload is either a process tree (``--pid``: the root and every descendant) or a set of pids (a container's
+cgroup, listed by the caller). A process is a CUDA candidate when it maps the CUDA driver library (``libcuda.so``, or
+the configured driver's file name, e.g. the tests' fake) or holds a ``/dev/nvidia*`` fd; the driver then confirms it
+(get-state answers only for processes with CUDA state). Candidates are checked through the driver's watchdog, so a
+frozen process makes discovery fail fast instead of hanging: the engine thaws before it discovers.
+
+GPU UUIDs, chip names and memory come from NVML when it loads; without it they are recorded as unknown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .cuda.driver import Driver, NotCudaProcessError, ProcessState
+from .cuda.nvml import Nvml, NvmlError
+
+__all__ = ["CudaProcess", "GpuInventory", "cuda_candidates", "discover", "gpu_inventory", "tree_pids"]
+
+log = logging.getLogger(__name__)
+
+DISCOVERY_TIMEOUT_S = 10.0
+
+
+@dataclass
+class CudaProcess:
+    """One process holding CUDA state: its host pid, state, and GPU memory by GPU UUID."""
+
+    pid: int
+    state: ProcessState
+    comm: str = ""
+    gpus: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def gpu_bytes(self) -> int:
+        return sum(self.gpus.values())
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["state"] = self.state.name
+        return d
+
+
+@dataclass
+class GpuInventory:
+    """The node's GPUs (UUID -> chip name) and driver version string, as NVML reports them (empty when unknown)."""
+
+    driver_version: str = ""
+    gpus: dict[str, str] = field(default_factory=dict)
+    by_index: dict[int, str] = field(default_factory=dict)
+
+
+def _ppid_map() -> dict[int, int]:
+    out: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        rest = raw[raw.rfind(b")") + 2:].split()
+        out[int(name)] = int(rest[1])
+    return out
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its descendants (processes, not threads), root first. Empty when ``root`` is gone."""
+    if not os.path.exists(f"/proc/{root}"):
+        return []
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _ppid_map().items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop(0)
+        out.append(p)
+        todo.extend(sorted(children.get(p, [])))
+    return out
+
+
+def _maps_cuda(pid: int, lib_names: tuple[str, ...]) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return any(n.encode() in data for n in lib_names)
+
+
+def _has_nvidia_fd(pid: int) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/dev/nvidia"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def cuda_candidates(pids: Iterable[int], driver_path: str) -> list[int]:
+    """The pids that map the CUDA driver library or hold an NVIDIA device fd (a cheap filter before the driver)."""
+    names = tuple({"libcuda.so", os.path.basename(driver_path)})
+    return [p for p in pids if p != os.getpid() and (_maps_cuda(p, names) or _has_nvidia_fd(p))]
+
+
+def _nvidia_minors(pid: int) -> set[int]:
+    """GPU minor numbers of the /dev/nvidiaN fds a process holds (NVML may not see processes in some VMs)."""
+    out: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        tail = target.removeprefix("/dev/nvidia")
+        if tail != target and tail.isdigit():
+            out.add(int(tail))
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def gpu_inventory(nvml: Nvml | None) -> tuple[GpuInventory, dict[int, dict[str, int]]]:
+    """The node's GPUs and each pid's GPU memory; empty (with a debug line) when NVML is unavailable."""
+    if nvml is None:
+        return GpuInventory(), {}
+    try:
+        gpus = nvml.gpus()
+        inv = GpuInventory(nvml.driver_version(), {g.uuid: g.name for g in gpus}, {g.index: g.uuid for g in gpus})
+        usage = {pid: dict(u.memory) for pid, u in nvml.usage().items()}
+        return inv, usage
+    except NvmlError as exc:
+        log.debug("no GPU inventory: %s", exc)
+        return GpuInventory(), {}
+
+
+def discover(pids: Iterable[int], driver: Driver, nvml: Nvml | None = None,
+             timeout_s: float = DISCOVERY_TIMEOUT_S) -> tuple[list[CudaProcess], GpuInventory]:
+    """The CUDA processes among ``pids`` (which must not be frozen) and the node's GPU inventory.
+
+    Raises:
+        CudaError: the driver is unusable, or a candidate did not answer in time (CudaTimeoutError).
+    """
+    cands = cuda_candidates(pids, driver.path)
+    if not cands:
+        return [], GpuInventory()
+    inv, usage = gpu_inventory(nvml)
+    found = []
+    for pid in cands:
+        try:
+            state = driver.get_state(pid, timeout_s)
+        except NotCudaProcessError:
+            continue
+        gpus = usage.get(pid) or {inv.by_index[i]: 0 for i in _nvidia_minors(pid) if i in inv.by_index}
+        found.append(CudaProcess(pid, state, _comm(pid), gpus))
+    return found, inv

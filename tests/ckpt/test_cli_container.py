@@ -1,0 +1,98 @@
+"""``gpucr checkpoint CONTAINER`` on a container run by the private containerd (both versions), resolved through CRI:
+the dump takes the container's cgroup, its bind mounts as CRIU externals and its pod's pid namespace as external; the
+counter keeps going (leave-running), and a container paused by containerd before the checkpoint stays paused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.testenv import Containerd, wait_for
+
+pytestmark = pytest.mark.integration
+
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i >> /data/counter.log; sleep 0.2; done"
+
+
+def gpucr(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).parent / "gpucr"), *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+def last(log: Path) -> int:
+    return int(log.read_text().split()[-1])
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused-by-containerd"])
+def test_checkpoint_container_leave_running(containerd: Containerd, criu_binary: str, tmp_path: Path,
+                                            paused: bool) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    log = data / "counter.log"
+    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1"}
+    with containerd.pod() as (c, pod_id, cfg):
+        cid = containerd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER],
+                                       mounts=[(str(data), "/data", False)])
+        wait_for(lambda: log.exists() and last(log) >= 3, what="counter to start")
+        _, info = c.container_status(cid, verbose=True)
+        pid = int(info["info"]["pid"])
+        freezer = Path(f"/sys/fs/cgroup/freezer{[x for x in Path(f'/proc/{pid}/cgroup').read_text().splitlines() if ':freezer:' in x][0].split(':', 2)[2]}")
+        if paused:
+            containerd.ctr("t", "pause", cid, namespace="k8s.io")
+            wait_for(lambda: (freezer / "freezer.state").read_text().strip() == "FROZEN", what="pause")
+        ck = tmp_path / "ck"
+        r = gpucr("checkpoint", cid[:12], "--to", str(ck), "--leave-running", "--json", "--address",
+                  containerd.address, env=env)
+        assert r.returncode == 0, r.stderr
+        s = json.loads(r.stdout.strip().splitlines()[-1])
+        assert s["pid"] == pid and s["frozen_before"] is paused and s["image_bytes"] > 0
+        meta = json.loads((ck / "gpucr.json").read_text())
+        assert meta["container"]["id"] == cid
+        assert meta["container"]["bind_mounts"]["/data"] == str(data)
+        assert any(p.name.startswith("core-") for p in (ck / "images").iterdir())
+        if paused:
+            # left exactly as containerd paused it
+            assert (freezer / "freezer.state").read_text().strip() == "FROZEN"
+            n = last(log)
+            time.sleep(0.6)
+            assert last(log) == n
+            containerd.ctr("t", "resume", cid, namespace="k8s.io")
+        n = last(log)
+        wait_for(lambda: last(log) >= n + 3, what="container counter to continue after the checkpoint")
+        values = [int(x) for x in log.read_text().split()]
+        assert values == list(range(1, len(values) + 1))  # one uninterrupted sequence
+
+
+def test_checkpoint_and_restore_container_counter_continues(containerd: Containerd, criu_binary: str,
+                                                           tmp_path: Path) -> None:
+    """Kill-mode checkpoint of a CRI container, then `gpucr restore`: the processes come back in the pod's pid
+    namespace on the container's remounted root filesystem, and the counter continues from its checkpointed value."""
+    data = tmp_path / "data"
+    data.mkdir()
+    log = data / "counter.log"
+    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1"}
+    with containerd.pod() as (c, pod_id, cfg):
+        cid = containerd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER],
+                                       mounts=[(str(data), "/data", False)])
+        wait_for(lambda: log.exists() and last(log) >= 3, what="counter to start")
+        ck = tmp_path / "ck"
+        r = gpucr("checkpoint", cid, "--to", str(ck), "--json", "--address", containerd.address, env=env)
+        assert r.returncode == 0, r.stderr
+        at_dump = last(log)
+        time.sleep(0.6)
+        assert last(log) == at_dump  # CRIU killed the container's processes after the dump
+        r = gpucr("restore", str(ck), "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        restored = json.loads(r.stdout.strip().splitlines()[-1])["pid"]
+        wait_for(lambda: last(log) >= at_dump + 3, what="restored counter to continue")
+        values = [int(x) for x in log.read_text().split()]
+        assert values == list(range(1, len(values) + 1)), values  # continues from the dumped value, no restart
+        # it is back in the pod's pid namespace and on the container's root filesystem
+        assert os.stat(f"/proc/{restored}/ns/pid").st_ino != os.stat("/proc/self/ns/pid").st_ino
+        assert Path(f"/proc/{restored}/root/bin/busybox").exists() or Path(f"/proc/{restored}/root/bin/sh").exists()
