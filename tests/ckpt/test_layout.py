@@ -201,3 +201,24 @@ def test_real_dump_finalized_and_verified(criu_binary: str, workload, tmp_path: 
     assert r.pid == loaded.root_pid
     workload.advancing()
     CheckpointDir.open(cp.path)  # restore.log appeared; the checkpoint still verifies
+
+
+def test_large_files_hash_as_a_parallel_tree_and_detect_corruption(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from nri_plugin.ckpt import layout
+
+    monkeypatch.setattr(layout, "PIECE_BYTES", 1 << 20)
+    big = tmp_path / "pages-1.img"
+    data = os.urandom((3 << 20) + 12345)
+    big.write_bytes(data)
+    pieces = [hashlib.sha256(data[i:i + (1 << 20)]).digest() for i in range(0, len(data), 1 << 20)]
+    assert layout._sha256(big) == "sha256-tree-256MiB:" + hashlib.sha256(b"".join(pieces)).hexdigest()
+    small = tmp_path / "small.img"
+    small.write_bytes(data[:1000])
+    assert layout._sha256(small) == hashlib.sha256(data[:1000]).hexdigest()  # plain sha256, as before
+    flipped = bytearray(data)
+    flipped[(2 << 20) + 7] ^= 1
+    big.write_bytes(bytes(flipped))
+    assert layout._sha256(big) != "sha256-tree-256MiB:" + hashlib.sha256(b"".join(pieces)).hexdigest()
