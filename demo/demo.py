@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""`make demo`: the main job on the local default.
+"""`make demo`: gpucr's main job on the local default, told step by step.
 
-Brings up a private containerd (2.1.9 by default; GPUCR_DEMO_CONTAINERD=1.7 for 1.7.24) with NRI, runs a CRI pod with
-a counter workload, prints the pod and container ids, reads the container's status and the counter, then cleans up
-(containerd stopped, nothing left running or mounted). The last line is one JSON object.
+A private containerd (2.1.9 by default; GPUCR_DEMO_CONTAINERD=1.7 for 1.7.24) runs with gpucr's two halves in place:
+the NRI plugin (``gpucr plugin``: the checkpoint policy) and the CRIU front (the ``criu`` runc runs). A CRI pod that
+opts in with ``gpucr.io/checkpoint: enabled`` runs a counter; it is checkpointed while running with a standard command
+(``ctr c checkpoint --task``), killed, and brought back with ``ctr c restore``: the counter continues from its
+checkpointed value. Each step prints what gpucr did (from the plugin's and the front's logs and its state records).
+Everything is cleaned up at the end (containerd stopped, nothing left running or mounted); the last line is JSON.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,51 +26,173 @@ sys.path.insert(0, str(REPO))
 from nri_plugin.cri import CriClient, container_config, pod_config  # noqa: E402
 from nri_plugin.cri.client import state_name  # noqa: E402
 from nri_plugin.errors import GpucrError  # noqa: E402
+from nri_plugin.policy import load_record  # noqa: E402
 
-COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 1; done"
+TEST_ROOT = Path(os.environ.get("GPUCR_TEST_ROOT", "/var/lib/gpucr-test"))
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i >> /data/counter.log; sleep 0.5; done"
+INSTANCE = "demo"
 
 
 def say(msg: str) -> None:
     print(f"demo: {msg}", flush=True)
 
 
+def gpucr_said(text: str, prefix: str = "  gpucr") -> None:
+    for line in text.strip().splitlines():
+        print(f"{prefix}: {line.strip()}", flush=True)
+
+
+class Log:
+    """Tail of a log file since the last mark."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.mark = path, 0
+
+    def new(self) -> str:
+        if not self.path.exists():
+            return ""
+        with self.path.open("rb") as f:
+            f.seek(self.mark)
+            data = f.read().decode(errors="replace")
+        self.mark += len(data.encode())
+        return data
+
+
+def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    if r.returncode != 0:
+        raise GpucrError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+def counter(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def wait(pred, what: str, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (v := pred()):
+        if time.monotonic() > deadline:
+            raise GpucrError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+    return v
+
+
 def main() -> int:
     version = os.environ.get("GPUCR_DEMO_CONTAINERD", "2.1.9")
+    work = Path(tempfile.mkdtemp(prefix="gpucr-demo-", dir="/var/tmp"))
+    os.chmod(work, 0o700)
+    route = work / "front"
+    env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route / "path")}
+    run(["bash", str(REPO / "install/front.sh"), "route", "--dir", str(route), "--real-criu",
+         str(TEST_ROOT / "bin/criu"), "--log-dir", str(work / "log")], env={**env, "GPUCR_FRONT_PYTHON": sys.executable})
     start = subprocess.run(["bash", str(REPO / "install/containerd.sh"), "start", version], text=True,
-                           stdout=subprocess.PIPE)
+                           stdout=subprocess.PIPE, env=env)
     if start.returncode != 0:
+        shutil.rmtree(work, ignore_errors=True)
         return 1
     info = json.loads(Path(start.stdout.strip().splitlines()[-1]).read_text())
-    say(f"private containerd {info['version']} up: {info['address']} (NRI socket {info['nri_socket']})")
+    ctr = [info["ctr"], "--address", info["address"], "-n", "k8s.io"]
+    ctr_env = {**env, "PATH": f"{route / 'path'}:{info['bin_dir']}:{os.environ.get('PATH', '')}"}
+    say(f"private containerd {info['version']} up ({info['address']}); runc finds gpucr's CRIU front as `criu`")
+    plugin_proc = None
     result: dict[str, object] = {}
+    ckpt_ref = "localhost/gpucr-demo-checkpoint:1"
+    restored = "gpucr-demo-restored"
     try:
+        # -- gpucr's NRI plugin: the checkpoint policy --------------------------------------------------------
+        hook = work / "gpucr-hook"
+        hook.write_text(f"#!/bin/sh\nexec {sys.executable} -m hooks.oci_hook \"$@\"\n")
+        hook.chmod(0o755)
+        conf = work / "config.toml"
+        conf.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\n'
+                        f'hook_path = "{hook}"\n')
+        plog = Log(work / "plugin.log")
+        plugin_proc = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "plugin", "--socket",
+                                        info["nri_socket"], "--config", str(conf), "--log-file", str(plog.path)],
+                                       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait(lambda: plog.path.exists() and "synchronized" in plog.path.read_text(), "the plugin to register")
+        say("gpucr's NRI plugin registered with containerd")
+        gpucr_said("\n".join(ln.split(" INFO ", 1)[-1] for ln in plog.new().splitlines()
+                              if "subscribed to" in ln or "state dir" in ln))
+
+        # -- a pod that opts in -------------------------------------------------------------------------------
+        data = work / "data"
+        data.mkdir()
+        flog = Log(work / "log" / "criu-front.log")
         with CriClient(info["address"], timeout_s=60) as cri:
             pcfg = pod_config("gpucr-demo", namespace="default", cgroup_parent=info["cgroup_parent"],
                               annotations={"gpucr.io/checkpoint": "enabled"})
             pod_id = cri.run_pod_sandbox(pcfg)
             print(f"pod id: {pod_id}", flush=True)
-            cfg = container_config("counter", info["busybox_image"], command=["/bin/sh", "-c", COUNTER])
+            cfg = container_config("counter", info["busybox_image"], command=["/bin/sh", "-c", COUNTER],
+                                   mounts=[(str(data), "/data", False)])
             cid = cri.create_container(pod_id, cfg, pcfg)
             cri.start_container(cid)
             print(f"container id: {cid}", flush=True)
-            time.sleep(3)
-            status, verbose = cri.container_status(cid, verbose=True)
-            counter = cri.exec_sync(cid, ["cat", "/tmp/counter"]).stdout.decode().strip()
-            say(f"container {status.metadata.name} is {state_name(status.state)}, host pid "
-                f"{verbose.get('info', {}).get('pid')}, counter at {counter}")
+            rec = load_record(work / "state", cid)
+            say("CRI created the container; gpucr's plugin decided at CreateContainer:")
+            gpucr_said(f"managed ({rec.reason}); CRIU config {rec.criu_config} set as org.criu.config")
+            gpucr_said(f"CRIU options: {', '.join(ln.split('#')[0].strip() for ln in Path(rec.criu_config).read_text().splitlines() if ln and not ln.startswith('#'))}")
+            gpucr_said(f"createRuntime hook recorded pid {rec.pid}, cgroup {rec.cgroup}")
+            wait(lambda: len(counter(data / "counter.log")) >= 4, "the counter to run")
+
+            # -- checkpoint with a standard command, while running --------------------------------------------
+            say(f"checkpointing the running container: ctr c checkpoint --task --rw --image {cid[:12]} {ckpt_ref}")
+            t0 = time.monotonic()
+            run([*ctr, "c", "checkpoint", "--task", "--rw", "--image", cid, ckpt_ref], env=ctr_env)
+            at_ckpt = counter(data / "counter.log")[-1]
+            say(f"checkpoint done in {time.monotonic() - t0:.2f} s, counter was at {at_ckpt}; the container keeps "
+                f"running ({state_name(cri.container_status(cid)[0].state)})")
+            gpucr_said(flog.new() or "(no front log lines)", "  gpucr criu front")
+
+            # -- kill it ---------------------------------------------------------------------------------------
+            cri.stop_container(cid, 0)
+            time.sleep(1.0)
+            killed_at = counter(data / "counter.log")[-1]
+            say(f"container killed (CRI StopContainer); its counter stopped at {killed_at}")
+            n_before = len(counter(data / "counter.log"))
+
+            # -- bring it back from the checkpoint -------------------------------------------------------------
+            say(f"restoring: ctr c restore --live --rw {restored} {ckpt_ref}")
+            run([*ctr, "c", "restore", "--live", "--rw", restored, ckpt_ref], env=ctr_env)
+            after = wait(lambda: counter(data / "counter.log")[n_before:][:3] if
+                         len(counter(data / "counter.log")) >= n_before + 3 else None, "the restored counter")
+            gpucr_said(flog.new() or "(no front log lines)", "  gpucr criu front")
+            continued = at_ckpt <= after[0] <= at_ckpt + 2
+            say(f"restored: the counter continues {after[0]}, {after[1]}, {after[2]} "
+                f"({'from its checkpointed value ' + str(at_ckpt) if continued else 'NOT from the checkpoint'})")
+            task = run([*ctr, "t", "ls"], env=ctr_env).stdout
+            state = "running" if any(ln.startswith(restored) and "RUNNING" in ln for ln in task.splitlines()) \
+                else "unknown"
             result = {"containerd": cri.version().runtime_version, "pod_id": pod_id, "container_id": cid,
-                      "state": state_name(status.state), "counter": int(counter or 0)}
-            cri.stop_container(cid, 2)
+                      "restored_container": restored, "state": state, "counter_at_checkpoint": at_ckpt,
+                      "counter_after_restore": after, "continued": continued}
+            # cleanup of what ctr made; CRI's own objects go with the pod
+            subprocess.run([*ctr, "t", "kill", "-s", "KILL", restored], env=ctr_env, capture_output=True)
+            time.sleep(0.5)
+            subprocess.run([*ctr, "t", "rm", "-f", restored], env=ctr_env, capture_output=True)
+            subprocess.run([*ctr, "c", "rm", restored], env=ctr_env, capture_output=True)
             cri.remove_container(cid)
             cri.stop_pod_sandbox(pod_id)
             cri.remove_pod_sandbox(pod_id)
     except GpucrError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
+        if os.environ.get("GPUCR_DEMO_KEEP"):
+            say(f"GPUCR_DEMO_KEEP set: leaving {work} and the instance for inspection "
+                f"(install/containerd.sh stop {version} with GPUCR_INSTANCE={INSTANCE} cleans up)")
+            return 1
         return 1
     finally:
-        subprocess.run(["bash", str(REPO / "install/containerd.sh"), "stop", version], check=False)
+        if os.environ.get("GPUCR_DEMO_KEEP") and not result:
+            return 1  # noqa: B012
+        if plugin_proc is not None:
+            plugin_proc.terminate()
+            plugin_proc.wait(10)
+        subprocess.run(["bash", str(REPO / "install/containerd.sh"), "stop", version], env=env, check=False)
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result), flush=True)
-    return 0
+    return 0 if result.get("continued") else 1
 
 
 if __name__ == "__main__":

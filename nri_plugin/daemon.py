@@ -9,7 +9,9 @@ and cgroup and clean up after it. A bad ``gpucr.io/`` annotation fails the creat
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from .policy import (
     render_config,
     write_record,
 )
-from .policy.records import RecordError, load_record
+from .policy.records import RecordError
 
 __all__ = ["CRIU_CONFIG_ANNOTATION", "GpucrPlugin", "container_view"]
 
@@ -123,25 +125,23 @@ class GpucrPlugin:
             log.warning("%s: cannot read CRIU config %s (%s); using gpucr's options only", view.describe(),
                         base_path, exc)
         merged = merge_config(user, decision.criu_options)
+        text = render_config(merged, f"gpucr: CRIU options for managed containers\n"
+                                     f"merged with: {base_path if user else '(nothing)'}")
+        # Content-addressed and never removed with the container: runc reads this file again when a checkpoint of
+        # the container is restored (the path travels in the checkpoint's spec), possibly long after it stopped.
+        # Containers with the same policy share one file, so the directory stays small.
         d = self.node.criu_config_dir
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = d / f"{view.id}.conf"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(render_config(merged, f"gpucr: CRIU options for {view.describe()} ({view.id})\n"
-                                             f"managed: {decision.reason}\n"
-                                             f"merged with: {base_path if user else '(nothing)'}"))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        path = d / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.conf"
+        if not path.exists():
+            tmp = d / f".{path.name}.{os.getpid()}.tmp"
+            tmp.write_text(text)
+            tmp.chmod(0o600)
+            tmp.replace(path)
         return path
 
     def _forget(self, container_id: str) -> None:
         try:
-            conf = load_record(self.node.state_dir, container_id).criu_config
-        except RecordError:
-            conf = ""
-        try:
             remove_record(self.node.state_dir, container_id)
         except RecordError:
-            return
-        if conf:
-            Path(conf).unlink(missing_ok=True)
+            pass

@@ -98,9 +98,11 @@ def _criu_options(view: ContainerView, policy: ContainerPolicy, gpu: GpuRequest)
         opts.append(CriuOption("ext-unix-sk", comment="gpucr.io/ext-unix-sk"))
     if policy.criu_timeout_s:
         opts.append(CriuOption("timeout", str(policy.criu_timeout_s), comment="gpucr.io/criu-timeout"))
-    binds = [m for m in view.mounts if m.type == "bind" or "bind" in m.options or "rbind" in m.options]
-    if gpu.is_gpu or binds:
-        opts.append(CriuOption("external", "mnt[]", comment="driver and volume submounts become external mounts"))
+    if gpu.is_gpu:
+        # driver mounts (e.g. /usr/local/nvidia under a bind of /usr) are submounts runc does not name: let CRIU
+        # treat them as external on dump, and map them back automatically on restore (the same file serves both)
+        opts.append(CriuOption("external", "mnt[]", comment="driver submounts become external mounts on dump"))
+        opts.append(CriuOption("ext-mount-map", "auto", comment="and are mapped back on restore"))
     if any(_PROPAGATION & set(m.options) for m in view.mounts):
         opts.append(CriuOption("enable-external-masters", comment="slave mount propagation in the spec"))
         opts.append(CriuOption("enable-external-sharing", comment="shared mount propagation in the spec"))

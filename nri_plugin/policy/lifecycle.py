@@ -2,7 +2,7 @@
 
 * createRuntime: the container's init now exists; record its host pid and cgroup in the state record, so the CRIU
   front can match a dump request (a pid) to this container without asking the runtime.
-* poststop: the container is gone; remove its state record and its per-container CRIU config file.
+* poststop: the container is gone; remove its state record (its CRIU config file stays for restores).
 
 The OCI runtime passes the container state (``ociVersion``, ``id``, ``status``, ``pid``, ``bundle``,
 ``annotations``) as JSON on the hook's stdin (OCI runtime-spec, "State"). Hooks must never fail a container for
@@ -69,13 +69,7 @@ def on_create_runtime(state: HookState, state_dir: Path) -> str:
 
 
 def on_poststop(state: HookState, state_dir: Path) -> str:
-    """Forget a container: its record and gpucr's CRIU config file for it. Idempotent."""
-    conf = ""
-    try:
-        conf = load_record(state_dir, state.id).criu_config
-    except RecordError:
-        pass
+    """Forget a container's record. Idempotent. Its CRIU config file stays: a restore of one of its checkpoints
+    reads it again (the daemon writes those files content-addressed, shared by containers with the same policy)."""
     removed = remove_record(state_dir, state.id)
-    if conf:
-        Path(conf).unlink(missing_ok=True)
     return f"container {state.id}: record {'removed' if removed else 'already gone'}"

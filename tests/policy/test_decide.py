@@ -31,7 +31,7 @@ def test_gpu_container_managed_only_when_node_says_so() -> None:
     assert not decide(v, NodeConfig()).managed
     d = decide(v, NodeConfig(manage_gpu_containers=True))
     assert d.managed and "NVIDIA_VISIBLE_DEVICES=all" in d.reason
-    assert ("external", "mnt[]") in [(o.name, o.value) for o in d.criu_options]
+    assert {("external", "mnt[]"), ("ext-mount-map", "auto")} <= {(o.name, o.value) for o in d.criu_options}
 
 
 def test_opt_out_wins_over_node_gpu_policy() -> None:
@@ -67,7 +67,8 @@ def test_annotation_options_become_criu_options() -> None:
 def test_mount_propagation_enables_external_masters_and_sharing() -> None:
     d = decide(view(annotations={"gpucr.io/checkpoint": "enabled"},
                     mounts=[MountView("/data", "bind", "/srv/data", ("rbind", "rslave"))]), NodeConfig())
-    assert {"enable-external-masters", "enable-external-sharing", "external"} <= set(names(d))
+    assert {"enable-external-masters", "enable-external-sharing"} <= set(names(d))
+    assert "external" not in names(d)  # auto-external mounts only for GPU containers (they need ext-mount-map auto)
 
 
 def test_bad_annotation_fails_or_warns_by_node_config() -> None:
