@@ -35,8 +35,8 @@ oci_tar() {
 }
 
 build() {
-    [ -x /bin/busybox ] || die "busybox-static is missing: run install/deps.sh first"
     if [ -f "$IMG_DIR/busybox.tar" ] && [ -f "$IMG_DIR/pause.tar" ]; then return 0; fi
+    [ -x /bin/busybox ] || die "busybox-static is missing: run install/deps.sh first"
     mkdir -p "$IMG_DIR"
     local r=$IMG_DIR/rootfs a
     rm -rf "$r"; mkdir -p "$r"/{bin,sbin,etc,proc,sys,dev,tmp,root,data,run,var}

@@ -57,14 +57,17 @@ def pod_config(name: str, *, namespace: str = "default", uid: str | None = None,
 def container_config(name: str, image: str, *, command: Iterable[str] = (), args: Iterable[str] = (),
                      env: Mapping[str, str] | None = None, mounts: Iterable[tuple[str, str, bool]] = (),
                      annotations: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
-                     attempt: int = 0, log_path: str = "") -> pb.ContainerConfig:
-    """A ContainerConfig; ``mounts`` are (host_path, container_path, readonly)."""
+                     attempt: int = 0, log_path: str = "",
+                     devices: Iterable[tuple[str, str, str]] = ()) -> pb.ContainerConfig:
+    """A ContainerConfig; ``mounts`` are (host_path, container_path, readonly), ``devices`` (host_path,
+    container_path, permissions such as "rwm")."""
     return pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=name, attempt=attempt), image=pb.ImageSpec(image=image),
         command=list(command), args=list(args), log_path=log_path,
         envs=[pb.KeyValue(key=k, value=v) for k, v in (env or {}).items()],
         mounts=[pb.Mount(host_path=h, container_path=c, readonly=ro) for h, c, ro in mounts],
-        annotations=dict(annotations or {}), labels=dict(labels or {}))
+        annotations=dict(annotations or {}), labels=dict(labels or {}),
+        devices=[pb.Device(host_path=h, container_path=c, permissions=p) for h, c, p in devices])
 
 
 class CriClient:

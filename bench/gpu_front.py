@@ -1,0 +1,309 @@
+"""Standard checkpoint commands on a CRI pod training on a real GPU, without and with gpucr (run on a GPU machine).
+
+    python3 bench/gpu_front.py OUT_DIR --stage STAGE [--gib 1] [--timeout 180] [--hooks MODULE:CALLABLE]
+
+STAGE holds what a machine without network needs: ``debs/`` (criu + libraries, as bench/gpu_cr.py), ``debs-ctrd/``
+(containerd 2.1.9 and runc .debs from Debian), ``whl/`` (grpcio, protobuf, pyroute2 for this Python) and ``images/``
+(install/images.sh's busybox.tar and pause.tar). The generated ``_pb`` modules must be in the tree (tools/genproto.py).
+
+1. A private containerd 2.1.9 (install/containerd.sh) runs a CRI pod whose container trains a model on the GPU while
+   holding GIB of random data: the host's /usr, /etc, /opt (and their submounts, e.g. the driver's) bound read-only
+   into a root of merged-/usr symlinks, the /dev/nvidia* devices given through CRI, LD_LIBRARY_PATH to the driver.
+2. Without gpucr: ``ctr c checkpoint --task`` and CRI CheckpointContainer, each bounded by --timeout: what happens.
+3. With gpucr (the NRI plugin + the CRIU front with its GPU hooks): the same pod opted in; ``ctr c checkpoint --task``
+   and CRI CheckpointContainer succeed while training goes on; the container is killed and ``ctr c restore`` brings it
+   back: training continues and the GPU data is bit-identical.
+Writes OUT_DIR/gpu_front.json, OUT_DIR/gpu_front.md and the front's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO))
+
+from gpu_cr import WORKLOAD, install_criu, install_wheels  # noqa: E402
+
+ROOT = Path("/tmp/gpucr-test")
+SITE = Path("/tmp/gpucr-site")
+
+
+def sh(cmd: list[str], timeout: float | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- set-up ------------------------------------------------------------------------------------------------------
+def setup(stage: Path) -> dict[str, str]:
+    """Lay out GPUCR_TEST_ROOT as install/deps.sh would (containerd, criu, images) from the carried files."""
+    install_wheels(stage / "whl", SITE)
+    sys.path.insert(0, str(SITE))
+    (ROOT / "bin").mkdir(parents=True, exist_ok=True)
+    pre = ROOT / "opt/containerd-2.1.9"
+    if not (pre / "usr/bin/containerd").exists():
+        sh(["dpkg", "-x", str(next((stage / "debs-ctrd").glob("containerd_*.deb"))), str(pre)])
+    runc_root = ROOT / "opt/runc"
+    if not (runc_root / "usr/sbin/runc").exists():
+        sh(["dpkg", "-x", str(next((stage / "debs-ctrd").glob("runc_*.deb"))), str(runc_root)])
+    criu = install_criu(stage / "debs", ROOT / "criu")
+    link = ROOT / "bin/criu"
+    link.unlink(missing_ok=True)
+    link.symlink_to(criu)
+    (ROOT / "images").mkdir(exist_ok=True)
+    for t in ("busybox.tar", "pause.tar"):
+        shutil.copy(stage / "images" / t, ROOT / "images" / t)
+    env = {**os.environ, "GPUCR_TEST_ROOT": str(ROOT), "PYTHONPATH": f"{REPO}:{SITE}", "PYTHONUNBUFFERED": "1",
+           "PATH": f"{runc_root / 'usr/sbin'}:{os.environ['PATH']}"}
+    return env
+
+
+def hostroot_image(path: Path) -> None:
+    """A one-layer OCI image: merged-/usr symlinks and empty dirs; the host's /usr, /etc, /opt are bound over it."""
+    import hashlib
+    import io
+
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        for d in ("usr", "etc", "opt", "proc", "sys", "dev", "tmp", "data", "run", "var", "root", "home"):
+            ti = tarfile.TarInfo(d)
+            ti.type, ti.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
+            tar.addfile(ti)
+        for name, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.linkname = tarfile.SYMTYPE, target
+            tar.addfile(ti)
+    blobs: dict[str, bytes] = {}
+
+    def blob(data: bytes) -> tuple[str, int]:
+        d = hashlib.sha256(data).hexdigest()
+        blobs[d] = data
+        return d, len(data)
+
+    ld, ls = blob(layer.getvalue())
+    cd, cs = blob(json.dumps({"architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/usr/bin:/bin"]},
+                              "rootfs": {"type": "layers", "diff_ids": [f"sha256:{ld}"]}}).encode())
+    md, ms = blob(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                              "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                         "digest": f"sha256:{cd}", "size": cs},
+                              "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                          "digest": f"sha256:{ld}", "size": ls}]}).encode())
+    index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                                "digest": f"sha256:{md}", "size": ms,
+                                                "platform": {"architecture": "amd64", "os": "linux"},
+                                                "annotations": {"io.containerd.image.name": HOSTROOT,
+                                                                "org.opencontainers.image.ref.name": "test"}}]}
+    with tarfile.open(path, "w") as tar:
+        def add(name: str, data: bytes) -> None:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tar.addfile(ti, io.BytesIO(data))
+        add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add("index.json", json.dumps(index).encode())
+        for d, data in blobs.items():
+            add(f"blobs/sha256/{d}", data)
+
+
+HOSTROOT = "localhost/gpucr-hostroot:test"
+
+
+def gpu_mounts_and_devices() -> tuple[list[tuple[str, str, bool]], list[tuple[str, str, str]]]:
+    mounts = [(p, p, True) for p in ("/usr", "/etc", "/opt") if Path(p).is_dir()]
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mp = line.split()[4]
+        if any(mp.startswith(p + "/") for p in ("/usr", "/etc", "/opt")) and Path(mp).is_dir():
+            mounts.append((mp, mp, True))
+    devs = []
+    for p in sorted(Path("/dev").glob("nvidia*")) + sorted(Path("/dev/nvidia-caps").glob("*")):
+        if p.is_char_device():
+            devs.append((str(p), str(p), "rwm"))
+    return mounts, devs
+
+
+# -- one containerd instance ---------------------------------------------------------------------------------------
+class Instance:
+    def __init__(self, env: dict[str, str], name: str, front: Path | None) -> None:
+        self.env = {**env, "GPUCR_INSTANCE": name}
+        if front is not None:
+            self.env["GPUCR_CRIU_DIR"] = str(front)
+        r = sh(["bash", str(REPO / "install/containerd.sh"), "start", "2.1"], env=self.env)
+        if r.returncode:
+            raise SystemExit(f"containerd start failed: {r.stderr}")
+        self.info = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
+        self.ctr = [self.info["ctr"], "--address", self.info["address"], "-n", "k8s.io"]
+        img = ROOT / "images/hostroot.tar"
+        hostroot_image(img)
+        r = sh([*self.ctr, "images", "import", str(img)], env=self.env)
+        if r.returncode:
+            raise SystemExit(f"hostroot import failed: {r.stderr}")
+
+    def stop(self) -> None:
+        sh(["bash", str(REPO / "install/containerd.sh"), "stop", "2.1"], env=self.env)
+
+    def run_ctr(self, *args: str, timeout: float) -> dict[str, Any]:
+        t0 = time.monotonic()
+        try:
+            r = sh([*self.ctr, *args], timeout=timeout, env={**self.env, "PATH": self.path()})
+            return {"rc": r.returncode, "seconds": round(time.monotonic() - t0, 2), "stderr": r.stderr[-800:]}
+        except subprocess.TimeoutExpired:
+            return {"rc": None, "seconds": timeout, "hung": True}
+
+    def path(self) -> str:
+        return f"{self.env.get('GPUCR_CRIU_DIR', '')}:{ROOT / 'bin'}:{self.env['PATH']}"
+
+
+def start_pod(inst: Instance, data: Path, gib: float, annotations: dict[str, str]) -> tuple[Any, str, str, Any]:
+    from nri_plugin.cri import CriClient, container_config, pod_config
+
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "work.py").write_text(WORKLOAD)
+    mounts, devs = gpu_mounts_and_devices()
+    cri = CriClient(inst.info["address"], timeout_s=120)
+    pcfg = pod_config(f"train-{data.name}", cgroup_parent=inst.info["cgroup_parent"], annotations=annotations)
+    pod = cri.run_pod_sandbox(pcfg)
+    cfg = container_config("train", HOSTROOT, command=["/usr/bin/python3", "/data/work.py", "/data", str(gib)],
+                           env={"LD_LIBRARY_PATH": "/usr/local/nvidia/lib64", "PATH": "/usr/bin:/bin",
+                                "HOME": "/tmp"},
+                           mounts=[*mounts, (str(data), "/data", False)], devices=devs)
+    cid = cri.create_container(pod, cfg, pcfg)
+    cri.start_container(cid)
+    deadline = time.monotonic() + 180
+    while not (data / "ready").exists():
+        st, _ = cri.container_status(cid)
+        if st.state != 1 or time.monotonic() > deadline:
+            raise SystemExit(f"workload did not start (state {st.state}): {st.message} {st.reason}")
+        time.sleep(0.5)
+    return cri, pod, cid, pcfg
+
+
+def step(d: Path) -> int:
+    try:
+        return int((d / "step").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def verify(d: Path, tag: str, timeout: float = 300) -> str:
+    (d / f"verify-{tag}").write_text("")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p = d / f"digest-{tag}"
+        if p.exists():
+            return p.read_text()
+        time.sleep(0.2)
+    return "timeout"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--stage", type=Path, required=True)
+    ap.add_argument("--gib", type=float, default=1.0)
+    ap.add_argument("--timeout", type=float, default=180.0)
+    ap.add_argument("--hooks", default="nri_plugin.gpufront:make_hooks")
+    ap.add_argument("--skip-plain", action="store_true", help="skip the run without gpucr")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = setup(args.stage)
+    os.environ.update({k: env[k] for k in ("GPUCR_TEST_ROOT", "PYTHONPATH", "PATH")})
+    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
+                           "gpu": sh(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]).stdout.strip(),
+                           "gib": args.gib}
+    work = Path("/tmp/gpucr-front-bench")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    if not args.skip_plain:
+        log("without gpucr: private containerd 2.1.9, real criu")
+        inst = Instance(env, "plain", None)
+        try:
+            cri, pod, cid, _ = start_pod(inst, work / "plain", args.gib, {})
+            log(f"training at step {step(work / 'plain')}; ctr c checkpoint --task")
+            res["plain_ctr"] = inst.run_ctr("c", "checkpoint", "--task", "--rw", "--image", cid,
+                                            "localhost/plain-ckpt:1", timeout=args.timeout)
+            sh([*inst.ctr, "t", "resume", cid], env=inst.env)
+            log(f"-> {res['plain_ctr']}")
+            t0 = time.monotonic()
+            try:
+                cri.checkpoint_container(cid, str(work / "plain.tar"), timeout_s=int(args.timeout))
+                res["plain_cri"] = {"ok": True, "seconds": round(time.monotonic() - t0, 2)}
+            except Exception as exc:  # noqa: BLE001 - the outcome is the measurement
+                res["plain_cri"] = {"ok": False, "seconds": round(time.monotonic() - t0, 2), "error": str(exc)[-600:]}
+            log(f"-> {res['plain_cri']}")
+            res["plain_still_training"] = step(work / "plain") > 0
+        finally:
+            inst.stop()
+
+    log("with gpucr: NRI plugin + CRIU front")
+    route = work / "route"
+    r = sh(["bash", str(REPO / "install/front.sh"), "route", "--dir", str(route), "--real-criu", str(ROOT / "bin/criu"),
+            "--log-dir", str(work / "front-log"), "--hooks", args.hooks],
+           env={**env, "GPUCR_FRONT_PYTHON": sys.executable})
+    if r.returncode:
+        raise SystemExit(f"front route failed: {r.stderr}")
+    inst = Instance(env, "gpucr", route / "path")
+    plugin = None
+    try:
+        node = work / "node.toml"
+        node.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\nhook_path = ""\n')
+        plugin = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "plugin", "--socket",
+                                   inst.info["nri_socket"], "--config", str(node), "--log-file",
+                                   str(args.out / "plugin.log")], env=env, cwd=REPO)
+        time.sleep(3)
+        d = work / "gpucr"
+        cri, pod, cid, _ = start_pod(inst, d, args.gib, {"gpucr.io/checkpoint": "enabled"})
+        before = json.loads((d / "ready").read_text())["digest"]
+        s0 = step(d)
+        log(f"training at step {s0}; ctr c checkpoint --task")
+        res["gpucr_ctr"] = inst.run_ctr("c", "checkpoint", "--task", "--rw", "--image", cid, "localhost/gpucr-ckpt:1",
+                                        timeout=args.timeout)
+        log(f"-> {res['gpucr_ctr']}")
+        time.sleep(2)
+        res["gpucr_ctr_training_after"] = [s0, step(d)]
+        res["gpucr_ctr_digest_after"] = verify(d, "after-ctr") == before
+        t0 = time.monotonic()
+        try:
+            cri.checkpoint_container(cid, str(work / "gpucr.tar"), timeout_s=int(args.timeout))
+            res["gpucr_cri"] = {"ok": True, "seconds": round(time.monotonic() - t0, 2)}
+        except Exception as exc:  # noqa: BLE001
+            res["gpucr_cri"] = {"ok": False, "seconds": round(time.monotonic() - t0, 2), "error": str(exc)[-600:]}
+        log(f"-> {res['gpucr_cri']}")
+        cri.stop_container(cid, 0)
+        killed_at = step(d)
+        log(f"killed at step {killed_at}; ctr c restore --live --rw")
+        res["gpucr_restore"] = inst.run_ctr("c", "restore", "--live", "--rw", "restored", "localhost/gpucr-ckpt:1",
+                                            timeout=args.timeout)
+        log(f"-> {res['gpucr_restore']}")
+        deadline = time.monotonic() + 120
+        while step(d) <= killed_at and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)
+        res["gpucr_restore_training"] = [killed_at, step(d)]
+        res["gpucr_restore_digest_identical"] = verify(d, "after-restore") == before
+    finally:
+        if plugin is not None:
+            plugin.terminate()
+        for f in (work / "front-log").glob("*"):
+            shutil.copy(f, args.out / f.name)
+        inst.stop()
+    (args.out / "gpu_front.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
