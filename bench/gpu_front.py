@@ -1,6 +1,6 @@
 """Standard checkpoint commands on a CRI pod training on a real GPU, without and with gpucr (run on a GPU machine).
 
-    python3 bench/gpu_front.py OUT_DIR --stage STAGE [--gib 1] [--timeout 180] [--hooks MODULE:CALLABLE]
+    python3 bench/gpu_front.py OUT_DIR --stage STAGE [--gib 1] [--timeout 180] [--hooks MODULE:CALLABLE] [--skip-plain]
 
 STAGE holds what a machine without network needs: ``debs/`` (criu + libraries, as bench/gpu_cr.py), ``debs-ctrd/``
 (containerd 2.1.9 and runc .debs from Debian), ``whl/`` (grpcio, protobuf, pyroute2 for this Python) and ``images/``
@@ -214,7 +214,7 @@ def main() -> int:
     ap.add_argument("--stage", type=Path, required=True)
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=180.0)
-    ap.add_argument("--hooks", default="nri_plugin.gpufront:make_hooks")
+    ap.add_argument("--hooks", default="nri_plugin.gpufront:make")
     ap.add_argument("--skip-plain", action="store_true", help="skip the run without gpucr")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -255,11 +255,16 @@ def main() -> int:
            env={**env, "GPUCR_FRONT_PYTHON": sys.executable})
     if r.returncode:
         raise SystemExit(f"front route failed: {r.stderr}")
+    hook = work / "gpucr-hook"
+    hook.write_text(f'#!/bin/sh\nPYTHONPATH={REPO}:{SITE} exec {sys.executable} -m hooks.oci_hook "$@"\n')
+    hook.chmod(0o755)
+    node = work / "node.toml"
+    node.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\nhook_path = "{hook}"\n')
+    with (route / "path/front.conf").open("a") as f:
+        f.write(f"node_config = {node}\n")
     inst = Instance(env, "gpucr", route / "path")
     plugin = None
     try:
-        node = work / "node.toml"
-        node.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\nhook_path = ""\n')
         plugin = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "plugin", "--socket",
                                    inst.info["nri_socket"], "--config", str(node), "--log-file",
                                    str(args.out / "plugin.log")], env=env, cwd=REPO)
