@@ -55,11 +55,14 @@ def setup(stage: Path) -> dict[str, str]:
     sys.path.insert(0, str(SITE))
     (ROOT / "bin").mkdir(parents=True, exist_ok=True)
     pre = ROOT / "opt/containerd-2.1.9"
-    if not (pre / "usr/bin/containerd").exists():
-        sh(["dpkg", "-x", str(next((stage / "debs-ctrd").glob("containerd_*.deb"))), str(pre)])
     runc_root = ROOT / "opt/runc"
-    if not (runc_root / "usr/sbin/runc").exists():
-        sh(["dpkg", "-x", str(next((stage / "debs-ctrd").glob("runc_*.deb"))), str(runc_root)])
+    for dest, pattern, probe in ((pre, "containerd_*.deb", "usr/bin/containerd"), (runc_root, "runc_*.deb",
+                                                                                      "usr/sbin/runc")):
+        if not (dest / probe).exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            r = sh(["dpkg", "-x", str(next((stage / "debs-ctrd").glob(pattern)).resolve()), str(dest)])
+            if r.returncode or not (dest / probe).exists():
+                raise SystemExit(f"dpkg -x {pattern} into {dest} failed: {r.stderr}")
     criu = install_criu(stage / "debs", ROOT / "criu")
     link = ROOT / "bin/criu"
     link.unlink(missing_ok=True)
@@ -121,8 +124,22 @@ def hostroot_image(path: Path) -> None:
 HOSTROOT = "localhost/gpucr-hostroot:test"
 
 
+def python_for_container() -> tuple[str, list[str]]:
+    """This machine's Python with torch: its executable and the directories the container must see."""
+    r = sh([sys.executable, "-c", "import os, sys, torch; print(os.path.realpath(sys.executable)); "
+            "print(os.path.dirname(os.path.dirname(torch.__file__))); print(sys.base_prefix); print(sys.prefix)"])
+    if r.returncode:
+        raise SystemExit(f"{sys.executable} cannot import torch: {r.stderr}")
+    exe, torch_dir, *prefixes = r.stdout.split()
+    return exe, [torch_dir, *prefixes, os.path.dirname(exe)]
+
+
 def gpu_mounts_and_devices() -> tuple[list[tuple[str, str, bool]], list[tuple[str, str, str]]]:
     mounts = [(p, p, True) for p in ("/usr", "/etc", "/opt") if Path(p).is_dir()]
+    _, pydirs = python_for_container()
+    for d in pydirs:
+        if not any(d == m[0] or d.startswith(m[0] + "/") for m in mounts):
+            mounts.append((d, d, True))
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         mp = line.split()[4]
         if any(mp.startswith(p + "/") for p in ("/usr", "/etc", "/opt")) and Path(mp).is_dir():
@@ -173,19 +190,24 @@ def start_pod(inst: Instance, data: Path, gib: float, annotations: dict[str, str
     (data / "work.py").write_text(WORKLOAD)
     mounts, devs = gpu_mounts_and_devices()
     cri = CriClient(inst.info["address"], timeout_s=120)
-    pcfg = pod_config(f"train-{data.name}", cgroup_parent=inst.info["cgroup_parent"], annotations=annotations)
+    pcfg = pod_config(f"train-{data.name}", cgroup_parent=inst.info["cgroup_parent"], annotations=annotations,
+                      log_directory=str(data / "logs"))
     pod = cri.run_pod_sandbox(pcfg)
-    cfg = container_config("train", HOSTROOT, command=["/usr/bin/python3", "/data/work.py", "/data", str(gib)],
+    exe, pydirs = python_for_container()
+    cfg = container_config("train", HOSTROOT, command=[exe, "/data/work.py", "/data", str(gib)],
                            env={"LD_LIBRARY_PATH": "/usr/local/nvidia/lib64", "PATH": "/usr/bin:/bin",
-                                "HOME": "/tmp"},
-                           mounts=[*mounts, (str(data), "/data", False)], devices=devs)
+                                "HOME": "/tmp", "PYTHONPATH": pydirs[0]},
+                           mounts=[*mounts, (str(data), "/data", False)], devices=devs, log_path="train.log")
     cid = cri.create_container(pod, cfg, pcfg)
     cri.start_container(cid)
     deadline = time.monotonic() + 180
-    while not (data / "ready").exists():
+    while not (data / "ready").exists() or step(data) < 5:
         st, _ = cri.container_status(cid)
         if st.state != 1 or time.monotonic() > deadline:
-            raise SystemExit(f"workload did not start (state {st.state}): {st.message} {st.reason}")
+            logf = data / "logs/train.log"
+            tail = logf.read_text()[-3000:] if logf.exists() else "(no log)"
+            raise SystemExit(f"workload did not start (state {st.state}): {st.message} {st.reason}\n{tail}\n"
+                             f"mounts={mounts}\ndevices={devs}")
         time.sleep(0.5)
     return cri, pod, cid, pcfg
 
@@ -195,6 +217,42 @@ def step(d: Path) -> int:
         return int((d / "step").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return -1
+
+
+def criu_errors(stderr: str) -> list[str]:
+    """The Error lines of the CRIU log runc names in its failure message."""
+    import re
+
+    m = re.search(r"path= ?(\S+\.log)", stderr)
+    if not m or not Path(m.group(1)).exists():
+        return []
+    return [ln.strip()[:300] for ln in Path(m.group(1)).read_text(errors="replace").splitlines() if "Error" in ln][-6:]
+
+
+def markdown(res: dict[str, Any]) -> str:
+    def out(r: dict[str, Any] | None) -> str:
+        if not r:
+            return "-"
+        if r.get("hung"):
+            return f"hung (killed after {r['seconds']} s)"
+        ok = r.get("rc") == 0 or r.get("ok") is True
+        return f"{'ok' if ok else 'FAILED'} in {r['seconds']} s"
+    rows = [
+        ("`ctr c checkpoint --task` (containerd pauses first)", out(res.get("plain_ctr")), out(res.get("gpucr_ctr"))),
+        ("CRI CheckpointContainer (pause, checkpoint, resume)", out(res.get("plain_cri")), out(res.get("gpucr_cri"))),
+        ("`ctr c restore --live --rw` after killing the container", "-", out(res.get("gpucr_restore"))),
+    ]
+    lines = [f"- date: {res['date']}; machine: {res['host']} ({res['gpu']}); containerd 2.1.9, runc 1.1.15, CRIU 4.1.1",
+             f"- workload: a CRI pod training an MLP on the GPU while holding {res['gib']} GiB of random GPU data", "",
+             "| command | without gpucr | with gpucr |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines += ["", f"- without gpucr, CRIU's errors: {'; '.join(res.get('plain_criu_errors', [])) or '(none captured)'}",
+              f"- without gpucr, training steps before/after the failed attempts: {res.get('plain_training_after_failures')}",
+              f"- with gpucr, training went on through the checkpoint (steps {res.get('gpucr_ctr_training_after')}), "
+              f"GPU data identical afterwards: {res.get('gpucr_ctr_digest_after')}",
+              f"- with gpucr, after the restore training continued (steps {res.get('gpucr_restore_training')}, "
+              f"killed at the first), GPU data bit-identical: {res.get('gpucr_restore_digest_identical')}"]
+    return "\n".join(lines) + "\n"
 
 
 def verify(d: Path, tag: str, timeout: float = 300) -> str:
@@ -237,6 +295,7 @@ def main() -> int:
                                             "localhost/plain-ckpt:1", timeout=args.timeout)
             sh([*inst.ctr, "t", "resume", cid], env=inst.env)
             log(f"-> {res['plain_ctr']}")
+            res["plain_criu_errors"] = criu_errors(res["plain_ctr"].get("stderr", ""))
             t0 = time.monotonic()
             try:
                 cri.checkpoint_container(cid, str(work / "plain.tar"), timeout_s=int(args.timeout))
@@ -244,7 +303,9 @@ def main() -> int:
             except Exception as exc:  # noqa: BLE001 - the outcome is the measurement
                 res["plain_cri"] = {"ok": False, "seconds": round(time.monotonic() - t0, 2), "error": str(exc)[-600:]}
             log(f"-> {res['plain_cri']}")
-            res["plain_still_training"] = step(work / "plain") > 0
+            s1 = step(work / "plain")
+            time.sleep(3)
+            res["plain_training_after_failures"] = [s1, step(work / "plain")]
         finally:
             inst.stop()
 
@@ -306,6 +367,7 @@ def main() -> int:
             shutil.copy(f, args.out / f.name)
         inst.stop()
     (args.out / "gpu_front.json").write_text(json.dumps(res, indent=1))
+    (args.out / "gpu_front.md").write_text(markdown(res))
     print(json.dumps(res, indent=1))
     return 0
 
