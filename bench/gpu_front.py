@@ -25,7 +25,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
-from gpu_cr import WORKLOAD, install_criu, install_wheels  # noqa: E402
+from gpu_cr import install_criu, install_wheels  # noqa: E402
+
+from demo.gpu_pod import HOSTROOT, gpu_container_config, gpu_mounts_and_devices, hostroot_image, step, verify  # noqa: E402
 
 ROOT = Path("/tmp/gpucr-test")
 SITE = Path("/tmp/gpucr-site")
@@ -75,82 +76,6 @@ def setup(stage: Path) -> dict[str, str]:
     return env
 
 
-def hostroot_image(path: Path) -> None:
-    """A one-layer OCI image: merged-/usr symlinks and empty dirs; the host's /usr, /etc, /opt are bound over it."""
-    import hashlib
-    import io
-
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as tar:
-        for d in ("usr", "etc", "opt", "proc", "sys", "dev", "tmp", "data", "run", "var", "root", "home"):
-            ti = tarfile.TarInfo(d)
-            ti.type, ti.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
-            tar.addfile(ti)
-        for name, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
-            ti = tarfile.TarInfo(name)
-            ti.type, ti.linkname = tarfile.SYMTYPE, target
-            tar.addfile(ti)
-    blobs: dict[str, bytes] = {}
-
-    def blob(data: bytes) -> tuple[str, int]:
-        d = hashlib.sha256(data).hexdigest()
-        blobs[d] = data
-        return d, len(data)
-
-    ld, ls = blob(layer.getvalue())
-    cd, cs = blob(json.dumps({"architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/usr/bin:/bin"]},
-                              "rootfs": {"type": "layers", "diff_ids": [f"sha256:{ld}"]}}).encode())
-    md, ms = blob(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                              "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                         "digest": f"sha256:{cd}", "size": cs},
-                              "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                                          "digest": f"sha256:{ld}", "size": ls}]}).encode())
-    index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                                "digest": f"sha256:{md}", "size": ms,
-                                                "platform": {"architecture": "amd64", "os": "linux"},
-                                                "annotations": {"io.containerd.image.name": HOSTROOT,
-                                                                "org.opencontainers.image.ref.name": "test"}}]}
-    with tarfile.open(path, "w") as tar:
-        def add(name: str, data: bytes) -> None:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tar.addfile(ti, io.BytesIO(data))
-        add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        add("index.json", json.dumps(index).encode())
-        for d, data in blobs.items():
-            add(f"blobs/sha256/{d}", data)
-
-
-HOSTROOT = "localhost/gpucr-hostroot:test"
-
-
-def python_for_container() -> tuple[str, list[str]]:
-    """This machine's Python with torch: its executable and the directories the container must see."""
-    r = sh([sys.executable, "-c", "import os, sys, torch; print(os.path.realpath(sys.executable)); "
-            "print(os.path.dirname(os.path.dirname(torch.__file__))); print(sys.base_prefix); print(sys.prefix)"])
-    if r.returncode:
-        raise SystemExit(f"{sys.executable} cannot import torch: {r.stderr}")
-    exe, torch_dir, *prefixes = r.stdout.split()
-    return exe, [torch_dir, *prefixes, os.path.dirname(exe)]
-
-
-def gpu_mounts_and_devices() -> tuple[list[tuple[str, str, bool]], list[tuple[str, str, str]]]:
-    mounts = [(p, p, True) for p in ("/usr", "/etc", "/opt") if Path(p).is_dir()]
-    _, pydirs = python_for_container()
-    for d in pydirs:
-        if not any(d == m[0] or d.startswith(m[0] + "/") for m in mounts):
-            mounts.append((d, d, True))
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mp = line.split()[4]
-        if any(mp.startswith(p + "/") for p in ("/usr", "/etc", "/opt")) and Path(mp).is_dir():
-            mounts.append((mp, mp, True))
-    devs = []
-    for p in sorted(Path("/dev").glob("nvidia*")) + sorted(Path("/dev/nvidia-caps").glob("*")):
-        if p.is_char_device():
-            devs.append((str(p), str(p), "rwm"))
-    return mounts, devs
-
-
 # -- one containerd instance ---------------------------------------------------------------------------------------
 class Instance:
     def __init__(self, env: dict[str, str], name: str, front: Path | None) -> None:
@@ -184,20 +109,13 @@ class Instance:
 
 
 def start_pod(inst: Instance, data: Path, gib: float, annotations: dict[str, str]) -> tuple[Any, str, str, Any]:
-    from nri_plugin.cri import CriClient, container_config, pod_config
+    from nri_plugin.cri import CriClient, pod_config
 
-    data.mkdir(parents=True, exist_ok=True)
-    (data / "work.py").write_text(WORKLOAD)
-    mounts, devs = gpu_mounts_and_devices()
     cri = CriClient(inst.info["address"], timeout_s=120)
     pcfg = pod_config(f"train-{data.name}", cgroup_parent=inst.info["cgroup_parent"], annotations=annotations,
                       log_directory=str(data / "logs"))
     pod = cri.run_pod_sandbox(pcfg)
-    exe, pydirs = python_for_container()
-    cfg = container_config("train", HOSTROOT, command=[exe, "/data/work.py", "/data", str(gib)],
-                           env={"LD_LIBRARY_PATH": "/usr/local/nvidia/lib64", "PATH": "/usr/bin:/bin",
-                                "HOME": "/tmp", "PYTHONPATH": pydirs[0]},
-                           mounts=[*mounts, (str(data), "/data", False)], devices=devs, log_path="train.log")
+    cfg = gpu_container_config(data, gib)
     cid = cri.create_container(pod, cfg, pcfg)
     cri.start_container(cid)
     deadline = time.monotonic() + 180
@@ -207,16 +125,9 @@ def start_pod(inst: Instance, data: Path, gib: float, annotations: dict[str, str
             logf = data / "logs/train.log"
             tail = logf.read_text()[-3000:] if logf.exists() else "(no log)"
             raise SystemExit(f"workload did not start (state {st.state}): {st.message} {st.reason}\n{tail}\n"
-                             f"mounts={mounts}\ndevices={devs}")
+                             f"mounts/devices={gpu_mounts_and_devices()}")
         time.sleep(0.5)
     return cri, pod, cid, pcfg
-
-
-def step(d: Path) -> int:
-    try:
-        return int((d / "step").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return -1
 
 
 def criu_errors(stderr: str) -> list[str]:
@@ -255,17 +166,6 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def verify(d: Path, tag: str, timeout: float = 300) -> str:
-    (d / f"verify-{tag}").write_text("")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        p = d / f"digest-{tag}"
-        if p.exists():
-            return p.read_text()
-        time.sleep(0.2)
-    return "timeout"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("out", type=Path)
@@ -274,9 +174,14 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=180.0)
     ap.add_argument("--hooks", default="nri_plugin.gpufront:make")
     ap.add_argument("--skip-plain", action="store_true", help="skip the run without gpucr")
+    ap.add_argument("--setup-only", action="store_true",
+                    help="only lay out GPUCR_TEST_ROOT (then e.g. `make demo` parts can run on this machine)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     env = setup(args.stage)
+    if args.setup_only:
+        print(json.dumps({k: env[k] for k in ("GPUCR_TEST_ROOT", "PYTHONPATH", "PATH")}))
+        return 0
     os.environ.update({k: env[k] for k in ("GPUCR_TEST_ROOT", "PYTHONPATH", "PATH")})
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
                            "gpu": sh(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]).stdout.strip(),

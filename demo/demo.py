@@ -5,7 +5,9 @@ A private containerd (2.1.9 by default; GPUCR_DEMO_CONTAINERD=1.7 for 1.7.24) ru
 the NRI plugin (``gpucr plugin``: the checkpoint policy) and the CRIU front (the ``criu`` runc runs). A CRI pod that
 opts in with ``gpucr.io/checkpoint: enabled`` runs a counter; it is checkpointed while running with a standard command
 (``ctr c checkpoint --task``), killed, and brought back with ``ctr c restore``: the counter continues from its
-checkpointed value. Each step prints what gpucr did (from the plugin's and the front's logs and its state records).
+checkpointed value. With an NVIDIA GPU present (and torch in this Python) the pod trains a model on the GPU instead
+(demo/gpu_pod.py): training continues after the restore and its GPU data is bit-identical (GPUCR_DEMO_CPU=1 forces
+the counter). Each step prints what gpucr did (from the plugin's and the front's logs and its state records).
 Everything is cleaned up at the end (containerd stopped, nothing left running or mounted); the last line is JSON.
 """
 
@@ -27,6 +29,7 @@ from nri_plugin.cri import CriClient, container_config, pod_config  # noqa: E402
 from nri_plugin.cri.client import state_name  # noqa: E402
 from nri_plugin.errors import GpucrError  # noqa: E402
 from nri_plugin.policy import load_record  # noqa: E402
+from demo import gpu_pod  # noqa: E402
 
 TEST_ROOT = Path(os.environ.get("GPUCR_TEST_ROOT", "/var/lib/gpucr-test"))
 COUNTER = "i=0; while :; do i=$((i+1)); echo $i >> /data/counter.log; sleep 0.5; done"
@@ -86,6 +89,10 @@ def main() -> int:
     env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route / "path")}
     run(["bash", str(REPO / "install/front.sh"), "route", "--dir", str(route), "--real-criu",
          str(TEST_ROOT / "bin/criu"), "--log-dir", str(work / "log")], env={**env, "GPUCR_FRONT_PYTHON": sys.executable})
+    gpu = gpu_pod.has_gpu() and not os.environ.get("GPUCR_DEMO_CPU")
+    node_conf = work / "config.toml"
+    with (route / "path/front.conf").open("a") as f:
+        f.write(f"node_config = {node_conf}\n")  # the front's CUDA hooks read the node's state dir from it
     start = subprocess.run(["bash", str(REPO / "install/containerd.sh"), "start", version], text=True,
                            stdout=subprocess.PIPE, env=env)
     if start.returncode != 0:
@@ -102,9 +109,9 @@ def main() -> int:
     try:
         # -- gpucr's NRI plugin: the checkpoint policy --------------------------------------------------------
         hook = work / "gpucr-hook"
-        hook.write_text(f"#!/bin/sh\nexec {sys.executable} -m hooks.oci_hook \"$@\"\n")
+        hook.write_text(f"#!/bin/sh\nPYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} -m hooks.oci_hook \"$@\"\n")
         hook.chmod(0o755)
-        conf = work / "config.toml"
+        conf = node_conf
         conf.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\n'
                         f'hook_path = "{hook}"\n')
         plog = Log(work / "plugin.log")
@@ -122,11 +129,18 @@ def main() -> int:
         flog = Log(work / "log" / "criu-front.log")
         with CriClient(info["address"], timeout_s=60) as cri:
             pcfg = pod_config("gpucr-demo", namespace="default", cgroup_parent=info["cgroup_parent"],
+                              log_directory=str(work / "logs"),
                               annotations={"gpucr.io/checkpoint": "enabled"})
             pod_id = cri.run_pod_sandbox(pcfg)
             print(f"pod id: {pod_id}", flush=True)
-            cfg = container_config("counter", info["busybox_image"], command=["/bin/sh", "-c", COUNTER],
-                                   mounts=[(str(data), "/data", False)])
+            if gpu:
+                gpu_pod.hostroot_image(work / "hostroot.tar")
+                run([*ctr, "images", "import", str(work / "hostroot.tar")], env=ctr_env)
+                cfg = gpu_pod.gpu_container_config(data, float(os.environ.get("GPUCR_DEMO_GIB", "1")))
+                say("an NVIDIA GPU is present: the pod trains a model on it, holding random GPU data")
+            else:
+                cfg = container_config("counter", info["busybox_image"], command=["/bin/sh", "-c", COUNTER],
+                                       mounts=[(str(data), "/data", False)])
             cid = cri.create_container(pod_id, cfg, pcfg)
             cri.start_container(cid)
             print(f"container id: {cid}", flush=True)
@@ -135,37 +149,53 @@ def main() -> int:
             gpucr_said(f"managed ({rec.reason}); CRIU config {rec.criu_config} set as org.criu.config")
             gpucr_said(f"CRIU options: {', '.join(ln.split('#')[0].strip() for ln in Path(rec.criu_config).read_text().splitlines() if ln and not ln.startswith('#'))}")
             gpucr_said(f"createRuntime hook recorded pid {rec.pid}, cgroup {rec.cgroup}")
-            wait(lambda: len(counter(data / "counter.log")) >= 4, "the counter to run")
+            if gpu:
+                wait(lambda: gpu_pod.step(data) >= 5, "training to start", timeout=300)
+                digest0 = json.loads((data / "ready").read_text())["digest"]
+            else:
+                wait(lambda: len(counter(data / "counter.log")) >= 4, "the counter to run")
 
             # -- checkpoint with a standard command, while running --------------------------------------------
             say(f"checkpointing the running container: ctr c checkpoint --task --rw --image {cid[:12]} {ckpt_ref}")
             t0 = time.monotonic()
             run([*ctr, "c", "checkpoint", "--task", "--rw", "--image", cid, ckpt_ref], env=ctr_env)
-            at_ckpt = counter(data / "counter.log")[-1]
-            say(f"checkpoint done in {time.monotonic() - t0:.2f} s, counter was at {at_ckpt}; the container keeps "
-                f"running ({state_name(cri.container_status(cid)[0].state)})")
+            at_ckpt = gpu_pod.step(data) if gpu else counter(data / "counter.log")[-1]
+            say(f"checkpoint done in {time.monotonic() - t0:.2f} s, {'training step' if gpu else 'counter'} was at "
+                f"{at_ckpt}; the container keeps running ({state_name(cri.container_status(cid)[0].state)})")
             gpucr_said(flog.new() or "(no front log lines)", "  gpucr criu front")
 
             # -- kill it ---------------------------------------------------------------------------------------
             cri.stop_container(cid, 0)
             time.sleep(1.0)
-            killed_at = counter(data / "counter.log")[-1]
-            say(f"container killed (CRI StopContainer); its counter stopped at {killed_at}")
-            n_before = len(counter(data / "counter.log"))
+            killed_at = gpu_pod.step(data) if gpu else counter(data / "counter.log")[-1]
+            say(f"container killed (CRI StopContainer); its {'training' if gpu else 'counter'} stopped at {killed_at}")
+            n_before = 0 if gpu else len(counter(data / "counter.log"))
 
             # -- bring it back from the checkpoint -------------------------------------------------------------
             say(f"restoring: ctr c restore --live --rw {restored} {ckpt_ref}")
             run([*ctr, "c", "restore", "--live", "--rw", restored, ckpt_ref], env=ctr_env)
-            after = wait(lambda: counter(data / "counter.log")[n_before:][:3] if
-                         len(counter(data / "counter.log")) >= n_before + 3 else None, "the restored counter")
-            gpucr_said(flog.new() or "(no front log lines)", "  gpucr criu front")
-            continued = at_ckpt <= after[0] <= at_ckpt + 2
-            say(f"restored: the counter continues {after[0]}, {after[1]}, {after[2]} "
-                f"({'from its checkpointed value ' + str(at_ckpt) if continued else 'NOT from the checkpoint'})")
+            if gpu:
+                (data / "step").unlink(missing_ok=True)  # the restored process writes it again
+                wait(lambda: gpu_pod.step(data) > 0, "the restored training to step", timeout=300)
+                resumed = gpu_pod.step(data)
+                same = gpu_pod.verify(data, "restored") == digest0
+                gpucr_said(flog.new() or "(no front log lines)", "  gpucr criu front")
+                continued = same and at_ckpt <= resumed
+                after = [resumed]
+                say(f"restored: training continues at step {resumed} (checkpointed at {at_ckpt}, killed at "
+                    f"{killed_at}); GPU data {'bit-identical' if same else 'DIFFERENT'} to before the checkpoint")
+            else:
+                after = wait(lambda: counter(data / "counter.log")[n_before:][:3] if
+                             len(counter(data / "counter.log")) >= n_before + 3 else None, "the restored counter")
+                gpucr_said(flog.new() or "(no front log lines)", "  gpucr criu front")
+                continued = at_ckpt <= after[0] <= at_ckpt + 2
+                say(f"restored: the counter continues {after[0]}, {after[1]}, {after[2]} "
+                    f"({'from its checkpointed value ' + str(at_ckpt) if continued else 'NOT from the checkpoint'})")
             task = run([*ctr, "t", "ls"], env=ctr_env).stdout
             state = "running" if any(ln.startswith(restored) and "RUNNING" in ln for ln in task.splitlines()) \
                 else "unknown"
-            result = {"containerd": cri.version().runtime_version, "pod_id": pod_id, "container_id": cid,
+            result = {"containerd": cri.version().runtime_version, "workload": "gpu-training" if gpu else "counter",
+                      "pod_id": pod_id, "container_id": cid,
                       "restored_container": restored, "state": state, "counter_at_checkpoint": at_ckpt,
                       "counter_after_restore": after, "continued": continued}
             # cleanup of what ctr made; CRI's own objects go with the pod
