@@ -288,7 +288,8 @@ static int adopt(int pid, rec_t *r) {
     buf[n] = 0;
     int old = atoi(buf);
     if (old <= 0 || old == pid || read_rec_raw(old, r) != 0 || strcmp(r->id, tok) != 0) return -1;
-    if (proc_state(old) != 0 && proc_start(old) == r->start) return -1; /* the owner still runs: not a restore */
+    char st = proc_state(old); /* a zombie is gone too: CRIU's dump killed it, nobody reaped it yet */
+    if (st != 0 && st != 'Z' && st != 'X' && proc_start(old) == r->start) return -1; /* still runs: not a restore */
     r->state = ST_CHECKPOINTED;
     r->start = proc_start(pid);
     return write_rec(pid, r) == 0 ? 0 : -1;
