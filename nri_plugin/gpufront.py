@@ -27,22 +27,24 @@ libcuda, lock_timeout_ms, driver_call_timeout_s), ``libcuda`` and ``libnvml`` (o
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from .front._log import FrontLog
 from .front.errors import HookError
-from .front.messages import DUMP, RESTORE, Request
-from .policy.config import ConfigError, NodeConfig, load_config
-from .policy.records import ContainerRecord, RecordError, load_record
+from .front.messages import DUMP, RESTORE
 
+# the front loads this module on every DUMP and RESTORE, non-CUDA ones included: only what ``wants`` needs is
+# imported up front (typing, json, dataclasses and the engine cost tens of ms of start-up each, see front/_wire)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .ckpt.engine import Engine, Suspended
+    from typing import Any
 
-__all__ = ["MARKER", "GpuFrontHooks", "Target", "make"]
+    from .ckpt.engine import Engine, Suspended
+    from .front.messages import Request
+    from .policy.config import NodeConfig
+    from .policy.records import ContainerRecord
+
+__all__ = ["MARKER", "GpuFrontHooks", "NodeView", "Target", "make", "node_view"]
 
 #: gpucr's marker in CRIU's images dir: the CUDA processes and GPUs of the dump, for the restore
 MARKER = "gpucr-cuda.json"
@@ -61,17 +63,74 @@ _FIX = {
 }
 
 
-@dataclass
+class NodeView:
+    """The node-config values the front uses. Parsing the TOML file costs tens of ms of start-up (tomllib,
+    dataclasses) on every dump, so :func:`node_view` caches these few values beside the front's log, keyed by the
+    file's path, mtime and size (as the front caches the real criu's VERSION answer)."""
+
+    KEYS = ("state_dir", "unmanaged_cuda", "libcuda", "lock_timeout_ms", "driver_call_timeout_s")
+    __slots__ = KEYS
+
+    def __init__(self, state_dir: str, unmanaged_cuda: str, libcuda: str, lock_timeout_ms: int,
+                 driver_call_timeout_s: float) -> None:
+        self.state_dir, self.unmanaged_cuda, self.libcuda = state_dir, unmanaged_cuda, libcuda
+        self.lock_timeout_ms, self.driver_call_timeout_s = lock_timeout_ms, driver_call_timeout_s
+
+    @classmethod
+    def of(cls, cfg: NodeConfig) -> NodeView:
+        return cls(str(cfg.state_dir), cfg.unmanaged_cuda, cfg.libcuda, int(cfg.lock_timeout_ms),
+                   float(cfg.driver_call_timeout_s))
+
+
+def node_view(path: str | None, cache_dir: str | None) -> NodeView:
+    """The node configuration's values for the front, from the cache when the file did not change.
+
+    Raises:
+        ConfigError: the file is invalid, or an explicitly named one is missing (the message names it).
+    """
+    conf = path or "/etc/gpucr/config.toml"
+    try:
+        st = os.stat(conf)
+        key = f"{os.path.realpath(conf)} {st.st_mtime_ns} {st.st_size}"
+    except OSError:
+        key = f"{conf} absent"
+    cache = os.path.join(cache_dir, "node-config.cache") if cache_dir else None
+    if cache:
+        try:
+            with open(cache, encoding="utf-8") as f:
+                lines = f.read().split("\n")
+            if lines[0] == key:
+                kv = dict(ln.split("\t", 1) for ln in lines[1:] if "\t" in ln)
+                return NodeView(kv["state_dir"], kv["unmanaged_cuda"], kv["libcuda"], int(kv["lock_timeout_ms"]),
+                                float(kv["driver_call_timeout_s"]))
+        except (OSError, KeyError, ValueError):
+            pass
+    from pathlib import Path
+
+    from .policy.config import load_config
+    view = NodeView.of(load_config(Path(path) if path else None))
+    if cache:
+        try:
+            tmp = f"{cache}.{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("\n".join([key, *(f"{k}\t{getattr(view, k)}" for k in NodeView.KEYS)]) + "\n")
+            os.replace(tmp, cache)
+        except OSError:
+            pass
+    return view
+
+
 class Target:
     """What a DUMP request is about: the container (id from its cgroup), its record if any, and the decision."""
 
-    pid: int
-    container_id: str
-    cgroup: str
-    record: ContainerRecord | None = None
-    cuda_pids: list[int] = field(default_factory=list)
-    protect: bool = False
-    why: str = ""
+    __slots__ = ("pid", "container_id", "cgroup", "record", "cuda_pids", "protect", "why")
+
+    def __init__(self, pid: int, container_id: str, cgroup: str) -> None:
+        self.pid, self.container_id, self.cgroup = pid, container_id, cgroup
+        self.record: ContainerRecord | None = None
+        self.cuda_pids: list[int] = []
+        self.protect = False
+        self.why = ""
 
     def describe(self) -> str:
         who = self.record.describe() if self.record else f"container {self.container_id or '?'}"
@@ -101,11 +160,9 @@ class GpuFrontHooks:
     def __init__(self, values: dict[str, str], node: NodeConfig | None = None) -> None:
         self.values = values
         self.log = FrontLog(values.get("log_dir"))
-        if node is None:
-            path = values.get("node_config")
-            node = load_config(Path(path) if path else None)
-        self.node = node
-        self.libcuda = values.get("libcuda") or node.libcuda or DEFAULT_LIBCUDA
+        self.node = NodeView.of(node) if node is not None else node_view(values.get("node_config"),
+                                                                         values.get("log_dir"))
+        self.libcuda = values.get("libcuda") or self.node.libcuda or DEFAULT_LIBCUDA
         self.libnvml = values.get("libnvml") or None
         self.target: Target | None = None
         self.suspended: Suspended | None = None
@@ -122,10 +179,15 @@ class GpuFrontHooks:
         return False
 
     def _workload_pids(self, pid: int, freeze_cgroup: str | None) -> list[int]:
-        from .ckpt.cgroup import CgroupError, Freezer, cgroups_of
-        from .ckpt.discovery import tree_pids
+        from .ckpt._proc import cgroup_procs, tree_pids
+        if freeze_cgroup:
+            try:
+                return cgroup_procs(freeze_cgroup)
+            except OSError:
+                pass
+        from .ckpt.cgroup import CgroupError, cgroups_of
         try:
-            f = Freezer(Path(freeze_cgroup), 1) if freeze_cgroup else cgroups_of(pid).freezer
+            f = cgroups_of(pid).freezer
             if not f.is_root:
                 return f.pids()
         except CgroupError:
@@ -134,10 +196,13 @@ class GpuFrontHooks:
 
     def _load_record(self, cid: str, pid: int) -> ContainerRecord | None:
         """The plugin's record for this container, or None (with a clear log line when it is unusable)."""
-        if not cid:
+        if not cid or not os.path.exists(os.path.join(self.node.state_dir, "containers", f"{cid}.json")):
             return None
+        from pathlib import Path
+
+        from .policy.records import RecordError, load_record
         try:
-            rec = load_record(self.node.state_dir, cid)
+            rec = load_record(Path(self.node.state_dir), cid)
         except RecordError as exc:
             if "no gpucr record" not in str(exc):
                 self.log.warning(f"DUMP of pid {pid}: ignoring the state record of container {cid}: {exc}; "
@@ -154,7 +219,7 @@ class GpuFrontHooks:
         pid = request.pid
         if not pid or pid <= 0:
             return None
-        from .ckpt.discovery import cuda_candidates
+        from .ckpt._proc import cuda_candidates
         cg = request.freeze_cgroup or ""
         cg_path = _freezer_path(pid) or cg
         cid = os.path.basename(cg_path.rstrip("/"))
@@ -242,6 +307,7 @@ class GpuFrontHooks:
         data = {"format": MARKER_FORMAT, "container_id": t.container_id, "managed": t.record is not None,
                 "pid": t.pid, "processes": [p.to_json() for p in s.procs], "gpus": s.inventory.gpus,
                 "driver_version": s.inventory.driver_version, "gpu_map": gpu_map}
+        import json
         path = os.path.join(request.images_dir, MARKER)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -307,6 +373,7 @@ class GpuFrontHooks:
                       f"{gpu_map or 'identity'} ({source})")
 
     def _read_marker(self, request: Request) -> dict[str, Any]:
+        import json
         path = os.path.join(request.images_dir or "", MARKER)
         try:
             with open(path, encoding="utf-8") as f:
@@ -322,8 +389,11 @@ class GpuFrontHooks:
     def _gpu_map(self, cid: str, marker: dict[str, Any]) -> tuple[dict[str, str], str]:
         """The restored container's GPU UUID map: its own record's gpu-map, else the one recorded at dump."""
         if cid:
+            from pathlib import Path
+
+            from .policy.records import RecordError, load_record
             try:
-                rec = load_record(self.node.state_dir, cid)
+                rec = load_record(Path(self.node.state_dir), cid)
                 pairs = rec.policy.get("gpu_map") or []
                 if pairs:
                     return {str(a): str(b) for a, b in pairs}, f"record of container {cid}"
@@ -341,7 +411,8 @@ def make(values: dict[str, str]) -> GpuFrontHooks:
     Raises:
         ConfigError: the node configuration is unreadable or invalid (the front answers the runtime with it).
     """
+    from .errors import GpucrError
     try:
         return GpuFrontHooks(values)
-    except ConfigError as exc:
-        raise ConfigError(f"gpucr's CRIU hooks: {exc}") from exc
+    except GpucrError as exc:  # ConfigError, kept as such, named as the hooks' configuration
+        raise type(exc)(f"gpucr's CRIU hooks: {exc}") from exc
