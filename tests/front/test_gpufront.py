@@ -415,3 +415,31 @@ def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[st
             subprocess.run([*runc, "kill", "--all", name, "KILL"], capture_output=True)
             time.sleep(0.3)
             subprocess.run([*runc, "delete", "-f", name], capture_output=True)
+
+
+def test_gpucr_checkpoint_via_runtime(front_containerd: Containerd, plugin: subprocess.Popen[bytes],
+                                      gpu_front: FrontRoute, node: dict[str, Path], fake: FakeCuda,
+                                      tmp_path: Path) -> None:
+    """`gpucr checkpoint CONTAINER --via-runtime`: CRI CheckpointContainer on 2.1.9, the task API on 1.7.24 (which
+    reaches runc with the container running); the front does the CUDA work, as for every other caller."""
+    ctrd = front_containerd
+    with cri_workload(ctrd, node, tmp_path) as (_c, w):
+        register(fake, w.pid)
+        out = tmp_path / "ckpt"
+        mark = gpu_front.log_mark()
+        r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", w.cid[:12], "--via-runtime",
+                            "--leave-running", "--to", str(out), "--json", "--address", ctrd.address, "--libcuda",
+                            str(fake.lib)], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.returncode == 0, r.stderr
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        assert summary["container_id"] == w.cid and [p["pid"] for p in summary["cuda_processes"]] == [w.pid]
+        if ctrd.major_minor >= (2, 0):
+            assert summary["via"] == "cri CheckpointContainer" and (out / "checkpoint.tar").exists()
+        else:
+            assert summary["via"] == "containerd task Checkpoint" and (out / "images" / MARKER).exists()
+        log = gpu_front.log_since(mark)
+        assert "locked and checkpointed 1 CUDA process(es)" in log and "restored and unlocked 1" in log, log
+        # 2.x pauses through CRI (the front thaws and re-freezes); 1.7's task API arrives running
+        assert ("thawed it, " in log) == (ctrd.major_minor >= (2, 0)), log
+        assert fake.state(w.pid) == "RUNNING" and freezer_state(w.cgroup) == "THAWED"
+        advancing(w.data)
