@@ -283,6 +283,9 @@ class GpuFrontHooks:
             err = self._error(f"GPU-safe dump of {t.describe()}", exc, "discover")
             self.log.error(str(err))
             raise err from exc
+        if not s.procs:  # managed, but no CUDA state now: CRIU dumps it as any process, the restore needs nothing
+            self.log.info(f"DUMP of {t.describe()}, {t.why}: no process holds CUDA state; nothing for gpucr to do")
+            return
         self.suspended = s
         try:
             self._write_marker(request, t, s)
