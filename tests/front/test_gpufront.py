@@ -291,7 +291,8 @@ def test_unmanaged_non_cuda_container_is_handed_to_criu(
 # -- ctr containers (never seen by NRI: unmanaged, protected by the node policy) and ctr c restore ----------------
 
 @contextlib.contextmanager
-def ctr_workload(ctrd: Containerd, node: dict[str, Path], tmp_path: Path) -> Iterator[tuple[str, Path, str, str]]:
+def ctr_workload(ctrd: Containerd, node: dict[str, Path], tmp_path: Path,
+                 *extra: str) -> Iterator[tuple[str, Path, str, str]]:
     name = f"gf-{uuid.uuid4().hex[:6]}"
     data = tmp_path / "data"
     data.mkdir()
@@ -300,7 +301,7 @@ def ctr_workload(ctrd: Containerd, node: dict[str, Path], tmp_path: Path) -> Ite
     ctrd.ctr("run", "-d", "--null-io", "--fifo-dir", f"{d}/fifo", "--runc-root", f"{d}/runc-ctr", "--cgroup", cgroup,
              "--env", f"FAKE_CUDA_ID={uuid.uuid4().hex}",
              "--mount", f"type=bind,src={data},dst=/data,options=rbind:rw",
-             "--mount", f"type=bind,src={node['nvidia']},dst=/dev/nvidia0,options=rbind:ro",
+             "--mount", f"type=bind,src={node['nvidia']},dst=/dev/nvidia0,options=rbind:ro", *extra,
              ctrd.image, name, "/bin/sh", "-c", COUNTER)
     try:
         wait_for(lambda: _n(data) >= 2, what="counter to start")
@@ -360,6 +361,27 @@ def test_ctr_container_checkpoint_and_restore_unmanaged_cuda(
             assert f"restored and unlocked 1 CUDA process(es) [{new}], GPU map identity" in log, log
         finally:
             ctrd.ctr("images", "rm", "--sync", ref, check=False)
+
+
+def test_criu_failure_after_cuda_checkpoint_rolls_back(
+        front_containerd: Containerd, gpu_front: FrontRoute, node: dict[str, Path], fake: FakeCuda,
+        tmp_path: Path) -> None:
+    """CRIU itself fails after gpucr checkpointed CUDA (an action script in the container's CRIU config aborts the dump
+    at pre-dump): gpucr rolls back at CRIU's answer, so the workload runs on with its CUDA state RUNNING."""
+    ctrd = front_containerd
+    conf = tmp_path / "fail.conf"
+    conf.write_text("action-script /bin/false\n")
+    with ctr_workload(ctrd, node, tmp_path, "--annotation", f"org.criu.config={conf}") as (name, data, cgroup, _d):
+        pid = _task_pid(ctrd, name)
+        register(fake, pid)
+        mark = gpu_front.log_mark()
+        r = ctrd.ctr("t", "checkpoint", "--image-path", str(tmp_path / "img"), name, check=False)
+        assert r.returncode != 0 and "criu failed" in r.stderr, r.stderr
+        log = gpu_front.log_since(mark)
+        assert "locked and checkpointed 1 CUDA process(es)" in log and "DUMP success=False" in log, log
+        assert f"failed in CRIU: rolled back 1 CUDA process(es), the workload keeps running" in log, log
+        assert fake.state(pid) == "RUNNING" and freezer_state(cgroup) == "THAWED"
+        advancing(data)
 
 
 def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[str, Path], fake: FakeCuda,
