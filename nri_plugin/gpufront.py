@@ -60,6 +60,7 @@ _FIX = {
     "cuda-checkpoint": "copying GPU memory to host failed: check host memory and the driver log, then retry",
     "refreeze": "the cgroup could not be frozen again: check for tasks in D state, then retry",
     "marker": "gpucr could not write into CRIU's images dir: check the checkpoint location is writable",
+    "compatibility": "fix the container's gpucr.io/gpu-map annotation (one-to-one over the checkpointing node's GPUs)",
 }
 
 
@@ -367,13 +368,30 @@ class GpuFrontHooks:
             done = self.engine().restore_after_criu(root, procs, gpu_map, list(marker.get("gpus") or {}),
                                                     may_freeze=False)
         except CheckpointError as exc:
+            killed = self._kill_tree(root)
             err = self._error(f"CUDA restore of container {cid or marker.get('container_id')} (pid {root})", exc,
                               "cuda-restore")
+            err = HookError(f"{err}; the restored processes {killed} were killed (their CUDA state is unusable); "
+                            "the checkpoint is intact for another restore")
             self.log.error(str(err))
             raise err from exc
         self.log.info(f"RESTORE of container {cid} (pid {root}, checkpointed as {marker.get('container_id')}): "
                       f"restored and unlocked {len(done)} CUDA process(es) {[p.pid for p in done]}, GPU map "
                       f"{gpu_map or 'identity'} ({source})")
+
+    @staticmethod
+    def _kill_tree(root: int) -> list[int]:
+        """SIGKILL a restored tree whose CUDA state could not come back: left alive it would stay locked forever."""
+        import signal
+
+        from .ckpt._proc import tree_pids
+        pids = tree_pids(root)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids
 
     def _read_marker(self, request: Request) -> dict[str, Any]:
         import json

@@ -27,6 +27,7 @@ import pytest
 
 from nri_plugin.ckpt.cuda import CudaTimeoutError, Driver
 from nri_plugin.gpufront import MARKER
+from nri_plugin.policy.records import ContainerRecord, remove_record, write_record
 from tests.fakes.cuda import FakeCuda, build
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _bundle, _n, _runc_pid, _subreaper
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.integration
 COUNTER = ("exec 3</dev/nvidia0; i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.2 3<&-; done")
 PLAIN_COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.2; done"
 GIB = 1 << 30
+GPU0, GPU1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-00000000-0000-4000-8000-000000000001"
 
 
 @pytest.fixture(scope="module")
@@ -384,10 +386,14 @@ def test_criu_failure_after_cuda_checkpoint_rolls_back(
         advancing(data)
 
 
+@pytest.mark.parametrize("kind", ["unmanaged", "managed-gpu-map", "bad-gpu-map"])
 def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[str, Path], fake: FakeCuda,
-                                            tmp_path: Path) -> None:
+                                            tmp_path: Path, kind: str) -> None:
     """`runc checkpoint` (cgroup THAWED, no leave-running: the tasks are dumped and killed) and `runc restore -d`
-    through the route's runc wrapper."""
+    through the route's runc wrapper. "managed-gpu-map": the container has a state record (as the plugin writes for
+    CRI containers) whose gpu-map swaps GPU 0 and GPU 1 (the driver wants a one-to-one map over the node's GPUs); the
+    CUDA restore at post-resume applies it. "bad-gpu-map": a map that is not one-to-one fails the restore with a clear
+    error, and the restored processes (their CUDA state unusable) are killed, not left locked."""
     name = f"gf-runc-{uuid.uuid4().hex[:6]}"
     data = tmp_path / "data"
     data.mkdir()
@@ -415,15 +421,34 @@ def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[st
             inits.append(pid)
             wait_for(lambda: _n(data) >= 2, what="runc counter")
             register(fake, pid)
+            if kind != "unmanaged":
+                pairs = [[GPU0, GPU1], [GPU1, GPU0]] if kind == "managed-gpu-map" else [[GPU0, GPU1]]
+                write_record(node["state"], ContainerRecord(
+                    name, "runc-test", "pod", "pod", "default", True, "test record",
+                    policy={"gpu_map": pairs, "lock_timeout_ms": 2000}))
             mark = gpu_front.log_mark()
             lo = _n(data)
             run("checkpoint", "--image-path", str(images), "--work-path", str(work), name)
             hi = _n(data)
             log = gpu_front.log_since(mark)
             assert "locked and checkpointed 1 CUDA process(es)" in log and "thawed it" not in log, log
+            assert (", managed (test record)" in log) == (kind != "unmanaged"), log
             assert "the dumped tasks were stopped (no leave-running)" in log, log
             assert _marker(images)["processes"][0]["pid"] == pid
             before = len((data / "log").read_text().split())
+            if kind == "bad-gpu-map":
+                r = subprocess.run([*runc, "restore", "-d", "--image-path", str(images), "--work-path", str(work),
+                                    "--bundle", str(bundle), name], capture_output=True, text=True, timeout=60,
+                                   stdin=subprocess.DEVNULL)
+                assert r.returncode != 0
+                log = gpu_front.log_since(mark)
+                assert f"CUDA restore of container {name} (pid " in log and "failed at step compatibility" in log, log
+                assert "must be one-to-one" in log and "fix: fix the container's gpucr.io/gpu-map" in log, log
+                assert "were killed (their CUDA state is unusable)" in log, log
+                wait_for(lambda: not Path(f"/sys/fs/cgroup/freezer{cgroup}/cgroup.procs").exists()
+                         or not Path(f"/sys/fs/cgroup/freezer{cgroup}/cgroup.procs").read_text().split(),
+                         what="the restored tree to be gone")
+                return
             run("restore", "-d", "--image-path", str(images), "--work-path", str(work), "--bundle", str(bundle),
                 name)
             new = _runc_pid(runc, name)
@@ -432,8 +457,16 @@ def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[st
             after = [int(x) for x in (data / "log").read_text().split()[before:]]
             assert lo <= after[0] - 1 <= hi + 1, (lo, hi, after)
             assert fake.state(new) == "RUNNING"
-            assert f"restored and unlocked 1 CUDA process(es) [{new}]" in gpu_front.log_since(mark)
+            log = gpu_front.log_since(mark)
+            assert f"restored and unlocked 1 CUDA process(es) [{new}]" in log, log
+            gpu = dict(kv.split("=", 1) for kv in (fake.state_dir / str(new)).read_text().split())["gpu"]
+            if kind == "managed-gpu-map":
+                assert f"GPU map {{'{GPU0}': '{GPU1}', '{GPU1}': '{GPU0}'}} (record of container {name})" in log, log
+                assert gpu == GPU1
+            else:
+                assert "GPU map identity (default)" in log and gpu == GPU0, log
         finally:
+            remove_record(node["state"], name)
             subprocess.run([*runc, "kill", "--all", name, "KILL"], capture_output=True)
             time.sleep(0.3)
             subprocess.run([*runc, "delete", "-f", name], capture_output=True)
