@@ -285,7 +285,10 @@ class GpuFrontHooks:
             self.log.error(str(err))
             raise err from exc
         if not s.procs:  # managed, but no CUDA state now: CRIU dumps it as any process, the restore needs nothing
-            self.log.info(f"DUMP of {t.describe()}, {t.why}: no process holds CUDA state; nothing for gpucr to do")
+            from .ckpt._proc import cuda_candidates
+            pids = self._workload_pids(t.pid, request.freeze_cgroup)
+            self.log.info(f"DUMP of {t.describe()}, {t.why}: no process holds CUDA state (pids {pids}, by /proc: "
+                          f"{cuda_candidates(pids, self.libcuda)}); nothing for gpucr to do")
             return
         self.suspended = s
         try:
