@@ -17,8 +17,9 @@
  * environment (FAKE_CUDA_ID=..., which CRIU restores with the memory): a pid without a record whose token belongs to
  * a record of a process that is gone (or is another task now) takes that record over, CHECKPOINTED.
  *
- * The state dir is $FAKE_CUDA_DIR, else "<this library's path>.d" (so a process started by a runtime, whose
- * environment the tests do not control, finds the tests' state), else /tmp/fake-cuda.
+ * The state dir is "<this library's path>.d" when that directory exists (so every process, a CRIU front started by a
+ * runtime whose environment the tests do not control included, agrees whatever its environment), else
+ * $FAKE_CUDA_DIR, else /tmp/fake-cuda.
  *
  * Failures are injected per step with a file $FAKE_CUDA_DIR/fail-<step> holding a CUresult (add " once" to fire a
  * single time); steps: lock, checkpoint, restore, unlock, get-state. $FAKE_CUDA_DRIVER_VERSION sets
@@ -55,16 +56,19 @@ typedef struct { int state; unsigned long long bytes; char gpu[64]; unsigned lon
 
 static const char *dir(void) {
     static char beside[4096];
-    const char *d = getenv("FAKE_CUDA_DIR");
-    if (d && *d) return d;
-    if (!beside[0]) {
+    static int has_beside = -1;
+    if (has_beside < 0) {
         Dl_info info;
-        if (dladdr((void *)dir, &info) && info.dli_fname && info.dli_fname[0] == '/')
+        struct stat st;
+        has_beside = 0;
+        if (dladdr((void *)dir, &info) && info.dli_fname && info.dli_fname[0] == '/') {
             snprintf(beside, sizeof beside, "%s.d", info.dli_fname);
-        else
-            snprintf(beside, sizeof beside, "/tmp/fake-cuda");
+            has_beside = stat(beside, &st) == 0 && S_ISDIR(st.st_mode);
+        }
     }
-    return beside;
+    if (has_beside) return beside;
+    const char *d = getenv("FAKE_CUDA_DIR");
+    return d && *d ? d : "/tmp/fake-cuda";
 }
 
 static void path_of(char *buf, size_t n, int pid) { snprintf(buf, n, "%s/%d", dir(), pid); }

@@ -44,22 +44,17 @@ GPU0, GPU1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-00000000-0000-4000
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeCuda]:
-    """The fake driver, its state dir beside it (``<lib>.d``: what the front, started by runc, finds without env)."""
+    """The fake driver, its state dir beside it (``<lib>.d``: what the front, started by runc, finds whatever its
+    environment)."""
     root = TEST_ROOT / f"gpufront-fake-{os.environ.get('GPUCR_INSTANCE') or 'default'}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     lib = build(root)
-    state = Path(f"{lib}.d")
+    state = Path(f"{lib}.d")  # the fake uses it whatever FAKE_CUDA_DIR a process (containerd, a shim) inherited
     state.mkdir(mode=0o700)
-    old = os.environ.get("FAKE_CUDA_DIR")
-    os.environ["FAKE_CUDA_DIR"] = str(state)
     try:
         yield FakeCuda(lib, state)
     finally:
-        if old is None:
-            os.environ.pop("FAKE_CUDA_DIR", None)
-        else:
-            os.environ["FAKE_CUDA_DIR"] = old
         shutil.rmtree(root, ignore_errors=True)
 
 
