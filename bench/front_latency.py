@@ -6,7 +6,9 @@ Two measurements, both against the real components:
 1. ``ctr t checkpoint`` of a running counter container on a private containerd whose runc finds ``criu`` in a route
    directory (install/front.sh route). "off": that ``criu`` is a symlink to the real criu; "handoff": the front with
    no hooks (the default for unmanaged containers: it answers runc's VERSION call from the cached answer and execs
-   the real criu for the DUMP); "relay": the front with hooks that want every session and do nothing
+   the real criu for the DUMP); "gpucr": the product default (``hooks = nri_plugin.gpufront:make``, which looks at
+   the node config, the state dir and /proc for this non-CUDA container, then hands over); "relay": the front with
+   hooks that want every session and do nothing
    (``bench/_want_all.py``: VERSION from the cache, the DUMP fully relayed with fd rewrite), i.e. what a managed
    container pays before any engine work. Modes are
    swapped by rename/conf edit between runs, interleaved after a warm-up, so all see the same container, daemon and
@@ -68,13 +70,15 @@ def main() -> int:
     route = testenv.TEST_ROOT / f"front-route-{INSTANCE}"
     shutil.rmtree(route, ignore_errors=True)
     subprocess.run(["bash", str(REPO / "install/front.sh"), "route", "--dir", str(route), "--real-criu",
-                    str(REAL_CRIU), "--log-dir", str(route / "log")], check=True, capture_output=True)
+                    str(REAL_CRIU), "--log-dir", str(route / "log"), "--hooks", "none"], check=True,
+                   capture_output=True)
     front = route / "path/criu"
 
     conf = route / "path/front.conf"
     base_conf = conf.read_text()
     front_target = os.readlink(front)
-    modes = ("off", "handoff", "relay")
+    modes = ("off", "handoff", "gpucr", "relay")
+    hooks = {"gpucr": "nri_plugin.gpufront:make", "relay": "bench._want_all:make"}
 
     def mode(m: str) -> None:
         tmp = route / "path/criu.swap"
@@ -82,7 +86,7 @@ def main() -> int:
             tmp.unlink()
         tmp.symlink_to(REAL_CRIU if m == "off" else front_target)
         os.replace(tmp, front)
-        conf.write_text(base_conf + ("hooks = bench._want_all:make\n" if m == "relay" else ""))
+        conf.write_text(base_conf + (f"hooks = {hooks[m]}\n" if m in hooks else ""))
 
     env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route / "path")}
     r = subprocess.run(["bash", str(REPO / "install/containerd.sh"), "start", args.version], env=env,
@@ -140,9 +144,9 @@ def main() -> int:
           "(the machine is shared; other sessions' tests ran meanwhile).\n")
     print(f"Machine: {platform.node()}, {cpu}, {os.cpu_count()} cores, kernel {platform.release()}, "
           f"Python {platform.python_version()} (front: /usr/bin/python3 -S -E).\n")
-    print("| what (ms) | real criu (off) | front, handoff (no hooks) | front, relay (hooks want all, no-op) "
-          "| added: handoff / relay |")
-    print("|---|---|---|---|---|")
+    print("| what (ms) | real criu (off) | front, handoff (no hooks) | front, gpucr hooks (non-CUDA: handed over) "
+          "| front, relay (hooks want all, no-op) | added: handoff / gpucr / relay |")
+    print("|---|---|---|---|---|---|")
     print(row(f"`ctr t checkpoint` (containerd {args.version})", results))
     print(row("one `criu swrk` VERSION exchange", version))
     floor = []

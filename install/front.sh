@@ -8,7 +8,8 @@
 # daemon and other runtimes keep the real criu, and uninstall restores the config line it changed.
 #
 # Usage:
-#   install/front.sh route --dir DIR [--real-criu PATH] [--log-dir DIR] [--hooks MODULE:CALLABLE] [--runc PATH]
+#   install/front.sh route --dir DIR [--real-criu PATH] [--log-dir DIR] [--hooks MODULE:CALLABLE|none]
+#        [--node-config FILE] [--runc PATH]
 #        make DIR (bin/runc wrapper, path/criu, path/front.conf) only; for `ctr run --runc-binary DIR/bin/runc`,
 #        or a PATH entry (the test instances use GPUCR_CRIU_DIR=DIR/path)
 #   install/front.sh install --config FILE [--runtime NAME] [--dir DIR] [route options]
@@ -17,7 +18,9 @@
 #   install/front.sh uninstall --config FILE [--runtime NAME] [--dir DIR]
 #        restore the BinaryName line install changed, remove DIR; restart containerd afterwards
 #   install/front.sh status --config FILE [--runtime NAME]
-# Defaults: DIR=/usr/local/lib/gpucr/front, real criu /usr/sbin/criu, log dir /var/log/gpucr.
+# Defaults: DIR=/usr/local/lib/gpucr/front, real criu /usr/sbin/criu, log dir /var/log/gpucr, hooks
+# nri_plugin.gpufront:make (gpucr's CUDA steps; `--hooks none` makes a pure relay), node config
+# /etc/gpucr/config.toml (the hooks read state_dir, unmanaged_cuda, libcuda, lock_timeout_ms there).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -28,7 +31,8 @@ say() { printf 'gpucr front: %s\n' "$*" >&2; }
 DIR=/usr/local/lib/gpucr/front
 REAL_CRIU=/usr/sbin/criu
 LOG_DIR=/var/log/gpucr
-HOOKS=
+HOOKS=nri_plugin.gpufront:make
+NODE_CONFIG=
 RUNC=
 CONFIG=
 RUNTIME=runc
@@ -42,6 +46,7 @@ parse() {
             --real-criu) REAL_CRIU=$2; shift 2 ;;
             --log-dir) LOG_DIR=$2; shift 2 ;;
             --hooks) HOOKS=$2; shift 2 ;;
+            --node-config) NODE_CONFIG=$2; shift 2 ;;
             --runc) RUNC=$2; shift 2 ;;
             --config) CONFIG=$2; shift 2 ;;
             --runtime) RUNTIME=$2; shift 2 ;;
@@ -83,7 +88,8 @@ make_route() {
         echo "# gpucr CRIU front configuration (install/front.sh); environment GPUCR_REAL_CRIU etc. override it"
         echo "real_criu = $REAL_CRIU"
         echo "log_dir = $LOG_DIR"
-        [ -z "$HOOKS" ] || echo "hooks = $HOOKS"
+        [ -z "$HOOKS" ] || [ "$HOOKS" = none ] || echo "hooks = $HOOKS"
+        [ -z "$NODE_CONFIG" ] || echo "node_config = $NODE_CONFIG"
     } > "$DIR/path/front.conf"
     cat > "$DIR/bin/runc.tmp" <<SH
 #!/bin/sh

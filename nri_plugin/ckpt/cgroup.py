@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from ..errors import GpucrError
+from ._proc import cgroup_procs
 
 __all__ = [
     "CgroupError", "CgroupMount", "Freezer", "FreezerState", "ProcessCgroups", "cgroups_of", "parse_mountinfo",
@@ -229,16 +230,10 @@ class Freezer:
 
 
 def _pids_under(top: Path) -> list[int]:
-    pids: set[int] = set()
-    if not top.is_dir():
-        raise CgroupError(f"cgroup {top} does not exist")
-    for dirpath, _, _ in os.walk(top):
-        try:
-            text = Path(dirpath, "cgroup.procs").read_text()
-        except FileNotFoundError:  # removed while walking
-            continue
-        pids.update(int(x) for x in text.split())
-    return sorted(pids)
+    try:
+        return cgroup_procs(str(top))
+    except FileNotFoundError as exc:
+        raise CgroupError(f"cgroup {top} does not exist") from exc
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._proc import cuda_candidates, tree_pids
 from .cuda.driver import Driver, NotCudaProcessError, ProcessState
 from .cuda.nvml import Nvml, NvmlError
 
@@ -53,65 +54,6 @@ class GpuInventory:
     driver_version: str = ""
     gpus: dict[str, str] = field(default_factory=dict)
     by_index: dict[int, str] = field(default_factory=dict)
-
-
-def _ppid_map() -> dict[int, int]:
-    out: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        rest = raw[raw.rfind(b")") + 2:].split()
-        out[int(name)] = int(rest[1])
-    return out
-
-
-def tree_pids(root: int) -> list[int]:
-    """``root`` and all its descendants (processes, not threads), root first. Empty when ``root`` is gone."""
-    if not os.path.exists(f"/proc/{root}"):
-        return []
-    children: dict[int, list[int]] = {}
-    for pid, ppid in _ppid_map().items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop(0)
-        out.append(p)
-        todo.extend(sorted(children.get(p, [])))
-    return out
-
-
-def _maps_cuda(pid: int, lib_names: tuple[str, ...]) -> bool:
-    try:
-        with open(f"/proc/{pid}/maps", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return any(n.encode() in data for n in lib_names)
-
-
-def _has_nvidia_fd(pid: int) -> bool:
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/dev/nvidia"):
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def cuda_candidates(pids: Iterable[int], driver_path: str) -> list[int]:
-    """The pids that map the CUDA driver library or hold an NVIDIA device fd (a cheap filter before the driver)."""
-    names = tuple({"libcuda.so", os.path.basename(driver_path)})
-    return [p for p in pids if p != os.getpid() and (_maps_cuda(p, names) or _has_nvidia_fd(p))]
 
 
 def _nvidia_minors(pid: int) -> set[int]:

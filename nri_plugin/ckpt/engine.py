@@ -31,8 +31,8 @@ from .cuda.driver import CudaError, Driver, ProcessState, format_api_version
 from .cuda.nvml import Nvml
 from .discovery import CudaProcess, GpuInventory, discover, gpu_inventory, tree_pids
 
-__all__ = ["CgroupsLike", "CheckpointError", "FreezerLike", "CheckpointRequest", "CriuLike", "Engine", "Progress", "RestoreRequest",
-           "StoreLike", "Summary"]
+__all__ = ["CgroupsLike", "CheckpointError", "FreezerLike", "CheckpointRequest", "CriuLike", "Engine", "Progress",
+           "RestoreRequest", "StoreLike", "Summary", "Suspended"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,23 @@ class Summary:
         return {k: v for k, v in self.__dict__.items()}
 
 
+@dataclass
+class Suspended:
+    """What :meth:`Engine.suspend` did to a workload, for :meth:`Engine.resume` or :meth:`Engine.rollback`."""
+
+    pid: int
+    cgroup: FreezerLike | None
+    frozen_before: bool
+    procs: list[CudaProcess] = field(default_factory=list)
+    inventory: GpuInventory = field(default_factory=GpuInventory)
+    #: pids a lock was attempted on (rollback looks at each)
+    touched: set[int] = field(default_factory=set)
+
+    @property
+    def gpu_bytes(self) -> int:
+        return sum(p.gpu_bytes for p in self.procs)
+
+
 def _rss_bytes(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -157,7 +174,7 @@ def _gib(n: float) -> str:
 class Engine:
     """Orchestrates one checkpoint or restore. Thread-safe only per call: use one Engine per operation."""
 
-    def __init__(self, driver: Driver, criu: CriuLike, cgroups: CgroupsLike, store: StoreLike, *,
+    def __init__(self, driver: Driver, criu: CriuLike | None, cgroups: CgroupsLike, store: StoreLike | None, *,
                  nvml: Nvml | None = None, progress: Progress | None = None,
                  freezer_at: Callable[[str, int], FreezerLike | None] | None = None,
                  dump_options: Callable[..., Any] | None = None,
@@ -271,6 +288,71 @@ class Engine:
         return CheckpointError(base, step=getattr(exc, "step", step), pid=pid)
 
     # -- checkpoint ----------------------------------------------------------------------------------------------
+    def suspend(self, pid: int, *, use_cgroup: bool = False, lock_timeout_ms: int = 30_000,
+                what: str = "") -> Suspended:
+        """Make the workload of ``pid`` safe to dump: thaw a caller-frozen cgroup (a frozen process blocks every CUDA
+        call), find its CUDA processes, lock and checkpoint them all in parallel, and freeze the cgroup again if it
+        was frozen. ``use_cgroup``: every process of the cgroup, else the tree of ``pid``. ``what`` names the
+        workload in errors (e.g. a container).
+
+        Raises:
+            CheckpointError: naming the step and pid, after rollback (processes RUNNING, cgroup as it was).
+        """
+        cgroup = self.cgroups(pid)
+        self._checkpoint_freezer = cgroup
+        frozen = cgroup is not None and cgroup.frozen()
+        s = Suspended(pid=pid, cgroup=cgroup, frozen_before=frozen)
+        step = "thaw"
+        try:
+            if frozen:
+                with self._step("thaw"):
+                    cgroup.thaw()  # type: ignore[union-attr]
+            step = "discover"
+            with self._step("discover"):
+                pids = cgroup.pids() if (use_cgroup and cgroup is not None) else tree_pids(pid)
+                s.procs, s.inventory = discover(pids, self.driver, self.nvml)
+            step = "host-memory"
+            self._check_host_memory(s.gpu_bytes, f"checkpoint {what or f'pid {pid}'}")
+            if s.procs:
+                for p in s.procs:
+                    if p.state != ProcessState.RUNNING:
+                        raise CheckpointError(
+                            f"pid {p.pid} is already {p.state.name} in CUDA (another checkpoint in progress?); "
+                            f"finish or roll it back first", step="discover", pid=p.pid)
+                step = "cuda-lock"
+                self.progress(step, f"locking CUDA in {len(s.procs)} process(es)")
+                self._parallel(step, s.procs, lambda p: self.driver.lock(p.pid, lock_timeout_ms), s.touched)
+                step = "cuda-checkpoint"
+                tick = self._copy_ticker(step, s.procs, s.gpu_bytes, +1)
+                self._parallel(step, s.procs, lambda p: self.driver.checkpoint(
+                    p.pid, self._copy_deadline(p), on_tick=tick))
+            if frozen:
+                step = "refreeze"
+                with self._step("refreeze"):
+                    cgroup.freeze()  # type: ignore[union-attr]
+        except Exception as exc:
+            raise self._fail(exc, step, s.touched, cgroup, frozen) from exc
+        return s
+
+    def resume(self, s: Suspended) -> None:
+        """After a leave-running dump: CUDA restore + unlock of what :meth:`suspend` checkpointed, thawing around it
+        when the cgroup is frozen (and freezing it again if the caller had it frozen).
+
+        Raises:
+            CheckpointError: after rollback.
+        """
+        if not s.procs:
+            return
+        try:
+            self._resume_cuda(s.procs, s.cgroup, s.frozen_before, gpu_pairs={})
+        except Exception as exc:
+            raise self._fail(exc, "cuda-restore", s.touched, s.cgroup, s.frozen_before) from exc
+
+    def rollback(self, s: Suspended) -> list[str]:
+        """Undo :meth:`suspend` after a failed dump: every touched process back to RUNNING, the cgroup as the caller
+        had it. Returns the problems left (empty when all is well)."""
+        return self._rollback(s.touched, s.cgroup, s.frozen_before)
+
     def checkpoint(self, req: CheckpointRequest) -> Summary:
         """Checkpoint the workload of ``req``. Raises CheckpointError (after rollback) or GpucrError (bad input)."""
         if req.pid <= 0 or not os.path.exists(f"/proc/{req.pid}"):
@@ -279,57 +361,25 @@ class Engine:
         self._timings = {}
         summary = Summary("checkpoint", str(req.images_dir), pid=req.pid, leave_running=req.leave_running)
         with self._step("prepare"):
+            assert self.store is not None, "checkpoint() needs a store"
             criu_dir = self.store.prepare(req.images_dir, force=req.force)
-        cgroup = self.cgroups(req.pid)
-        self._checkpoint_freezer = cgroup
-        frozen = cgroup is not None and cgroup.frozen()
+        s = self.suspend(req.pid, use_cgroup=req.use_cgroup, lock_timeout_ms=req.lock_timeout_ms)
+        cgroup, frozen, procs, inv = s.cgroup, s.frozen_before, s.procs, s.inventory
         summary.frozen_before = frozen
-        touched: set[int] = set()
-        step = "thaw"
-        procs: list[CudaProcess] = []
-        inv = GpuInventory()
+        summary.gpu_bytes = s.gpu_bytes
+        step = "criu-dump"
         try:
-            if frozen:
-                with self._step("thaw"):
-                    cgroup.thaw()  # type: ignore[union-attr]
-            step = "discover"
-            with self._step("discover"):
-                pids = cgroup.pids() if (req.use_cgroup and cgroup is not None) else tree_pids(req.pid)
-                procs, inv = discover(pids, self.driver, self.nvml)
-            summary.gpu_bytes = sum(p.gpu_bytes for p in procs)
-            step = "host-memory"
-            self._check_host_memory(summary.gpu_bytes, f"checkpoint pid {req.pid}")
-            if procs:
-                for p in procs:
-                    if p.state != ProcessState.RUNNING:
-                        raise CheckpointError(
-                            f"pid {p.pid} is already {p.state.name} in CUDA (another checkpoint in progress?); "
-                            f"finish or roll it back first", step="discover", pid=p.pid)
-                step = "cuda-lock"
-                self.progress(step, f"locking CUDA in {len(procs)} process(es)")
-                self._parallel(step, procs, lambda p: self.driver.lock(p.pid, req.lock_timeout_ms), touched)
-                step = "cuda-checkpoint"
-                tick = self._copy_ticker(step, procs, summary.gpu_bytes, +1)
-                self._parallel(step, procs, lambda p: self.driver.checkpoint(
-                    p.pid, self._copy_deadline(p), on_tick=tick))
-            if frozen:
-                step = "refreeze"
-                with self._step("refreeze"):
-                    cgroup.freeze()  # type: ignore[union-attr]
-            step = "criu-dump"
             self.progress(step, f"criu dump of pid {req.pid}")
             with self._step(step):
+                assert self.criu is not None, "checkpoint() needs CRIU"
                 opts = self._make_dump_options(req, criu_dir,
                                                str(cgroup.path) if (frozen and cgroup is not None) else None)
                 self.criu.dump(opts)
         except Exception as exc:
-            raise self._fail(exc, step, touched, cgroup, frozen) from exc
+            raise self._fail(exc, step, s.touched, cgroup, frozen) from exc
 
-        if req.leave_running and procs:
-            try:
-                self._resume_cuda(procs, cgroup, frozen, gpu_pairs={})
-            except Exception as exc:
-                raise self._fail(exc, "cuda-restore", touched, cgroup, frozen) from exc
+        if req.leave_running:
+            self.resume(s)
         if frozen and cgroup is not None and not cgroup.frozen():
             # CRIU thaws the freezer to let the dumped tasks die (no leave-running): once they are gone, put back the
             # caller's state (freezing earlier would trap the dying tasks)
@@ -455,39 +505,54 @@ class Engine:
 
     def _restore_cuda(self, req: RestoreRequest, summary: Summary, old_procs: list[dict[str, Any]]) -> Summary:
         """CUDA restore + unlock of the CRIU-restored tree rooted at ``summary.pid``."""
-        procs: list[CudaProcess] = []
-        if old_procs:
-            step = "discover"
-            cgroup = self.cgroups(summary.pid)
-            frozen = cgroup is not None and cgroup.frozen()
-            try:
-                if frozen:
-                    cgroup.thaw()  # type: ignore[union-attr]
-                with self._step(step):
-                    found, _ = discover(tree_pids(summary.pid), self.driver, None)
-                    procs = [p for p in found if p.state == ProcessState.CHECKPOINTED]
-                old_by_pid = {int(p["pid"]): p for p in old_procs}
-                for p in procs:
-                    p.gpus = dict((old_by_pid.get(p.pid) or {}).get("gpus") or {})
-                if len(procs) != len(old_procs):
-                    raise CheckpointError(
-                        f"the restored tree of pid {summary.pid} has {len(procs)} checkpointed CUDA process(es), the "
-                        f"checkpoint recorded {len(old_procs)}", step=step, pid=summary.pid)
-                pairs = {p.pid: self._pairs(p, req.gpu_map, self._node_gpus) for p in procs}
-                self._resume_cuda(procs, cgroup, False, pairs)
-            except Exception as exc:
-                if frozen and cgroup is not None:
-                    cgroup.freeze()
-                step = getattr(exc, "step", step)
-                raise CheckpointError(
-                    f"{exc}\nthe processes were restored by CRIU (pid {summary.pid}) but their CUDA state was not; "
-                    f"kill them and retry the restore", step=step, pid=getattr(exc, "pid", summary.pid)) from exc
-            if frozen and cgroup is not None:
-                cgroup.freeze()
+        procs = self.restore_after_criu(summary.pid, old_procs, req.gpu_map, self._node_gpus)
         summary.cuda_processes = [p.to_json() for p in procs]
         summary.image_bytes = dir_bytes(req.images_dir / "images")
         summary.timings_s = dict(self._timings)
         return summary
+
+    def restore_after_criu(self, root: int, old_procs: Sequence[Mapping[str, Any]],
+                           gpu_map: Mapping[str, str] | None = None, node_gpus: Sequence[str] = (), *,
+                           may_freeze: bool = True) -> list[CudaProcess]:
+        """CUDA restore (with the old->new GPU UUID pairs of ``gpu_map``) and unlock of the checkpointed CUDA
+        processes of the tree CRIU restored at ``root``; ``old_procs`` are the processes recorded at checkpoint
+        (``pid``, ``gpus``). A frozen cgroup is thawed around the work and frozen again, unless ``may_freeze`` is
+        False (the CRIU front on RESTORE sits in the container's cgroup: freezing it would freeze the front).
+
+        Raises:
+            CheckpointError: the restored tree does not match the checkpoint, or a CUDA step failed (names the pid).
+        """
+        procs: list[CudaProcess] = []
+        if not old_procs:
+            return procs
+        step = "discover"
+        cgroup = self.cgroups(root) if may_freeze else None
+        frozen = cgroup is not None and cgroup.frozen()
+        try:
+            if frozen:
+                cgroup.thaw()  # type: ignore[union-attr]
+            with self._step(step):
+                found, _ = discover(tree_pids(root), self.driver, None)
+                procs = [p for p in found if p.state == ProcessState.CHECKPOINTED]
+            old_by_pid = {int(p["pid"]): p for p in old_procs}
+            for p in procs:
+                p.gpus = dict((old_by_pid.get(p.pid) or {}).get("gpus") or {})
+            if len(procs) != len(old_procs):
+                raise CheckpointError(
+                    f"the restored tree of pid {root} has {len(procs)} checkpointed CUDA process(es), the "
+                    f"checkpoint recorded {len(old_procs)}", step=step, pid=root)
+            pairs = {p.pid: self._pairs(p, gpu_map or {}, node_gpus) for p in procs}
+            self._resume_cuda(procs, cgroup, False, pairs)
+        except Exception as exc:
+            if frozen and cgroup is not None:
+                cgroup.freeze()
+            step = getattr(exc, "step", step)
+            raise CheckpointError(
+                f"{exc}\nthe processes were restored by CRIU (pid {root}) but their CUDA state was not; "
+                f"kill them and retry the restore", step=step, pid=getattr(exc, "pid", root)) from exc
+        if frozen and cgroup is not None:
+            cgroup.freeze()
+        return procs
 
     def _pairs(self, p: CudaProcess, gpu_map: Mapping[str, str], node_gpus: Sequence[str] = ()) -> list[tuple[str, str]]:
         """Old->new UUID pairs; none when nothing moves (the driver's default).

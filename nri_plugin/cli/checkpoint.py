@@ -1,6 +1,6 @@
 """``gpucr checkpoint`` and ``gpucr restore``: direct, GPU-safe checkpoint/restore of a process tree or container.
 
-``gpucr checkpoint (--pid PID | CONTAINER) --to DIR [--leave-running] [--force] [--json]`` and
+``gpucr checkpoint (--pid PID | CONTAINER [--via-runtime]) --to DIR [--leave-running] [--force] [--json]`` and
 ``gpucr restore DIR [--gpu-map OLD=NEW,...] [--json]``. CONTAINER is resolved through containerd's CRI (``--address``)
 or, failing that, by finding the process whose cgroup path names it. The CUDA driver and NVML are found through
 ``--libcuda``/``GPUCR_LIBCUDA`` and ``--libnvml``/``GPUCR_LIBNVML`` (the tests point both at the fake driver), CRIU
@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--leave-running", action="store_true", help="keep the workload running after the dump")
     c.add_argument("--force", action="store_true", help="overwrite a checkpoint already in DIR")
     c.add_argument("--lock-timeout-ms", type=int, default=30_000, help="CUDA lock timeout (default: %(default)s)")
+    c.add_argument("--via-runtime", action="store_true",
+                   help="CONTAINER only: checkpoint through containerd (CRI CheckpointContainer on 2.x, the task API on "
+                        "1.7), where gpucr's CRIU front does the CUDA work, instead of driving CRIU directly")
     _common(c)
     c.set_defaults(func=run_checkpoint)
 
@@ -150,10 +153,15 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     container_id, pid, use_cgroup = "", args.pid, False
     criu_options: dict[str, Any] = {}
     extra: dict[str, Any] = {}
+    if args.via_runtime and not args.container:
+        raise GpucrError("--via-runtime needs a CONTAINER (a --pid tree has no runtime to go through)")
     if args.container:
         from ..ckpt import container
 
         container_id, pid = resolve_container(args.container, args.address)
+        if args.via_runtime:
+            from . import _via_runtime
+            return _via_runtime.run(args, container_id, pid)
         use_cgroup = True
         # like runc: bind mounts (and cgroup binds) are external to CRIU, keyed by their mountpoint, and a pod's
         # shared pid namespace is external; what a restore needs is recorded in the metadata

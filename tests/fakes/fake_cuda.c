@@ -8,7 +8,18 @@
  *
  * A workload "holds CUDA state" once it calls fakeCudaRegister(bytes, gpu_index) (it then also maps this library,
  * which is how discovery finds it). fakeCudaWait() blocks while the caller is not RUNNING, as a CUDA call of a locked
- * process would.
+ * process would. A process that cannot load the library (a busybox shell in a container) is registered from outside
+ * by host pid with fakeCudaRegisterPid(pid, bytes, gpu_index); it must hold an fd on a /dev/nvidia* path so that
+ * discovery sees it as the real driver's processes are seen.
+ *
+ * The real driver keeps its state in the process's memory, so a process CRIU restores under a new host pid (a
+ * container in its own pid namespace) is still CHECKPOINTED. The fake finds such a process by a token in its
+ * environment (FAKE_CUDA_ID=..., which CRIU restores with the memory): a pid without a record whose token belongs to
+ * a record of a process that is gone (or is another task now) takes that record over, CHECKPOINTED.
+ *
+ * The state dir is "<this library's path>.d" when that directory exists (so every process, a CRIU front started by a
+ * runtime whose environment the tests do not control included, agrees whatever its environment), else
+ * $FAKE_CUDA_DIR, else /tmp/fake-cuda.
  *
  * Failures are injected per step with a file $FAKE_CUDA_DIR/fail-<step> holding a CUresult (add " once" to fire a
  * single time); steps: lock, checkpoint, restore, unlock, get-state. $FAKE_CUDA_DRIVER_VERSION sets
@@ -21,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <dlfcn.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -40,9 +52,21 @@ typedef struct {
     unsigned long long reserved1;
 } CUcheckpointRestoreArgs;
 
-typedef struct { int state; unsigned long long bytes; char gpu[64]; unsigned long long start; } rec_t;
+typedef struct { int state; unsigned long long bytes; char gpu[64]; unsigned long long start; char id[64]; } rec_t;
 
 static const char *dir(void) {
+    static char beside[4096];
+    static int has_beside = -1;
+    if (has_beside < 0) {
+        Dl_info info;
+        struct stat st;
+        has_beside = 0;
+        if (dladdr((void *)dir, &info) && info.dli_fname && info.dli_fname[0] == '/') {
+            snprintf(beside, sizeof beside, "%s.d", info.dli_fname);
+            has_beside = stat(beside, &st) == 0 && S_ISDIR(st.st_mode);
+        }
+    }
+    if (has_beside) return beside;
     const char *d = getenv("FAKE_CUDA_DIR");
     return d && *d ? d : "/tmp/fake-cuda";
 }
@@ -61,8 +85,9 @@ static unsigned long long proc_start(int pid);
  * task, seen by its start time. Only driver-API callers apply this rule: CRIU may restore the workload into its own
  * time namespace, where its own view of its start time differs from everyone else's. */
 static int read_rec_raw(int pid, rec_t *r);
+static int adopt(int pid, rec_t *r);
 static int read_rec(int pid, rec_t *r) {
-    if (read_rec_raw(pid, r) != 0) return -1;
+    if (read_rec_raw(pid, r) != 0) return adopt(pid, r);
     unsigned long long st = proc_start(pid);
     if (st && r->start && st != r->start) {
         r->state = ST_CHECKPOINTED;
@@ -78,9 +103,11 @@ static int read_rec_raw(int pid, rec_t *r) {
     FILE *f = fopen(p, "r");
     if (!f) return -1;
     memset(r, 0, sizeof *r);
-    int ok = fscanf(f, "state=%d bytes=%llu gpu=%63s start=%llu", &r->state, &r->bytes, r->gpu, &r->start) == 4;
+    int n = fscanf(f, "state=%d bytes=%llu gpu=%63s start=%llu id=%63s", &r->state, &r->bytes, r->gpu, &r->start,
+                   r->id);
     fclose(f);
-    return ok ? 0 : -1;
+    if (n == 4 || strcmp(r->id, "-") == 0) r->id[0] = 0;
+    return n >= 4 ? 0 : -1;
 }
 
 static int write_rec(int pid, const rec_t *r) {
@@ -89,9 +116,39 @@ static int write_rec(int pid, const rec_t *r) {
     snprintf(t, sizeof t, "%s.tmp.%d", p, (int)getpid());
     FILE *f = fopen(t, "w");
     if (!f) return -1;
-    fprintf(f, "state=%d bytes=%llu gpu=%s start=%llu\n", r->state, r->bytes, r->gpu, r->start);
+    fprintf(f, "state=%d bytes=%llu gpu=%s start=%llu id=%s\n", r->state, r->bytes, r->gpu, r->start,
+            r->id[0] ? r->id : "-");
     fclose(f);
-    return rename(t, p);
+    if (rename(t, p) != 0) return -1;
+    if (r->id[0]) { /* the token's latest owner */
+        char ip[600];
+        snprintf(ip, sizeof ip, "%s/id-%s", dir(), r->id);
+        FILE *g = fopen(ip, "w");
+        if (!g) return -1;
+        fprintf(g, "%d\n", pid);
+        fclose(g);
+    }
+    return 0;
+}
+
+/* FAKE_CUDA_ID from /proc/PID/environ into out (empty when absent) */
+static void env_token(int pid, char *out, size_t n) {
+    char p[64], buf[65536];
+    out[0] = 0;
+    snprintf(p, sizeof p, "/proc/%d/environ", pid);
+    int fd = open(p, O_RDONLY);
+    if (fd < 0) return;
+    ssize_t len = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (len <= 0) return;
+    buf[len] = 0;
+    for (char *e = buf; e < buf + len; e += strlen(e) + 1) {
+        if (strncmp(e, "FAKE_CUDA_ID=", 13) == 0) {
+            snprintf(out, n, "%s", e + 13);
+            for (char *c = out; *c; c++) if (*c == '/' || *c == ' ') *c = '_';
+            return;
+        }
+    }
 }
 
 /* the stat state letter of pid, or 0 if it is gone */
@@ -221,17 +278,44 @@ static int transition(int pid, const char *step, int from, int to) {
     return rc;
 }
 
+/* a pid without a record: the restored copy of a process whose record carries its environment's token? */
+static int adopt(int pid, rec_t *r) {
+    char tok[64], ip[600], buf[32];
+    env_token(pid, tok, sizeof tok);
+    if (!tok[0]) return -1;
+    snprintf(ip, sizeof ip, "%s/id-%s", dir(), tok);
+    int fd = open(ip, O_RDONLY);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    int old = atoi(buf);
+    if (old <= 0 || old == pid || read_rec_raw(old, r) != 0 || strcmp(r->id, tok) != 0) return -1;
+    char st = proc_state(old); /* a zombie is gone too: CRIU's dump killed it, nobody reaped it yet */
+    if (st != 0 && st != 'Z' && st != 'X' && proc_start(old) == r->start) return -1; /* still runs: not a restore */
+    r->state = ST_CHECKPOINTED;
+    r->start = proc_start(pid);
+    return write_rec(pid, r) == 0 ? 0 : -1;
+}
+
 /* ---- workload side ---- */
-int fakeCudaRegister(unsigned long long bytes, int gpu_index) {
-    rec_t r = {ST_RUNNING, bytes, "", 0};
-    /* the start time as the driver's callers see it: fakeCudaRegister runs before any restore, in their namespace */
-    r.start = proc_start(getpid());
+static int register_pid(int pid, unsigned long long bytes, int gpu_index) {
+    rec_t r = {ST_RUNNING, bytes, "", 0, ""};
+    if (proc_state(pid) == 0) return -1;
+    /* the start time as the driver's callers see it: registration runs before any restore, in their namespace */
+    r.start = proc_start(pid);
     fake_uuid(gpu_index, r.gpu, sizeof r.gpu);
+    env_token(pid, r.id, sizeof r.id);
     int fd = lock_dir();
-    int rc = write_rec(getpid(), &r);
+    int rc = write_rec(pid, &r);
     unlock_dir(fd);
     return rc;
 }
+
+int fakeCudaRegister(unsigned long long bytes, int gpu_index) { return register_pid(getpid(), bytes, gpu_index); }
+
+int fakeCudaRegisterPid(int pid, unsigned long long bytes, int gpu_index) { return register_pid(pid, bytes, gpu_index); }
 
 int fakeCudaWait(void) {
     rec_t r;

@@ -1,0 +1,95 @@
+"""``gpucr checkpoint CONTAINER --via-runtime``: checkpoint through containerd's own checkpoint, as every other
+caller does, so the CLI and the standard commands share one path and gpucr's CRIU front does the CUDA work.
+
+containerd 2.x: CRI CheckpointContainer into ``DIR/checkpoint.tar`` (the container keeps running; restore it with a
+CRI CreateContainer from that archive). containerd 1.7 has no CRI checkpoint: the task API's Checkpoint with
+``image_path=DIR/images`` (CRIU images, as ``ctr t checkpoint --image-path``; restore with ``runc restore`` or a
+task created from them). Afterwards the checkpoint must carry the front's marker (``gpucr-cuda.json``): a container
+holding CUDA state whose checkpoint lacks it did not pass through the front, and the error says how to install it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import GpucrError
+
+__all__ = ["run"]
+
+
+def _runtime_major(address: str) -> tuple[int, str]:
+    from ..cri import CriClient
+    with CriClient(address, timeout_s=10) as c:
+        v = c.version()
+    text = f"{v.runtime_name} {v.runtime_version}"
+    try:
+        return int(v.runtime_version.lstrip("v").split(".")[0]), text
+    except ValueError as exc:
+        raise GpucrError(f"cannot tell the version of the runtime at {address} ({text!r})") from exc
+
+
+def _marker_of(path: Path, archive: bool) -> dict[str, Any] | None:
+    from ..gpufront import MARKER
+    if not archive:
+        try:
+            return json.loads((path / MARKER).read_text())  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return None
+    with tarfile.open(path) as t:
+        try:
+            f = t.extractfile(f"checkpoint/{MARKER}")
+        except KeyError:
+            return None
+        return json.loads(f.read()) if f is not None else None
+
+
+def run(args: argparse.Namespace, container_id: str, pid: int) -> int:
+    """Checkpoint ``container_id`` through the runtime at ``args.address``; prints a summary; returns 0.
+
+    Raises:
+        GpucrError: the runtime refused, DIR exists, or a CUDA container's checkpoint lacks gpucr's marker.
+    """
+    from ..ckpt._proc import cuda_candidates, tree_pids
+
+    out = Path(args.to)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise GpucrError(f"{out} is not empty; give an empty or new directory (or --force)")
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    holds_cuda = bool(cuda_candidates(tree_pids(pid), args.libcuda or "libcuda.so.1"))
+    major, runtime = _runtime_major(args.address)
+    if major >= 2:
+        from ..cri import CriClient
+        target = out / "checkpoint.tar"
+        target.unlink(missing_ok=True)  # containerd opens it without truncation
+        with CriClient(args.address) as c:
+            c.checkpoint_container(container_id, str(target), timeout_s=3600)
+        os.chmod(target, 0o600)
+        via, archive = "cri CheckpointContainer", True
+    else:
+        from ..containerd import TaskClient
+        target = out / "images"
+        target.mkdir(mode=0o700, exist_ok=True)
+        with TaskClient(args.address) as t:
+            t.checkpoint(container_id, target, work_path=out / "work", exit=not args.leave_running,
+                         file_locks=True)
+        via, archive = "containerd task Checkpoint", False
+    marker = _marker_of(target, archive)
+    if marker is None and holds_cuda:
+        raise GpucrError(f"container {container_id} (pid {pid}) holds CUDA state but its checkpoint {target} has no "
+                         f"gpucr marker: {runtime}'s runc did not run gpucr's CRIU front; install it for this "
+                         f"runtime (install/front.sh install --config <containerd config>) and restart containerd")
+    summary = {"action": "checkpoint", "container_id": container_id, "pid": pid, "via": via, "runtime": runtime,
+               "path": str(target), "cuda_processes": (marker or {}).get("processes", []),
+               "gpus": (marker or {}).get("gpus", {})}
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        print(f"checkpoint of container {container_id} done through {via} ({runtime}): "
+              f"{len(summary['cuda_processes'])} CUDA process(es) made GPU-safe by gpucr's CRIU front; {target}")
+    return 0

@@ -1,0 +1,495 @@
+"""GPU-safe standard checkpoints: the CRIU front with gpucr's CUDA hooks (``nri_plugin.gpufront``), the policy plugin
+(``gpucr plugin``) and the fake CUDA driver, under real containerd 1.7.24 and 2.1.9, runc 1.1.5 and CRIU 4.1.1.
+
+The workload is a busybox shell that holds an fd on ``/dev/nvidia0`` (a host file bound there: discovery sees it as
+it sees a real CUDA process) and is registered with the fake driver by host pid, so every fake driver call on it
+blocks while its cgroup is frozen or it is stopped, as driver 580 does. ``FAKE_CUDA_ID`` in its environment lets the
+fake recognise it after CRIU restores it under a new host pid (the real driver keeps that state in the process's
+memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nri_plugin.ckpt.cuda import CudaTimeoutError, Driver
+from nri_plugin.gpufront import MARKER
+from nri_plugin.policy.records import ContainerRecord, remove_record, write_record
+from tests.fakes.cuda import FakeCuda, build
+from tests.front.conftest import FrontRoute
+from tests.front.test_front_containerd import _bundle, _n, _runc_pid, _subreaper
+from tests.testenv import REPO, TEST_ROOT, Containerd, wait_for
+
+pytestmark = pytest.mark.integration
+
+#: holds /dev/nvidia0 open in the shell only (the sleeps do not inherit it) and appends its counter to /data/log
+COUNTER = ("exec 3</dev/nvidia0; i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.2 3<&-; done")
+PLAIN_COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.2; done"
+GIB = 1 << 30
+GPU0, GPU1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-00000000-0000-4000-8000-000000000001"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeCuda]:
+    """The fake driver, its state dir beside it (``<lib>.d``: what the front, started by runc, finds whatever its
+    environment)."""
+    root = TEST_ROOT / f"gpufront-fake-{os.environ.get('GPUCR_INSTANCE') or 'default'}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    lib = build(root)
+    state = Path(f"{lib}.d")  # the fake uses it whatever FAKE_CUDA_DIR a process (containerd, a shim) inherited
+    state.mkdir(mode=0o700)
+    try:
+        yield FakeCuda(lib, state)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def node(fake: FakeCuda, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("gpufront-node")
+    hook = d / "gpucr-hook"
+    hook.write_text(f"#!/bin/sh\ncd {REPO} && exec {sys.executable} -m hooks.oci_hook \"$@\"\n")
+    hook.chmod(0o755)
+    paths = {"state": d / "state", "criu": d / "criu", "hook": hook, "config": d / "config.toml",
+             "log": d / "plugin.log", "nvidia": d / "nvidia0"}
+    paths["nvidia"].write_text("fake GPU device node\n")
+    paths["config"].write_text(f'state_dir = "{paths["state"]}"\ncriu_config_dir = "{paths["criu"]}"\n'
+                               f'hook_path = "{hook}"\nrunc_criu_config = "{d / "runc.conf"}"\n'
+                               f'libcuda = "{fake.lib}"\nlock_timeout_ms = 2000\ndriver_call_timeout_s = 10\n')
+    return paths
+
+
+@pytest.fixture(scope="module")
+def plugin(front_containerd: Containerd, node: dict[str, Path]) -> Iterator[subprocess.Popen[bytes]]:
+    """gpucr's policy plugin on this containerd's NRI socket (it manages annotated CRI containers)."""
+    node["log"].unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "-v", "plugin", "--socket",
+                             front_containerd.nri_socket, "--config", str(node["config"]), "--log-file",
+                             str(node["log"])], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: node["log"].exists() and "synchronized" in node["log"].read_text(),
+                 what="gpucr plugin to register and synchronize")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def gpu_front(front_route: FrontRoute, node: dict[str, Path], fake: FakeCuda) -> Iterator[FrontRoute]:
+    """The front with gpucr's CUDA hooks, reading this test's node config, NVML from the fake."""
+    with front_route.configured(hooks="nri_plugin.gpufront:make", node_config=str(node["config"]),
+                                libnvml=str(fake.lib)):
+        yield front_route
+    fake.clear_failures()
+
+
+def register(fake: FakeCuda, pid: int, nbytes: int = GIB) -> None:
+    lib = ctypes.CDLL(str(fake.lib))
+    assert lib.fakeCudaRegisterPid(pid, ctypes.c_ulonglong(nbytes), 0) == 0
+    assert fake.state(pid) == "RUNNING"
+
+
+def advancing(data: Path) -> None:
+    a = _n(data)
+    wait_for(lambda: _n(data) > a, timeout=5, what="counter to advance")
+
+
+def freezer_state(cgroup: str) -> str:
+    return Path(f"/sys/fs/cgroup/freezer{cgroup}/freezer.state").read_text().strip()
+
+
+class CriWorkload:
+    """A CRI container running COUNTER (managed when its pod carries gpucr.io/checkpoint=enabled)."""
+
+    def __init__(self, ctrd: Containerd, client: Any, pod_id: str, pod_cfg: Any, data: Path,
+                 nvidia: Path | None) -> None:
+        self.token = uuid.uuid4().hex
+        self.data = data
+        mounts = [(str(data), "/data", False)] + ([(str(nvidia), "/dev/nvidia0", True)] if nvidia else [])
+        self.cid = ctrd.run_container(client, pod_id, pod_cfg, "cuda" if nvidia else "plain",
+                                      ["/bin/sh", "-c", COUNTER if nvidia else PLAIN_COUNTER],
+                                      env={"FAKE_CUDA_ID": self.token}, mounts=mounts)
+        _, info = client.container_status(self.cid, verbose=True)
+        self.pid = int(info["info"]["pid"])
+        self.cgroup = _cgroup_of(self.pid)
+        wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+
+
+def _cgroup_of(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if "freezer" in ctrls.split(","):
+            return path
+    raise AssertionError(f"pid {pid} has no freezer cgroup")
+
+
+@contextlib.contextmanager
+def cri_workload(ctrd: Containerd, node: dict[str, Path], tmp_path: Path, managed: bool = True,
+                 cuda: bool = True) -> Iterator[tuple[Any, CriWorkload]]:
+    data = tmp_path / "data"
+    data.mkdir()
+    ann = {"gpucr.io/checkpoint": "enabled"} if managed else {}
+    with ctrd.pod(annotations=ann) as (c, pod_id, cfg):
+        w = CriWorkload(ctrd, c, pod_id, cfg, data, node["nvidia"] if cuda else None)
+        yield c, w
+
+
+def _marker(images: Path) -> dict[str, Any]:
+    return json.loads((images / MARKER).read_text())  # type: ignore[no-any-return]
+
+
+# -- the standard commands on a managed container ---------------------------------------------------------------
+
+COMMANDS = ["ctr-t-checkpoint", "ctr-c-checkpoint-task", "pause-then-checkpoint", "cri-checkpoint"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_managed_cuda_container_checkpoint(front_containerd: Containerd, plugin: subprocess.Popen[bytes],
+                                           gpu_front: FrontRoute, node: dict[str, Path], fake: FakeCuda,
+                                           tmp_path: Path, command: str) -> None:
+    """Each command reaches CRIU with the cgroup FROZEN; the front thaws, locks + checkpoints CUDA, re-freezes, lets
+    CRIU dump, then restores + unlocks so the workload runs on (CUDA RUNNING, cgroup as the caller left it)."""
+    ctrd = front_containerd
+    with cri_workload(ctrd, node, tmp_path) as (c, w):
+        rec = json.loads((node["state"] / "containers" / f"{w.cid}.json").read_text())
+        assert rec["managed"] and rec["pid"] == w.pid, rec
+        register(fake, w.pid)
+        images = tmp_path / "img"
+        mark = gpu_front.log_mark()
+        ref = f"localhost/gf-{uuid.uuid4().hex[:6]}:ckpt"
+        if command == "ctr-t-checkpoint":
+            ctrd.ctr("t", "checkpoint", "--image-path", str(images), w.cid, namespace="k8s.io")
+        elif command == "ctr-c-checkpoint-task":
+            try:
+                ctrd.ctr("c", "checkpoint", "--task", "--rw", "--image", w.cid, ref, namespace="k8s.io")
+            finally:
+                ctrd.ctr("images", "rm", "--sync", ref, namespace="k8s.io", check=False)
+        elif command == "pause-then-checkpoint":
+            # what GRIT's agent does: pause, checkpoint, and resume later itself
+            ctrd.ctr("t", "pause", w.cid, namespace="k8s.io")
+            assert freezer_state(w.cgroup) == "FROZEN"
+            ctrd.ctr("t", "checkpoint", "--image-path", str(images), w.cid, namespace="k8s.io")
+            # the caller's pause is kept (the front froze it again), with the CUDA state back to RUNNING
+            assert freezer_state(w.cgroup) == "FROZEN"
+            assert fake.state(w.pid) == "RUNNING"
+            ctrd.ctr("t", "resume", w.cid, namespace="k8s.io")
+        else:
+            archive = tmp_path / "ckpt.tar"
+            if ctrd.major_minor < (2, 0):
+                with pytest.raises(Exception, match="(?i)unimplemented"):
+                    c.checkpoint_container(w.cid, str(archive))
+                return
+            c.checkpoint_container(w.cid, str(archive))
+            images = tmp_path / "unpacked"
+            images.mkdir()
+            subprocess.run(["tar", "-xf", str(archive), "-C", str(images)], check=True)
+            images = images / "checkpoint"
+        log = gpu_front.log_since(mark)
+        assert "request DUMP" in log and "DUMP success=True" in log, log
+        assert f"DUMP of container cuda in pod default/" in log and f"(pid {w.pid}), managed (" in log, log
+        assert "thawed it, locked and checkpointed 1 CUDA process(es)" in log, log
+        assert "restored and unlocked 1 CUDA process(es)" in log, log
+        assert fake.state(w.pid) == "RUNNING"
+        assert freezer_state(w.cgroup) == "THAWED"
+        advancing(w.data)
+        if command != "ctr-c-checkpoint-task":
+            m = _marker(images)
+            assert m["container_id"] == w.cid and m["managed"] is True
+            assert [p["pid"] for p in m["processes"]] == [w.pid] and m["processes"][0]["state"] == "RUNNING"
+            assert any((images / n).exists() for n in ("pstree.img", "inventory.img"))
+
+
+def test_fake_lock_blocks_on_a_paused_container(front_containerd: Containerd, plugin: subprocess.Popen[bytes],
+                                                node: dict[str, Path], fake: FakeCuda, tmp_path: Path) -> None:
+    """The hazard gpucr's ordering avoids: a CUDA lock of a paused container does not return (bounded here by the
+    driver wrapper's watchdog); it completes only once the container is resumed."""
+    ctrd = front_containerd
+    with cri_workload(ctrd, node, tmp_path) as (_c, w):
+        register(fake, w.pid)
+        ctrd.ctr("t", "pause", w.cid, namespace="k8s.io")
+        drv = Driver(str(fake.lib))
+        drv.lock_margin_s = 0.0
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(CudaTimeoutError, match="did not return"):
+                drv.lock(w.pid, timeout_ms=1500)
+            assert time.monotonic() - t0 >= 1.4
+            assert fake.state(w.pid) == "RUNNING"  # still blocked, nothing happened
+        finally:
+            ctrd.ctr("t", "resume", w.cid, namespace="k8s.io")
+        assert drv.wait_pending(w.pid, 10)  # the blocked call returns once thawed
+        assert fake.state(w.pid) == "LOCKED"
+        drv.unlock(w.pid)
+        assert fake.state(w.pid) == "RUNNING"
+
+
+def test_lock_failure_leaves_container_running_with_clear_error(
+        front_containerd: Containerd, plugin: subprocess.Popen[bytes], gpu_front: FrontRoute,
+        node: dict[str, Path], fake: FakeCuda, tmp_path: Path) -> None:
+    ctrd = front_containerd
+    with cri_workload(ctrd, node, tmp_path) as (c, w):
+        register(fake, w.pid)
+        fake.fail("lock", 999)
+        mark = gpu_front.log_mark()
+        r = ctrd.ctr("t", "checkpoint", "--image-path", str(tmp_path / "img"), w.cid, namespace="k8s.io",
+                     check=False)
+        assert r.returncode != 0
+        assert "errno 125" in r.stderr, r.stderr  # runc 1.1 shows errno and the log path; gpucr's text is there
+        dump_log = Path(r.stderr.split("path= ", 1)[1].split(":", 1)[0].strip())
+        text = dump_log.read_text()
+        log = gpu_front.log_since(mark)
+        for where in (text, log):
+            assert f"GPU-safe dump of container cuda in pod default/" in where, where
+            assert f"(pid {w.pid}) failed at step cuda-lock" in where and "CUDA_ERROR_UNKNOWN" in where, where
+            assert "fix: the GPU work did not drain in time" in where, where
+        assert "rolled back" in text
+        assert "started /" not in log.split("request DUMP", 1)[1]  # CRIU never ran
+        assert fake.state(w.pid) == "RUNNING"
+        assert freezer_state(w.cgroup) == "THAWED"
+        advancing(w.data)
+        if ctrd.major_minor >= (2, 0):  # the same through CRI: the error reaches the CRI caller
+            with pytest.raises(Exception) as ei:
+                c.checkpoint_container(w.cid, str(tmp_path / "ckpt.tar"))
+            assert "criu" in str(ei.value).lower()
+            assert fake.state(w.pid) == "RUNNING" and freezer_state(w.cgroup) == "THAWED"
+            advancing(w.data)
+
+
+def test_unmanaged_non_cuda_container_is_handed_to_criu(
+        front_containerd: Containerd, plugin: subprocess.Popen[bytes], gpu_front: FrontRoute,
+        node: dict[str, Path], tmp_path: Path) -> None:
+    ctrd = front_containerd
+    with cri_workload(ctrd, node, tmp_path, managed=False, cuda=False) as (_c, w):
+        assert not (node["state"] / "containers" / f"{w.cid}.json").exists()
+        mark = gpu_front.log_mark()
+        images = tmp_path / "img"
+        ctrd.ctr("t", "checkpoint", "--image-path", str(images), w.cid, namespace="k8s.io")
+        log = gpu_front.log_since(mark)
+        assert "DUMP from runtime pid" in log and "no gpucr work, handing swrk 3" in log, log
+        assert "request DUMP" not in log and not (images / MARKER).exists()
+        advancing(w.data)
+
+
+# -- ctr containers (never seen by NRI: unmanaged, protected by the node policy) and ctr c restore ----------------
+
+@contextlib.contextmanager
+def ctr_workload(ctrd: Containerd, node: dict[str, Path], tmp_path: Path,
+                 *extra: str) -> Iterator[tuple[str, Path, str, str]]:
+    name = f"gf-{uuid.uuid4().hex[:6]}"
+    data = tmp_path / "data"
+    data.mkdir()
+    d = ctrd.info["dir"]
+    cgroup = f"{ctrd.cgroup_parent}/{name}"
+    ctrd.ctr("run", "-d", "--null-io", "--fifo-dir", f"{d}/fifo", "--runc-root", f"{d}/runc-ctr", "--cgroup", cgroup,
+             "--env", f"FAKE_CUDA_ID={uuid.uuid4().hex}",
+             "--mount", f"type=bind,src={data},dst=/data,options=rbind:rw",
+             "--mount", f"type=bind,src={node['nvidia']},dst=/dev/nvidia0,options=rbind:ro", *extra,
+             ctrd.image, name, "/bin/sh", "-c", COUNTER)
+    try:
+        wait_for(lambda: _n(data) >= 2, what="counter to start")
+        yield name, data, cgroup, d
+    finally:
+        ctrd.ctr("t", "kill", "-s", "KILL", name, check=False)
+        time.sleep(0.3)
+        ctrd.ctr("t", "rm", "-f", name, check=False)
+        ctrd.ctr("c", "rm", name, check=False)
+
+
+def _task_pid(ctrd: Containerd, name: str) -> int:
+    for line in ctrd.ctr("t", "ls").stdout.splitlines()[1:]:
+        f = line.split()
+        if f and f[0] == name:
+            return int(f[1])
+    raise AssertionError(f"task {name} not listed")
+
+
+def test_ctr_container_checkpoint_and_restore_unmanaged_cuda(
+        front_containerd: Containerd, gpu_front: FrontRoute, node: dict[str, Path], fake: FakeCuda,
+        tmp_path: Path) -> None:
+    """`ctr c checkpoint --task` of a container the plugin never saw (ctr containers skip NRI, as a container created
+    while the plugin is down): protected by default, logged as unmanaged; `ctr c restore` brings it back with the
+    counter continuing and the restored pid's CUDA state RUNNING again."""
+    ctrd = front_containerd
+    ref = f"localhost/gf-{uuid.uuid4().hex[:6]}:ckpt"
+    with ctr_workload(ctrd, node, tmp_path) as (name, data, cgroup, _d):
+        pid = _task_pid(ctrd, name)
+        register(fake, pid)
+        mark = gpu_front.log_mark()
+        lo = _n(data)
+        ctrd.ctr("c", "checkpoint", "--task", "--rw", "--image", name, ref)
+        hi = _n(data)
+        log = gpu_front.log_since(mark)
+        assert f"was not managed by gpucr" in log and "making the dump GPU-safe (unmanaged_cuda=protect)" in log, log
+        assert "locked and checkpointed 1 CUDA process(es)" in log and "restored and unlocked 1" in log, log
+        assert fake.state(pid) == "RUNNING" and freezer_state(cgroup) == "THAWED"
+        advancing(data)
+        try:
+            ctrd.ctr("t", "kill", "-s", "KILL", name)
+            wait_for(lambda: "RUNNING" not in ctrd.ctr("t", "ls").stdout, what="task to stop")
+            ctrd.ctr("t", "rm", name)
+            ctrd.ctr("c", "rm", name)
+            before = len((data / "log").read_text().split())
+            mark = gpu_front.log_mark()
+            ctrd.ctr("c", "restore", "--live", "--rw", name, ref)
+            wait_for(lambda: len((data / "log").read_text().split()) >= before + 3, what="restored counter")
+            after = [int(x) for x in (data / "log").read_text().split()[before:]]
+            assert lo <= after[0] - 1 <= hi + 1, (lo, hi, after)
+            assert after == list(range(after[0], after[0] + len(after)))
+            new = _task_pid(ctrd, name)
+            assert new != pid
+            assert fake.state(new) == "RUNNING"
+            log = gpu_front.log_since(mark)
+            assert "request RESTORE" in log and "RESTORE success=True" in log, log
+            assert f"restored and unlocked 1 CUDA process(es) [{new}], GPU map identity" in log, log
+        finally:
+            ctrd.ctr("images", "rm", "--sync", ref, check=False)
+
+
+def test_criu_failure_after_cuda_checkpoint_rolls_back(
+        front_containerd: Containerd, gpu_front: FrontRoute, node: dict[str, Path], fake: FakeCuda,
+        tmp_path: Path) -> None:
+    """CRIU itself fails after gpucr checkpointed CUDA (an action script in the container's CRIU config aborts the dump
+    at pre-dump): gpucr rolls back at CRIU's answer, so the workload runs on with its CUDA state RUNNING."""
+    ctrd = front_containerd
+    conf = tmp_path / "fail.conf"
+    conf.write_text("action-script /bin/false\n")
+    with ctr_workload(ctrd, node, tmp_path, "--annotation", f"org.criu.config={conf}") as (name, data, cgroup, _d):
+        pid = _task_pid(ctrd, name)
+        register(fake, pid)
+        mark = gpu_front.log_mark()
+        r = ctrd.ctr("t", "checkpoint", "--image-path", str(tmp_path / "img"), name, check=False)
+        assert r.returncode != 0 and "criu failed" in r.stderr, r.stderr
+        log = gpu_front.log_since(mark)
+        assert "locked and checkpointed 1 CUDA process(es)" in log and "DUMP success=False" in log, log
+        assert f"failed in CRIU: rolled back 1 CUDA process(es), the workload keeps running" in log, log
+        assert fake.state(pid) == "RUNNING" and freezer_state(cgroup) == "THAWED"
+        advancing(data)
+
+
+@pytest.mark.parametrize("kind", ["unmanaged", "managed-gpu-map", "bad-gpu-map"])
+def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[str, Path], fake: FakeCuda,
+                                            tmp_path: Path, kind: str) -> None:
+    """`runc checkpoint` (cgroup THAWED, no leave-running: the tasks are dumped and killed) and `runc restore -d`
+    through the route's runc wrapper. "managed-gpu-map": the container has a state record (as the plugin writes for
+    CRI containers) whose gpu-map swaps GPU 0 and GPU 1 (the driver wants a one-to-one map over the node's GPUs); the
+    CUDA restore at post-resume applies it. "bad-gpu-map": a map that is not one-to-one fails the restore with a clear
+    error, and the restored processes (their CUDA state unusable) are killed, not left locked."""
+    name = f"gf-runc-{uuid.uuid4().hex[:6]}"
+    data = tmp_path / "data"
+    data.mkdir()
+    cgroup = f"/gpucr-front-test/{name}"
+    bundle = _bundle(tmp_path, name, data, cgroup)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["args"] = ["/bin/sh", "-c", COUNTER]
+    spec["process"]["env"].append(f"FAKE_CUDA_ID={uuid.uuid4().hex}")
+    spec["mounts"].append({"destination": "/dev/nvidia0", "type": "bind", "source": str(node["nvidia"]),
+                           "options": ["rbind", "ro"]})
+    (bundle / "config.json").write_text(json.dumps(spec))
+    runc = [str(gpu_front.runc), "--root", str(tmp_path / "runc-root")]
+    images, work = tmp_path / "images", tmp_path / "work"
+
+    def run(*args: str) -> None:
+        r = subprocess.run([*runc, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        logs = [p.read_text()[-1500:] for p in (work / "dump.log", work / "restore.log") if p.exists()]
+        assert r.returncode == 0, (args, r.stderr, logs)
+
+    with _subreaper(cgroup) as inits:
+        try:
+            subprocess.run([*runc, "run", "-d", "--bundle", str(bundle), name], check=True, timeout=60,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            pid = _runc_pid(runc, name)
+            inits.append(pid)
+            wait_for(lambda: _n(data) >= 2, what="runc counter")
+            register(fake, pid)
+            if kind != "unmanaged":
+                pairs = [[GPU0, GPU1], [GPU1, GPU0]] if kind == "managed-gpu-map" else [[GPU0, GPU1]]
+                write_record(node["state"], ContainerRecord(
+                    name, "runc-test", "pod", "pod", "default", True, "test record",
+                    policy={"gpu_map": pairs, "lock_timeout_ms": 2000}))
+            mark = gpu_front.log_mark()
+            lo = _n(data)
+            run("checkpoint", "--image-path", str(images), "--work-path", str(work), name)
+            hi = _n(data)
+            log = gpu_front.log_since(mark)
+            assert "locked and checkpointed 1 CUDA process(es)" in log and "thawed it" not in log, log
+            assert (", managed (test record)" in log) == (kind != "unmanaged"), log
+            assert "the dumped tasks were stopped (no leave-running)" in log, log
+            assert _marker(images)["processes"][0]["pid"] == pid
+            before = len((data / "log").read_text().split())
+            if kind == "bad-gpu-map":
+                r = subprocess.run([*runc, "restore", "-d", "--image-path", str(images), "--work-path", str(work),
+                                    "--bundle", str(bundle), name], capture_output=True, text=True, timeout=60,
+                                   stdin=subprocess.DEVNULL)
+                assert r.returncode != 0
+                log = gpu_front.log_since(mark)
+                assert f"CUDA restore of container {name} (pid " in log and "failed at step compatibility" in log, log
+                assert "must be one-to-one" in log and "fix: fix the container's gpucr.io/gpu-map" in log, log
+                assert "were killed (their CUDA state is unusable)" in log, log
+                wait_for(lambda: not Path(f"/sys/fs/cgroup/freezer{cgroup}/cgroup.procs").exists()
+                         or not Path(f"/sys/fs/cgroup/freezer{cgroup}/cgroup.procs").read_text().split(),
+                         what="the restored tree to be gone")
+                return
+            run("restore", "-d", "--image-path", str(images), "--work-path", str(work), "--bundle", str(bundle),
+                name)
+            new = _runc_pid(runc, name)
+            inits.append(new)
+            wait_for(lambda: len((data / "log").read_text().split()) >= before + 3, what="restored runc counter")
+            after = [int(x) for x in (data / "log").read_text().split()[before:]]
+            assert lo <= after[0] - 1 <= hi + 1, (lo, hi, after)
+            assert fake.state(new) == "RUNNING"
+            log = gpu_front.log_since(mark)
+            assert f"restored and unlocked 1 CUDA process(es) [{new}]" in log, log
+            gpu = dict(kv.split("=", 1) for kv in (fake.state_dir / str(new)).read_text().split())["gpu"]
+            if kind == "managed-gpu-map":
+                assert f"GPU map {{'{GPU0}': '{GPU1}', '{GPU1}': '{GPU0}'}} (record of container {name})" in log, log
+                assert gpu == GPU1
+            else:
+                assert "GPU map identity (default)" in log and gpu == GPU0, log
+        finally:
+            remove_record(node["state"], name)
+            subprocess.run([*runc, "kill", "--all", name, "KILL"], capture_output=True)
+            time.sleep(0.3)
+            subprocess.run([*runc, "delete", "-f", name], capture_output=True)
+
+
+def test_gpucr_checkpoint_via_runtime(front_containerd: Containerd, plugin: subprocess.Popen[bytes],
+                                      gpu_front: FrontRoute, node: dict[str, Path], fake: FakeCuda,
+                                      tmp_path: Path) -> None:
+    """`gpucr checkpoint CONTAINER --via-runtime`: CRI CheckpointContainer on 2.1.9, the task API on 1.7.24 (which
+    reaches runc with the container running); the front does the CUDA work, as for every other caller."""
+    ctrd = front_containerd
+    with cri_workload(ctrd, node, tmp_path) as (_c, w):
+        register(fake, w.pid)
+        out = tmp_path / "ckpt"
+        mark = gpu_front.log_mark()
+        r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", w.cid[:12], "--via-runtime",
+                            "--leave-running", "--to", str(out), "--json", "--address", ctrd.address, "--libcuda",
+                            str(fake.lib)], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.returncode == 0, r.stderr
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        assert summary["container_id"] == w.cid and [p["pid"] for p in summary["cuda_processes"]] == [w.pid]
+        if ctrd.major_minor >= (2, 0):
+            assert summary["via"] == "cri CheckpointContainer" and (out / "checkpoint.tar").exists()
+        else:
+            assert summary["via"] == "containerd task Checkpoint" and (out / "images" / MARKER).exists()
+        log = gpu_front.log_since(mark)
+        assert "locked and checkpointed 1 CUDA process(es)" in log and "restored and unlocked 1" in log, log
+        # 2.x pauses through CRI (the front thaws and re-freezes); 1.7's task API arrives running
+        assert ("thawed it, " in log) == (ctrd.major_minor >= (2, 0)), log
+        assert fake.state(w.pid) == "RUNNING" and freezer_state(w.cgroup) == "THAWED"
+        advancing(w.data)

@@ -1,0 +1,213 @@
+"""gpucr's CRIU-front hooks (``nri_plugin.gpufront``) on real processes, cgroups and the fake CUDA driver, without a
+runtime: what ``wants`` decides for each kind of dump (managed, unmanaged with or without CUDA state, stale or
+corrupt records, node policy), and the clear errors of bad input. The runtime paths are in
+tests/front/test_gpufront.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nri_plugin.front.errors import HookError
+from nri_plugin.front.messages import DUMP, RESTORE, Request
+from nri_plugin.gpufront import MARKER, GpuFrontHooks, make
+from nri_plugin.policy.config import ConfigError, NodeConfig
+from nri_plugin.policy.records import ContainerRecord, write_record
+from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib  # noqa: F401 (fixtures)
+
+FREEZER = Path("/sys/fs/cgroup/freezer")
+
+
+def hooks(tmp_path: Path, fc: FakeCuda | None = None, **node: object) -> GpuFrontHooks:
+    cfg = NodeConfig(state_dir=tmp_path / "state", libcuda=str(fc.lib) if fc else "", **node)  # type: ignore[arg-type]
+    return GpuFrontHooks({"log_dir": str(tmp_path / "log"), **({"libnvml": str(fc.lib)} if fc else {})}, node=cfg)
+
+
+def log_text(tmp_path: Path) -> str:
+    p = tmp_path / "log" / "criu-front.log"
+    return p.read_text() if p.exists() else ""
+
+
+def dump(pid: int, images: Path | None = None) -> Request:
+    r = Request(b"", DUMP, pid=pid, leave_running=True)
+    r.images_dir = str(images) if images else None
+    return r
+
+
+class Cgroup:
+    """A v1 freezer cgroup named like a container id, with the sleepers started in it."""
+
+    def __init__(self) -> None:
+        self.cid = f"gpucr-gf-{uuid.uuid4().hex[:12]}"
+        self.dir = FREEZER / self.cid
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def sleeper(self) -> int:
+        p = sleeper(self.dir)
+        self.procs.append(p)
+        return p.pid
+
+
+@pytest.fixture
+def cgroup() -> Iterator[Cgroup]:
+    """A fresh freezer cgroup; its processes are killed and reaped, and it is removed, afterwards."""
+    if os.geteuid() != 0:
+        pytest.fail("these tests need root (cgroups)", pytrace=False)
+    cg = Cgroup()
+    d = cg.dir
+    d.mkdir()
+    try:
+        yield cg
+    finally:
+        (d / "freezer.state").write_text("THAWED")
+        for p in cg.procs:
+            p.kill()
+            p.wait()
+        for _ in range(200):
+            try:
+                d.rmdir()
+                break
+            except OSError:
+                import time
+                time.sleep(0.02)
+
+
+def sleeper(cg: Path | None = None) -> subprocess.Popen[bytes]:
+    p = subprocess.Popen(["sleep", "60"])
+    if cg is not None:
+        (cg / "cgroup.procs").write_text(str(p.pid))
+    return p
+
+
+def test_plain_process_without_record_is_handed_over(tmp_path: Path) -> None:
+    p = sleeper()
+    try:
+        h = hooks(tmp_path)
+        assert h.wants(dump(p.pid)) is False
+        assert log_text(tmp_path) == ""
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_unmanaged_cuda_process_protected_by_default_and_logged(fake_cuda: FakeCuda, tmp_path: Path) -> None:
+    w = FakeWorkload(fake_cuda, tmp_path)
+    try:
+        h = hooks(tmp_path, fake_cuda)
+        assert h.wants(dump(w.root)) is True
+        assert h.target is not None and h.target.cuda_pids == [w.root] and h.target.record is None
+        assert "was not managed by gpucr" in log_text(tmp_path) and "unmanaged_cuda=protect" in log_text(tmp_path)
+        h2 = hooks(tmp_path, fake_cuda, unmanaged_cuda="ignore")
+        assert h2.wants(dump(w.root)) is False
+        assert "(unmanaged_cuda=ignore)" in log_text(tmp_path)
+    finally:
+        w.kill()
+
+
+def test_managed_record_is_wanted_without_touching_the_driver(tmp_path: Path, cgroup: Cgroup) -> None:
+    cid, d = cgroup.cid, cgroup.dir
+    pid = cgroup.sleeper()
+    write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
+                                                     pid=pid, policy={"lock_timeout_ms": 1234}))
+    # the driver library does not even exist: wants() must not load it
+    h = hooks(tmp_path, None)
+    h.libcuda = str(tmp_path / "no-such-libcuda.so")
+    (d / "freezer.state").write_text("FROZEN")
+    try:
+        assert h.wants(dump(pid)) is True
+        assert h.target is not None and h.target.record is not None and h.target.why.startswith("managed")
+    finally:
+        (d / "freezer.state").write_text("THAWED")
+
+
+@pytest.mark.parametrize("bad", ["corrupt", "other-format", "stale"])
+def test_bad_record_falls_back_to_node_policy(tmp_path: Path, cgroup: Cgroup, bad: str) -> None:
+    cid = cgroup.cid
+    pid = cgroup.sleeper()
+    path = tmp_path / "state" / "containers" / f"{cid}.json"
+    write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
+                                                     pid=os.getpid() if bad == "stale" else pid))
+    if bad == "corrupt":
+        path.write_text("{not json")
+    elif bad == "other-format":
+        path.write_text(json.dumps({"format": 99}))
+    h = hooks(tmp_path)
+    assert h.wants(dump(pid)) is False  # no CUDA state: as without gpucr
+    text = log_text(tmp_path)
+    assert f"DUMP of pid {pid}: " in text and cid in text, text
+    assert {"corrupt": "unreadable or corrupt", "other-format": "has format 99",
+            "stale": "is stale"}[bad] in text, text
+    assert "applying the node policy (unmanaged_cuda=protect)" in text
+
+
+def test_lock_failure_is_rolled_back_with_a_clear_error(fake_cuda: FakeCuda, tmp_path: Path) -> None:
+    w = FakeWorkload(fake_cuda, tmp_path, nproc=2)
+    try:
+        images = tmp_path / "images"
+        images.mkdir()
+        fake_cuda.fail("lock", 999, once=True)
+        h = hooks(tmp_path, fake_cuda)
+        req = dump(w.root, images)
+        assert h.wants(req)
+        with pytest.raises(HookError) as ei:
+            h.before_dump(req)
+        msg = str(ei.value)
+        assert f"GPU-safe dump of container ? (pid {w.root}) failed at step cuda-lock" in msg, msg
+        assert "CUDA_ERROR_UNKNOWN" in msg and "rolled back" in msg and "fix: the GPU work did not drain" in msg
+        assert [fake_cuda.state(p) for p in w.pids] == ["RUNNING", "RUNNING"]
+        assert not (images / MARKER).exists()
+        w.advancing()
+    finally:
+        w.kill()
+
+
+def test_suspend_marker_resume(fake_cuda: FakeCuda, tmp_path: Path) -> None:
+    """The DUMP path without CRIU: before_dump checkpoints and writes the marker (0600); a failed dump rolls back;
+    a successful leave-running dump resumes."""
+    w = FakeWorkload(fake_cuda, tmp_path)
+    try:
+        images = tmp_path / "images"
+        images.mkdir()
+        for success in (False, True):
+            h = hooks(tmp_path, fake_cuda)
+            req = dump(w.root, images)
+            assert h.wants(req)
+            h.before_dump(req)
+            assert fake_cuda.state(w.root) == "CHECKPOINTED"
+            m = json.loads((images / MARKER).read_text())
+            assert (images / MARKER).stat().st_mode & 0o777 == 0o600
+            assert [p["pid"] for p in m["processes"]] == [w.root] and m["managed"] is False
+            h.after_response(req, success)
+            assert fake_cuda.state(w.root) == "RUNNING"
+            w.advancing()
+    finally:
+        w.kill()
+
+
+def test_restore_is_wanted_only_with_the_marker(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    r = Request(b"", RESTORE)
+    r.images_dir = str(images)
+    h = hooks(tmp_path)
+    assert h.wants(r) is False
+    (images / MARKER).write_text("{broken")
+    assert h.wants(r) is True
+    h.on_notify(r, "setup-namespaces", 4242)
+    with pytest.raises(HookError, match=f"marker {images / MARKER} is unreadable"):
+        h.on_notify(r, "post-resume", None)
+    assert h.wants(Request(b"", 42)) is False  # an unknown request type is none of gpucr's business
+
+
+def test_bad_node_config_names_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('unmanaged_cuda = "sometimes"\n')
+    with pytest.raises(ConfigError, match=f"gpucr's CRIU hooks: {cfg}: unmanaged_cuda = 'sometimes'; accepted: "
+                                          "protect, ignore"):
+        make({"node_config": str(cfg)})
