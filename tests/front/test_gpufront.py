@@ -310,12 +310,12 @@ def ctr_workload(ctrd: Containerd, node: dict[str, Path], tmp_path: Path,
         ctrd.ctr("c", "rm", name, check=False)
 
 
-def _task_pid(ctrd: Containerd, name: str) -> int:
-    for line in ctrd.ctr("t", "ls").stdout.splitlines()[1:]:
+def _task_pid(ctrd: Containerd, name: str, namespace: str = "default") -> int:
+    for line in ctrd.ctr("t", "ls", namespace=namespace).stdout.splitlines()[1:]:
         f = line.split()
         if f and f[0] == name:
             return int(f[1])
-    raise AssertionError(f"task {name} not listed")
+    raise AssertionError(f"task {name} not listed in namespace {namespace}")
 
 
 def test_ctr_container_checkpoint_and_restore_unmanaged_cuda(
@@ -493,3 +493,40 @@ def test_gpucr_checkpoint_via_runtime(front_containerd: Containerd, plugin: subp
         assert ("thawed it, " in log) == (ctrd.major_minor >= (2, 0)), log
         assert fake.state(w.pid) == "RUNNING" and freezer_state(w.cgroup) == "THAWED"
         advancing(w.data)
+
+
+def test_managed_cri_container_ctr_checkpoint_kill_and_restore(
+        front_containerd: Containerd, plugin: subprocess.Popen[bytes], gpu_front: FrontRoute,
+        node: dict[str, Path], fake: FakeCuda, tmp_path: Path) -> None:
+    """The issue's full story on a managed CRI container: `ctr c checkpoint --task` while it runs, the container
+    killed (CRI StopContainer), `ctr c restore` under a new id: the counter continues from its checkpointed value,
+    the restored pid's CUDA state is RUNNING, and the front says what it did at both ends. The restore reads the
+    container's gpucr CRIU config again (kept after the container stopped: auto external mounts need
+    ext-mount-map auto on restore)."""
+    ctrd = front_containerd
+    ref = f"localhost/gf-{uuid.uuid4().hex[:6]}:ckpt"
+    restored = f"gf-restored-{uuid.uuid4().hex[:6]}"
+    with cri_workload(ctrd, node, tmp_path) as (c, w):
+        register(fake, w.pid)
+        ctrd.ctr("c", "checkpoint", "--task", "--rw", "--image", w.cid, ref, namespace="k8s.io")
+        at_ckpt = _n(w.data)
+        c.stop_container(w.cid, 0)
+        before = len((w.data / "log").read_text().split())
+        mark = gpu_front.log_mark()
+        try:
+            ctrd.ctr("c", "restore", "--live", "--rw", restored, ref, namespace="k8s.io")
+            wait_for(lambda: len((w.data / "log").read_text().split()) >= before + 3, what="restored counter")
+            after = [int(x) for x in (w.data / "log").read_text().split()[before:]]
+            assert at_ckpt - 1 <= after[0] - 1 <= at_ckpt + 2, (at_ckpt, after)
+            assert after == list(range(after[0], after[0] + len(after)))
+            new = _task_pid(ctrd, restored, "k8s.io")
+            assert new != w.pid and fake.state(new) == "RUNNING"
+            log = gpu_front.log_since(mark)
+            assert "RESTORE success=True" in log and f"restored and unlocked 1 CUDA process(es) [{new}]" in log, log
+        finally:
+            ctrd.ctr("t", "kill", "-s", "KILL", restored, namespace="k8s.io", check=False)
+            time.sleep(0.3)
+            ctrd.ctr("t", "rm", "-f", restored, namespace="k8s.io", check=False)
+            ctrd.ctr("c", "rm", restored, namespace="k8s.io", check=False)
+            ctrd.ctr("images", "rm", "--sync", ref, namespace="k8s.io", check=False)
+
