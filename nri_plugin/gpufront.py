@@ -245,17 +245,10 @@ class GpuFrontHooks:
     # -- the engine -----------------------------------------------------------------------------------------------
     def engine(self) -> Engine:
         if self._engine is None:
-            from .ckpt.cgroup import CgroupError, cgroups_of
+            from .ckpt.cgroup import freezer_of
             from .ckpt.cuda import Driver, Nvml
             from .ckpt.engine import Engine
             from .ckpt.store import CheckpointStore
-
-            def freezer_of(pid: int) -> Any:
-                try:
-                    f = cgroups_of(pid).freezer
-                except CgroupError:
-                    return None
-                return None if f.is_root else f
 
             self._engine = Engine(Driver(self.libcuda, call_timeout_s=self.node.driver_call_timeout_s), None,
                                   freezer_of, CheckpointStore(), nvml=Nvml(self.libnvml))

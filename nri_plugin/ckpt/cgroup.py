@@ -26,7 +26,7 @@ from ..errors import GpucrError
 from ._proc import cgroup_procs
 
 __all__ = [
-    "CgroupError", "CgroupMount", "Freezer", "FreezerState", "ProcessCgroups", "cgroups_of", "parse_mountinfo",
+    "CgroupError", "CgroupMount", "Freezer", "FreezerState", "ProcessCgroups", "cgroups_of", "freezer_of", "parse_mountinfo",
     "parse_proc_cgroup", "resolve", "thawed",
 ]
 
@@ -291,6 +291,16 @@ def cgroups_of(pid: int, *, proc: Path = Path("/proc")) -> ProcessCgroups:
     v1 = _pick(mounts, 1, own["freezer"], "freezer") if "freezer" in own else None
     v2 = _pick(mounts, 2, own[""], None) if "" in own else None
     return ProcessCgroups(pid, v1, v2)
+
+
+def freezer_of(pid: int) -> Freezer | None:
+    """The freezer the engine may thaw and re-freeze for ``pid``: None for a vanished pid or the root cgroup
+    (never freeze the whole host)."""
+    try:
+        f = cgroups_of(pid).freezer
+    except CgroupError:
+        return None
+    return None if f is None or f.is_root else f
 
 
 @contextmanager

@@ -86,18 +86,11 @@ class _ProgressLine:
 
 
 def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
-    from ..ckpt.cgroup import CgroupError, Freezer, cgroups_of
+    from ..ckpt.cgroup import Freezer, freezer_of
     from ..ckpt.criu import Criu
     from ..ckpt.cuda import Driver, Nvml
     from ..ckpt.engine import Engine
     from ..ckpt.store import CheckpointStore
-
-    def freezer_of(pid: int) -> Any:
-        try:
-            f = cgroups_of(pid).freezer
-        except CgroupError:
-            return None
-        return None if f.is_root else f
 
     def freezer_at(path: str, version: int) -> Any:
         f = Freezer(Path(path), version)
