@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from nri_plugin.ckpt.criu import Criu
+from nri_plugin.cri import CriClient
 from tests.ckpt._tcp import criu_dumps_tcp, kernel_version
 from tests.front.conftest import REAL_CRIU, FrontRoute
 from tests.front.test_gpufront import _task_pid, fake, gpu_front, node, plugin  # noqa: F401 (fixtures)
@@ -56,7 +57,7 @@ def counts(data: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def tcp_pod(ctrd: Containerd, tmp_path: Path, port: int) -> Iterator[tuple[object, str]]:
+def tcp_pod(ctrd: Containerd, tmp_path: Path, port: int) -> Iterator[tuple[CriClient, str]]:
     data = tmp_path / "data"
     data.mkdir()
     ann = {"gpucr.io/checkpoint": "enabled", "gpucr.io/tcp-established": "true"}
@@ -87,7 +88,7 @@ def test_managed_container_tcp_connection_answers_after_ctr_restore(
         ctrd.ctr("c", "checkpoint", "--task", "--rw", "--image", cid, ref, namespace="k8s.io")
         assert "DUMP success=True" in gpu_front.log_since(mark)
         at_ckpt = counts(data)[-1]
-        c.stop_container(cid, 0)  # type: ignore[attr-defined]
+        c.stop_container(cid, 0)
         at_kill = counts(data)
         assert at_kill == list(range(1, len(at_kill) + 1)), at_kill  # one connection all along
         wait_for(lambda: not _listening(port), what=f"port {port} to be released by the killed container")
