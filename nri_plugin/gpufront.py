@@ -138,23 +138,6 @@ class Target:
         return f"{who} (pid {self.pid})"
 
 
-def _freezer_path(pid: int) -> str:
-    """The pid's v1 freezer cgroup path (what runc freezes on a hybrid host), else its v2 path; "" when gone."""
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return ""
-    v2 = ""
-    for line in lines:
-        _, ctrls, path = line.split(":", 2)
-        if "freezer" in ctrls.split(","):
-            return path
-        if ctrls == "":
-            v2 = path
-    return v2
-
-
 class GpuFrontHooks:
     """:class:`~nri_plugin.front.hooks.FrontHooks` for CUDA workloads; one object per swrk session."""
 
@@ -180,13 +163,13 @@ class GpuFrontHooks:
         return False
 
     def _workload_pids(self, pid: int, freeze_cgroup: str | None) -> list[int]:
-        from .ckpt._proc import cgroup_procs, tree_pids
+        from .host.proc import cgroup_procs, tree_pids
         if freeze_cgroup:
             try:
                 return cgroup_procs(freeze_cgroup)
             except OSError:
                 pass
-        from .ckpt.cgroup import CgroupError, cgroups_of
+        from .host.cgroup import CgroupError, cgroups_of
         try:
             f = cgroups_of(pid).freezer
             if not f.is_root:
@@ -220,10 +203,9 @@ class GpuFrontHooks:
         pid = request.pid
         if not pid or pid <= 0:
             return None
-        from .ckpt._proc import cuda_candidates
-        cg = request.freeze_cgroup or ""
-        cg_path = _freezer_path(pid) or cg
-        cid = os.path.basename(cg_path.rstrip("/"))
+        from .host.proc import cgroup_path, container_id, cuda_candidates
+        cg_path = cgroup_path(pid) or request.freeze_cgroup or ""
+        cid = container_id(cg_path)
         t = Target(pid, cid, cg_path)
         rec = self._load_record(cid, pid)
         if rec is not None and rec.managed:
@@ -245,7 +227,7 @@ class GpuFrontHooks:
     # -- the engine -----------------------------------------------------------------------------------------------
     def engine(self) -> Engine:
         if self._engine is None:
-            from .ckpt.cgroup import freezer_of
+            from .host.cgroup import freezer_of
             from .ckpt.cuda import Driver, Nvml
             from .ckpt.engine import Engine
             from .ckpt.store import CheckpointStore
@@ -278,7 +260,7 @@ class GpuFrontHooks:
             self.log.error(str(err))
             raise err from exc
         if not s.procs:  # managed, but no CUDA state now: CRIU dumps it as any process, the restore needs nothing
-            from .ckpt._proc import cuda_candidates
+            from .host.proc import cuda_candidates
             pids = self._workload_pids(t.pid, request.freeze_cgroup)
             self.log.info(f"DUMP of {t.describe()}, {t.why}: no process holds CUDA state (pids {pids}, by /proc: "
                           f"{cuda_candidates(pids, self.libcuda)}); nothing for gpucr to do")
@@ -357,14 +339,15 @@ class GpuFrontHooks:
         if not root:
             raise HookError(f"RESTORE from {request.images_dir}: CRIU named no restored pid; the CUDA state of "
                             f"container {marker.get('container_id')} cannot be restored")
-        cid = os.path.basename(_freezer_path(root).rstrip("/"))
+        from .host.proc import cgroup_path, container_id, kill_tree
+        cid = container_id(cgroup_path(root))
         gpu_map, source = self._gpu_map(cid, marker)
         from .ckpt.engine import CheckpointError
         try:
             done = self.engine().restore_after_criu(root, procs, gpu_map, list(marker.get("gpus") or {}),
                                                     may_freeze=False)
         except CheckpointError as exc:
-            killed = self._kill_tree(root)
+            killed = kill_tree(root)  # left alive it would stay locked forever
             err = self._error(f"CUDA restore of container {cid or marker.get('container_id')} (pid {root})", exc,
                               "cuda-restore")
             err = HookError(f"{err}; the restored processes {killed} were killed (their CUDA state is unusable); "
@@ -374,20 +357,6 @@ class GpuFrontHooks:
         self.log.info(f"RESTORE of container {cid} (pid {root}, checkpointed as {marker.get('container_id')}): "
                       f"restored and unlocked {len(done)} CUDA process(es) {[p.pid for p in done]}, GPU map "
                       f"{gpu_map or 'identity'} ({source})")
-
-    @staticmethod
-    def _kill_tree(root: int) -> list[int]:
-        """SIGKILL a restored tree whose CUDA state could not come back: left alive it would stay locked forever."""
-        import signal
-
-        from .ckpt._proc import tree_pids
-        pids = tree_pids(root)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return pids
 
     def _read_marker(self, request: Request) -> dict[str, Any]:
         import json

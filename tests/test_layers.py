@@ -30,6 +30,10 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "nri_plugin.ckpt": ("nri_plugin.ttrpc", "nri_plugin.mux", "nri_plugin.nri", "nri_plugin.front",
                         "nri_plugin.cli", "nri_plugin.policy"),
     "nri_plugin.front": ("nri_plugin.cli", "nri_plugin.policy"),
+    # the host read as files: below everything but errors
+    "nri_plugin.host": ("nri_plugin.ttrpc", "nri_plugin.mux", "nri_plugin.nri", "nri_plugin.cri",
+                        "nri_plugin.containerd", "nri_plugin.ckpt", "nri_plugin.front", "nri_plugin.cli",
+                        "nri_plugin.policy", "nri_plugin.gpufront", "nri_plugin.daemon", "nri_plugin.handlers"),
     "nri_plugin.policy": ("nri_plugin.cli", "nri_plugin.front"),
 }
 # pure (sans-I/O) modules: no event loop, sockets, ctypes or logging
@@ -84,6 +88,14 @@ def test_layering(name: str, path: Path) -> None:
             assert not bad, f"pure module {name} imports {bad}"
     if "ctypes" in {i.split(".")[0] for i in imports}:
         assert name.endswith("ckpt.cuda._lib"), f"ctypes belongs in nri_plugin/ckpt/cuda/_lib.py only, not {name}"
+
+
+def test_host_start_up_path_is_cheap() -> None:
+    """host/__init__ imports nothing and host/proc only os and errors: the CRIU front imports proc on every dump."""
+    assert _imports("nri_plugin.host", PKG / "host" / "__init__.py") == set()
+    proc = _imports("nri_plugin.host.proc", PKG / "host" / "proc.py")
+    assert {i.split(".")[0] for i in proc} <= {"__future__", "os", "signal", "collections", "nri_plugin"}, proc
+    assert {i for i in proc if i.startswith("nri_plugin")} <= {"nri_plugin.errors", "nri_plugin.errors.GpucrError"}
 
 
 @pytest.mark.parametrize("name", [m for m, p in _modules() if p.name == "__init__.py"])

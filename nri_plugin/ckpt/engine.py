@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from .. import __version__
 from ..errors import GpucrError
+from ..host.proc import rss_bytes
 from .cuda.driver import CudaError, Driver, ProcessState, format_api_version
 from .cuda.nvml import Nvml
 from .discovery import CudaProcess, GpuInventory, discover, gpu_inventory, tree_pids
@@ -145,17 +146,6 @@ class Suspended:
         return sum(p.gpu_bytes for p in self.procs)
 
 
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def dir_bytes(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
@@ -222,14 +212,14 @@ class Engine:
     def _copy_ticker(self, step: str, procs: Sequence[CudaProcess], total: int,
                      sign: int) -> Callable[[float], None]:
         """A watchdog tick that reports bytes moved (RSS growth on checkpoint, shrink on restore) and the rate."""
-        start = {p.pid: _rss_bytes(p.pid) for p in procs}
+        start = {p.pid: rss_bytes(p.pid) for p in procs}
         last = [0.0]
 
         def tick(elapsed: float) -> None:
             if elapsed - last[0] < 1.0:
                 return
             last[0] = elapsed
-            moved = max(0, sum(sign * (_rss_bytes(p) - r) for p, r in start.items()))
+            moved = max(0, sum(sign * (rss_bytes(p) - r) for p, r in start.items()))
             rate = moved / elapsed if elapsed else 0
             of = f" of {_gib(total)}" if total else ""
             self.progress(step, f"{step}: {_gib(moved)}{of} copied, {rate / (1 << 30):.2f} GiB/s, {elapsed:.0f}s")

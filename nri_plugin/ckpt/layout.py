@@ -29,10 +29,11 @@ from typing import Any
 
 from .. import __version__
 from ..errors import GpucrError
+from ..host.proc import HostError, mem_available
 
 __all__ = [
     "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
-    "check_disk_space", "check_host_memory", "mem_available", "mode_of", "parse_meminfo",
+    "check_disk_space", "check_host_memory", "mode_of",
 ]
 
 FORMAT_VERSION = 1
@@ -77,7 +78,7 @@ class Metadata:
     spec_digest: str | None = None                  # "sha256:<hex>" of the OCI spec the container ran with
     driver_version: str | None = None
     processes: list[GpuProcess] = field(default_factory=list)
-    network: dict[str, Any] | None = None           # netid.read_netns() output
+    network: dict[str, Any] | None = None           # host.netns.read_netns() output
     criu: dict[str, Any] = field(default_factory=dict)   # options the dump used (for the restore)
     timings: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
@@ -337,33 +338,6 @@ class CheckpointDir:
 # --- host resource checks ------------------------------------------------------------------------------------------
 
 
-def parse_meminfo(text: str) -> dict[str, int]:
-    """``/proc/meminfo`` as {key: bytes}."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if not parts or not parts[0].isdigit():
-            continue
-        out[key.strip()] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
-    return out
-
-
-def mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
-    """MemAvailable in bytes.
-
-    Raises:
-        LayoutError: the file cannot be read or lacks MemAvailable (kernel < 3.14).
-    """
-    try:
-        info = parse_meminfo(meminfo.read_text())
-    except OSError as exc:
-        raise LayoutError(f"cannot read {meminfo}: {exc.strerror}") from exc
-    if "MemAvailable" not in info:
-        raise LayoutError(f"{meminfo} has no MemAvailable: cannot check host memory")
-    return info["MemAvailable"]
-
-
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
@@ -375,7 +349,10 @@ def check_host_memory(needed_bytes: int, *, what: str = "the GPU data", availabl
     Raises:
         LayoutError: not enough MemAvailable (says how much is needed, available, and what to do).
     """
-    avail = mem_available(meminfo) if available is None else available
+    try:
+        avail = mem_available(str(meminfo)) if available is None else available
+    except HostError as exc:
+        raise LayoutError(str(exc)) from exc
     if needed_bytes > avail:
         raise LayoutError(f"not enough host memory for {what}: need {_gib(needed_bytes)}, MemAvailable is "
                           f"{_gib(avail)}; free {_gib(needed_bytes - avail)} of memory (or checkpoint fewer "

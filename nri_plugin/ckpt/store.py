@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .layout import CheckpointDir, GpuProcess, Metadata, mem_available
+from ..host.proc import mem_available
+from .layout import CheckpointDir, GpuProcess, Metadata
 
 __all__ = ["CheckpointStore"]
 

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, container_id: str, pid: int) -> int:
     Raises:
         GpucrError: the runtime refused, DIR exists, or a CUDA container's checkpoint lacks gpucr's marker.
     """
-    from ..ckpt._proc import cuda_candidates, tree_pids
+    from ..host.proc import cuda_candidates, tree_pids
 
     out = Path(args.to)
     if out.exists() and any(out.iterdir()) and not args.force:

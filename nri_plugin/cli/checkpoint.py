@@ -86,15 +86,11 @@ class _ProgressLine:
 
 
 def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
-    from ..ckpt.cgroup import Freezer, freezer_of
     from ..ckpt.criu import Criu
     from ..ckpt.cuda import Driver, Nvml
     from ..ckpt.engine import Engine
     from ..ckpt.store import CheckpointStore
-
-    def freezer_at(path: str, version: int) -> Any:
-        f = Freezer(Path(path), version)
-        return f if version in (1, 2) and f.path.is_dir() and not f.is_root else None
+    from ..host.cgroup import freezer_at, freezer_of
 
     store = CheckpointStore(args.root, verify_sha256=not getattr(args, "quick_verify", False))
     return Engine(Driver(args.libcuda), Criu(args.criu), freezer_of, store,
@@ -102,7 +98,8 @@ def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
 
 
 def resolve_container(ref: str, address: str) -> tuple[str, int]:
-    """(container id, host pid of its init) through CRI; else by scanning /proc/*/cgroup for the id."""
+    """(container id, host pid of its init) through CRI; else the first process whose cgroup path names the id
+    (:func:`nri_plugin.host.proc.names_container`: a whole component or a systemd scope id, never a substring)."""
     try:
         from ..cri import CriClient
         with CriClient(address, timeout_s=10) as c:
@@ -117,15 +114,19 @@ def resolve_container(ref: str, address: str) -> tuple[str, int]:
     except GpucrError as exc:
         if "ambiguous" in str(exc):
             raise
+    from ..host.proc import HostError, names_container, parse_proc_cgroup
+
     for name in sorted(os.listdir("/proc"), key=lambda n: int(n) if n.isdigit() else 0):
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/cgroup") as f:
-                if ref in f.read():
-                    return ref, int(name)
-        except OSError:
+            with open(f"/proc/{name}/cgroup", encoding="utf-8", errors="surrogateescape") as f:
+                paths = set(parse_proc_cgroup(f.read()).values())
+        except (OSError, HostError):
             continue
+        # a whole path component (cgroupfs) or the systemd scope's id equal to the full id: never a substring
+        if any(names_container(p, ref) for p in paths):
+            return ref, int(name)
     raise GpucrError(f"container {ref!r} not found through CRI at {address} nor in any process's cgroup; "
                      f"check the id (gpucr cri ps --address ...) and that it is running")
 
