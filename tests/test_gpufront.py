@@ -126,6 +126,41 @@ def test_managed_record_is_wanted_without_touching_the_driver(tmp_path: Path, cg
         (d / "freezer.state").write_text("THAWED")
 
 
+@pytest.mark.parametrize("layout", ["cgroupfs", "systemd"])
+def test_managed_record_found_under_every_cgroup_driver(tmp_path: Path, layout: str) -> None:
+    """The systemd driver (kubeadm's default) names the container's cgroup ``cri-containerd-<id>.scope`` inside its
+    pod's slice: the front must take the id from inside the scope name, or it never finds the plugin's record."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (cgroups)", pytrace=False)
+    cid = uuid.uuid4().hex + uuid.uuid4().hex  # 64 hex characters, as kubelet's container ids
+    pod = f"gpucr-gf-{cid[:8]}"
+    top = FREEZER / (f"{pod}.slice" if layout == "systemd" else pod)
+    leaf = (top / f"{pod}-besteffort-pod{cid[:8]}_1_2.slice" / f"cri-containerd-{cid}.scope" if layout == "systemd"
+            else top / f"pod{cid[:8]}" / cid)
+    leaf.mkdir(parents=True)
+    p = sleeper(leaf)
+    try:
+        write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
+                                                         pid=p.pid, policy={"lock_timeout_ms": 1234}))
+        h = hooks(tmp_path, None)
+        h.libcuda = str(tmp_path / "no-such-libcuda.so")  # a managed record decides without the driver
+        assert h.wants(dump(p.pid)) is True
+        t = h.target
+        assert t is not None and t.container_id == cid and t.cgroup == "/" + str(leaf.relative_to(FREEZER))
+        assert t.record is not None and t.record.container_id == cid and t.why.startswith("managed")
+    finally:
+        p.kill()
+        p.wait()
+        for d in (leaf, leaf.parent, top):
+            for _ in range(200):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    import time
+                    time.sleep(0.02)
+
+
 @pytest.mark.parametrize("bad", ["corrupt", "other-format", "stale"])
 def test_bad_record_falls_back_to_node_policy(tmp_path: Path, cgroup: Cgroup, bad: str) -> None:
     cid = cgroup.cid
