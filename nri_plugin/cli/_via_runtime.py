@@ -34,7 +34,7 @@ def _runtime_major(address: str) -> tuple[int, str]:
 
 
 def _marker_of(path: Path, archive: bool) -> dict[str, Any] | None:
-    from ..gpufront import MARKER
+    from ..handlers.front_cuda import MARKER
     if not archive:
         try:
             return json.loads((path / MARKER).read_text())  # type: ignore[no-any-return]

@@ -1,4 +1,4 @@
-"""GPU-safe standard checkpoints: the CRIU front with gpucr's CUDA hooks (``nri_plugin.gpufront``), the policy plugin
+"""GPU-safe standard checkpoints: the CRIU front with gpucr's CUDA hooks (``nri_plugin.handlers.front_cuda``), the policy plugin
 (``gpucr plugin``) and the fake CUDA driver, under real containerd 1.7.24 and 2.1.9, runc 1.1.5 and CRIU 4.1.1.
 
 The workload is a busybox shell that holds an fd on ``/dev/nvidia0`` (a host file bound there: discovery sees it as
@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from nri_plugin.ckpt.cuda import CudaTimeoutError, Driver
-from nri_plugin.gpufront import MARKER
+from nri_plugin.handlers.front_cuda import MARKER
 from nri_plugin.policy.records import ContainerRecord, remove_record, write_record
 from tests.fakes.cuda import FakeCuda, build
 from tests.front.conftest import FrontRoute
@@ -92,7 +92,7 @@ def plugin(front_containerd: Containerd, node: dict[str, Path]) -> Iterator[subp
 @pytest.fixture
 def gpu_front(front_route: FrontRoute, node: dict[str, Path], fake: FakeCuda) -> Iterator[FrontRoute]:
     """The front with gpucr's CUDA hooks, reading this test's node config, NVML from the fake."""
-    with front_route.configured(hooks="nri_plugin.gpufront:make", node_config=str(node["config"]),
+    with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
                                 libnvml=str(fake.lib)):
         yield front_route
     fake.clear_failures()

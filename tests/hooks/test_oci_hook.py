@@ -13,7 +13,7 @@ import pytest
 from hooks import oci_hook
 from nri_plugin.policy import ContainerRecord, load_record, write_record
 from nri_plugin.host.proc import cgroup_path
-from nri_plugin.policy.lifecycle import parse_state
+from nri_plugin.handlers.oci_records import parse_state
 
 CID = "f" * 64
 

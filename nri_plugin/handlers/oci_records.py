@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..host.proc import cgroup_path
-from .records import RecordError, load_record, remove_record, write_record
+from ..policy.records import RecordError, load_record, remove_record, write_record
 
 __all__ = ["HookState", "on_create_runtime", "on_poststop", "parse_state"]
 

@@ -1,4 +1,4 @@
-"""gpucr's CRIU-front hooks (``nri_plugin.gpufront``) on real processes, cgroups and the fake CUDA driver, without a
+"""gpucr's CRIU-front hooks (``nri_plugin.handlers.front_cuda``) on real processes, cgroups and the fake CUDA driver, without a
 runtime: what ``wants`` decides for each kind of dump (managed, unmanaged with or without CUDA state, stale or
 corrupt records, node policy), and the clear errors of bad input. The runtime paths are in
 tests/front/test_gpufront.py."""
@@ -16,7 +16,7 @@ import pytest
 
 from nri_plugin.front.errors import HookError
 from nri_plugin.front.messages import DUMP, RESTORE, Request
-from nri_plugin.gpufront import MARKER, GpuFrontHooks, make
+from nri_plugin.handlers.front_cuda import MARKER, CudaFrontHooks, make
 from nri_plugin.policy.config import ConfigError, NodeConfig
 from nri_plugin.policy.records import ContainerRecord, write_record
 from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib  # noqa: F401 (fixtures)
@@ -24,9 +24,9 @@ from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib  #
 FREEZER = Path("/sys/fs/cgroup/freezer")
 
 
-def hooks(tmp_path: Path, fc: FakeCuda | None = None, **node: object) -> GpuFrontHooks:
+def hooks(tmp_path: Path, fc: FakeCuda | None = None, **node: object) -> CudaFrontHooks:
     cfg = NodeConfig(state_dir=tmp_path / "state", libcuda=str(fc.lib) if fc else "", **node)  # type: ignore[arg-type]
-    return GpuFrontHooks({"log_dir": str(tmp_path / "log"), **({"libnvml": str(fc.lib)} if fc else {})}, node=cfg)
+    return CudaFrontHooks({"log_dir": str(tmp_path / "log"), **({"libnvml": str(fc.lib)} if fc else {})}, node=cfg)
 
 
 def log_text(tmp_path: Path) -> str:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .nri import Adjustment, hook, pb
-from .policy import (
+from ..nri import Adjustment, hook, pb
+from ..policy import (
     ConfigError,
     ContainerRecord,
     ContainerView,
@@ -31,9 +31,9 @@ from .policy import (
     render_config,
     write_record,
 )
-from .policy.records import RecordError
+from ..policy.records import RecordError
 
-__all__ = ["CRIU_CONFIG_ANNOTATION", "GpucrPlugin", "container_view"]
+__all__ = ["CRIU_CONFIG_ANNOTATION", "PolicyPlugin", "container_view"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def container_view(pod: pb.PodSandbox, ctr: pb.Container) -> ContainerView:
         mounts=[MountView(m.destination, m.type, m.source, tuple(m.options)) for m in ctr.mounts])
 
 
-class GpucrPlugin:
+class PolicyPlugin:
     """NRI handlers: configure, synchronize, create_container, remove_container."""
 
     def __init__(self, node: NodeConfig | None = None) -> None:
