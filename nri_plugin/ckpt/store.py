@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..host.proc import mem_available
 from .layout import CheckpointDir, GpuProcess, Metadata
 
 __all__ = ["CheckpointStore"]
@@ -55,7 +54,3 @@ class CheckpointStore:
         meta.update(pid=md.root_pid, container_id=md.container_id or "", timings_s=md.timings,
                     image_bytes=md.sizes.get("image_bytes", 0))
         return meta, cp.images_dir
-
-    @staticmethod
-    def host_memory_available() -> int:
-        return mem_available()

@@ -88,13 +88,14 @@ class _ProgressLine:
 def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
     from ..ckpt.criu import Criu
     from ..ckpt.cuda import Driver, Nvml
+    from ..ckpt.cuda_steps import CudaSteps
     from ..ckpt.engine import Engine
     from ..ckpt.store import CheckpointStore
     from ..host.cgroup import freezer_at, freezer_of
 
     store = CheckpointStore(args.root, verify_sha256=not getattr(args, "quick_verify", False))
-    return Engine(Driver(args.libcuda), Criu(args.criu), freezer_of, store,
-                  nvml=Nvml(args.libnvml), progress=progress, freezer_at=freezer_at)
+    cuda = CudaSteps(Driver(args.libcuda), freezer_of, nvml=Nvml(args.libnvml), progress=progress)
+    return Engine(cuda, Criu(args.criu), store, freezer_at=freezer_at)
 
 
 def resolve_container(ref: str, address: str) -> tuple[str, int]:

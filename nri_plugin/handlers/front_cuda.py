@@ -1,7 +1,7 @@
 """gpucr's hooks for the CRIU front: the CUDA steps of a dump or restore that a runtime drives through CRIU's RPC.
 
 The one outer-layer module that joins the front (:mod:`nri_plugin.front`, which stays free of engine imports), the
-checkpoint engine (:mod:`nri_plugin.ckpt.engine`, the same engine ``gpucr checkpoint`` uses) and the plugin's
+CUDA steps (:mod:`nri_plugin.ckpt.cuda_steps`, the ones ``gpucr checkpoint`` uses) and the plugin's
 policy records (:mod:`nri_plugin.policy.records`). The front loads it from its configuration
 (``hooks = nri_plugin.handlers.front_cuda:make``) and calls, per swrk session (criu-front.md section 5):
 
@@ -12,13 +12,13 @@ policy records (:mod:`nri_plugin.policy.records`). The front loads it from its c
   creates containers without the plugin's adjustments when the plugin is down or late). A RESTORE whose images dir
   carries gpucr's marker (:data:`MARKER`, written at dump time; containerd packs the images dir into its checkpoint,
   so ``ctr c restore`` and CRI restores bring it back).
-* ``before_dump`` -- :meth:`Engine.suspend` (thaw the cgroup containerd froze, lock and checkpoint every CUDA process
-  in parallel, freeze again), then the marker. A failure is rolled back by the engine and becomes a HookError naming
+* ``before_dump`` -- :meth:`CudaSteps.suspend` (thaw the cgroup containerd froze, lock and checkpoint every CUDA process
+  in parallel, freeze again), then the marker. A failure is rolled back by the steps and becomes a HookError naming
   the container, pid, step and fix; the relay puts it in front of CRIU's error and CRIU never runs.
-* ``after_response`` -- DUMP success with leave-running: :meth:`Engine.resume` (thaw, CUDA restore, unlock, freeze
-  again, so containerd's resume finds the workload as it left it); DUMP failure: :meth:`Engine.rollback`.
+* ``after_response`` -- DUMP success with leave-running: :meth:`CudaSteps.resume` (thaw, CUDA restore, unlock, freeze
+  again, so containerd's resume finds the workload as it left it); DUMP failure: :meth:`CudaSteps.rollback`.
 * ``on_notify('post-resume')`` on RESTORE -- the only point where the restored tasks run:
-  :meth:`Engine.restore_after_criu` with the container's GPU UUID map (its record's ``gpu-map``, identity by
+  :meth:`CudaSteps.restore_after_criu` with the container's GPU UUID map (its record's ``gpu-map``, identity by
   default) and unlock. The front then sits in the container's cgroups, so nothing is frozen there.
 
 Configuration keys (front.conf): ``node_config`` (default ``/etc/gpucr/config.toml``: state_dir, unmanaged_cuda,
@@ -34,12 +34,12 @@ from ..front.errors import HookError
 from ..front.messages import DUMP, RESTORE
 
 # the front loads this module on every DUMP and RESTORE, non-CUDA ones included: only what ``wants`` needs is
-# imported up front (typing, json, dataclasses and the engine cost tens of ms of start-up each, see front/_wire)
+# imported up front (typing, json, dataclasses and the CUDA steps cost tens of ms of start-up each, see front/_wire)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from ..ckpt.engine import Engine, Suspended
+    from ..ckpt.cuda_steps import CudaSteps, Suspended
     from ..front.messages import Request
     from ..policy.config import NodeConfig
     from ..policy.records import ContainerRecord
@@ -150,7 +150,7 @@ class CudaFrontHooks:
         self.libnvml = values.get("libnvml") or None
         self.target: Target | None = None
         self.suspended: Suspended | None = None
-        self._engine: Engine | None = None
+        self._steps: CudaSteps | None = None
         self._restored_pid: int | None = None
 
     # -- the decision (cheap: /proc and the state dir only) -------------------------------------------------------
@@ -224,17 +224,16 @@ class CudaFrontHooks:
                              f"hold CUDA state; leaving it to CRIU as configured (unmanaged_cuda=ignore)")
         return t
 
-    # -- the engine -----------------------------------------------------------------------------------------------
-    def engine(self) -> Engine:
-        if self._engine is None:
-            from ..host.cgroup import freezer_of
+    # -- the CUDA steps (shared with gpucr checkpoint) ------------------------------------------------------------
+    def steps(self) -> CudaSteps:
+        if self._steps is None:
             from ..ckpt.cuda import Driver, Nvml
-            from ..ckpt.engine import Engine
-            from ..ckpt.store import CheckpointStore
+            from ..ckpt.cuda_steps import CudaSteps
+            from ..host.cgroup import freezer_of
 
-            self._engine = Engine(Driver(self.libcuda, call_timeout_s=self.node.driver_call_timeout_s), None,
-                                  freezer_of, CheckpointStore(), nvml=Nvml(self.libnvml))
-        return self._engine
+            self._steps = CudaSteps(Driver(self.libcuda, call_timeout_s=self.node.driver_call_timeout_s), freezer_of,
+                                    nvml=Nvml(self.libnvml))
+        return self._steps
 
     def _error(self, what: str, exc: Exception, fallback_step: str) -> HookError:
         step = getattr(exc, "step", "") or fallback_step
@@ -250,9 +249,9 @@ class CudaFrontHooks:
         self.target = t
         if t is None or not t.protect:
             return
-        from ..ckpt.engine import CheckpointError
+        from ..ckpt.errors import CheckpointError
         lock_ms = int((t.record.policy.get("lock_timeout_ms") if t.record else 0) or self.node.lock_timeout_ms)
-        eng = self.engine()
+        eng = self.steps()
         try:
             s = eng.suspend(t.pid, use_cgroup=True, lock_timeout_ms=lock_ms, what=t.describe())
         except CheckpointError as exc:
@@ -300,7 +299,7 @@ class CudaFrontHooks:
         if request.type != DUMP or s is None or t is None:
             return
         self.suspended = None
-        eng = self.engine()
+        eng = self.steps()
         if not success:
             problems = eng.rollback(s)
             if problems:
@@ -315,7 +314,7 @@ class CudaFrontHooks:
         if not request.leave_running:
             self.log.info(f"DUMP of {t.describe()} done; the dumped tasks were stopped (no leave-running)")
             return
-        from ..ckpt.engine import CheckpointError
+        from ..ckpt.errors import CheckpointError
         try:
             eng.resume(s)
         except CheckpointError as exc:
@@ -342,9 +341,9 @@ class CudaFrontHooks:
         from ..host.proc import cgroup_path, container_id, kill_tree
         cid = container_id(cgroup_path(root))
         gpu_map, source = self._gpu_map(cid, marker)
-        from ..ckpt.engine import CheckpointError
+        from ..ckpt.errors import CheckpointError
         try:
-            done = self.engine().restore_after_criu(root, procs, gpu_map, list(marker.get("gpus") or {}),
+            done = self.steps().restore_after_criu(root, procs, gpu_map, list(marker.get("gpus") or {}),
                                                     may_freeze=False)
         except CheckpointError as exc:
             killed = kill_tree(root)  # left alive it would stay locked forever

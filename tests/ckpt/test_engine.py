@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 from pytest_mock import MockerFixture
 
+from nri_plugin.ckpt import cuda_steps as cuda_steps_mod
 from nri_plugin.ckpt import engine as engine_mod
 from nri_plugin.ckpt.cuda import CudaError, CudaTimeoutError, ProcessState
 from nri_plugin.ckpt.criu import CriuError
 from nri_plugin.ckpt.discovery import CudaProcess, GpuInventory
+from nri_plugin.ckpt.cuda_steps import CudaSteps
 from nri_plugin.ckpt.engine import CheckpointError, CheckpointRequest, Engine, RestoreRequest
 from nri_plugin.ckpt.store import CheckpointStore
 
@@ -115,11 +117,12 @@ class Setup:
         self.criu = mocker.MagicMock()
         self.criu.dump.side_effect = self._dump
         found = [CudaProcess(p, ProcessState.RUNNING, "python3", {UUID0: GIB}) for p in pids]
-        mocker.patch.object(engine_mod, "discover", side_effect=lambda *a, **k: (
+        mocker.patch.object(cuda_steps_mod, "discover", side_effect=lambda *a, **k: (
             [CudaProcess(p.pid, self.driver.state[p.pid], p.comm, dict(p.gpus)) for p in found],
             GpuInventory("580.159.04", {UUID0: "NVIDIA H200", UUID1: "NVIDIA H200"})))
         self.store = CheckpointStore()
-        self.engine = Engine(self.driver, self.criu, lambda pid: self.freezer, self.store)  # type: ignore[arg-type]
+        self.steps = CudaSteps(self.driver, lambda pid: self.freezer)  # type: ignore[arg-type]
+        self.engine = Engine(self.steps, self.criu, self.store)
         self.dir = tmp / "ck"
 
     def _dump(self, opts: Any, on_notify: Any = None) -> None:
@@ -213,7 +216,7 @@ def test_restore_error_after_dump_rolls_back(mocker: MockerFixture, procs: list[
 def test_not_enough_host_memory_is_checked_before_locking(mocker: MockerFixture, procs: list[int],
                                                           tmp_path: Path) -> None:
     s = Setup(mocker, procs, tmp_path)
-    mocker.patch.object(CheckpointStore, "host_memory_available", return_value=GIB)
+    s.steps.mem_available = lambda: GIB
     with pytest.raises(CheckpointError, match=r"not enough host memory.*2.00 GiB.*only 1.00 GiB"):
         s.checkpoint()
     assert s.driver.log == [] and s.all_running()
@@ -270,18 +273,6 @@ def test_dir_outside_root_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="outside the configured checkpoint root"):
         store.prepare(tmp_path / "elsewhere", force=False)
     store.prepare(tmp_path / "root" / "ok", force=False)
-
-
-def test_gpu_map_pairs_cover_every_gpu_and_are_one_to_one(mocker: MockerFixture, procs: list[int],
-                                                          tmp_path: Path) -> None:
-    """Measured on a 2-GPU H200: the driver refuses pairs that leave a visible GPU out (INVALID_VALUE)."""
-    s = Setup(mocker, procs, tmp_path)
-    p = CudaProcess(procs[0], ProcessState.CHECKPOINTED, "python3", {UUID0: GIB})
-    assert s.engine._pairs(p, {}, [UUID0, UUID1]) == []
-    assert s.engine._pairs(p, {UUID0: UUID1, UUID1: UUID0}, [UUID0, UUID1]) == [(UUID0, UUID1), (UUID1, UUID0)]
-    assert s.engine._pairs(p, {UUID0: UUID0}, [UUID0]) == [(UUID0, UUID0)]
-    with pytest.raises(CheckpointError, match=f"{UUID1} would receive two GPUs; map the other one too"):
-        s.engine._pairs(p, {UUID0: UUID1}, [UUID0, UUID1])
 
 
 def test_restore_remaps_gpus(mocker: MockerFixture, procs: list[int], tmp_path: Path) -> None:
