@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import GpucrError
 
-__all__ = ["register"]
+__all__ = ["AmbiguousContainerError", "register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -98,23 +98,28 @@ def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
     return Engine(cuda, Criu(args.criu), store, freezer_at=freezer_at)
 
 
+class AmbiguousContainerError(GpucrError):
+    """A container prefix names more than one container."""
+
+
 def resolve_container(ref: str, address: str) -> tuple[str, int]:
     """(container id, host pid of its init) through CRI; else the first process whose cgroup path names the id
     (:func:`nri_plugin.host.proc.names_container`: a whole component or a systemd scope id, never a substring)."""
+    from ..cri import CriClient, CriError
+
     try:
-        from ..cri import CriClient
         with CriClient(address, timeout_s=10) as c:
             ids = [ct.id for ct in c.list_containers() if ct.id.startswith(ref)]
             if len(ids) > 1:
-                raise GpucrError(f"container prefix {ref!r} is ambiguous: {', '.join(i[:13] for i in ids)}")
+                raise AmbiguousContainerError(f"container prefix {ref!r} is ambiguous: "
+                                              f"{', '.join(i[:13] for i in ids)}; give more of the id")
             if ids:
                 _, info = c.container_status(ids[0], verbose=True)
                 pid = int((info.get("info") or info).get("pid") or 0)
                 if pid > 0:
                     return ids[0], pid
-    except GpucrError as exc:
-        if "ambiguous" in str(exc):
-            raise
+    except CriError:
+        pass  # no CRI there (or it failed): the /proc fallback below
     from ..host.proc import HostError, names_container, parse_proc_cgroup
 
     for name in sorted(os.listdir("/proc"), key=lambda n: int(n) if n.isdigit() else 0):

@@ -184,13 +184,14 @@ class CudaFrontHooks:
             return None
         from pathlib import Path
 
-        from ..policy.records import RecordError, load_record
+        from ..policy.records import RecordError, RecordMissingError, load_record
         try:
             rec = load_record(Path(self.node.state_dir), cid)
+        except RecordMissingError:
+            return None
         except RecordError as exc:
-            if "no gpucr record" not in str(exc):
-                self.log.warning(f"DUMP of pid {pid}: ignoring the state record of container {cid}: {exc}; "
-                                 f"applying the node policy (unmanaged_cuda={self.node.unmanaged_cuda})")
+            self.log.warning(f"DUMP of pid {pid}: ignoring the state record of container {cid}: {exc}; "
+                             f"applying the node policy (unmanaged_cuda={self.node.unmanaged_cuda})")
             return None
         if rec.pid and rec.pid != pid and os.path.exists(f"/proc/{rec.pid}"):
             self.log.warning(f"DUMP of pid {pid}: the state record of container {cid} is stale (it names pid "
@@ -250,7 +251,7 @@ class CudaFrontHooks:
         if t is None or not t.protect:
             return
         from ..ckpt.errors import CheckpointError
-        lock_ms = int((t.record.policy.get("lock_timeout_ms") if t.record else 0) or self.node.lock_timeout_ms)
+        lock_ms = int((t.record.policy.lock_timeout_ms if t.record else 0) or self.node.lock_timeout_ms)
         eng = self.steps()
         try:
             s = eng.suspend(t.pid, use_cgroup=True, lock_timeout_ms=lock_ms, what=t.describe())
@@ -284,7 +285,7 @@ class CudaFrontHooks:
     def _write_marker(self, request: Request, t: Target, s: Suspended) -> None:
         if not request.images_dir:
             raise OSError("the runtime's images dir is unknown")
-        gpu_map = (t.record.policy.get("gpu_map") if t.record else None) or []
+        gpu_map = [list(p) for p in t.record.policy.gpu_map] if t.record else []
         data = {"format": MARKER_FORMAT, "container_id": t.container_id, "managed": t.record is not None,
                 "pid": t.pid, "processes": [p.to_json() for p in s.procs], "gpus": s.inventory.gpus,
                 "driver_version": s.inventory.driver_version, "gpu_map": gpu_map}
@@ -379,7 +380,7 @@ class CudaFrontHooks:
             from ..policy.records import RecordError, load_record
             try:
                 rec = load_record(Path(self.node.state_dir), cid)
-                pairs = rec.policy.get("gpu_map") or []
+                pairs = rec.policy.gpu_map
                 if pairs:
                     return {str(a): str(b) for a, b in pairs}, f"record of container {cid}"
             except RecordError:

@@ -27,7 +27,7 @@ import pytest
 
 from nri_plugin.ckpt.cuda import CudaTimeoutError, Driver
 from nri_plugin.handlers.front_cuda import MARKER
-from nri_plugin.policy.records import ContainerRecord, remove_record, write_record
+from nri_plugin.policy.records import ContainerRecord, RecordedPolicy, remove_record, write_record
 from tests.fakes.cuda import FakeCuda, build
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _bundle, _n, _runc_pid, _subreaper
@@ -420,7 +420,7 @@ def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[st
                 pairs = [[GPU0, GPU1], [GPU1, GPU0]] if kind == "managed-gpu-map" else [[GPU0, GPU1]]
                 write_record(node["state"], ContainerRecord(
                     name, "runc-test", "pod", "pod", "default", True, "test record",
-                    policy={"gpu_map": pairs, "lock_timeout_ms": 2000}))
+                    policy=RecordedPolicy(2000, tuple((a, b) for a, b in pairs))))
             mark = gpu_front.log_mark()
             lo = _n(data)
             run("checkpoint", "--image-path", str(images), "--work-path", str(work), name)

@@ -18,7 +18,7 @@ from nri_plugin.front.errors import HookError
 from nri_plugin.front.messages import DUMP, RESTORE, Request
 from nri_plugin.handlers.front_cuda import MARKER, CudaFrontHooks, make
 from nri_plugin.policy.config import ConfigError, NodeConfig
-from nri_plugin.policy.records import ContainerRecord, write_record
+from nri_plugin.policy.records import ContainerRecord, RecordedPolicy, write_record
 from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib  # noqa: F401 (fixtures)
 
 FREEZER = Path("/sys/fs/cgroup/freezer")
@@ -114,7 +114,7 @@ def test_managed_record_is_wanted_without_touching_the_driver(tmp_path: Path, cg
     cid, d = cgroup.cid, cgroup.dir
     pid = cgroup.sleeper()
     write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
-                                                     pid=pid, policy={"lock_timeout_ms": 1234}))
+                                                     pid=pid, policy=RecordedPolicy(1234)))
     # the driver library does not even exist: wants() must not load it
     h = hooks(tmp_path, None)
     h.libcuda = str(tmp_path / "no-such-libcuda.so")
@@ -141,7 +141,7 @@ def test_managed_record_found_under_every_cgroup_driver(tmp_path: Path, layout: 
     p = sleeper(leaf)
     try:
         write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
-                                                         pid=p.pid, policy={"lock_timeout_ms": 1234}))
+                                                         pid=p.pid, policy=RecordedPolicy(1234)))
         h = hooks(tmp_path, None)
         h.libcuda = str(tmp_path / "no-such-libcuda.so")  # a managed record decides without the driver
         assert h.wants(dump(p.pid)) is True
