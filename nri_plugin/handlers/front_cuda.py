@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 
+from ..ckpt.marker import MARKER
 from ..front._log import FrontLog
 from ..front.errors import HookError
 from ..front.messages import DUMP, RESTORE
@@ -37,18 +38,14 @@ from ..front.messages import DUMP, RESTORE
 # imported up front (typing, json, dataclasses and the CUDA steps cost tens of ms of start-up each, see front/_wire)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from ..ckpt.cuda_steps import CudaSteps, Suspended
+    from ..ckpt.marker import CudaMarker
     from ..front.messages import Request
     from ..policy.config import NodeConfig
     from ..policy.records import ContainerRecord
 
 __all__ = ["MARKER", "CudaFrontHooks", "NodeView", "Target", "make", "node_view"]
 
-#: gpucr's marker in CRIU's images dir: the CUDA processes and GPUs of the dump, for the restore
-MARKER = "gpucr-cuda.json"
-MARKER_FORMAT = 1
 DEFAULT_LIBCUDA = "libcuda.so.1"
 
 #: what to do about a failed step, for the error the runtime shows
@@ -285,15 +282,11 @@ class CudaFrontHooks:
     def _write_marker(self, request: Request, t: Target, s: Suspended) -> None:
         if not request.images_dir:
             raise OSError("the runtime's images dir is unknown")
+        from ..ckpt import marker
         gpu_map = [list(p) for p in t.record.policy.gpu_map] if t.record else []
-        data = {"format": MARKER_FORMAT, "container_id": t.container_id, "managed": t.record is not None,
-                "pid": t.pid, "processes": [p.to_json() for p in s.procs], "gpus": s.inventory.gpus,
-                "driver_version": s.inventory.driver_version, "gpu_map": gpu_map}
-        import json
-        path = os.path.join(request.images_dir, MARKER)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+        marker.write(request.images_dir, marker.CudaMarker(
+            t.container_id, t.record is not None, t.pid, [p.to_json() for p in s.procs], s.inventory.gpus,
+            s.inventory.driver_version, gpu_map))
 
     def after_response(self, request: Request, success: bool) -> None:
         s, t = self.suspended, self.target
@@ -335,44 +328,38 @@ class CudaFrontHooks:
             return
         root = self._restored_pid
         marker = self._read_marker(request)
-        procs = marker.get("processes") or []
+        procs = marker.processes
         if not root:
             raise HookError(f"RESTORE from {request.images_dir}: CRIU named no restored pid; the CUDA state of "
-                            f"container {marker.get('container_id')} cannot be restored")
+                            f"container {marker.container_id} cannot be restored")
         from ..host.proc import cgroup_path, container_id, kill_tree
         cid = container_id(cgroup_path(root))
         gpu_map, source = self._gpu_map(cid, marker)
         from ..ckpt.errors import CheckpointError
         try:
-            done = self.steps().restore_after_criu(root, procs, gpu_map, list(marker.get("gpus") or {}),
+            done = self.steps().restore_after_criu(root, procs, gpu_map, list(marker.gpus),
                                                     may_freeze=False)
         except CheckpointError as exc:
             killed = kill_tree(root)  # left alive it would stay locked forever
-            err = self._error(f"CUDA restore of container {cid or marker.get('container_id')} (pid {root})", exc,
+            err = self._error(f"CUDA restore of container {cid or marker.container_id} (pid {root})", exc,
                               "cuda-restore")
             err = HookError(f"{err}; the restored processes {killed} were killed (their CUDA state is unusable); "
                             "the checkpoint is intact for another restore")
             self.log.error(str(err))
             raise err from exc
-        self.log.info(f"RESTORE of container {cid} (pid {root}, checkpointed as {marker.get('container_id')}): "
+        self.log.info(f"RESTORE of container {cid} (pid {root}, checkpointed as {marker.container_id}): "
                       f"restored and unlocked {len(done)} CUDA process(es) {[p.pid for p in done]}, GPU map "
                       f"{gpu_map or 'identity'} ({source})")
 
-    def _read_marker(self, request: Request) -> dict[str, Any]:
-        import json
-        path = os.path.join(request.images_dir or "", MARKER)
+    def _read_marker(self, request: Request) -> CudaMarker:
+        from ..ckpt import marker
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise HookError(f"RESTORE: gpucr's marker {path} is unreadable ({exc}); the checkpoint's CUDA state "
-                            "cannot be restored: use an intact checkpoint") from exc
-        if not isinstance(data, dict) or data.get("format") != MARKER_FORMAT:
-            raise HookError(f"RESTORE: gpucr's marker {path} has an unknown format; restore it with the gpucr "
-                            "version that made it")
-        return data
+            return marker.read(request.images_dir or "")
+        except marker.MarkerError as exc:
+            raise HookError(f"RESTORE: {exc}; the checkpoint's CUDA state cannot be restored: use an intact "
+                            "checkpoint") from exc
 
-    def _gpu_map(self, cid: str, marker: dict[str, Any]) -> tuple[dict[str, str], str]:
+    def _gpu_map(self, cid: str, marker: CudaMarker) -> tuple[dict[str, str], str]:
         """The restored container's GPU UUID map: its own record's gpu-map, else the one recorded at dump."""
         if cid:
             from pathlib import Path
@@ -385,9 +372,8 @@ class CudaFrontHooks:
                     return {str(a): str(b) for a, b in pairs}, f"record of container {cid}"
             except RecordError:
                 pass
-        pairs = marker.get("gpu_map") or []
-        if pairs:
-            return {str(a): str(b) for a, b in pairs}, "recorded at checkpoint"
+        if marker.gpu_map:
+            return {str(a): str(b) for a, b in marker.gpu_map}, "recorded at checkpoint"
         return {}, "default"
 
 
