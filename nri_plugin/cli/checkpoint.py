@@ -90,7 +90,7 @@ def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
     from ..ckpt.cuda import Driver, Nvml
     from ..ckpt.cuda_steps import CudaSteps
     from ..ckpt.engine import Engine
-    from ..ckpt.store import CheckpointStore
+    from ..ckpt.layout import CheckpointStore
     from ..host.cgroup import freezer_at, freezer_of
 
     store = CheckpointStore(args.root, verify_sha256=not getattr(args, "quick_verify", False))

@@ -20,7 +20,7 @@ from nri_plugin.ckpt.criu import CriuError
 from nri_plugin.ckpt.discovery import CudaProcess, GpuInventory
 from nri_plugin.ckpt.cuda_steps import CudaSteps
 from nri_plugin.ckpt.engine import CheckpointError, CheckpointRequest, Engine, RestoreRequest
-from nri_plugin.ckpt.store import CheckpointStore
+from nri_plugin.ckpt.layout import CheckpointStore
 
 GIB = 1 << 30
 UUID0 = "GPU-00000000-0000-4000-8000-000000000000"
