@@ -32,7 +32,7 @@ def test_write_is_private_and_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize("gpus, policy", [
     (RecordedGpus(), RecordedPolicy()),
     (RecordedGpus("0,1", ("/dev/nvidia0",), ("nvidia.com/gpu=0",), ("env NVIDIA_VISIBLE_DEVICES",)),
-     RecordedPolicy(1234, (("GPU-a", "GPU-b"), ("GPU-b", "GPU-a")), {"lock_timeout_ms": "gpucr.io/lock-timeout"})),
+     RecordedPolicy(1234, (("GPU-a", "GPU-b"), ("GPU-b", "GPU-a")), {"gpucr.io/lock-timeout": "1234"})),
     (RecordedGpus("all"), RecordedPolicy(None, (("GPU-a", "GPU-a"),), {})),
 ])
 def test_typed_fields_round_trip(tmp_path: Path, gpus: RecordedGpus, policy: RecordedPolicy) -> None:
