@@ -3,7 +3,6 @@ container id each names; then the small /proc facts against real processes."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
