@@ -31,7 +31,7 @@ say() { printf 'gpucr front: %s\n' "$*" >&2; }
 DIR=/usr/local/lib/gpucr/front
 REAL_CRIU=/usr/sbin/criu
 LOG_DIR=/var/log/gpucr
-HOOKS=nri_plugin.gpufront:make
+HOOKS=nri_plugin.handlers.front_cuda:make
 NODE_CONFIG=
 RUNC=
 CONFIG=

@@ -1,5 +1,5 @@
-"""GPU-safe standard checkpoints: the CRIU front with gpucr's CUDA hooks (``nri_plugin.gpufront``), the policy plugin
-(``gpucr plugin``) and the fake CUDA driver, under real containerd 1.7.24 and 2.1.9, runc 1.1.5 and CRIU 4.2.x.
+"""GPU-safe standard checkpoints: the CRIU front with gpucr's CUDA hooks (``nri_plugin.handlers.front_cuda``), the
+policy plugin (``gpucr plugin``) and the fake CUDA driver, under real containerd 1.7.24 and 2.1.9, runc 1.1.5 and CRIU 4.2.x.
 
 The workload is a busybox shell that holds an fd on ``/dev/nvidia0`` (a host file bound there: discovery sees it as
 it sees a real CUDA process) and is registered with the fake driver by host pid, so every fake driver call on it
@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from nri_plugin.ckpt.cuda import CudaTimeoutError, Driver
-from nri_plugin.gpufront import MARKER
-from nri_plugin.policy.records import ContainerRecord, remove_record, write_record
+from nri_plugin.handlers.front_cuda import MARKER
+from nri_plugin.policy.records import ContainerRecord, RecordedPolicy, remove_record, write_record
 from tests.fakes.cuda import FakeCuda, build
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _bundle, _n, _runc_pid, _subreaper
@@ -92,7 +92,7 @@ def plugin(front_containerd: Containerd, node: dict[str, Path]) -> Iterator[subp
 @pytest.fixture
 def gpu_front(front_route: FrontRoute, node: dict[str, Path], fake: FakeCuda) -> Iterator[FrontRoute]:
     """The front with gpucr's CUDA hooks, reading this test's node config, NVML from the fake."""
-    with front_route.configured(hooks="nri_plugin.gpufront:make", node_config=str(node["config"]),
+    with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
                                 libnvml=str(fake.lib)):
         yield front_route
     fake.clear_failures()
@@ -420,7 +420,7 @@ def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[st
                 pairs = [[GPU0, GPU1], [GPU1, GPU0]] if kind == "managed-gpu-map" else [[GPU0, GPU1]]
                 write_record(node["state"], ContainerRecord(
                     name, "runc-test", "pod", "pod", "default", True, "test record",
-                    policy={"gpu_map": pairs, "lock_timeout_ms": 2000}))
+                    policy=RecordedPolicy(2000, tuple((a, b) for a, b in pairs))))
             mark = gpu_front.log_mark()
             lo = _n(data)
             run("checkpoint", "--image-path", str(images), "--work-path", str(work), name)

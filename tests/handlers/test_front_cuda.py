@@ -1,4 +1,4 @@
-"""gpucr's CRIU-front hooks (``nri_plugin.gpufront``) on real processes, cgroups and the fake CUDA driver, without a
+"""gpucr's CRIU-front hooks (``nri_plugin.handlers.front_cuda``) on real processes, cgroups and the fake CUDA driver, without a
 runtime: what ``wants`` decides for each kind of dump (managed, unmanaged with or without CUDA state, stale or
 corrupt records, node policy), and the clear errors of bad input. The runtime paths are in
 tests/front/test_gpufront.py."""
@@ -16,17 +16,17 @@ import pytest
 
 from nri_plugin.front.errors import HookError
 from nri_plugin.front.messages import DUMP, RESTORE, Request
-from nri_plugin.gpufront import MARKER, GpuFrontHooks, make
+from nri_plugin.handlers.front_cuda import MARKER, CudaFrontHooks, make
 from nri_plugin.policy.config import ConfigError, NodeConfig
-from nri_plugin.policy.records import ContainerRecord, write_record
+from nri_plugin.policy.records import ContainerRecord, RecordedPolicy, write_record
 from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib  # noqa: F401 (fixtures)
 
 FREEZER = Path("/sys/fs/cgroup/freezer")
 
 
-def hooks(tmp_path: Path, fc: FakeCuda | None = None, **node: object) -> GpuFrontHooks:
+def hooks(tmp_path: Path, fc: FakeCuda | None = None, **node: object) -> CudaFrontHooks:
     cfg = NodeConfig(state_dir=tmp_path / "state", libcuda=str(fc.lib) if fc else "", **node)  # type: ignore[arg-type]
-    return GpuFrontHooks({"log_dir": str(tmp_path / "log"), **({"libnvml": str(fc.lib)} if fc else {})}, node=cfg)
+    return CudaFrontHooks({"log_dir": str(tmp_path / "log"), **({"libnvml": str(fc.lib)} if fc else {})}, node=cfg)
 
 
 def log_text(tmp_path: Path) -> str:
@@ -114,7 +114,7 @@ def test_managed_record_is_wanted_without_touching_the_driver(tmp_path: Path, cg
     cid, d = cgroup.cid, cgroup.dir
     pid = cgroup.sleeper()
     write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
-                                                     pid=pid, policy={"lock_timeout_ms": 1234}))
+                                                     pid=pid, policy=RecordedPolicy(1234)))
     # the driver library does not even exist: wants() must not load it
     h = hooks(tmp_path, None)
     h.libcuda = str(tmp_path / "no-such-libcuda.so")
@@ -124,6 +124,41 @@ def test_managed_record_is_wanted_without_touching_the_driver(tmp_path: Path, cg
         assert h.target is not None and h.target.record is not None and h.target.why.startswith("managed")
     finally:
         (d / "freezer.state").write_text("THAWED")
+
+
+@pytest.mark.parametrize("layout", ["cgroupfs", "systemd"])
+def test_managed_record_found_under_every_cgroup_driver(tmp_path: Path, layout: str) -> None:
+    """The systemd driver (kubeadm's default) names the container's cgroup ``cri-containerd-<id>.scope`` inside its
+    pod's slice: the front must take the id from inside the scope name, or it never finds the plugin's record."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (cgroups)", pytrace=False)
+    cid = uuid.uuid4().hex + uuid.uuid4().hex  # 64 hex characters, as kubelet's container ids
+    pod = f"gpucr-gf-{cid[:8]}"
+    top = FREEZER / (f"{pod}.slice" if layout == "systemd" else pod)
+    leaf = (top / f"{pod}-besteffort-pod{cid[:8]}_1_2.slice" / f"cri-containerd-{cid}.scope" if layout == "systemd"
+            else top / f"pod{cid[:8]}" / cid)
+    leaf.mkdir(parents=True)
+    p = sleeper(leaf)
+    try:
+        write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
+                                                         pid=p.pid, policy=RecordedPolicy(1234)))
+        h = hooks(tmp_path, None)
+        h.libcuda = str(tmp_path / "no-such-libcuda.so")  # a managed record decides without the driver
+        assert h.wants(dump(p.pid)) is True
+        t = h.target
+        assert t is not None and t.container_id == cid and t.cgroup == "/" + str(leaf.relative_to(FREEZER))
+        assert t.record is not None and t.record.container_id == cid and t.why.startswith("managed")
+    finally:
+        p.kill()
+        p.wait()
+        for d in (leaf, leaf.parent, top):
+            for _ in range(200):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    import time
+                    time.sleep(0.02)
 
 
 @pytest.mark.parametrize("bad", ["corrupt", "other-format", "stale"])

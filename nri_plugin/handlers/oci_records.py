@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .records import RecordError, load_record, remove_record, write_record
+from ..host.proc import cgroup_path
+from ..policy.records import RecordError, load_record, remove_record, write_record
 
-__all__ = ["HookState", "cgroup_of", "on_create_runtime", "on_poststop", "parse_state"]
+__all__ = ["HookState", "on_create_runtime", "on_poststop", "parse_state"]
 
 
 @dataclass(frozen=True)
@@ -42,28 +43,14 @@ def parse_state(raw: str | bytes) -> HookState:
                      bundle=str(data.get("bundle", "")), annotations=dict(data.get("annotations") or {}))
 
 
-def cgroup_of(pid: int, proc: Path = Path("/proc")) -> str:
-    """The pid's cgroup path: the v1 freezer entry where there is one (runc freezes with it on hybrid hosts),
-    else the v2 (``0::``) entry."""
-    v2 = freezer = ""
-    for line in (proc / str(pid) / "cgroup").read_text().splitlines():
-        hid, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hid == "0" and controllers == "":
-            v2 = path
-        elif "freezer" in controllers.split(","):
-            freezer = path
-    return freezer or v2
-
-
 def on_create_runtime(state: HookState, state_dir: Path) -> str:
     """Record pid and cgroup of a managed container. Returns a one-line summary for the log."""
     rec = load_record(state_dir, state.id)
     rec.pid = state.pid
-    try:
-        rec.cgroup = cgroup_of(state.pid)
-    except OSError as exc:
-        raise RecordError(f"container {state.id}: cannot read the cgroup of pid {state.pid}: {exc}") from exc
+    rec.cgroup = cgroup_path(state.pid)
+    if not rec.cgroup:
+        raise RecordError(f"container {state.id}: cannot read the cgroup of pid {state.pid} (/proc/{state.pid}/cgroup "
+                          "is gone or malformed)")
     write_record(state_dir, rec)
     return f"{rec.describe()}: pid {rec.pid}, cgroup {rec.cgroup}"
 
