@@ -23,7 +23,8 @@ INSTANCE = f"{os.environ.get('GPUCR_INSTANCE') or 'default'}-fr"
 
 
 class FrontRoute:
-    """install/front.sh's route directory: ``bin/runc`` (wrapper), ``path/criu`` (front), ``path/front.conf``."""
+    """install/front.sh's route directory: ``bin/runc`` (wrapper), ``path/criu`` (front, a link into the code copy
+    ``lib/``), ``path/front.conf``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -61,6 +62,12 @@ def make_route(root: Path) -> FrontRoute:
                         str(REAL_CRIU), "--log-dir", str(root / "log")], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.fail(f"install/front.sh route failed:\n{r.stderr}", pytrace=False)
+    # the front imports only from its root-owned code copy (ROUTE/lib): the tests' recording hooks go there too
+    for rel in ("tests/__init__.py", "tests/front/__init__.py", "tests/front/recording_hooks.py"):
+        dst = root / "lib" / rel
+        dst.parent.mkdir(mode=0o755, exist_ok=True)
+        shutil.copyfile(testenv.REPO / rel, dst)
+        dst.chmod(0o644)
     return FrontRoute(root)
 
 
