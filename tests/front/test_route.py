@@ -299,12 +299,12 @@ def test_runtime_chain_on_live_containerd(version: str, tmp_path: Path) -> None:
         config.write_text(re.sub(r'BinaryName = "[^"]*"', f'BinaryName = "{rec}"', config.read_text(), count=1))
         before = config.read_bytes()
         r = front_sh("install", "--config", str(config), "--dir", str(route), "--prefix", str(prefix),
-                     "--real-criu", str(REAL_CRIU), "--log-dir", str(route / "log"), "--hooks", front_cuda_hooks())
+                     "--real-criu", str(REAL_CRIU), "--log-dir", str(tmp_path / "log"), "--hooks", front_cuda_hooks())
         assert r.returncode == 0, r.stderr
         assert f"-> {route}/bin/runc (gpucr runc wrapper) -> {rec}" in front_sh("status", "--config",
                                                                                  str(config)).stdout
         ctrd = restart()
-        log = route / "log/criu-front.log"
+        log = tmp_path / "log/criu-front.log"
         with ctrd.pod() as (c, pod_id, cfg):
             cid = ctrd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", "while :; do sleep 0.2; done"])
             calls = rec_log.read_text().splitlines()
