@@ -24,7 +24,7 @@ import pytest
 
 from tests import testenv
 from tests.conftest import VERSIONS
-from tests.front.conftest import INSTANCE, REAL_CRIU
+from tests.front.conftest import INSTANCE, REAL_CRIU, front_cuda_hooks
 
 FRONT_SH = testenv.INSTALL / "front.sh"
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
@@ -62,14 +62,6 @@ def recorder(d: Path, target: str = RUNC) -> tuple[Path, Path]:
     script.write_text(f'#!/bin/sh\necho "PATH=$PATH ARGS=$*" >> {log}\nexec {target} "$@"\n')
     script.chmod(0o755)
     return script, log
-
-
-def front_cuda_hooks() -> str:
-    """front.sh's default hooks (gpucr's CUDA steps), or their old module path on a branch where
-    nri_plugin/handlers/ has not landed yet (issue 8 moves gpufront.py there; drop this once it has)."""
-    spec = re.search(r"^HOOKS=(\S+)$", FRONT_SH.read_text(), re.M).group(1)  # type: ignore[union-attr]
-    module = spec.partition(":")[0].replace(".", "/")
-    return spec if (testenv.REPO / f"{module}.py").exists() else "nri_plugin.gpufront:make"
 
 
 V2_NO_BINARYNAME = """version = 2
