@@ -27,6 +27,13 @@ check_root_path() {
     done
 }
 
+# mkdir_root DIR...: create missing directories root:root 0755 (existing ones, checked by check_root_path, are left
+# as they are: `install -d` would chmod them)
+mkdir_root() {
+    local d
+    for d; do [ -d "$d" ] || install -d -m 0755 -o root -g root "$d"; done
+}
+
 # install_code PREFIX USER: (re)install the copy under PREFIX and record USER (an absolute path that runs it).
 install_code() {
     local prefix=$1 user=$2 parent stage f
@@ -39,7 +46,7 @@ install_code() {
         die "$prefix exists and was not made by install/front.sh or install/hook.sh (no $prefix/$CODE_USERS): choose another --prefix"
     fi
     parent=$(dirname -- "$prefix")
-    install -d -m 0755 -o root -g root "$parent"
+    mkdir_root "$parent"
     stage=$(mktemp -d "$parent/.gpucr-code.XXXXXX")
     (cd "$repo" && find nri_plugin hooks -name '*.py' -not -path '*/_pb/*' -not -path '*/__pycache__/*' -print0) |
         while IFS= read -r -d '' f; do

@@ -94,7 +94,7 @@ make_route() {
     case "$DIR/" in "$repo"/*) die "--dir $DIR is inside the checkout $repo: choose a root-owned place" ;; esac
     check_root_path "$DIR" "--dir"
     install_code "$PREFIX" "$DIR/path/criu"
-    install -d -m 0755 -o root -g root "$DIR" "$DIR/bin" "$DIR/path"
+    mkdir_root "$DIR" "$DIR/bin" "$DIR/path"
     # the front runs as DIR/path/criu and reads DIR/path/front.conf beside it. A link to the copy's
     # hooks/criu_front.py (its shebang is /usr/bin/python3 -SE) costs no extra exec; another Python gets a launcher.
     rm -f "$DIR/path/criu"

@@ -53,7 +53,7 @@ install_hook() {
     check_root_path "$HOOK" "--path"
     local old=; ours && old=$(hook_prefix)
     install_code "$PREFIX" "$HOOK"
-    install -d -m 0755 -o root -g root "$(dirname -- "$HOOK")"
+    mkdir_root "$(dirname -- "$HOOK")"
     cat > "$HOOK.tmp" <<PY
 #!$PYTHON -SE
 $MARK: runs $PREFIX/hooks/oci_hook.py, a root-owned copy of gpucr's code

@@ -310,6 +310,9 @@ def uninstall(config: Path, runtime: str, wrapper: str, state: Path) -> str:
     """Restore CONFIG byte for byte from install's copy, only while it is still exactly what install wrote."""
     st = _load_state(state)
     if st is None:
+        if find_handler(_read(config), str(config), runtime).previous == wrapper:
+            raise InstallError(f"{config}: runtime '{runtime}' runs {wrapper} but the install record {state} is missing "
+                               "(was the route directory removed?): set its BinaryName back by hand")
         raise InstallError(f"{state} is missing: the route was not installed by install/front.sh (nothing to undo)")
     _same_install(st, str(config), runtime, state)
     now = _read_bytes(config)
@@ -413,7 +416,8 @@ def _read(path: Path) -> str:
 
 
 def _abs(p: str) -> Path:
-    return Path(os.path.abspath(p))
+    """The config's real path: a symlinked config is edited (and restored) where it lives, the link stays."""
+    return Path(os.path.realpath(p))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ ctr checkpoints go through the front while the daemon's own PATH keeps the real 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tomllib
 import uuid
 from collections.abc import Callable, Iterator
@@ -91,6 +93,36 @@ V3_NO_OPTIONS = """version = 3
 [plugins."io.containerd.cri.v1.runtime".containerd]
   default_runtime_name = "runc"
 """
+
+
+def _runtime_config() -> Any:
+    """install/runtime_config.py (a script, not a package module) for its pure edit."""
+    name = "gpucr_install_runtime_config"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, testenv.INSTALL / "runtime_config.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(sys.modules[name])  # type: ignore[union-attr]
+    return sys.modules[name]
+
+
+H3 = "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]"
+
+
+@pytest.mark.parametrize("text, expected", [
+    # a header with spaces and a comment; the commented-out BinaryName stays a comment
+    (f"version = 3\n[ plugins . 'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options ]  # gpu\n"
+     "    # BinaryName = '/old'\n    SystemdCgroup = true\n",
+     "version = 3\n[ plugins . 'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options ]  # gpu\n"
+     '    BinaryName = "/w/bin/runc"\n    # BinaryName = \'/old\'\n    SystemdCgroup = true\n'),
+    # a quoted key is replaced in place, the next table is untouched
+    (f"version = 3\n{H3}\n  \"BinaryName\" = \"/usr/bin/nvidia-container-runtime\"\n[x]\n  BinaryName = 1\n",
+     f'version = 3\n{H3}\n  BinaryName = "/w/bin/runc"\n[x]\n  BinaryName = 1\n'),
+    # an empty options table gets the line indented under its header
+    (f"version = 3\n  {H3}\n", f'version = 3\n  {H3}\n    BinaryName = "/w/bin/runc"\n'),
+], ids=["spaced-header-commented-line", "quoted-key", "empty-table"])
+def test_edit_changes_only_binaryname(text: str, expected: str) -> None:
+    out, _ = _runtime_config().edit(text, "config.toml", "runc", "/w/bin/runc")
+    assert out == expected
 
 
 @pytest.mark.parametrize("original, expect_target", [
@@ -224,6 +256,26 @@ def test_uninstall_refuses_to_clobber_later_edits(tmp_path: Path) -> None:
     r = front_sh("uninstall", "--config", str(config), "--dir", str(route))
     assert r.returncode == 0 and "no longer runs" in r.stderr, r.stderr
     assert config.read_text() == by_hand and not route.exists() and not prefix.exists()
+
+
+def test_symlinked_config_is_edited_in_place_and_a_lost_record_is_named(tmp_path: Path) -> None:
+    real = tmp_path / "etc-real/config.toml"
+    real.parent.mkdir()
+    real.write_text(V2_NO_BINARYNAME)
+    link = tmp_path / "config.toml"
+    link.symlink_to(real)
+    route = tmp_path / "route"
+    args = ["--config", str(link), "--dir", str(route), "--prefix", str(tmp_path / "lib"), "--real-criu",
+            str(REAL_CRIU)]
+    assert front_sh("install", *args).returncode == 0
+    assert link.is_symlink() and binary_names(real) == [str(route / "bin/runc")]
+    assert front_sh("uninstall", "--config", str(link), "--dir", str(route)).returncode == 0
+    assert link.is_symlink() and real.read_text() == V2_NO_BINARYNAME
+    # the route directory removed by hand while the config still runs its wrapper: uninstall says so
+    assert front_sh("install", *args).returncode == 0
+    shutil.rmtree(route)
+    line = one_error(front_sh("uninstall", "--config", str(link), "--dir", str(route)))
+    assert "install record" in line and "is missing" in line and "set its BinaryName back by hand" in line
 
 
 def test_routes_share_the_code_prefix(tmp_path: Path) -> None:
