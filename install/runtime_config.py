@@ -227,7 +227,8 @@ def _load_state(state: Path) -> dict[str, Any] | None:
         raise InstallError(f"{state} is unreadable ({exc}); restore the config from {state.parent}/config.before-gpucr"
                            " by hand if it is there") from exc
     if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
-        raise InstallError(f"{state} is not an install record of this install/front.sh (format {st.get('format')!r})")
+        raise InstallError(f"{state} is not an install record of this install/front.sh; restore the config from "
+                           f"{state.parent}/config.before-gpucr by hand if it is there")
     return st
 
 
