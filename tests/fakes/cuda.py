@@ -87,6 +87,15 @@ class FakeCuda:
         return app_of(self.lib)
 
     @property
+    def host_node(self) -> Path:
+        """The host's own node of the device (under /dev) that :attr:`device` names."""
+        rdev = os.stat(self.device).st_rdev
+        for p in Path("/dev").glob("loop*"):
+            if p.is_block_device() and p.stat().st_rdev == rdev:
+                return p
+        raise RuntimeError(f"no /dev node for the fake GPU device {self.device}")
+
+    @property
     def env(self) -> dict[str, str]:
         return {"GPUCR_LIBCUDA": str(self.lib), "GPUCR_LIBNVML": str(self.lib), "FAKE_CUDA_DIR": str(self.state_dir),
                 "FAKE_CUDA_DEVICE": str(self.device)}
