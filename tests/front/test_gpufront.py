@@ -277,8 +277,12 @@ def test_fake_lock_blocks_on_a_paused_container(front_containerd: Containerd, pl
             ctrd.ctr("t", "resume", w.cid, namespace="k8s.io")
         assert drv.wait_pending(w.pid, 10)  # the blocked call returns once thawed
         assert fake.state(w.pid) == "LOCKED"
+        n = _n(w.data)
+        time.sleep(0.6)  # three ticks' worth: a locked app makes no progress
+        assert _n(w.data) == n
         drv.unlock(w.pid)
         assert fake.state(w.pid) == "RUNNING"
+        advancing(w.data)
 
 
 def test_lock_failure_leaves_container_running_with_clear_error(
