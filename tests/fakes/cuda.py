@@ -54,6 +54,9 @@ def make_device(path: Path) -> Path:
     CRIU ("Can't handle non-regular mapping") like /dev/nvidia*. /dev/zero would not do: CRIU dumps its mappings.
     Nothing reads or writes the device; raise when there is no loop device or no right to mknod."""
     devs = sorted(Path("/sys/block").glob("loop*/dev"))
+    if not devs:  # the loop module loads, and makes a free device, on demand
+        subprocess.run(["losetup", "-f"], capture_output=True)
+        devs = sorted(Path("/sys/block").glob("loop*/dev"))
     if not devs:
         raise RuntimeError("the fake CUDA driver needs a loop block device (modprobe loop)")
     major, minor = (int(x) for x in devs[0].read_text().split(":"))

@@ -268,7 +268,7 @@ static void *driver_thread(void *unused) {
             pthread_mutex_lock(&g.mu);
             publish();
             pthread_mutex_unlock(&g.mu);
-            nap_ms(2);
+            nap_ms(5);
         }
     }
     return NULL;
