@@ -162,23 +162,40 @@ def test_managed_record_found_under_every_cgroup_driver(tmp_path: Path, layout: 
 
 
 @pytest.mark.parametrize("bad", ["corrupt", "other-format", "stale"])
-def test_bad_record_falls_back_to_node_policy(tmp_path: Path, cgroup: Cgroup, bad: str) -> None:
+def test_bad_record_falls_back_to_node_policy(fake_cuda: FakeCuda, tmp_path: Path, cgroup: Cgroup, bad: str) -> None:
+    """A record gpucr cannot trust is ignored: the dump falls to the node policy, which protects a CUDA process
+    (unmanaged_cuda=protect): gpucr checkpoints it before CRIU would dump it, and rolls back after a failed dump."""
     cid = cgroup.cid
-    pid = cgroup.sleeper()
-    path = tmp_path / "state" / "containers" / f"{cid}.json"
-    write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
-                                                     pid=os.getpid() if bad == "stale" else pid))
-    if bad == "corrupt":
-        path.write_text("{not json")
-    elif bad == "other-format":
-        path.write_text(json.dumps({"format": 99}))
-    h = hooks(tmp_path)
-    assert h.wants(dump(pid)) is False  # no CUDA state: as without gpucr
-    text = log_text(tmp_path)
-    assert f"DUMP of pid {pid}: " in text and cid in text, text
-    assert {"corrupt": "unreadable or corrupt", "other-format": "has format 99",
-            "stale": "is stale"}[bad] in text, text
-    assert "applying the node policy (unmanaged_cuda=protect)" in text
+    w = FakeWorkload(fake_cuda, tmp_path)
+    try:
+        pid = w.root
+        (cgroup.dir / "cgroup.procs").write_text(str(pid))
+        path = tmp_path / "state" / "containers" / f"{cid}.json"
+        write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
+                                                         pid=os.getpid() if bad == "stale" else pid))
+        if bad == "corrupt":
+            path.write_text("{not json")
+        elif bad == "other-format":
+            path.write_text(json.dumps({"format": 99}))
+        images = tmp_path / "images"
+        images.mkdir()
+        h = hooks(tmp_path, fake_cuda)
+        req = dump(pid, images)
+        assert h.wants(req) is True  # protected, not handed over
+        assert h.target is not None and h.target.record is None and h.target.cuda_pids == [pid]
+        text = log_text(tmp_path)
+        assert f"DUMP of pid {pid}: " in text and cid in text, text
+        assert {"corrupt": "unreadable or corrupt", "other-format": "has format 99",
+                "stale": "is stale"}[bad] in text, text
+        assert "applying the node policy (unmanaged_cuda=protect)" in text
+        h.before_dump(req)
+        assert fake_cuda.state(pid) == "CHECKPOINTED" and not fake_cuda.maps_device(pid)
+        assert json.loads((images / MARKER).read_text())["managed"] is False
+        h.after_response(req, False)
+        assert fake_cuda.state(pid) == "RUNNING"
+        w.advancing()
+    finally:
+        w.kill()
 
 
 def test_lock_failure_is_rolled_back_with_a_clear_error(fake_cuda: FakeCuda, tmp_path: Path) -> None:
