@@ -3,7 +3,7 @@
     python3 bench/gpu_front.py OUT_DIR --stage STAGE [--gib 1] [--timeout 180] [--hooks MODULE:CALLABLE] [--skip-plain]
 
 STAGE holds what a machine without network needs: ``debs/`` (criu + libraries, as bench/gpu_cr.py), ``debs-ctrd/``
-(containerd 2.1.9 and runc .debs from Debian), ``whl/`` (grpcio, protobuf, pyroute2 for this Python) and ``images/``
+(containerd 2.1.9 and runc .debs from Debian), ``whl/`` (grpcio, protobuf for this Python) and ``images/``
 (install/images.sh's busybox.tar and pause.tar). The generated ``_pb`` modules must be in the tree (tools/genproto.py).
 
 1. A private containerd 2.1.9 (install/containerd.sh) runs a CRI pod whose container trains a model on the GPU while

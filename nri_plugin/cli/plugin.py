@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--logger", action="store_true", help="run the lifecycle logger plugin instead of gpucr's policy")
     p.add_argument("--log-file", type=Path, help="also log here (pre-registered plugins have no stderr)")
     p.add_argument("--events", action="store_true", help="list the events the plugin subscribes to, and exit")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, log_level=logging.INFO)  # a daemon: its lifecycle lines are wanted by default
 
 
 def _identity(args: argparse.Namespace) -> tuple[str, str]:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HostError", "cgroup_path", "cgroup_procs", "comm", "container_id", "cuda_candidates", "external_pid_ns",
-    "kill_tree", "mem_available", "names_container", "nvidia_minors", "parse_meminfo", "parse_proc_cgroup",
+    "kill_tree", "mem_available", "nvidia_minors", "parse_meminfo", "parse_proc_cgroup",
     "pid_ns_init", "rss_bytes", "runc_cgroup", "tree_pids",
 ]
 
@@ -97,14 +97,6 @@ def container_id(path: str) -> str:
     if base.endswith(".slice"):
         return ""
     return base
-
-
-def names_container(path: str, cid: str) -> bool:
-    """True when the cgroup ``path`` is container ``cid``'s: a whole path component equals ``cid``, or the
-    systemd scope's id does. Never a substring match; an empty id names nothing."""
-    if not cid or "/" in cid:
-        return False
-    return cid in path.split("/") or container_id(path) == cid
 
 
 def _ppid_map() -> dict[int, int]:
