@@ -23,7 +23,9 @@ import grpc
 
 from ..errors import GpucrError
 
-__all__ = ["MIN_PREFIX", "AmbiguousContainerError", "ContainerRefError", "Resolved", "resolve_container"]
+__all__ = [
+    "MIN_PREFIX", "AmbiguousContainerError", "ContainerRefError", "Resolved", "RuntimeQueryError", "resolve_container",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,10 @@ DEFAULT_TASK_NAMESPACE = "default"
 
 class ContainerRefError(GpucrError):
     """A container reference is malformed, matches nothing, or names a container that does not run."""
+
+
+class RuntimeQueryError(ContainerRefError):
+    """containerd could not be asked (unreachable socket, permission, timeout): never taken for "not found"."""
 
 
 class AmbiguousContainerError(ContainerRefError):
@@ -122,20 +128,27 @@ def resolve_container(ref: str, address: str, namespace: str | None = None, *, t
 
     Raises:
         ContainerRefError: malformed, unknown, ambiguous (:class:`AmbiguousContainerError`) or not running.
-        CriError, TaskError: containerd could not be asked (the message names the socket and the gRPC status).
+        RuntimeQueryError: containerd could not be asked (the message names the socket and the gRPC status).
     """
     if not _REF.match(ref):
         raise ContainerRefError(f"{ref!r} is not a container id, id prefix or name (letters, digits, '.', '_', "
                                 f"'-'); list them with `gpucr cri ps --address {address}`")
+    from ..containerd import TaskError
+    from ..cri import CriError
+
     cands: list[_Candidate] = []
     asked = []
-    if namespace is None:
-        cri = _cri_candidates(address, timeout_s)
-        if cri is not None:
-            cands += cri
-            asked.append(f"CRI at {address}")
-        namespace = DEFAULT_TASK_NAMESPACE
-    cands += _task_candidates(address, namespace, timeout_s)
+    try:
+        if namespace is None:
+            cri = _cri_candidates(address, timeout_s)
+            if cri is not None:
+                cands += cri
+                asked.append(f"CRI at {address}")
+            namespace = DEFAULT_TASK_NAMESPACE
+        cands += _task_candidates(address, namespace, timeout_s)
+    except (CriError, TaskError) as exc:
+        raise RuntimeQueryError(f"cannot ask containerd which container {ref!r} is: {exc}; check --address "
+                                f"(containerd's socket) and that containerd runs") from exc
     asked.append(f"containerd namespace {namespace!r} at {address}")
     hits = _match(ref, cands)
     if not hits:
