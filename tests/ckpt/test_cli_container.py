@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testenv import Containerd, wait_for
+from tests.testenv import Containerd, node_config, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_checkpoint_container_leave_running(containerd: Containerd, criu_binary:
     data = tmp_path / "data"
     data.mkdir()
     log = data / "counter.log"
-    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1"}
+    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1", **node_config(tmp_path)}
     with containerd.pod() as (c, pod_id, cfg):
         cid = containerd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER],
                                        mounts=[(str(data), "/data", False)])
@@ -76,7 +76,7 @@ def test_checkpoint_and_restore_container_counter_continues(containerd: Containe
     data = tmp_path / "data"
     data.mkdir()
     log = data / "counter.log"
-    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1"}
+    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1", **node_config(tmp_path)}
     with containerd.pod() as (c, pod_id, cfg):
         cid = containerd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER],
                                        mounts=[(str(data), "/data", False)])

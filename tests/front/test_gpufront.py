@@ -32,7 +32,7 @@ from nri_plugin.policy.records import ContainerRecord, RecordedPolicy, remove_re
 from tests.fakes.cuda import FakeCuda, build, make_device
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _bundle, _n, _runc_pid, _subreaper
-from tests.testenv import REPO, TEST_ROOT, Containerd, wait_for
+from tests.testenv import REPO, TEST_ROOT, Containerd, node_config, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -532,7 +532,8 @@ def test_gpucr_checkpoint_via_runtime(front_containerd: Containerd, plugin: subp
         mark = gpu_front.log_mark()
         r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", w.cid[:12], "--via-runtime",
                             "--leave-running", "--to", str(out), "--json", "--address", ctrd.address, "--libcuda",
-                            str(fake.lib)], capture_output=True, text=True, cwd=REPO, timeout=120)
+                            str(fake.lib)], capture_output=True, text=True, cwd=REPO, timeout=120,
+                           env={**os.environ, **node_config(tmp_path)})
         assert r.returncode == 0, r.stderr
         summary = json.loads(r.stdout.strip().splitlines()[-1])
         assert summary["container_id"] == w.cid and [p["pid"] for p in summary["cuda_processes"]] == [w.pid]
