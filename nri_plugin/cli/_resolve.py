@@ -156,7 +156,8 @@ def resolve_container(ref: str, address: str, namespace: str | None = None, *, t
         raise ContainerRefError(f"no container {ref!r} known to {' nor '.join(asked)}{short}: give its id, a unique "
                                 f"id prefix or its name (`gpucr cri ps`, `ctr -n {namespace} t ls`), or --namespace")
     if len(hits) > 1:
-        names = ", ".join(f"{c.id[:13]} ({c.name}, {c.namespace})" for c in sorted(hits, key=lambda c: c.id))
+        names = ", ".join(f"{c.id[:13]} ({c.name}, {c.namespace})" if c.via_cri else f"{c.id} ({c.namespace})"
+                          for c in sorted(hits, key=lambda c: c.id))
         raise AmbiguousContainerError(f"container reference {ref!r} is ambiguous: {names}; give more of the id")
     c = hits[0]
     if c.state not in ("running", "paused", "pausing"):

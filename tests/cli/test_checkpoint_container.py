@@ -74,7 +74,7 @@ def test_resolution(containerd: Containerd, tmp_path: Path) -> None:
         with ctr_run(containerd, f"gpucr-cli-{tag}-a", data) as pa, ctr_run(containerd, f"gpucr-cli-{tag}-b", data):
             r = resolve_container(f"gpucr-cli-{tag}-a", addr)
             assert (r.id, r.pid, r.namespace, r.via_cri) == (f"gpucr-cli-{tag}-a", pa, "default", False)
-            with pytest.raises(AmbiguousContainerError, match=f"gpucr-cli-{tag}-a .*gpucr-cli-{tag}-b"):
+            with pytest.raises(AmbiguousContainerError, match=rf"is ambiguous: gpucr-cli-{tag}-a \(default\), gpucr-cli-{tag}-b \(default\)"):
                 resolve_container(f"gpucr-cli-{tag}", addr)
             with pytest.raises(ContainerRefError, match="no container"):
                 resolve_container(f"gpucr-cli-{tag}-a", addr, "k8s.io")  # not in that namespace
