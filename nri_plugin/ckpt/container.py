@@ -61,9 +61,10 @@ def check_restore(desc: Any) -> None:
     * ``rootfs_overlay``: only the option names overlayfs reports, and every layer path a plain absolute path in a
       containerd overlayfs snapshot (``.../io.containerd.snapshotter.v1.overlayfs/snapshots/N/{fs,work}``) that
       exists; anything else could mount any host dir as the restored root.
-    * ``bind_mounts``: plain absolute targets and sources (no ``..``, no NUL); a source must exist. They are the
-      container's own volumes as recorded at checkpoint, which may be anywhere on the host, so they cannot be held
-      to a known root: this is where the restore trusts the owner of the checkpoint dir (root).
+    * ``bind_mounts``: plain absolute targets and sources (no ``..``, no NUL). They are the container's own volumes
+      and cgroup binds as recorded at checkpoint (a cgroup dir may be gone until CRIU recreates it), which may be
+      anywhere on the host, so they cannot be held to a known root: this is where the restore trusts the owner of
+      the checkpoint dir (root, checked).
     * ``ext_pid_ns``: joined only when its init runs in the cgroup of the pod sandbox recorded at checkpoint
       (``pod_sandbox``, checked in :func:`restore_options`), never the host's or another pod's namespace.
 
@@ -76,10 +77,6 @@ def check_restore(desc: Any) -> None:
     binds = desc.get("bind_mounts")
     if not isinstance(binds, dict) or not all(_plain_abs(t) and _plain_abs(s) for t, s in binds.items()):
         raise ContainerError(f"container {cid}: the recorded bind mounts are not plain absolute paths: refusing them")
-    for target, source in binds.items():
-        if not os.path.lexists(source):
-            raise ContainerError(f"container {cid}: the host path {source} of its mount {target} is gone: restore "
-                                 f"where it exists")
     overlay = desc.get("rootfs_overlay")
     if overlay is not None:
         if not isinstance(overlay, str):
