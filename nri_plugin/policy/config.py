@@ -44,11 +44,11 @@ class NodeConfig:
     criu_config_dir: Path = Path("/run/gpucr/criu")
     #: the CRIU configuration runc reads by default; merged into ours, never overridden
     runc_criu_config: Path = Path("/etc/criu/runc.conf")
-    #: checkpoints written by the daemon must stay under this root
+    #: `gpucr checkpoint --to` and `gpucr restore DIR` must lie under this root (symlinks resolved)
     checkpoint_root: Path = Path("/var/lib/gpucr/checkpoints")
     #: libcuda to use ("" = the system's libcuda.so.1)
     libcuda: str = ""
-    #: CUDA lock timeout passed to the driver
+    #: CUDA lock timeout passed to the driver (the front's and the CLI's default)
     lock_timeout_ms: int = 10_000
     #: gpucr's own watchdog on every driver call into a process
     driver_call_timeout_s: float = 120.0
