@@ -83,7 +83,6 @@ class Metadata:
     container_id: str | None = None
     driver_version: str | None = None
     processes: list[GpuProcess] = field(default_factory=list)
-    criu: dict[str, Any] = field(default_factory=dict)   # options the dump used (for the restore)
     timings: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     manifest: dict[str, FileEntry] = field(default_factory=dict)
@@ -133,7 +132,7 @@ class Metadata:
         return cls(
             format_version=fv, gpucr_version=want("gpucr_version", str), created_at=want("created_at", (int, float)),
             root_pid=want("root_pid", int, True), container_id=want("container_id", str, True),
-            driver_version=want("driver_version", str, True), processes=procs, criu=want("criu", dict),
+            driver_version=want("driver_version", str, True), processes=procs,
             timings=want("timings", dict), sizes=want("sizes", dict), manifest=manifest,
             extra={k: v for k, v in raw.items() if k not in known},
         )

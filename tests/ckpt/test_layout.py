@@ -28,7 +28,7 @@ def _fake_dump(cp: CheckpointDir, size: int = 100_000) -> None:
 def _meta() -> Metadata:
     return Metadata(root_pid=42, container_id="c1", driver_version="580.159.04",
                     processes=[GpuProcess(42, ["GPU-1"], ["NVIDIA H200"], 1 << 30)],
-                    criu={"tcp_established": True}, timings={"dump_s": 1.5},
+                    timings={"dump_s": 1.5},
                     extra={"future_key": {"x": 1}})
 
 
