@@ -1,7 +1,7 @@
 """``gpucr checkpoint``/``restore`` as a user meets them, without containerd: a bad CONTAINER reference or an
 unreachable runtime is one error line and exit status 1, with nothing created and CRIU never run (a recording
 ``criu`` proves it); the node config is obeyed and must be trusted; ``-v``/``-vv`` log; and the pure rules behind
-them (reference matching, the restore's checks of a recorded container and freezer) as tables."""
+them (reference matching) as tables."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from nri_plugin.cli._resolve import MIN_PREFIX, _Candidate, _match
-from nri_plugin.ckpt.container import ContainerError, check_restore
-from nri_plugin.host.cgroup import freezer_at
 from tests.testenv import node_config
 
 GPUCR = str(Path(sys.executable).parent / "gpucr")
@@ -143,41 +141,3 @@ def test_match(ref: str, ids: list[str]) -> None:
 
 def test_match_ambiguous() -> None:
     assert sorted(c.id for c in _match("a1b2", C[:3])) == ["a1b2c3d4e5", "a1b2ffff00"]
-
-
-SNAP = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots"
-
-
-@pytest.mark.parametrize("desc, says", [
-    ({"id": "c", "bind_mounts": {"/data": "/etc/../root"}}, "not plain absolute paths"),
-    ({"id": "c", "bind_mounts": {"data": "/tmp"}}, "not plain absolute paths"),
-    ({"id": "c", "bind_mounts": {}, "rootfs_overlay": "lowerdir=/,upperdir=/tmp,workdir=/tmp"}, "layer '/' is not"),
-    ({"id": "c", "bind_mounts": {}, "rootfs_overlay": f"lowerdir={SNAP}/../../../../etc"}, "is not a containerd"),
-    ({"id": "c", "bind_mounts": {}, "rootfs_overlay": "index=off,suid"}, "option 'suid' is not one overlayfs"),
-    ({"id": "c", "bind_mounts": {}, "ext_pid_ns": 4026531836}, "pod pid namespace is malformed"),
-    ({"id": "c", "bind_mounts": {}, "ext_pid_ns": True, "pod_sandbox": "p"}, "pod pid namespace is malformed"),
-    ({"id": "", "bind_mounts": {}}, "container description is malformed"),
-    ([], "container description is malformed"),
-])
-def test_restore_refuses_what_the_container_did_not_have(desc: object, says: str) -> None:
-    with pytest.raises(ContainerError, match=says.replace("(", r"\(")):
-        check_restore(desc)
-
-
-def test_restore_accepts_the_containers_own() -> None:
-    check_restore({"id": "c", "bind_mounts": {"/data": "/tmp"}, "rootfs_overlay": None, "ext_pid_ns": 5,
-                   "pod_sandbox": "p"})
-
-
-MOUNTINFO = ("30 25 0:26 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer\n"
-             "31 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
-             "32 25 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
-
-
-@pytest.mark.parametrize("path, version", [
-    ("/etc", 1), ("/sys/fs/cgroup/freezer/../../../etc", 1), ("/sys/fs/cgroup/memory/x", 1),
-    ("/sys/fs/cgroup/unified/x", 1), ("/sys/fs/cgroup/freezer/x", 2), ("/sys/fs/cgroup/freezer", 1),
-    ("sys/fs/cgroup/freezer/x", 1), ("/sys/fs/cgroup/freezer/x", 3),
-])
-def test_recorded_freezer_must_be_a_plain_path_in_a_hierarchy(path: str, version: int) -> None:
-    assert freezer_at(path, version, mountinfo=MOUNTINFO) is None

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nri_plugin.host.cgroup import (
-    CgroupError, CgroupMount, Freezer, FreezerState, cgroup_mounts, cgroups_of, resolve,
+    CgroupError, CgroupMount, Freezer, FreezerState, cgroup_mounts, cgroups_of, freezer_at, resolve,
 )
 from tests.ckpt._workload import rmdir_cgroup
 from tests.testenv import wait_for
@@ -179,3 +179,17 @@ def test_missing_pid_and_cgroup() -> None:
         Freezer(Path("/sys/fs/cgroup/gpucr-no-such-cgroup"), 2).pids()
     with pytest.raises(CgroupError, match="does not exist"):
         Freezer(Path("/sys/fs/cgroup/gpucr-no-such-cgroup"), 1).state()
+
+
+FREEZER_MOUNTINFO = ("30 25 0:26 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer\n"
+             "31 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+             "32 25 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
+
+
+@pytest.mark.parametrize("path, version", [
+    ("/etc", 1), ("/sys/fs/cgroup/freezer/../../../etc", 1), ("/sys/fs/cgroup/memory/x", 1),
+    ("/sys/fs/cgroup/unified/x", 1), ("/sys/fs/cgroup/freezer/x", 2), ("/sys/fs/cgroup/freezer", 1),
+    ("sys/fs/cgroup/freezer/x", 1), ("/sys/fs/cgroup/freezer/x", 3),
+])
+def test_recorded_freezer_must_be_a_plain_path_in_a_hierarchy(path: str, version: int) -> None:
+    assert freezer_at(path, version, mountinfo=FREEZER_MOUNTINFO) is None
