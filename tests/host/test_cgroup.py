@@ -193,3 +193,14 @@ FREEZER_MOUNTINFO = ("30 25 0:26 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,
 ])
 def test_recorded_freezer_must_be_a_plain_path_in_a_hierarchy(path: str, version: int) -> None:
     assert freezer_at(path, version, mountinfo=FREEZER_MOUNTINFO) is None
+
+
+def test_recorded_freezer_inside_a_hierarchy_is_taken(tmp_path: Path) -> None:
+    (tmp_path / "pod" / "ctr").mkdir(parents=True)
+    for d in (tmp_path / "pod", tmp_path / "pod" / "ctr"):
+        (d / "freezer.state").write_text("THAWED\n")
+    mountinfo = f"30 25 0:26 / {tmp_path} rw - cgroup cgroup rw,freezer\n"
+    assert freezer_at(tmp_path / "pod" / "ctr", 1, mountinfo=mountinfo) == Freezer(tmp_path / "pod" / "ctr", 1)
+    assert freezer_at(tmp_path, 1, mountinfo=mountinfo) is None  # the hierarchy's root: never the whole host
+    (tmp_path / "pod" / "link").symlink_to(tmp_path / "pod" / "ctr")
+    assert freezer_at(tmp_path / "pod" / "link", 1, mountinfo=mountinfo) is None
