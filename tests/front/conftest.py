@@ -32,6 +32,7 @@ class FrontRoute:
         self.conf = root / "path/front.conf"
         self.log_dir = root / "log"
         self.log = self.log_dir / "criu-front.log"
+        self.cache_dir = root / "cache"
         self.base_conf = self.conf.read_text()
 
     def log_mark(self) -> int:
@@ -61,6 +62,8 @@ def make_route(root: Path) -> FrontRoute:
                         str(REAL_CRIU), "--log-dir", str(root / "log")], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.fail(f"install/front.sh route failed:\n{r.stderr}", pytrace=False)
+    with (root / "path/front.conf").open("a") as f:  # the front's caches: root-only, beside the route, not in /var
+        f.write(f"cache_dir = {root / 'cache'}\n")
     return FrontRoute(root)
 
 

@@ -43,6 +43,14 @@ def _close_sessions() -> Iterator[None]:
         s.proc.wait()
 
 
+def wait_log(route: FrontRoute, mark: int, text: str, timeout: float = 10) -> str:
+    """The log since ``mark`` once it holds ``text``: the relaying helper outlives criu by a moment."""
+    deadline = time.monotonic() + timeout
+    while text not in (log := route.log_since(mark)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return log
+
+
 class Session:
     """A `criu swrk N` run of the front, this process on the other end of the socket (as runc would be)."""
 
@@ -77,11 +85,13 @@ def test_version_through_the_front(front_route: FrontRoute, mode: str) -> None:
     assert resp.type == rpc_pb2.VERSION and resp.success
     assert (resp.version.major_number, resp.version.minor_number) >= (4, 1)
     assert s.finish() == 0
-    log = front_route.log_since(mark)
+    log = wait_log(front_route, mark, f"criu pid {s.proc.pid} exited")
     me = os.getpid()
     if mode == "relay":
-        assert f"request VERSION from runtime pid {me}:" in log and f"swrk {s.proc.args[2]} as pid" in log
-        assert "VERSION success=True version=4.1" in log and "exited with status 0" in log
+        # the real criu runs as the process the caller started (the front's own pid); a helper relays
+        assert f"request VERSION from runtime pid {me}:" in log
+        assert f"criu swrk {s.proc.args[2]} runs as pid {s.proc.pid}" in log
+        assert "VERSION success=True version=4.1" in log and f"criu pid {s.proc.pid} exited" in log
     else:
         # answered with the real criu's own answer, cached per binary (no criu start on runc's VERSION call)
         assert f"VERSION from runtime pid {me}: answered with {REAL_CRIU}'s cached answer" in log
@@ -144,12 +154,12 @@ def test_unknown_request_type_is_relayed_to_criu(front_route: FrontRoute, mode: 
     t0 = time.monotonic()
     rc = s.proc.wait(30)
     assert time.monotonic() - t0 < 30
-    log = front_route.log_since(mark)
+    log = wait_log(front_route, mark, f"criu pid {s.proc.pid} exited" if mode == "relay" else "handing swrk")
     # whatever CRIU answered reached us unchanged, and the front exited with criu's own status
     assert raw, "criu's answer to an unknown request type was not relayed"
     assert rpc_pb2.criu_resp.FromString(raw).success is False
     if mode == "relay":
-        assert "request UNKNOWN(99)" in log and f"exited with status {rc}" in log
+        assert "request UNKNOWN(99)" in log and f"criu pid {s.proc.pid} exited" in log and rc != 0
     else:
         assert "UNKNOWN(99) from runtime pid" in log and "handing swrk" in log
 
@@ -211,7 +221,10 @@ def test_real_criu_too_old(front_route: FrontRoute, tmp_path: Path, mode: str) -
         assert resp.cr_errmsg == (f"gpucr criu front: the real criu ({old}) is version 3.17; gpucr needs CRIU >= 4.1 "
                                   "(install a newer criu and point real_criu in /etc/gpucr/front.conf at it)")
         assert s.proc.wait(10) == 1
-    assert (tmp_path / "log/criu-version.cache").read_text().endswith(f" {OLD_VERSION_ANSWER}\n")
+    # cached in the route's root-only cache dir, not in the log dir
+    assert (front_route.cache_dir / "criu-version.cache").read_text() == (
+        f"{old} {old.stat().st_mtime_ns} {old.stat().st_size} {OLD_VERSION_ANSWER}\n")
+    assert front_route.cache_dir.stat().st_mode & 0o777 == 0o700 and not (tmp_path / "log/criu-version.cache").exists()
 
 
 @pytest.mark.parametrize("relay", ["auto", "always"])
