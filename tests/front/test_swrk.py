@@ -228,7 +228,7 @@ def test_real_criu_too_old(front_route: FrontRoute, tmp_path: Path, mode: str) -
 
 
 @pytest.mark.parametrize("relay", ["auto", "always"])
-def test_startup_imports_stay_small(tmp_path: Path, relay: str) -> None:
+def test_startup_imports_stay_small(front_route: FrontRoute, tmp_path: Path, relay: str) -> None:
     """The front starts twice per runc operation: neither path may pull in protobuf or the heavy stdlib modules
     (criu-front.md Q6: rpc_pb2 alone cost 56 ms; typing, dataclasses, enum, logging and socket add more)."""
     front = Path(__file__).resolve().parent.parent.parent / "hooks/criu_front.py"
@@ -237,7 +237,8 @@ def test_startup_imports_stay_small(tmp_path: Path, relay: str) -> None:
         p = subprocess.Popen(["/usr/bin/python3", "-S", "-E", "-X", "importtime", str(front), "swrk",
                               str(theirs.fileno())], pass_fds=(theirs.fileno(),), stderr=err,
                              env={**os.environ, "GPUCR_REAL_CRIU": str(REAL_CRIU), "GPUCR_FRONT_RELAY": relay,
-                                  "GPUCR_FRONT_LOG_DIR": str(tmp_path / "log")})
+                                  "GPUCR_FRONT_LOG_DIR": str(tmp_path / "log"),
+                                  "GPUCR_FRONT_CACHE_DIR": str(front_route.cache_dir)})
         theirs.close()
         with ours:
             ours.send(rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString())
@@ -247,7 +248,8 @@ def test_startup_imports_stay_small(tmp_path: Path, relay: str) -> None:
     loaded = {ln.rsplit("|", 1)[1].strip() for ln in (tmp_path / "stderr").read_text().splitlines()
               if ln.startswith("import time:") and "|" in ln}
     assert "nri_plugin.front.runtime" in loaded and ("nri_plugin.front.swrk" in loaded) == (relay == "always")
-    heavy = {"google.protobuf", "typing", "dataclasses", "enum", "logging", "socket", "inspect", "re", "json"}
+    heavy = {"google.protobuf", "typing", "dataclasses", "enum", "logging", "socket", "inspect", "re", "json",
+             "ctypes", "importlib.util"}
     assert not heavy & loaded, sorted(heavy & loaded)
 
 
