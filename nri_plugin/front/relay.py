@@ -29,7 +29,7 @@ __all__ = ["ANSWER_VERSION", "HAND_OVER", "MIN_CRIU_VERSION", "REFUSE", "RELAY",
 TO_RUNTIME, TO_CRIU = "runtime", "criu"
 #: the front's first move in a swrk session (:func:`first_move`)
 HAND_OVER, ANSWER_VERSION, REFUSE, RELAY = "hand-over", "answer-version", "refuse", "relay"
-#: CRIU older than this fails on current kernels (vDSO) and lacks RPC action-script support (criu-front.md Q5b)
+#: CRIU older than this fails on current kernels (vDSO) and lacks RPC action-script support
 MIN_CRIU_VERSION = (4, 1)
 _ECANCELED, _EBADMSG, _ENOEXEC = 125, 74, 8
 PREFIX = "gpucr criu front"
@@ -119,7 +119,7 @@ class Relay:
                                          "CRIU RPC on the swrk socket (criu swrk FD)", _EBADMSG)
 
     def forward_request(self, reopened: dict[str, int], pid: int | None = None) -> bytes:
-        """The first request as CRIU must see it: fd numbers replaced by the front's own (pitfall 1), and the pid
+        """The first request as CRIU must see it: fd numbers replaced by the front's own (CRIU resolves them in its peer), and the pid
         of a pid-less DUMP made explicit (CRIU would otherwise dump its peer, which is now the front)."""
         assert self.request is not None
         return m.rewrite_request(self.request.raw, reopened, pid)

@@ -8,19 +8,20 @@ and a detached helper process relays:
 
 1. the front (the process the runtime started, pid F) reopens every fd-number option of the runtime's first request
    from the runtime (``/proc/<runtime>/fd/N`` for the images/work dirs and ``status_fd``, ``pidfd_getfd`` for
-   ``pidfd_store_sk``: CRIU resolves them in its peer, pitfall 1) into inheritable fds of its own;
+   ``pidfd_store_sk``: CRIU resolves them in its peer) into inheritable fds of its own;
 2. it makes a fresh socketpair. SO_PEERCRED of a socketpair names its creator, F, which after the exec *is* criu:
    so CRIU resolves the rewritten numbers in its own fd table, where the reopened fds are;
-3. it forks the helper (twice, so the helper is nobody's child: CRIU treats an unexpected child's exit as a failed
-   restore). The helper takes the runtime's socket and one end of the pair, reads the first request (with its
+3. it forks the helper (twice, so the helper is not criu's child: CRIU treats an unexpected child's exit as a
+   failed restore; the helper is adopted by the nearest subreaper or init, which reap it). The helper takes the runtime's socket and one end of the pair, reads the first request (with its
    SCM_RIGHTS fds), runs the before-dump hook and, if the hook lets the dump happen, queues the rewritten request on
    the pair and tells F to go (one byte on a pipe; any other answer: F exits 1, the helper has answered the runtime);
 4. F puts the other end of the pair at fd N in place of the runtime's socket and execs ``criu swrk N``. criu
-   inherits every other fd as the front had them (inherit_fd, the orphan-pts master, runc's extra files) and sits in
-   the cgroups runc moved F into on RESTORE (pitfall 3). Its exit status is the front's, for free (pitfall 5);
+   inherits every other fd as the front had them (the fds of ``inherit_fd``, runc's extra files) and sits in
+   the cgroups runc moved F into on RESTORE (runc does that after starting it, before the request). Its exit
+   status is the front's, for free (runc fails a non-zero one);
 5. the helper relays both ways with fds (:class:`_Pump`), routing CRIU's messages through :class:`~.relay.Relay`
    (hooks at each notify and the final answer), mirrors half-closes, and ends when criu has exited and its socket
-   is drained. It never waits for any process: the restored tree belongs to the runtime (pitfall 4).
+   is drained. It never waits for any process: the restored tree belongs to the runtime.
 
 Uses ``_socket`` rather than ``socket``: the latter imports enum and costs ~14 ms of start-up per call.
 """
@@ -103,7 +104,7 @@ def _write_work_log(work_fd: int | None, log_file: str | None, text: str) -> Non
 
 
 def _own_cgroup() -> str:
-    """The front's freezer (v1) or unified cgroup: on RESTORE runc has moved it into the container's (pitfall 3)."""
+    """The front's freezer (v1) or unified cgroup: on RESTORE runc has moved it into the container's."""
     try:
         with open("/proc/self/cgroup", encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -160,7 +161,7 @@ def relay_swrk(rt: _socket.socket, swrk_fd: int, real_criu: str, relay: Relay, l
     ctl_r, ctl_w = os.pipe()
     me = os.getpid()
     child = os.fork()
-    if child == 0:  # the intermediate: fork the helper and go, so the helper is nobody's child
+    if child == 0:  # the intermediate: fork the helper and go, so the helper is not criu's child
         code = 0
         try:
             if os.fork() == 0:

@@ -85,7 +85,7 @@ def test_dump_sequence_passes_through_with_hooks_called() -> None:
         assert (route.to, route.data) == (TO_RUNTIME, data)
     data = final()
     route = relay.from_criu(data)
-    assert (route.to, route.data) == (TO_RUNTIME, data)  # untouched: cr_errmsg on success is normal (pitfall 7)
+    assert (route.to, route.data) == (TO_RUNTIME, data)  # untouched: cr_errmsg on success is normal (CRIU's rlimit line)
     assert rec.calls == [("before_dump", 4242, "/sys/fs/cgroup/freezer/p/c1", True),
                          ("notify", "pre-dump", None), ("notify", "network-lock", None),
                          ("notify", "query-ext-files", None), ("notify", "post-dump", None),

@@ -230,7 +230,7 @@ def test_real_criu_too_old(front_route: FrontRoute, tmp_path: Path, mode: str) -
 @pytest.mark.parametrize("relay", ["auto", "always"])
 def test_startup_imports_stay_small(front_route: FrontRoute, tmp_path: Path, relay: str) -> None:
     """The front starts twice per runc operation: neither path may pull in protobuf or the heavy stdlib modules
-    (criu-front.md Q6: rpc_pb2 alone cost 56 ms; typing, dataclasses, enum, logging and socket add more)."""
+    (rpc_pb2 alone cost 56 ms; typing, dataclasses, enum, logging and socket add more)."""
     front = Path(__file__).resolve().parent.parent.parent / "hooks/criu_front.py"
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with (tmp_path / "stderr").open("w") as err:
