@@ -41,22 +41,6 @@ from .runtime import _recv, _send, answer, exec_real
 __all__ = ["relay_swrk", "reopen_fds"]
 
 _GO, _STOP = b"g", b"n"
-_SYS_PIDFD_GETFD = 438  # the same number on every architecture Linux added it for (5.6)
-
-
-def _steal_fd(pid: int, n: int) -> int:
-    """The runtime's fd ``n`` (a socket cannot be reopened through /proc): pidfd_getfd, as CRIU itself does."""
-    import ctypes  # only for pidfd_store_sk, which runc never sets
-    libc = ctypes.CDLL(None, use_errno=True)
-    pidfd = os.pidfd_open(pid)
-    try:
-        fd = libc.syscall(_SYS_PIDFD_GETFD, pidfd, n, 0)
-    finally:
-        os.close(pidfd)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(fd)
 
 
 def reopen_fds(pid: int, fds: dict[str, int]) -> dict[str, int]:
@@ -70,8 +54,9 @@ def reopen_fds(pid: int, fds: dict[str, int]) -> dict[str, int]:
         for name, n in fds.items():
             path = f"/proc/{pid}/fd/{n}"
             try:
-                if name == "pidfd_store_sk":
-                    out[name] = _steal_fd(pid, n)
+                if name == "pidfd_store_sk":  # a socket: /proc cannot reopen it
+                    from ._pidfd import pidfd_getfd
+                    out[name] = pidfd_getfd(pid, n)
                 else:
                     flags = os.O_WRONLY if name == "status_fd" else os.O_RDONLY | os.O_DIRECTORY
                     out[name] = os.open(path, flags | os.O_CLOEXEC)
