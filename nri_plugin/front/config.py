@@ -17,7 +17,8 @@ import os
 
 from .errors import FrontError
 
-__all__ = ["ACTIVE_ENV", "DEFAULT_CACHE_DIR", "DEFAULT_LOG_DIR", "DEFAULT_REAL_CRIU", "SYSTEM_CONF", "FrontConfig", "load", "load_hooks",
+__all__ = ["ACTIVE_ENV", "DEFAULT_CACHE_DIR", "DEFAULT_LOG_DIR", "DEFAULT_REAL_CRIU", "SYSTEM_CONF", "FrontConfig",
+           "load", "load_hooks",
            "parse_conf"]
 
 DEFAULT_REAL_CRIU = "/usr/sbin/criu"

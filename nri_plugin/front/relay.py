@@ -119,8 +119,9 @@ class Relay:
                                          "CRIU RPC on the swrk socket (criu swrk FD)", _EBADMSG)
 
     def forward_request(self, reopened: dict[str, int], pid: int | None = None) -> bytes:
-        """The first request as CRIU must see it: fd numbers replaced by the front's own (CRIU resolves them in its peer), and the pid
-        of a pid-less DUMP made explicit (CRIU would otherwise dump its peer, which is now the front)."""
+        """The first request as CRIU must see it: fd numbers replaced by the front's own (CRIU resolves them in its
+        peer), and the pid of a pid-less DUMP made explicit (CRIU would otherwise dump its peer, which is no longer
+        the runtime)."""
         assert self.request is not None
         return m.rewrite_request(self.request.raw, reopened, pid)
 

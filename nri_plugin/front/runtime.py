@@ -15,7 +15,8 @@ import struct
 
 from .errors import FrontError
 
-__all__ = ["CHILD_DEFAULT_SIGNALS", "MAX_FDS", "MAX_MESSAGE_BYTES", "VERSION_CACHE", "VERSION_REQUEST", "answer", "criu_version_answer",
+__all__ = ["CHILD_DEFAULT_SIGNALS", "MAX_FDS", "MAX_MESSAGE_BYTES", "VERSION_CACHE", "VERSION_REQUEST", "answer",
+           "criu_version_answer",
            "exec_real", "peek_request", "peer_pid", "runtime_paths", "swrk_socket"]
 
 #: larger than any CRIU RPC message runc sends or receives (runc reads answers into 10 * 4096 bytes)

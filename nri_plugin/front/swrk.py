@@ -12,9 +12,10 @@ and a detached helper process relays:
 2. it makes a fresh socketpair. SO_PEERCRED of a socketpair names its creator, F, which after the exec *is* criu:
    so CRIU resolves the rewritten numbers in its own fd table, where the reopened fds are;
 3. it forks the helper (twice, so the helper is not criu's child: CRIU treats an unexpected child's exit as a
-   failed restore; the helper is adopted by the nearest subreaper or init, which reap it). The helper takes the runtime's socket and one end of the pair, reads the first request (with its
-   SCM_RIGHTS fds), runs the before-dump hook and, if the hook lets the dump happen, queues the rewritten request on
-   the pair and tells F to go (one byte on a pipe; any other answer: F exits 1, the helper has answered the runtime);
+   failed restore; the helper is adopted by the nearest subreaper or init, which reap it). The helper takes the
+   runtime's socket and one end of the pair, reads the first request (with its SCM_RIGHTS fds), runs the
+   before-dump hook and, if the hook lets the dump happen, queues the rewritten request on the pair and tells F to
+   go (one byte on a pipe; any other answer: F exits 1, the helper has answered the runtime);
 4. F puts the other end of the pair at fd N in place of the runtime's socket and execs ``criu swrk N``. criu
    inherits every other fd as the front had them (the fds of ``inherit_fd``, runc's extra files) and sits in
    the cgroups runc moved F into on RESTORE (runc does that after starting it, before the request). Its exit

@@ -12,6 +12,7 @@ import nri_plugin.front as front_pkg
 from nri_plugin.front import config
 from nri_plugin.front.errors import FrontError
 
+
 def test_package_all_names_submodules() -> None:
     for name in front_pkg.__all__:
         importlib.import_module(f"nri_plugin.front.{name}")
@@ -37,7 +38,7 @@ def test_precedence(tmp_path: Path) -> None:
     other = tmp_path / "other.conf"
     other.write_text("real_criu = /other/criu\n")
     assert config.load({"GPUCR_FRONT_CONF": str(other)}, argv0, check=False).real_criu == "/other/criu"
-    with pytest.raises(FrontError, match=r"refusing to start: the configuration file .* /tmp is group- or world-writable"):
+    with pytest.raises(FrontError, match=r"refusing to start: the configuration file .* /tmp is group- or world-wr"):
         config.load({"GPUCR_FRONT_CONF": str(other)}, argv0)  # tmp_path lies under /tmp
     nowhere = tmp_path / "empty"
     nowhere.mkdir()

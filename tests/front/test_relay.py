@@ -10,8 +10,8 @@ from nri_plugin.ckpt.criu._pb import rpc_pb2
 from nri_plugin.front import messages as m
 from nri_plugin.front.errors import HookError
 from nri_plugin.front.hooks import FrontHooks, NoHooks
-from nri_plugin.front.relay import (ANSWER_VERSION, HAND_OVER, REFUSE, RELAY, TO_CRIU, TO_RUNTIME, Relay, first_move,
-                                    version_problem)
+from nri_plugin.front.relay import ANSWER_VERSION, HAND_OVER, REFUSE, RELAY, TO_CRIU, TO_RUNTIME, Relay, first_move
+from nri_plugin.front.relay import version_problem
 
 
 class Recorder:
@@ -85,7 +85,7 @@ def test_dump_sequence_passes_through_with_hooks_called() -> None:
         assert (route.to, route.data) == (TO_RUNTIME, data)
     data = final()
     route = relay.from_criu(data)
-    assert (route.to, route.data) == (TO_RUNTIME, data)  # untouched: cr_errmsg on success is normal (CRIU's rlimit line)
+    assert (route.to, route.data) == (TO_RUNTIME, data)  # untouched: CRIU's rlimit line in cr_errmsg is normal
     assert rec.calls == [("before_dump", 4242, "/sys/fs/cgroup/freezer/p/c1", True),
                          ("notify", "pre-dump", None), ("notify", "network-lock", None),
                          ("notify", "query-ext-files", None), ("notify", "post-dump", None),
