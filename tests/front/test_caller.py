@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def not_a_subreaper() -> None:
 
 
 @pytest.fixture
-def images(tmp_path: Path) -> int:
+def images(tmp_path: Path) -> Iterator[int]:
     d = tmp_path / "images"
     d.mkdir()
     low = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
