@@ -105,7 +105,7 @@ def test_install_refuses_clearly(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def restarted_with_route(version: str, tmp_root: Path) -> Iterator[tuple[testenv.Containerd, Path]]:
+def restarted_with_route(version: str) -> Iterator[tuple[testenv.Containerd, Path]]:
     """A private containerd (no front on its PATH), the route installed into its config, containerd restarted."""
     inst = f"{INSTANCE}-route"
     env = {**os.environ, "GPUCR_INSTANCE": inst}
@@ -116,12 +116,15 @@ def restarted_with_route(version: str, tmp_root: Path) -> Iterator[tuple[testenv
         subprocess.run(["bash", str(sh), "stop", version], capture_output=True, env=env)
         pytest.fail(f"containerd.sh start {version} failed:\n{r.stderr}", pytrace=False)
     info = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
-    route = tmp_root / "route"
+    # root's alone, as the front requires of the directories above its program and config (not under /tmp)
+    route = Path(info["dir"]) / "front-route"
     try:
         d = Path(info["dir"])
         r = front_sh("install", "--config", str(d / "config.toml"), "--dir", str(route), "--real-criu",
                      str(REAL_CRIU), "--log-dir", str(route / "log"))
         assert r.returncode == 0, r.stderr
+        with (route / "path/front.conf").open("a") as f:
+            f.write(f"cache_dir = {route / 'cache'}\n")
         # restart the daemon the way install/containerd.sh started it (same env, config, log)
         pid = int((d / "containerd.pid").read_text())
         os.kill(pid, signal.SIGTERM)
@@ -145,7 +148,7 @@ def restarted_with_route(version: str, tmp_root: Path) -> Iterator[tuple[testenv
 @pytest.mark.integration
 @pytest.mark.parametrize("version", VERSIONS)
 def test_binaryname_route_on_live_containerd(version: str, tmp_path: Path) -> None:
-    with restarted_with_route(version, tmp_path) as (ctrd, route):
+    with restarted_with_route(version) as (ctrd, route):
         log = route / "log/criu-front.log"
         with ctrd.pod() as (c, pod_id, cfg):
             cid = ctrd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", "while :; do sleep 0.2; done"])
