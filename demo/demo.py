@@ -83,7 +83,8 @@ def wait(pred, what: str, timeout: float = 20.0):  # type: ignore[no-untyped-def
 
 def main() -> int:
     version = os.environ.get("GPUCR_DEMO_CONTAINERD", "2.1.9")
-    work = Path(tempfile.mkdtemp(prefix="gpucr-demo-", dir="/var/tmp"))
+    # root's alone: the CRIU front refuses a route or configuration under a directory others can write (/var/tmp)
+    work = Path(tempfile.mkdtemp(prefix="gpucr-demo-", dir=TEST_ROOT))
     os.chmod(work, 0o700)
     route = work / "front"
     env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route / "path")}
