@@ -94,6 +94,7 @@ def main() -> int:
     node_conf = work / "config.toml"
     with (route / "path/front.conf").open("a") as f:
         f.write(f"node_config = {node_conf}\n")  # the front's CUDA hooks read the node's state dir from it
+        f.write(f"cache_dir = {work / 'front-cache'}\n")  # the demo leaves nothing in /var/lib/gpucr
     start = subprocess.run(["bash", str(REPO / "install/containerd.sh"), "start", version], text=True,
                            stdout=subprocess.PIPE, env=env)
     if start.returncode != 0:
