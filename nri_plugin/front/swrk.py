@@ -39,6 +39,10 @@ from .errors import FrontError
 from .relay import TO_CRIU, Relay
 from .runtime import _recv, _send, answer, exec_real
 
+TYPE_CHECKING = False  # not typing's (start-up cost, see _wire)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = ["relay_swrk", "reopen_fds"]
 
 _GO, _STOP = b"g", b"n"
@@ -212,9 +216,11 @@ def _helper(rt: _socket.socket, criu: _socket.socket, criu_pid: int, swrk_fd: in
         told = True
         os.close(ctl)
         log.debug(f"criu swrk {swrk_fd} runs as pid {criu_pid} (the front's own pid, the runtime's child)")
-        _Pump(rt, criu, criu_pid, pidfd, relay, log).run()
-        if relay.explanation:  # a hook failed mid-way or after CRIU: say so in the log the runtime points at
-            _write_work_log(own.get("work_dir_fd"), req.log_file, relay.explanation)
+        def explain() -> None:  # a hook failed mid-way or after CRIU: say so in the log the runtime points at
+            if relay.explanation:
+                _write_work_log(own.get("work_dir_fd"), req.log_file, relay.explanation)
+
+        _Pump(rt, criu, criu_pid, pidfd, relay, log, explain).run()
         return 0
     except Exception as exc:  # the helper's stderr is usually /dev/null: the log is the only witness
         log.error(f"relay helper: {type(exc).__name__}: {exc}")
@@ -238,8 +244,10 @@ class _Pump:
     socket is drained. One method per poll source; half-closes pass through."""
 
     def __init__(self, rt: _socket.socket, criu: _socket.socket, pid: int, pidfd: int, relay: Relay,
-                 log: FrontLog) -> None:
+                 log: FrontLog, before_final: Callable[[], None] = lambda: None) -> None:
         self.rt, self.criu, self.pid, self.pidfd, self.relay, self.log = rt, criu, pid, pidfd, relay, log
+        #: runs just before the runtime gets the final answer (which it may act on at once, e.g. copy CRIU's log)
+        self.before_final = before_final
         self.rt_open = self.criu_open = True  # still reading from each side
         self.rt_writable = True                # the runtime still takes messages
         self.exited = False
@@ -290,6 +298,8 @@ class _Pump:
         route = self.relay.from_criu(data)
         if route.note:
             self.log.info(route.note)
+        if self.relay.final is not None and route.to != TO_CRIU:
+            self.before_final()
         if route.to == TO_CRIU:
             _send(self.criu, route.data, fds)
         elif self.rt_writable:
@@ -338,6 +348,7 @@ class _Pump:
             self.criu_open = False
         if self.rt_writable:
             if self.relay.final is None:
+                self.before_final()
                 self.rt.sendmsg([self.relay.missing_answer(why)])
             try:
                 self.rt.shutdown(_socket.SHUT_WR)
