@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,14 @@ class FrontRoute:
         with self.log.open("rb") as f:
             f.seek(mark)
             return f.read().decode(errors="replace")
+
+    def log_when(self, mark: int, text: str, timeout: float = 10) -> str:
+        """The log since ``mark`` once it holds ``text`` (or after ``timeout``): the relaying helper outlives criu
+        by a moment, so its last lines may come after the runtime is done."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log_since(mark)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return log
 
     @contextlib.contextmanager
     def configured(self, **values: str) -> Iterator[None]:

@@ -18,7 +18,7 @@ from nri_plugin.ckpt.criu._pb import rpc_pb2
 from nri_plugin.front import _wire
 from tests.front.conftest import FrontRoute
 from tests.front.recording_hooks import records
-from tests.front.test_swrk import Session, _close_sessions, wait_log  # noqa: F401  (the fixture closes sessions)
+from tests.front.test_swrk import Session, _close_sessions  # noqa: F401  (the fixture closes sessions)
 
 pytestmark = pytest.mark.criu
 _PR_GET_CHILD_SUBREAPER = 37
@@ -87,7 +87,7 @@ def test_restore_with_rst_sibling_leaves_the_tree_the_callers_child(front_route:
             restored = resp.restore.pid
             assert restored == victim.pid and "post-resume" in notes
             assert s.finish() == 0
-            log = wait_log(front_route, mark, f"criu pid {s.proc.pid} exited")
+            log = front_route.log_when(mark, f"criu pid {s.proc.pid} exited")
         # relayed, with the hooks called, yet the restored tree is this process's child, as with the real criu
         assert "request RESTORE from runtime pid" in log and f"runs as pid {s.proc.pid}" in log
         assert {"point": "notify", "name": "post-resume", "type": "RESTORE"}.items() <= next(
@@ -133,7 +133,7 @@ def test_dump_with_pidfd_store_sk(front_route: FrontRoute, tmp_path: Path, image
             resp, _ = converse(s, _with_pidfd_store_sk(dump, store))
             assert resp.type == rpc_pb2.DUMP and resp.success, resp.cr_errmsg
             assert s.finish() == 0
-            log = wait_log(front_route, mark, "exited" if mode == "relay" else "handing swrk")
+            log = front_route.log_when(mark, "exited" if mode == "relay" else "handing swrk")
         if mode == "relay":
             assert "'pidfd_store_sk': 334" in log and [r["point"] for r in records(record)][0] == "before_dump"
         # CRIU binds an unnamed store socket to an abstract name of its own on first use: it was this very socket

@@ -43,14 +43,6 @@ def _close_sessions() -> Iterator[None]:
         s.proc.wait()
 
 
-def wait_log(route: FrontRoute, mark: int, text: str, timeout: float = 10) -> str:
-    """The log since ``mark`` once it holds ``text``: the relaying helper outlives criu by a moment."""
-    deadline = time.monotonic() + timeout
-    while text not in (log := route.log_since(mark)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return log
-
-
 class Session:
     """A `criu swrk N` run of the front, this process on the other end of the socket (as runc would be)."""
 
@@ -85,7 +77,7 @@ def test_version_through_the_front(front_route: FrontRoute, mode: str) -> None:
     assert resp.type == rpc_pb2.VERSION and resp.success
     assert (resp.version.major_number, resp.version.minor_number) >= (4, 1)
     assert s.finish() == 0
-    log = wait_log(front_route, mark, f"criu pid {s.proc.pid} exited" if mode == "relay" else "cached answer")
+    log = front_route.log_when(mark, f"criu pid {s.proc.pid} exited" if mode == "relay" else "cached answer")
     me = os.getpid()
     if mode == "relay":
         # the real criu runs as the process the caller started (the front's own pid); a helper relays
@@ -154,7 +146,7 @@ def test_unknown_request_type_is_relayed_to_criu(front_route: FrontRoute, mode: 
     t0 = time.monotonic()
     rc = s.proc.wait(30)
     assert time.monotonic() - t0 < 30
-    log = wait_log(front_route, mark, f"criu pid {s.proc.pid} exited" if mode == "relay" else "handing swrk")
+    log = front_route.log_when(mark, f"criu pid {s.proc.pid} exited" if mode == "relay" else "handing swrk")
     # whatever CRIU answered reached us unchanged, and the front exited with criu's own status
     assert raw, "criu's answer to an unknown request type was not relayed"
     assert rpc_pb2.criu_resp.FromString(raw).success is False
