@@ -92,13 +92,18 @@ def code_problem(launcher: str, package: str) -> str | None:
     return path_problem(launcher, "the CRIU front's program") or tree_problem(package, "the CRIU front's code")
 
 
-def cache_dir_problem(cache_dir: str) -> str | None:
-    """The cache dir must be root-only: created 0700 when missing, then checked like the code (and not readable by
-    others either: the caches say which libraries a root process loads)."""
+def _usable(cache_dir: str) -> bool:
+    """Create the cache dir (0700) if missing; False when that is impossible (a read-only /var: no caching)."""
     try:
         os.makedirs(cache_dir, mode=CACHE_MODE, exist_ok=True)
-    except OSError as exc:
-        return f"{_PREFIX}: cannot create the cache dir {cache_dir}: {exc.strerror}; fix: create it root-owned, 0700"
+    except OSError:
+        return False
+    return True
+
+
+def cache_dir_problem(cache_dir: str) -> str | None:
+    """The cache dir must be root-only: checked like the code, and not readable by others either (the caches say
+    which libraries a root process loads)."""
     problem = path_problem(cache_dir, "the cache dir")
     if problem:
         return problem
@@ -110,12 +115,12 @@ def cache_dir_problem(cache_dir: str) -> str | None:
 
 
 def read_cache(cache_dir: str | None, name: str) -> str | None:
-    """The text of cache file ``name``, None when there is none.
+    """The text of cache file ``name``, None when there is none (or the cache dir cannot be created: no caching).
 
     Raises:
         FrontError: the cache dir or file is not root-only; the message is one line naming the path and the fix.
     """
-    if not cache_dir:
+    if not cache_dir or not _usable(cache_dir):
         return None
     from .errors import FrontError
     problem = cache_dir_problem(cache_dir)
@@ -135,7 +140,7 @@ def read_cache(cache_dir: str | None, name: str) -> str | None:
 
 def write_cache(cache_dir: str | None, name: str, text: str) -> None:
     """Replace cache file ``name`` atomically (0600); best effort: a cache that cannot be written is recomputed."""
-    if not cache_dir or cache_dir_problem(cache_dir):
+    if not cache_dir or not _usable(cache_dir) or cache_dir_problem(cache_dir):
         return
     path = os.path.join(cache_dir, name)
     tmp = f"{path}.{os.getpid()}"

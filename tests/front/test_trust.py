@@ -153,6 +153,9 @@ def test_read_cache_rules(safe_dir: Path) -> None:
     with pytest.raises(FrontError, match="owned by uid 65534"):
         trust.read_cache(str(cache), "x")
     assert trust.read_cache(None, "x") is None
+    (safe_dir / "file").write_text("")
+    assert trust.read_cache(str(safe_dir / "file/cache"), "x") is None  # cannot exist: no caching, no refusal
+    trust.write_cache(str(safe_dir / "file/cache"), "x", "y")
 
 
 def test_tmp_is_not_a_place_for_code(tmp_path: Path) -> None:
