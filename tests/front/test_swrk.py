@@ -4,6 +4,7 @@ pass-through, exit status and the bad-input cases."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -83,7 +84,7 @@ def test_version_through_the_front(front_route: FrontRoute, mode: str) -> None:
         # the real criu runs as the process the caller started (the front's own pid); a helper relays
         assert f"request VERSION from runtime pid {me}:" in log
         assert f"criu swrk {s.proc.args[2]} runs as pid {s.proc.pid}" in log
-        assert "VERSION success=True version=4.1" in log and f"criu pid {s.proc.pid} exited" in log
+        assert re.search(r"VERSION success=True version=[4-9]\.\d+", log) and f"criu pid {s.proc.pid} exited" in log
     else:
         # answered with the real criu's own answer, cached per binary (no criu start on runc's VERSION call)
         assert f"VERSION from runtime pid {me}: answered with {REAL_CRIU}'s cached answer" in log
