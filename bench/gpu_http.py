@@ -7,16 +7,19 @@ install/deps.sh's CRIU_PKGS; ``debs-ctrd/`` = containerd 2.1.9 and runc; ``whl/`
 ``_pb`` modules must be in the tree.
 
 1. A private containerd 2.1.9 with gpucr (NRI plugin + CRIU front with its GPU hooks) runs a host-network CRI pod
-   opted in with ``gpucr.io/checkpoint: enabled`` and ``gpucr.io/tcp-established: "true"``: a PyTorch MLP whose
-   random weights (fixed seed) fill GIB of GPU memory, served by ``http.server`` on 127.0.0.1:PORT
-   (``POST /v1/infer``: float32 rows in, float32 rows out). A client process in the same container sends the same
-   request every 0.25 s over one kept-open connection and logs each answer's SHA-256.
+   opted in with ``gpucr.io/checkpoint: enabled`` and ``gpucr.io/tcp-established: "true"``: bench/infer_server.py,
+   a PyTorch MLP whose random weights (fixed seed) fill GIB of GPU memory, served by ``http.server`` on
+   127.0.0.1:PORT (``POST /v1/infer``: float32 rows in, float32 rows out). bench/infer_client.py, in the same
+   container, sends the same request every 0.25 s over one kept-open connection and logs each answer's SHA-256.
 2. The bench sends a fixed request and keeps the response bytes; a prober sends it over another kept-open connection
    every 0.1 s from before until after ``ctr c checkpoint --task`` (the pause a client sees).
 3. The container's task is killed and deleted (``ctr t kill -s SIGKILL``, ``ctr t rm``), then ``ctr c restore``:
    the same request on a new connection gets byte-identical response bytes; the in-container client's connection
    (established across checkpoint, kill and restore) goes on answering, identically, without reconnecting.
-Writes OUT_DIR/gpu_http.json, OUT_DIR/gpu_http.md and the front's and plugin's logs.
+CRIU locks a host-network container's TCP connections with iptables by default; on a machine without
+iptables-restore the bench puts ``network-lock nftables`` (or ``skip``) in the node's runc CRIU config, which gpucr
+merges into the container's. Writes OUT_DIR/gpu_http.json and OUT_DIR/gpu_http.md; the front's, plugin's, server's
+and client's logs and the response go to OUT_DIR/extra/.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import hashlib
 import json
 import os
 import platform
-import random
 import shutil
 import socket
 import struct
@@ -40,147 +42,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_front import REPO, ROOT, SITE, Instance, log, setup, sh  # noqa: E402
+from infer_client import read_response, request_bytes as _request_bytes  # noqa: E402
 
 from demo.gpu_pod import HOSTROOT, gpu_mounts_and_devices, python_for_container  # noqa: E402
 
+HERE = Path(__file__).resolve().parent
 WIDTH = 4096
 ROWS = 8
 
-SERVER = r'''
-import hashlib, json, os, subprocess, sys, threading
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-import torch
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-d, gib, port, width = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-torch.manual_seed(1234)
-torch.use_deterministic_algorithms(True)
-layers = max(1, round(gib * (1 << 30) / (width * width * 4)))
-weights = [torch.randn(width, width, device="cuda") / width ** 0.5 for _ in range(layers)]
-biases = [torch.randn(width, device="cuda") * 0.01 for _ in range(layers)]
-gpu = threading.Lock()
-
-def infer(x):
-    with torch.inference_mode():
-        for w, b in zip(weights, biases):
-            x = torch.nn.functional.gelu(x @ w + b)
-        return x
-
-def digest():
-    h = hashlib.sha256()
-    for t in weights + biases:
-        v = t.view(torch.int32)
-        h.update(str(int(v.sum(dtype=torch.int64))).encode())
-        h.update(str(int((v.flatten()[::7] ^ 0x5A5A5A5A).sum(dtype=torch.int64))).encode())
-        h.update(v.flatten()[:4096].cpu().numpy().tobytes())
-    return h.hexdigest()
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive
-    served = 0
-
-    def log_message(self, *args):
-        pass
-
-    def reply(self, code, body, ctype):
-        self.send_response_only(code)  # no Date/Server headers: the same request gets the same bytes
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self):
-        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.path != "/v1/infer" or len(raw) % (4 * width):
-            return self.reply(400, b"POST /v1/infer with float32 rows of %d\n" % width, "text/plain")
-        x = torch.frombuffer(bytearray(raw), dtype=torch.float32).view(-1, width)
-        with gpu:
-            y = infer(x.cuda()).cpu()
-        self.served += 1
-        self.reply(200, y.numpy().tobytes(), "application/octet-stream")
-
-    def do_GET(self):
-        if self.path == "/v1/digest":
-            with gpu:
-                body = json.dumps({"digest": digest(), "layers": layers}).encode()
-            return self.reply(200, body, "application/json")
-        self.reply(404, b"not found\n", "text/plain")
-
-srv = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-srv.daemon_threads = True
-infer(torch.zeros(1, width, device="cuda"))
-torch.cuda.synchronize()
-client = subprocess.Popen([sys.executable, os.path.join(d, "client.py"), d, str(port)], stdin=subprocess.DEVNULL)
-with open(os.path.join(d, "ready.tmp"), "w") as f:
-    json.dump({"pid": os.getpid(), "client_pid": client.pid, "layers": layers, "digest": digest()}, f)
-os.replace(os.path.join(d, "ready.tmp"), os.path.join(d, "ready"))
-srv.serve_forever()
-'''
-
-CLIENT = r'''
-import hashlib, os, socket, sys, time
-
-def read_response(f):
-    head = f.readline()
-    if not head:
-        raise ConnectionError("connection closed by the server")
-    n = 0
-    while True:
-        line = f.readline()
-        head += line
-        if line in (b"\r\n", b""):
-            break
-        if line.lower().startswith(b"content-length:"):
-            n = int(line.split(b":")[1])
-    body = f.read(n)
-    if len(body) != n:
-        raise ConnectionError(f"short body {len(body)}/{n}")
-    return head + body
-
-d, port = sys.argv[1], int(sys.argv[2])
-req = open(os.path.join(d, "request.bin"), "rb").read()
-out = open(os.path.join(d, "client.log"), "a", buffering=1)
-s = None
-while True:
-    try:
-        if s is None:
-            s = socket.create_connection(("127.0.0.1", port), timeout=600)
-            f, n, local = s.makefile("rb"), 0, s.getsockname()[1]
-        s.sendall(req)
-        raw = read_response(f)
-        n += 1
-        out.write(f"{time.time():.3f} {local} {n} {hashlib.sha256(raw).hexdigest()}\n")
-    except (OSError, ValueError) as e:
-        out.write(f"{time.time():.3f} ERR {e!r}\n")
-        s = None
-    time.sleep(0.25)
-'''
-
 
 def request_bytes() -> bytes:
-    """The fixed request: ROWS x WIDTH float32 from a seeded generator."""
-    rng = random.Random(7)
-    body = struct.pack(f"<{ROWS * WIDTH}f", *(rng.gauss(0.0, 1.0) for _ in range(ROWS * WIDTH)))
-    return (b"POST /v1/infer HTTP/1.1\r\nHost: gpucr-bench\r\nContent-Type: application/octet-stream\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body)) + body
-
-
-def read_response(f: Any) -> bytes:
-    head = f.readline()
-    if not head:
-        raise ConnectionError("connection closed by the server")
-    n = 0
-    while True:
-        line = f.readline()
-        head += line
-        if line in (b"\r\n", b""):
-            break
-        if line.lower().startswith(b"content-length:"):
-            n = int(line.split(b":")[1])
-    body = f.read(n)
-    if len(body) != n:
-        raise ConnectionError(f"short body {len(body)}/{n}")
-    return bytes(head + body)
+    return _request_bytes(ROWS, WIDTH)
 
 
 class Conn:
@@ -293,7 +165,7 @@ def versions(criu: Path) -> dict[str, str]:
             return "?"
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     return {"containerd": first([str(ROOT / "opt/containerd-2.1.9/usr/bin/containerd"), "--version"]),
-            "runc": first(["runc", "--version"]), "criu": first([str(criu), "--version"]),
+            "runc": first(["runc", "--version"]), "criu": first([str(criu), "--version"]).removeprefix("Version: "),
             "kernel": platform.release(), "thp": thp.read_text().strip() if thp.exists() else "?",
             "gpu": first(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]),
             "torch": first([sys.executable, "-c", "import torch; print(torch.__version__, torch.version.cuda)"]),
@@ -304,8 +176,8 @@ def start_server(inst: Instance, d: Path, gib: float, port: int) -> tuple[Any, s
     from nri_plugin.cri import CriClient, container_config, pod_config
 
     d.mkdir(parents=True, exist_ok=True)
-    (d / "serve.py").write_text(SERVER)
-    (d / "client.py").write_text(CLIENT)
+    for f in ("infer_server.py", "infer_client.py"):
+        shutil.copy(HERE / f, d / f)
     (d / "request.bin").write_bytes(request_bytes())
     cri = CriClient(inst.info["address"], timeout_s=120)
     ann = {"gpucr.io/checkpoint": "enabled", "gpucr.io/tcp-established": "true"}
@@ -314,7 +186,7 @@ def start_server(inst: Instance, d: Path, gib: float, port: int) -> tuple[Any, s
     pod = cri.run_pod_sandbox(pcfg)
     mounts, devs = gpu_mounts_and_devices()
     exe, pydirs = python_for_container()
-    cfg = container_config("server", HOSTROOT, command=[exe, "/data/serve.py", "/data", str(gib), str(port),
+    cfg = container_config("server", HOSTROOT, command=[exe, "/data/infer_server.py", "/data", str(gib), str(port),
                                                          str(WIDTH)],
                            env={"LD_LIBRARY_PATH": "/usr/local/nvidia/lib64", "PATH": "/usr/bin:/bin",
                                 "HOME": "/tmp", "PYTHONPATH": pydirs[0], "PYTHONUNBUFFERED": "1"},
@@ -340,6 +212,29 @@ def front_excerpt(logdir: Path) -> list[str]:
         if f.is_file():
             lines += [ln[:400] for ln in f.read_text(errors="replace").splitlines() if any(k in ln for k in keep)]
     return lines
+
+
+def phases(front_log: Path) -> dict[str, float]:
+    """Seconds between the front's log lines: gpucr's CUDA steps and CRIU's own work, for the dump and the restore."""
+    from datetime import datetime
+
+    marks = {"dump_request": "request DUMP", "cuda_checkpointed": "criu may dump now",
+             "criu_post_dump": "notify post-dump", "dump_done": "DUMP success", "restore_request": "request RESTORE",
+             "criu_post_restore": "notify post-restore", "restore_done": "RESTORE success"}
+    at: dict[str, float] = {}
+    lines = front_log.read_text(errors="replace").splitlines() if front_log.exists() else []
+    for ln in lines:
+        for key, text in marks.items():
+            if text in ln and key not in at:
+                at[key] = datetime.strptime(ln.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+    spans = {"front_dump_total": ("dump_request", "dump_done"),
+             "cuda_lock_and_checkpoint": ("dump_request", "cuda_checkpointed"),
+             "criu_dump": ("cuda_checkpointed", "criu_post_dump"),
+             "cuda_restore_and_unlock_after_dump": ("criu_post_dump", "dump_done"),
+             "front_restore_total": ("restore_request", "restore_done"),
+             "criu_restore": ("restore_request", "criu_post_restore"),
+             "cuda_restore_and_unlock": ("criu_post_restore", "restore_done")}
+    return {k: round(at[b] - at[a], 3) for k, (a, b) in spans.items() if a in at and b in at}
 
 
 def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> None:
@@ -371,10 +266,12 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
     d = work / "data"
     port = free_port()
     ref = "localhost/gpucr-http-ckpt:1"
+    extra = args.out / "extra"
+    extra.mkdir(exist_ok=True)
     try:
         plugin = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "plugin", "--socket",
                                    inst.info["nri_socket"], "--config", str(node), "--log-file",
-                                   str(args.out / "plugin.log")], env=env, cwd=REPO)
+                                   str(extra / "plugin.log")], env=env, cwd=REPO)
         time.sleep(3)
         t0 = time.monotonic()
         cri, pod, cid = start_server(inst, d, args.gib, port)
@@ -389,12 +286,13 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
         res["response"] = {"bytes": len(r0), "sha256": sha(r0), "head": r0.split(b"\r\n\r\n")[0].decode(),
                            "first_floats": list(struct.unpack("<4f", r0.split(b"\r\n\r\n", 1)[1][:16]))}
         res["weights_digest_before"] = d0
-        (args.out / "response.bin").write_bytes(r0)
+        (extra / "response.bin").write_bytes(r0)
         log(f"server up ({res['server']}); response {len(r0)} B sha256 {sha(r0)[:16]}")
 
         prober = Prober(port, raw, r0)
         prober.start()
         time.sleep(1.0)
+        at_ckpt_start = client_log(d)
         t_ck = time.monotonic()
         log("ctr c checkpoint --task")
         res["checkpoint"] = inst.run_ctr("c", "checkpoint", "--task", "--rw", "--image", cid, ref,
@@ -416,6 +314,9 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
         res["identical_after_checkpoint_new_conn"] = r_after_ck == r0
         at_ckpt = client_log(d)
         time.sleep(1.0)
+        if args.drop_caches:  # a timed restore reads its images from disk, not the page cache
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
         log("kill: ctr t kill -s SIGKILL, ctr t rm")
         t1 = time.monotonic()
@@ -457,7 +358,8 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
         res["in_container_connection"] = {
             "local_port_before": at_ckpt[-1][1] if at_ckpt else None,
             "lines_before_checkpoint": len(at_ckpt), "lines_before_kill": len(at_kill),
-            "count_at_checkpoint": int(at_ckpt[-1][2]) if at_ckpt and len(at_ckpt[-1]) == 4 else None,
+            "count_when_checkpoint_began": int(at_ckpt_start[-1][2]) if len(at_ckpt_start[-1]) == 4 else None,
+            "count_after_checkpoint": int(at_ckpt[-1][2]) if at_ckpt and len(at_ckpt[-1]) == 4 else None,
             "after_restore": [ln[1:] for ln in after[:6]],
             "errors_after_restore": [" ".join(ln[1:]) for ln in after if ln[1] == "ERR"][:3],
             "same_connection": bool(ok_lines) and all(ln[1] == at_ckpt[-1][1] for ln in ok_lines)
@@ -465,18 +367,25 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
             "identical": bool(ok_lines) and all(ln[3] == good for ln in ok_lines),
             "identical_before": all(ln[3] == good for ln in at_kill if len(ln) == 4)}
         res["gpu_apps_after_restore"] = gpu_apps()
+        ic = res["in_container_connection"]
+        res["verdict"] = "PASS" if (res["checkpoint"]["rc"] == 0 and res["restore"]["rc"] == 0
+                                    and res["kept_open_across_checkpoint"]["identical"]
+                                    and res["identical_after_restore"] and res["identical_after_restore_keepalive_x5"]
+                                    and res["weights_identical"] and ic["same_connection"] and ic["identical"]
+                                    and not res["answered_while_killed"]) else "FAIL"
         log(f"restored: {json.dumps(res['in_container_connection'])}")
         sh([*inst.ctr, "t", "kill", "-s", "SIGKILL", "infer-restored"], env=inst.env)
     finally:
         if plugin is not None:
             plugin.terminate()
         res["front_log"] = front_excerpt(work / "front-log")
+        res["phases"] = phases(work / "front-log/criu-front.log")
         for f in (work / "front-log").glob("*"):
             if f.is_file():
-                shutil.copy(f, args.out / f"front-{f.name}")
+                shutil.copy(f, extra / f"front-{f.name}")
         for f in (d / "logs/server.log", d / "client.log"):
             if f.exists():
-                shutil.copy(f, args.out / f.name)
+                shutil.copy(f, extra / f.name)
         inst.stop()
 
 
@@ -493,6 +402,8 @@ def markdown(res: dict[str, Any]) -> str:
             return f"hung (killed after {r['seconds']} s)"
         return f"{'ok' if r.get('rc') == 0 else 'FAILED'} in {r['seconds']} s"
     lines = [
+        f"- verdict: **{res.get('verdict', 'FAIL')}** (same request, same response bytes after checkpoint, kill and "
+        "restore; the in-container connection survived)",
         f"- date: {res['date']}; machine: {res['host']} ({v.get('gpu')}), kernel {v.get('kernel')}, "
         f"{v.get('cpus')} CPUs; THP `{v.get('thp')}`",
         f"- {v.get('containerd')}; {v.get('runc')}; CRIU {v.get('criu')}; torch {v.get('torch')}; "
@@ -504,7 +415,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"127.0.0.1:{s.get('port')}; request {res.get('request', {}).get('bytes')} B, response "
         f"{res.get('response', {}).get('bytes')} B (sha256 {res.get('response', {}).get('sha256', '')[:16]}...)",
         "", "| step | outcome |", "|---|---|",
-        f"| `ctr c checkpoint --task` (through gpucr's front) | {t(res.get('checkpoint'))} |",
+        f"| `ctr c checkpoint --task` (through gpucr's front) | {t(res.get('checkpoint'))} (gpucr's front: "
+        f"{res.get('phases', {}).get('front_dump_total')} s; the rest is runc and containerd writing the checkpoint "
+        "image) |",
         f"| a connection kept open across the checkpoint: {kc.get('requests')} requests every 0.1 s | "
         f"all identical: {kc.get('identical')}; {kc.get('after_checkpoint')} after the checkpoint; longest wait "
         f"{kc.get('max_latency_s')} s; error: {kc.get('error')} |",
@@ -523,6 +436,12 @@ def markdown(res: dict[str, Any]) -> str:
         f"{[(a[0], a[1]) for a in ic.get('after_restore', []) if len(a) == 3][:4]}; errors: "
         f"{ic.get('errors_after_restore')} |",
         f"| nvidia-smi after the restore | `{res.get('gpu_apps_after_restore')}` |",
+        "", "Where the time went, from the front's log (s): " + ", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in res.get("phases", {}).items()) + ".",
+        f"The in-container client had answer {ic.get('count_when_checkpoint_began')} when the checkpoint began and "
+        f"{ic.get('count_after_checkpoint')} after it; after the restore its connection answered from "
+        f"{(ic.get('after_restore') or [[None, None]])[0][1]} on (the answers between checkpoint and kill are lost "
+        "with the killed container).",
         "", "gpucr's CRIU front (excerpt):", "", "```", *res.get("front_log", [])[:20], "```"]
     if res.get("error"):
         lines += ["", f"**Run failed**: {res['error']}"]
@@ -538,6 +457,8 @@ def main() -> int:
     ap.add_argument("--hooks", default="nri_plugin.gpufront:make")
     ap.add_argument("--network-lock", default="auto", choices=("auto", "iptables", "nftables", "skip"))
     ap.add_argument("--code", default="", help="which code ran (e.g. the commit), for the summary")
+    ap.add_argument("--no-drop-caches", dest="drop_caches", action="store_false",
+                    help="keep the page cache before the restore")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     env = setup(args.stage)
