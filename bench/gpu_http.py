@@ -416,8 +416,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res.get('response', {}).get('bytes')} B (sha256 {res.get('response', {}).get('sha256', '')[:16]}...)",
         "", "| step | outcome |", "|---|---|",
         f"| `ctr c checkpoint --task` (through gpucr's front) | {t(res.get('checkpoint'))} (gpucr's front: "
-        f"{res.get('phases', {}).get('front_dump_total')} s; the rest is runc and containerd writing the checkpoint "
-        "image) |",
+        f"{res.get('phases', {}).get('front_dump_total')} s; the rest is outside the front: runc and containerd) |",
         f"| a connection kept open across the checkpoint: {kc.get('requests')} requests every 0.1 s | "
         f"all identical: {kc.get('identical')}; {kc.get('after_checkpoint')} after the checkpoint; longest wait "
         f"{kc.get('max_latency_s')} s; error: {kc.get('error')} |",
