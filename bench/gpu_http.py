@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_front import REPO, ROOT, SITE, Instance, log, setup, sh  # noqa: E402
+from gpu_front import REPO, ROOT, Instance, log, setup, sh  # noqa: E402
 from infer_client import read_response, request_bytes as _request_bytes  # noqa: E402
 
 from demo.gpu_pod import HOSTROOT, gpu_mounts_and_devices, python_for_container  # noqa: E402
@@ -245,22 +245,19 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
     work = Path("/tmp/gpucr-http-bench")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    route = work / "route"
-    r = sh(["bash", str(REPO / "install/front.sh"), "route", "--dir", str(route), "--real-criu", str(criu),
-            "--log-dir", str(work / "front-log"), "--hooks", args.hooks],
-           env={**env, "GPUCR_FRONT_PYTHON": sys.executable})
-    if r.returncode:
-        raise SystemExit(f"front route failed: {r.stdout}{r.stderr}")
-    hook = work / "gpucr-hook"
-    hook.write_text(f'#!/bin/sh\nPYTHONPATH={REPO}:{SITE} exec {sys.executable} -m hooks.oci_hook "$@"\n')
-    hook.chmod(0o755)
+    route, hook, node = work / "route", work / "hook/gpucr-hook", work / "node.toml"
     runc_conf = work / "runc.conf"  # the node's own runc CRIU config, merged by gpucr into each managed container's
     runc_conf.write_text(f"network-lock {lock}\n" if lock else "")
-    node = work / "node.toml"
     node.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\nhook_path = "{hook}"\n'
                     f'runc_criu_config = "{runc_conf}"\n')
-    with (route / "path/front.conf").open("a") as f:
-        f.write(f"node_config = {node}\n")
+    # the front and the OCI hook as installed: one root-owned copy of gpucr's code (ROUTE/lib), never this tree
+    for cmd in (["front.sh", "route", "--dir", str(route), "--real-criu", str(criu), "--log-dir",
+                 str(work / "front-log"), "--hooks", args.hooks, "--node-config", str(node)],
+                ["hook.sh", "install", "--path", str(hook), "--prefix", str(route / "lib")]):
+        r = sh(["bash", str(REPO / "install" / cmd[0]), *cmd[1:]],
+               env={**env, "GPUCR_FRONT_PYTHON": sys.executable, "GPUCR_HOOK_PYTHON": sys.executable})
+        if r.returncode:
+            raise SystemExit(f"install/{cmd[0]} {cmd[1]} failed: {r.stdout}{r.stderr}")
     inst = Instance(env, "http", route / "path")
     plugin = None
     d = work / "data"
@@ -453,7 +450,7 @@ def main() -> int:
     ap.add_argument("--stage", type=Path, required=True)
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=180.0)
-    ap.add_argument("--hooks", default="nri_plugin.gpufront:make")
+    ap.add_argument("--hooks", default="nri_plugin.handlers.front_cuda:make")
     ap.add_argument("--network-lock", default="auto", choices=("auto", "iptables", "nftables", "skip"))
     ap.add_argument("--code", default="", help="which code ran (e.g. the commit), for the summary")
     ap.add_argument("--no-drop-caches", dest="drop_caches", action="store_false",
