@@ -376,6 +376,8 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
         if plugin is not None:
             plugin.terminate()
         res["front_log"] = front_excerpt(work / "front-log")
+        res["container_criu_config"] = [ln for f in sorted((work / "criu").glob("*.conf"))
+                                        for ln in f.read_text().splitlines() if ln and not ln.startswith("#")]
         res["phases"] = phases(work / "front-log/criu-front.log")
         for f in (work / "front-log").glob("*"):
             if f.is_file():
@@ -438,6 +440,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"{ic.get('count_after_checkpoint')} after it; after the restore its connection answered from "
         f"{(ic.get('after_restore') or [[None, None]])[0][1]} on (the answers between checkpoint and kill are lost "
         "with the killed container).",
+        "", f"The container's CRIU config as gpucr wrote it (comments left out): "
+        f"`{'; '.join(res.get('container_criu_config', []))}`",
         "", "gpucr's CRIU front (excerpt):", "", "```", *res.get("front_log", [])[:20], "```"]
     if res.get("error"):
         lines += ["", f"**Run failed**: {res['error']}"]
