@@ -242,7 +242,7 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
     res["versions"] = versions(criu)
     lock = network_lock(args.network_lock, criu)
     res["criu_network_lock"] = lock or "iptables (CRIU's default)"
-    work = Path("/tmp/gpucr-http-bench")
+    work = Path("/var/lib/gpucr-http-bench")  # not /tmp: the CRIU front refuses a route others could change
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     route, hook, node = work / "route", work / "hook/gpucr-hook", work / "node.toml"
