@@ -139,20 +139,9 @@ class Target:
 
 
 def _freezer_path(pid: int) -> str:
-    """The pid's v1 freezer cgroup path (what runc freezes on a hybrid host), else its v2 path; "" when gone."""
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return ""
-    v2 = ""
-    for line in lines:
-        _, ctrls, path = line.split(":", 2)
-        if "freezer" in ctrls.split(","):
-            return path
-        if ctrls == "":
-            v2 = path
-    return v2
+    """The pid's cgroup path in the freezer runc uses (v1 where mounted, else v2); "" when gone."""
+    from .ckpt.cgroup import cgroup_path_of
+    return cgroup_path_of(pid)
 
 
 class GpuFrontHooks:

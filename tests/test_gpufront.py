@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +18,8 @@ from nri_plugin.front.messages import DUMP, RESTORE, Request
 from nri_plugin.gpufront import MARKER, GpuFrontHooks, make
 from nri_plugin.policy.config import ConfigError, NodeConfig
 from nri_plugin.policy.records import ContainerRecord, write_record
+from tests import cgroups
 from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib  # noqa: F401 (fixtures)
-
-FREEZER = Path("/sys/fs/cgroup/freezer")
 
 
 def hooks(tmp_path: Path, fc: FakeCuda | None = None, **node: object) -> GpuFrontHooks:
@@ -41,11 +39,12 @@ def dump(pid: int, images: Path | None = None) -> Request:
 
 
 class Cgroup:
-    """A v1 freezer cgroup named like a container id, with the sleepers started in it."""
+    """A fresh cgroup on the product's freezer hierarchy, named like a container id, with sleepers started in it."""
 
-    def __init__(self) -> None:
-        self.cid = f"gpucr-gf-{uuid.uuid4().hex[:12]}"
-        self.dir = FREEZER / self.cid
+    def __init__(self, freezer: cgroups.Freezer) -> None:
+        self.freezer = freezer
+        self.dir = freezer.path
+        self.cid = freezer.path.name
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def sleeper(self) -> int:
@@ -59,23 +58,15 @@ def cgroup() -> Iterator[Cgroup]:
     """A fresh freezer cgroup; its processes are killed and reaped, and it is removed, afterwards."""
     if os.geteuid() != 0:
         pytest.fail("these tests need root (cgroups)", pytrace=False)
-    cg = Cgroup()
-    d = cg.dir
-    d.mkdir()
-    try:
-        yield cg
-    finally:
-        (d / "freezer.state").write_text("THAWED")
-        for p in cg.procs:
-            p.kill()
-            p.wait()
-        for _ in range(200):
-            try:
-                d.rmdir()
-                break
-            except OSError:
-                import time
-                time.sleep(0.02)
+    with cgroups.fresh("gf") as f:
+        cg = Cgroup(f)
+        try:
+            yield cg
+        finally:
+            f.thaw()
+            for p in cg.procs:
+                p.kill()
+                p.wait()
 
 
 def sleeper(cg: Path | None = None) -> subprocess.Popen[bytes]:
@@ -110,22 +101,24 @@ def test_unmanaged_cuda_process_protected_by_default_and_logged(fake_cuda: FakeC
         w.kill()
 
 
+@pytest.mark.criu
 def test_managed_record_is_wanted_without_touching_the_driver(tmp_path: Path, cgroup: Cgroup) -> None:
-    cid, d = cgroup.cid, cgroup.dir
+    cid = cgroup.cid
     pid = cgroup.sleeper()
     write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
                                                      pid=pid, policy={"lock_timeout_ms": 1234}))
     # the driver library does not even exist: wants() must not load it
     h = hooks(tmp_path, None)
     h.libcuda = str(tmp_path / "no-such-libcuda.so")
-    (d / "freezer.state").write_text("FROZEN")
+    cgroup.freezer.freeze()
     try:
         assert h.wants(dump(pid)) is True
         assert h.target is not None and h.target.record is not None and h.target.why.startswith("managed")
     finally:
-        (d / "freezer.state").write_text("THAWED")
+        cgroup.freezer.thaw()
 
 
+@pytest.mark.criu
 @pytest.mark.parametrize("bad", ["corrupt", "other-format", "stale"])
 def test_bad_record_falls_back_to_node_policy(tmp_path: Path, cgroup: Cgroup, bad: str) -> None:
     cid = cgroup.cid

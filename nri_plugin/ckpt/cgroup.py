@@ -26,7 +26,8 @@ from ..errors import GpucrError
 from ._proc import cgroup_procs
 
 __all__ = [
-    "CgroupError", "CgroupMount", "Freezer", "FreezerState", "ProcessCgroups", "cgroups_of", "freezer_of", "parse_mountinfo",
+    "CgroupError", "CgroupMount", "Freezer", "FreezerState", "ProcessCgroups", "cgroup_path_of", "cgroups_of", "freezer_of",
+    "parse_mountinfo",
     "parse_proc_cgroup", "resolve", "thawed",
 ]
 
@@ -291,6 +292,22 @@ def cgroups_of(pid: int, *, proc: Path = Path("/proc")) -> ProcessCgroups:
     v1 = _pick(mounts, 1, own["freezer"], "freezer") if "freezer" in own else None
     v2 = _pick(mounts, 2, own[""], None) if "" in own else None
     return ProcessCgroups(pid, v1, v2)
+
+
+def cgroup_path_of(pid: int, *, proc: Path = Path("/proc")) -> str:
+    """The cgroup path (as ``/proc/PID/cgroup`` names it) of the freezer :attr:`ProcessCgroups.freezer` picks: the
+    v1 ``freezer`` entry only where a v1 freezer hierarchy is mounted, else the v2 entry; "" for a vanished pid.
+
+    Why not simply the v1 line when there is one: a hybrid kernel lists the v1 entries even in a mount namespace that
+    shows only cgroup2 on /sys/fs/cgroup, where runc (and so the container's cgroup) is v2."""
+    try:
+        own = parse_proc_cgroup(_read(proc / str(pid) / "cgroup", f"cgroups of pid {pid}"))
+        mounts = parse_mountinfo(_read(proc / "self/mountinfo", f"cgroups of pid {pid}"))
+    except CgroupError:
+        return ""
+    if "freezer" in own and any(m.version == 1 and "freezer" in m.controllers for m in mounts):
+        return own["freezer"]
+    return own.get("", "")
 
 
 def freezer_of(pid: int) -> Freezer | None:

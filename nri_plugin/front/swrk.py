@@ -81,9 +81,15 @@ def _own_cgroup() -> str:
             lines = f.read().splitlines()
     except OSError:
         return "?"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            # a hybrid kernel lists v1 lines even where only cgroup2 is mounted (runc then uses v2)
+            v1_freezer = any(" - cgroup " in ln and "freezer" in ln.rsplit(" ", 1)[-1].split(",") for ln in f)
+    except OSError:
+        v1_freezer = True
     for line in lines:
         _, ctrls, path = line.split(":", 2)
-        if "freezer" in ctrls.split(","):
+        if v1_freezer and "freezer" in ctrls.split(","):
             return path
     return next((ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")), "?")
 

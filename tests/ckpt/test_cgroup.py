@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from nri_plugin.ckpt.cgroup import (
     CgroupError, CgroupMount, Freezer, FreezerState, cgroups_of, parse_mountinfo, parse_proc_cgroup, resolve,
 )
+from tests import cgroups
 from tests.ckpt._workload import rmdir_cgroup
 from tests.testenv import wait_for
 
@@ -94,7 +94,7 @@ def cgroup(request: pytest.FixtureRequest) -> Iterator[tuple[Freezer, Path]]:
     if os.geteuid() != 0:
         pytest.fail("cgroup tests need root", pytrace=False)
     version: int = request.param
-    top = _hierarchies()[version] / f"gpucr-test-criu-{uuid.uuid4().hex[:8]}"
+    top = _hierarchies()[version] / cgroups.unique_name("criu")
     top.mkdir()
     (top / "sub").mkdir()
     try:
