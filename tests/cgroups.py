@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nri_plugin.ckpt.cgroup import CgroupMount, Freezer, cgroups_of, parse_mountinfo, resolve
 
-__all__ = ["Freezer", "at", "describe", "fresh", "freezer_dir", "of_pid", "remove", "state", "unique_name", "version"]
+__all__ = ["Freezer", "at", "describe", "fresh", "frozen_task_state", "freezer_dir", "of_pid", "remove", "state", "unique_name", "version"]
 
 
 def _mounts() -> list[CgroupMount]:
@@ -38,6 +38,12 @@ def _freezer_mount() -> CgroupMount:
 def version() -> int:
     """1 or 2: the cgroup version containers are frozen through in this test process's view."""
     return _freezer_mount().version
+
+
+def frozen_task_state() -> str:
+    """The State letter of /proc/PID/status a frozen task shows: the v1 freezer parks tasks in uninterruptible
+    sleep (D); the v2 freezer stops them like a job-control stop at a signal check, where they read S."""
+    return "D" if version() == 1 else "S"
 
 
 def describe() -> str:

@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 FREEZE_TIMEOUT_S = 10.0
+UNIFIED_MOUNTPOINT = Path("/sys/fs/cgroup")
 POLL_S = 0.002
 
 
@@ -268,6 +269,11 @@ class ProcessCgroups:
         return out
 
 
+def _unified_mode(mounts: Iterable[CgroupMount]) -> bool:
+    """cgroup2 mounted on /sys/fs/cgroup: a v2-only host for runc, whatever v1 hierarchies are mounted elsewhere."""
+    return any(m.version == 2 and m.mountpoint == UNIFIED_MOUNTPOINT for m in mounts)
+
+
 def _pick(mounts: Iterable[CgroupMount], version: int, path: str, controller: str | None) -> Path | None:
     for m in mounts:
         if m.version == version and (controller is None or controller in m.controllers):
@@ -289,7 +295,7 @@ def cgroups_of(pid: int, *, proc: Path = Path("/proc")) -> ProcessCgroups:
     except CgroupError as exc:
         raise CgroupError(f"{what}: no such process (is pid {pid} running?)") from exc
     mounts = parse_mountinfo(_read(proc / "self/mountinfo", what))
-    v1 = _pick(mounts, 1, own["freezer"], "freezer") if "freezer" in own else None
+    v1 = _pick(mounts, 1, own["freezer"], "freezer") if "freezer" in own and not _unified_mode(mounts) else None
     v2 = _pick(mounts, 2, own[""], None) if "" in own else None
     return ProcessCgroups(pid, v1, v2)
 
@@ -299,13 +305,15 @@ def cgroup_path_of(pid: int, *, proc: Path = Path("/proc")) -> str:
     v1 ``freezer`` entry only where a v1 freezer hierarchy is mounted, else the v2 entry; "" for a vanished pid.
 
     Why not simply the v1 line when there is one: a hybrid kernel lists the v1 entries even in a mount namespace that
-    shows only cgroup2 on /sys/fs/cgroup, where runc (and so the container's cgroup) is v2."""
+    shows only cgroup2 on /sys/fs/cgroup, where runc (and so the container's cgroup) is v2; there CRIU's restore
+    also mounts v1 hierarchies for a while (its cgroup "yard"), so the test is runc's: cgroup2 on /sys/fs/cgroup."""
     try:
         own = parse_proc_cgroup(_read(proc / str(pid) / "cgroup", f"cgroups of pid {pid}"))
         mounts = parse_mountinfo(_read(proc / "self/mountinfo", f"cgroups of pid {pid}"))
     except CgroupError:
         return ""
-    if "freezer" in own and any(m.version == 1 and "freezer" in m.controllers for m in mounts):
+    if "freezer" in own and not _unified_mode(mounts) and any(m.version == 1 and "freezer" in m.controllers
+                                                              for m in mounts):
         return own["freezer"]
     return own.get("", "")
 

@@ -83,8 +83,8 @@ def _own_cgroup() -> str:
         return "?"
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            # a hybrid kernel lists v1 lines even where only cgroup2 is mounted (runc then uses v2)
-            v1_freezer = any(" - cgroup " in ln and "freezer" in ln.rsplit(" ", 1)[-1].split(",") for ln in f)
+            # a hybrid kernel lists v1 lines even with cgroup2 on /sys/fs/cgroup, where runc uses v2
+            v1_freezer = not any(ln.split()[4] == "/sys/fs/cgroup" and " - cgroup2 " in ln for ln in f)
     except OSError:
         v1_freezer = True
     for line in lines:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from nri_plugin.ckpt.cgroup import (
-    CgroupError, CgroupMount, Freezer, FreezerState, cgroups_of, parse_mountinfo, parse_proc_cgroup, resolve,
+    CgroupError, CgroupMount, Freezer, FreezerState, cgroup_path_of, cgroups_of, parse_mountinfo, parse_proc_cgroup,
+    resolve,
 )
 from tests import cgroups
 from tests.ckpt._workload import rmdir_cgroup
@@ -72,6 +73,28 @@ def test_resolve(root: str, path: str, want: str | None) -> None:
 
 
 # --- real cgroups -------------------------------------------------------------------------------------------------
+
+
+# a hybrid kernel seen from a mount namespace with cgroup2 on /sys/fs/cgroup (the rig's v2 leg) while CRIU's restore
+# has its v1 cgroup yard mounted: /proc/PID/cgroup still lists v1 lines, but runc there is cgroup v2 only
+V2_VIEW_WITH_YARD = V2_ONLY + "90 25 0:34 / /tmp/.criu.cgyard.ab12/freezer rw - cgroup none rw,freezer\n"
+HYBRID_PROC_CGROUP = "6:freezer:/\n1:cpu,cpuacct:/\n0::/gpucr-test-2.1.9/c1\n"
+
+
+@pytest.mark.parametrize(("mountinfo", "want_path", "want_v1"), [
+    (HYBRID_MOUNTINFO, "/", Path("/sys/fs/cgroup/freezer")),
+    (V2_VIEW_WITH_YARD, "/gpucr-test-2.1.9/c1", None),
+], ids=["hybrid", "v2-view-of-hybrid-kernel"])
+def test_cgroup_path_follows_runcs_view(tmp_path: Path, mountinfo: str, want_path: str, want_v1: Path | None) -> None:
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7/cgroup").write_text(HYBRID_PROC_CGROUP)
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self/mountinfo").write_text(mountinfo)
+    assert cgroup_path_of(7, proc=tmp_path) == want_path
+    pc = cgroups_of(7, proc=tmp_path)
+    assert pc.v1_freezer == want_v1
+    assert pc.freezer.version == (1 if want_v1 else 2)
+    assert cgroup_path_of(8, proc=tmp_path) == ""  # gone
 
 
 def _hierarchies() -> dict[int, Path]:

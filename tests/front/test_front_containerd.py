@@ -82,7 +82,7 @@ def test_ctr_task_checkpoint_hook_sees_frozen(front_containerd: Containerd, fron
         b = before[0]
         # containerd pauses the task before runc even starts criu (criu-front.md Q3a)
         assert b["freezer"] == "FROZEN" and b["freeze_cgroup"].endswith(cgroup), b
-        assert b["leave_running"] is True and b["task_state"].startswith("D"), b
+        assert b["leave_running"] is True and b["task_state"].startswith(cgroups.frozen_task_state()), b
         assert [x["name"] for x in r if x["point"] == "notify"][:2] == ["pre-dump", "network-lock"]
         assert r[-1] == {"front_pid": b["front_pid"], "point": "after", "type": "DUMP", "success": True}
         assert _advancing(data)  # resumed after the checkpoint

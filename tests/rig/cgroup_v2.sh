@@ -19,6 +19,9 @@ rig=$root/rig-v2${GPUCR_INSTANCE:+-$GPUCR_INSTANCE}
 if [ "${1:-}" = --inside ]; then
     shift
     umount -R /sys/fs/cgroup
+    # a v1 hierarchy mounted elsewhere right now (another run's CRIU cgroup yard, /tmp/.criu.cgyard.*) would stay in
+    # this private copy for the whole leg and make /proc/self/mountinfo claim a v1 freezer: drop those too
+    awk '/ - cgroup / {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" || true; done
     mount -t cgroup2 none /sys/fs/cgroup
     [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] || die "/sys/fs/cgroup is not cgroup2 after mounting it"
     ! grep -q ' - cgroup ' /proc/self/mountinfo || die "v1 cgroup mounts are still visible in the namespace"
