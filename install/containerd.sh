@@ -29,6 +29,7 @@ instance_vars() {
     RUNC=${RUNC:-$(command -v runc || true)}
     # containerd -> shim -> runc -> criu all resolve through this PATH
     CTRD_PATH=${GPUCR_CRIU_DIR:+$GPUCR_CRIU_DIR:}${GPUCR_RUNC_DIR:+$GPUCR_RUNC_DIR:}$BIN:$PREFIX/usr/bin
+    DAEMON_PATH=$CTRD_PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
     CTR=$PREFIX/usr/bin/ctr
     PIDFILE=$DIR/containerd.pid
     LOG=$DIR/containerd.log
@@ -129,7 +130,8 @@ write_info() {
  "nri_plugin_dir": "$DIR/nri/plugins", "nri_conf_dir": "$DIR/nri/conf.d", "ctr": "$CTR",
  "runc_root": "$DIR/runc", "state_dir": "$DIR/state", "root_dir": "$DIR/root", "log": "$LOG",
  "cgroup_parent": "/$CGROUP_PARENT", "bin_dir": "$BIN", "pid": $(cat "$PIDFILE"),
- "busybox_image": "localhost/gpucr-busybox:test", "pause_image": "localhost/gpucr-pause:test"}
+ "busybox_image": "localhost/gpucr-busybox:test", "pause_image": "localhost/gpucr-pause:test",
+ "daemon_path": "$DAEMON_PATH"}
 JSON
     # a shell-friendly copy for people: . info.env; ctr t ls
     cat > "$DIR/info.env" <<ENV
@@ -155,8 +157,7 @@ start() {
     [ -e /run/containerd ] || { mkdir -p /run/containerd; touch "$GPUCR_TEST_ROOT/.created-run-containerd"; }
     [ -n "$RUNC" ] && [ -x "$RUNC" ] || die "runc not found${GPUCR_RUNC_DIR:+ in GPUCR_RUNC_DIR=$GPUCR_RUNC_DIR}: run install/deps.sh first"
     # TMPDIR catches ctr restore's leaks.
-    local path=$CTRD_PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-    env -i PATH="$path" TMPDIR="$DIR/tmp" HOME=/root setsid "$PREFIX/usr/bin/containerd" --config "$DIR/config.toml" \
+    env -i PATH="$DAEMON_PATH" TMPDIR="$DIR/tmp" HOME=/root setsid "$PREFIX/usr/bin/containerd" --config "$DIR/config.toml" \
         >"$LOG" 2>&1 </dev/null &
     echo $! > "$PIDFILE"
     local i

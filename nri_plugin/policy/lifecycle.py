@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..ckpt.cgroup import cgroup_path_of
 from .records import RecordError, load_record, remove_record, write_record
 
 __all__ = ["HookState", "cgroup_of", "on_create_runtime", "on_poststop", "parse_state"]
@@ -43,17 +44,10 @@ def parse_state(raw: str | bytes) -> HookState:
 
 
 def cgroup_of(pid: int, proc: Path = Path("/proc")) -> str:
-    """The pid's cgroup path: the v1 freezer entry where there is one (runc freezes with it on hybrid hosts),
-    else the v2 (``0::``) entry."""
-    v2 = freezer = ""
-    for line in (proc / str(pid) / "cgroup").read_text().splitlines():
-        hid, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hid == "0" and controllers == "":
-            v2 = path
-        elif "freezer" in controllers.split(","):
-            freezer = path
-    return freezer or v2
+    """The pid's cgroup path in the freezer runc uses: the v1 freezer entry on a hybrid or v1 host, else the v2
+    (``0::``) entry (``nri_plugin.ckpt.cgroup.cgroup_path_of``). Raises OSError when the pid is gone."""
+    (proc / str(pid) / "cgroup").read_bytes()
+    return cgroup_path_of(pid, proc=proc)
 
 
 def on_create_runtime(state: HookState, state_dir: Path) -> str:

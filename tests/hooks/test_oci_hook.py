@@ -63,6 +63,10 @@ def test_bad_state_is_named(raw: str, match: str) -> None:
 
 
 def test_cgroup_of_prefers_v1_freezer_then_v2(tmp_path: Path) -> None:
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self/mountinfo").write_text(
+        "37 31 0:34 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer\n"
+        "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n")
     (tmp_path / "7").mkdir()
     (tmp_path / "7" / "cgroup").write_text("12:freezer:/k8s/c1\n11:memory:/k8s/c1m\n0::/unified/c1\n")
     assert cgroup_of(7, tmp_path) == "/k8s/c1"

@@ -4,7 +4,7 @@
 On this hybrid VM a private mount namespace with cgroup2 on /sys/fs/cgroup delegates only ``hugetlb``, but
 containerd writes cpu shares (and ``ctr run`` more) into every spec, so runc fails on ``cpu.weight``. Before
 ``create``/``run``/``restore`` this drops from ``linux.resources`` of the bundle's config.json the parts whose
-controller the v2 root does not offer, then execs the real runc (path in RUNC below, set when installed) with the
+controller the v2 root does not offer (and the same from the resources ``runc update`` reads), then execs the real runc (path in RUNC below, set when installed) with the
 same arguments and environment (so a CRIU front first on PATH is still found). The bundle is ``--bundle``/``-b``
 or, as runc does, the working directory.
 """
@@ -29,6 +29,16 @@ def bundle_of(args: list[str]) -> str:
     return os.getcwd()
 
 
+def drop_missing(res: dict) -> bool:
+    """Remove from ``res`` what the v2 root cannot enforce; True when something went."""
+    with open(os.path.join(CGROUP_ROOT, "cgroup.controllers")) as f:
+        have = set(f.read().split())
+    drop = [k for k, ctrls in NEEDS.items() if k in res and not all(c in have for c in ctrls)]
+    for k in drop:
+        del res[k]
+    return bool(drop)
+
+
 def strip(bundle: str) -> None:
     path = os.path.join(bundle, "config.json")
     try:
@@ -36,14 +46,8 @@ def strip(bundle: str) -> None:
             spec = json.load(f)
     except FileNotFoundError:
         return
-    with open(os.path.join(CGROUP_ROOT, "cgroup.controllers")) as f:
-        have = set(f.read().split())
-    res = spec.get("linux", {}).get("resources") or {}
-    drop = [k for k, ctrls in NEEDS.items() if k in res and not all(c in have for c in ctrls)]
-    if not drop:
+    if not drop_missing(spec.get("linux", {}).get("resources") or {}):
         return
-    for k in drop:
-        del res[k]
     tmp = path + ".rig-tmp"
     with open(tmp, "w") as f:
         json.dump(spec, f)
@@ -63,10 +67,35 @@ def subcommand(args: list[str]) -> str | None:
     return None
 
 
+def update_resources(args: list[str]) -> None:
+    """``runc update -r FILE|-`` (go-runc, as the shim calls it: ``--resources=-`` with JSON on stdin): filter the
+    resources the same way and hand them to runc on stdin."""
+    for i, a in enumerate(args):
+        if a in ("-r", "--resources") and i + 1 < len(args):
+            src, at, new = args[i + 1], i + 1, "-"
+            break
+        if a.startswith(("--resources=", "-r=")):
+            src, at, new = a.split("=", 1)[1], i, "--resources=-"
+            break
+    else:
+        return
+    with (sys.stdin if src == "-" else open(src)) as f:
+        res = json.load(f)
+    drop_missing(res)
+    r, w = os.pipe()
+    os.write(w, json.dumps(res).encode())  # a few hundred bytes: fits the pipe buffer
+    os.close(w)
+    os.dup2(r, 0)
+    args[at] = new
+
+
 def main() -> None:
     args = sys.argv[1:]
-    if subcommand(args) in ("create", "run", "restore"):
+    sub = subcommand(args)
+    if sub in ("create", "run", "restore"):
         strip(bundle_of(args))
+    elif sub == "update":
+        update_resources(args)
     os.execv(RUNC, [RUNC, *args])
 
 
