@@ -218,8 +218,13 @@ stop_instance() {
             umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
         done
     fi
+    # a killed task leaves its cgroup a moment later (v2 shows it as populated until then): retry for up to 5 s
     for cg in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/unified/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
-        [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+        for _ in $(seq 50); do
+            [ -d "$cg" ] || break
+            find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+            [ -d "$cg" ] && sleep 0.1
+        done
     done
     rm -rf "$DIR"
     rm -f /run/criu.kdat.tmp
