@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 all: protos
 
-# real components: containerd 1.7.24 + 2.1.9, runc, CRIU >= 4.1, iptables, busybox-static (idempotent)
+# real components: containerd 1.7.24 + 2.1.9, runc, CRIU 4.2.x (sid, private sysroot), iptables, busybox-static (idempotent)
 deps:
 	@bash install/deps.sh install
 

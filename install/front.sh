@@ -63,6 +63,10 @@ check_real_criu() {
     if [ "$major" -lt 4 ] || { [ "$major" -eq 4 ] && [ "${minor:-0}" -lt 1 ]; }; then
         die "the real criu $REAL_CRIU is version $v; gpucr needs CRIU >= 4.1 (older CRIU fails on kernels >= 6.13)"
     fi
+    local k; k=$(uname -r); local kmajor=${k%%.*} krest=${k#*.}; local kminor=${krest%%[!0-9]*}
+    if [ "$major" -eq 4 ] && [ "${minor:-0}" -lt 2 ] && { [ "$kmajor" -gt 6 ] || { [ "$kmajor" -eq 6 ] && [ "${kminor:-0}" -ge 16 ]; }; }; then
+        say "warning: the real criu $REAL_CRIU is version $v, which cannot checkpoint containers with TCP/UDP sockets on kernels >= 6.16 (this is $k): install CRIU >= 4.2"
+    fi
 }
 
 make_route() {

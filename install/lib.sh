@@ -2,8 +2,9 @@
 # Shared helpers for gpucr's install scripts. Sourced, never run.
 #
 # Everything the scripts create lives under GPUCR_TEST_ROOT (default /var/lib/gpucr-test):
-#   opt/            extracted binaries (containerd 1.7.24 and 2.1.9, CRIU >= 4.1), the CRI api.proto
-#   bin/            criu wrapper + symlinks
+#   opt/            extracted binaries (containerd 1.7.24 and 2.1.9; criu-<version>: CRIU 4.2.x and its libraries),
+#                   the CRI api.proto
+#   bin/            criu (runs opt/criu-<version> through its own loader: the CRIU the tests and the demo use)
 #   apt/, debs/     private apt state and downloaded .debs (the system's apt configuration is untouched)
 #   images/         locally built OCI image tars (busybox test image, pause image)
 #   ctrd-<ver>/     one private containerd instance per version (root, state, sockets, NRI dirs, log)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.testenv import INSTALL, deps_problem
+from tests.testenv import CRIU, INSTALL, deps_problem
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +55,22 @@ def test_no_network_is_one_clear_line(tmp_path: Path) -> None:
     # a fresh root (nothing installed) inside a network namespace with no route to the package registry
     r = _run("deps.sh", "install", env={"GPUCR_TEST_ROOT": str(tmp_path / "r")}, netns=True)
     assert "no network to the Debian package registry" in _one_error_line(r)
+
+
+def test_second_install_is_quick_and_keeps_criu_42(tmp_path: Path) -> None:
+    """`make test` ran install/deps.sh already: a second run only checks (about 0.1 s here), and the CRIU every test
+    uses is the 4.2.x it installed, which answers `criu check`."""
+    assert deps_problem() is None, deps_problem()
+    before = os.path.realpath(CRIU), CRIU.read_bytes()
+    start = time.monotonic()
+    r = _run("deps.sh", "install")
+    assert r.returncode == 0 and "already installed" in r.stderr, r.stderr
+    assert time.monotonic() - start < 5
+    assert (os.path.realpath(CRIU), CRIU.read_bytes()) == before
+    v = subprocess.run([str(CRIU), "--version"], capture_output=True, text=True, check=True).stdout
+    assert v.startswith("Version: 4.") and int(v.split(".")[1]) >= 2, v
+    r = subprocess.run([str(CRIU), "check"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Looks good" in r.stdout + r.stderr, r.stdout + r.stderr
 
 
 def test_unknown_containerd_version_is_refused() -> None:

@@ -20,6 +20,8 @@ from nri_plugin.cri import CriClient, container_config, pod_config
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "install"
 TEST_ROOT = Path(os.environ.get("GPUCR_TEST_ROOT", "/var/lib/gpucr-test"))
+CRIU = TEST_ROOT / "bin/criu"
+"""The CRIU every test uses (engine, CLI, the front's real_criu, containerd's PATH): install/deps.sh's CRIU 4.2.x."""
 
 
 def deps_problem() -> str | None:

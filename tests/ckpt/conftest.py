@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.ckpt._workload import Workload
-from tests.testenv import TEST_ROOT
+from tests.testenv import CRIU
 
 
 @pytest.fixture(scope="session")
 def criu_binary() -> str:
-    """The CRIU >= 4.1 that install/deps.sh put under the test root (or the first `criu` on PATH)."""
+    """The CRIU that install/deps.sh put under the test root (never one found on PATH)."""
     if os.geteuid() != 0:
         pytest.fail("CRIU tests need root: run them as root (`sudo make test`)", pytrace=False)
-    path = TEST_ROOT / "bin/criu"
-    if path.exists():
-        return str(path)
-    found = shutil.which("criu")
-    if found is None:
-        pytest.fail(f"no CRIU at {path} nor on PATH: run `make deps` (install/deps.sh)", pytrace=False)
-    return found
+    if not os.access(CRIU, os.X_OK):
+        pytest.fail(f"no CRIU at {CRIU}: run `make deps` (install/deps.sh)", pytrace=False)
+    return str(CRIU)
 
 
 @pytest.fixture

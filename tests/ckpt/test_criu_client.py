@@ -1,5 +1,6 @@
-"""The CRIU RPC client against the real CRIU 4.1 (``criu swrk``): dump and restore of a multi-process,
-multi-threaded tree, leave-running, failures that leave the workload running, notifications, version checks."""
+"""The CRIU RPC client against the real CRIU (install/deps.sh's 4.2.x, ``criu swrk``): dump and restore of a
+multi-process, multi-threaded tree, leave-running, failures that leave the workload running, notifications, version
+checks."""
 
 from __future__ import annotations
 

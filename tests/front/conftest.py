@@ -18,7 +18,7 @@ import pytest
 from tests import testenv
 from tests.conftest import VERSIONS
 
-REAL_CRIU = testenv.TEST_ROOT / "bin/criu"
+REAL_CRIU = testenv.CRIU
 INSTANCE = f"{os.environ.get('GPUCR_INSTANCE') or 'default'}-fr"
 
 

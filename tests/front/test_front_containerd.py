@@ -1,4 +1,4 @@
-"""The CRIU front under real containerd (1.7.24 and 2.1.9), runc 1.1.5 and CRIU 4.1.1: the standard checkpoint
+"""The CRIU front under real containerd (1.7.24 and 2.1.9), runc 1.1.5 and CRIU 4.2.x: the standard checkpoint
 commands pass through it transparently, its hooks run at the right moment, and a failing hook aborts the dump with
 gpucr's explanation while the container keeps running."""
 

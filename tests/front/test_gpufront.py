@@ -1,5 +1,5 @@
 """GPU-safe standard checkpoints: the CRIU front with gpucr's CUDA hooks (``nri_plugin.gpufront``), the policy plugin
-(``gpucr plugin``) and the fake CUDA driver, under real containerd 1.7.24 and 2.1.9, runc 1.1.5 and CRIU 4.1.1.
+(``gpucr plugin``) and the fake CUDA driver, under real containerd 1.7.24 and 2.1.9, runc 1.1.5 and CRIU 4.2.x.
 
 The workload is a busybox shell that holds an fd on ``/dev/nvidia0`` (a host file bound there: discovery sees it as
 it sees a real CUDA process) and is registered with the fake driver by host pid, so every fake driver call on it

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import testenv
+from tests.ckpt._tcp import KERNEL_REFUSES_PASSCRED, kernel_version
 from tests.conftest import VERSIONS
 from tests.front.conftest import INSTANCE, REAL_CRIU
 
@@ -102,6 +103,20 @@ def test_install_refuses_clearly(tmp_path: Path) -> None:
     assert r.returncode == 1 and "is version 3.17.1; gpucr needs CRIU >= 4.1" in r.stderr
     r = front_sh("uninstall", "--config", str(config), "--dir", str(tmp_path / "r"))
     assert r.returncode == 1 and "was not installed by install/front.sh" in r.stderr
+
+
+def test_route_with_criu_41_warns_about_tcp_on_new_kernels(tmp_path: Path) -> None:
+    """CRIU 4.1 is accepted (it works where the kernel allows), with a warning where TCP sockets cannot be dumped."""
+    old = tmp_path / "criu"
+    old.write_text("#!/bin/sh\necho 'Version: 4.1.1'\n")
+    old.chmod(0o755)
+    r = front_sh("route", "--dir", str(tmp_path / "r"), "--real-criu", str(old), "--log-dir", str(tmp_path / "log"))
+    assert r.returncode == 0, r.stderr
+    warned = "cannot checkpoint containers with TCP/UDP sockets on kernels >= 6.16" in r.stderr
+    assert warned == (kernel_version() >= KERNEL_REFUSES_PASSCRED), r.stderr
+    r = front_sh("route", "--dir", str(tmp_path / "r"), "--real-criu", str(REAL_CRIU), "--log-dir",
+                 str(tmp_path / "log"))
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
 
 
 @contextlib.contextmanager

@@ -81,7 +81,8 @@ def test_version_through_the_front(front_route: FrontRoute, mode: str) -> None:
     me = os.getpid()
     if mode == "relay":
         assert f"request VERSION from runtime pid {me}:" in log and f"swrk {s.proc.args[2]} as pid" in log
-        assert "VERSION success=True version=4.1" in log and "exited with status 0" in log
+        got = f"{resp.version.major_number}.{resp.version.minor_number}"
+        assert f"VERSION success=True version={got}" in log and "exited with status 0" in log
     else:
         # answered with the real criu's own answer, cached per binary (no criu start on runc's VERSION call)
         assert f"VERSION from runtime pid {me}: answered with {REAL_CRIU}'s cached answer" in log

@@ -327,14 +327,17 @@ class Criu:
         elif not tail and log_file is not None:
             tail = f"(no log at {log_file}: criu failed before opening it; exit status {status})"
         message = str(exc)
-        last = _last_error(tail)
+        # the cause may lie above the tail (CRIU logs one line per task it lets go after a failure)
+        window = _tail(log_file, lines=1 << 20) if log_file is not None else ""
+        last = _last_error(tail) or _last_error(window)
         if last and exc.criu_errmsg and last not in message:
             # cr_errmsg is CRIU's *first* error, often a harmless one (rlimit); the log's last error is the cause
             message = message.replace(exc.criu_errmsg.strip(), last)
-        if "Can't get 1:16 opt: Operation not supported" in tail:
+        if "Can't get 1:16 opt: Operation not supported" in f"{window}\n{tail}":
             # kernels >= 6.16 refuse SO_PASSCRED on inet sockets; CRIU < 4.2 treats that as fatal
-            message += ("; this CRIU cannot dump INET sockets on this kernel (SO_PASSCRED is refused, fixed in "
-                        "CRIU 4.2): install CRIU >= 4.2, or checkpoint a process without TCP/UDP sockets")
+            message += ("; this CRIU cannot dump TCP/UDP sockets on kernels >= 6.16 (they refuse SO_PASSCRED on "
+                        "them; CRIU 4.2 no longer asks): install CRIU >= 4.2, or checkpoint a process without "
+                        "TCP/UDP sockets")
         if "Can't fork for" in last and "File exists" in last:
             message += ("; that pid is still in use here (a process, or an unreaped zombie that still holds it as its "
                         "process-group or session id): wait until it is gone, or restore into a new pid namespace")

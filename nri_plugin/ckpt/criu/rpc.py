@@ -23,7 +23,8 @@ __all__ = [
 ]
 
 MIN_VERSION = (4, 1)
-INSTALL_HINT = "install CRIU >= 4.1 (e.g. Debian trixie's criu package) or point gpucr at it"
+INSTALL_HINT = ("install CRIU >= 4.1 (>= 4.2 for processes with TCP/UDP sockets on kernels >= 6.16; Debian sid has 4.2.x) "
+                "or point gpucr at it")
 
 
 class Notify(StrEnum):
