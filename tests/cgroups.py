@@ -134,14 +134,15 @@ def remove(cgroup_path: str, *, parent_too: bool = False) -> list[Path]:
     left = []
     for m in _mounts():
         d = resolve(m, cgroup_path)
-        if d is None or d == m.mountpoint or not d.exists():
+        if d is None or d == m.mountpoint:
             continue
-        try:
-            d.rmdir()
-        except OSError:
-            left.append(d)
-            continue
-        if parent_too and d.parent != m.mountpoint:
-            with contextlib.suppress(OSError):
+        if d.exists():
+            try:
+                d.rmdir()
+            except OSError:
+                left.append(d)
+                continue
+        if parent_too and d.parent != m.mountpoint and d.parent.exists():
+            with contextlib.suppress(OSError):  # still holds another container's cgroup
                 d.parent.rmdir()
     return left
