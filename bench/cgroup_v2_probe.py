@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Check nri_plugin.ckpt.cgroup on a cgroup-v2-only host (the H200 device machine), stdlib only.
+"""Check nri_plugin.host.cgroup on a cgroup-v2-only host (the H200 device machine), stdlib only.
 
 Makes a cgroup with a child cgroup under the v2 root, puts a busy shell loop and a sleeper in them, then: finds them
 with cgroups_of, freezes (timed), proves the loop stopped, checks self/parent-frozen detection and the refusal to
@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nri_plugin.ckpt.cgroup import CgroupError, Freezer, FreezerState, cgroups_of, parse_mountinfo  # noqa: E402
+from nri_plugin.host.cgroup import CgroupError, Freezer, FreezerState, cgroups_of, cgroup_mounts  # noqa: E402
 
 
 def main() -> int:
-    mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    mounts = cgroup_mounts(Path("/proc/self/mountinfo").read_text())
     v2 = [m for m in mounts if m.version == 2 and m.root == "/"]
     v1 = [m for m in mounts if m.version == 1]
     checks: dict[str, object] = {"host": platform.node(), "kernel": platform.release(),

@@ -6,7 +6,7 @@ Two measurements, both against the real components:
 1. ``ctr t checkpoint`` of a running counter container on a private containerd whose runc finds ``criu`` in a route
    directory (install/front.sh route). "off": that ``criu`` is a symlink to the real criu; "handoff": the front with
    no hooks (the default for unmanaged containers: it answers runc's VERSION call from the cached answer and execs
-   the real criu for the DUMP); "gpucr": the product default (``hooks = nri_plugin.gpufront:make``, which looks at
+   the real criu for the DUMP); "gpucr": the product default (``hooks = nri_plugin.handlers.front_cuda:make``, which looks at
    the node config, the state dir and /proc for this non-CUDA container, then hands over); "relay": the front with
    hooks that want every session and do nothing
    (``bench/_want_all.py``: VERSION from the cache, the DUMP fully relayed with fd rewrite), i.e. what a managed
@@ -78,7 +78,7 @@ def main() -> int:
     base_conf = conf.read_text()
     front_target = os.readlink(front)
     modes = ("off", "handoff", "gpucr", "relay")
-    hooks = {"gpucr": "nri_plugin.gpufront:make", "relay": "bench._want_all:make"}
+    hooks = {"gpucr": "nri_plugin.handlers.front_cuda:make", "relay": "bench._want_all:make"}
 
     def mode(m: str) -> None:
         tmp = route / "path/criu.swap"

@@ -172,7 +172,7 @@ def main() -> int:
     ap.add_argument("--stage", type=Path, required=True)
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=180.0)
-    ap.add_argument("--hooks", default="nri_plugin.gpufront:make")
+    ap.add_argument("--hooks", default="nri_plugin.handlers.front_cuda:make")
     ap.add_argument("--skip-plain", action="store_true", help="skip the run without gpucr")
     ap.add_argument("--setup-only", action="store_true",
                     help="only lay out GPUCR_TEST_ROOT (then e.g. `make demo` parts can run on this machine)")
@@ -186,7 +186,7 @@ def main() -> int:
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
                            "gpu": sh(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]).stdout.strip(),
                            "gib": args.gib}
-    work = Path("/tmp/gpucr-front-bench")
+    work = Path("/var/lib/gpucr-front-bench")  # not /tmp: the CRIU front refuses a route others could change
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 

@@ -1,6 +1,6 @@
 """``gpucr-hook STAGE``: the OCI hook gpucr injects into managed containers (createRuntime, poststop).
 
-Thin entry point: reads the OCI state from stdin and calls :mod:`nri_plugin.policy.lifecycle`. Bookkeeping must
+Thin entry point: reads the OCI state from stdin and calls :mod:`nri_plugin.handlers.oci_records`. Bookkeeping must
 never break a container, so failures are logged to stderr (the runtime's log) and the hook exits 0, unless
 ``--strict`` is given.
 """
@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nri_plugin.policy import lifecycle
+from nri_plugin.handlers import oci_records
 from nri_plugin.policy.config import ConfigError, load_config
 from nri_plugin.errors import GpucrError
 
-STAGES = {"create-runtime": lifecycle.on_create_runtime, "poststop": lifecycle.on_poststop}
+STAGES = {"create-runtime": oci_records.on_create_runtime, "poststop": oci_records.on_poststop}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         state_dir = args.state_dir or load_config(args.config).state_dir
-        state = lifecycle.parse_state(sys.stdin.buffer.read())
+        state = oci_records.parse_state(sys.stdin.buffer.read())
         print(f"gpucr-hook {args.stage}: {STAGES[args.stage](state, state_dir)}", file=sys.stderr)
         return 0
     except (GpucrError, ConfigError, ValueError, OSError) as exc:

@@ -1,4 +1,4 @@
-"""The tests' view of cgroups, always through the product's own module (``nri_plugin.ckpt.cgroup``): which freezer a
+"""The tests' view of cgroups, always through the product's own module (``nri_plugin.host.cgroup``): which freezer a
 pid or a container's cgroup path sits in, its state, and fresh test cgroups on the hierarchy the product's freezer
 uses on this host (the v1 ``freezer`` controller on a hybrid or v1 host, the unified hierarchy on a v2-only host such
 as the rig's cgroup-v2 leg, ``tests/rig/cgroup_v2.sh``). No test names a cgroup version or a mount point itself.
@@ -14,13 +14,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from nri_plugin.ckpt.cgroup import CgroupMount, Freezer, cgroups_of, parse_mountinfo, resolve
+from nri_plugin.host.cgroup import CgroupMount, Freezer, cgroup_mounts, cgroups_of, resolve
 
-__all__ = ["Freezer", "at", "describe", "fresh", "frozen_task_state", "freezer_dir", "of_pid", "remove", "state", "unique_name", "version"]
+__all__ = ["Freezer", "at", "describe", "fresh", "frozen_task_state", "freezer_dir", "of_pid", "remove", "root", "state", "unique_name", "version"]
 
 
 def _mounts() -> list[CgroupMount]:
-    return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    return cgroup_mounts(Path("/proc/self/mountinfo").read_text())
 
 
 def _freezer_mount() -> CgroupMount:
@@ -33,6 +33,11 @@ def _freezer_mount() -> CgroupMount:
         if m.version == 2:
             return m
     raise AssertionError("no cgroup freezer visible (neither a v1 freezer mount nor cgroup2) in /proc/self/mountinfo")
+
+
+def root() -> Path:
+    """The mount point of the hierarchy the product freezes through here (where test cgroups are made)."""
+    return _freezer_mount().mountpoint
 
 
 def version() -> int:

@@ -16,6 +16,46 @@ import pytest
 from tests import cgroups, slate, testenv
 
 VERSIONS = [v for v in os.environ.get("GPUCR_TEST_CONTAINERD", "1.7.24,2.1.9").split(",") if v]
+#: the fixtures that stand for one containerd version each
+VERSION_FIXTURES = ("containerd", "front_containerd")
+
+
+def _mm(version: str) -> tuple[int, int]:
+    a, b, *_ = version.split(".")
+    return int(a), int(b)
+
+
+def versions_for(marker: pytest.Mark | None) -> list[str]:
+    """The containerd versions a case marked ``@pytest.mark.containerd(min=..., below=...)`` can run on."""
+    if marker is None:
+        return VERSIONS
+    lo, hi = marker.kwargs.get("min"), marker.kwargs.get("below")
+    return [v for v in VERSIONS if (lo is None or _mm(v) >= _mm(lo)) and (hi is None or _mm(v) < _mm(hi))]
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixtures' own params are applied: the marker takes precedence
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A case marked ``containerd(...)`` is generated only for the versions it can run on, so a containerd-1.7
+    case never passes by asserting "unimplemented" and returning: what cannot run on a version does not exist there."""
+    marker = metafunc.definition.get_closest_marker("containerd")
+    if marker is None:
+        return
+    for name in VERSION_FIXTURES:
+        vs = versions_for(marker)
+        if name in metafunc.fixturenames and vs:
+            metafunc.definition.add_marker(pytest.mark.parametrize(
+                name, vs, indirect=True, ids=[f"containerd-{v}" for v in vs]))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A marked case with no version left in a narrowed run (``GPUCR_TEST_CONTAINERD``) is deselected, never skipped."""
+    drop = [i for i in items if i.get_closest_marker("containerd") is not None
+            and not versions_for(i.get_closest_marker("containerd"))]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [i for i in items if i not in drop]
+
+
 SNAPSHOT = pytest.StashKey[slate.Snapshot]()
 LEFTOVERS = pytest.StashKey[list[str]]()
 

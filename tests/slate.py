@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nri_plugin.ckpt.cgroup import parse_mountinfo
+from nri_plugin.host.cgroup import cgroup_mounts
 
 RUN_CONTAINERD = Path("/run/containerd")
 # what the suite names things without GPUCR_INSTANCE (install/containerd.sh, tests/front, tests/nri, tests/cgroups.py):
@@ -63,7 +63,7 @@ def _procs() -> dict[tuple[int, str], str]:
 
 def _cgroups() -> set[str]:
     out = set()
-    for m in parse_mountinfo(Path("/proc/self/mountinfo").read_text()):
+    for m in cgroup_mounts(Path("/proc/self/mountinfo").read_text()):
         if m.root != "/":
             continue
         try:

@@ -1,6 +1,7 @@
 """Architecture checks: lower layers never import upper ones, and each package states its public names.
 
-Layers (style.md): errors < protocol (ttrpc, mux, nri.api, cri) and engines (ckpt) < stub/policy/front < cli.
+Layers: errors < protocol (ttrpc, mux, nri, cri, containerd, front), policy, engines (ckpt, host) < joiners
+(handlers) < entry points (cli; hooks/ outside the package).
 Checked statically (AST) on every module of the package, so a violation fails CI with the offending import.
 """
 
@@ -30,6 +31,12 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "nri_plugin.ckpt": ("nri_plugin.ttrpc", "nri_plugin.mux", "nri_plugin.nri", "nri_plugin.front",
                         "nri_plugin.cli", "nri_plugin.policy"),
     "nri_plugin.front": ("nri_plugin.cli", "nri_plugin.policy"),
+    # the host read as files: below everything but errors
+    "nri_plugin.host": ("nri_plugin.ttrpc", "nri_plugin.mux", "nri_plugin.nri", "nri_plugin.cri",
+                        "nri_plugin.containerd", "nri_plugin.ckpt", "nri_plugin.front", "nri_plugin.cli",
+                        "nri_plugin.policy", "nri_plugin.gpufront", "nri_plugin.handlers"),
+    # the joiners may import anything below the entry points
+    "nri_plugin.handlers": ("nri_plugin.cli",),
     "nri_plugin.policy": ("nri_plugin.cli", "nri_plugin.front"),
 }
 # pure (sans-I/O) modules: no event loop, sockets, ctypes or logging
@@ -78,12 +85,33 @@ def test_layering(name: str, path: Path) -> None:
             assert not bad, f"{name} imports upper layer: {bad}"
     if not name.startswith("nri_plugin.cli"):
         assert not any(i == "nri_plugin.cli" or i.startswith("nri_plugin.cli.") for i in imports), name
+    if not name.startswith(("nri_plugin.cli", "nri_plugin.handlers")) and name != "nri_plugin.gpufront":
+        # only the entry points (and the old front.conf path, re-exported) reach the joiners
+        bad = sorted(i for i in imports if i == "nri_plugin.handlers" or i.startswith("nri_plugin.handlers."))
+        assert not bad, f"{name} imports the joiners: {bad}"
     if name.endswith(PURE_SUFFIXES) or ".api." in name + ".":
         if ".nri.api" in name or name.endswith(PURE_SUFFIXES):
             bad = sorted(i for i in imports if i.split(".")[0] in IMPURE)
             assert not bad, f"pure module {name} imports {bad}"
     if "ctypes" in {i.split(".")[0] for i in imports}:
-        assert name.endswith("ckpt.cuda._lib"), f"ctypes belongs in nri_plugin/ckpt/cuda/_lib.py only, not {name}"
+        # and the front's pidfd_getfd(2), which Python lacks (nri_plugin/front/_pidfd.py)
+        assert name.endswith(("ckpt.cuda._lib", "front._pidfd")), \
+            f"ctypes belongs in nri_plugin/ckpt/cuda/_lib.py (and front/_pidfd.py) only, not {name}"
+
+
+def test_handlers_reached_only_from_entry_points() -> None:
+    """hooks/ (outside the package) may import the joiners; the package's lower layers never do (test_layering)."""
+    hook = _imports("hooks.oci_hook", PKG.parent / "hooks" / "oci_hook.py")
+    assert "nri_plugin.handlers.oci_records" in hook
+    assert _imports("nri_plugin.handlers", PKG / "handlers" / "__init__.py") == set()
+
+
+def test_host_start_up_path_is_cheap() -> None:
+    """host/__init__ imports nothing and host/proc only os and errors: the CRIU front imports proc on every dump."""
+    assert _imports("nri_plugin.host", PKG / "host" / "__init__.py") == set()
+    proc = _imports("nri_plugin.host.proc", PKG / "host" / "proc.py")
+    assert {i.split(".")[0] for i in proc} <= {"__future__", "os", "signal", "collections", "nri_plugin"}, proc
+    assert {i for i in proc if i.startswith("nri_plugin")} <= {"nri_plugin.errors", "nri_plugin.errors.GpucrError"}
 
 
 @pytest.mark.parametrize("name", [m for m, p in _modules() if p.name == "__init__.py"])

@@ -12,12 +12,11 @@ GPU UUIDs, chip names and memory come from NVML when it loads; without it they a
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._proc import cuda_candidates, tree_pids
+from ..host.proc import comm, cuda_candidates, nvidia_minors, tree_pids
 from .cuda.driver import Driver, NotCudaProcessError, ProcessState
 from .cuda.nvml import Nvml, NvmlError
 
@@ -56,32 +55,6 @@ class GpuInventory:
     by_index: dict[int, str] = field(default_factory=dict)
 
 
-def _nvidia_minors(pid: int) -> set[int]:
-    """GPU minor numbers of the /dev/nvidiaN fds a process holds (NVML may not see processes in some VMs)."""
-    out: set[int] = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return out
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        tail = target.removeprefix("/dev/nvidia")
-        if tail != target and tail.isdigit():
-            out.add(int(tail))
-    return out
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def gpu_inventory(nvml: Nvml | None) -> tuple[GpuInventory, dict[int, dict[str, int]]]:
     """The node's GPUs and each pid's GPU memory; empty (with a debug line) when NVML is unavailable."""
     if nvml is None:
@@ -113,6 +86,6 @@ def discover(pids: Iterable[int], driver: Driver, nvml: Nvml | None = None,
             state = driver.get_state(pid, timeout_s)
         except NotCudaProcessError:
             continue
-        gpus = usage.get(pid) or {inv.by_index[i]: 0 for i in _nvidia_minors(pid) if i in inv.by_index}
-        found.append(CudaProcess(pid, state, _comm(pid), gpus))
+        gpus = usage.get(pid) or {inv.by_index[i]: 0 for i in nvidia_minors(pid) if i in inv.by_index}
+        found.append(CudaProcess(pid, state, comm(pid), gpus))
     return found, inv

@@ -1,5 +1,5 @@
 """The checkpoint directory: private creation, refusal rules, ``gpucr.json`` metadata with a manifest, and host
-resource checks made before the expensive steps.
+resource checks made before the expensive steps; :class:`CheckpointStore` is the engine's dict view of it.
 
 Layout of a checkpoint ``DIR`` (dirs 0700, files 0600, because images hold the process's whole memory)::
 
@@ -29,10 +29,11 @@ from typing import Any
 
 from .. import __version__
 from ..errors import GpucrError
+from ..host.proc import HostError, mem_available
 
 __all__ = [
     "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
-    "check_disk_space", "check_host_memory", "mem_available", "mode_of", "parse_meminfo",
+    "CheckpointStore", "check_disk_space", "check_host_memory", "mode_of",
 ]
 
 FORMAT_VERSION = 1
@@ -77,7 +78,7 @@ class Metadata:
     spec_digest: str | None = None                  # "sha256:<hex>" of the OCI spec the container ran with
     driver_version: str | None = None
     processes: list[GpuProcess] = field(default_factory=list)
-    network: dict[str, Any] | None = None           # netid.read_netns() output
+    network: dict[str, Any] | None = None           # host.netns.read_netns() output
     criu: dict[str, Any] = field(default_factory=dict)   # options the dump used (for the restore)
     timings: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
@@ -337,33 +338,6 @@ class CheckpointDir:
 # --- host resource checks ------------------------------------------------------------------------------------------
 
 
-def parse_meminfo(text: str) -> dict[str, int]:
-    """``/proc/meminfo`` as {key: bytes}."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if not parts or not parts[0].isdigit():
-            continue
-        out[key.strip()] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
-    return out
-
-
-def mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
-    """MemAvailable in bytes.
-
-    Raises:
-        LayoutError: the file cannot be read or lacks MemAvailable (kernel < 3.14).
-    """
-    try:
-        info = parse_meminfo(meminfo.read_text())
-    except OSError as exc:
-        raise LayoutError(f"cannot read {meminfo}: {exc.strerror}") from exc
-    if "MemAvailable" not in info:
-        raise LayoutError(f"{meminfo} has no MemAvailable: cannot check host memory")
-    return info["MemAvailable"]
-
-
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
@@ -375,7 +349,10 @@ def check_host_memory(needed_bytes: int, *, what: str = "the GPU data", availabl
     Raises:
         LayoutError: not enough MemAvailable (says how much is needed, available, and what to do).
     """
-    avail = mem_available(meminfo) if available is None else available
+    try:
+        avail = mem_available(str(meminfo)) if available is None else available
+    except HostError as exc:
+        raise LayoutError(str(exc)) from exc
     if needed_bytes > avail:
         raise LayoutError(f"not enough host memory for {what}: need {_gib(needed_bytes)}, MemAvailable is "
                           f"{_gib(avail)}; free {_gib(needed_bytes - avail)} of memory (or checkpoint fewer "
@@ -403,3 +380,47 @@ def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+# --- the engine's view: a metadata dict over CheckpointDir ----------------------------------------------------------
+# The engine works with a plain metadata dict; CheckpointStore maps it onto Metadata (GPU processes, driver version,
+# container id, timings) and keeps the CUDA details (GPU inventory, per-process memory by UUID, the cgroup freezer the
+# workload lived in) under ``extra``, which Metadata round-trips unchanged.
+
+#: metadata keys that layout.Metadata models itself; everything else of the engine's dict goes to ``extra``
+_OWN = {"pid", "container_id", "timings_s", "image_bytes"}
+
+
+class CheckpointStore:
+    """Checkpoint directories, optionally confined to ``root`` (the daemon's configured checkpoint root).
+
+    Args:
+        root: refuse dirs outside it.
+        verify_sha256: on restore check every file's sha256 (True) or only its size (False, faster on big images).
+    """
+
+    def __init__(self, root: Path | None = None, *, verify_sha256: bool = True) -> None:
+        self.root = root
+        self.verify_sha256 = verify_sha256
+
+    def prepare(self, images_dir: Path, *, force: bool) -> Path:
+        """Create the checkpoint dir (0700, refusing an existing checkpoint unless ``force``); return CRIU's dir."""
+        return CheckpointDir.create(images_dir, force=force, root=self.root).images_dir
+
+    def write_metadata(self, images_dir: Path, meta: dict[str, Any]) -> None:
+        cuda = meta.get("cuda") or {}
+        gpus: dict[str, str] = cuda.get("gpus") or {}
+        procs = [GpuProcess(int(p["pid"]), list(p.get("gpus") or {}), [gpus.get(u, "") for u in p.get("gpus") or {}],
+                            sum((p.get("gpus") or {}).values())) for p in cuda.get("processes") or []]
+        md = Metadata(root_pid=int(meta["pid"]), container_id=meta.get("container_id") or None,
+                      driver_version=cuda.get("driver_version") or None, processes=procs,
+                      timings=dict(meta.get("timings_s") or {}),
+                      sizes={"image_bytes": int(meta.get("image_bytes") or 0)},
+                      extra={k: v for k, v in meta.items() if k not in _OWN})
+        CheckpointDir(images_dir).finalize(md)
+
+    def read_metadata(self, images_dir: Path) -> tuple[dict[str, Any], Path]:
+        """The engine's metadata dict and CRIU's images dir. Raises LayoutError for a corrupt/truncated checkpoint."""
+        cp, md = CheckpointDir.open(images_dir, root=self.root, verify=self.verify_sha256)
+        meta = dict(md.extra)
+        meta.update(pid=md.root_pid, container_id=md.container_id or "", timings_s=md.timings,
+                    image_bytes=md.sizes.get("image_bytes", 0))
+        return meta, cp.images_dir

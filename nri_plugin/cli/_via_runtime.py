@@ -15,9 +15,12 @@ import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import GpucrError
+
+if TYPE_CHECKING:
+    from ..ckpt.marker import CudaMarker
 
 __all__ = ["run"]
 
@@ -33,19 +36,29 @@ def _runtime_major(address: str) -> tuple[int, str]:
         raise GpucrError(f"cannot tell the version of the runtime at {address} ({text!r})") from exc
 
 
-def _marker_of(path: Path, archive: bool) -> dict[str, Any] | None:
-    from ..gpufront import MARKER
+def _marker_of(path: Path, archive: bool) -> CudaMarker | None:
+    """gpucr's marker in the runtime's checkpoint (an images dir, or CRI's archive); None when it has none.
+
+    Raises:
+        MarkerError: the marker is there but unreadable or of another format.
+    """
+    from ..ckpt import marker
     if not archive:
-        try:
-            return json.loads((path / MARKER).read_text())  # type: ignore[no-any-return]
-        except FileNotFoundError:
+        if not (path / marker.MARKER).exists():
             return None
+        return marker.read(str(path))
     with tarfile.open(path) as t:
         try:
-            f = t.extractfile(f"checkpoint/{MARKER}")
+            f = t.extractfile(f"checkpoint/{marker.MARKER}")
         except KeyError:
             return None
-        return json.loads(f.read()) if f is not None else None
+        if f is None:
+            return None
+        try:
+            data = json.loads(f.read())
+        except ValueError as exc:
+            raise marker.MarkerError(f"gpucr's marker in {path} is unreadable ({exc})") from exc
+        return marker.parse(data, f"{path}:checkpoint/{marker.MARKER}")
 
 
 def run(args: argparse.Namespace, container_id: str, pid: int) -> int:
@@ -54,7 +67,7 @@ def run(args: argparse.Namespace, container_id: str, pid: int) -> int:
     Raises:
         GpucrError: the runtime refused, DIR exists, or a CUDA container's checkpoint lacks gpucr's marker.
     """
-    from ..ckpt._proc import cuda_candidates, tree_pids
+    from ..host.proc import cuda_candidates, tree_pids
 
     out = Path(args.to)
     if out.exists() and any(out.iterdir()) and not args.force:
@@ -85,8 +98,8 @@ def run(args: argparse.Namespace, container_id: str, pid: int) -> int:
                          f"gpucr marker: {runtime}'s runc did not run gpucr's CRIU front; install it for this "
                          f"runtime (install/front.sh install --config <containerd config>) and restart containerd")
     summary = {"action": "checkpoint", "container_id": container_id, "pid": pid, "via": via, "runtime": runtime,
-               "path": str(target), "cuda_processes": (marker or {}).get("processes", []),
-               "gpus": (marker or {}).get("gpus", {})}
+               "path": str(target), "cuda_processes": marker.processes if marker else [],
+               "gpus": marker.gpus if marker else {}}
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:

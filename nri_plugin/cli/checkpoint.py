@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import GpucrError
 
-__all__ = ["register"]
+__all__ = ["AmbiguousContainerError", "register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -86,46 +86,53 @@ class _ProgressLine:
 
 
 def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
-    from ..ckpt.cgroup import Freezer, freezer_of
     from ..ckpt.criu import Criu
     from ..ckpt.cuda import Driver, Nvml
+    from ..ckpt.cuda_steps import CudaSteps
     from ..ckpt.engine import Engine
-    from ..ckpt.store import CheckpointStore
-
-    def freezer_at(path: str, version: int) -> Any:
-        f = Freezer(Path(path), version)
-        return f if version in (1, 2) and f.path.is_dir() and not f.is_root else None
+    from ..ckpt.layout import CheckpointStore
+    from ..host.cgroup import freezer_at, freezer_of
 
     store = CheckpointStore(args.root, verify_sha256=not getattr(args, "quick_verify", False))
-    return Engine(Driver(args.libcuda), Criu(args.criu), freezer_of, store,
-                  nvml=Nvml(args.libnvml), progress=progress, freezer_at=freezer_at)
+    cuda = CudaSteps(Driver(args.libcuda), freezer_of, nvml=Nvml(args.libnvml), progress=progress)
+    return Engine(cuda, Criu(args.criu), store, freezer_at=freezer_at)
+
+
+class AmbiguousContainerError(GpucrError):
+    """A container prefix names more than one container."""
 
 
 def resolve_container(ref: str, address: str) -> tuple[str, int]:
-    """(container id, host pid of its init) through CRI; else by scanning /proc/*/cgroup for the id."""
+    """(container id, host pid of its init) through CRI; else the first process whose cgroup path names the id
+    (:func:`nri_plugin.host.proc.names_container`: a whole component or a systemd scope id, never a substring)."""
+    from ..cri import CriClient, CriError
+
     try:
-        from ..cri import CriClient
         with CriClient(address, timeout_s=10) as c:
             ids = [ct.id for ct in c.list_containers() if ct.id.startswith(ref)]
             if len(ids) > 1:
-                raise GpucrError(f"container prefix {ref!r} is ambiguous: {', '.join(i[:13] for i in ids)}")
+                raise AmbiguousContainerError(f"container prefix {ref!r} is ambiguous: "
+                                              f"{', '.join(i[:13] for i in ids)}; give more of the id")
             if ids:
                 _, info = c.container_status(ids[0], verbose=True)
                 pid = int((info.get("info") or info).get("pid") or 0)
                 if pid > 0:
                     return ids[0], pid
-    except GpucrError as exc:
-        if "ambiguous" in str(exc):
-            raise
+    except CriError:
+        pass  # no CRI there (or it failed): the /proc fallback below
+    from ..host.proc import HostError, names_container, parse_proc_cgroup
+
     for name in sorted(os.listdir("/proc"), key=lambda n: int(n) if n.isdigit() else 0):
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/cgroup") as f:
-                if ref in f.read():
-                    return ref, int(name)
-        except OSError:
+            with open(f"/proc/{name}/cgroup", encoding="utf-8", errors="surrogateescape") as f:
+                paths = set(parse_proc_cgroup(f.read()).values())
+        except (OSError, HostError):
             continue
+        # a whole path component (cgroupfs) or the systemd scope's id equal to the full id: never a substring
+        if any(names_container(p, ref) for p in paths):
+            return ref, int(name)
     raise GpucrError(f"container {ref!r} not found through CRI at {address} nor in any process's cgroup; "
                      f"check the id (gpucr cri ps --address ...) and that it is running")
 

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--name", help="plugin name (default $NRI_PLUGIN_NAME, the executable's NN-name, or gpucr)")
     p.add_argument("--idx", help="two-digit plugin index (default $NRI_PLUGIN_IDX, the executable's NN-, or 10)")
     p.add_argument("--config", type=Path, help="node config (TOML, default /etc/gpucr/config.toml); with --logger: "
-                                               "the logger's JSON config (see nri_plugin.nri.logger)")
+                                               "the logger's JSON config (see nri_plugin.handlers.nri_logger)")
     p.add_argument("--logger", action="store_true", help="run the lifecycle logger plugin instead of gpucr's policy")
     p.add_argument("--log-file", type=Path, help="also log here (pre-registered plugins have no stderr)")
     p.add_argument("--events", action="store_true", help="list the events the plugin subscribes to, and exit")
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     plugin: object
     if args.logger:
-        from ..nri.logger import LifecycleLogger, LoggerConfig
+        from ..handlers.nri_logger import LifecycleLogger, LoggerConfig
 
         config = LoggerConfig()
         if args.config:
@@ -64,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
             config = LoggerConfig.parse(text, str(args.config))
         plugin = LifecycleLogger(config)
     else:
-        from ..daemon import GpucrPlugin
+        from ..handlers.nri_policy import PolicyPlugin
         from ..policy import load_config
 
-        plugin = GpucrPlugin(load_config(args.config))
+        plugin = PolicyPlugin(load_config(args.config))
     if args.events:
         print("\n".join(describe_events(plugin)))
         return 0

@@ -9,11 +9,14 @@ from .config import DEFAULT_CONFIG_PATH, ConfigError, NodeConfig, load_config
 from .criu_conf import CriuOption, merge_config, parse_config, render_config
 from .decide import ContainerView, Decision, MountView, decide
 from .gpu import GpuRequest, detect_gpus
-from .records import ContainerRecord, RecordError, load_record, remove_record, write_record
+from .records import (
+    ContainerRecord, RecordedGpus, RecordedPolicy, RecordError, RecordMissingError, load_record, remove_record,
+    write_record,
+)
 
 __all__ = [
     "ANNOTATIONS", "DEFAULT_CONFIG_PATH", "PREFIX", "AnnotationError", "ConfigError", "ContainerPolicy",
     "ContainerRecord", "ContainerView", "CriuOption", "Decision", "GpuRequest", "MountView", "NodeConfig",
-    "RecordError", "decide", "detect_gpus", "load_config", "load_record", "merge_config", "parse_annotations",
+    "RecordError", "RecordMissingError", "RecordedGpus", "RecordedPolicy", "decide", "detect_gpus", "load_config", "load_record", "merge_config", "parse_annotations",
     "parse_config", "remove_record", "render_config", "write_record",
 ]

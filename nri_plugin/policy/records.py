@@ -19,8 +19,8 @@ from typing import Any
 
 from ..errors import GpucrError
 
-__all__ = ["RECORD_FORMAT", "ContainerRecord", "RecordError", "load_record", "record_path", "remove_record",
-           "write_record"]
+__all__ = ["RECORD_FORMAT", "ContainerRecord", "RecordError", "RecordMissingError", "RecordedGpus", "RecordedPolicy",
+           "load_record", "record_path", "remove_record", "write_record"]
 
 RECORD_FORMAT = 1
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -28,6 +28,43 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 class RecordError(GpucrError):
     """A state-dir record is missing, unreadable, corrupt or of another format."""
+
+
+class RecordMissingError(RecordError):
+    """No record: the plugin did not see this container's creation."""
+
+
+@dataclass(frozen=True)
+class RecordedPolicy:
+    """The container's checkpoint policy as decided at creation: the CUDA lock timeout, the GPU UUID map for a
+    restore, and the annotation (or node key) each value came from."""
+
+    lock_timeout_ms: int | None = None
+    gpu_map: tuple[tuple[str, str], ...] = ()
+    source: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> RecordedPolicy:
+        """From the record's JSON. Raises TypeError/ValueError for a malformed entry."""
+        lock = d.get("lock_timeout_ms")
+        return cls(int(lock) if lock is not None else None, tuple((str(a), str(b)) for a, b in d.get("gpu_map") or ()),
+                   {str(k): str(v) for k, v in (d.get("source") or {}).items()})
+
+
+@dataclass(frozen=True)
+class RecordedGpus:
+    """The GPUs the container asked for at creation (``visible``: NVIDIA_VISIBLE_DEVICES), and why it is a GPU one."""
+
+    visible: str = ""
+    devices: tuple[str, ...] = ()
+    cdi: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> RecordedGpus:
+        """From the record's JSON. Raises TypeError/ValueError for a malformed entry."""
+        return cls(str(d.get("visible") or ""), *(tuple(str(x) for x in d.get(k) or ()) for k in
+                                                   ("devices", "cdi", "reasons")))
 
 
 @dataclass
@@ -39,8 +76,8 @@ class ContainerRecord:
     pod_namespace: str
     managed: bool
     reason: str
-    gpus: dict[str, Any] = field(default_factory=dict)
-    policy: dict[str, Any] = field(default_factory=dict)
+    gpus: RecordedGpus = field(default_factory=RecordedGpus)
+    policy: RecordedPolicy = field(default_factory=RecordedPolicy)
     criu_config: str = ""
     runtime: str = ""
     created_at: float = 0.0
@@ -83,7 +120,7 @@ def load_record(state_dir: Path, container_id: str) -> ContainerRecord:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RecordError(f"no gpucr record for container {container_id} ({path}): the plugin did not see its "
+        raise RecordMissingError(f"no gpucr record for container {container_id} ({path}): the plugin did not see its "
                           "creation (down, or missed its deadline)") from None
     except (OSError, ValueError) as exc:
         raise RecordError(f"gpucr record {path} is unreadable or corrupt ({exc}); remove it, gpucr then applies "
@@ -92,8 +129,10 @@ def load_record(state_dir: Path, container_id: str) -> ContainerRecord:
         raise RecordError(f"gpucr record {path} has format {data.get('format') if isinstance(data, dict) else '?'}"
                           f", expected {RECORD_FORMAT}; remove it, gpucr then applies the node policy")
     try:
+        data["gpus"] = RecordedGpus.of(data.get("gpus") or {})
+        data["policy"] = RecordedPolicy.of(data.get("policy") or {})
         rec = ContainerRecord(**data)
-    except TypeError as exc:
+    except (TypeError, ValueError, AttributeError) as exc:
         raise RecordError(f"gpucr record {path} is corrupt ({exc}); remove it") from exc
     if rec.container_id != container_id:
         raise RecordError(f"gpucr record {path} belongs to container {rec.container_id}, not {container_id}")

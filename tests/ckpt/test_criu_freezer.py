@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nri_plugin.ckpt.cgroup import Freezer, FreezerState, cgroups_of, parse_mountinfo
+from nri_plugin.host.cgroup import Freezer, FreezerState, cgroups_of, cgroup_mounts
 from nri_plugin.ckpt.criu import Criu, DumpOptions, RestoreOptions
 from tests import cgroups
 from tests.ckpt._workload import Workload, rmdir_cgroup, state
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.criu
 
 def _mounts() -> dict[int, Path]:
     out: dict[int, Path] = {}
-    for m in parse_mountinfo(Path("/proc/self/mountinfo").read_text()):
+    for m in cgroup_mounts(Path("/proc/self/mountinfo").read_text()):
         if m.root != "/":
             continue
         if m.version == 1 and "freezer" in m.controllers:

@@ -3,6 +3,7 @@ ctypes path into the fake driver built with gcc (state machine, frozen/stopped h
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -97,7 +98,8 @@ def test_hang_fires_the_watchdog_and_the_call_can_be_awaited(mocker: MockerFixtu
     t0 = time.monotonic()
     with pytest.raises(CudaTimeoutError) as ei:
         d.checkpoint(4242 if not os.path.exists("/proc/4242") else os.getpid(), timeout_s=0.3)
-    assert 0.25 < time.monotonic() - t0 < 2
+    # the watchdog fired (not before its deadline) while the call still hung: the hung call waits up to 10 s
+    assert 0.3 <= time.monotonic() - t0 < 10 and not release.is_set()
     assert ei.value.step == "checkpoint" and ei.value.elapsed_s >= 0.3
     assert "frozen or stopped" in str(ei.value)
     pid = ei.value.pid
@@ -117,11 +119,19 @@ def test_lock_watchdog_deadline_follows_timeout_ms(mocker: MockerFixture) -> Non
 
 
 def test_progress_ticks_during_long_calls(mocker: MockerFixture) -> None:
+    """A long call reports progress: the call returns only after two ticks came (an event, not a time window)."""
     lib = MockLib(mocker)
-    lib.fns["cuCheckpointProcessCheckpoint"].side_effect = lambda pid, a: (time.sleep(1.2), 0)[1]
+    two = threading.Event()
+    lib.fns["cuCheckpointProcessCheckpoint"].side_effect = lambda pid, a: (two.wait(60), 0)[1]
     ticks: list[float] = []
-    Driver(lib=lib).checkpoint(os.getpid(), timeout_s=5, on_tick=ticks.append)
-    assert len(ticks) >= 2 and ticks == sorted(ticks)
+
+    def tick(elapsed: float) -> None:
+        ticks.append(elapsed)
+        if len(ticks) >= 2:
+            two.set()
+
+    Driver(lib=lib).checkpoint(os.getpid(), timeout_s=120, on_tick=tick)
+    assert two.is_set() and len(ticks) >= 2 and ticks == sorted(ticks)
 
 
 def test_missing_library_is_a_clear_error() -> None:
@@ -168,24 +178,79 @@ def _workload(fc: FakeCuda, tmp_path: Path, gpu_bytes: int = 1 << 30) -> subproc
     return p
 
 
+def _count(tmp_path: Path) -> int:
+    return int((tmp_path / "count.log.0").read_text() or 0)
+
+
+GPU0, GPU1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-00000000-0000-4000-8000-000000000001"
+
+
 def test_fake_driver_state_machine(fake_cuda: FakeCuda, tmp_path: Path) -> None:
+    """The teeth: the device is mapped unless CHECKPOINTED; the workload makes no progress unless RUNNING; restore's
+    GPU pairs must be one-to-one over every GPU."""
     p = _workload(fake_cuda, tmp_path)
     try:
         d = Driver(str(fake_cuda.lib))
-        assert d.get_state(p.pid) is ProcessState.RUNNING
+        assert d.get_state(p.pid) is ProcessState.RUNNING and fake_cuda.maps_device(p.pid)
         d.lock(p.pid)
-        assert fake_cuda.state(p.pid) == "LOCKED"
+        assert fake_cuda.state(p.pid) == "LOCKED" and fake_cuda.maps_device(p.pid)
+        n = _count(tmp_path)
+        time.sleep(0.5)  # ten ticks' worth: none may come while locked
+        assert _count(tmp_path) == n
         with pytest.raises(CudaError, match="CUDA_ERROR_ILLEGAL_STATE"):
             d.restore(p.pid)
         d.checkpoint(p.pid)
         assert d.get_state(p.pid) is ProcessState.CHECKPOINTED
+        assert not fake_cuda.maps_device(p.pid)  # what lets CRIU dump it
+        assert not any(os.readlink(f"/proc/{p.pid}/fd/{fd}") == str(fake_cuda.device)
+                       for fd in os.listdir(f"/proc/{p.pid}/fd"))
         assert d.restore_thread_id(p.pid) > 0
-        d.restore(p.pid, [("GPU-00000000-0000-4000-8000-000000000000", "GPU-00000000-0000-4000-8000-000000000001")])
+        for bad in ([(GPU0, GPU1)], [(GPU0, GPU1), (GPU1, GPU1)], [(GPU0, GPU0), (GPU0, GPU1)],
+                    [(GPU0, GPU1), (GPU1, "GPU-00000000-0000-4000-8000-000000000007")]):
+            with pytest.raises(CudaError, match="CUDA_ERROR_INVALID_VALUE"):
+                d.restore(p.pid, bad)
+            assert fake_cuda.state(p.pid) == "CHECKPOINTED"
+        time.sleep(0.3)
+        assert _count(tmp_path) == n  # nor while checkpointed
+        d.restore(p.pid, [(GPU0, GPU1), (GPU1, GPU0)])
+        assert fake_cuda.state(p.pid) == "LOCKED" and fake_cuda.maps_device(p.pid)
         d.unlock(p.pid)
         assert fake_cuda.state(p.pid) == "RUNNING"
+        wait_for(lambda: _count(tmp_path) > n, what="the workload to make progress again")
         uses = Nvml(str(fake_cuda.lib)).usage()
-        assert uses[p.pid].memory == {"GPU-00000000-0000-4000-8000-000000000001": 1 << 30}
+        assert uses[p.pid].memory == {GPU1: 1 << 30}
         assert not d.is_cuda_process(os.getpid())
+    finally:
+        p.kill()
+        p.wait()
+
+
+#: a process inside a long unit of GPU work (it never reaches a safe point)
+BUSY = r"""
+import ctypes, os, sys, time
+lib = ctypes.CDLL(os.environ["GPUCR_LIBCUDA"])
+assert lib.fakeCudaRegister(ctypes.c_ulonglong(1 << 20), 0) == 0
+lib.fakeCudaBegin()
+open(sys.argv[1], "w").close()
+time.sleep(3600)
+"""
+
+
+def test_fake_lock_honours_timeout_ms(fake_cuda: FakeCuda, tmp_path: Path) -> None:
+    """A process whose GPU work does not drain: lock answers CUDA_ERROR_TIMEOUT after timeoutMs (not the watchdog),
+    and the process stays RUNNING."""
+    started = tmp_path / "busy"
+    p = subprocess.Popen([sys.executable, "-c", BUSY, str(started)], env={**os.environ, **fake_cuda.env},
+                         start_new_session=True)
+    try:
+        wait_for(started.exists, what="busy fake CUDA process")
+        d = Driver(str(fake_cuda.lib))
+        t0 = time.monotonic()
+        with pytest.raises(CudaError) as ei:
+            d.lock(p.pid, timeout_ms=300)
+        assert not isinstance(ei.value, CudaTimeoutError) and ei.value.name == "CUDA_ERROR_TIMEOUT"
+        assert time.monotonic() - t0 >= 0.3
+        assert fake_cuda.state(p.pid) == "RUNNING"
     finally:
         p.kill()
         p.wait()
@@ -227,3 +292,57 @@ def test_fake_driver_too_old(fake_cuda: FakeCuda, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("FAKE_CUDA_DRIVER_VERSION", "12040")
     with pytest.raises(CudaUnavailableError, match="too old"):
         Driver(str(fake_cuda.lib)).get_state(os.getpid())
+
+
+def _criu(criu: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([criu, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.criu
+def test_fake_has_the_real_drivers_teeth_under_criu(criu_binary: str, fake_cuda: FakeCuda, tmp_path: Path) -> None:
+    """CRIU refuses a RUNNING (or LOCKED) fake CUDA process as it refuses one on driver 580 ("Can't handle
+    non-regular mapping"); once checkpointed it dumps; the restored process is CHECKPOINTED because its image was,
+    even though the original ran on (RUNNING) after the dump, and it makes progress only after restore + unlock."""
+    out = tmp_path / "count.log"
+    p = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(out), str(1 << 20)], env={**os.environ, **fake_cuda.env},
+                         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    restored = 0
+    try:
+        wait_for(lambda: fake_cuda.state(p.pid) == "RUNNING" and Path(f"{out}.0").exists(), what="workload")
+        d = Driver(str(fake_cuda.lib))
+        refused = tmp_path / "refused"
+        refused.mkdir()
+        r = _criu(criu_binary, "dump", "-t", str(p.pid), "-D", str(refused), "--leave-running", "-o", "dump.log")
+        log = (refused / "dump.log").read_text()
+        assert r.returncode != 0 and "Can't handle non-regular mapping" in log, log[-2000:]
+        d.lock(p.pid)
+        images = tmp_path / "images"
+        images.mkdir()
+        d.checkpoint(p.pid)
+        r = _criu(criu_binary, "dump", "-t", str(p.pid), "-D", str(images), "--leave-running", "-o", "dump.log")
+        assert r.returncode == 0, (images / "dump.log").read_text()[-2000:]
+        d.restore(p.pid)
+        d.unlock(p.pid)
+        assert fake_cuda.state(p.pid) == "RUNNING"
+        n = _count(tmp_path)
+        wait_for(lambda: _count(tmp_path) > n, what="the original to run on")
+        p.kill()
+        p.wait()
+        r = _criu(criu_binary, "restore", "-D", str(images), "-d", "-o", "restore.log")
+        assert r.returncode == 0, (images / "restore.log").read_text()[-2000:]
+        restored = p.pid
+        assert d.get_state(restored) is ProcessState.CHECKPOINTED and not fake_cuda.maps_device(restored)
+        n = _count(tmp_path)
+        time.sleep(0.3)
+        assert _count(tmp_path) == n  # checkpointed: no progress
+        d.restore(restored, [(GPU0, GPU0), (GPU1, GPU1)])
+        d.unlock(restored)
+        assert fake_cuda.maps_device(restored)
+        wait_for(lambda: _count(tmp_path) > n, what="the restored workload to make progress")
+    finally:
+        p.kill()
+        p.wait()
+        if restored:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(restored, signal.SIGKILL)

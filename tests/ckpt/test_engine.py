@@ -4,107 +4,22 @@ naming the step and the pid."""
 
 from __future__ import annotations
 
-import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pytest_mock import MockerFixture
 
+from nri_plugin.ckpt import cuda_steps as cuda_steps_mod
 from nri_plugin.ckpt import engine as engine_mod
-from nri_plugin.ckpt.cuda import CudaError, CudaTimeoutError, ProcessState
+from nri_plugin.ckpt.cuda import CudaError, ProcessState
 from nri_plugin.ckpt.criu import CriuError
 from nri_plugin.ckpt.discovery import CudaProcess, GpuInventory
+from nri_plugin.ckpt.cuda_steps import CudaSteps
 from nri_plugin.ckpt.engine import CheckpointError, CheckpointRequest, Engine, RestoreRequest
-from nri_plugin.ckpt.store import CheckpointStore
+from nri_plugin.ckpt.layout import CheckpointStore
 
-GIB = 1 << 30
-UUID0 = "GPU-00000000-0000-4000-8000-000000000000"
-UUID1 = "GPU-00000000-0000-4000-8000-000000000001"
-
-
-class SMDriver:
-    """A CUDA driver double with the real state machine; ``log`` records (call, pid) in order."""
-
-    path = "libcuda.so.1"
-    api_version = 13000
-    supports_remap = True
-
-    def __init__(self, pids: list[int]) -> None:
-        self.state = {p: ProcessState.RUNNING for p in pids}
-        self.log: list[tuple[str, int]] = []
-        self.fail: dict[tuple[str, int], Exception] = {}
-        self.pending: dict[int, threading.Event] = {}
-        self.mu = threading.Lock()
-
-    def _do(self, call: str, pid: int, frm: ProcessState, to: ProcessState) -> None:
-        with self.mu:
-            self.log.append((call, pid))
-        exc = self.fail.pop((call, pid), None)
-        if isinstance(exc, CudaTimeoutError):
-            # the call stays blocked in the "driver" and completes later (when thawed): model it as done-on-wait
-            ev = threading.Event()
-            self.pending[pid] = ev
-            self.state[pid] = to
-            raise exc
-        if exc is not None:
-            raise exc
-        if self.state[pid] != frm:
-            raise CudaError(f"pid {pid}: CUDA {call} failed: CUDA_ERROR_ILLEGAL_STATE", pid=pid, step=call)
-        self.state[pid] = to
-
-    def get_state(self, pid: int, timeout_s: float | None = None) -> ProcessState:
-        return self.state[pid]
-
-    def lock(self, pid: int, timeout_ms: int = 0, on_tick: Any = None) -> None:
-        self._do("lock", pid, ProcessState.RUNNING, ProcessState.LOCKED)
-
-    def checkpoint(self, pid: int, timeout_s: float | None = None, on_tick: Any = None) -> None:
-        self._do("checkpoint", pid, ProcessState.LOCKED, ProcessState.CHECKPOINTED)
-
-    def restore(self, pid: int, gpu_pairs: Any = (), timeout_s: float | None = None, on_tick: Any = None) -> None:
-        self._do("restore", pid, ProcessState.CHECKPOINTED, ProcessState.LOCKED)
-
-    def unlock(self, pid: int, timeout_s: float | None = None) -> None:
-        self._do("unlock", pid, ProcessState.LOCKED, ProcessState.RUNNING)
-
-    def wait_pending(self, pid: int, timeout_s: float) -> bool:
-        with self.mu:
-            self.log.append(("wait-pending", pid))
-        self.pending.pop(pid, None)
-        return True
-
-
-class MockFreezer:
-    def __init__(self, frozen: bool, log: list[tuple[str, int]]) -> None:
-        self.path = Path("/sys/fs/cgroup/freezer/test/c1")
-        self.is_frozen = frozen
-        self.log = log
-
-    def frozen(self) -> bool:
-        return self.is_frozen
-
-    def freeze(self) -> None:
-        self.log.append(("freeze", 0))
-        self.is_frozen = True
-
-    def thaw(self) -> None:
-        self.log.append(("thaw", 0))
-        self.is_frozen = False
-
-    def pids(self) -> list[int]:
-        return []
-
-
-@pytest.fixture
-def procs() -> Iterator[list[int]]:
-    ps = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
-    yield [p.pid for p in ps]
-    for p in ps:
-        p.kill()
-        p.wait()
+from tests.ckpt.test_cuda_steps import GIB, UUID0, UUID1, MockFreezer, SMDriver, procs  # noqa: F401 (fixture)
 
 
 class Setup:
@@ -115,11 +30,12 @@ class Setup:
         self.criu = mocker.MagicMock()
         self.criu.dump.side_effect = self._dump
         found = [CudaProcess(p, ProcessState.RUNNING, "python3", {UUID0: GIB}) for p in pids]
-        mocker.patch.object(engine_mod, "discover", side_effect=lambda *a, **k: (
+        mocker.patch.object(cuda_steps_mod, "discover", side_effect=lambda *a, **k: (
             [CudaProcess(p.pid, self.driver.state[p.pid], p.comm, dict(p.gpus)) for p in found],
             GpuInventory("580.159.04", {UUID0: "NVIDIA H200", UUID1: "NVIDIA H200"})))
         self.store = CheckpointStore()
-        self.engine = Engine(self.driver, self.criu, lambda pid: self.freezer, self.store)  # type: ignore[arg-type]
+        self.steps = CudaSteps(self.driver, lambda pid: self.freezer)  # type: ignore[arg-type]
+        self.engine = Engine(self.steps, self.criu, self.store)
         self.dir = tmp / "ck"
 
     def _dump(self, opts: Any, on_notify: Any = None) -> None:
@@ -162,30 +78,6 @@ def test_frozen_cgroup_is_thawed_for_cuda_and_refrozen(mocker: MockerFixture, pr
     assert s.freezer.is_frozen and s.all_running() and summary.frozen_before
 
 
-@pytest.mark.parametrize("step,exc", [
-    ("lock", CudaError("CUDA lock failed: CUDA_ERROR_TIMEOUT", result=909, name="CUDA_ERROR_TIMEOUT", step="lock")),
-    ("lock", CudaTimeoutError("CUDA lock did not return within 35.0s", pid=None, step="lock", elapsed_s=35.0)),
-    ("checkpoint", CudaError("CUDA checkpoint failed: CUDA_ERROR_UNKNOWN", result=999, step="checkpoint")),
-    ("checkpoint", CudaTimeoutError("CUDA checkpoint did not return", pid=None, step="checkpoint", elapsed_s=60)),
-])
-@pytest.mark.parametrize("frozen", [False, True])
-def test_cuda_failure_rolls_back(mocker: MockerFixture, procs: list[int], tmp_path: Path, step: str,
-                                 exc: Exception, frozen: bool) -> None:
-    s = Setup(mocker, procs, tmp_path, frozen=frozen)
-    s.driver.fail[(step, procs[1])] = exc
-    with pytest.raises(CheckpointError) as ei:
-        s.checkpoint()
-    e = ei.value
-    assert e.step == f"cuda-{step}" and e.pid == procs[1]
-    assert f"for pid {procs[1]}" in str(e) and "rolled back" in str(e)
-    assert s.all_running(), s.driver.state
-    s.criu.dump.assert_not_called()
-    if isinstance(exc, CudaTimeoutError):
-        assert ("wait-pending", procs[1]) in s.driver.log
-    if frozen:
-        assert s.freezer.is_frozen  # back as the caller left it
-
-
 def test_criu_failure_rolls_back(mocker: MockerFixture, procs: list[int], tmp_path: Path) -> None:
     s = Setup(mocker, procs, tmp_path, frozen=True)
 
@@ -208,15 +100,6 @@ def test_restore_error_after_dump_rolls_back(mocker: MockerFixture, procs: list[
         s.checkpoint(leave_running=True)
     assert ei.value.step == "cuda-restore" and ei.value.pid == procs[0]
     assert s.all_running()
-
-
-def test_not_enough_host_memory_is_checked_before_locking(mocker: MockerFixture, procs: list[int],
-                                                          tmp_path: Path) -> None:
-    s = Setup(mocker, procs, tmp_path)
-    mocker.patch.object(CheckpointStore, "host_memory_available", return_value=GIB)
-    with pytest.raises(CheckpointError, match=r"not enough host memory.*2.00 GiB.*only 1.00 GiB"):
-        s.checkpoint()
-    assert s.driver.log == [] and s.all_running()
 
 
 def test_nonexistent_pid(mocker: MockerFixture, procs: list[int], tmp_path: Path) -> None:
@@ -270,18 +153,6 @@ def test_dir_outside_root_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="outside the configured checkpoint root"):
         store.prepare(tmp_path / "elsewhere", force=False)
     store.prepare(tmp_path / "root" / "ok", force=False)
-
-
-def test_gpu_map_pairs_cover_every_gpu_and_are_one_to_one(mocker: MockerFixture, procs: list[int],
-                                                          tmp_path: Path) -> None:
-    """Measured on a 2-GPU H200: the driver refuses pairs that leave a visible GPU out (INVALID_VALUE)."""
-    s = Setup(mocker, procs, tmp_path)
-    p = CudaProcess(procs[0], ProcessState.CHECKPOINTED, "python3", {UUID0: GIB})
-    assert s.engine._pairs(p, {}, [UUID0, UUID1]) == []
-    assert s.engine._pairs(p, {UUID0: UUID1, UUID1: UUID0}, [UUID0, UUID1]) == [(UUID0, UUID1), (UUID1, UUID0)]
-    assert s.engine._pairs(p, {UUID0: UUID0}, [UUID0]) == [(UUID0, UUID0)]
-    with pytest.raises(CheckpointError, match=f"{UUID1} would receive two GPUs; map the other one too"):
-        s.engine._pairs(p, {UUID0: UUID1}, [UUID0, UUID1])
 
 
 def test_restore_remaps_gpus(mocker: MockerFixture, procs: list[int], tmp_path: Path) -> None:

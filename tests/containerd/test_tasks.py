@@ -51,16 +51,27 @@ def test_unknown_container_names_it(containerd: Containerd) -> None:
     assert "no-such-container" in str(ei.value) and "k8s.io" in str(ei.value)
 
 
-def test_cri_checkpoint_container(containerd: Containerd, tmp_path: Path) -> None:
-    """CRI CheckpointContainer: Unimplemented on 1.7 (so gpucr uses the task API there), an archive on 2.x."""
+@pytest.mark.containerd(below="2.0")
+def test_cri_checkpoint_container_is_unimplemented_on_1_7(containerd: Containerd, tmp_path: Path) -> None:
+    """containerd 1.7 answers CRI CheckpointContainer with Unimplemented (so gpucr uses the task API there), and the
+    container runs on; every other CRI checkpoint case runs on 2.x only."""
     with containerd.pod() as (c, pod_id, cfg):
         cid = containerd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER])
         archive = tmp_path / "ckpt.tar"
-        if containerd.major_minor < (2, 0):
-            with pytest.raises(CriError) as ei:
-                c.checkpoint_container(cid, str(archive))
-            assert ei.value.code == grpc.StatusCode.UNIMPLEMENTED
-            return
+        with pytest.raises(CriError) as ei:
+            c.checkpoint_container(cid, str(archive))
+        assert ei.value.code == grpc.StatusCode.UNIMPLEMENTED
+        assert not archive.exists()
+        n = _counter(c, cid)
+        wait_for(lambda: _counter(c, cid) > n, what="counter to advance after the refused checkpoint")
+
+
+@pytest.mark.containerd(min="2.0")
+def test_cri_checkpoint_container(containerd: Containerd, tmp_path: Path) -> None:
+    """CRI CheckpointContainer on 2.x: a private archive of CRIU images and the spec; the container keeps running."""
+    with containerd.pod() as (c, pod_id, cfg):
+        cid = containerd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER])
+        archive = tmp_path / "ckpt.tar"
         c.checkpoint_container(cid, str(archive))
         with tarfile.open(archive) as tar:
             names = tar.getnames()

@@ -2,8 +2,9 @@
 (``hooks = tests.front.recording_hooks:make`` in front.conf).
 
 It appends one JSON line per hook call to ``record_to``: at the DUMP request the freezer state (THAWED / FREEZING /
-FROZEN, v1 or v2 as the product's cgroup module reads it) of ``freeze_cgroup`` and the State of the dumped pid. With ``thaw_for_s`` it does what a
-CUDA lock needs (criu-front.md Q3b): thaw, wait, record the tasks running, re-freeze; with ``fail_before_dump`` it
+FROZEN, v1 or v2 as the product's cgroup module reads it) of ``freeze_cgroup`` and the State of the dumped pid. With
+``thaw_for_s`` it does what a CUDA lock needs: thaw, wait, record the tasks running, re-freeze; with
+``fail_before_dump`` it
 raises a HookError with that text, which must abort the dump and leave the container running; ``fail_at_notify``
 names a notification at which it raises (CRIU is then told the notify failed).
 """
@@ -16,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nri_plugin.ckpt.cgroup import CgroupError
 from nri_plugin.front.errors import HookError
 from nri_plugin.front.messages import Request
+from nri_plugin.host.cgroup import CgroupError
 from tests import cgroups
 
 

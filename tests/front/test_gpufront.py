@@ -1,17 +1,18 @@
-"""GPU-safe standard checkpoints: the CRIU front with gpucr's CUDA hooks (``nri_plugin.gpufront``), the policy plugin
-(``gpucr plugin``) and the fake CUDA driver, under real containerd 1.7.24 and 2.1.9, runc 1.1.5 and CRIU 4.2.x.
+"""GPU-safe standard checkpoints: the CRIU front with gpucr's CUDA hooks (``nri_plugin.handlers.front_cuda``), the
+policy plugin (``gpucr plugin``) and the fake CUDA driver, under real containerd 1.7.24 and 2.1.9, runc 1.1.5 and CRIU 4.2.x.
 
-The workload is a busybox shell that holds an fd on ``/dev/nvidia0`` (a host file bound there: discovery sees it as
-it sees a real CUDA process) and is registered with the fake driver by host pid, so every fake driver call on it
-blocks while its cgroup is frozen or it is stopped, as driver 580 does. ``FAKE_CUDA_ID`` in its environment lets the
-fake recognise it after CRIU restores it under a new host pid (the real driver keeps that state in the process's
-memory).
+The CUDA workload is the fake's static container app (``tests/fakes/fake_cuda_app.c``): it maps ``/dev/nvidia0`` (a
+block device node given to the container as a device, which CRIU refuses to dump as it refuses a real GPU mapping)
+unless CHECKPOINTED, keeps its CUDA state in its own memory (so a restored copy is in the state it was dumped in, and
+every fake driver call on it blocks while its cgroup is frozen or it is stopped, as driver 580 does), and its counter
+stops while it is LOCKED or CHECKPOINTED. So a passing test means gpucr really checkpointed CUDA before CRIU dumped,
+and really restored and unlocked it afterwards; ``test_without_cuda_steps_ctr_checkpoint_fails_like_the_real_driver``
+keeps the negative control.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -25,20 +26,22 @@ from typing import Any
 
 import pytest
 
-from nri_plugin.ckpt.cgroup import cgroup_path_of
 from nri_plugin.ckpt.cuda import CudaTimeoutError, Driver
-from nri_plugin.gpufront import MARKER
-from nri_plugin.policy.records import ContainerRecord, remove_record, write_record
+from nri_plugin.handlers.front_cuda import MARKER
+from nri_plugin.host.proc import cgroup_path
+from nri_plugin.policy.records import ContainerRecord, RecordedPolicy, remove_record, write_record
 from tests import cgroups
-from tests.fakes.cuda import FakeCuda, build
+from tests.fakes.cuda import FakeCuda, build, make_device
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import RUNC_PARENT, _bundle, _n, _runc_pid, _subreaper
 from tests.testenv import REPO, TEST_ROOT, Containerd, wait_for
 
 pytestmark = pytest.mark.integration
 
-#: holds /dev/nvidia0 open in the shell only (the sleeps do not inherit it) and appends its counter to /data/log
-COUNTER = ("exec 3</dev/nvidia0; i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.2 3<&-; done")
+#: where containers see the fake: its directory (library, app, state dir) and its GPU device node
+FAKE_MNT, GPU_DEV = "/fakecuda", "/dev/nvidia0"
+#: the fake CUDA app: maps the GPU device, appends its counter to /data/log while RUNNING
+COUNTER = [f"{FAKE_MNT}/fakecuda-app", "/data/log"]
 PLAIN_COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.2; done"
 GIB = 1 << 30
 GPU0, GPU1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-00000000-0000-4000-8000-000000000001"
@@ -55,7 +58,7 @@ def fake() -> Iterator[FakeCuda]:
     state = Path(f"{lib}.d")  # the fake uses it whatever FAKE_CUDA_DIR a process (containerd, a shim) inherited
     state.mkdir(mode=0o700)
     try:
-        yield FakeCuda(lib, state)
+        yield FakeCuda(lib, state, make_device(root / "nvidia0"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -67,8 +70,7 @@ def node(fake: FakeCuda, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     hook.write_text(f"#!/bin/sh\ncd {REPO} && exec {sys.executable} -m hooks.oci_hook \"$@\"\n")
     hook.chmod(0o755)
     paths = {"state": d / "state", "criu": d / "criu", "hook": hook, "config": d / "config.toml",
-             "log": d / "plugin.log", "nvidia": d / "nvidia0"}
-    paths["nvidia"].write_text("fake GPU device node\n")
+             "log": d / "plugin.log", "nvidia": fake.device, "fake": fake.lib.parent}
     paths["config"].write_text(f'state_dir = "{paths["state"]}"\ncriu_config_dir = "{paths["criu"]}"\n'
                                f'hook_path = "{hook}"\nrunc_criu_config = "{d / "runc.conf"}"\n'
                                f'libcuda = "{fake.lib}"\nlock_timeout_ms = 2000\ndriver_call_timeout_s = 10\n')
@@ -94,16 +96,22 @@ def plugin(front_containerd: Containerd, node: dict[str, Path]) -> Iterator[subp
 @pytest.fixture
 def gpu_front(front_route: FrontRoute, node: dict[str, Path], fake: FakeCuda) -> Iterator[FrontRoute]:
     """The front with gpucr's CUDA hooks, reading this test's node config, NVML from the fake."""
-    with front_route.configured(hooks="nri_plugin.gpufront:make", node_config=str(node["config"]),
+    with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
                                 libnvml=str(fake.lib)):
         yield front_route
     fake.clear_failures()
 
 
-def register(fake: FakeCuda, pid: int, nbytes: int = GIB) -> None:
-    lib = ctypes.CDLL(str(fake.lib))
-    assert lib.fakeCudaRegisterPid(pid, ctypes.c_ulonglong(nbytes), 0) == 0
-    assert fake.state(pid) == "RUNNING"
+def fake_env(fake: FakeCuda, device: str = GPU_DEV) -> dict[str, str]:
+    """The fake CUDA app's environment in a container that mounts the fake at FAKE_MNT."""
+    return {"FAKE_CUDA_DIR": f"{FAKE_MNT}/{fake.state_dir.name}", "FAKE_CUDA_LIB": f"{FAKE_MNT}/{fake.lib.name}",
+            "FAKE_CUDA_DEVICE": device}
+
+
+def cuda_running(fake: FakeCuda, pid: int, device: str = GPU_DEV) -> None:
+    """The container's app registered itself: RUNNING, its GPU device mapped (what CRIU refuses to dump)."""
+    wait_for(lambda: fake.state(pid) == "RUNNING", what=f"pid {pid} to register with the fake CUDA driver")
+    assert fake.maps_device(pid, device)
 
 
 def advancing(data: Path) -> None:
@@ -120,13 +128,13 @@ class CriWorkload:
     """A CRI container running COUNTER (managed when its pod carries gpucr.io/checkpoint=enabled)."""
 
     def __init__(self, ctrd: Containerd, client: Any, pod_id: str, pod_cfg: Any, data: Path,
-                 nvidia: Path | None) -> None:
-        self.token = uuid.uuid4().hex
+                 fake: FakeCuda | None) -> None:
         self.data = data
-        mounts = [(str(data), "/data", False)] + ([(str(nvidia), "/dev/nvidia0", True)] if nvidia else [])
-        self.cid = ctrd.run_container(client, pod_id, pod_cfg, "cuda" if nvidia else "plain",
-                                      ["/bin/sh", "-c", COUNTER if nvidia else PLAIN_COUNTER],
-                                      env={"FAKE_CUDA_ID": self.token}, mounts=mounts)
+        mounts = [(str(data), "/data", False)] + ([(str(fake.lib.parent), FAKE_MNT, False)] if fake else [])
+        devices = [(str(fake.device), GPU_DEV, "rw")] if fake else []
+        self.cid = ctrd.run_container(client, pod_id, pod_cfg, "cuda" if fake else "plain",
+                                      COUNTER if fake else ["/bin/sh", "-c", PLAIN_COUNTER],
+                                      env=fake_env(fake) if fake else {}, mounts=mounts, devices=devices)
         _, info = client.container_status(self.cid, verbose=True)
         self.pid = int(info["info"]["pid"])
         self.cgroup = _cgroup_of(self.pid)
@@ -134,20 +142,23 @@ class CriWorkload:
 
 
 def _cgroup_of(pid: int) -> str:
-    path = cgroup_path_of(pid)
+    path = cgroup_path(pid)
     assert path not in ("", "/"), f"pid {pid} has no container cgroup (got {path!r})"
     assert pid in cgroups.at(path).pids()
     return path
 
 
 @contextlib.contextmanager
-def cri_workload(ctrd: Containerd, node: dict[str, Path], tmp_path: Path, managed: bool = True,
-                 cuda: bool = True) -> Iterator[tuple[Any, CriWorkload]]:
+def cri_workload(ctrd: Containerd, fake: FakeCuda | None, tmp_path: Path,
+                 managed: bool = True) -> Iterator[tuple[Any, CriWorkload]]:
+    """A CRI container: the fake CUDA app (``fake`` given: it is RUNNING on return) or a plain shell counter."""
     data = tmp_path / "data"
     data.mkdir()
     ann = {"gpucr.io/checkpoint": "enabled"} if managed else {}
     with ctrd.pod(annotations=ann) as (c, pod_id, cfg):
-        w = CriWorkload(ctrd, c, pod_id, cfg, data, node["nvidia"] if cuda else None)
+        w = CriWorkload(ctrd, c, pod_id, cfg, data, fake)
+        if fake:
+            cuda_running(fake, w.pid)
         yield c, w
 
 
@@ -157,7 +168,7 @@ def _marker(images: Path) -> dict[str, Any]:
 
 # -- the standard commands on a managed container ---------------------------------------------------------------
 
-COMMANDS = ["ctr-t-checkpoint", "ctr-c-checkpoint-task", "pause-then-checkpoint", "cri-checkpoint"]
+COMMANDS = ["ctr-t-checkpoint", "ctr-c-checkpoint-task", "pause-then-checkpoint"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -166,11 +177,22 @@ def test_managed_cuda_container_checkpoint(front_containerd: Containerd, plugin:
                                            tmp_path: Path, command: str) -> None:
     """Each command reaches CRIU with the cgroup FROZEN; the front thaws, locks + checkpoints CUDA, re-freezes, lets
     CRIU dump, then restores + unlocks so the workload runs on (CUDA RUNNING, cgroup as the caller left it)."""
-    ctrd = front_containerd
-    with cri_workload(ctrd, node, tmp_path) as (c, w):
+    _checkpoint_managed(front_containerd, gpu_front, node, fake, tmp_path, command)
+
+
+@pytest.mark.containerd(min="2.0")  # 1.7 does not implement CRI CheckpointContainer: tests/containerd/test_tasks.py
+def test_managed_cuda_container_cri_checkpoint(front_containerd: Containerd, plugin: subprocess.Popen[bytes],
+                                               gpu_front: FrontRoute, node: dict[str, Path], fake: FakeCuda,
+                                               tmp_path: Path) -> None:
+    """CRI CheckpointContainer (pause, checkpoint, resume), as the kubelet calls it: the same GPU-safe dump."""
+    _checkpoint_managed(front_containerd, gpu_front, node, fake, tmp_path, "cri-checkpoint")
+
+
+def _checkpoint_managed(ctrd: Containerd, gpu_front: FrontRoute, node: dict[str, Path], fake: FakeCuda,
+                        tmp_path: Path, command: str) -> None:
+    with cri_workload(ctrd, fake, tmp_path) as (c, w):
         rec = json.loads((node["state"] / "containers" / f"{w.cid}.json").read_text())
         assert rec["managed"] and rec["pid"] == w.pid, rec
-        register(fake, w.pid)
         images = tmp_path / "img"
         mark = gpu_front.log_mark()
         ref = f"localhost/gf-{uuid.uuid4().hex[:6]}:ckpt"
@@ -192,10 +214,6 @@ def test_managed_cuda_container_checkpoint(front_containerd: Containerd, plugin:
             ctrd.ctr("t", "resume", w.cid, namespace="k8s.io")
         else:
             archive = tmp_path / "ckpt.tar"
-            if ctrd.major_minor < (2, 0):
-                with pytest.raises(Exception, match="(?i)unimplemented"):
-                    c.checkpoint_container(w.cid, str(archive))
-                return
             c.checkpoint_container(w.cid, str(archive))
             images = tmp_path / "unpacked"
             images.mkdir()
@@ -216,13 +234,38 @@ def test_managed_cuda_container_checkpoint(front_containerd: Containerd, plugin:
             assert any((images / n).exists() for n in ("pstree.img", "inventory.img"))
 
 
+def test_without_cuda_steps_ctr_checkpoint_fails_like_the_real_driver(
+        front_containerd: Containerd, plugin: subprocess.Popen[bytes], front_route: FrontRoute, fake: FakeCuda,
+        tmp_path: Path) -> None:
+    """The negative control of the test above: the same managed fake-CUDA container, with gpucr's CUDA steps off (the
+    front configured with no hooks, as `install/front.sh route --hooks none` makes it: a pure relay to CRIU).
+    `ctr c checkpoint --task` then fails as it does on an H200 without gpucr (bench/results/gpu_front.md): CRIU
+    refuses the GPU mapping. The container runs on, its CUDA state untouched."""
+    ctrd = front_containerd
+    ref = f"localhost/gf-{uuid.uuid4().hex[:6]}:ckpt"
+    with front_route.configured(hooks='""'), cri_workload(ctrd, fake, tmp_path) as (_c, w):
+        mark = front_route.log_mark()
+        try:
+            r = ctrd.ctr("c", "checkpoint", "--task", "--rw", "--image", w.cid, ref, namespace="k8s.io", check=False)
+        finally:
+            ctrd.ctr("images", "rm", "--sync", ref, namespace="k8s.io", check=False)
+        assert r.returncode != 0, r.stdout
+        assert "request DUMP" not in front_route.log_since(mark)  # no gpucr work: CRIU ran on its own
+        dump_log = Path(r.stderr.split("path= ", 1)[1].split(":", 1)[0].strip())
+        text = dump_log.read_text()
+        assert "Can't handle non-regular mapping on " in text, text[-3000:]
+        assert "Dumping FAILED" in text, text[-3000:]
+        assert fake.state(w.pid) == "RUNNING" and fake.maps_device(w.pid, GPU_DEV)
+        wait_for(lambda: freezer_state(w.cgroup) == "THAWED", what="containerd to resume the task")
+        advancing(w.data)
+
+
 def test_fake_lock_blocks_on_a_paused_container(front_containerd: Containerd, plugin: subprocess.Popen[bytes],
                                                 node: dict[str, Path], fake: FakeCuda, tmp_path: Path) -> None:
     """The hazard gpucr's ordering avoids: a CUDA lock of a paused container does not return (bounded here by the
     driver wrapper's watchdog); it completes only once the container is resumed."""
     ctrd = front_containerd
-    with cri_workload(ctrd, node, tmp_path) as (_c, w):
-        register(fake, w.pid)
+    with cri_workload(ctrd, fake, tmp_path) as (_c, w):
         ctrd.ctr("t", "pause", w.cid, namespace="k8s.io")
         drv = Driver(str(fake.lib))
         drv.lock_margin_s = 0.0
@@ -236,16 +279,19 @@ def test_fake_lock_blocks_on_a_paused_container(front_containerd: Containerd, pl
             ctrd.ctr("t", "resume", w.cid, namespace="k8s.io")
         assert drv.wait_pending(w.pid, 10)  # the blocked call returns once thawed
         assert fake.state(w.pid) == "LOCKED"
+        n = _n(w.data)
+        time.sleep(0.6)  # three ticks' worth: a locked app makes no progress
+        assert _n(w.data) == n
         drv.unlock(w.pid)
         assert fake.state(w.pid) == "RUNNING"
+        advancing(w.data)
 
 
 def test_lock_failure_leaves_container_running_with_clear_error(
         front_containerd: Containerd, plugin: subprocess.Popen[bytes], gpu_front: FrontRoute,
         node: dict[str, Path], fake: FakeCuda, tmp_path: Path) -> None:
     ctrd = front_containerd
-    with cri_workload(ctrd, node, tmp_path) as (c, w):
-        register(fake, w.pid)
+    with cri_workload(ctrd, fake, tmp_path) as (c, w):
         fake.fail("lock", 999)
         mark = gpu_front.log_mark()
         r = ctrd.ctr("t", "checkpoint", "--image-path", str(tmp_path / "img"), w.cid, namespace="k8s.io",
@@ -276,7 +322,7 @@ def test_unmanaged_non_cuda_container_is_handed_to_criu(
         front_containerd: Containerd, plugin: subprocess.Popen[bytes], gpu_front: FrontRoute,
         node: dict[str, Path], tmp_path: Path) -> None:
     ctrd = front_containerd
-    with cri_workload(ctrd, node, tmp_path, managed=False, cuda=False) as (_c, w):
+    with cri_workload(ctrd, None, tmp_path, managed=False) as (_c, w):
         assert not (node["state"] / "containers" / f"{w.cid}.json").exists()
         mark = gpu_front.log_mark()
         images = tmp_path / "img"
@@ -290,20 +336,24 @@ def test_unmanaged_non_cuda_container_is_handed_to_criu(
 # -- ctr containers (never seen by NRI: unmanaged, protected by the node policy) and ctr c restore ----------------
 
 @contextlib.contextmanager
-def ctr_workload(ctrd: Containerd, node: dict[str, Path], tmp_path: Path,
+def ctr_workload(ctrd: Containerd, fake: FakeCuda, tmp_path: Path,
                  *extra: str) -> Iterator[tuple[str, Path, str, str]]:
+    """A ctr container running the fake CUDA app (RUNNING on return). ctr's --device keeps the host path inside the
+    container: it gets the host's loop device node itself (same numbers as the fake's node)."""
+    dev = str(fake.host_node)
     name = f"gf-{uuid.uuid4().hex[:6]}"
     data = tmp_path / "data"
     data.mkdir()
     d = ctrd.info["dir"]
     cgroup = f"{ctrd.cgroup_parent}/{name}"
     ctrd.ctr("run", "-d", "--null-io", "--fifo-dir", f"{d}/fifo", "--runc-root", f"{d}/runc-ctr", "--cgroup", cgroup,
-             "--env", f"FAKE_CUDA_ID={uuid.uuid4().hex}",
+             *(f"--env={k}={v}" for k, v in fake_env(fake, dev).items()), "--device", dev,
              "--mount", f"type=bind,src={data},dst=/data,options=rbind:rw",
-             "--mount", f"type=bind,src={node['nvidia']},dst=/dev/nvidia0,options=rbind:ro", *extra,
-             ctrd.image, name, "/bin/sh", "-c", COUNTER)
+             "--mount", f"type=bind,src={fake.lib.parent},dst={FAKE_MNT},options=rbind:rw", *extra,
+             ctrd.image, name, *COUNTER)
     try:
         wait_for(lambda: _n(data) >= 2, what="counter to start")
+        cuda_running(fake, _task_pid(ctrd, name), dev)
         yield name, data, cgroup, d
     finally:
         ctrd.ctr("t", "kill", "-s", "KILL", name, check=False)
@@ -328,9 +378,8 @@ def test_ctr_container_checkpoint_and_restore_unmanaged_cuda(
     counter continuing and the restored pid's CUDA state RUNNING again."""
     ctrd = front_containerd
     ref = f"localhost/gf-{uuid.uuid4().hex[:6]}:ckpt"
-    with ctr_workload(ctrd, node, tmp_path) as (name, data, cgroup, _d):
+    with ctr_workload(ctrd, fake, tmp_path) as (name, data, cgroup, _d):
         pid = _task_pid(ctrd, name)
-        register(fake, pid)
         mark = gpu_front.log_mark()
         lo = _n(data)
         ctrd.ctr("c", "checkpoint", "--task", "--rw", "--image", name, ref)
@@ -370,9 +419,8 @@ def test_criu_failure_after_cuda_checkpoint_rolls_back(
     ctrd = front_containerd
     conf = tmp_path / "fail.conf"
     conf.write_text("action-script /bin/false\n")
-    with ctr_workload(ctrd, node, tmp_path, "--annotation", f"org.criu.config={conf}") as (name, data, cgroup, _d):
+    with ctr_workload(ctrd, fake, tmp_path, "--annotation", f"org.criu.config={conf}") as (name, data, cgroup, _d):
         pid = _task_pid(ctrd, name)
-        register(fake, pid)
         mark = gpu_front.log_mark()
         r = ctrd.ctr("t", "checkpoint", "--image-path", str(tmp_path / "img"), name, check=False)
         assert r.returncode != 0 and "criu failed" in r.stderr, r.stderr
@@ -397,10 +445,16 @@ def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[st
     cgroup = f"/{RUNC_PARENT}/{name}"
     bundle = _bundle(tmp_path, name, data, cgroup)
     spec = json.loads((bundle / "config.json").read_text())
-    spec["process"]["args"] = ["/bin/sh", "-c", COUNTER]
-    spec["process"]["env"].append(f"FAKE_CUDA_ID={uuid.uuid4().hex}")
-    spec["mounts"].append({"destination": "/dev/nvidia0", "type": "bind", "source": str(node["nvidia"]),
-                           "options": ["rbind", "ro"]})
+    spec["process"]["args"] = COUNTER
+    spec["process"]["env"] += [f"{k}={v}" for k, v in fake_env(fake).items()]
+    spec["mounts"].append({"destination": FAKE_MNT, "type": "bind", "source": str(fake.lib.parent),
+                           "options": ["rbind", "rw"]})
+    rdev = os.stat(fake.device).st_rdev
+    major, minor = os.major(rdev), os.minor(rdev)
+    spec["linux"].setdefault("devices", []).append({"path": GPU_DEV, "type": "b", "major": major, "minor": minor,
+                                                    "fileMode": 0o600, "uid": 0, "gid": 0})
+    spec["linux"].setdefault("resources", {}).setdefault("devices", []).append(
+        {"allow": True, "type": "b", "major": major, "minor": minor, "access": "rw"})
     (bundle / "config.json").write_text(json.dumps(spec))
     runc = [str(gpu_front.runc), "--root", str(tmp_path / "runc-root")]
     images, work = tmp_path / "images", tmp_path / "work"
@@ -419,12 +473,12 @@ def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[st
             jail = cgroups.of_pid(pid)
             assert jail.path == cgroups.at(cgroup).path and pid in jail.pids()
             wait_for(lambda: _n(data) >= 2, what="runc counter")
-            register(fake, pid)
+            cuda_running(fake, pid)
             if kind != "unmanaged":
                 pairs = [[GPU0, GPU1], [GPU1, GPU0]] if kind == "managed-gpu-map" else [[GPU0, GPU1]]
                 write_record(node["state"], ContainerRecord(
                     name, "runc-test", "pod", "pod", "default", True, "test record",
-                    policy={"gpu_map": pairs, "lock_timeout_ms": 2000}))
+                    policy=RecordedPolicy(2000, tuple((a, b) for a, b in pairs))))
             mark = gpu_front.log_mark()
             lo = _n(data)
             run("checkpoint", "--image-path", str(images), "--work-path", str(work), name)
@@ -457,7 +511,7 @@ def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[st
             assert fake.state(new) == "RUNNING"
             log = gpu_front.log_since(mark)
             assert f"restored and unlocked 1 CUDA process(es) [{new}]" in log, log
-            gpu = dict(kv.split("=", 1) for kv in (fake.state_dir / str(new)).read_text().split())["gpu"]
+            gpu = fake.gpu(new)
             if kind == "managed-gpu-map":
                 assert f"GPU map {{'{GPU0}': '{GPU1}', '{GPU1}': '{GPU0}'}} (record of container {name})" in log, log
                 assert gpu == GPU1
@@ -476,8 +530,7 @@ def test_gpucr_checkpoint_via_runtime(front_containerd: Containerd, plugin: subp
     """`gpucr checkpoint CONTAINER --via-runtime`: CRI CheckpointContainer on 2.1.9, the task API on 1.7.24 (which
     reaches runc with the container running); the front does the CUDA work, as for every other caller."""
     ctrd = front_containerd
-    with cri_workload(ctrd, node, tmp_path) as (_c, w):
-        register(fake, w.pid)
+    with cri_workload(ctrd, fake, tmp_path) as (_c, w):
         out = tmp_path / "ckpt"
         mark = gpu_front.log_mark()
         r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", w.cid[:12], "--via-runtime",
@@ -509,8 +562,7 @@ def test_managed_cri_container_ctr_checkpoint_kill_and_restore(
     ctrd = front_containerd
     ref = f"localhost/gf-{uuid.uuid4().hex[:6]}:ckpt"
     restored = f"gf-restored-{uuid.uuid4().hex[:6]}"
-    with cri_workload(ctrd, node, tmp_path) as (c, w):
-        register(fake, w.pid)
+    with cri_workload(ctrd, fake, tmp_path) as (c, w):
         ctrd.ctr("c", "checkpoint", "--task", "--rw", "--image", w.cid, ref, namespace="k8s.io")
         at_ckpt = _n(w.data)
         c.stop_container(w.cid, 0)

@@ -12,7 +12,8 @@ import pytest
 
 from hooks import oci_hook
 from nri_plugin.policy import ContainerRecord, load_record, write_record
-from nri_plugin.policy.lifecycle import cgroup_of, parse_state
+from nri_plugin.host.proc import cgroup_path
+from nri_plugin.handlers.oci_records import parse_state
 
 CID = "f" * 64
 
@@ -35,7 +36,7 @@ def test_create_runtime_then_poststop(tmp_path: Path, monkeypatch: pytest.Monkey
         state = {"ociVersion": "1.0.2", "id": CID, "status": "created", "pid": proc.pid, "bundle": "/b"}
         assert _run_hook(monkeypatch, "create-runtime", state, tmp_path) == 0
         rec = load_record(tmp_path, CID)
-        assert rec.pid == proc.pid and rec.cgroup == cgroup_of(proc.pid) and rec.cgroup.startswith("/")
+        assert rec.pid == proc.pid and rec.cgroup == cgroup_path(proc.pid) and rec.cgroup.startswith("/")
         assert f"pid {proc.pid}" in capsys.readouterr().err
         assert _run_hook(monkeypatch, "poststop", {**state, "status": "stopped"}, tmp_path) == 0
         assert not (tmp_path / "containers" / f"{CID}.json").exists()
@@ -60,15 +61,3 @@ def test_failure_is_logged_and_does_not_fail_the_container(tmp_path: Path, monke
 def test_bad_state_is_named(raw: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         parse_state(raw)
-
-
-def test_cgroup_of_prefers_v1_freezer_then_v2(tmp_path: Path) -> None:
-    (tmp_path / "self").mkdir()
-    (tmp_path / "self/mountinfo").write_text(
-        "37 31 0:34 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer\n"
-        "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n")
-    (tmp_path / "7").mkdir()
-    (tmp_path / "7" / "cgroup").write_text("12:freezer:/k8s/c1\n11:memory:/k8s/c1m\n0::/unified/c1\n")
-    assert cgroup_of(7, tmp_path) == "/k8s/c1"
-    (tmp_path / "7" / "cgroup").write_text("0::/kubepods/c2\n")
-    assert cgroup_of(7, tmp_path) == "/kubepods/c2"

@@ -147,8 +147,10 @@ def test_slow_handler_answered_before_deadline_then_next_event() -> None:
             await rt.create_container(pod(1, slow="30"), container(1))
         took = asyncio.get_running_loop().time() - t0
         assert ei.value.code == Code.DEADLINE_EXCEEDED and "did not finish within 0.75 s" in ei.value.status_message
-        assert 0.7 < took < 1.0, took  # answered by the stub before the runtime's 1 s deadline
-        assert not rt.closed.is_set()
+        # the stub waited out its budget, and answered before the runtime's deadline: the runtime saw the stub's
+        # status (not its own "not answered") and did not drop the plugin; no upper bound on wall time (loaded CI)
+        assert took >= 0.7, took
+        assert not rt.closed.is_set() and not rt.close_reason, rt.close_reason
         assert (await rt.create_container(pod(2), container(2))).adjust.env[0].key == "FROM_PLUGIN"
         await finish(rt, task)
 

@@ -1,4 +1,4 @@
-"""nri_plugin.ckpt.netid against real network namespaces (``ip netns add``, a veth pair, v4/v6 addresses, a default
+"""nri_plugin.host.netns against real network namespaces (``ip netns add``, a veth pair, v4/v6 addresses, a default
 route), read by path and through a process living in the namespace."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nri_plugin.ckpt.netid import NetIdError, diff, netns_inode, read_netns
+from nri_plugin.host.netns import NetIdError, diff, netns_inode, read_netns
 from tests.testenv import wait_for
 
 pytestmark = pytest.mark.criu

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..ckpt.cgroup import cgroup_path_of
-from .records import RecordError, load_record, remove_record, write_record
+from ..host.proc import cgroup_path
+from ..policy.records import RecordError, load_record, remove_record, write_record
 
-__all__ = ["HookState", "cgroup_of", "on_create_runtime", "on_poststop", "parse_state"]
+__all__ = ["HookState", "on_create_runtime", "on_poststop", "parse_state"]
 
 
 @dataclass(frozen=True)
@@ -43,21 +43,14 @@ def parse_state(raw: str | bytes) -> HookState:
                      bundle=str(data.get("bundle", "")), annotations=dict(data.get("annotations") or {}))
 
 
-def cgroup_of(pid: int, proc: Path = Path("/proc")) -> str:
-    """The pid's cgroup path in the freezer runc uses: the v1 freezer entry on a hybrid or v1 host, else the v2
-    (``0::``) entry (``nri_plugin.ckpt.cgroup.cgroup_path_of``). Raises OSError when the pid is gone."""
-    (proc / str(pid) / "cgroup").read_bytes()
-    return cgroup_path_of(pid, proc=proc)
-
-
 def on_create_runtime(state: HookState, state_dir: Path) -> str:
     """Record pid and cgroup of a managed container. Returns a one-line summary for the log."""
     rec = load_record(state_dir, state.id)
     rec.pid = state.pid
-    try:
-        rec.cgroup = cgroup_of(state.pid)
-    except OSError as exc:
-        raise RecordError(f"container {state.id}: cannot read the cgroup of pid {state.pid}: {exc}") from exc
+    rec.cgroup = cgroup_path(state.pid)
+    if not rec.cgroup:
+        raise RecordError(f"container {state.id}: cannot read the cgroup of pid {state.pid} (/proc/{state.pid}/cgroup "
+                          "is gone or malformed)")
     write_record(state_dir, rec)
     return f"{rec.describe()}: pid {rec.pid}, cgroup {rec.cgroup}"
 

@@ -1,4 +1,4 @@
-"""gpucr's CRIU-front hooks (``nri_plugin.gpufront``) on real processes, cgroups and the fake CUDA driver, without a
+"""gpucr's CRIU-front hooks (``nri_plugin.handlers.front_cuda``) on real processes, cgroups and the fake CUDA driver, without a
 runtime: what ``wants`` decides for each kind of dump (managed, unmanaged with or without CUDA state, stale or
 corrupt records, node policy), and the clear errors of bad input. The runtime paths are in
 tests/front/test_gpufront.py."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,16 +16,16 @@ import pytest
 
 from nri_plugin.front.errors import HookError
 from nri_plugin.front.messages import DUMP, RESTORE, Request
-from nri_plugin.gpufront import MARKER, GpuFrontHooks, make
+from nri_plugin.handlers.front_cuda import MARKER, CudaFrontHooks, make
 from nri_plugin.policy.config import ConfigError, NodeConfig
-from nri_plugin.policy.records import ContainerRecord, write_record
+from nri_plugin.policy.records import ContainerRecord, RecordedPolicy, write_record
 from tests import cgroups
 from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib  # noqa: F401 (fixtures)
 
 
-def hooks(tmp_path: Path, fc: FakeCuda | None = None, **node: object) -> GpuFrontHooks:
+def hooks(tmp_path: Path, fc: FakeCuda | None = None, **node: object) -> CudaFrontHooks:
     cfg = NodeConfig(state_dir=tmp_path / "state", libcuda=str(fc.lib) if fc else "", **node)  # type: ignore[arg-type]
-    return GpuFrontHooks({"log_dir": str(tmp_path / "log"), **({"libnvml": str(fc.lib)} if fc else {})}, node=cfg)
+    return CudaFrontHooks({"log_dir": str(tmp_path / "log"), **({"libnvml": str(fc.lib)} if fc else {})}, node=cfg)
 
 
 def log_text(tmp_path: Path) -> str:
@@ -106,7 +107,7 @@ def test_managed_record_is_wanted_without_touching_the_driver(tmp_path: Path, cg
     cid = cgroup.cid
     pid = cgroup.sleeper()
     write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
-                                                     pid=pid, policy={"lock_timeout_ms": 1234}))
+                                                     pid=pid, policy=RecordedPolicy(1234)))
     # the driver library does not even exist: wants() must not load it
     h = hooks(tmp_path, None)
     h.libcuda = str(tmp_path / "no-such-libcuda.so")
@@ -119,24 +120,78 @@ def test_managed_record_is_wanted_without_touching_the_driver(tmp_path: Path, cg
 
 
 @pytest.mark.criu
+@pytest.mark.parametrize("layout", ["cgroupfs", "systemd"])
+def test_managed_record_found_under_every_cgroup_driver(tmp_path: Path, layout: str) -> None:
+    """The systemd driver (kubeadm's default) names the container's cgroup ``cri-containerd-<id>.scope`` inside its
+    pod's slice: the front must take the id from inside the scope name, or it never finds the plugin's record."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (cgroups)", pytrace=False)
+    cid = uuid.uuid4().hex + uuid.uuid4().hex  # 64 hex characters, as kubelet's container ids
+    pod = cgroups.unique_name("gf")
+    root = cgroups.root()
+    top = root / (f"{pod}.slice" if layout == "systemd" else pod)
+    leaf = (top / f"{pod}-besteffort-pod{cid[:8]}_1_2.slice" / f"cri-containerd-{cid}.scope" if layout == "systemd"
+            else top / f"pod{cid[:8]}" / cid)
+    leaf.mkdir(parents=True)
+    p = sleeper(leaf)
+    try:
+        write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
+                                                         pid=p.pid, policy=RecordedPolicy(1234)))
+        h = hooks(tmp_path, None)
+        h.libcuda = str(tmp_path / "no-such-libcuda.so")  # a managed record decides without the driver
+        assert h.wants(dump(p.pid)) is True
+        t = h.target
+        assert t is not None and t.container_id == cid and t.cgroup == "/" + str(leaf.relative_to(root))
+        assert t.record is not None and t.record.container_id == cid and t.why.startswith("managed")
+    finally:
+        p.kill()
+        p.wait()
+        for d in (leaf, leaf.parent, top):
+            for _ in range(200):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    import time
+                    time.sleep(0.02)
+
+
+@pytest.mark.criu
 @pytest.mark.parametrize("bad", ["corrupt", "other-format", "stale"])
-def test_bad_record_falls_back_to_node_policy(tmp_path: Path, cgroup: Cgroup, bad: str) -> None:
+def test_bad_record_falls_back_to_node_policy(fake_cuda: FakeCuda, tmp_path: Path, cgroup: Cgroup, bad: str) -> None:
+    """A record gpucr cannot trust is ignored: the dump falls to the node policy, which protects a CUDA process
+    (unmanaged_cuda=protect): gpucr checkpoints it before CRIU would dump it, and rolls back after a failed dump."""
     cid = cgroup.cid
-    pid = cgroup.sleeper()
-    path = tmp_path / "state" / "containers" / f"{cid}.json"
-    write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
-                                                     pid=os.getpid() if bad == "stale" else pid))
-    if bad == "corrupt":
-        path.write_text("{not json")
-    elif bad == "other-format":
-        path.write_text(json.dumps({"format": 99}))
-    h = hooks(tmp_path)
-    assert h.wants(dump(pid)) is False  # no CUDA state: as without gpucr
-    text = log_text(tmp_path)
-    assert f"DUMP of pid {pid}: " in text and cid in text, text
-    assert {"corrupt": "unreadable or corrupt", "other-format": "has format 99",
-            "stale": "is stale"}[bad] in text, text
-    assert "applying the node policy (unmanaged_cuda=protect)" in text
+    w = FakeWorkload(fake_cuda, tmp_path)
+    try:
+        pid = w.root
+        (cgroup.dir / "cgroup.procs").write_text(str(pid))
+        path = tmp_path / "state" / "containers" / f"{cid}.json"
+        write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
+                                                         pid=os.getpid() if bad == "stale" else pid))
+        if bad == "corrupt":
+            path.write_text("{not json")
+        elif bad == "other-format":
+            path.write_text(json.dumps({"format": 99}))
+        images = tmp_path / "images"
+        images.mkdir()
+        h = hooks(tmp_path, fake_cuda)
+        req = dump(pid, images)
+        assert h.wants(req) is True  # protected, not handed over
+        assert h.target is not None and h.target.record is None and h.target.cuda_pids == [pid]
+        text = log_text(tmp_path)
+        assert f"DUMP of pid {pid}: " in text and cid in text, text
+        assert {"corrupt": "unreadable or corrupt", "other-format": "has format 99",
+                "stale": "is stale"}[bad] in text, text
+        assert "applying the node policy (unmanaged_cuda=protect)" in text
+        h.before_dump(req)
+        assert fake_cuda.state(pid) == "CHECKPOINTED" and not fake_cuda.maps_device(pid)
+        assert json.loads((images / MARKER).read_text())["managed"] is False
+        h.after_response(req, False)
+        assert fake_cuda.state(pid) == "RUNNING"
+        w.advancing()
+    finally:
+        w.kill()
 
 
 def test_lock_failure_is_rolled_back_with_a_clear_error(fake_cuda: FakeCuda, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""nri_plugin.ckpt.cgroup: pure parsing (tables), then real cgroups on this host — a v1 freezer cgroup (hybrid host)
+"""nri_plugin.host.cgroup: pure parsing (tables), then real cgroups on this host — a v1 freezer cgroup (hybrid host)
 and a cgroup in the cgroup2 hierarchy — with a sleeping process frozen, thawed and found recursively."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from nri_plugin.ckpt.cgroup import (
-    CgroupError, CgroupMount, Freezer, FreezerState, cgroup_path_of, cgroups_of, parse_mountinfo, parse_proc_cgroup,
-    resolve,
+from nri_plugin.host.cgroup import (
+    CgroupError, CgroupMount, Freezer, FreezerState, cgroup_mounts, cgroups_of, resolve,
 )
+from nri_plugin.host.proc import runc_cgroup, unified_host
 from tests import cgroups
 from tests.ckpt._workload import rmdir_cgroup
 from tests.testenv import wait_for
@@ -31,17 +31,8 @@ V2_ONLY = "25 20 0:23 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
 CONTAINER_V2 = "25 20 0:23 /kubepods/pod1/c1 /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n"
 
 
-def test_parse_proc_cgroup() -> None:
-    text = "12:freezer:/k8s/c1\n4:cpu,cpuacct:/k8s/c1\n1:name=systemd:/init.scope\n0::/k8s/c1\n"
-    assert parse_proc_cgroup(text) == {"freezer": "/k8s/c1", "cpu": "/k8s/c1", "cpuacct": "/k8s/c1",
-                                       "name=systemd": "/init.scope", "": "/k8s/c1"}
-    assert parse_proc_cgroup("0::/\n") == {"": "/"}
-    with pytest.raises(CgroupError, match="malformed"):
-        parse_proc_cgroup("garbage\n")
-
-
-def test_parse_mountinfo_hybrid() -> None:
-    mounts = parse_mountinfo(HYBRID_MOUNTINFO)
+def test_cgroup_mounts_hybrid() -> None:
+    mounts = cgroup_mounts(HYBRID_MOUNTINFO)
     assert [(m.version, str(m.mountpoint)) for m in mounts] == [
         (1, "/sys/fs/cgroup/cpu,cpuacct"), (1, "/sys/fs/cgroup/freezer"), (1, "/sys/fs/cgroup/systemd"),
         (2, "/sys/fs/cgroup/unified")]
@@ -49,13 +40,15 @@ def test_parse_mountinfo_hybrid() -> None:
     assert "name=systemd" in mounts[2].controllers and "rw" not in mounts[1].controllers
 
 
-def test_parse_mountinfo_v2_and_escapes() -> None:
-    (m,) = parse_mountinfo(V2_ONLY)
+def test_cgroup_mounts_v2_and_escapes() -> None:
+    (m,) = cgroup_mounts(V2_ONLY)
     assert (m.version, m.mountpoint, m.root) == (2, Path("/sys/fs/cgroup"), "/")
-    (c,) = parse_mountinfo(CONTAINER_V2)
+    (c,) = cgroup_mounts(CONTAINER_V2)
     assert c.root == "/kubepods/pod1/c1"
-    esc = parse_mountinfo("9 1 0:5 / /a\\040b rw - cgroup2 none rw\n")
+    esc = cgroup_mounts("9 1 0:5 / /a\\040b rw - cgroup2 none rw\n")
     assert esc[0].mountpoint == Path("/a b")
+    utf8 = cgroup_mounts("9 1 0:5 /pod-été /sys/fs/cgroup/über rw - cgroup2 none rw\n")
+    assert (utf8[0].root, utf8[0].mountpoint) == ("/pod-été", Path("/sys/fs/cgroup/über"))  # was garbled
 
 
 @pytest.mark.parametrize("root, path, want", [
@@ -85,22 +78,21 @@ HYBRID_PROC_CGROUP = "6:freezer:/\n1:cpu,cpuacct:/\n0::/gpucr-test-2.1.9/c1\n"
     (HYBRID_MOUNTINFO, "/", Path("/sys/fs/cgroup/freezer")),
     (V2_VIEW_WITH_YARD, "/gpucr-test-2.1.9/c1", None),
 ], ids=["hybrid", "v2-view-of-hybrid-kernel"])
-def test_cgroup_path_follows_runcs_view(tmp_path: Path, mountinfo: str, want_path: str, want_v1: Path | None) -> None:
+def test_runc_cgroup_follows_runcs_view(tmp_path: Path, mountinfo: str, want_path: str, want_v1: Path | None) -> None:
+    assert runc_cgroup(HYBRID_PROC_CGROUP, unified=unified_host(mountinfo)) == want_path
     (tmp_path / "7").mkdir()
     (tmp_path / "7/cgroup").write_text(HYBRID_PROC_CGROUP)
     (tmp_path / "self").mkdir()
     (tmp_path / "self/mountinfo").write_text(mountinfo)
-    assert cgroup_path_of(7, proc=tmp_path) == want_path
     pc = cgroups_of(7, proc=tmp_path)
     assert pc.v1_freezer == want_v1
     assert pc.freezer.version == (1 if want_v1 else 2)
-    assert cgroup_path_of(8, proc=tmp_path) == ""  # gone
 
 
 def _hierarchies() -> dict[int, Path]:
     """v1 freezer and the cgroup2 mount of this host (either may be missing on other hosts)."""
     out: dict[int, Path] = {}
-    for m in parse_mountinfo(Path("/proc/self/mountinfo").read_text()):
+    for m in cgroup_mounts(Path("/proc/self/mountinfo").read_text()):
         if m.version == 1 and "freezer" in m.controllers and m.root == "/":
             out.setdefault(1, m.mountpoint)
         if m.version == 2 and m.root == "/":
@@ -214,7 +206,7 @@ def test_missing_pid_and_cgroup() -> None:
 
 @pytest.mark.criu
 def test_thawed_restores_caller_state(cgroup: tuple[Freezer, Path]) -> None:
-    from nri_plugin.ckpt.cgroup import thawed
+    from nri_plugin.host.cgroup import thawed
 
     f, top = cgroup
     a = _sleeper(top / "sub")

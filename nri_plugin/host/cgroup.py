@@ -8,7 +8,8 @@ so the engine must know whether a caller (containerd's ``task.Pause``, runc's fr
 around the CUDA lock and put it back exactly as it found it. On a hybrid host runc freezes through v1, so v1 wins
 when the process sits in a v1 freezer hierarchy.
 
-Pure parts (``parse_proc_cgroup``, ``parse_mountinfo``, ``resolve``) take file contents; the rest reads and writes
+Pure parts (``cgroup_mounts``, ``resolve``; ``/proc/PID/cgroup`` is parsed by :func:`.proc.parse_proc_cgroup`, mount
+tables by :func:`.mounts.parse_mountinfo`) take file contents; the rest reads and writes
 cgroupfs. Follows the kernel's cgroup-v1/freezer-subsystem.rst and cgroup-v2.rst.
 """
 
@@ -23,12 +24,11 @@ from enum import StrEnum
 from pathlib import Path
 
 from ..errors import GpucrError
-from ._proc import cgroup_procs
+from .mounts import parse_mountinfo
+from .proc import HostError, cgroup_procs, parse_proc_cgroup
 
 __all__ = [
-    "CgroupError", "CgroupMount", "Freezer", "FreezerState", "ProcessCgroups", "cgroup_path_of", "cgroups_of", "freezer_of",
-    "parse_mountinfo",
-    "parse_proc_cgroup", "resolve", "thawed",
+    "CgroupError", "CgroupMount", "Freezer", "FreezerState", "ProcessCgroups", "cgroup_mounts", "cgroups_of", "freezer_at", "freezer_of", "resolve", "thawed",
 ]
 
 FREEZE_TIMEOUT_S = 10.0
@@ -59,44 +59,17 @@ class CgroupMount:
 # --- pure ----------------------------------------------------------------------------------------------------------
 
 
-def parse_proc_cgroup(text: str) -> dict[str, str]:
-    """``/proc/PID/cgroup`` as {controller: path}; the v2 entry (``0::/x``) is under the key ``""``; a named v1
-    hierarchy is under ``name=systemd``; a line listing several controllers (``cpu,cpuacct``) yields one key each."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            raise CgroupError(f"malformed /proc/PID/cgroup line {line!r}")
-        _, ctrls, path = parts
-        for ctrl in ctrls.split(",") if ctrls else [""]:
-            out[ctrl] = path
+def cgroup_mounts(text: str) -> list[CgroupMount]:
+    """The cgroup and cgroup2 mounts of a ``/proc/PID/mountinfo`` text."""
+    out: list[CgroupMount] = []
+    for m in parse_mountinfo(text):
+        if m.fstype == "cgroup2":
+            out.append(CgroupMount(2, Path(m.mountpoint), m.root, frozenset()))
+        elif m.fstype == "cgroup":
+            ctrls = frozenset(o for o in m.super_options
+                              if o not in ("rw", "ro") and "=" not in o or o.startswith("name="))
+            out.append(CgroupMount(1, Path(m.mountpoint), m.root, ctrls))
     return out
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    return field.encode().decode("unicode_escape") if "\\" in field else field
-
-
-def parse_mountinfo(text: str) -> list[CgroupMount]:
-    """The cgroup and cgroup2 mounts of a ``/proc/PID/mountinfo``."""
-    mounts: list[CgroupMount] = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        fields, tail = left.split(), right.split()
-        if len(fields) < 5 or len(tail) < 3:
-            continue
-        fstype, options = tail[0], tail[2].split(",")
-        if fstype == "cgroup2":
-            mounts.append(CgroupMount(2, Path(_unescape(fields[4])), _unescape(fields[3]), frozenset()))
-        elif fstype == "cgroup":
-            ctrls = frozenset(o for o in options if o not in ("rw", "ro") and "=" not in o or o.startswith("name="))
-            mounts.append(CgroupMount(1, Path(_unescape(fields[4])), _unescape(fields[3]), ctrls))
-    return mounts
 
 
 def resolve(mount: CgroupMount, cgroup_path: str) -> Path | None:
@@ -292,30 +265,12 @@ def cgroups_of(pid: int, *, proc: Path = Path("/proc")) -> ProcessCgroups:
     what = f"cgroups of pid {pid}"
     try:
         own = parse_proc_cgroup(_read(proc / str(pid) / "cgroup", what))
-    except CgroupError as exc:
+    except (CgroupError, HostError) as exc:
         raise CgroupError(f"{what}: no such process (is pid {pid} running?)") from exc
-    mounts = parse_mountinfo(_read(proc / "self/mountinfo", what))
+    mounts = cgroup_mounts(_read(proc / "self/mountinfo", what))
     v1 = _pick(mounts, 1, own["freezer"], "freezer") if "freezer" in own and not _unified_mode(mounts) else None
     v2 = _pick(mounts, 2, own[""], None) if "" in own else None
     return ProcessCgroups(pid, v1, v2)
-
-
-def cgroup_path_of(pid: int, *, proc: Path = Path("/proc")) -> str:
-    """The cgroup path (as ``/proc/PID/cgroup`` names it) of the freezer :attr:`ProcessCgroups.freezer` picks: the
-    v1 ``freezer`` entry only where a v1 freezer hierarchy is mounted, else the v2 entry; "" for a vanished pid.
-
-    Why not simply the v1 line when there is one: a hybrid kernel lists the v1 entries even in a mount namespace that
-    shows only cgroup2 on /sys/fs/cgroup, where runc (and so the container's cgroup) is v2; there CRIU's restore
-    also mounts v1 hierarchies for a while (its cgroup "yard"), so the test is runc's: cgroup2 on /sys/fs/cgroup."""
-    try:
-        own = parse_proc_cgroup(_read(proc / str(pid) / "cgroup", f"cgroups of pid {pid}"))
-        mounts = parse_mountinfo(_read(proc / "self/mountinfo", f"cgroups of pid {pid}"))
-    except CgroupError:
-        return ""
-    if "freezer" in own and not _unified_mode(mounts) and any(m.version == 1 and "freezer" in m.controllers
-                                                              for m in mounts):
-        return own["freezer"]
-    return own.get("", "")
 
 
 def freezer_of(pid: int) -> Freezer | None:
@@ -326,6 +281,13 @@ def freezer_of(pid: int) -> Freezer | None:
     except CgroupError:
         return None
     return None if f is None or f.is_root else f
+
+
+def freezer_at(path: str | Path, version: int) -> Freezer | None:
+    """The freezer of the cgroup directory ``path`` (v1 or v2), as a checkpoint recorded it; None when that
+    directory is gone, is a hierarchy's root (never freeze the whole host) or the version is unknown."""
+    f = Freezer(Path(path), version)
+    return f if version in (1, 2) and f.path.is_dir() and not f.is_root else None
 
 
 @contextmanager

@@ -13,8 +13,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from .api import Adjustment, pb
-from .errors import PluginError
+from ..nri.api import Adjustment, pb
+from ..nri.errors import PluginError
 
 __all__ = ["LifecycleLogger", "LoggerConfig"]
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .nri import Adjustment, hook, pb
-from .policy import (
+from ..nri import Adjustment, hook, pb
+from ..policy import (
     ConfigError,
     ContainerRecord,
     ContainerView,
@@ -31,9 +31,9 @@ from .policy import (
     render_config,
     write_record,
 )
-from .policy.records import RecordError
+from ..policy.records import RecordedGpus, RecordedPolicy, RecordError
 
-__all__ = ["CRIU_CONFIG_ANNOTATION", "GpucrPlugin", "container_view"]
+__all__ = ["CRIU_CONFIG_ANNOTATION", "PolicyPlugin", "container_view"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def container_view(pod: pb.PodSandbox, ctr: pb.Container) -> ContainerView:
         mounts=[MountView(m.destination, m.type, m.source, tuple(m.options)) for m in ctr.mounts])
 
 
-class GpucrPlugin:
+class PolicyPlugin:
     """NRI handlers: configure, synchronize, create_container, remove_container."""
 
     def __init__(self, node: NodeConfig | None = None) -> None:
@@ -93,10 +93,10 @@ class GpucrPlugin:
             container_id=ctr.id, name=ctr.name, pod_id=pod.id, pod_name=pod.name, pod_namespace=pod.namespace,
             managed=True, reason=decision.reason, criu_config=str(conf), runtime=self.runtime,
             created_at=time.time(),
-            gpus={"visible": decision.gpu.visible, "devices": list(decision.gpu.devices),
-                  "cdi": list(decision.gpu.cdi), "reasons": list(decision.gpu.reasons)},
-            policy={"source": decision.policy.source, "gpu_map": [list(p) for p in decision.policy.gpu_map],
-                    "lock_timeout_ms": decision.policy.lock_timeout_ms or self.node.lock_timeout_ms}))
+            gpus=RecordedGpus(decision.gpu.visible, tuple(decision.gpu.devices), tuple(decision.gpu.cdi),
+                              tuple(decision.gpu.reasons)),
+            policy=RecordedPolicy(decision.policy.lock_timeout_ms or self.node.lock_timeout_ms,
+                                  tuple(decision.policy.gpu_map), dict(decision.policy.source))))
         adj = Adjustment()
         if CRIU_CONFIG_ANNOTATION in ctr.annotations:
             adj.remove_annotation(CRIU_CONFIG_ANNOTATION)  # take over the user's entry; its content is merged

@@ -1,0 +1,467 @@
+"""install/front.sh's edit of containerd's config: one runtime handler's ``BinaryName`` becomes gpucr's runc wrapper,
+and uninstall puts the file back byte for byte.
+
+The wrapper execs what the handler ran before (its previous ``BinaryName``, e.g. nvidia-container-runtime or a
+custom runc; with none, the runc found now), so the runtime chain is kept. Install keeps a copy of the config and
+the SHA-256 of what it wrote (``DIR/install.json``); uninstall restores that copy only while the config is still
+exactly what install wrote, and otherwise refuses with one line instead of overwriting someone's later edits.
+
+Run by install/front.sh with /usr/bin/python3 (standard library only). Subcommands::
+
+    target [--binary-name NAME]                       the absolute binary the wrapper would exec (default runc)
+    plan CONFIG RUNTIME WRAPPER STATE [--runc PATH]   check that install can edit CONFIG; print that binary
+    install CONFIG RUNTIME WRAPPER STATE TARGET       edit CONFIG, keep the copy and STATE
+    uninstall CONFIG RUNTIME WRAPPER STATE            restore CONFIG from the copy
+    status CONFIG RUNTIME [--json]                    print the chain: handler -> wrapper -> binary; criu -> front
+
+Bad input prints one ``gpucr front: error:`` line naming the file, the handler and the fix, and touches nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: the CRI plugin's runtime handlers table per config schema (containerd 1.7: version 2; containerd 2.x: version 3)
+HANDLERS = {2: ["plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"],
+            3: ["plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"]}
+#: the second line of every wrapper install/front.sh writes (how gpucr recognises its own wrapper)
+WRAPPER_MARK = "# gpucr: runc with gpucr's CRIU front first on PATH"
+STATE_FORMAT = 1
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+@:-]*$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BINARY_LINE = re.compile(r"""^\s*(BinaryName|"BinaryName"|'BinaryName')\s*=""")
+
+
+class InstallError(Exception):
+    """Bad input for the edit: the message says what and the fix."""
+
+
+# -- the config file -------------------------------------------------------------------------------------------------
+
+def header_key(line: str) -> list[str] | None:
+    """The dotted key of a ``[table]`` header line, quotes removed; None for any other line (``[[array]]`` too)."""
+    s = line.strip()
+    if not s.startswith("[") or s.startswith("[["):
+        return None
+    keys: list[str] = []
+    cur, quote, i = "", "", 1
+    while i < len(s):
+        c = s[i]
+        if quote:
+            if c == "\\" and quote == '"' and i + 1 < len(s):
+                cur, i = cur + s[i + 1], i + 2
+                continue
+            if c == quote:
+                quote = ""
+            else:
+                cur += c
+        elif c in "\"'":
+            quote = c
+        elif c == ".":
+            keys.append(cur.strip())
+            cur = ""
+        elif c == "]":
+            keys.append(cur.strip())
+            return keys
+        else:
+            cur += c
+        i += 1
+    return None
+
+
+def _is_table_line(line: str) -> bool:
+    return line.lstrip().startswith("[")
+
+
+def _render_key(keys: list[str], version: int) -> str:
+    q = '"' if version == 2 else "'"
+    return ".".join(k if _BARE_KEY.match(k) else f"{q}{k}{q}" for k in keys)
+
+
+def _dig(doc: dict[str, Any], keys: list[str]) -> Any:
+    for k in keys:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(k)  # type: ignore[assignment]
+    return doc
+
+
+@dataclass
+class Handler:
+    """One runtime handler of the CRI plugin in a parsed config."""
+
+    version: int
+    keys: list[str]            # the handler's table: HANDLERS[version] + [name]
+    previous: str | None       # its BinaryName before gpucr ("" counts as none: the shim runs "runc")
+    doc: dict[str, Any]
+
+
+def find_handler(text: str, path: str, runtime: str) -> Handler:
+    """The handler ``runtime`` of the config text. Raises InstallError naming what is missing."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InstallError(f"{path} is not valid TOML ({exc}); fix it first") from exc
+    version = doc.get("version", 1)
+    if version not in HANDLERS:
+        raise InstallError(f"{path} is a version {version} containerd config; install/front.sh edits version 2 "
+                           "(containerd 1.7) and 3 (2.x) configs: convert it with `containerd config migrate`")
+    base = HANDLERS[version]
+    handlers = _dig(doc, base)
+    if not isinstance(handlers, dict) or not isinstance(handlers.get(runtime), dict):
+        names = ", ".join(sorted(handlers)) if isinstance(handlers, dict) and handlers else "none"
+        raise InstallError(f"{path} has no runtime handler '{runtime}' ([{_render_key([*base, runtime], version)}]; "
+                           f"handlers there: {names}): add it (`containerd config default` shows one) or pick "
+                           "another --runtime")
+    options = handlers[runtime].get("options")
+    if options is not None and not isinstance(options, dict):
+        raise InstallError(f"{path}: options of runtime handler '{runtime}' is not a table")
+    prev = (options or {}).get("BinaryName") or None
+    if prev is not None and not isinstance(prev, str):
+        raise InstallError(f"{path}: BinaryName of runtime handler '{runtime}' is not a string ({prev!r})")
+    return Handler(version, [*base, runtime], prev, doc)
+
+
+def edit(text: str, path: str, runtime: str, wrapper: str) -> tuple[str, Handler]:
+    """The config text with handler ``runtime``'s BinaryName set to ``wrapper``, checked with tomllib to differ from
+    the original in that one value only. Raises InstallError."""
+    h = find_handler(text, path, runtime)
+    want = [*h.keys, "options"]
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if header_key(ln) == want), None)
+    new_value = json.dumps(wrapper)  # a JSON string is a TOML basic string for these paths
+    if start is None:
+        if "options" in _dig(h.doc, h.keys):
+            raise InstallError(f"{path}: the options of runtime handler '{runtime}' are not written as a "
+                               f"[{_render_key(want, h.version)}] table (inline or dotted keys): write that table, "
+                               "then install again")
+        # the handler has no options at all: add its options table at the end
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines += ["\n", f"[{_render_key(want, h.version)}]\n", f"  BinaryName = {new_value}\n"]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if _is_table_line(lines[i])), len(lines))
+        body = [i for i in range(start + 1, end) if lines[i].strip() and not lines[i].lstrip().startswith("#")]
+        indent = (re.match(r"\s*", lines[body[0]]).group(0) if body  # type: ignore[union-attr]
+                  else re.match(r"\s*", lines[start]).group(0) + "  ")  # type: ignore[union-attr]
+        at = next((i for i in body if _BINARY_LINE.match(lines[i])), None)
+        line = f"{indent}BinaryName = {new_value}\n"
+        if at is None:
+            lines.insert(start + 1, line)
+        else:
+            lines[at] = line
+    out = "".join(lines)
+    expected = copy.deepcopy(h.doc)
+    opts = _dig(expected, h.keys)
+    opts.setdefault("options", {})["BinaryName"] = wrapper
+    try:
+        got = tomllib.loads(out)
+    except tomllib.TOMLDecodeError as exc:
+        raise InstallError(f"editing {path} for runtime '{runtime}' gave invalid TOML ({exc}); file unchanged: set "
+                           f"BinaryName = {new_value} in its options by hand") from exc
+    if got != expected:
+        raise InstallError(f"editing {path} for runtime '{runtime}' would change more than its BinaryName; file "
+                           f"unchanged: set BinaryName = {new_value} in its options by hand")
+    return out, h
+
+
+# -- the binary the wrapper execs ------------------------------------------------------------------------------------
+
+def is_gpucr_wrapper(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return WRAPPER_MARK.encode() in head
+
+
+def resolve_target(name: str, wrapper: str | None = None) -> str:
+    """The absolute, real path of the runtime binary ``name`` (searched on PATH if relative), checked: executable,
+    not a gpucr wrapper (install never wraps itself), root-owned and not group/world-writable (it runs as root)."""
+    found = name if "/" in name else shutil.which(name)
+    if not found:
+        raise InstallError(f"runtime binary '{name}' is not on PATH ({os.environ.get('PATH', '')}): install it or "
+                           "give its absolute path (--runc PATH, or BinaryName in the config)")
+    found = os.path.abspath(found)
+    if not os.path.isfile(found) or not os.access(found, os.X_OK):
+        raise InstallError(f"runtime binary {found} is missing or not executable; install it or fix the path")
+    real = os.path.realpath(found)
+    if is_gpucr_wrapper(real) or (wrapper and real == os.path.realpath(wrapper)):
+        raise InstallError(f"runtime binary {found} is a gpucr runc wrapper itself; give the real runtime (the "
+                           "handler's BinaryName before gpucr, e.g. /usr/bin/runc)")
+    st = os.stat(real)
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise InstallError(f"runtime binary {real} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}:"
+                           f" the wrapper would run it as root; fix: chown root {real}; chmod go-w {real}")
+    if not _SAFE_PATH.match(real):
+        raise InstallError(f"runtime binary path {real!r} has characters the wrapper script does not quote; "
+                           "use a path of letters, digits and ._/+@:-")
+    return real
+
+
+# -- state: what install did, so uninstall can undo exactly that ------------------------------------------------------
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _load_state(state: Path) -> dict[str, Any] | None:
+    try:
+        st = json.loads(state.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise InstallError(f"{state} is unreadable ({exc}); restore the config from {state.parent}/config.before-gpucr"
+                           " by hand if it is there") from exc
+    if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
+        raise InstallError(f"{state} is not an install record of this install/front.sh; restore the config from "
+                           f"{state.parent}/config.before-gpucr by hand if it is there")
+    return st
+
+
+def _same_install(st: dict[str, Any], config: str, runtime: str, state: Path) -> None:
+    if st["config"] != config or st["runtime"] != runtime:
+        raise InstallError(f"{state} says the route is installed for {st['config']} runtime '{st['runtime']}'; "
+                           "uninstall that first (or use another --dir)")
+
+
+def _write_atomic(path: Path, data: bytes, mode: int, uid: int, gid: int) -> None:
+    tmp = path.with_name(f".{path.name}.gpucr-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def plan(config: Path, runtime: str, wrapper: str, state: Path, runc: str | None) -> str:
+    """Check everything install will do to CONFIG; return the binary the wrapper must exec."""
+    text = _read(config)
+    st = _load_state(state)
+    if st is not None:  # installed before: same handler, and the wrapper keeps its recorded target
+        _same_install(st, str(config), runtime, state)
+        h = find_handler(text, str(config), runtime)
+        if h.previous != wrapper:
+            raise InstallError(f"{config}: runtime '{runtime}' runs {h.previous or 'runc'}, not {wrapper}, although "
+                               f"{state} says gpucr installed it: run install/front.sh uninstall first")
+        return resolve_target(st["target"], wrapper)
+    _, h = edit(text, str(config), runtime, wrapper)
+    if h.previous and os.path.realpath(h.previous) == os.path.realpath(wrapper):
+        raise InstallError(f"{config}: runtime '{runtime}' already runs {wrapper} but {state} is missing: set its "
+                           "BinaryName back to the runtime it ran before by hand, then install again")
+    if h.previous and runc:
+        raise InstallError(f"{config}: runtime '{runtime}' names its runtime (BinaryName = {h.previous}); the wrapper "
+                           "execs that one: drop --runc (or change BinaryName first)")
+    return resolve_target(h.previous or runc or "runc", wrapper)
+
+
+def install(config: Path, runtime: str, wrapper: str, state: Path, target: str) -> str:
+    """Point the handler at the wrapper, keeping a copy of CONFIG and the record uninstall needs."""
+    before = _read_bytes(config)
+    st = _load_state(state)
+    if st is not None:
+        _same_install(st, str(config), runtime, state)
+        if _sha(before) != st["sha256_installed"]:
+            return (f"{config} was edited since install (runtime '{runtime}' still runs {wrapper}); left as it is "
+                    "(uninstall will refuse to overwrite those edits)")
+        return f"{config} already runs {wrapper} for runtime '{runtime}' (unchanged)"
+    out, h = edit(before.decode(), str(config), runtime, wrapper)
+    after = out.encode()
+    meta = os.stat(config)
+    backup = state.parent / "config.before-gpucr"
+    _write_atomic(backup, before, 0o600, 0, 0)
+    record = {"format": STATE_FORMAT, "config": str(config), "runtime": runtime, "wrapper": wrapper,
+              "previous_binary_name": h.previous, "target": target, "backup": str(backup),
+              "sha256_before": _sha(before), "sha256_installed": _sha(after),
+              "mode": stat.S_IMODE(meta.st_mode), "uid": meta.st_uid, "gid": meta.st_gid}
+    _write_atomic(state, json.dumps(record, indent=1).encode() + b"\n", 0o600, 0, 0)
+    try:
+        _write_atomic(config, after, stat.S_IMODE(meta.st_mode), meta.st_uid, meta.st_gid)
+    except OSError:
+        state.unlink(missing_ok=True)
+        backup.unlink(missing_ok=True)
+        raise
+    was = f"BinaryName {h.previous}" if h.previous else "no BinaryName (runc)"
+    return f"{config}: runtime '{runtime}' now runs {wrapper} -> {target} (it had {was}; a copy is in {backup})"
+
+
+def uninstall(config: Path, runtime: str, wrapper: str, state: Path) -> str:
+    """Restore CONFIG byte for byte from install's copy, only while it is still exactly what install wrote."""
+    st = _load_state(state)
+    if st is None:
+        if find_handler(_read(config), str(config), runtime).previous == wrapper:
+            raise InstallError(f"{config}: runtime '{runtime}' runs {wrapper} but the install record {state} is missing "
+                               "(was the route directory removed?): set its BinaryName back by hand")
+        raise InstallError(f"{state} is missing: the route was not installed by install/front.sh (nothing to undo)")
+    _same_install(st, str(config), runtime, state)
+    now = _read_bytes(config)
+    backup = Path(st["backup"])
+    if _sha(now) == st["sha256_before"]:
+        return f"{config} is already as it was before install (unchanged)"
+    if _sha(now) != st["sha256_installed"]:
+        h = find_handler(now.decode(), str(config), runtime)
+        if h.previous != wrapper:
+            return (f"{config}: runtime '{runtime}' no longer runs {wrapper} (BinaryName = {h.previous or 'none'}); "
+                    "config left as it is")
+        was = f"BinaryName = {json.dumps(st['previous_binary_name'])}" if st["previous_binary_name"] else \
+            "no BinaryName line"
+        raise InstallError(f"{config} was edited since install/front.sh installed the route: not overwriting those "
+                           f"edits. Fix: give runtime '{runtime}' its previous {was} by hand (the whole file as it was "
+                           f"before install is {backup}), then run uninstall again")
+    data = _read_bytes(backup)
+    if _sha(data) != st["sha256_before"]:
+        raise InstallError(f"the copy {backup} does not match the config install replaced (SHA-256 differs): config "
+                           f"left as it is; set runtime '{runtime}''s BinaryName back by hand")
+    _write_atomic(config, data, st["mode"], st["uid"], st["gid"])
+    return f"{config}: runtime '{runtime}' restored (byte-identical to before install)"
+
+
+# -- status: the chain as it stands ----------------------------------------------------------------------------------
+
+def _wrapper_parts(path: str) -> tuple[str | None, str | None]:
+    """(the front's dir put first on PATH, the binary exec'd) of a gpucr wrapper."""
+    text = Path(path).read_text()
+    m_path = re.search(r"^PATH=([^:\n]+):", text, re.M)
+    m_exec = re.search(r'^exec (\S+) "\$@"', text, re.M)
+    return (m_path.group(1) if m_path else None), (m_exec.group(1) if m_exec else None)
+
+
+def _front_conf(path_dir: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        text = Path(path_dir, "front.conf").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep and not k.strip().startswith("#"):
+            out[k.strip()] = v.strip()
+    return out
+
+
+def chain(config: Path, runtime: str) -> dict[str, Any]:
+    h = find_handler(_read(config), str(config), runtime)
+    binary = h.previous or "runc"
+    out: dict[str, Any] = {"config": str(config), "runtime": runtime, "BinaryName": h.previous, "gpucr": False,
+                           "chain": [binary]}
+    resolved = binary if "/" in binary else shutil.which(binary)
+    if not resolved or not is_gpucr_wrapper(resolved):
+        return out
+    path_dir, target = _wrapper_parts(resolved)
+    out.update(gpucr=True, wrapper=resolved, target=target, front_dir=path_dir)
+    out["chain"] = [resolved, target]
+    if path_dir:
+        criu = os.path.join(path_dir, "criu")
+        conf = _front_conf(path_dir)
+        out.update(front=criu, front_code=os.path.realpath(criu), real_criu=conf.get("real_criu"),
+                   hooks=conf.get("hooks"))
+    state = Path(resolved).parent.parent / "install.json"
+    st = _load_state(state) if state.exists() else None
+    out["installed_by"] = str(state) if st and st["config"] == str(config) and st["runtime"] == runtime else None
+    return out
+
+
+def render_chain(c: dict[str, Any]) -> str:
+    if not c["gpucr"]:
+        return (f"runtime '{c['runtime']}' in {c['config']}: {c['chain'][0]} (gpucr's CRIU front is not installed "
+                "for this handler)")
+    lines = [f"runtime '{c['runtime']}' in {c['config']}:",
+             f"  {c['runtime']} -> {c['wrapper']} (gpucr runc wrapper) -> {c['target']} (the handler's runtime before "
+             "gpucr)"]
+    if c.get("front"):
+        lines.append(f"  criu on its PATH -> {c['front']} (gpucr CRIU front, code {c['front_code']}, hooks "
+                     f"{c.get('hooks') or 'none'}) -> {c.get('real_criu') or '/usr/sbin/criu'} (real criu)")
+    lines.append(f"  install record: {c['installed_by']} (uninstall restores the config)" if c["installed_by"] else
+                 "  no install record beside the wrapper: uninstall cannot restore this config")
+    return "\n".join(lines)
+
+
+# -- command line ----------------------------------------------------------------------------------------------------
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InstallError(f"containerd config {path} does not exist") from None
+    except OSError as exc:
+        raise InstallError(f"cannot read containerd config {path}: {exc.strerror}") from exc
+
+
+def _read(path: Path) -> str:
+    try:
+        return _read_bytes(path).decode()
+    except UnicodeDecodeError as exc:
+        raise InstallError(f"containerd config {path} is not UTF-8 text") from exc
+
+
+def _abs(p: str) -> Path:
+    """The config's real path: a symlinked config is edited (and restored) where it lives, the link stays."""
+    return Path(os.path.realpath(p))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="install/runtime_config.py", description=__doc__.split("\n", 1)[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("target")
+    t.add_argument("--binary-name", default="runc")
+    for name in ("plan", "install", "uninstall"):
+        p = sub.add_parser(name)
+        p.add_argument("config", type=_abs)
+        p.add_argument("runtime")
+        p.add_argument("wrapper")
+        p.add_argument("state", type=Path)
+        if name == "plan":
+            p.add_argument("--runc")
+        if name == "install":
+            p.add_argument("target")
+    s = sub.add_parser("status")
+    s.add_argument("config", type=_abs)
+    s.add_argument("runtime")
+    s.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "target":
+            print(resolve_target(a.binary_name))
+        elif a.cmd == "plan":
+            print(plan(a.config, a.runtime, a.wrapper, a.state, a.runc))
+        elif a.cmd == "install":
+            print(f"gpucr front: {install(a.config, a.runtime, a.wrapper, a.state, a.target)}",
+                  file=sys.stderr)
+        elif a.cmd == "uninstall":
+            print(f"gpucr front: {uninstall(a.config, a.runtime, a.wrapper, a.state)}", file=sys.stderr)
+        else:
+            c = chain(a.config, a.runtime)
+            print(json.dumps(c) if a.json else render_chain(c))
+    except InstallError as exc:
+        print(f"gpucr front: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gpucr front: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
