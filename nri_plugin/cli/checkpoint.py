@@ -152,6 +152,20 @@ def _print(summary: Any, as_json: bool) -> None:
           f"{d['gpu_bytes'] / (1 << 30):.2f} GiB GPU data, {d['image_bytes'] / (1 << 30):.2f} GiB images; {steps}")
 
 
+def _refuse_own_tree(pid: int) -> None:
+    """Never this system's init (a dump without --leave-running kills it) nor gpucr itself or one of its ancestors
+    (the shell or service running it): a --pid typo must not take the node down."""
+    from ..host.proc import parent_pid
+
+    ancestors, p = [], os.getpid()
+    while p > 1 and len(ancestors) < 256:
+        ancestors.append(p)
+        p = parent_pid(p)
+    if pid == 1 or pid in ancestors:
+        who = "this system's init" if pid == 1 else "gpucr itself or a process that started it"
+        raise GpucrError(f"pid {pid} is {who}: refusing to checkpoint it; give the pid of the workload's root process")
+
+
 def run_checkpoint(args: argparse.Namespace) -> int:
     from ..ckpt.engine import CheckpointRequest
 
@@ -176,6 +190,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         desc = container.describe(pid, container_id)
         criu_options.update(container.dump_options(desc))
         extra["container"] = desc
+    _refuse_own_tree(pid)
     lock_timeout_ms = args.lock_timeout_ms if args.lock_timeout_ms is not None else cfg.lock_timeout_ms
     log.info("checkpoint of pid %d%s to %s (lock timeout %d ms, leave-running %s)", pid,
              f" (container {container_id})" if container_id else "", args.to, lock_timeout_ms, args.leave_running)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HostError", "cgroup_path", "cgroup_procs", "comm", "container_id", "cuda_candidates", "external_pid_ns",
-    "kill_tree", "mem_available", "nvidia_minors", "parse_meminfo", "parse_proc_cgroup",
+    "kill_tree", "mem_available", "nvidia_minors", "parent_pid", "parse_meminfo", "parse_proc_cgroup",
     "pid_ns_init", "rss_bytes", "runc_cgroup", "tree_pids", "unified_host",
 ]
 
@@ -127,6 +127,16 @@ def _ppid_map() -> dict[int, int]:
         rest = raw[raw.rfind(b")") + 2:].split()
         out[int(name)] = int(rest[1])
     return out
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of ``pid``; 0 when it is gone (or is the kernel's)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 0
+    return int(raw[raw.rfind(b")") + 2:].split()[1])
 
 
 def tree_pids(root: int) -> list[int]:

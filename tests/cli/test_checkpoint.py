@@ -141,3 +141,10 @@ def test_match(ref: str, ids: list[str]) -> None:
 
 def test_match_ambiguous() -> None:
     assert sorted(c.id for c in _match("a1b2", C[:3])) == ["a1b2c3d4e5", "a1b2ffff00"]
+
+
+def test_init_and_gpucrs_own_ancestors_are_refused(tmp_path: Path, env: dict[str, str]) -> None:
+    for pid, says in (("1", "pid 1 is this system's init"), (str(os.getpid()), "a process that started it")):
+        r = gpucr("checkpoint", "--pid", pid, "--to", str(tmp_path / "ck"), env=env)
+        assert f"{says}: refusing to checkpoint it" in one_error_line(r)
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "criu-ran").exists()

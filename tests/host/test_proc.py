@@ -3,13 +3,14 @@ container id each names; then the small /proc facts against real processes."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from nri_plugin.host.proc import (
-    HostError, cgroup_path, comm, container_id, kill_tree, mem_available, parse_meminfo,
+    HostError, cgroup_path, comm, container_id, kill_tree, mem_available, parent_pid, parse_meminfo,
     parse_proc_cgroup, rss_bytes, runc_cgroup, tree_pids,
 )
 
@@ -114,3 +115,8 @@ def test_meminfo(tmp_path: Path) -> None:
     with pytest.raises(HostError, match="cannot read"):
         mem_available(str(tmp_path / "absent"))
     assert mem_available() > 0
+
+
+def test_parent_pid() -> None:
+    assert parent_pid(os.getpid()) == os.getppid()
+    assert parent_pid(2**22 + 1) == 0
