@@ -7,7 +7,11 @@ fails the integration tests loudly (it is never a skip).
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +56,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = [i for i in items if i not in drop]
+
+
+@pytest.fixture
+def root_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh directory only root can change (0700, in ``$GPUCR_TEST_ROOT/tmp``), removed afterwards: the place for
+    what an install writes and the CRIU front or the OCI hook then runs from or reads (routes, code copies, front
+    configs). Not ``tmp_path``: the front, and so the install, refuse anything below a world-writable /tmp."""
+    if not testenv.TEST_ROOT.is_dir():
+        pytest.fail(testenv.deps_problem() or f"{testenv.TEST_ROOT} is missing: run install/deps.sh", pytrace=False)
+    base = testenv.TEST_ROOT / "tmp"
+    base.mkdir(mode=0o700, exist_ok=True)
+    instance = os.environ.get("GPUCR_INSTANCE") or "default"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:40]  # paths the route's scripts need not quote
+    d = Path(tempfile.mkdtemp(prefix=f"{instance}-{name}-", dir=base))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", params=VERSIONS, ids=[f"containerd-{v}" for v in VERSIONS])
