@@ -97,7 +97,8 @@ def make_route(root: Path) -> FrontRoute:
 def front_route() -> Iterator[FrontRoute]:
     if os.geteuid() != 0 or not REAL_CRIU.exists():
         pytest.fail(testenv.deps_problem() or f"{REAL_CRIU} missing: run install/deps.sh", pytrace=False)
-    route = make_route(testenv.TEST_ROOT / f"front-route-{INSTANCE}")
+    # this session's own (pid): two runs with the same GPUCR_INSTANCE (two unit runs without one) never share it
+    route = make_route(testenv.TEST_ROOT / f"front-route-{INSTANCE}-{os.getpid()}")
     try:
         yield route
     finally:
