@@ -366,8 +366,8 @@ def test_runtime_chain_on_live_containerd(version: str, tmp_path: Path) -> None:
         r = front_sh("install", "--config", str(config), "--dir", str(route), "--prefix", str(prefix),
                      "--real-criu", str(REAL_CRIU), "--log-dir", str(tmp_path / "log"), "--hooks", front_cuda_hooks())
         assert r.returncode == 0, r.stderr
-        with (route / "path/front.conf").open("a") as f:  # the front's caches: root-only, beside the route
-            f.write(f"cache_dir = {route / 'cache'}\n")
+        with (route / "path/front.conf").open("a") as f:  # the front's caches: root-only, beside the route (not in
+            f.write(f"cache_dir = {Path(info['dir']) / 'front-cache'}\n")  # it: uninstall removes what install made)
         assert f"-> {route}/bin/runc (gpucr runc wrapper) -> {rec}" in front_sh("status", "--config",
                                                                                  str(config)).stdout
         ctrd = restart()
