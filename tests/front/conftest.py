@@ -67,11 +67,8 @@ class FrontRoute:
 
 
 def front_cuda_hooks() -> str:
-    """install/front.sh's default hooks (gpucr's CUDA steps), or their old module path on a branch where
-    nri_plugin/handlers/ has not landed yet (issue 8 moves gpufront.py there; drop this once it has)."""
-    spec = re.search(r"^HOOKS=(\S+)$", (testenv.INSTALL / "front.sh").read_text(), re.M).group(1)  # type: ignore[union-attr]
-    module = spec.partition(":")[0].replace(".", "/")
-    return spec if (testenv.REPO / f"{module}.py").exists() else "nri_plugin.gpufront:make"
+    """install/front.sh's default hooks (gpucr's CUDA steps), as its HOOKS line says."""
+    return re.search(r"^HOOKS=(\S+)$", (testenv.INSTALL / "front.sh").read_text(), re.M).group(1)  # type: ignore[union-attr]
 
 
 def make_route(root: Path) -> FrontRoute:
