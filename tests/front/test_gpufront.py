@@ -32,7 +32,7 @@ from nri_plugin.policy.records import ContainerRecord, RecordedPolicy, remove_re
 from tests.fakes.cuda import FakeCuda, build, make_device
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _bundle, _n, _runc_pid, _subreaper
-from tests.testenv import REPO, TEST_ROOT, Containerd, wait_for
+from tests.testenv import REPO, TEST_ROOT, Containerd, installed_hook, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,11 +62,13 @@ def fake() -> Iterator[FakeCuda]:
 
 
 @pytest.fixture(scope="module")
-def node(fake: FakeCuda, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def node(fake: FakeCuda, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     d = tmp_path_factory.mktemp("gpufront-node")
-    hook = d / "gpucr-hook"
-    hook.write_text(f"#!/bin/sh\ncd {REPO} && exec {sys.executable} -m hooks.oci_hook \"$@\"\n")
-    hook.chmod(0o755)
+    with installed_hook(d / "libexec") as hook:
+        yield _node(d, hook, fake)
+
+
+def _node(d: Path, hook: Path, fake: FakeCuda) -> dict[str, Path]:
     paths = {"state": d / "state", "criu": d / "criu", "hook": hook, "config": d / "config.toml",
              "log": d / "plugin.log", "nvidia": fake.device, "fake": fake.lib.parent}
     paths["config"].write_text(f'state_dir = "{paths["state"]}"\ncriu_config_dir = "{paths["criu"]}"\n'
