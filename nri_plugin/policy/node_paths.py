@@ -12,7 +12,8 @@ runc runs for every managed container (``hook_path``), the CRIU configuration ru
   (``unmanaged_cuda = "protect"``, the default, still makes their dumps GPU-safe).
 * ``criu_config_dir`` unsafe: no ``org.criu.config`` from gpucr (the container's CRIU options are not applied).
 * ``runc_criu_config`` unsafe: not merged into gpucr's CRIU options (missing is normal: nothing to merge).
-* ``libcuda`` (absolute) or ``checkpoint_root`` unsafe: reported here; the front and the CLI, which use them, refuse.
+* ``libcuda`` (absolute) or ``checkpoint_root`` unsafe or missing: reported (the plugin does not use them; the CRIU
+  front and the CLI do).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def check_node_paths(cfg: NodeConfig) -> NodePaths:
                  "applied)")
     runc = judge("runc_criu_config", str(cfg.runc_criu_config), FILE, False,
                  "it is not merged into gpucr's CRIU options")
-    judge("checkpoint_root", str(cfg.checkpoint_root), DIR, False, "checkpoints cannot be written under it")
+    judge("checkpoint_root", str(cfg.checkpoint_root), DIR, False, "the CLI writes checkpoints under it")
     if cfg.libcuda.startswith("/"):
-        judge("libcuda", cfg.libcuda, FILE, True, "the CRIU front and the CLI cannot load the CUDA driver from it")
+        judge("libcuda", cfg.libcuda, FILE, True, "the CRIU front and the CLI load the CUDA driver from it as root")
     return NodePaths(hooks, records, criu, runc, tuple(problems))
