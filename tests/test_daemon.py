@@ -19,6 +19,7 @@ import pytest
 from nri_plugin.containerd import TaskClient
 from nri_plugin.cri import CriError
 from nri_plugin.policy import load_record
+from tests.roottmp import root_tmp  # noqa: F401 (fixture)
 from tests.testenv import REPO, Containerd, installed_hook, wait_for
 
 pytestmark = pytest.mark.integration
@@ -27,9 +28,11 @@ SLEEP = ["/bin/sh", "-c", "while :; do sleep 1; done"]
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[dict[str, Path]]:
-    with installed_hook(tmp_path / "libexec") as hook:
-        yield _node(tmp_path, hook)
+def node(root_tmp: Path) -> Iterator[dict[str, Path]]:
+    """The node's hook (installed by install/hook.sh), state and CRIU config dirs, in a place only root can change:
+    the plugin uses nothing that others could (nri_plugin.host.paths)."""
+    with installed_hook(root_tmp / "libexec") as hook:
+        yield _node(root_tmp, hook)
 
 
 def _node(tmp_path: Path, hook: Path) -> dict[str, Path]:

@@ -1,9 +1,9 @@
 """Whether a path on the host is root's alone: what gpucr runs or reads as root must not be changeable by anyone else.
 
-The rule is install/code.sh's ``check_root_path`` (what ``install/hook.sh`` and ``install/front.sh`` enforce when they
-install), so an installed gpucr passes: the path and every existing directory above it, on the link side and on the
-target side of any symlink, owned by root and not group- or world-writable; above the path itself a root-owned
-sticky directory (``/tmp``) is accepted, since others cannot rename or remove what root made in it.
+The rule is the one the CRIU front applies to its own code and configuration (``nri_plugin/front/trust.py``, as sudo
+does): the path and every existing directory above it, on the link side and on the target side of any symlink, owned
+by root and not group- or world-writable; a sticky world-writable directory (``/tmp``, ``/var/tmp``) is not
+acceptable either. What ``install/hook.sh`` installs at its default places passes.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ def _chain(path: str) -> list[str]:
     return out
 
 
-def _owner_mode_problem(path: str, st: os.stat_result, leaf: bool) -> PathProblem | None:
+def _owner_mode_problem(path: str, st: os.stat_result) -> PathProblem | None:
     if st.st_uid != 0:
         return PathProblem(path, f"is owned by uid {st.st_uid}, not root", True)
     mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o022 and (leaf or not (stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX)):
+    if mode & 0o022:
         return PathProblem(path, f"is group- or world-writable (mode {mode:04o})", True)
     return None
 
@@ -85,7 +85,7 @@ def root_path_problem(path: str, kind: str, *, required: bool = True) -> PathPro
                 continue  # a missing leaf (not required) or a missing directory root will create
             except OSError as exc:
                 return PathProblem(p, f"cannot be checked: {exc.strerror}", False)
-            problem = _owner_mode_problem(p, pst, leaf=p in (here, os.path.realpath(here)))
+            problem = _owner_mode_problem(p, pst)
             if problem:
                 return problem
     return None

@@ -62,10 +62,17 @@ def fake() -> Iterator[FakeCuda]:
 
 
 @pytest.fixture(scope="module")
-def node(fake: FakeCuda, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    d = tmp_path_factory.mktemp("gpufront-node")
-    with installed_hook(d / "libexec") as hook:
-        yield _node(d, hook, fake)
+def node(fake: FakeCuda) -> Iterator[dict[str, Path]]:
+    """The node's hook (installed by install/hook.sh), config, state and CRIU config dirs, root's alone (the plugin
+    uses nothing others could change: nri_plugin.host.paths)."""
+    d = TEST_ROOT / f"gpufront-node-{os.environ.get('GPUCR_INSTANCE') or 'default'}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(mode=0o700, parents=True)
+    try:
+        with installed_hook(d / "libexec") as hook:
+            yield _node(d, hook, fake)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _node(d: Path, hook: Path, fake: FakeCuda) -> dict[str, Path]:

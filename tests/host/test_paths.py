@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from nri_plugin.host.paths import DIR, EXEC, FILE, root_path_problem
+from tests.roottmp import root_tmp  # noqa: F401 (fixture)
 
 NOBODY = 65534
 
@@ -26,8 +27,8 @@ def _root() -> None:
         pytest.fail("these tests need root (they chown files)", pytrace=False)
 
 
-def test_a_root_owned_executable_is_fine(tmp_path: Path) -> None:
-    assert root_path_problem(str(_exe(tmp_path / "bin/hook")), EXEC) is None
+def test_a_root_owned_executable_is_fine(root_tmp: Path) -> None:
+    assert root_path_problem(str(_exe(root_tmp / "bin/hook")), EXEC) is None
 
 
 CASES: dict[str, tuple[Callable[[Path], Path], str, str, bool]] = {
@@ -51,29 +52,32 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, str, bool]] = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_unsafe_or_missing_executables_are_named(tmp_path: Path, case: str) -> None:
+def test_unsafe_or_missing_executables_are_named(root_tmp: Path, case: str) -> None:
     make, component, why, unsafe = CASES[case]
-    p = root_path_problem(str(make(tmp_path)), EXEC)
-    assert p is not None and (p.component, p.why, p.unsafe) == (str(tmp_path / component), why, unsafe)
-    assert str(p) == f"{tmp_path / component} {why}"
+    p = root_path_problem(str(make(root_tmp)), EXEC)
+    assert p is not None and (p.component, p.why, p.unsafe) == (str(root_tmp / component), why, unsafe)
+    assert str(p) == f"{root_tmp / component} {why}"
 
 
-def test_a_sticky_root_dir_above_is_accepted_but_not_as_the_path_itself(tmp_path: Path) -> None:
-    sticky = tmp_path / "tmp"
+def test_a_sticky_world_writable_dir_above_is_refused(root_tmp: Path) -> None:
+    """As the CRIU front judges its own files: /tmp's sticky bit does not make what lies below it root's alone."""
+    sticky = root_tmp / "tmp"
     sticky.mkdir()
     sticky.chmod(0o1777)
-    assert root_path_problem(str(_exe(sticky / "hook")), EXEC) is None
-    p = root_path_problem(str(sticky), DIR)
-    assert p is not None and p.unsafe and p.component == str(sticky)
+    p = root_path_problem(str(_exe(sticky / "hook")), EXEC)
+    assert p is not None and p.unsafe and (p.component, p.why) == (str(sticky), "is group- or world-writable "
+                                                                                 "(mode 1777)")
+    p = root_path_problem("/tmp/gpucr-no-such-hook", EXEC, required=False)
+    assert p is not None and p.component == "/tmp" and p.unsafe
 
 
-def test_a_missing_optional_path_is_judged_by_its_parents(tmp_path: Path) -> None:
-    assert root_path_problem(str(tmp_path / "state/sub"), DIR, required=False) is None
-    (tmp_path / "state").mkdir(mode=0o777)
-    (tmp_path / "state").chmod(0o777)
-    p = root_path_problem(str(tmp_path / "state/sub"), DIR, required=False)
-    assert p is not None and p.component == str(tmp_path / "state") and p.unsafe
-    f = tmp_path / "conf"
+def test_a_missing_optional_path_is_judged_by_its_parents(root_tmp: Path) -> None:
+    assert root_path_problem(str(root_tmp / "state/sub"), DIR, required=False) is None
+    (root_tmp / "state").mkdir(mode=0o777)
+    (root_tmp / "state").chmod(0o777)
+    p = root_path_problem(str(root_tmp / "state/sub"), DIR, required=False)
+    assert p is not None and p.component == str(root_tmp / "state") and p.unsafe
+    f = root_tmp / "conf"
     f.mkdir()
     p = root_path_problem(str(f), FILE, required=False)
     assert p is not None and p.why == "is not a regular file" and not p.unsafe
