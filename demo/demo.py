@@ -111,9 +111,9 @@ def main() -> int:
     restored = "gpucr-demo-restored"
     try:
         # -- gpucr's NRI plugin: the checkpoint policy --------------------------------------------------------
+        # the OCI hook as a node has it: a root-owned launcher of a root-owned copy of gpucr's code (removed with work)
         hook = work / "gpucr-hook"
-        hook.write_text(f"#!/bin/sh\nPYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} -m hooks.oci_hook \"$@\"\n")
-        hook.chmod(0o755)
+        run(["bash", str(REPO / "install/hook.sh"), "install", "--path", str(hook), "--prefix", str(work / "lib")])
         conf = node_conf
         conf.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\n'
                         f'hook_path = "{hook}"\n')

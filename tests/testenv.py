@@ -137,3 +137,19 @@ def node_config(where: Path, **values: Any) -> dict[str, str]:
     path.write_text("\n".join(lines) + "\n")
     os.chmod(path, 0o644)
     return {"GPUCR_CONFIG": str(path)}
+
+
+@contextlib.contextmanager
+def installed_hook(root: Path) -> Iterator[Path]:
+    """gpucr-hook as a node has it: ``install/hook.sh install --path ROOT/gpucr-hook --prefix ROOT/lib`` (a root-owned
+    launcher of a root-owned code copy, never the checkout); uninstalled afterwards."""
+    hook = root / "gpucr-hook"
+    args = ["--path", str(hook)]
+    r = subprocess.run(["bash", str(INSTALL / "hook.sh"), "install", *args, "--prefix", str(root / "lib")],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"install/hook.sh install failed: {r.stderr}")
+    try:
+        yield hook
+    finally:
+        subprocess.run(["bash", str(INSTALL / "hook.sh"), "uninstall", *args], capture_output=True, text=True)

@@ -6,7 +6,8 @@ and env from a JSON ``--config``); by default ``--config`` is the node config (`
 Modes: external (dial ``--socket``, reconnect on loss) or pre-registered (containerd started us from its NRI plugin
 directory with the connection on fd ``$NRI_PLUGIN_SOCKET``; we exit when it closes). Name and index come from
 ``--name``/``--idx``, else ``NRI_PLUGIN_NAME``/``NRI_PLUGIN_IDX``, else the executable's ``NN-name``. containerd starts
-pre-registered plugins with stdio on /dev/null and no PATH: use ``--log-file`` and absolute paths there.
+pre-registered plugins with stdio on /dev/null and no PATH: use ``--log-file`` and absolute paths there
+(``install/plugin.sh install`` writes such a launcher, running this from a root-owned venv).
 """
 
 from __future__ import annotations

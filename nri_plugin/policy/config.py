@@ -40,8 +40,9 @@ class NodeConfig:
     unmanaged_cuda: str = "protect"
     #: per-container records for the CRIU front (created 0700)
     state_dir: Path = Path("/run/gpucr")
-    #: where gpucr writes per-container CRIU configuration files
-    criu_config_dir: Path = Path("/run/gpucr/criu")
+    #: where gpucr writes per-container CRIU configuration files; persistent, since restoring a checkpoint reads its
+    #: file again, possibly after a reboot
+    criu_config_dir: Path = Path("/var/lib/gpucr/criu")
     #: the CRIU configuration runc reads by default; merged into ours, never overridden
     runc_criu_config: Path = Path("/etc/criu/runc.conf")
     #: `gpucr checkpoint --to` and `gpucr restore DIR` must lie under this root (symlinks resolved)
