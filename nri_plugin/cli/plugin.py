@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..nri import DEFAULT_SOCKET_PATH, Stub, describe_events
 
     plugin: object
+    node = None
     if args.logger:
         from ..handlers.nri_logger import LifecycleLogger, LoggerConfig
 
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         from ..handlers.nri_policy import PolicyPlugin
         from ..policy import load_config
 
-        plugin = PolicyPlugin(load_config(args.config))
+        node = load_config(args.config)
+        plugin = PolicyPlugin(node)
     if args.events:
         print("\n".join(describe_events(plugin)))
         return 0
@@ -94,7 +96,18 @@ def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stub.stop)
         log.info("gpucr plugin %s starting (%s), pid %d", stub.full_name,
                  "pre-registered" if connection is not None else f"external, {stub.socket_path}", os.getpid())
-        await stub.run()
+        status = None
+        if node is not None:  # gpucr doctor reads it: the daemon is up and registered
+            from ..handlers.plugin_status import publish
+            status = asyncio.create_task(publish(stub.registered, node.state_dir, {
+                "name": stub.full_name, "mode": "pre-registered" if connection is not None else "external",
+                "socket": stub.socket_path}))
+        try:
+            await stub.run()
+        finally:
+            if status is not None:
+                status.cancel()
+                await asyncio.gather(status, return_exceptions=True)
 
     asyncio.run(main())
     log.info("gpucr plugin %s exiting", stub.full_name)
