@@ -12,6 +12,7 @@
 #                                   containerd's PATH for ctr containers); the test rig's cgroup-v2 leg sets it.
 #              GPUCR_CONTAINERD_LOG_LEVEL (default debug).
 #              GPUCR_CONTAINERD_EXTRA_CONFIG=file  TOML appended to the generated config (same schema version).
+#              GPUCR_CONTAINERD_NRI_DISABLE=true   start with NRI disabled (gpucr doctor's tests).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=install/lib.sh
@@ -49,7 +50,7 @@ temp = "$DIR/tmp"
   level = "$lvl"
 [plugins]
   [plugins."io.containerd.nri.v1.nri"]
-    disable = false
+    disable = ${GPUCR_CONTAINERD_NRI_DISABLE:-false}
     disable_connections = false
     socket_path = "$NRI_SOCK"
     plugin_path = "$DIR/nri/plugins"
@@ -88,7 +89,7 @@ temp = "$DIR/tmp"
   level = "$lvl"
 [plugins]
   [plugins.'io.containerd.nri.v1.nri']
-    disable = false
+    disable = ${GPUCR_CONTAINERD_NRI_DISABLE:-false}
     disable_connections = false
     socket_path = "$NRI_SOCK"
     plugin_path = "$DIR/nri/plugins"

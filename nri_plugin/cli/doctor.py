@@ -57,13 +57,15 @@ class Doctor:
     node_config: Path | None = None
     kubelet_config: Path = DEFAULT_KUBELET_CONFIG
     runtimes: list[str] = field(default_factory=list)
+    libcuda: str | None = None
+    libnvml: str | None = None
     checks: list[Check] = field(default_factory=list)
     version: tuple[int, ...] | None = None
     doc: dict[str, Any] | None = None
     node: Any = None
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, name: str, status: str, detail: str, fix: str = "", **data: Any) -> None:
+    def add(self, name: str, status: str, detail: str, fix: str = "", /, **data: Any) -> None:
         self.checks.append(Check(name, status, detail, fix, data))
 
     def run(self) -> list[Check]:
@@ -157,15 +159,24 @@ class Doctor:
         from ..host.node import socket_accepts
 
         nri = self._plugin(NRI_KEY)
+        sock = self.nri_socket()
+        if self.version is None and "disable" not in nri:
+            self.add("NRI", "fail", "cannot tell whether NRI is on: containerd is not reachable and its config "
+                     f"{self.containerd_config} does not say (1.7 defaults to off, 2.x to on)",
+                     "fix the containerd check first")
+            return
         major = self._major()
         disabled = nri.get("disable", major < 2)  # 1.7 ships NRI off, 2.x on
-        sock = self.nri_socket()
         if disabled:
             how = ("run `gpucr setup --apply` (it enables NRI reversibly), or add" if _setup_available() else "add")
             self.add("NRI", "fail", f"NRI is disabled in containerd's config {self.containerd_config}"
                      + (" (containerd 1.7 disables it by default)" if major < 2 and "disable" not in nri else ""),
                      f"{how} to {self.containerd_config}: [plugins.\"{NRI_KEY}\"] disable = false (socket_path = "
                      f"\"{sock}\"), then restart containerd (`systemctl restart containerd`)")
+            return
+        if self.version is None:
+            self.add("NRI", "fail", f"enabled in {self.containerd_config}, but containerd is not running to serve "
+                     f"{sock}", "fix the containerd check first")
             return
         why = socket_accepts(sock)
         if why:
@@ -344,7 +355,7 @@ class Doctor:
         from ..ckpt.cuda import _lib
         from ..ckpt.cuda.driver import CudaError, Driver, format_api_version
 
-        path = self.node.libcuda or _lib.DEFAULT_LIBCUDA
+        path = self.libcuda or self.node.libcuda or _lib.DEFAULT_LIBCUDA
         try:
             lib = _lib.load_libcuda(path)
         except OSError as exc:
@@ -371,7 +382,7 @@ class Doctor:
         from ..ckpt.cuda.nvml import Nvml, NvmlError
 
         try:
-            nvml = Nvml()
+            nvml = Nvml(self.libnvml)
             gpus = nvml.gpus()
             drv = nvml.driver_version()
         except NvmlError as exc:
@@ -453,12 +464,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--runtime", action="append", default=[],
                    help="a runtime handler that must be routed through the front (repeatable; default: the CRI "
                         "default runtime, the one kubelet uses)")
+    p.add_argument("--libcuda", default=os.environ.get("GPUCR_LIBCUDA") or None,
+                   help="the CUDA driver library (default: the node config's libcuda, else libcuda.so.1)")
+    p.add_argument("--libnvml", default=os.environ.get("GPUCR_LIBNVML") or None, help="NVML (default libnvidia-ml.so.1)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     d = Doctor(address=args.address, containerd_config=args.containerd_config, node_config=args.config,
-               kubelet_config=args.kubelet_config, runtimes=args.runtime)
+               kubelet_config=args.kubelet_config, runtimes=args.runtime, libcuda=args.libcuda, libnvml=args.libnvml)
     checks = d.run()
     ready = not any(c.status == "fail" for c in checks)
     if args.json:
