@@ -195,13 +195,18 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     log.info("checkpoint of pid %d%s to %s (lock timeout %d ms, leave-running %s)", pid,
              f" (container {container_id})" if container_id else "", args.to, lock_timeout_ms, args.leave_running)
     progress = _ProgressLine()
+    from ..handlers.metrics import report
     try:
         summary = _engine(args, cfg, progress).checkpoint(CheckpointRequest(
             images_dir=args.to, pid=pid, leave_running=args.leave_running, force=args.force,
             container_id=container_id, use_cgroup=use_cgroup, lock_timeout_ms=lock_timeout_ms,
             criu_options=criu_options, extra_metadata=extra))
+    except GpucrError:
+        report(cfg.state_dir, "checkpoint", "cli", False)
+        raise
     finally:
         progress.done()
+    report(cfg.state_dir, "checkpoint", "cli", True, summary.timings_s, summary.image_bytes, summary.gpu_bytes)
     log.info("checkpoint of pid %d done: %s", pid, summary.timings_s)
     _print(summary, args.json)
     return 0
@@ -224,10 +229,15 @@ def run_restore(args: argparse.Namespace) -> int:
     req = RestoreRequest(images_dir=args.dir, gpu_map=parse_gpu_map(args.gpu_map))
     log.info("restore from %s", args.dir)
     progress = _ProgressLine()
+    from ..handlers.metrics import report
     try:
         summary = _engine(args, cfg, progress).restore(req)
+    except GpucrError:
+        report(cfg.state_dir, "restore", "cli", False)
+        raise
     finally:
         progress.done()
+    report(cfg.state_dir, "restore", "cli", True, summary.timings_s)
     log.info("restore from %s done: pid %d, %s", args.dir, summary.pid, summary.timings_s)
     _print(summary, args.json)
     return 0

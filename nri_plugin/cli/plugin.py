@@ -71,6 +71,14 @@ def run(args: argparse.Namespace) -> int:
 
         node = load_config(args.config)
         plugin = PolicyPlugin(node)
+        if node.metrics_address and not args.events:
+            from ..handlers.metrics import Metrics
+            try:
+                Metrics(node.state_dir).serve(node.metrics_address)
+            except (ValueError, OSError) as exc:
+                print(f"gpucr plugin: error: cannot serve metrics on {node.metrics_address}: {exc}; fix "
+                      "metrics_address in the node config", file=sys.stderr)
+                return 2
     if args.events:
         print("\n".join(describe_events(plugin)))
         return 0

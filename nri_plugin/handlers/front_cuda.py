@@ -28,6 +28,7 @@ libcuda, lock_timeout_ms, driver_call_timeout_s), ``libcuda`` and ``libnvml`` (o
 from __future__ import annotations
 
 import os
+import time
 
 from ..ckpt.marker import MARKER
 from ..front._log import FrontLog
@@ -139,6 +140,7 @@ class CudaFrontHooks:
         self.libnvml = values.get("libnvml") or None
         self.target: Target | None = None
         self.suspended: Suspended | None = None
+        self._criu_t0 = 0.0
         self._steps: CudaSteps | None = None
         self._restored_pid: int | None = None
 
@@ -255,6 +257,7 @@ class CudaFrontHooks:
                           f"{cuda_candidates(pids, self.libcuda)}); nothing for gpucr to do")
             return
         self.suspended = s
+        self._criu_t0 = time.monotonic()  # CRIU dumps from now until after_response: the metrics' criu step
         try:
             self._write_marker(request, t, s)
         except OSError as exc:
@@ -286,6 +289,7 @@ class CudaFrontHooks:
             return
         self.suspended = None
         eng = self.steps()
+        self._report_dump(request, s, success)
         if not success:
             problems = eng.rollback(s)
             if problems:
@@ -310,6 +314,15 @@ class CudaFrontHooks:
         self.log.info(f"DUMP of {t.describe()} done (leave-running): restored and unlocked {len(s.procs)} CUDA "
                       f"process(es)" + (", cgroup frozen again for the runtime's resume" if s.frozen_before else ""))
 
+    def _report_dump(self, request: Request, s: Suspended, success: bool) -> None:
+        from pathlib import Path
+
+        from ..ckpt.engine import dir_bytes
+        from .metrics import report
+        timings = {**self.steps().timings, "criu": round(time.monotonic() - self._criu_t0, 4)}
+        images = dir_bytes(Path(request.images_dir)) if success and request.images_dir else 0
+        report(self.node.state_dir, "checkpoint", "front", success, timings, images, s.gpu_bytes)
+
     # -- RESTORE --------------------------------------------------------------------------------------------------
     def on_notify(self, request: Request, name: str, pid: int | None) -> None:
         if request.type != RESTORE:
@@ -332,6 +345,8 @@ class CudaFrontHooks:
             done = self.steps().restore_after_criu(root, procs, gpu_map, list(marker.gpus),
                                                     may_freeze=False)
         except CheckpointError as exc:
+            from .metrics import report
+            report(self.node.state_dir, "restore", "front", False, self.steps().timings)
             killed = kill_tree(root)  # left alive it would stay locked forever
             err = self._error(f"CUDA restore of container {cid or marker.container_id} (pid {root})", exc,
                               "cuda-restore")
@@ -339,6 +354,8 @@ class CudaFrontHooks:
                             "the checkpoint is intact for another restore")
             self.log.error(str(err))
             raise err from exc
+        from .metrics import report
+        report(self.node.state_dir, "restore", "front", True, self.steps().timings)
         self.log.info(f"RESTORE of container {cid} (pid {root}, checkpointed as {marker.container_id}): "
                       f"restored and unlocked {len(done)} CUDA process(es) {[p.pid for p in done]}, GPU map "
                       f"{gpu_map or 'identity'} ({source})")

@@ -55,6 +55,8 @@ class NodeConfig:
     driver_call_timeout_s: float = 120.0
     #: absolute path of the hook binary injected into managed containers' OCI hooks ("" = no hooks)
     hook_path: str = "/usr/libexec/gpucr/gpucr-hook"
+    #: HOST:PORT where the plugin daemon serves Prometheus metrics ("" = none; nri_plugin/handlers/metrics.py)
+    metrics_address: str = ""
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
