@@ -83,6 +83,11 @@ class Doctor:
         from ..policy.node_paths import check_node_paths
 
         path = self.node_config or Path(os.environ.get("GPUCR_CONFIG") or DEFAULT_CONFIG_PATH)
+        if path != DEFAULT_CONFIG_PATH and not path.exists():
+            self.node = load_config(None)
+            self.add("node config", "fail", f"{path} does not exist", "give an existing --config / GPUCR_CONFIG, "
+                     "or leave both unset for /etc/gpucr/config.toml")
+            return
         try:
             self.node = load_config(path if path.exists() else None)
         except ConfigError as exc:
