@@ -28,6 +28,7 @@ import pytest
 
 from nri_plugin.ckpt.cuda import CudaTimeoutError, Driver
 from nri_plugin.handlers.front_cuda import MARKER
+from nri_plugin.handlers.metrics import Metrics
 from nri_plugin.host.proc import cgroup_path
 from nri_plugin.policy.records import ContainerRecord, RecordedPolicy, remove_record, write_record
 from tests import cgroups
@@ -390,9 +391,16 @@ def test_ctr_container_checkpoint_and_restore_unmanaged_cuda(
     with ctr_workload(ctrd, fake, tmp_path) as (name, data, cgroup, _d):
         pid = _task_pid(ctrd, name)
         mark = gpu_front.log_mark()
+        metrics = Metrics(node["state"])
+        metrics.ingest()  # earlier tests' events: only this test's count below
         lo = _n(data)
         ctrd.ctr("c", "checkpoint", "--task", "--rw", "--image", name, ref)
         hi = _n(data)
+        assert metrics.ingest() == 1  # the front spooled the dump for the daemon's metrics
+        assert metrics.checkpoints.labels("ok", "front")._value.get() == 1
+        assert {"lock", "cuda_checkpoint", "criu"} <= {s.labels["step"] for s in metrics.steps.collect()[0].samples
+                                                       if s.name.endswith("_count") and s.value == 1}
+        assert metrics.bytes.labels("gpu")._value.get() > 0
         log = gpu_front.log_since(mark)
         assert f"was not managed by gpucr" in log and "making the dump GPU-safe (unmanaged_cuda=protect)" in log, log
         assert "locked and checkpointed 1 CUDA process(es)" in log and "restored and unlocked 1" in log, log
@@ -416,6 +424,7 @@ def test_ctr_container_checkpoint_and_restore_unmanaged_cuda(
             log = gpu_front.log_since(mark)
             assert "request RESTORE" in log and "RESTORE success=True" in log, log
             assert f"restored and unlocked 1 CUDA process(es) [{new}], GPU map identity" in log, log
+            assert metrics.ingest() == 1 and metrics.restores.labels("ok", "front")._value.get() == 1
         finally:
             ctrd.ctr("images", "rm", "--sync", ref, check=False)
 
@@ -431,8 +440,11 @@ def test_criu_failure_after_cuda_checkpoint_rolls_back(
     with ctr_workload(ctrd, fake, tmp_path, "--annotation", f"org.criu.config={conf}") as (name, data, cgroup, _d):
         pid = _task_pid(ctrd, name)
         mark = gpu_front.log_mark()
+        metrics = Metrics(node["state"])
+        metrics.ingest()
         r = ctrd.ctr("t", "checkpoint", "--image-path", str(tmp_path / "img"), name, check=False)
         assert r.returncode != 0 and "criu failed" in r.stderr, r.stderr
+        assert metrics.ingest() == 1 and metrics.checkpoints.labels("error", "front")._value.get() == 1
         log = gpu_front.log_since(mark)
         assert "locked and checkpointed 1 CUDA process(es)" in log and "DUMP success=False" in log, log
         assert f"failed in CRIU: rolled back 1 CUDA process(es), the workload keeps running" in log, log
