@@ -391,8 +391,8 @@ def test_ctr_container_checkpoint_and_restore_unmanaged_cuda(
     with ctr_workload(ctrd, fake, tmp_path) as (name, data, cgroup, _d):
         pid = _task_pid(ctrd, name)
         mark = gpu_front.log_mark()
+        Metrics(node["state"]).ingest()  # drop earlier tests' events: only this test's are counted below
         metrics = Metrics(node["state"])
-        metrics.ingest()  # earlier tests' events: only this test's count below
         lo = _n(data)
         ctrd.ctr("c", "checkpoint", "--task", "--rw", "--image", name, ref)
         hi = _n(data)
@@ -440,8 +440,8 @@ def test_criu_failure_after_cuda_checkpoint_rolls_back(
     with ctr_workload(ctrd, fake, tmp_path, "--annotation", f"org.criu.config={conf}") as (name, data, cgroup, _d):
         pid = _task_pid(ctrd, name)
         mark = gpu_front.log_mark()
+        Metrics(node["state"]).ingest()  # drop earlier tests' events
         metrics = Metrics(node["state"])
-        metrics.ingest()
         r = ctrd.ctr("t", "checkpoint", "--image-path", str(tmp_path / "img"), name, check=False)
         assert r.returncode != 0 and "criu failed" in r.stderr, r.stderr
         assert metrics.ingest() == 1 and metrics.checkpoints.labels("error", "front")._value.get() == 1
