@@ -32,6 +32,7 @@ from ..policy import (
     write_record,
 )
 from ..policy.records import RecordedGpus, RecordedPolicy, RecordError
+from . import nri_restore
 
 __all__ = ["CRIU_CONFIG_ANNOTATION", "PolicyPlugin", "container_view"]
 
@@ -77,6 +78,10 @@ class PolicyPlugin:
         stale = [p for p in rec_dir.glob("*.json") if p.stem not in live] if rec_dir.is_dir() else []
         for p in stale:
             self._forget(p.stem)
+        tickets = self.node.state_dir / nri_restore.TICKETS
+        for p in tickets.glob("*.json") if tickets.is_dir() else []:
+            if p.stem not in live:  # a restore whose container is gone: drop its lock and staged images
+                nri_restore.finish(self.node, p.stem)
         log.info("synchronized: %d pods, %d containers, %d stale records removed", len(pods), len(containers),
                  len(stale))
 
@@ -88,6 +93,17 @@ class PolicyPlugin:
         if not decision.managed:
             log.debug("%s not managed: %s", view.describe(), decision.reason)
             return None
+        plan = nri_restore.prepare(view, decision, self.node) if decision.policy.restore_from else None
+        try:
+            return self._adjust(pod, ctr, view, decision, plan)
+        except BaseException:
+            if plan is not None:
+                nri_restore.finish(self.node, ctr.id)
+            raise
+
+    def _adjust(self, pod: pb.PodSandbox, ctr: pb.Container, view: ContainerView, decision: Decision,
+                plan: nri_restore.RestorePlan | None) -> Adjustment:
+        gpu_map = plan.gpu_map if plan is not None and plan.gpu_map else tuple(decision.policy.gpu_map)
         conf = self._write_criu_config(view, decision)
         write_record(self.node.state_dir, ContainerRecord(
             container_id=ctr.id, name=ctr.name, pod_id=pod.id, pod_name=pod.name, pod_namespace=pod.namespace,
@@ -96,7 +112,7 @@ class PolicyPlugin:
             gpus=RecordedGpus(decision.gpu.visible, tuple(decision.gpu.devices), tuple(decision.gpu.cdi),
                               tuple(decision.gpu.reasons)),
             policy=RecordedPolicy(decision.policy.lock_timeout_ms or self.node.lock_timeout_ms,
-                                  tuple(decision.policy.gpu_map), dict(decision.policy.source))))
+                                  tuple(gpu_map), dict(decision.policy.source))))
         adj = Adjustment()
         if CRIU_CONFIG_ANNOTATION in ctr.annotations:
             adj.remove_annotation(CRIU_CONFIG_ANNOTATION)  # take over the user's entry; its content is merged
@@ -105,11 +121,19 @@ class PolicyPlugin:
             for stage, kind in (("create-runtime", "create_runtime"), ("poststop", "poststop")):
                 adj.add_hook(kind, hook(self.node.hook_path, [self.node.hook_path, stage, "--state-dir",
                                                               str(self.node.state_dir)], timeout_s=10))
+        if plan is not None:  # gpucr's runc wrapper turns this container's `runc create` into `runc restore`
+            if nri_restore.RESTORE_ANNOTATION in ctr.annotations:
+                adj.remove_annotation(nri_restore.RESTORE_ANNOTATION)
+            adj.add_annotation(nri_restore.RESTORE_ANNOTATION, str(decision.policy.restore_from))
+            log.info("%s will be restored from checkpoint %r (GPU map %s; volumes moved: %s)", view.describe(),
+                     decision.policy.restore_from, dict(gpu_map) or "identity",
+                     ", ".join(f"{d}: {a} -> {b}" for d, a, b in plan.volumes) or "none")
         log.info("%s managed (%s): CRIU config %s", view.describe(), decision.reason, conf)
         return adj
 
     async def remove_container(self, pod: pb.PodSandbox, ctr: pb.Container) -> None:
         self._forget(ctr.id)
+        nri_restore.finish(self.node, ctr.id)
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def _write_criu_config(self, view: ContainerView, decision: Decision) -> Path:
