@@ -122,8 +122,8 @@ class PolicyPlugin:
                 adj.add_hook(kind, hook(self.node.hook_path, [self.node.hook_path, stage, "--state-dir",
                                                               str(self.node.state_dir)], timeout_s=10))
         if plan is not None:  # gpucr's runc wrapper turns this container's `runc create` into `runc restore`
-            if nri_restore.RESTORE_ANNOTATION in ctr.annotations:
-                adj.remove_annotation(nri_restore.RESTORE_ANNOTATION)
+            # only added (it may be there already): a removal of the same key in one adjustment is applied in
+            # random order against the addition by containerd (measured: the annotation was lost in 1 of 4 runs)
             adj.add_annotation(nri_restore.RESTORE_ANNOTATION, str(decision.policy.restore_from))
             log.info("%s will be restored from checkpoint %r (GPU map %s; volumes moved: %s)", view.describe(),
                      decision.policy.restore_from, dict(gpu_map) or "identity",

@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 
 from nri_plugin.cri import CriError, container_config
+from nri_plugin.cri._pb import api_pb2 as pb
 from tests.conftest import VERSIONS
 from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _n
 from tests.front.test_gpufront import (  # noqa: F401  (fixtures)
-    FAKE_MNT, GPU0, GPU1, GPU_DEV, COUNTER, CriWorkload, cuda_running, fake, fake_env, gpu_front,
+    FAKE_MNT, GPU0, GPU1, GPU_DEV, COUNTER, cuda_running, fake, fake_env, gpu_front,
 )
 from tests.testenv import INSTALL, REPO, TEST_ROOT, Containerd, wait_for
 
@@ -105,17 +106,21 @@ def checkpoint(ctrd: Containerd, plugin: Any, front_route: FrontRoute, node: dic
     with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
                                 libnvml=str(fake.lib)):
         with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-            w = CriWorkload(ctrd, c, pod_id, cfg, data, fake)
-            cuda_running(fake, w.pid)
+            conf = _container(fake, data, "cuda", {}, ctrd.image)
+            cid = c.create_container(pod_id, conf, cfg)
+            c.start_container(cid)
+            pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
+            wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+            cuda_running(fake, pid)
             lo = _n(data)
-            r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", w.cid, "--via-runtime",
+            r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", cid, "--via-runtime",
                                 "--leave-running", "--to", str(node["root"] / "ck1"), "--json", "--address",
                                 ctrd.address, "--libcuda", str(fake.lib)], capture_output=True, text=True, cwd=REPO,
                                timeout=120)
             assert r.returncode == 0, r.stderr
             hi = _n(data)
-            c.stop_container(w.cid, 0)
-        yield {"name": "ck1", "path": node["root"] / "ck1", "data": data, "lo": lo, "hi": hi, "pid": w.pid}
+            c.stop_container(cid, 0)
+        yield {"name": "ck1", "path": node["root"] / "ck1", "data": data, "lo": lo, "hi": hi, "pid": pid}
 
 
 def _digest(path: Path) -> str:
@@ -127,12 +132,21 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _container(fake: FakeCuda, data: Path | None, name: str, ann: dict[str, str], image: str = "",
+               env: dict[str, str] | None = None) -> Any:
+    """The fake CUDA counter with its own PID namespace (the kubelet's default; a container in the pod's shared
+    PID namespace restores only while its old pids are free there)."""
+    conf = container_config(name, image, command=COUNTER, env={**fake_env(fake), **(env or {})},
+                            mounts=([(str(data), "/data", False)] if data else [])
+                            + [(str(fake.lib.parent), FAKE_MNT, False)],
+                            devices=[(str(fake.device), GPU_DEV, "rw")], annotations=ann)
+    conf.linux.security_context.namespace_options.pid = pb.CONTAINER
+    return conf
+
+
 def _restore_config(fake: FakeCuda, data: Path, name: str, **ann: str) -> Any:
-    env = {**fake_env(fake), **({"NVIDIA_VISIBLE_DEVICES": ann.pop("visible")} if "visible" in ann else {})}
-    return container_config(name, "", command=COUNTER, env=env,
-                            mounts=[(str(data), "/data", False), (str(fake.lib.parent), FAKE_MNT, False)],
-                            devices=[(str(fake.device), GPU_DEV, "rw")],
-                            annotations={"gpucr.io/restore-from": ann.pop("restore_from"), **ann})
+    env = {"NVIDIA_VISIBLE_DEVICES": ann.pop("visible")} if "visible" in ann else {}
+    return _container(fake, data, name, {"gpucr.io/restore-from": ann.pop("restore_from"), **ann}, env=env)
 
 
 @pytest.mark.parametrize("visible", ["", GPU1])
@@ -158,12 +172,20 @@ def test_restore_into_new_pod(ctrd: Containerd, plugin: Any, front_route: FrontR
                 c.start_container(cid)
             except CriError as exc:
                 rl = node["root"] / ".restore" / cid / "work" / "restore.log"
-                raise AssertionError(f"{exc}\n{rl.read_text()[-4000:] if rl.exists() else ''}\n"
+                if rl.exists():
+                    shutil.copy(rl, "/tmp/restore-fail.log")
+                errs = [ln for ln in rl.read_text().splitlines() if "Error" in ln or "rror " in ln] if rl.exists() else []
+                raise AssertionError(f"{exc}\n" + "\n".join(errs[-20:]) + "\n"
                                      f"{front_route.log_since(mark)[-3000:]}") from exc
             wait_for(lambda: len(_lines(data)) >= before + 3, what="the restored counter", timeout=30)
             after = _lines(data)[before:]
+            if not checkpoint["lo"] - 1 <= after[0] - 1 <= checkpoint["hi"]:
+                Path("/tmp/restore-debug.txt").write_text(
+                    f"{checkpoint} {after}\n--plugin\n{node['log'].read_text()[-3000:]}\n--front\n"
+                    f"{front_route.log_since(mark)}\n--ctrd\n{ctrd.log_tail(80)}")
             assert checkpoint["lo"] - 1 <= after[0] - 1 <= checkpoint["hi"], (
-                checkpoint, after, node["log"].read_text()[-3000:], front_route.log_since(mark)[-2000:])
+                checkpoint, after, node["log"].read_text()[-1500:], front_route.log_since(mark)[-2000:],
+                ctrd.log_tail(40))
             assert after == list(range(after[0], after[0] + len(after)))
             st, info = c.container_status(cid, verbose=True)
             assert st.state == 1, st  # CONTAINER_RUNNING
@@ -240,10 +262,7 @@ def test_restore_bad_input_fails_creation(ctrd: Containerd, plugin: Any, node: d
     try:
         if case == "missing-volume":
             with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-                conf = container_config("bad", ctrd.image, command=COUNTER, env=fake_env(fake),
-                                        mounts=[(str(fake.lib.parent), FAKE_MNT, False)],
-                                        devices=[(str(fake.device), GPU_DEV, "rw")],
-                                        annotations={"gpucr.io/restore-from": name})
+                conf = _container(fake, None, "bad", {"gpucr.io/restore-from": name}, ctrd.image)
                 with pytest.raises(CriError) as ei:
                     c.create_container(pod_id, conf, cfg)
                 assert not c.list_containers(pod_id)
