@@ -7,7 +7,9 @@
 # a custom runc) or, with none, the runc found at install, recorded as an absolute path. DIR/path/criu is the front,
 # a link to PREFIX/hooks/criu_front.py in a root-owned copy of gpucr's code (never the checkout), and
 # DIR/path/front.conf tells it where the real criu is. Only that handler (a Kubernetes RuntimeClass) is affected;
-# the daemon and other runtimes keep the real criu; uninstall puts the config back byte for byte.
+# the daemon and other runtimes keep the real criu; uninstall puts the config back byte for byte. The wrapper also
+# turns the `create` of a container gpucr's plugin ticketed for gpucr.io/restore-from into `runc restore`
+# (docs/design.md).
 #
 # Usage:
 #   install/front.sh install --config FILE [--runtime NAME] [--dir DIR] [--prefix PREFIX] [route options]
