@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) \
 	  || { echo "gpucr: error: '$(PYTHON) -m venv' failed: install the venv module (apt-get install python3-venv)" >&2; exit 1; }
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored: it is neither" || true
-	@$(VENV)/bin/python -c 'import grpc, google.protobuf, pyroute2, grpc_tools, pytest, hypothesis' \
+	@$(VENV)/bin/python -c 'import grpc, google.protobuf, grpc_tools, pytest, hypothesis' \
 	  || { echo "gpucr: error: Python dependencies did not install (no network to PyPI?)" >&2; exit 1; }
 	@touch $@
 

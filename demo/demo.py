@@ -7,7 +7,8 @@ opts in with ``gpucr.io/checkpoint: enabled`` runs a counter; it is checkpointed
 (``ctr c checkpoint --task``), killed, and brought back with ``ctr c restore``: the counter continues from its
 checkpointed value. Then the restore the kubelet cannot do: the pod, checkpointed through CRI (``gpucr checkpoint
 --via-runtime``: CheckpointContainer on 2.x, the task API on 1.7) into the node's checkpoint root, is restored into a
-NEW pod whose container names it with ``gpucr.io/restore-from`` (counter pod; docs/design.md). With an NVIDIA GPU present (and torch in this Python) the pod trains a model on the GPU instead
+NEW pod whose container names it with ``gpucr.io/restore-from`` (counter pod; docs/design.md). With an NVIDIA GPU
+present (and torch in this Python) the pod trains a model on the GPU instead
 (demo/gpu_pod.py): training continues after the restore and its GPU data is bit-identical (GPUCR_DEMO_CPU=1 forces
 the counter). Each step prints what gpucr did (from the plugin's and the front's logs and its state records).
 Everything is cleaned up at the end (containerd stopped, nothing left running or mounted); the last line is JSON.
@@ -35,7 +36,8 @@ from demo import gpu_pod  # noqa: E402
 
 TEST_ROOT = Path(os.environ.get("GPUCR_TEST_ROOT", "/var/lib/gpucr-test"))
 COUNTER = "i=0; while :; do i=$((i+1)); echo $i >> /data/counter.log; sleep 0.5; done"
-INSTANCE = f"demo-{os.environ['GPUCR_INSTANCE']}" if os.environ.get("GPUCR_INSTANCE") else "demo"
+#: its own containerd instance; GPUCR_INSTANCE (each test session's) keeps concurrent demos apart
+INSTANCE = f"{os.environ['GPUCR_INSTANCE']}-demo" if os.environ.get("GPUCR_INSTANCE") else "demo"
 
 
 def say(msg: str) -> None:
@@ -83,8 +85,8 @@ def wait(pred, what: str, timeout: float = 20.0):  # type: ignore[no-untyped-def
     return v
 
 
-def new_pod_restore(cri: CriClient, info: dict, work: Path, data: Path, at_ckpt: tuple[int, int], plog: Log,  # type: ignore[type-arg]
-                    flog: Log) -> dict[str, object]:
+def new_pod_restore(cri: CriClient, info: dict[str, str], work: Path, data: Path, at_ckpt: tuple[int, int],
+                    plog: Log, flog: Log) -> dict[str, object]:
     """Restore checkpoint counter-1 into a NEW pod through gpucr.io/restore-from, its volume at another host path;
     the container is then stopped and removed like any other."""
     data2 = work / "data-new-pod"
@@ -151,9 +153,9 @@ def main() -> int:
     restored = "gpucr-demo-restored"
     try:
         # -- gpucr's NRI plugin: the checkpoint policy --------------------------------------------------------
+        # the OCI hook as a node has it: a root-owned launcher of a root-owned copy of gpucr's code (removed with work)
         hook = work / "gpucr-hook"
-        hook.write_text(f"#!/bin/sh\nPYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} -m hooks.oci_hook \"$@\"\n")
-        hook.chmod(0o755)
+        run(["bash", str(REPO / "install/hook.sh"), "install", "--path", str(hook), "--prefix", str(work / "lib")])
         conf = node_conf
         ckpts = work / "checkpoints"
         ckpts.mkdir(mode=0o700)
@@ -186,7 +188,7 @@ def main() -> int:
             else:
                 cfg = container_config("counter", info["busybox_image"], command=["/bin/sh", "-c", COUNTER],
                                        mounts=[(str(data), "/data", False)])
-                cfg.linux.security_context.namespace_options.pid = 2  # CONTAINER: its own PID namespace (kubelet's default)
+                cfg.linux.security_context.namespace_options.pid = 2  # CONTAINER: own PID namespace (kubelet default)
             cid = cri.create_container(pod_id, cfg, pcfg)
             cri.start_container(cid)
             print(f"container id: {cid}", flush=True)
@@ -216,7 +218,8 @@ def main() -> int:
                     f"--to {ckpts / 'counter-1'}")
                 lo2 = counter(data / "counter.log")[-1]
                 run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", cid, "--via-runtime",
-                     "--leave-running", "--to", str(ckpts / "counter-1"), "--address", info["address"]],
+                     "--leave-running", "--to", str(ckpts / "counter-1"), "--address", info["address"],
+                     "--config", str(conf)],
                     cwd=REPO, env=ctr_env)
                 at_ckpt2 = (lo2, counter(data / "counter.log")[-1])  # it ran on meanwhile (leave-running)
                 say(f"checkpoint counter-1 sealed (gpucr.json with a manifest); the counter was at {at_ckpt2[0]}.."

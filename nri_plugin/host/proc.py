@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HostError", "cgroup_path", "cgroup_procs", "comm", "container_id", "cuda_candidates", "external_pid_ns",
-    "kill_tree", "mem_available", "names_container", "nvidia_minors", "parse_meminfo", "parse_proc_cgroup",
+    "kill_tree", "mem_available", "nvidia_minors", "parent_pid", "parse_meminfo", "parse_proc_cgroup",
     "pid_ns_init", "rss_bytes", "runc_cgroup", "tree_pids", "unified_host",
 ]
 
@@ -114,14 +114,6 @@ def container_id(path: str) -> str:
     return base
 
 
-def names_container(path: str, cid: str) -> bool:
-    """True when the cgroup ``path`` is container ``cid``'s: a whole path component equals ``cid``, or the
-    systemd scope's id does. Never a substring match; an empty id names nothing."""
-    if not cid or "/" in cid:
-        return False
-    return cid in path.split("/") or container_id(path) == cid
-
-
 def _ppid_map() -> dict[int, int]:
     out: dict[int, int] = {}
     for name in os.listdir("/proc"):
@@ -135,6 +127,16 @@ def _ppid_map() -> dict[int, int]:
         rest = raw[raw.rfind(b")") + 2:].split()
         out[int(name)] = int(rest[1])
     return out
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of ``pid``; 0 when it is gone (or is the kernel's)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 0
+    return int(raw[raw.rfind(b")") + 2:].split()[1])
 
 
 def tree_pids(root: int) -> list[int]:

@@ -34,7 +34,7 @@ from tests import cgroups
 from tests.fakes.cuda import FakeCuda, build, make_device
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import RUNC_PARENT, _bundle, _n, _runc_pid, _subreaper
-from tests.testenv import REPO, TEST_ROOT, Containerd, wait_for
+from tests.testenv import REPO, TEST_ROOT, Containerd, installed_hook, node_config, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -64,11 +64,20 @@ def fake() -> Iterator[FakeCuda]:
 
 
 @pytest.fixture(scope="module")
-def node(fake: FakeCuda, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("gpufront-node")
-    hook = d / "gpucr-hook"
-    hook.write_text(f"#!/bin/sh\ncd {REPO} && exec {sys.executable} -m hooks.oci_hook \"$@\"\n")
-    hook.chmod(0o755)
+def node(fake: FakeCuda) -> Iterator[dict[str, Path]]:
+    """The node's hook (installed by install/hook.sh), config, state and CRIU config dirs, root's alone (the plugin
+    uses nothing others could change: nri_plugin.host.paths)."""
+    d = TEST_ROOT / f"gpufront-node-{os.environ.get('GPUCR_INSTANCE') or 'default'}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(mode=0o700, parents=True)
+    try:
+        with installed_hook(d / "libexec") as hook:
+            yield _node(d, hook, fake)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _node(d: Path, hook: Path, fake: FakeCuda) -> dict[str, Path]:
     paths = {"state": d / "state", "criu": d / "criu", "hook": hook, "config": d / "config.toml",
              "log": d / "plugin.log", "nvidia": fake.device, "fake": fake.lib.parent}
     paths["config"].write_text(f'state_dir = "{paths["state"]}"\ncriu_config_dir = "{paths["criu"]}"\n'
@@ -535,7 +544,8 @@ def test_gpucr_checkpoint_via_runtime(front_containerd: Containerd, plugin: subp
         mark = gpu_front.log_mark()
         r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", w.cid[:12], "--via-runtime",
                             "--leave-running", "--to", str(out), "--json", "--address", ctrd.address, "--libcuda",
-                            str(fake.lib)], capture_output=True, text=True, cwd=REPO, timeout=120)
+                            str(fake.lib)], capture_output=True, text=True, cwd=REPO, timeout=120,
+                           env={**os.environ, **node_config(tmp_path)})
         assert r.returncode == 0, r.stderr
         summary = json.loads(r.stdout.strip().splitlines()[-1])
         assert summary["container_id"] == w.cid and [p["pid"] for p in summary["cuda_processes"]] == [w.pid]

@@ -115,7 +115,7 @@ def checkpoint(ctrd: Containerd, plugin: Any, front_route: FrontRoute, node: dic
             lo = _n(data)
             r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", cid, "--via-runtime",
                                 "--leave-running", "--to", str(node["root"] / "ck1"), "--json", "--address",
-                                ctrd.address, "--libcuda", str(fake.lib)], capture_output=True, text=True, cwd=REPO,
+                                ctrd.address, "--libcuda", str(fake.lib), "--config", str(node["config"])], capture_output=True, text=True, cwd=REPO,
                                timeout=120)
             assert r.returncode == 0, r.stderr
             hi = _n(data)

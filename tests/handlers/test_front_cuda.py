@@ -120,6 +120,21 @@ def test_managed_record_is_wanted_without_touching_the_driver(tmp_path: Path, cg
 
 
 @pytest.mark.criu
+def test_managed_record_without_the_hooks_fields_is_found_from_proc(tmp_path: Path, cgroup: Cgroup) -> None:
+    """A record the plugin wrote while it injected no OCI hooks (gpucr-hook missing): no pid, no cgroup. The front
+    needs neither: the dumped pid's cgroup in /proc names the container, whose record says managed."""
+    pid = cgroup.sleeper()
+    write_record(tmp_path / "state", ContainerRecord(cgroup.cid, "web", "pod1", "app", "default", True, "annotation",
+                                                     policy=RecordedPolicy(1234)))
+    h = hooks(tmp_path, None)
+    h.libcuda = str(tmp_path / "no-such-libcuda.so")  # decided without the driver
+    assert h.wants(dump(pid)) is True
+    t = h.target
+    assert t is not None and t.container_id == cgroup.cid and t.cgroup.endswith("/" + cgroup.cid)
+    assert t.record is not None and t.record.pid == 0 and t.why == "managed (annotation)"
+
+
+@pytest.mark.criu
 @pytest.mark.parametrize("layout", ["cgroupfs", "systemd"])
 def test_managed_record_found_under_every_cgroup_driver(tmp_path: Path, layout: str) -> None:
     """The systemd driver (kubeadm's default) names the container's cgroup ``cri-containerd-<id>.scope`` inside its
