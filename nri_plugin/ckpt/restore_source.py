@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import GpucrError
 from . import marker as _marker
-from .layout import IMAGES, METADATA, CheckpointDir, LayoutError, Metadata
+from .layout import IMAGES, METADATA, CheckpointDir, LayoutError, Metadata, check_owner
 
 __all__ = ["ARCHIVE", "STAGING", "RestoreSource", "RestoreSourceError", "acquire_lock", "open_source",
            "release_lock", "resolve", "stage", "unstage"]
@@ -106,7 +106,16 @@ def open_source(root: Path, name: str, *, verify_sha256: bool = True) -> Restore
             "it cannot be checked before the restore; make it with `gpucr checkpoint CONTAINER --via-runtime --to "
             f"{path}`")
     try:
-        _, meta = CheckpointDir.open(path, root=root, verify=verify_sha256)
+        if (path / IMAGES).exists():
+            _, meta = CheckpointDir.open(path, root=root, verify=verify_sha256)
+        else:  # CRI's archive beside gpucr.json: the same checks, without an images/ dir
+            CheckpointDir.check_root(path, root)
+            for p, what in ((path, "checkpoint dir"), (path / METADATA, "metadata file")):
+                check_owner(p, what=what)
+            meta = Metadata.from_json((path / METADATA).read_text(), str(path / METADATA))
+            CheckpointDir(path).verify(meta, full=verify_sha256)
+    except OSError as exc:
+        raise RestoreSourceError(f"checkpoint {name!r}: cannot read {path / METADATA}: {exc.strerror}") from exc
     except LayoutError as exc:
         raise RestoreSourceError(f"checkpoint {name!r} refused before the restore: {exc}") from exc
     if ARCHIVE in meta.manifest:

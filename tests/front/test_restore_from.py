@@ -30,7 +30,7 @@ from tests.front.test_front_containerd import _n
 from tests.front.test_gpufront import (  # noqa: F401  (fixtures)
     FAKE_MNT, GPU0, GPU1, GPU_DEV, COUNTER, cuda_running, fake, fake_env, gpu_front,
 )
-from tests.testenv import INSTALL, REPO, TEST_ROOT, Containerd, wait_for
+from tests.testenv import INSTALL, REPO, TEST_ROOT, Containerd, installed_hook, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,22 +38,24 @@ INSTANCE = f"{os.environ.get('GPUCR_INSTANCE') or 'default'}-rs"
 
 
 @pytest.fixture(scope="module")
-def node(fake: FakeCuda, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("restore-node")
-    hook = d / "gpucr-hook"
-    hook.write_text(f"#!/bin/sh\ncd {REPO} && exec {sys.executable} -m hooks.oci_hook \"$@\"\n")
-    hook.chmod(0o755)
-    root = TEST_ROOT / f"restore-ckpts-{INSTANCE}"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(mode=0o700)
-    paths = {"state": d / "state", "criu": d / "criu", "hook": hook, "config": d / "config.toml",
-             "log": d / "plugin.log", "root": root}
-    paths["config"].write_text(f'state_dir = "{paths["state"]}"\ncriu_config_dir = "{paths["criu"]}"\n'
-                               f'hook_path = "{hook}"\nrunc_criu_config = "{d / "runc.conf"}"\n'
-                               f'libcuda = "{fake.lib}"\nlock_timeout_ms = 2000\ndriver_call_timeout_s = 10\n'
-                               f'checkpoint_root = "{root}"\n')
-    yield paths
-    shutil.rmtree(root, ignore_errors=True)
+def node(fake: FakeCuda) -> Iterator[dict[str, Path]]:
+    """The node (hook, config, state, CRIU config dirs and the checkpoint root), root's alone."""
+    d = TEST_ROOT / f"restore-node-{INSTANCE}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(mode=0o700, parents=True)
+    try:
+        with installed_hook(d / "libexec") as hook:
+            root = d / "checkpoints"
+            root.mkdir(mode=0o700)
+            paths = {"state": d / "state", "criu": d / "criu", "hook": hook, "config": d / "config.toml",
+                     "log": d / "plugin.log", "root": root}
+            paths["config"].write_text(
+                f'state_dir = "{paths["state"]}"\ncriu_config_dir = "{paths["criu"]}"\nhook_path = "{hook}"\n'
+                f'runc_criu_config = "{d / "runc.conf"}"\nlibcuda = "{fake.lib}"\nlock_timeout_ms = 2000\n'
+                f'driver_call_timeout_s = 10\ncheckpoint_root = "{root}"\n')
+            yield paths
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _containerd_sh(cmd: str, version: str, route: FrontRoute) -> subprocess.CompletedProcess[str]:
@@ -115,8 +117,8 @@ def checkpoint(ctrd: Containerd, plugin: Any, front_route: FrontRoute, node: dic
             lo = _n(data)
             r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", cid, "--via-runtime",
                                 "--leave-running", "--to", str(node["root"] / "ck1"), "--json", "--address",
-                                ctrd.address, "--libcuda", str(fake.lib), "--config", str(node["config"])], capture_output=True, text=True, cwd=REPO,
-                               timeout=120)
+                                ctrd.address, "--libcuda", str(fake.lib), "--config", str(node["config"])],
+                               capture_output=True, text=True, cwd=REPO, timeout=120)
             assert r.returncode == 0, r.stderr
             hi = _n(data)
             c.stop_container(cid, 0)
