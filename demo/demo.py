@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from nri_plugin.cri import CriClient, container_config, pod_config  # noqa: E402
+from nri_plugin.cri._pb import api_pb2 as cri_pb  # noqa: E402
 from nri_plugin.cri.client import state_name  # noqa: E402
 from nri_plugin.errors import GpucrError  # noqa: E402
 from nri_plugin.policy import load_record  # noqa: E402
@@ -99,7 +100,7 @@ def new_pod_restore(cri: CriClient, info: dict[str, str], work: Path, data: Path
         cfg = container_config("counter", info["busybox_image"], command=["/bin/sh", "-c", "exit 3"],
                                mounts=[(str(data2), "/data", False)],
                                annotations={"gpucr.io/restore-from": "counter-1"})
-        cfg.linux.security_context.namespace_options.pid = 2  # CONTAINER
+        cfg.linux.security_context.namespace_options.pid = cri_pb.CONTAINER
         say(f"a NEW pod ({pod_id[:12]}), its container annotated gpucr.io/restore-from: counter-1 and its /data "
             f"volume at another host path ({data2})")
         cid = cri.create_container(pod_id, cfg, pcfg)
@@ -188,7 +189,7 @@ def main() -> int:
             else:
                 cfg = container_config("counter", info["busybox_image"], command=["/bin/sh", "-c", COUNTER],
                                        mounts=[(str(data), "/data", False)])
-                cfg.linux.security_context.namespace_options.pid = 2  # CONTAINER: own PID namespace (kubelet default)
+                cfg.linux.security_context.namespace_options.pid = cri_pb.CONTAINER  # own PID namespace (kubelet default)
             cid = cri.create_container(pod_id, cfg, pcfg)
             cri.start_container(cid)
             print(f"container id: {cid}", flush=True)

@@ -130,6 +130,16 @@ def _fail(c: CreateArgs | None, msg: str) -> int:
     return 1
 
 
+def _criu_errors(work: str) -> str:
+    """CRIU's own error lines of the restore (its RLIMIT_NOFILE complaint is harmless), for the runtime's error."""
+    try:
+        with open(os.path.join(work, "restore.log"), encoding="utf-8", errors="replace") as f:
+            errs = [ln.strip() for ln in f if "Error (" in ln and "RLIMIT_NOFILE" not in ln]
+    except OSError:
+        return ""
+    return f": CRIU says: {' | '.join(errs[:3])}" if errs else ""
+
+
 def main(argv: Sequence[str]) -> int:
     """``runc_restore.py --criu PATH/criu -- RUNC ARGS...`` (from the route's wrapper). Returns runc's status."""
     args = list(argv[1:])
@@ -168,7 +178,8 @@ def main(argv: Sequence[str]) -> int:
                 f.write(ticket.checkpoint + "\n")
         else:
             _fail(c, f"container {c.container_id}: runc restore from checkpoint {ticket.checkpoint!r} failed "
-                     f"(status {r.returncode}); CRIU's log: {ticket.work}/restore.log")
+                     f"(status {r.returncode}){_criu_errors(ticket.work)}; CRIU's log: {ticket.work}/restore.log "
+                     "(kept until the container is removed)")
         return r.returncode
     finally:
         finish(node, c.container_id, keep_work=True)
