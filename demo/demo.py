@@ -189,7 +189,7 @@ def main() -> int:
             else:
                 cfg = container_config("counter", info["busybox_image"], command=["/bin/sh", "-c", COUNTER],
                                        mounts=[(str(data), "/data", False)])
-                cfg.linux.security_context.namespace_options.pid = cri_pb.CONTAINER  # own PID namespace (kubelet default)
+                cfg.linux.security_context.namespace_options.pid = cri_pb.CONTAINER  # kubelet default
             cid = cri.create_container(pod_id, cfg, pcfg)
             cri.start_container(cid)
             print(f"container id: {cid}", flush=True)
