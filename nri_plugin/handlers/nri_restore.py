@@ -12,6 +12,7 @@ docs/design.md.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from ..policy import ContainerView, Decision, NodeConfig
 from ..policy.restore import RestorePlan, assigned_gpus, plan_restore
 
 __all__ = ["RESTORE_ANNOTATION", "RestorePlan", "Ticket", "finish", "load_ticket", "prepare", "ticket_path"]
+
+log = logging.getLogger(__name__)
 
 RESTORE_ANNOTATION = "gpucr.io/restore-from"
 TICKETS, LOCKS = "restore", "restore-locks"
@@ -58,6 +61,18 @@ def load_ticket(state_dir: Path, container_id: str) -> Ticket | None:
         raise RestoreSourceError(f"gpucr's restore ticket {p} is unreadable ({exc})") from exc
 
 
+def _node_gpus() -> tuple[dict[str, str], str]:
+    """This node's GPUs (UUID -> model) and driver version from NVML; nothing when NVML is not there (then GPU
+    models and the driver are not compared here; the CUDA restore still checks what the driver refuses)."""
+    from ..ckpt.cuda.nvml import Nvml, NvmlError
+    try:
+        nv = Nvml()
+        return {g.uuid: g.name for g in nv.gpus()}, nv.driver_version()
+    except NvmlError as exc:
+        log.info("NVML unavailable (%s): GPU models and driver version of restores are not compared", exc)
+        return {}, ""
+
+
 def prepare(view: ContainerView, decision: Decision, node: NodeConfig) -> RestorePlan:
     """Check, fit, lock and stage ``decision.policy.restore_from`` for ``view``; write the ticket.
 
@@ -74,9 +89,11 @@ def prepare(view: ContainerView, decision: Decision, node: NodeConfig) -> Restor
         raise RestoreSourceError(f"{what}: {exc}") from exc
     mk = src.marker
     used = sorted({u for p in (mk.processes if mk else []) for u in (p.get("gpus") or {})})
+    inventory, driver_now = _node_gpus() if used else ({}, "")
     plan = plan_restore(used=used, node_gpus=mk.gpus if mk else {},
                         assigned=assigned_gpus(view.env, view.cdi_devices), explicit_map=decision.policy.gpu_map,
-                        recorded_volumes=src.mounts, volumes_now={m.destination: m.source for m in view.mounts})
+                        recorded_volumes=src.mounts, volumes_now={m.destination: m.source for m in view.mounts},
+                        inventory=inventory, driver_now=driver_now, driver_then=mk.driver_version if mk else "")
     if plan.problems:
         raise RestoreSourceError(f"{what}: it does not fit this container: {'; '.join(plan.problems)}")
     state = node.state_dir

@@ -41,6 +41,10 @@ def assigned_gpus(env: Iterable[str], cdi_devices: Iterable[str] = ()) -> tuple[
     return tuple(dict.fromkeys(out))
 
 
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) if x.isdigit() else 0 for x in v.split("."))
+
+
 def _complete(pairs: dict[str, str], olds: Sequence[str], assigned: Sequence[str]) -> dict[str, str]:
     """Extend ``pairs`` to a one-to-one map over every old GPU (the driver wants the whole set): an unmapped GPU
     keeps its UUID when no other takes it, else gets a GPU nobody took."""
@@ -63,10 +67,13 @@ def _complete(pairs: dict[str, str], olds: Sequence[str], assigned: Sequence[str
 
 def plan_restore(*, used: Sequence[str], node_gpus: Mapping[str, str], assigned: Sequence[str],
                  explicit_map: Sequence[tuple[str, str]], recorded_volumes: Mapping[str, str],
-                 volumes_now: Mapping[str, str]) -> RestorePlan:
+                 volumes_now: Mapping[str, str], inventory: Mapping[str, str] | None = None,
+                 driver_now: str = "", driver_then: str = "") -> RestorePlan:
     """Plan the restore of a checkpoint whose processes used GPUs ``used`` (of the checkpointing node's
     ``node_gpus``, UUID -> chip) into a container assigned ``assigned`` GPUs, with its ``gpucr.io/gpu-map``
-    (``explicit_map``, which wins), and volumes: container path -> host path at checkpoint and now."""
+    (``explicit_map``, which wins), and volumes: container path -> host path at checkpoint and now. With this
+    node's ``inventory`` (UUID -> chip, from NVML; empty: unknown, not compared) and driver versions, a GPU of
+    another model or an older driver than at checkpoint is refused."""
     problems: list[str] = []
     pairs: dict[str, str] = dict(explicit_map)
     if not pairs and assigned:
@@ -94,6 +101,19 @@ def plan_restore(*, used: Sequence[str], node_gpus: Mapping[str, str], assigned:
         gpu_map = tuple(full)
     else:
         gpu_map = ()
+    if used and driver_now and driver_then and _version(driver_now) < _version(driver_then):
+        problems.append(f"the driver here ({driver_now}) is older than at checkpoint ({driver_then}): restore on "
+                        f"a node with driver {driver_then} or newer")
+    if used and inventory:
+        target = dict(gpu_map)
+        for u in used:
+            new = target.get(u, u)
+            if new not in inventory:
+                problems.append(f"GPU {new} (for {u} of the checkpoint) is not on this node (here: "
+                                f"{', '.join(sorted(inventory))})")
+            elif node_gpus.get(u) and inventory[new] != node_gpus[u]:
+                problems.append(f"GPU model differs: {node_gpus[u]} at checkpoint ({u}) vs {inventory[new]} here "
+                                f"({new})")
     volumes: list[tuple[str, str, str]] = []
     for dest, old in sorted(recorded_volumes.items()):
         new = volumes_now.get(dest)

@@ -76,3 +76,15 @@ def test_volumes_moved_and_missing() -> None:
     p = _plan([], [], vols={"/data": "/a"}, now={})
     assert p.problems == ("the checkpoint has a volume at /data (host path /a at checkpoint) and the container "
                           "mounts nothing there: add a volume at /data",)
+
+
+def test_other_model_and_older_driver_are_refused_with_the_difference() -> None:
+    kw = dict(used=[G[0]], node_gpus={G[0]: "NVIDIA H200"}, assigned=[], explicit_map=(), recorded_volumes={},
+              volumes_now={})
+    p = plan_restore(**kw, inventory={G[0]: "NVIDIA A100"}, driver_now="570.10", driver_then="580.65.06")  # type: ignore[arg-type]
+    assert "GPU model differs: NVIDIA H200 at checkpoint" in p.problems[1] and "NVIDIA A100 here" in p.problems[1]
+    assert "driver here (570.10) is older than at checkpoint (580.65.06)" in p.problems[0]
+    p = plan_restore(**kw, inventory={G[1]: "NVIDIA H200"})  # type: ignore[arg-type]
+    assert p.problems == (f"GPU {G[0]} (for {G[0]} of the checkpoint) is not on this node (here: {G[1]})",)
+    assert not plan_restore(**kw, inventory={G[0]: "NVIDIA H200"}, driver_now="580.65.06",  # type: ignore[arg-type]
+                            driver_then="580.65.06").problems
