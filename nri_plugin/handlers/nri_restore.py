@@ -83,6 +83,9 @@ def prepare(view: ContainerView, decision: Decision, node: NodeConfig) -> Restor
     name = decision.policy.restore_from or ""
     root = node.checkpoint_root
     what = f"{view.describe()}: cannot restore from checkpoint {name!r}"
+    if RESTORE_ANNOTATION not in view.annotations:
+        raise RestoreSourceError(f"{what}: {RESTORE_ANNOTATION} is set on the pod, where it would restore every "
+                                 "container of the pod from one checkpoint; set it on the container")
     try:
         src = open_source(root, name)
     except RestoreSourceError as exc:
