@@ -300,3 +300,49 @@ def test_two_restores_of_one_checkpoint_at_once(ctrd: Containerd, plugin: Any, n
     assert not (node["root"] / ".restore" / first).exists()
 
 
+
+
+def test_ctr_checkpoint_sealed_then_restored_into_new_pod(ctrd: Containerd, plugin: Any, front_route: FrontRoute,
+                                                          node: dict[str, Path], fake: FakeCuda,
+                                                          tmp_path: Path) -> None:
+    """`ctr t checkpoint --image-path ROOT/NAME/images` of a managed CRI container (through the front), unsealed:
+    refused for lack of gpucr metadata; after `gpucr seal ROOT/NAME` it restores into a new pod, counter going on."""
+    data = tmp_path / "data"
+    data.mkdir()
+    name = "ctr-ck"
+    with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
+                                libnvml=str(fake.lib)):
+        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+            cid = c.create_container(pod_id, _container(fake, data, "cuda", {}, ctrd.image), cfg)
+            c.start_container(cid)
+            pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
+            cuda_running(fake, pid)
+            wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+            lo = _n(data)
+            (node["root"] / name).mkdir(mode=0o700)
+            ctrd.ctr("t", "checkpoint", "--image-path", str(node["root"] / name / "images"), cid, namespace="k8s.io")
+            hi = _n(data)
+            c.stop_container(cid, 0)
+        try:
+            data2 = tmp_path / "data2"
+            shutil.copytree(data, data2)
+            msg = _refused(ctrd, fake, tmp_path, name)
+            assert "has no gpucr metadata (gpucr.json)" in msg, msg
+            r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "seal", str(node["root"] / name),
+                                "--config", str(node["config"]), "--json"], capture_output=True, text=True, cwd=REPO)
+            assert r.returncode == 0 and json.loads(r.stdout)["kind"] == "images", r.stderr
+            before = len(_lines(data2))
+            with ctrd.pod() as (c, pod_id, cfg):
+                conf = _restore_config(fake, data2, "restored", restore_from=name)
+                conf.image.image = ctrd.image
+                new = c.create_container(pod_id, conf, cfg)
+                c.start_container(new)
+                wait_for(lambda: len(_lines(data2)) >= before + 3, what="the restored counter", timeout=30)
+                after = _lines(data2)[before:]
+                assert lo - 1 <= after[0] - 1 <= hi, (lo, hi, after)
+                npid = int(c.container_status(new, verbose=True)[1]["info"]["pid"])
+                assert fake.state(npid) == "RUNNING"
+                c.stop_container(new, 0)
+                c.remove_container(new)
+        finally:
+            shutil.rmtree(node["root"] / name, ignore_errors=True)
