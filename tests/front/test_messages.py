@@ -84,7 +84,8 @@ def test_unknown_request_type_decodes() -> None:
     assert m.rewrite_request(r.raw, {}) == r.raw
 
 
-@pytest.mark.parametrize("data", [b"hello world", b"\x12\x00", b"", b"\xff\xff\xff"])
+@pytest.mark.parametrize("data", [b"hello world", b"\x12\x00", b"", b"\xff\xff\xff",
+                                  bytes.fromhex("080a1001808080801007")])  # field 2^29: bench/fuzz.py found it
 def test_garbage_request(data: bytes) -> None:
     with pytest.raises(m.MessageError, match="request from the runtime"):
         m.decode_request(data)
