@@ -539,7 +539,8 @@ def worker(slot: int, tasks: Any, results: Any, progress: Any, seed: int, hang_s
             elif out == "crash":
                 st.crash_count += 1
                 if len(st.crashes) < MAX_RECORDED:
-                    tb = traceback.extract_tb(exc.__traceback__)[-1] if exc and exc.__traceback__ else None
+                    root = exc.__cause__ or exc if exc is not None else None  # a Crash names the real error
+                    tb = traceback.extract_tb(root.__traceback__)[-1] if root and root.__traceback__ else None
                     st.crashes.append({"target": target, "index": i, "kind": kind, "error": type(exc).__name__,
                                        "message": str(exc)[:500], "where": f"{tb.filename}:{tb.lineno}" if tb else "",
                                        "input_hex": data.hex()})

@@ -58,3 +58,20 @@ def test_managed_container_is_adjusted_and_recorded(tmp_path: Path) -> None:
         assert not (tmp_path / "state" / "containers" / "ctr2.json").exists()
 
     run(main())
+
+
+def test_user_criu_config_path_with_a_nul_byte_is_unreadable_not_a_crash(tmp_path: Path, caplog) -> None:
+    # found by bench/fuzz.py: Path.read_text raised ValueError (not OSError) and the creation failed with a traceback
+    import asyncio
+
+    from nri_plugin.policy import NodeConfig
+
+    plugin = PolicyPlugin(NodeConfig(state_dir=tmp_path / "state", criu_config_dir=tmp_path / "criu",
+                                     runc_criu_config=tmp_path / "runc.conf", hook_path=""))
+    ctr = _ctr(1, **{"gpucr.io/checkpoint": "enabled", CRIU_CONFIG_ANNOTATION: "/etc/criu/x\x00.conf"})
+    adj = asyncio.run(plugin.create_container(pod(1), ctr))
+    assert adj is not None
+    conf = Path(adj.pb.annotations[CRIU_CONFIG_ANNOTATION])
+    assert conf.parent == tmp_path / "criu" and "merged with: (nothing)" in conf.read_text()
+    assert load_record(tmp_path / "state", "ctr1").criu_config == str(conf)
+    assert "cannot read CRIU config" in caplog.text and "using gpucr's options only" in caplog.text
