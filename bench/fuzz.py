@@ -120,7 +120,7 @@ def _nri_requests() -> list[tuple[str, bytes]]:
         ("StateChange", pb.StateChangeEvent(event=pb.RUN_POD_SANDBOX, pod=pod)),
         ("Shutdown", pb.Empty()),
     ]
-    return [(m, msg.SerializeToString()) for m, msg in out]
+    return [(m, msg.SerializeToString(deterministic=True)) for m, msg in out]
 
 
 def _ttrpc_request(method: str, payload: bytes, service: str = "nri.pkg.api.v1alpha1.Plugin") -> bytes:
@@ -128,7 +128,7 @@ def _ttrpc_request(method: str, payload: bytes, service: str = "nri.pkg.api.v1al
 
     req = ttrpc_pb2.Request(service=service, method=method, payload=payload, timeout_nano=2_000_000_000)
     req.metadata.add(key="k", value="v")
-    return req.SerializeToString()
+    return req.SerializeToString(deterministic=True)
 
 
 def seeds(target: str) -> list[bytes]:
@@ -166,7 +166,7 @@ def _front_seeds() -> list[bytes]:
         r.criu_resp(type=r.VERSION, success=True, version=r.criu_version(major_number=4, minor_number=2, gitid="x")),
         r.criu_resp(type=r.DUMP, success=False, cr_errno=5, cr_errmsg="Can't handle non-regular mapping"),
     ]
-    return [m.SerializeToString() for m in out]
+    return [m.SerializeToString(deterministic=True) for m in out]
 
 
 # -- mutation -------------------------------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def mutate_fields(rng: random.Random, method: str, inner: bytes) -> bytes:
                 pod.namespace, pod.name = rng.choice(_VALUES)[:64], rng.choice(_VALUES)[:64]
         elif op == 7 and isinstance(msg, pb.ConfigureRequest):
             msg.config = "\n".join(rng.choice(_TOML) for _ in range(rng.randint(1, 4)))
-    return msg.SerializeToString()
+    return msg.SerializeToString(deterministic=True)  # map order fixed: input i is reproducible
 
 
 _NRI_INNER: list[tuple[str, bytes]] = []
