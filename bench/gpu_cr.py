@@ -120,7 +120,13 @@ class Bench:
     def __init__(self, out: Path, criu: Path, site: Path, work: Path) -> None:
         self.out, self.criu, self.site, self.work = out, criu, site, work
         self.results: list[dict[str, Any]] = []
-        self.env = {**os.environ, "PYTHONPATH": f"{REPO}:{site}", "GPUCR_CRIU": str(criu), "PYTHONUNBUFFERED": "1"}
+        # gpucr confines checkpoints to the node config's checkpoint_root: the bench's own config names its work dir
+        work.mkdir(parents=True, exist_ok=True)
+        config = work / "gpucr.toml"
+        config.write_text(f'checkpoint_root = "{work}"\n')
+        os.chmod(config, 0o644)
+        self.env = {**os.environ, "PYTHONPATH": f"{REPO}:{site}", "GPUCR_CRIU": str(criu), "PYTHONUNBUFFERED": "1",
+                    "GPUCR_CONFIG": str(config)}
 
     def gpucr(self, *args: str) -> dict[str, Any]:
         t0 = time.monotonic()

@@ -3,7 +3,7 @@
     python3 bench/gpu_front.py OUT_DIR --stage STAGE [--gib 1] [--timeout 180] [--hooks MODULE:CALLABLE] [--skip-plain]
 
 STAGE holds what a machine without network needs: ``debs/`` (criu + libraries, as bench/gpu_cr.py), ``debs-ctrd/``
-(containerd 2.1.9 and runc .debs from Debian), ``whl/`` (grpcio, protobuf, pyroute2 for this Python) and ``images/``
+(containerd 2.1.9 and runc .debs from Debian), ``whl/`` (grpcio, protobuf for this Python) and ``images/``
 (install/images.sh's busybox.tar and pause.tar). The generated ``_pb`` modules must be in the tree (tools/genproto.py).
 
 1. A private containerd 2.1.9 (install/containerd.sh) runs a CRI pod whose container trains a model on the GPU while
@@ -221,9 +221,10 @@ def main() -> int:
            env={**env, "GPUCR_FRONT_PYTHON": sys.executable})
     if r.returncode:
         raise SystemExit(f"front route failed: {r.stderr}")
-    hook = work / "gpucr-hook"
-    hook.write_text(f'#!/bin/sh\nPYTHONPATH={REPO}:{SITE} exec {sys.executable} -m hooks.oci_hook "$@"\n')
-    hook.chmod(0o755)
+    hook = work / "gpucr-hook"  # as a node has it: install/hook.sh's root-owned launcher and code copy
+    r = sh(["bash", str(REPO / "install/hook.sh"), "install", "--path", str(hook), "--prefix", str(work / "hook-lib")])
+    if r.returncode:
+        raise SystemExit(f"install/hook.sh install failed: {r.stderr}")
     node = work / "node.toml"
     node.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\nhook_path = "{hook}"\n')
     with (route / "path/front.conf").open("a") as f:

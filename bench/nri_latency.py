@@ -2,7 +2,8 @@
 """Benchmark (not a test): NRI handling latency and RSS of the ``gpucr plugin`` daemon running gpucr's policy.
 
 The daemon is the product's own (``gpucr plugin --config NODE.toml``, the PolicyPlugin), with a private node config
-(state dir, CRIU config dir, the node's runc.conf, and the OCI hook launcher of ``hooks.oci_hook``). Every pod carries
+(state dir, CRIU config dir, the node's runc.conf, and gpucr-hook installed by ``install/hook.sh``, all in a
+root-only dir under /run). Every pod carries
 ``gpucr.io/checkpoint: enabled`` plus two CRIU options, so every CreateContainer is a managed container: the policy
 merges the node's runc.conf with the options, writes the CRIU config file, writes the container's state record, and
 answers with the ``org.criu.config`` annotation and the createRuntime/poststop hooks. The bench checks that each
@@ -71,13 +72,10 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def node_setup(tmp: Path, run: Path) -> dict[str, Path]:
-    """A private node config: state and CRIU config dirs under ``run`` (where /run/gpucr would be), a node
-    runc.conf and the OCI hook launcher under ``tmp``."""
-    tmp.mkdir(mode=0o755)
-    hook = tmp / "gpucr-hook"
-    hook.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m hooks.oci_hook \"$@\"\n")
-    hook.chmod(0o755)
+def node_setup(tmp: Path, run: Path, hook: Path) -> dict[str, Path]:
+    """A private node config: state and CRIU config dirs under ``run`` (where /run/gpucr would be), the node's
+    runc.conf under ``tmp`` (a root-only dir), and the gpucr-hook installed by install/hook.sh."""
+    tmp.mkdir(mode=0o700)
     runc_conf = tmp / "runc.conf"
     runc_conf.write_text("# the node's own runc CRIU config\nghost-limit 2M\n")
     paths = {"state": run / tmp.name, "criu": run / tmp.name / "criu", "hook": hook, "runc_conf": runc_conf,
@@ -136,8 +134,8 @@ def check_policy_ran(node: dict[str, Path], ids: list[str], where: str) -> str:
     return f"{len(ids)} state records, {len(confs)} CRIU config file(s) ({', '.join(Path(c).name for c in confs)})"
 
 
-async def fake_run(n: int, tmp: Path, run: Path) -> dict[str, object]:
-    node = node_setup(tmp / "fake", run)
+async def fake_run(n: int, tmp: Path, run: Path, hook: Path) -> dict[str, object]:
+    node = node_setup(tmp / "fake", run, hook)
     path = str(tmp / "fake-nri.sock")
     lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lst.bind(path)
@@ -176,11 +174,11 @@ async def fake_run(n: int, tmp: Path, run: Path) -> dict[str, object]:
             "load": (load0, loadavg())}
 
 
-def containerd_run(version: str, pods: int, tmp: Path, run: Path) -> dict[str, object]:
+def containerd_run(version: str, pods: int, tmp: Path, run: Path, hook: Path) -> dict[str, object]:
     from nri_plugin.cri import CriError
     from tests import testenv
 
-    node = node_setup(tmp / f"ctrd-{version}", run)
+    node = node_setup(tmp / f"ctrd-{version}", run, hook)
     inst = testenv.start(version)
     binaries = (f"{_version([str(Path(inst.info['ctr']).parent / 'containerd'), '--version'])}; "
                 f"{_version([shutil.which('runc') or 'runc', '--version'])}")
@@ -319,10 +317,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="append the Markdown report to this file")
     args = ap.parse_args()
     os.environ.setdefault("GPUCR_INSTANCE", "bench")
-    with tempfile.TemporaryDirectory(prefix="gpucr-nri-bench-") as d, run_dir(Path(d), args.state_on) as (run, fs):
-        os.chmod(d, 0o755)  # the OCI hook runs the launcher inside it
-        fake = asyncio.run(fake_run(args.n, Path(d), run))
-        reals = [containerd_run(v, args.pods, Path(d), run) for v in (args.containerd or ["2.1.9", "1.7.24"])]
+    from tests.testenv import installed_hook
+
+    # a root-only place (not the sticky /tmp): the plugin uses no hook, state or CRIU config dir others could change
+    with tempfile.TemporaryDirectory(prefix="gpucr-nri-bench-", dir="/run") as d, \
+            installed_hook(Path(d) / "libexec") as hook, run_dir(Path(d), args.state_on) as (run, fs):
+        fake = asyncio.run(fake_run(args.n, Path(d), run, hook))
+        reals = [containerd_run(v, args.pods, Path(d), run, hook) for v in (args.containerd or ["2.1.9", "1.7.24"])]
     text = report(fake, reals, fs)
     print(text)
     for real in reals:

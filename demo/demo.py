@@ -33,7 +33,8 @@ from demo import gpu_pod  # noqa: E402
 
 TEST_ROOT = Path(os.environ.get("GPUCR_TEST_ROOT", "/var/lib/gpucr-test"))
 COUNTER = "i=0; while :; do i=$((i+1)); echo $i >> /data/counter.log; sleep 0.5; done"
-INSTANCE = "demo"
+#: its own containerd instance; GPUCR_INSTANCE (each test session's) keeps concurrent demos apart
+INSTANCE = f"{os.environ['GPUCR_INSTANCE']}-demo" if os.environ.get("GPUCR_INSTANCE") else "demo"
 
 
 def say(msg: str) -> None:
@@ -110,9 +111,9 @@ def main() -> int:
     restored = "gpucr-demo-restored"
     try:
         # -- gpucr's NRI plugin: the checkpoint policy --------------------------------------------------------
+        # the OCI hook as a node has it: a root-owned launcher of a root-owned copy of gpucr's code (removed with work)
         hook = work / "gpucr-hook"
-        hook.write_text(f"#!/bin/sh\nPYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} -m hooks.oci_hook \"$@\"\n")
-        hook.chmod(0o755)
+        run(["bash", str(REPO / "install/hook.sh"), "install", "--path", str(hook), "--prefix", str(work / "lib")])
         conf = node_conf
         conf.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\n'
                         f'hook_path = "{hook}"\n')

@@ -19,7 +19,8 @@ import pytest
 from nri_plugin.containerd import TaskClient
 from nri_plugin.cri import CriError
 from nri_plugin.policy import load_record
-from tests.testenv import REPO, Containerd, wait_for
+from tests.roottmp import root_tmp  # noqa: F401 (fixture)
+from tests.testenv import REPO, Containerd, installed_hook, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +28,14 @@ SLEEP = ["/bin/sh", "-c", "while :; do sleep 1; done"]
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> dict[str, Path]:
-    hook = tmp_path / "gpucr-hook"
-    hook.write_text(f"#!/bin/sh\nexec {sys.executable} -m hooks.oci_hook \"$@\"\n")
-    hook.chmod(0o755)
+def node(root_tmp: Path) -> Iterator[dict[str, Path]]:
+    """The node's hook (installed by install/hook.sh), state and CRIU config dirs, in a place only root can change:
+    the plugin uses nothing that others could (nri_plugin.host.paths)."""
+    with installed_hook(root_tmp / "libexec") as hook:
+        yield _node(root_tmp, hook)
+
+
+def _node(tmp_path: Path, hook: Path) -> dict[str, Path]:
     runc_conf = tmp_path / "runc.conf"
     runc_conf.write_text("# the node's own runc CRIU config\nghost-limit 2M\n")
     paths = {"state": tmp_path / "state", "criu": tmp_path / "criu", "hook": hook, "runc_conf": runc_conf,

@@ -126,3 +126,30 @@ def wait_for(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def node_config(where: Path, **values: Any) -> dict[str, str]:
+    """A gpucr node config at ``where/gpucr.toml`` (``checkpoint_root`` defaults to ``where``), as the env that points
+    the CLI at it (``GPUCR_CONFIG``): every CLI test confines its checkpoints to its own tmp dir this way."""
+    values.setdefault("checkpoint_root", str(where))
+    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]  # TOML accepts JSON strings, ints and booleans
+    path = where / "gpucr.toml"
+    path.write_text("\n".join(lines) + "\n")
+    os.chmod(path, 0o644)
+    return {"GPUCR_CONFIG": str(path)}
+
+
+@contextlib.contextmanager
+def installed_hook(root: Path) -> Iterator[Path]:
+    """gpucr-hook as a node has it: ``install/hook.sh install --path ROOT/gpucr-hook --prefix ROOT/lib`` (a root-owned
+    launcher of a root-owned code copy, never the checkout); uninstalled afterwards."""
+    hook = root / "gpucr-hook"
+    args = ["--path", str(hook)]
+    r = subprocess.run(["bash", str(INSTALL / "hook.sh"), "install", *args, "--prefix", str(root / "lib")],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"install/hook.sh install failed: {r.stderr}")
+    try:
+        yield hook
+    finally:
+        subprocess.run(["bash", str(INSTALL / "hook.sh"), "uninstall", *args], capture_output=True, text=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import __version__
-from ..host.proc import tree_pids
+from ..host.proc import container_id, rss_bytes, tree_pids
 from .compat import check_compat
 from .cuda.driver import format_api_version
 from .cuda_steps import CudaSteps, FreezerLike
@@ -35,6 +35,9 @@ __all__ = ["CheckpointError", "CheckpointRequest", "CriuLike", "Engine", "Restor
 
 #: how long the dumped (killed) tasks may take to leave their cgroup before it is frozen again
 KILL_WAIT_S = 10.0
+#: free disk space asked beyond the memory to dump: a tenth more, plus this much
+DISK_MARGIN_FRACTION = 0.1
+DISK_MARGIN_BYTES = 32 << 20
 
 
 class CriuLike(Protocol):
@@ -46,6 +49,7 @@ class StoreLike(Protocol):
     """The checkpoint directory: prepared private, metadata written and read back validated."""
 
     def prepare(self, images_dir: Path, *, force: bool) -> Path: ...
+    def check_space(self, path: Path, need_bytes: int, what: str) -> None: ...
     def write_metadata(self, images_dir: Path, meta: dict[str, Any]) -> None: ...
     def read_metadata(self, images_dir: Path) -> tuple[dict[str, Any], Path]: ...
 
@@ -90,6 +94,17 @@ class Summary:
         return {k: v for k, v in self.__dict__.items()}
 
 
+def disk_need(host_bytes: int, gpu_bytes: int) -> int:
+    """Bytes a checkpoint's images may take: the tree's resident memory plus its GPU data, with
+    :data:`DISK_MARGIN_FRACTION` and :data:`DISK_MARGIN_BYTES` on top (page-map and file images, logs)."""
+    raw = host_bytes + gpu_bytes
+    return int(raw * (1 + DISK_MARGIN_FRACTION)) + DISK_MARGIN_BYTES
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
 def dir_bytes(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
@@ -123,14 +138,23 @@ class Engine:
                                   step="input", pid=req.pid)
         self.cuda.timings.clear()
         summary = Summary("checkpoint", str(req.images_dir), pid=req.pid, leave_running=req.leave_running)
+        host_bytes = sum(rss_bytes(p) for p in tree_pids(req.pid))
+        with self.cuda.step("disk-space"):  # before anything is created or locked
+            self.store.check_space(req.images_dir, disk_need(host_bytes, 0),
+                                   f"the checkpoint of pid {req.pid} ({_gib(host_bytes)} host memory + margin)")
         with self.cuda.step("prepare"):
             criu_dir = self.store.prepare(req.images_dir, force=req.force)
         s = self.cuda.suspend(req.pid, use_cgroup=req.use_cgroup, lock_timeout_ms=req.lock_timeout_ms)
         cgroup, frozen, procs, inv = s.cgroup, s.frozen_before, s.procs, s.inventory
         summary.frozen_before = frozen
         summary.gpu_bytes = s.gpu_bytes
-        step = "criu-dump"
+        step = "disk-space"
         try:
+            if s.gpu_bytes:  # the GPU data is host memory now, and goes into the images too
+                self.store.check_space(criu_dir, disk_need(host_bytes, s.gpu_bytes),
+                                       f"the checkpoint of pid {req.pid} ({_gib(host_bytes)} host memory + "
+                                       f"{_gib(s.gpu_bytes)} GPU data + margin)")
+            step = "criu-dump"
             self.cuda.progress(step, f"criu dump of pid {req.pid}")
             with self.cuda.step(step):
                 opts = self._make_dump_options(req, criu_dir,
@@ -222,8 +246,7 @@ class Engine:
         # CRIU puts the tasks back into their cgroup; if a caller keeps it frozen, the restore would freeze mid-way:
         # thaw it for the restore and the CUDA steps, and freeze it again at the end (the tree comes back paused,
         # as it was checkpointed)
-        rec = meta.get("freezer") or {}
-        home = self.freezer_at(rec["path"], int(rec.get("version") or 0)) if rec.get("path") else None
+        home = self._home_freezer(meta)
         home_frozen = home is not None and home.frozen()
         step = "criu-restore"
         self.cuda.progress(step, f"criu restore from {req.images_dir}")
@@ -251,6 +274,21 @@ class Engine:
                     home.freeze()  # type: ignore[union-attr]
         summary.timings_s = dict(self.cuda.timings)
         return summary
+
+    def _home_freezer(self, meta: Mapping[str, Any]) -> FreezerLike | None:
+        """The cgroup the workload was checkpointed in, which restore thaws around CRIU and freezes again when a
+        caller keeps it frozen. ``gpucr.json`` is data, so only a plain path inside a mounted hierarchy is taken
+        (:func:`nri_plugin.host.cgroup.freezer_at`), and for a container only a cgroup that is the container's own
+        (:func:`nri_plugin.host.proc.container_id`); anything else is ignored (the restore then just runs)."""
+        rec = meta.get("freezer") or {}
+        path = rec.get("path") if isinstance(rec, Mapping) else None
+        if not isinstance(path, str) or not path:
+            return None
+        cid = meta.get("container_id") or ""
+        if cid and container_id(path) != cid:
+            return None
+        version = rec.get("version")
+        return self.freezer_at(path, version) if isinstance(version, int) else None
 
     def _restore_cuda(self, req: RestoreRequest, summary: Summary, old_procs: list[dict[str, Any]]) -> Summary:
         """CUDA restore + unlock of the CRIU-restored tree rooted at ``summary.pid``."""

@@ -7,14 +7,21 @@ Layout of a checkpoint ``DIR`` (dirs 0700, files 0600, because images hold the p
     DIR/images/         CRIU's images, with dump.log (and later restore.log) beside them
 
 ``gpucr.json`` records the format version, gpucr and driver versions, per-process GPU facts (filled by the engine),
-the container id and spec digest, the network identity, timings, sizes, and a manifest (size + sha256) of every file
-of the checkpoint, so a truncated or corrupt checkpoint is refused *before* CRIU runs on restore.
+the container id, timings, sizes, and a manifest (size + sha256) of every file of the checkpoint, so a truncated or
+corrupt checkpoint is refused *before* CRIU runs on restore.
+
+Who may have written a checkpoint: restore runs as root and feeds the images to CRIU, so a checkpoint dir (and the
+dirs gpucr creates for it) must be owned by this user (root) and not group- or world-writable, and must lie inside
+the node's ``checkpoint_root`` (``/etc/gpucr/config.toml``) once symlinks are resolved. Nothing here follows a
+symlink: ``--force`` replaces only a complete gpucr checkpoint (a valid ``gpucr.json``), removing its entries without
+following links, and modes are set through ``O_NOFOLLOW`` descriptors.
 
 Deliberately not here: what goes into the images (CRIU), GPU discovery (the CUDA engine).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -29,11 +36,10 @@ from typing import Any
 
 from .. import __version__
 from ..errors import GpucrError
-from ..host.proc import HostError, mem_available
 
 __all__ = [
     "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
-    "CheckpointStore", "check_disk_space", "check_host_memory", "mode_of",
+    "CheckpointStore", "check_disk_space", "check_owner",
 ]
 
 FORMAT_VERSION = 1
@@ -75,11 +81,8 @@ class Metadata:
     created_at: float = field(default_factory=time.time)
     root_pid: int | None = None
     container_id: str | None = None
-    spec_digest: str | None = None                  # "sha256:<hex>" of the OCI spec the container ran with
     driver_version: str | None = None
     processes: list[GpuProcess] = field(default_factory=list)
-    network: dict[str, Any] | None = None           # host.netns.read_netns() output
-    criu: dict[str, Any] = field(default_factory=dict)   # options the dump used (for the restore)
     timings: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     manifest: dict[str, FileEntry] = field(default_factory=dict)
@@ -129,8 +132,7 @@ class Metadata:
         return cls(
             format_version=fv, gpucr_version=want("gpucr_version", str), created_at=want("created_at", (int, float)),
             root_pid=want("root_pid", int, True), container_id=want("container_id", str, True),
-            spec_digest=want("spec_digest", str, True), driver_version=want("driver_version", str, True),
-            processes=procs, network=want("network", dict, True), criu=want("criu", dict),
+            driver_version=want("driver_version", str, True), processes=procs,
             timings=want("timings", dict), sizes=want("sizes", dict), manifest=manifest,
             extra={k: v for k, v in raw.items() if k not in known},
         )
@@ -175,6 +177,80 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
 
+_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def check_owner(path: Path, st: os.stat_result | None = None, *, what: str = "checkpoint dir") -> None:
+    """``path`` (not followed when a symlink) is owned by this user (root) and not group- or world-writable.
+
+    Raises:
+        LayoutError: names the path, what is wrong, and the fix.
+    """
+    try:
+        st = st or os.lstat(path)
+    except OSError as exc:
+        raise LayoutError(f"cannot check {what} {path}: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise LayoutError(f"{what} {path} is a symlink: give the real path (gpucr never follows links there)")
+    fix = f"chown {os.geteuid()}:{os.getegid()} {path} && chmod go-w {path}, or choose another dir"
+    if st.st_uid != os.geteuid():
+        raise LayoutError(f"{what} {path} is owned by uid {st.st_uid}, not by uid {os.geteuid()} who runs gpucr: "
+                          f"another user could change what restore feeds to CRIU; {fix}")
+    if st.st_mode & 0o022:
+        raise LayoutError(f"{what} {path} is group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o}): "
+                          f"another user could change what restore feeds to CRIU; {fix}")
+
+
+def _chmod_nofollow(path: Path, mode: int) -> None:
+    """chmod a dir or regular file through an O_NOFOLLOW descriptor (a symlink is refused, never followed)."""
+    try:
+        fd = os.open(path, _NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LayoutError(f"{path} is a symlink: a checkpoint holds none; remove it") from exc
+        raise
+    try:
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind not in (stat.S_IFDIR, stat.S_IFREG):
+            raise LayoutError(f"{path} is not a regular file or directory: a checkpoint holds none; remove it")
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Remove the checkpoint in the dir ``path`` (``images/``, ``gpucr.json`` and its temporary file; other entries
+    stay) without following links: a link is removed itself, a dir through rmtree's fd-based walk."""
+    for name in (IMAGES, METADATA, f".{METADATA}.tmp"):
+        p = path / name
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+
+
+def _non_empty(path: Path) -> bool:
+    with os.scandir(path) as it:
+        return any(True for _ in it)
+
+
+def _mkdirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each 0700 and owned by us (an existing symlinked parent is fine:
+    the root check resolved it)."""
+    missing = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        os.mkdir(d, DIR_MODE)
+        _chmod_nofollow(d, DIR_MODE)
+
+
 class CheckpointDir:
     """A checkpoint directory (see the module docstring for its layout)."""
 
@@ -192,54 +268,109 @@ class CheckpointDir:
     @staticmethod
     def holds_checkpoint(path: Path) -> bool:
         """True when ``path`` holds a checkpoint, complete (gpucr.json) or not (CRIU images)."""
-        return (path / METADATA).exists() or (path / IMAGES / "inventory.img").exists() \
-            or (path / "inventory.img").exists()
+        return os.path.lexists(path / METADATA) or os.path.lexists(path / IMAGES / "inventory.img") \
+            or os.path.lexists(path / "inventory.img")
 
     @staticmethod
-    def _check_root(path: Path, root: Path | None) -> Path:
+    def holds_gpucr_checkpoint(path: Path) -> bool:
+        """True when ``path`` holds a complete gpucr checkpoint: a regular ``gpucr.json`` that parses."""
+        f = path / METADATA
+        try:
+            if not stat.S_ISREG(os.lstat(f).st_mode):
+                return False
+            Metadata.from_json(f.read_text(), str(f))
+        except (OSError, UnicodeDecodeError, LayoutError):
+            return False
+        return True
+
+    @staticmethod
+    def check_root(path: Path, root: Path | None) -> Path:
+        """``path`` resolved (symlinks followed); it must have no ``..`` and lie strictly inside ``root``.
+
+        Raises:
+            LayoutError: outside the root (or the root itself), or a ``..`` in it.
+        """
+        if ".." in path.parts:
+            raise LayoutError(f"checkpoint dir {path} contains '..': give a plain path")
         real = path.resolve()
         if root is not None and (real == root.resolve() or not _inside(real, root.resolve())):
             raise LayoutError(f"checkpoint dir {path} (really {real}) is outside the configured checkpoint root "
-                              f"{root} (or is the root itself): choose a new dir under {root}")
+                              f"{root} (or is the root itself): choose a new dir under {root} (checkpoint_root in "
+                              f"/etc/gpucr/config.toml)")
         return real
+
+    _check_root = check_root
 
     @classmethod
     def create(cls, path: Path, *, force: bool = False, root: Path | None = None) -> CheckpointDir:
         """Make ``path`` ready for a new checkpoint: created 0700 (parents too), ``images/`` inside.
 
         Args:
-            force: replace a checkpoint already there (its ``images/`` and ``gpucr.json`` are removed; nothing else).
-            root: when set (daemon mode), refuse any dir that does not resolve to a place under it.
+            force: replace a complete gpucr checkpoint already there (its ``images/`` and ``gpucr.json`` are
+                removed, links themselves and never their targets; other files stay); any other dir that is not
+                empty is still refused.
+            root: refuse any dir that does not resolve to a place under it.
 
         Raises:
             LayoutError: a checkpoint is already there (without ``force``), the dir is not empty and not a
-                checkpoint, the dir is outside ``root``, or it cannot be created.
+                complete gpucr checkpoint, is a symlink, is not ours or is writable by others, is outside ``root``,
+                or cannot be created.
         """
-        cls._check_root(path, root)
+        cls.check_root(path, root)
         try:
-            if path.exists():
-                if not path.is_dir():
+            try:
+                st: os.stat_result | None = os.lstat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if stat.S_ISLNK(st.st_mode):
+                    raise LayoutError(f"checkpoint dir {path} is a symlink: give the real path")
+                if not stat.S_ISDIR(st.st_mode):
                     raise LayoutError(f"checkpoint dir {path} exists and is not a directory: choose another path")
-                if cls.holds_checkpoint(path):
+                check_owner(path, st)
+                if cls.holds_gpucr_checkpoint(path):
                     if not force:
                         raise LayoutError(f"{path} already holds a checkpoint: choose another dir, or pass --force "
                                           "to replace it")
-                    shutil.rmtree(path / IMAGES, ignore_errors=True)
-                    (path / METADATA).unlink(missing_ok=True)
-                    for stray in path.glob("*.img"):
-                        stray.unlink()
-                elif any(path.iterdir()) and not force:
-                    raise LayoutError(f"checkpoint dir {path} is not empty and holds no checkpoint: choose an empty "
-                                      "or new dir (or pass --force)")
+                    _remove_checkpoint(path)
+                elif _non_empty(path):
+                    what = ("holds CRIU images but no valid gpucr.json (an unfinished or foreign checkpoint)"
+                            if cls.holds_checkpoint(path) else "is not empty and holds no gpucr checkpoint")
+                    raise LayoutError(f"checkpoint dir {path} {what}: choose an empty or new dir (--force replaces "
+                                      "only a complete gpucr checkpoint)")
             else:
-                path.mkdir(mode=DIR_MODE, parents=True)
-            os.chmod(path, DIR_MODE)
-            (path / IMAGES).mkdir(mode=DIR_MODE, exist_ok=True)
-            os.chmod(path / IMAGES, DIR_MODE)
+                _mkdirs(path)
+            _chmod_nofollow(path, DIR_MODE)
+            os.mkdir(path / IMAGES, DIR_MODE)
+            _chmod_nofollow(path / IMAGES, DIR_MODE)
         except OSError as exc:
             raise LayoutError(f"cannot prepare checkpoint dir {path}: {exc.strerror}") from exc
-        cls._check_root(path, root)  # a symlink swapped in meanwhile is caught here
+        cls.check_root(path, root)  # a symlink swapped in meanwhile is caught here
+        check_owner(path)
         return cls(path)
+
+    @classmethod
+    def create_empty(cls, path: Path, *, root: Path | None = None) -> Path:
+        """An empty private dir (0700, ours, inside ``root``) for a checkpoint another program writes (the
+        runtime's, ``gpucr checkpoint --via-runtime``): same rules as :meth:`create`, nothing replaced.
+
+        Raises:
+            LayoutError: as :meth:`create`, and for any dir that is not empty.
+        """
+        cls.check_root(path, root)
+        try:
+            if os.path.lexists(path):
+                check_owner(path)
+                if not os.path.isdir(path) or _non_empty(path):
+                    raise LayoutError(f"checkpoint dir {path} is not an empty directory: choose an empty or new dir")
+            else:
+                _mkdirs(path)
+            _chmod_nofollow(path, DIR_MODE)
+        except OSError as exc:
+            raise LayoutError(f"cannot prepare checkpoint dir {path}: {exc.strerror}") from exc
+        cls.check_root(path, root)
+        check_owner(path)
+        return path
 
     def _files(self) -> list[Path]:
         out = []
@@ -261,15 +392,15 @@ class CheckpointDir:
             LayoutError: a file could not be read or the metadata not written.
         """
         try:
-            os.chmod(self.path, DIR_MODE)
+            _chmod_nofollow(self.path, DIR_MODE)
             manifest: dict[str, FileEntry] = {}
-            for dirpath, dirnames, _ in os.walk(self.path):
+            for dirpath, dirnames, _ in os.walk(self.path):  # never into a linked dir; _chmod_nofollow refuses it
                 for d in dirnames:
-                    os.chmod(Path(dirpath, d), DIR_MODE)
+                    _chmod_nofollow(Path(dirpath, d), DIR_MODE)
             for p in self._files():
                 if p.is_symlink() or not p.is_file():
                     raise LayoutError(f"{p} in checkpoint dir {self.path} is not a regular file: remove it")
-                os.chmod(p, FILE_MODE)
+                _chmod_nofollow(p, FILE_MODE)
                 if progress is not None:
                     progress(str(p.relative_to(self.path)))
                 manifest[str(p.relative_to(self.path))] = FileEntry(p.stat().st_size, _sha256(p))
@@ -295,15 +426,18 @@ class CheckpointDir:
             verify: check every manifest entry's size *and* sha256 (False: sizes only, for speed).
 
         Raises:
-            LayoutError: missing, outside ``root``, incomplete (no gpucr.json), corrupt or truncated (names the file).
+            LayoutError: missing, outside ``root``, incomplete (no gpucr.json), not ours or writable by others (the
+                dir, ``images/`` or ``gpucr.json``), corrupt or truncated (names the file).
         """
-        cls._check_root(path, root)
+        cls.check_root(path, root)
         if not path.is_dir():
             raise LayoutError(f"checkpoint dir {path} does not exist")
         cp = cls(path)
         if not cp.metadata_file.exists():
             hint = " (CRIU images are there: the checkpoint did not finish)" if cls.holds_checkpoint(path) else ""
             raise LayoutError(f"{path} holds no {METADATA}{hint}: not a complete gpucr checkpoint")
+        for p, what in ((path, "checkpoint dir"), (cp.images_dir, "images dir"), (cp.metadata_file, "metadata file")):
+            check_owner(p, what=what)
         try:
             text = cp.metadata_file.read_text()
         except OSError as exc:
@@ -342,28 +476,11 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def check_host_memory(needed_bytes: int, *, what: str = "the GPU data", available: int | None = None,
-                      meminfo: Path = Path("/proc/meminfo")) -> None:
-    """Refuse up front when the host cannot take ``needed_bytes`` (e.g. the GPU memory CUDA will copy to host).
-
-    Raises:
-        LayoutError: not enough MemAvailable (says how much is needed, available, and what to do).
-    """
-    try:
-        avail = mem_available(str(meminfo)) if available is None else available
-    except HostError as exc:
-        raise LayoutError(str(exc)) from exc
-    if needed_bytes > avail:
-        raise LayoutError(f"not enough host memory for {what}: need {_gib(needed_bytes)}, MemAvailable is "
-                          f"{_gib(avail)}; free {_gib(needed_bytes - avail)} of memory (or checkpoint fewer "
-                          "processes at a time) and retry")
-
-
 def check_disk_space(path: Path, needed_bytes: int, *, what: str = "the checkpoint images") -> None:
     """Refuse up front when the filesystem of ``path`` has less free space than ``needed_bytes``.
 
     Raises:
-        LayoutError: names the filesystem, the sizes and the fix.
+        LayoutError: names the dir, what is needed, what is free and the fix.
     """
     try:
         st = os.statvfs(path)
@@ -371,13 +488,9 @@ def check_disk_space(path: Path, needed_bytes: int, *, what: str = "the checkpoi
         raise LayoutError(f"cannot check free space at {path}: {exc.strerror}") from exc
     free = st.f_bavail * st.f_frsize
     if needed_bytes > free:
-        raise LayoutError(f"not enough disk space at {path} for {what}: need {_gib(needed_bytes)}, "
-                          f"{_gib(free)} free; choose a dir on a larger filesystem or free space")
-
-
-def mode_of(path: Path) -> int:
-    """Permission bits of ``path`` (used by tests and by callers auditing a checkpoint)."""
-    return stat.S_IMODE(path.stat().st_mode)
+        raise LayoutError(f"not enough disk space in {path} for {what}: need {_gib(needed_bytes)} "
+                          f"({needed_bytes} bytes), {_gib(free)} ({free} bytes) free; choose a dir on a larger "
+                          "filesystem or free space")
 
 
 # --- the engine's view: a metadata dict over CheckpointDir ----------------------------------------------------------
@@ -404,6 +517,14 @@ class CheckpointStore:
     def prepare(self, images_dir: Path, *, force: bool) -> Path:
         """Create the checkpoint dir (0700, refusing an existing checkpoint unless ``force``); return CRIU's dir."""
         return CheckpointDir.create(images_dir, force=force, root=self.root).images_dir
+
+    def check_space(self, path: Path, need_bytes: int, what: str) -> None:
+        """Refuse when the filesystem of ``path`` (or of its nearest existing parent) has less than ``need_bytes``
+        free (LayoutError naming the dir, the need and what is free)."""
+        p = path
+        while not os.path.lexists(p) and p != p.parent:
+            p = p.parent
+        check_disk_space(p, need_bytes, what=what)
 
     def write_metadata(self, images_dir: Path, meta: dict[str, Any]) -> None:
         cuda = meta.get("cuda") or {}

@@ -4,7 +4,7 @@ caller does, so the CLI and the standard commands share one path and gpucr's CRI
 containerd 2.x: CRI CheckpointContainer into ``DIR/checkpoint.tar`` (the container keeps running; restore it with a
 CRI CreateContainer from that archive). containerd 1.7 has no CRI checkpoint: the task API's Checkpoint with
 ``image_path=DIR/images`` (CRIU images, as ``ctr t checkpoint --image-path``; restore with ``runc restore`` or a
-task created from them). Afterwards the checkpoint must carry the front's marker (``gpucr-cuda.json``): a container
+task created from them); so does a container found outside CRI (``ctr run``, any ``--namespace``). Afterwards the checkpoint must carry the front's marker (``gpucr-cuda.json``): a container
 holding CUDA state whose checkpoint lacks it did not pass through the front, and the error says how to install it.
 """
 
@@ -21,6 +21,8 @@ from ..errors import GpucrError
 
 if TYPE_CHECKING:
     from ..ckpt.marker import CudaMarker
+    from ..policy.config import NodeConfig
+    from ._resolve import Resolved
 
 __all__ = ["run"]
 
@@ -61,25 +63,28 @@ def _marker_of(path: Path, archive: bool) -> CudaMarker | None:
         return marker.parse(data, f"{path}:checkpoint/{marker.MARKER}")
 
 
-def run(args: argparse.Namespace, container_id: str, pid: int) -> int:
-    """Checkpoint ``container_id`` through the runtime at ``args.address``; prints a summary; returns 0.
+def run(args: argparse.Namespace, cfg: NodeConfig, found: Resolved) -> int:
+    """Checkpoint the container ``found`` through the runtime at ``args.address``; prints a summary; returns 0.
+
+    DIR follows the rules of a gpucr checkpoint dir (:meth:`~nri_plugin.ckpt.layout.CheckpointDir.create_empty`:
+    inside ``checkpoint_root``, ours, not writable by others, 0700) and must be empty: the runtime writes it, so
+    there is no gpucr checkpoint in it for ``--force`` to replace.
 
     Raises:
-        GpucrError: the runtime refused, DIR exists, or a CUDA container's checkpoint lacks gpucr's marker.
+        GpucrError: the runtime refused, DIR is unusable, or a CUDA container's checkpoint lacks gpucr's marker.
     """
+    from ..ckpt.layout import CheckpointDir
     from ..host.proc import cuda_candidates, tree_pids
 
-    out = Path(args.to)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise GpucrError(f"{out} is not empty; give an empty or new directory (or --force)")
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(out, 0o700)
-    holds_cuda = bool(cuda_candidates(tree_pids(pid), args.libcuda or "libcuda.so.1"))
-    major, runtime = _runtime_major(args.address)
-    if major >= 2:
+    if args.force:
+        raise GpucrError("--force does not apply to --via-runtime (the runtime writes DIR): give an empty or new dir")
+    container_id, pid = found.id, found.pid
+    out = CheckpointDir.create_empty(Path(args.to), root=cfg.checkpoint_root)
+    holds_cuda = bool(cuda_candidates(tree_pids(pid), args.libcuda or cfg.libcuda or "libcuda.so.1"))
+    major, runtime = _runtime_major(args.address) if found.via_cri else (0, f"containerd ({found.namespace})")
+    if found.via_cri and major >= 2:
         from ..cri import CriClient
         target = out / "checkpoint.tar"
-        target.unlink(missing_ok=True)  # containerd opens it without truncation
         with CriClient(args.address) as c:
             c.checkpoint_container(container_id, str(target), timeout_s=3600)
         os.chmod(target, 0o600)
@@ -87,8 +92,8 @@ def run(args: argparse.Namespace, container_id: str, pid: int) -> int:
     else:
         from ..containerd import TaskClient
         target = out / "images"
-        target.mkdir(mode=0o700, exist_ok=True)
-        with TaskClient(args.address) as t:
+        target.mkdir(mode=0o700)
+        with TaskClient(args.address, found.namespace) as t:
             t.checkpoint(container_id, target, work_path=out / "work", exit=not args.leave_running,
                          file_locks=True)
         via, archive = "containerd task Checkpoint", False

@@ -1,40 +1,55 @@
 """``gpucr checkpoint`` and ``gpucr restore``: direct, GPU-safe checkpoint/restore of a process tree or container.
 
 ``gpucr checkpoint (--pid PID | CONTAINER [--via-runtime]) --to DIR [--leave-running] [--force] [--json]`` and
-``gpucr restore DIR [--gpu-map OLD=NEW,...] [--json]``. CONTAINER is resolved through containerd's CRI (``--address``)
-or, failing that, by finding the process whose cgroup path names it. The CUDA driver and NVML are found through
-``--libcuda``/``GPUCR_LIBCUDA`` and ``--libnvml``/``GPUCR_LIBNVML`` (the tests point both at the fake driver), CRIU
-through ``--criu``/``GPUCR_CRIU``. Long steps print a progress line on stderr; ``--json`` prints the summary
-(per-step timings, image size) as one JSON object on stdout.
+``gpucr restore DIR [--gpu-map OLD=NEW,...] [--json]``. CONTAINER is an exact id, a unique id prefix or a unique
+name that containerd knows (CRI, and its task API in ``--namespace``, default ``default``: :mod:`._resolve`); nothing
+else is ever taken for a container. The node config (``/etc/gpucr/config.toml``, or ``--config``/``GPUCR_CONFIG``;
+root-owned and not group/world-writable, because it names the libcuda loaded as root) gives ``checkpoint_root``,
+which every ``--to`` and restore ``DIR`` must lie in, the default ``lock_timeout_ms`` and ``libcuda``. The CUDA driver
+and NVML can also be named with ``--libcuda``/``GPUCR_LIBCUDA`` and ``--libnvml``/``GPUCR_LIBNVML`` (the tests point
+both at the fake driver), CRIU with ``--criu``/``GPUCR_CRIU``. Long steps print a progress line on stderr; ``--json``
+prints the summary (per-step timings, image size) as one JSON object on stdout; ``-v``/``-vv`` log on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GpucrError
 
-__all__ = ["AmbiguousContainerError", "register"]
+if TYPE_CHECKING:
+    from ..policy.config import NodeConfig
+
+__all__ = ["node_config", "register"]
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c = sub.add_parser("checkpoint", help="checkpoint a process tree or container, GPU state included")
     who = c.add_mutually_exclusive_group(required=True)
     who.add_argument("--pid", type=int, help="root pid of the process tree to checkpoint")
-    who.add_argument("container", nargs="?", help="container id (or unique prefix) to checkpoint")
-    c.add_argument("--to", required=True, type=Path, metavar="DIR", help="checkpoint directory (created 0700)")
+    who.add_argument("container", nargs="?",
+                     help="container id, unique id prefix (at least 4 characters) or unique name, as containerd knows it")
+    c.add_argument("--to", required=True, type=Path, metavar="DIR",
+                   help="checkpoint directory, inside the node's checkpoint_root (created 0700)")
     c.add_argument("--leave-running", action="store_true", help="keep the workload running after the dump")
-    c.add_argument("--force", action="store_true", help="overwrite a checkpoint already in DIR")
-    c.add_argument("--lock-timeout-ms", type=int, default=30_000, help="CUDA lock timeout (default: %(default)s)")
+    c.add_argument("--force", action="store_true", help="replace a gpucr checkpoint already in DIR (nothing else)")
+    c.add_argument("--lock-timeout-ms", type=int, default=None,
+                   help="CUDA lock timeout (default: lock_timeout_ms of the node config, 10000)")
+    c.add_argument("--namespace", default=None,
+                   help="resolve CONTAINER only through containerd's task API in this namespace (default: CRI, then "
+                        "the task API in namespace 'default')")
     c.add_argument("--via-runtime", action="store_true",
                    help="CONTAINER only: checkpoint through containerd (CRI CheckpointContainer on 2.x, the task API on "
-                        "1.7), where gpucr's CRIU front does the CUDA work, instead of driving CRIU directly")
+                        "1.7 or outside CRI), where gpucr's CRIU front does the CUDA work, instead of driving CRIU")
     _common(c)
     c.set_defaults(func=run_checkpoint)
 
@@ -52,13 +67,40 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     p.add_argument("--address", default=os.environ.get("GPUCR_CRI_ADDRESS", "/run/containerd/containerd.sock"),
-                   help="containerd CRI socket used to resolve CONTAINER (default: %(default)s)")
+                   help="containerd's socket (CRI and task API) used to resolve CONTAINER (default: %(default)s)")
     p.add_argument("--criu", default=os.environ.get("GPUCR_CRIU", "criu"), help="criu binary (default: %(default)s)")
-    p.add_argument("--libcuda", default=os.environ.get("GPUCR_LIBCUDA") or None, help="libcuda to use")
+    p.add_argument("--libcuda", default=os.environ.get("GPUCR_LIBCUDA") or None,
+                   help="libcuda to use (default: libcuda of the node config, else the system's libcuda.so.1)")
     p.add_argument("--libnvml", default=os.environ.get("GPUCR_LIBNVML") or None, help="NVML library to use")
-    p.add_argument("--root", type=Path, default=Path(os.environ["GPUCR_CHECKPOINT_ROOT"])
-                   if os.environ.get("GPUCR_CHECKPOINT_ROOT") else None,
-                   help="only allow checkpoint dirs under this root (the daemon's configured root)")
+    p.add_argument("--config", type=Path, default=Path(os.environ["GPUCR_CONFIG"])
+                   if os.environ.get("GPUCR_CONFIG") else None,
+                   help="node config (default: $GPUCR_CONFIG, else /etc/gpucr/config.toml; absent: the defaults)")
+
+
+def node_config(path: Path | None) -> NodeConfig:
+    """The node config the CLI obeys. The file (when there is one) must be owned by this user (root) and not
+    group/world-writable: it names the libcuda gpucr loads and the root its checkpoints are confined to.
+
+    Raises:
+        ConfigError: unreadable, untrusted, or a bad key or value (names the file and the fix).
+    """
+    from ..policy.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+
+    where = path or DEFAULT_CONFIG_PATH
+    try:
+        st = os.stat(where)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {where}: {exc.strerror}") from exc
+    if st is not None and (st.st_uid != os.geteuid() or st.st_mode & 0o022):
+        raise ConfigError(f"config file {where} is owned by uid {st.st_uid} with mode {st.st_mode & 0o7777:04o}: "
+                          f"it must be owned by uid {os.geteuid()} and not group/world-writable (it names the "
+                          f"libcuda gpucr loads); chown {os.geteuid()} {where} && chmod go-w {where}")
+    cfg = load_config(path)
+    log.debug("node config %s: checkpoint_root %s, lock_timeout_ms %d, libcuda %r", where if st else "(defaults)",
+              cfg.checkpoint_root, cfg.lock_timeout_ms, cfg.libcuda)
+    return cfg
 
 
 class _ProgressLine:
@@ -85,7 +127,7 @@ class _ProgressLine:
             self.dirty = False
 
 
-def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
+def _engine(args: argparse.Namespace, cfg: NodeConfig, progress: _ProgressLine) -> Any:
     from ..ckpt.criu import Criu
     from ..ckpt.cuda import Driver, Nvml
     from ..ckpt.cuda_steps import CudaSteps
@@ -93,48 +135,11 @@ def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
     from ..ckpt.layout import CheckpointStore
     from ..host.cgroup import freezer_at, freezer_of
 
-    store = CheckpointStore(args.root, verify_sha256=not getattr(args, "quick_verify", False))
-    cuda = CudaSteps(Driver(args.libcuda), freezer_of, nvml=Nvml(args.libnvml), progress=progress)
+    store = CheckpointStore(cfg.checkpoint_root, verify_sha256=not getattr(args, "quick_verify", False))
+    libcuda = args.libcuda or cfg.libcuda or None
+    cuda = CudaSteps(Driver(libcuda, call_timeout_s=cfg.driver_call_timeout_s), freezer_of, nvml=Nvml(args.libnvml),
+                     progress=progress)
     return Engine(cuda, Criu(args.criu), store, freezer_at=freezer_at)
-
-
-class AmbiguousContainerError(GpucrError):
-    """A container prefix names more than one container."""
-
-
-def resolve_container(ref: str, address: str) -> tuple[str, int]:
-    """(container id, host pid of its init) through CRI; else the first process whose cgroup path names the id
-    (:func:`nri_plugin.host.proc.names_container`: a whole component or a systemd scope id, never a substring)."""
-    from ..cri import CriClient, CriError
-
-    try:
-        with CriClient(address, timeout_s=10) as c:
-            ids = [ct.id for ct in c.list_containers() if ct.id.startswith(ref)]
-            if len(ids) > 1:
-                raise AmbiguousContainerError(f"container prefix {ref!r} is ambiguous: "
-                                              f"{', '.join(i[:13] for i in ids)}; give more of the id")
-            if ids:
-                _, info = c.container_status(ids[0], verbose=True)
-                pid = int((info.get("info") or info).get("pid") or 0)
-                if pid > 0:
-                    return ids[0], pid
-    except CriError:
-        pass  # no CRI there (or it failed): the /proc fallback below
-    from ..host.proc import HostError, names_container, parse_proc_cgroup
-
-    for name in sorted(os.listdir("/proc"), key=lambda n: int(n) if n.isdigit() else 0):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cgroup", encoding="utf-8", errors="surrogateescape") as f:
-                paths = set(parse_proc_cgroup(f.read()).values())
-        except (OSError, HostError):
-            continue
-        # a whole path component (cgroupfs) or the systemd scope's id equal to the full id: never a substring
-        if any(names_container(p, ref) for p in paths):
-            return ref, int(name)
-    raise GpucrError(f"container {ref!r} not found through CRI at {address} nor in any process's cgroup; "
-                     f"check the id (gpucr cri ps --address ...) and that it is running")
 
 
 def _print(summary: Any, as_json: bool) -> None:
@@ -147,35 +152,57 @@ def _print(summary: Any, as_json: bool) -> None:
           f"{d['gpu_bytes'] / (1 << 30):.2f} GiB GPU data, {d['image_bytes'] / (1 << 30):.2f} GiB images; {steps}")
 
 
+def _refuse_own_tree(pid: int) -> None:
+    """Never this system's init (a dump without --leave-running kills it) nor gpucr itself or one of its ancestors
+    (the shell or service running it): a --pid typo must not take the node down."""
+    from ..host.proc import parent_pid
+
+    ancestors, p = [], os.getpid()
+    while p > 1 and len(ancestors) < 256:
+        ancestors.append(p)
+        p = parent_pid(p)
+    if pid == 1 or pid in ancestors:
+        who = "this system's init" if pid == 1 else "gpucr itself or a process that started it"
+        raise GpucrError(f"pid {pid} is {who}: refusing to checkpoint it; give the pid of the workload's root process")
+
+
 def run_checkpoint(args: argparse.Namespace) -> int:
     from ..ckpt.engine import CheckpointRequest
 
+    cfg = node_config(args.config)
     container_id, pid, use_cgroup = "", args.pid, False
     criu_options: dict[str, Any] = {}
     extra: dict[str, Any] = {}
-    if args.via_runtime and not args.container:
+    if args.via_runtime and args.container is None:
         raise GpucrError("--via-runtime needs a CONTAINER (a --pid tree has no runtime to go through)")
-    if args.container:
+    if args.container is not None:
         from ..ckpt import container
+        from ._resolve import resolve_container
 
-        container_id, pid = resolve_container(args.container, args.address)
+        found = resolve_container(args.container, args.address, args.namespace)
+        container_id, pid = found.id, found.pid
         if args.via_runtime:
             from . import _via_runtime
-            return _via_runtime.run(args, container_id, pid)
+            return _via_runtime.run(args, cfg, found)
         use_cgroup = True
         # like runc: bind mounts (and cgroup binds) are external to CRIU, keyed by their mountpoint, and a pod's
         # shared pid namespace is external; what a restore needs is recorded in the metadata
         desc = container.describe(pid, container_id)
         criu_options.update(container.dump_options(desc))
         extra["container"] = desc
+    _refuse_own_tree(pid)
+    lock_timeout_ms = args.lock_timeout_ms if args.lock_timeout_ms is not None else cfg.lock_timeout_ms
+    log.info("checkpoint of pid %d%s to %s (lock timeout %d ms, leave-running %s)", pid,
+             f" (container {container_id})" if container_id else "", args.to, lock_timeout_ms, args.leave_running)
     progress = _ProgressLine()
     try:
-        summary = _engine(args, progress).checkpoint(CheckpointRequest(
+        summary = _engine(args, cfg, progress).checkpoint(CheckpointRequest(
             images_dir=args.to, pid=pid, leave_running=args.leave_running, force=args.force,
-            container_id=container_id, use_cgroup=use_cgroup, lock_timeout_ms=args.lock_timeout_ms,
+            container_id=container_id, use_cgroup=use_cgroup, lock_timeout_ms=lock_timeout_ms,
             criu_options=criu_options, extra_metadata=extra))
     finally:
         progress.done()
+    log.info("checkpoint of pid %d done: %s", pid, summary.timings_s)
     _print(summary, args.json)
     return 0
 
@@ -193,11 +220,14 @@ def parse_gpu_map(text: str) -> dict[str, str]:
 def run_restore(args: argparse.Namespace) -> int:
     from ..ckpt.engine import RestoreRequest
 
+    cfg = node_config(args.config)
     req = RestoreRequest(images_dir=args.dir, gpu_map=parse_gpu_map(args.gpu_map))
+    log.info("restore from %s", args.dir)
     progress = _ProgressLine()
     try:
-        summary = _engine(args, progress).restore(req)
+        summary = _engine(args, cfg, progress).restore(req)
     finally:
         progress.done()
+    log.info("restore from %s done: pid %d, %s", args.dir, summary.pid, summary.timings_s)
     _print(summary, args.json)
     return 0

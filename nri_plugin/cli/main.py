@@ -27,20 +27,43 @@ SUBCOMMANDS: list[str] = ["version", "cri", "plugin", "checkpoint"]
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpucr", description="GPU-safe checkpoint/restore for containerd.")
     ap.add_argument("--version", action="version", version=f"gpucr {__version__}")
-    ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: info, -vv: debug)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         mod = importlib.import_module(f".{name}", __package__)
         mod.register(sub)
+    for p in sub.choices.values():  # -v also after the subcommand (gpucr checkpoint -v ...)
+        p.add_argument("-v", "--verbose", dest="sub_verbose", action="count", default=0,
+                       help="more logging on stderr (-v: info, -vv: debug)")
     return ap
 
 
-def setup_logging(verbosity: int) -> None:
-    """stderr logging in a journald-friendly shape: no timestamps under systemd (journald adds them)."""
-    level = logging.WARNING - 10 * min(verbosity, 2) if verbosity else logging.INFO
-    under_journal = bool(os.environ.get("JOURNAL_STREAM"))
-    fmt = "%(name)s: %(levelname)s: %(message)s" if under_journal else "%(asctime)s %(name)s %(levelname)s %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+#: syslog priorities of the levels, as the ``<N>`` prefix journald reads from a service's stderr
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class OneLineFormatter(logging.Formatter):
+    """One line per record, tracebacks included (journald and log collectors split records at newlines); under
+    systemd (``JOURNAL_STREAM``) no timestamp and a ``<N>`` priority prefix instead, as journald expects."""
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__("%(name)s: %(levelname)s: %(message)s" if journal
+                         else "%(asctime)s %(name)s %(levelname)s %(message)s")
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record).replace("\n", " | ")
+        return f"<{_PRIORITY.get(record.levelno, 6)}>{text}" if self.journal else text
+
+
+def setup_logging(verbosity: int, default: int = logging.WARNING) -> None:
+    """stderr logging: ``default`` level (WARNING; a daemon subcommand may ask for INFO), -v INFO, -vv DEBUG."""
+    level = min(default, logging.WARNING - 10 * min(verbosity, 2))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter(bool(os.environ.get("JOURNAL_STREAM"))))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         ap.print_help()
         return 2
-    setup_logging(args.verbose)
+    setup_logging(args.verbose + getattr(args, "sub_verbose", 0), getattr(args, "log_level", logging.WARNING))
     try:
         return int(args.func(args) or 0)
     except GpucrError as exc:

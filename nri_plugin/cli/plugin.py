@@ -6,7 +6,8 @@ and env from a JSON ``--config``); by default ``--config`` is the node config (`
 Modes: external (dial ``--socket``, reconnect on loss) or pre-registered (containerd started us from its NRI plugin
 directory with the connection on fd ``$NRI_PLUGIN_SOCKET``; we exit when it closes). Name and index come from
 ``--name``/``--idx``, else ``NRI_PLUGIN_NAME``/``NRI_PLUGIN_IDX``, else the executable's ``NN-name``. containerd starts
-pre-registered plugins with stdio on /dev/null and no PATH: use ``--log-file`` and absolute paths there.
+pre-registered plugins with stdio on /dev/null and no PATH: use ``--log-file`` and absolute paths there
+(``install/plugin.sh install`` writes such a launcher, running this from a root-owned venv).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--logger", action="store_true", help="run the lifecycle logger plugin instead of gpucr's policy")
     p.add_argument("--log-file", type=Path, help="also log here (pre-registered plugins have no stderr)")
     p.add_argument("--events", action="store_true", help="list the events the plugin subscribes to, and exit")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, log_level=logging.INFO)  # a daemon: its lifecycle lines are wanted by default
 
 
 def _identity(args: argparse.Namespace) -> tuple[str, str]:

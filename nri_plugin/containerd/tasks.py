@@ -66,12 +66,19 @@ class TaskClient:
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             detail = exc.details() if hasattr(exc, "details") else str(exc)
-            raise TaskError(f"containerd task {method} for container {container_id} (namespace {self.namespace}) "
+            what = f" for container {container_id}" if container_id else ""
+            raise TaskError(f"containerd task {method}{what} (namespace {self.namespace}) "
                             f"failed on {self.address}: {code.name if code else 'UNKNOWN'}: {detail}", code) from exc
 
     def get(self, container_id: str) -> TaskInfo:
         r = self._call("Get", pb.GetRequest(container_id=container_id), container_id)
         return TaskInfo(container_id, int(r.process.pid), _STATUS.get(r.process.status, str(r.process.status)))
+
+    def list(self) -> list[TaskInfo]:
+        """Every task of this namespace (its init process: container id, pid, status). containerd fills a listed
+        task's ``id`` with the container id and leaves ``container_id`` empty (measured on 1.7.24 and 2.1.9)."""
+        r = self._call("List", pb.ListTasksRequest(), "")
+        return [TaskInfo(t.container_id or t.id, int(t.pid), _STATUS.get(t.status, str(t.status))) for t in r.tasks]
 
     def pause(self, container_id: str) -> None:
         self._call("Pause", pb.PauseTaskRequest(container_id=container_id), container_id)

@@ -102,7 +102,8 @@ class CriClient:
             code = exc.code() if hasattr(exc, "code") else None
             detail = exc.details() if hasattr(exc, "details") else str(exc)
             name = code.name if code is not None else "UNKNOWN"
-            raise CriError(f"CRI {method} {what} failed on {self.address}: {name}: {detail}", code) from exc
+            what = f" {what}" if what else ""
+            raise CriError(f"CRI {method}{what} failed on {self.address}: {name}: {detail}", code) from exc
 
     # -- runtime ------------------------------------------------------------------------------------------
     def version(self) -> pb.VersionResponse:

@@ -5,6 +5,10 @@ it decides whether gpucr manages the container; for a managed one it writes the 
 (merged with the user's), records the decision in the state dir for the CRIU front, and returns the spec adjustment:
 ``org.criu.config`` pointing at that file, plus the createRuntime/poststop OCI hooks that record the container's pid
 and cgroup and clean up after it. A bad ``gpucr.io/`` annotation fails the creation with a message naming it.
+
+The node config's paths are judged at Configure (:mod:`nri_plugin.policy.node_paths`): a missing or unsafe hook,
+state dir or CRIU config dir is reported once with its fix and left unused, so managed containers still start (the
+CRIU front finds them from ``/proc`` without the hook's pid and cgroup).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..policy import (
     render_config,
     write_record,
 )
+from ..policy.node_paths import NodePaths, check_node_paths
 from ..policy.records import RecordedGpus, RecordedPolicy, RecordError
 
 __all__ = ["CRIU_CONFIG_ANNOTATION", "PolicyPlugin", "container_view"]
@@ -57,6 +62,21 @@ class PolicyPlugin:
     def __init__(self, node: NodeConfig | None = None) -> None:
         self.node = node or NodeConfig()
         self.runtime = ""
+        self.paths: NodePaths | None = None
+
+    def check_paths(self) -> NodePaths:
+        """Judge the node config's paths (hook, state dir, CRIU config dirs...): a problem is logged once, when it
+        appears, with its fix, and what it concerns is left unused; a fixed one (e.g. the hook installed while the
+        plugin runs) is noticed at the next managed creation."""
+        old = self.paths.problems if self.paths else ()
+        self.paths = check_node_paths(self.node)
+        for p in self.paths.problems:
+            if p not in old:
+                log.error("%s", p)
+        for p in old:
+            if p not in self.paths.problems:
+                log.info("resolved: %s", p.split(";", 1)[0])
+        return self.paths
 
     async def configure(self, config: str, runtime_name: str, runtime_version: str) -> None:
         self.runtime = f"{runtime_name} {runtime_version}"
@@ -67,14 +87,18 @@ class PolicyPlugin:
                 self.node = NodeConfig.from_mapping(tomllib.loads(config), "NRI plugin config")
             except (tomllib.TOMLDecodeError, ConfigError) as exc:
                 raise ConfigError(f"invalid gpucr config passed by the runtime: {exc}") from exc
-        log.info("configured by %s: manage_gpu_containers=%s, annotation_errors=%s, state dir %s", self.runtime,
-                 self.node.manage_gpu_containers, self.node.annotation_errors, self.node.state_dir)
+        self.paths = None
+        paths = self.check_paths()
+        log.info("configured by %s: manage_gpu_containers=%s, annotation_errors=%s, state dir %s, OCI hooks %s",
+                 self.runtime, self.node.manage_gpu_containers, self.node.annotation_errors, self.node.state_dir,
+                 self.node.hook_path if paths.hooks else "none")
 
     async def synchronize(self, pods: list[pb.PodSandbox], containers: list[pb.Container]) -> None:
         """Forget records of containers that no longer exist (removed while gpucr was down)."""
         live = {c.id for c in containers}
         rec_dir = self.node.state_dir / "containers"
-        stale = [p for p in rec_dir.glob("*.json") if p.stem not in live] if rec_dir.is_dir() else []
+        usable = (self.paths or self.check_paths()).records and rec_dir.is_dir()
+        stale = [p for p in rec_dir.glob("*.json") if p.stem not in live] if usable else []
         for p in stale:
             self._forget(p.stem)
         log.info("synchronized: %d pods, %d containers, %d stale records removed", len(pods), len(containers),
@@ -88,32 +112,38 @@ class PolicyPlugin:
         if not decision.managed:
             log.debug("%s not managed: %s", view.describe(), decision.reason)
             return None
-        conf = self._write_criu_config(view, decision)
-        write_record(self.node.state_dir, ContainerRecord(
-            container_id=ctr.id, name=ctr.name, pod_id=pod.id, pod_name=pod.name, pod_namespace=pod.namespace,
-            managed=True, reason=decision.reason, criu_config=str(conf), runtime=self.runtime,
-            created_at=time.time(),
-            gpus=RecordedGpus(decision.gpu.visible, tuple(decision.gpu.devices), tuple(decision.gpu.cdi),
-                              tuple(decision.gpu.reasons)),
-            policy=RecordedPolicy(decision.policy.lock_timeout_ms or self.node.lock_timeout_ms,
-                                  tuple(decision.policy.gpu_map), dict(decision.policy.source))))
+        paths = self.check_paths()
+        conf = self._write_criu_config(view, decision, paths) if paths.criu_config else None
+        if paths.records:
+            write_record(self.node.state_dir, ContainerRecord(
+                container_id=ctr.id, name=ctr.name, pod_id=pod.id, pod_name=pod.name, pod_namespace=pod.namespace,
+                managed=True, reason=decision.reason, criu_config=str(conf or ""), runtime=self.runtime,
+                created_at=time.time(),
+                gpus=RecordedGpus(decision.gpu.visible, tuple(decision.gpu.devices), tuple(decision.gpu.cdi),
+                                  tuple(decision.gpu.reasons)),
+                policy=RecordedPolicy(decision.policy.lock_timeout_ms or self.node.lock_timeout_ms,
+                                      tuple(decision.policy.gpu_map), dict(decision.policy.source))))
         adj = Adjustment()
-        if CRIU_CONFIG_ANNOTATION in ctr.annotations:
-            adj.remove_annotation(CRIU_CONFIG_ANNOTATION)  # take over the user's entry; its content is merged
-        adj.add_annotation(CRIU_CONFIG_ANNOTATION, str(conf))
-        if self.node.hook_path:
+        if conf is not None:
+            if CRIU_CONFIG_ANNOTATION in ctr.annotations:
+                adj.remove_annotation(CRIU_CONFIG_ANNOTATION)  # take over the user's entry; its content is merged
+            adj.add_annotation(CRIU_CONFIG_ANNOTATION, str(conf))
+        if paths.hooks:
             for stage, kind in (("create-runtime", "create_runtime"), ("poststop", "poststop")):
                 adj.add_hook(kind, hook(self.node.hook_path, [self.node.hook_path, stage, "--state-dir",
                                                               str(self.node.state_dir)], timeout_s=10))
-        log.info("%s managed (%s): CRIU config %s", view.describe(), decision.reason, conf)
+        log.info("%s managed (%s): CRIU config %s, record %s, OCI hooks %s", view.describe(), decision.reason,
+                 conf or "none (criu_config_dir unusable)", "written" if paths.records else "none (state_dir unusable)",
+                 "added" if paths.hooks else "none")
         return adj
 
     async def remove_container(self, pod: pb.PodSandbox, ctr: pb.Container) -> None:
         self._forget(ctr.id)
 
     # -- helpers ------------------------------------------------------------------------------------------------
-    def _write_criu_config(self, view: ContainerView, decision: Decision) -> Path:
-        base_path = view.annotations.get(CRIU_CONFIG_ANNOTATION) or str(self.node.runc_criu_config)
+    def _write_criu_config(self, view: ContainerView, decision: Decision, paths: NodePaths) -> Path:
+        base_path = view.annotations.get(CRIU_CONFIG_ANNOTATION) or (
+            str(self.node.runc_criu_config) if paths.runc_criu_config else "")
         user: list[Any] = []
         try:
             user = parse_config(Path(base_path).read_text()) if base_path else []
@@ -131,7 +161,7 @@ class PolicyPlugin:
         # the container is restored (the path travels in the checkpoint's spec), possibly long after it stopped.
         # Containers with the same policy share one file, so the directory stays small.
         d = self.node.criu_config_dir
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)  # its parents checked by check_node_paths
         path = d / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.conf"
         if not path.exists():
             tmp = d / f".{path.name}.{os.getpid()}.tmp"

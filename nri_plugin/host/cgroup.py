@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -29,10 +28,11 @@ from .proc import HostError, cgroup_procs, parse_proc_cgroup
 
 __all__ = [
     "CgroupError", "CgroupMount", "Freezer", "FreezerState", "ProcessCgroups", "cgroup_mounts", "cgroups_of",
-    "freezer_at", "freezer_of", "resolve", "thawed",
+    "freezer_at", "freezer_of", "resolve",
 ]
 
 FREEZE_TIMEOUT_S = 10.0
+UNIFIED_MOUNTPOINT = Path("/sys/fs/cgroup")
 POLL_S = 0.002
 
 
@@ -232,14 +232,11 @@ class ProcessCgroups:
             return Freezer(self.unified, 2)
         raise CgroupError(f"pid {self.pid} has no reachable freezer (no v1 freezer mount, no cgroup2 mount)")
 
-    def freezers(self) -> list[Freezer]:
-        """Every freezer that can stop this pid (on a hybrid host: v1 and v2); a caller may have used either."""
-        out = []
-        if self.v1_freezer is not None:
-            out.append(Freezer(self.v1_freezer, 1))
-        if self.unified is not None:
-            out.append(Freezer(self.unified, 2))
-        return out
+
+
+def _unified_mode(mounts: Iterable[CgroupMount]) -> bool:
+    """cgroup2 mounted on /sys/fs/cgroup: a v2-only host for runc, whatever v1 hierarchies are mounted elsewhere."""
+    return any(m.version == 2 and m.mountpoint == UNIFIED_MOUNTPOINT for m in mounts)
 
 
 def _pick(mounts: Iterable[CgroupMount], version: int, path: str, controller: str | None) -> Path | None:
@@ -263,7 +260,7 @@ def cgroups_of(pid: int, *, proc: Path = Path("/proc")) -> ProcessCgroups:
     except (CgroupError, HostError) as exc:
         raise CgroupError(f"{what}: no such process (is pid {pid} running?)") from exc
     mounts = cgroup_mounts(_read(proc / "self/mountinfo", what))
-    v1 = _pick(mounts, 1, own["freezer"], "freezer") if "freezer" in own else None
+    v1 = _pick(mounts, 1, own["freezer"], "freezer") if "freezer" in own and not _unified_mode(mounts) else None
     v2 = _pick(mounts, 2, own[""], None) if "" in own else None
     return ProcessCgroups(pid, v1, v2)
 
@@ -278,42 +275,20 @@ def freezer_of(pid: int) -> Freezer | None:
     return None if f is None or f.is_root else f
 
 
-def freezer_at(path: str | Path, version: int) -> Freezer | None:
+def freezer_at(path: str | Path, version: int, *, mountinfo: str | None = None) -> Freezer | None:
     """The freezer of the cgroup directory ``path`` (v1 or v2), as a checkpoint recorded it; None when that
-    directory is gone, is a hierarchy's root (never freeze the whole host) or the version is unknown."""
-    f = Freezer(Path(path), version)
-    return f if version in (1, 2) and f.path.is_dir() and not f.is_root else None
-
-
-@contextmanager
-def thawed(freezers: Iterable[Freezer], timeout_s: float = FREEZE_TIMEOUT_S) -> Iterator[list[Freezer]]:
-    """Thaw every freezer a caller froze, and freeze exactly those again on exit (on errors too).
-
-    This is the step that lets CUDA be locked in a container that containerd paused: the lock needs running
-    processes, and the caller must find its cgroup frozen again afterwards. Yields the freezers that were thawed
-    (empty when nothing was frozen).
-
-    Raises:
-        CgroupError: a cgroup is frozen through an ancestor (thawing it cannot help: says which), or a thaw or the
-            re-freeze did not settle. Freezers thawed before a failure are frozen again before the error propagates.
-    """
-    done: list[Freezer] = []
-    try:
-        for f in freezers:
-            if not f.frozen():
-                continue
-            if f.parent_frozen() and not f.self_frozen():
-                raise CgroupError(f"{f.path} is frozen by an ancestor cgroup, not by itself: thaw the ancestor "
-                                  "(or resume the parent pod) before checkpointing")
-            f.thaw(timeout_s)
-            done.append(f)
-        yield list(done)
-    finally:
-        errors = []
-        for f in reversed(done):
-            try:
-                f.freeze(timeout_s)
-            except CgroupError as exc:
-                errors.append(str(exc))
-        if errors:
-            raise CgroupError("could not freeze again what a caller had frozen: " + "; ".join(errors))
+    directory is gone, is a hierarchy's root (never freeze the whole host), the version is unknown, or the path is
+    not a plain path inside a mounted hierarchy of that version (v1: one with the freezer controller) as this
+    process sees them (``mountinfo``: its text, for tests): a recorded path is data, not a place to write to."""
+    p = str(path)
+    if version not in (1, 2) or not p.startswith("/") or os.path.normpath(p) != p:
+        return None
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    inside = any(m.version == version and (version == 2 or "freezer" in m.controllers)
+                 and Path(p).is_relative_to(m.mountpoint) for m in cgroup_mounts(mountinfo))
+    f = Freezer(Path(p), version)
+    return f if inside and f.path.is_dir() and not f.path.is_symlink() and not f.is_root else None

@@ -40,15 +40,16 @@ class NodeConfig:
     unmanaged_cuda: str = "protect"
     #: per-container records for the CRIU front (created 0700)
     state_dir: Path = Path("/run/gpucr")
-    #: where gpucr writes per-container CRIU configuration files
-    criu_config_dir: Path = Path("/run/gpucr/criu")
+    #: where gpucr writes per-container CRIU configuration files; persistent, since restoring a checkpoint reads its
+    #: file again, possibly after a reboot
+    criu_config_dir: Path = Path("/var/lib/gpucr/criu")
     #: the CRIU configuration runc reads by default; merged into ours, never overridden
     runc_criu_config: Path = Path("/etc/criu/runc.conf")
-    #: checkpoints written by the daemon must stay under this root
+    #: `gpucr checkpoint --to` and `gpucr restore DIR` must lie under this root (symlinks resolved)
     checkpoint_root: Path = Path("/var/lib/gpucr/checkpoints")
     #: libcuda to use ("" = the system's libcuda.so.1)
     libcuda: str = ""
-    #: CUDA lock timeout passed to the driver
+    #: CUDA lock timeout passed to the driver (the front's and the CLI's default)
     lock_timeout_ms: int = 10_000
     #: gpucr's own watchdog on every driver call into a process
     driver_call_timeout_s: float = 120.0

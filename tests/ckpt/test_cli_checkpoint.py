@@ -8,16 +8,16 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import cgroups
 from tests.ckpt._workload import Workload
 from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib  # noqa: F401 (fixtures)
-from tests.testenv import wait_for
+from tests.testenv import node_config, wait_for
 
 pytestmark = pytest.mark.criu
 
@@ -35,8 +35,8 @@ def summary(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def criu_env(criu_binary: str) -> dict[str, str]:
-    return {"GPUCR_CRIU": criu_binary}
+def criu_env(criu_binary: str, tmp_path: Path) -> dict[str, str]:
+    return {"GPUCR_CRIU": criu_binary, **node_config(tmp_path)}
 
 
 def test_pid_multiprocess_multithreaded_without_cuda(criu_env: dict[str, str], workload: Workload,
@@ -81,47 +81,34 @@ def test_fake_cuda_tree_kill_and_restore(criu_env: dict[str, str], fake_cuda: Fa
 
 
 @pytest.fixture
-def freezer_cgroup() -> Iterator[Path]:
-    """A fresh v1 freezer cgroup (this machine has hybrid cgroups), removed afterwards."""
-    d = Path("/sys/fs/cgroup/freezer") / f"gpucr-cuda-test-{uuid.uuid4().hex[:8]}"
-    if not d.parent.is_dir():
-        pytest.fail("no v1 freezer hierarchy at /sys/fs/cgroup/freezer", pytrace=False)
-    d.mkdir()
-    try:
-        yield d
-    finally:
-        (d / "freezer.state").write_text("THAWED")
-        for pid in (d / "cgroup.procs").read_text().split():
-            try:
-                os.kill(int(pid), 9)
-            except ProcessLookupError:
-                pass
-        wait_for(lambda: not (d / "cgroup.procs").read_text().split(), what="test cgroup to empty")
-        d.rmdir()
+def freezer_cgroup() -> Iterator[cgroups.Freezer]:
+    """A fresh cgroup on the freezer hierarchy the product uses here (v1 on a hybrid host, else v2), removed
+    afterwards."""
+    with cgroups.fresh("cuda") as f:
+        yield f
 
 
 @pytest.mark.parametrize("leave_running", [True, False], ids=["leave-running", "kill"])
 def test_fake_cuda_in_a_cgroup_frozen_beforehand(criu_env: dict[str, str], fake_cuda: FakeCuda, tmp_path: Path,
-                                                 freezer_cgroup: Path, leave_running: bool) -> None:
+                                                 freezer_cgroup: cgroups.Freezer, leave_running: bool) -> None:
     """The GRIT case: a caller paused the workload. gpucr thaws for CUDA, re-freezes for CRIU, and leaves the cgroup
     FROZEN as it found it; the fake's state ends RUNNING after restore."""
     w = FakeWorkload(fake_cuda, tmp_path, nproc=2)
     try:
         for p in w.pids:
-            (freezer_cgroup / "cgroup.procs").write_text(str(p))
+            (freezer_cgroup.path / "cgroup.procs").write_text(str(p))
         w.advancing()
-        (freezer_cgroup / "freezer.state").write_text("FROZEN")
-        wait_for(lambda: (freezer_cgroup / "freezer.state").read_text().strip() == "FROZEN", what="freeze")
+        freezer_cgroup.freeze()
         ck = tmp_path / "ck"
         args = ["checkpoint", "--pid", str(w.root), "--to", str(ck), "--json"]
         s = summary(gpucr(*args, *(["--leave-running"] if leave_running else []), env=criu_env))
         assert s["frozen_before"] is True and len(s["cuda_processes"]) == 2
-        assert (freezer_cgroup / "freezer.state").read_text().strip() == "FROZEN"
+        assert cgroups.state(freezer_cgroup) == "FROZEN"
         at_dump = w.counters()
         if leave_running:
             assert all(fake_cuda.state(p) == "RUNNING" for p in w.pids)
             assert w.counters() == at_dump  # still frozen: nothing moves
-            (freezer_cgroup / "freezer.state").write_text("THAWED")
+            freezer_cgroup.thaw()
             w.advancing()
             w.kill()
         w.proc.wait(10)  # our child: reap it so its pid is free for the restore
@@ -133,9 +120,9 @@ def test_fake_cuda_in_a_cgroup_frozen_beforehand(criu_env: dict[str, str], fake_
             # restored into the cgroup the caller still keeps paused: gpucr thawed it for CRIU and CUDA, then put it
             # back to FROZEN; the tree comes back paused, as it was checkpointed
             assert r["timings_s"].get("refreeze") is not None
-            assert (freezer_cgroup / "freezer.state").read_text().strip() == "FROZEN"
-            assert sorted(map(int, (freezer_cgroup / "cgroup.procs").read_text().split())) == sorted(w.pids)
-            (freezer_cgroup / "freezer.state").write_text("THAWED")
+            assert cgroups.state(freezer_cgroup) == "FROZEN"
+            assert freezer_cgroup.pids() == sorted(w.pids)
+            freezer_cgroup.thaw()
         w.advancing()
     finally:
         w.kill()
@@ -165,8 +152,10 @@ def test_bad_input(criu_env: dict[str, str], workload: Workload, tmp_path: Path)
               check=False)
     assert r.returncode == 1 and "already holds a checkpoint: choose another dir, or pass --force" in r.stderr
     gpucr("checkpoint", "--pid", str(workload.root), "--to", str(ck), "--leave-running", "--force", env=criu_env)
-    r = gpucr("checkpoint", "--pid", str(workload.root), "--to", str(tmp_path / "out"), "--root",
-              str(tmp_path / "root"), env=criu_env, check=False)
+    root = tmp_path / "root"
+    root.mkdir()
+    r = gpucr("checkpoint", "--pid", str(workload.root), "--to", str(tmp_path / "out"), check=False,
+              env={**criu_env, **node_config(root)})
     assert r.returncode == 1 and "outside the configured checkpoint root" in r.stderr
     workload.advancing()
     # a truncated image is caught from the metadata before CRIU runs
@@ -180,3 +169,113 @@ def test_bad_input(criu_env: dict[str, str], workload: Workload, tmp_path: Path)
     assert not (ck / "images" / "restore.log").exists()
     r = gpucr("restore", "--gpu-map", "nonsense", str(ck), env=criu_env, check=False)
     assert r.returncode == 1 and "bad --gpu-map entry 'nonsense'" in r.stderr
+
+
+def one_error_line(r: subprocess.CompletedProcess[str], command: str = "checkpoint") -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, (r.returncode, r.stderr)
+    assert lines[0].startswith(f"gpucr {command}: error: ") and "Traceback" not in r.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """tmpfs mounts of a given size (mode 0700) under tmp_path, unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        d = tmp_path / f"small-{size}"
+        d.mkdir(mode=0o700)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(d)], check=True)
+        mounted.append(d)
+        return d
+
+    try:
+        yield mount
+    finally:
+        for d in mounted:
+            subprocess.run(["umount", str(d)], check=False)
+
+
+def test_not_enough_disk_space_is_refused_before_criu(criu_env: dict[str, str], fake_cuda: FakeCuda,
+                                                      tmp_path: Path, small_fs: Callable[[str], Path]) -> None:
+    """1 MiB cannot take the tree's memory: refused before anything is created or locked. 200 MiB takes the
+    memory but not the 1 GiB of GPU data: refused after CUDA found it, rolled back, CRIU never ran. Both times the
+    workload keeps running, unlocked."""
+    w = FakeWorkload(fake_cuda, tmp_path, nproc=1)
+    try:
+        tiny = small_fs("1M")
+        r = gpucr("checkpoint", "--pid", str(w.root), "--to", str(tiny), env=criu_env, check=False)
+        line = one_error_line(r)
+        assert f"not enough disk space in {tiny} for the checkpoint of pid {w.root}" in line, line
+        assert "free" in line and "host memory + margin" in line
+        assert list(tiny.iterdir()) == []
+        assert fake_cuda.state(w.root) == "RUNNING"
+        w.advancing()
+        mid = small_fs("200M")
+        r = gpucr("checkpoint", "--pid", str(w.root), "--to", str(mid), env=criu_env, check=False)
+        assert r.returncode == 1
+        assert f"not enough disk space in {mid / 'images'}" in r.stderr and "1.00 GiB GPU data" in r.stderr
+        assert "rolled back: 1 CUDA process(es) restored and unlocked" in r.stderr
+        assert list((mid / "images").iterdir()) == []  # CRIU never ran
+        assert fake_cuda.state(w.root) == "RUNNING"
+        w.advancing()
+    finally:
+        w.kill()
+
+
+def test_force_on_a_non_checkpoint_dir_with_a_link_out(criu_env: dict[str, str], workload: Workload,
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "outside"
+    out.mkdir(mode=0o755)
+    os.chmod(out, 0o755)
+    (out / "keep.txt").write_text("precious\n")
+    os.chmod(out / "keep.txt", 0o644)
+    before = {str(p): (os.lstat(p).st_mode, os.lstat(p).st_uid, p.read_bytes() if p.is_file() else b"")
+              for p in [out, *out.rglob("*")]}
+    d = tmp_path / "ck"
+    d.mkdir(mode=0o755)
+    (d / "link").symlink_to(out)
+    (d / "file").symlink_to(out / "keep.txt")
+    r = gpucr("checkpoint", "--pid", str(workload.root), "--to", str(d), "--force", env=criu_env, check=False)
+    assert "is not empty and holds no gpucr checkpoint" in one_error_line(r)
+    after = {str(p): (os.lstat(p).st_mode, os.lstat(p).st_uid, p.read_bytes() if p.is_file() else b"")
+             for p in [out, *out.rglob("*")]}
+    assert after == before and sorted(x.name for x in d.iterdir()) == ["file", "link"]
+    assert os.lstat(d).st_mode & 0o777 == 0o755
+    workload.advancing()
+
+
+def test_restore_dir_must_be_ours_and_private(criu_env: dict[str, str], workload: Workload, tmp_path: Path) -> None:
+    ck = tmp_path / "ck"
+    gpucr("checkpoint", "--pid", str(workload.root), "--to", str(ck), env={**criu_env,
+                                                                         "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1"})
+    workload.wait_gone()
+    os.chown(ck, 65534, 65534)
+    r = gpucr("restore", str(ck), env=criu_env, check=False)
+    assert f"checkpoint dir {ck} is owned by uid 65534" in one_error_line(r, "restore")
+    os.chown(ck, 0, 0)
+    os.chmod(ck, 0o777)
+    r = gpucr("restore", str(ck), env=criu_env, check=False)
+    assert f"checkpoint dir {ck} is group- or world-writable (mode 0777)" in one_error_line(r, "restore")
+    assert not (ck / "images" / "restore.log").exists()  # CRIU never ran
+    os.chmod(ck, 0o700)
+    assert summary(gpucr("restore", str(ck), "--json", env=criu_env))["pid"] == workload.root
+    workload.advancing()
+
+
+def test_libcuda_from_the_node_config(criu_env: dict[str, str], fake_cuda: FakeCuda, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPUCR_LIBCUDA: the config's libcuda is the driver gpucr loads (the fake: it finds the CUDA process)."""
+    w = FakeWorkload(fake_cuda, tmp_path, nproc=1)
+    try:
+        monkeypatch.delenv("GPUCR_LIBCUDA")
+        env = {**criu_env, **node_config(tmp_path, libcuda=str(fake_cuda.lib), lock_timeout_ms=2500)}
+        r = gpucr("checkpoint", "-v", "--pid", str(w.root), "--to", str(tmp_path / "ck"), "--leave-running", "--json",
+                  env=env)
+        assert [p["pid"] for p in summary(r)["cuda_processes"]] == [w.root]
+        assert "lock timeout 2500 ms" in r.stderr
+        assert fake_cuda.state(w.root) == "RUNNING"
+        w.advancing()
+    finally:
+        w.kill()

@@ -4,16 +4,19 @@ counter keeps going (leave-running), and a container paused by containerd before
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.testenv import Containerd, wait_for
+from tests import cgroups
+from tests.testenv import Containerd, node_config, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,17 +38,17 @@ def test_checkpoint_container_leave_running(containerd: Containerd, criu_binary:
     data = tmp_path / "data"
     data.mkdir()
     log = data / "counter.log"
-    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1"}
+    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1", **node_config(tmp_path)}
     with containerd.pod() as (c, pod_id, cfg):
         cid = containerd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER],
                                        mounts=[(str(data), "/data", False)])
         wait_for(lambda: log.exists() and last(log) >= 3, what="counter to start")
         _, info = c.container_status(cid, verbose=True)
         pid = int(info["info"]["pid"])
-        freezer = Path(f"/sys/fs/cgroup/freezer{[x for x in Path(f'/proc/{pid}/cgroup').read_text().splitlines() if ':freezer:' in x][0].split(':', 2)[2]}")
+        freezer = cgroups.of_pid(pid)
         if paused:
             containerd.ctr("t", "pause", cid, namespace="k8s.io")
-            wait_for(lambda: (freezer / "freezer.state").read_text().strip() == "FROZEN", what="pause")
+            wait_for(lambda: cgroups.state(freezer) == "FROZEN", what="pause")
         ck = tmp_path / "ck"
         r = gpucr("checkpoint", cid[:12], "--to", str(ck), "--leave-running", "--json", "--address",
                   containerd.address, env=env)
@@ -58,7 +61,7 @@ def test_checkpoint_container_leave_running(containerd: Containerd, criu_binary:
         assert any(p.name.startswith("core-") for p in (ck / "images").iterdir())
         if paused:
             # left exactly as containerd paused it
-            assert (freezer / "freezer.state").read_text().strip() == "FROZEN"
+            assert cgroups.state(freezer) == "FROZEN"
             n = last(log)
             time.sleep(0.6)
             assert last(log) == n
@@ -76,7 +79,7 @@ def test_checkpoint_and_restore_container_counter_continues(containerd: Containe
     data = tmp_path / "data"
     data.mkdir()
     log = data / "counter.log"
-    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1"}
+    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1", **node_config(tmp_path)}
     with containerd.pod() as (c, pod_id, cfg):
         cid = containerd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER],
                                        mounts=[(str(data), "/data", False)])
@@ -90,9 +93,79 @@ def test_checkpoint_and_restore_container_counter_continues(containerd: Containe
         r = gpucr("restore", str(ck), "--json", env=env)
         assert r.returncode == 0, r.stderr
         restored = json.loads(r.stdout.strip().splitlines()[-1])["pid"]
-        wait_for(lambda: last(log) >= at_dump + 3, what="restored counter to continue")
-        values = [int(x) for x in log.read_text().split()]
-        assert values == list(range(1, len(values) + 1)), values  # continues from the dumped value, no restart
-        # it is back in the pod's pid namespace and on the container's root filesystem
-        assert os.stat(f"/proc/{restored}/ns/pid").st_ino != os.stat("/proc/self/ns/pid").st_ino
-        assert Path(f"/proc/{restored}/root/bin/busybox").exists() or Path(f"/proc/{restored}/root/bin/sh").exists()
+        try:
+            wait_for(lambda: last(log) >= at_dump + 3, what="restored counter to continue")
+            values = [int(x) for x in log.read_text().split()]
+            assert values == list(range(1, len(values) + 1)), values  # continues from the dumped value, no restart
+            # it is back in the pod's pid namespace and on the container's root filesystem
+            assert os.stat(f"/proc/{restored}/ns/pid").st_ino != os.stat("/proc/self/ns/pid").st_ino
+            assert Path(f"/proc/{restored}/root/bin/busybox").exists() or Path(f"/proc/{restored}/root/bin/sh").exists()
+        finally:
+            from nri_plugin.host.proc import kill_tree
+            kill_tree(restored)
+
+
+def test_restore_checks_what_gpucr_json_asks_for(containerd: Containerd, criu_binary: str, tmp_path: Path) -> None:
+    """A container sharing its pod's pid namespace (CRI pid=POD): the checkpoint records the namespace and the pod
+    sandbox; a restore refuses a gpucr.json edited to join another container's namespace or to mount a host dir as
+    the root, and ignores a freezer that is not the container's; the untouched record restores (counter goes on)."""
+    from nri_plugin.cri import container_config, pod_config
+    from nri_plugin.cri._pb import api_pb2 as pb
+
+    data = tmp_path / "data"
+    data.mkdir()
+    log = data / "counter.log"
+    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1", **node_config(tmp_path)}
+    cfg = pod_config(f"p-{uuid.uuid4().hex[:8]}", cgroup_parent=containerd.cgroup_parent)
+    cfg.linux.security_context.namespace_options.pid = pb.POD
+    restored: list[int] = []
+    with containerd.cri() as c:
+        pod_id = c.run_pod_sandbox(cfg)
+        try:
+            cc = container_config("counter", containerd.image, command=["/bin/sh", "-c", COUNTER],
+                                  mounts=[(str(data), "/data", False)])
+            cc.linux.security_context.namespace_options.pid = pb.POD
+            cid = c.create_container(pod_id, cc, cfg)
+            other = containerd.run_container(c, pod_id, cfg, "other", ["sleep", "300"])
+            c.start_container(cid)
+            wait_for(lambda: log.exists() and last(log) >= 3, what="counter to start")
+            ck = tmp_path / "ck"
+            r = gpucr("checkpoint", cid, "--to", str(ck), "--json", "--address", containerd.address, env=env)
+            assert r.returncode == 0, r.stderr
+            at_dump = last(log)
+            meta_file = ck / "gpucr.json"
+            good = meta_file.read_text()
+            meta = json.loads(good)
+            desc = meta["container"]
+            assert desc["ext_pid_ns"] and desc["pod_sandbox"] == pod_id, desc
+
+            def restore_with(change: dict[str, object]) -> subprocess.CompletedProcess[str]:
+                meta_file.write_text(json.dumps({**meta, **change}))
+                return gpucr("restore", str(ck), env=env)
+
+            r = restore_with({"container": {**desc, "pod_sandbox": other}})
+            assert r.returncode == 1 and f"not of its pod sandbox {other}: refusing to join it" in r.stderr, r.stderr
+            r = restore_with({"container": {**desc, "rootfs_overlay": "lowerdir=/etc,upperdir=/tmp/u,workdir=/tmp/w"}})
+            assert r.returncode == 1 and "root overlay layer '/etc' is not a containerd overlayfs snapshot" in r.stderr
+            assert not (ck / "images" / "restore.log").exists()  # refused before CRIU
+            # a freezer that is not the container's cgroup is ignored, not thawed or frozen
+            meta_file.write_text(json.dumps({**meta, "freezer": {"path": "/sys/fs/cgroup/freezer", "version": 1}}))
+            r = gpucr("restore", str(ck), "--json", env=env)
+            assert r.returncode == 0, r.stderr
+            restored.append(json.loads(r.stdout.strip().splitlines()[-1])["pid"])
+            wait_for(lambda: last(log) >= at_dump + 3, what="restored counter to continue")
+            values = [int(x) for x in log.read_text().split()]
+            assert values == list(range(1, len(values) + 1)), values
+        finally:
+            from nri_plugin.host.proc import kill_tree
+            for pid in restored:
+                kill_tree(pid)
+            for ct in c.list_containers(pod_id):
+                with contextlib.suppress(Exception):
+                    c.stop_container(ct.id, 0)
+                with contextlib.suppress(Exception):
+                    c.remove_container(ct.id)
+            with contextlib.suppress(Exception):
+                c.stop_pod_sandbox(pod_id)
+            with contextlib.suppress(Exception):
+                c.remove_pod_sandbox(pod_id)

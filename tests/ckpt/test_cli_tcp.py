@@ -17,13 +17,14 @@ import pytest
 
 from nri_plugin.ckpt.criu import Criu
 from tests.ckpt._tcp import TcpServer, criu_dumps_tcp, kernel_version
+from tests.testenv import node_config
 
 pytestmark = pytest.mark.criu
 
 
-def gpucr(*args: str, criu: str) -> dict[str, Any]:
+def gpucr(*args: str, criu: str, config: dict[str, str]) -> dict[str, Any]:
     r = subprocess.run([str(Path(sys.executable).parent / "gpucr"), *args, "--json"], capture_output=True, text=True,
-                       env={**os.environ, "GPUCR_CRIU": criu, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1"},
+                       env={**os.environ, "GPUCR_CRIU": criu, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1", **config},
                        timeout=120)
     assert r.returncode == 0, f"gpucr {' '.join(args)} failed ({r.returncode}):\n{r.stderr}"
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
@@ -46,9 +47,9 @@ def test_established_connection_answers_after_restore(criu_binary: str, server: 
     try:
         assert conn.ask("before") == f"1 {server.pid} before"
         ck = tmp_path / "ck"
-        gpucr("checkpoint", "--pid", str(server.pid), "--to", str(ck), criu=criu_binary)
+        gpucr("checkpoint", "--pid", str(server.pid), "--to", str(ck), criu=criu_binary, config=node_config(tmp_path))
         server.wait_gone()
-        assert gpucr("restore", str(ck), criu=criu_binary)["pid"] == server.pid
+        assert gpucr("restore", str(ck), criu=criu_binary, config=node_config(tmp_path))["pid"] == server.pid
         # the same connection, kept open by the test across the checkpoint: the restored server answers on it, and
         # its count goes on from its dumped memory
         assert conn.ask("after") == f"2 {server.pid} after"

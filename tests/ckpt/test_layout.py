@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from nri_plugin import __version__
-from nri_plugin.ckpt.layout import (
-    FORMAT_VERSION, CheckpointDir, GpuProcess, LayoutError, Metadata, check_disk_space, check_host_memory,
-    mode_of,
-)
+from nri_plugin.ckpt.layout import FORMAT_VERSION, CheckpointDir, GpuProcess, LayoutError, Metadata, check_disk_space
+
+
+def mode_of(path: Path) -> int:
+    return os.lstat(path).st_mode & 0o7777
 
 
 def _fake_dump(cp: CheckpointDir, size: int = 100_000) -> None:
@@ -25,9 +26,9 @@ def _fake_dump(cp: CheckpointDir, size: int = 100_000) -> None:
 
 
 def _meta() -> Metadata:
-    return Metadata(root_pid=42, container_id="c1", spec_digest="sha256:" + "0" * 64, driver_version="580.159.04",
+    return Metadata(root_pid=42, container_id="c1", driver_version="580.159.04",
                     processes=[GpuProcess(42, ["GPU-1"], ["NVIDIA H200"], 1 << 30)],
-                    network={"interfaces": []}, criu={"tcp_established": True}, timings={"dump_s": 1.5},
+                    timings={"dump_s": 1.5},
                     extra={"future_key": {"x": 1}})
 
 
@@ -57,17 +58,19 @@ def test_finalize_and_open_round_trip(tmp_path: Path) -> None:
     cp2, loaded = CheckpointDir.open(cp.path)
     assert loaded.processes == meta.processes and loaded.manifest == meta.manifest
     assert (loaded.container_id, loaded.root_pid, loaded.driver_version) == ("c1", 42, "580.159.04")
-    assert loaded.extra == {"future_key": {"x": 1}} and loaded.network == {"interfaces": []}
+    assert loaded.extra == {"future_key": {"x": 1}}
 
 
 def test_refuses_existing_checkpoint_unless_force(tmp_path: Path) -> None:
     cp = CheckpointDir.create(tmp_path / "ckpt")
     _fake_dump(cp)
-    with pytest.raises(LayoutError, match="already holds a checkpoint: .*--force"):
+    with pytest.raises(LayoutError, match="holds CRIU images but no valid gpucr.json"):
         CheckpointDir.create(cp.path)
+    with pytest.raises(LayoutError, match="--force replaces only a complete gpucr checkpoint"):
+        CheckpointDir.create(cp.path, force=True)  # an unfinished checkpoint is not gpucr's to replace
     cp.finalize(_meta())
     (cp.path / "notes.txt").write_text("user's file")
-    with pytest.raises(LayoutError, match="already holds a checkpoint"):
+    with pytest.raises(LayoutError, match="already holds a checkpoint: .*--force"):
         CheckpointDir.create(cp.path)
     again = CheckpointDir.create(cp.path, force=True)
     assert not again.metadata_file.exists() and list(again.images_dir.iterdir()) == []
@@ -78,11 +81,106 @@ def test_refuses_non_empty_non_checkpoint(tmp_path: Path) -> None:
     d = tmp_path / "d"
     d.mkdir()
     (d / "x").write_text("x")
-    with pytest.raises(LayoutError, match="not empty and holds no checkpoint"):
-        CheckpointDir.create(d)
+    for force in (False, True):
+        with pytest.raises(LayoutError, match="not empty and holds no gpucr checkpoint"):
+            CheckpointDir.create(d, force=force)
     (tmp_path / "f").write_text("")
     with pytest.raises(LayoutError, match="not a directory"):
         CheckpointDir.create(tmp_path / "f")
+
+
+def _outside(tmp_path: Path) -> tuple[Path, dict[str, tuple[int, bytes]]]:
+    """A dir outside any checkpoint, world-readable, with a file: what must never change."""
+    out = tmp_path / "outside"
+    out.mkdir(mode=0o755)
+    os.chmod(out, 0o755)
+    (out / "keep.txt").write_text("precious\n")
+    os.chmod(out / "keep.txt", 0o644)
+    return out, _snapshot(out)
+
+
+def _snapshot(d: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p): (os.lstat(p).st_mode, p.read_bytes() if p.is_file() else b"") for p in [d, *d.rglob("*")]}
+
+
+def test_force_never_follows_symlinks(tmp_path: Path) -> None:
+    out, before = _outside(tmp_path)
+    # a non-checkpoint dir holding a link to outside: refused, with or without --force
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    (d / "link").symlink_to(out)
+    with pytest.raises(LayoutError, match="not empty and holds no gpucr checkpoint"):
+        CheckpointDir.create(d, force=True)
+    # a real checkpoint with links planted in it (a dir link as images/, a file link beside): replaced, the links
+    # removed themselves, their targets untouched
+    cp = CheckpointDir.create(tmp_path / "ck")
+    _fake_dump(cp)
+    cp.finalize(_meta())
+    (cp.images_dir / "link").symlink_to(out)
+    (cp.images_dir / "file-link").symlink_to(out / "keep.txt")
+    CheckpointDir.create(cp.path, force=True)
+    assert list(cp.images_dir.iterdir()) == []
+    cp2 = CheckpointDir.create(tmp_path / "ck2")
+    _fake_dump(cp2)
+    cp2.finalize(_meta())
+    import shutil
+    shutil.rmtree(cp2.images_dir)
+    cp2.images_dir.symlink_to(out)
+    CheckpointDir.create(cp2.path, force=True)
+    assert cp2.images_dir.is_dir() and not cp2.images_dir.is_symlink()
+    # finalize refuses a linked dir instead of chmodding through it
+    cp3 = CheckpointDir.create(tmp_path / "ck3")
+    _fake_dump(cp3)
+    (cp3.images_dir / "sub").symlink_to(out)
+    with pytest.raises(LayoutError, match="is a symlink"):
+        cp3.finalize(_meta())
+    # the checkpoint dir itself may not be a link
+    (tmp_path / "dirlink").symlink_to(out)
+    with pytest.raises(LayoutError, match="is a symlink"):
+        CheckpointDir.create(tmp_path / "dirlink", force=True)
+    assert _snapshot(out) == before
+
+
+def test_owner_and_mode_of_dirs(tmp_path: Path) -> None:
+    nobody = 65534
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    os.chown(other, nobody, nobody)
+    with pytest.raises(LayoutError, match=rf"checkpoint dir {other} is owned by uid {nobody}.*chown"):
+        CheckpointDir.create(other)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    os.chmod(wide, 0o777)
+    with pytest.raises(LayoutError, match=r"group- or world-writable \(mode 0777\).*chmod go-w"):
+        CheckpointDir.create(wide)
+    with pytest.raises(LayoutError, match="world-writable"):
+        CheckpointDir.create_empty(wide)
+    assert mode_of(wide) == 0o777 and list(wide.iterdir()) == []  # refused: nothing touched
+    # restore: the dir, images/ and gpucr.json must be ours and not writable by others
+    cp = CheckpointDir.create(tmp_path / "ck")
+    _fake_dump(cp)
+    cp.finalize(_meta())
+    for p in (cp.path, cp.images_dir, cp.metadata_file):
+        os.chown(p, nobody, nobody)
+        with pytest.raises(LayoutError, match=f"{p} is owned by uid {nobody}"):
+            CheckpointDir.open(cp.path)
+        os.chown(p, 0, 0)
+        os.chmod(p, 0o777 if p.is_dir() else 0o666)
+        with pytest.raises(LayoutError, match=f"{p} is group- or world-writable"):
+            CheckpointDir.open(cp.path)
+        os.chmod(p, 0o700 if p.is_dir() else 0o600)
+    CheckpointDir.open(cp.path)
+
+
+def test_created_parents_are_private(tmp_path: Path) -> None:
+    os.umask(0o022)
+    CheckpointDir.create(tmp_path / "a/b/c")
+    assert [mode_of(tmp_path / p) for p in ("a", "a/b", "a/b/c", "a/b/c/images")] == [0o700] * 4
+    assert CheckpointDir.create_empty(tmp_path / "e/f") == tmp_path / "e/f"
+    assert mode_of(tmp_path / "e") == mode_of(tmp_path / "e/f") == 0o700
+    (tmp_path / "e/f/x").write_text("")
+    with pytest.raises(LayoutError, match="not an empty directory"):
+        CheckpointDir.create_empty(tmp_path / "e/f")
 
 
 def test_root_confinement(tmp_path: Path) -> None:
@@ -91,13 +189,16 @@ def test_root_confinement(tmp_path: Path) -> None:
     CheckpointDir.create(root / "ok", root=root)
     with pytest.raises(LayoutError, match="outside the configured checkpoint root"):
         CheckpointDir.create(tmp_path / "elsewhere", root=root)
-    with pytest.raises(LayoutError, match="outside the configured checkpoint root"):
+    with pytest.raises(LayoutError, match="contains '..'"):
         CheckpointDir.create(root / ".." / "escape", root=root)
+    with pytest.raises(LayoutError, match="contains '..'"):
+        CheckpointDir.create(root / "ok" / ".." / "ok2", root=root)
     with pytest.raises(LayoutError, match="root itself"):
         CheckpointDir.create(root, root=root)
     (root / "link").symlink_to(tmp_path)
     with pytest.raises(LayoutError, match="really"):
         CheckpointDir.create(root / "link" / "x", root=root)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "escape").exists()
     outside = CheckpointDir.create(tmp_path / "out")
     _fake_dump(outside)
     outside.finalize(_meta())
@@ -160,22 +261,9 @@ def test_bad_metadata(done: CheckpointDir, mutate, match: str) -> None:  # type:
         CheckpointDir.open(done.path)
 
 
-def test_parse_meminfo_and_memory_check(tmp_path: Path) -> None:
-    text = "MemTotal:       16000000 kB\nMemFree:  100 kB\nMemAvailable:    8000000 kB\nHugePages_Total:       0\n"
-    f = tmp_path / "meminfo"
-    f.write_text(text)
-    check_host_memory(1 << 30, meminfo=f)
-    with pytest.raises(LayoutError, match=r"not enough host memory for the GPU data of pid 7: need 32.00 GiB, "
-                                          r"MemAvailable is 7.63 GiB; free 24.37 GiB"):
-        check_host_memory(32 << 30, what="the GPU data of pid 7", meminfo=f)
-    f.write_text("MemTotal: 1 kB\n")
-    with pytest.raises(LayoutError, match="no MemAvailable"):
-        check_host_memory(1, meminfo=f)
-
-
 def test_disk_space(tmp_path: Path) -> None:
     check_disk_space(tmp_path, 1)
-    with pytest.raises(LayoutError, match="not enough disk space at .* need 1048576.00 GiB"):
+    with pytest.raises(LayoutError, match=r"not enough disk space in .* for the checkpoint images: need 1048576.00 GiB \(1125899906842624 bytes\), .* free"):
         check_disk_space(tmp_path, 1 << 50)
 
 

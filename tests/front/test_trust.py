@@ -52,8 +52,9 @@ def swrk_version(criu: Path, env: dict[str, str]) -> tuple[int, rpc_pb2.criu_res
 
 
 def test_the_rigs_own_layout_is_trusted(front_route: FrontRoute) -> None:
-    """The checkout (root-owned, 0755) and the route dir pass; otherwise every other front test would fail."""
-    assert trust.code_problem(str(front_route.criu), str(REPO / "nri_plugin")) is None
+    """The route's code copy and its dir pass; otherwise every other front test would fail. (Not the checkout: a clone
+    under a world-writable /tmp is rightly refused, and the front only ever runs from an installed copy.)"""
+    assert trust.code_problem(str(front_route.criu), str(front_route.root / "lib/nri_plugin")) is None
     assert trust.path_problem(str(front_route.conf), "the configuration file") is None
 
 
@@ -165,3 +166,23 @@ def test_tmp_is_not_a_place_for_code(tmp_path: Path) -> None:
     problem = trust.path_problem(str(f), "the CRIU front's code")
     assert problem and "/tmp is group- or world-writable (mode 1777)" in problem
 
+
+
+def test_place_problem_is_the_same_rule_from_the_deepest_existing_dir(root_dir: Path) -> None:
+    """install/code.sh asks this of --dir/--prefix/--path before creating them: the front's rule, on what exists."""
+    assert trust.place_problem(str(root_dir / "not/yet/made")) is None
+    sticky = root_dir / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    assert trust.place_problem(str(sticky / "a/b")) == (f"{sticky} is group- or world-writable (mode 1777); fix: "
+                                                        f"chmod go-w {sticky}")
+    link = root_dir / "link"
+    link.symlink_to(sticky)  # judged through the link too
+    assert trust.place_problem(str(link / "a")) == (f"{link} is group- or world-writable (mode 1777); fix: "
+                                                    f"chmod go-w {link}")
+    r = subprocess.run(["python3", "-S", "-E", str(REPO / "nri_plugin/front/trust.py"), str(sticky / "a")],
+                       capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (1, f"{trust.place_problem(str(sticky))}\n")
+    r = subprocess.run(["python3", "-S", "-E", str(REPO / "nri_plugin/front/trust.py"), str(root_dir / "a")],
+                       capture_output=True, text=True)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")

@@ -6,15 +6,16 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nri_plugin.host.cgroup import (
-    CgroupError, CgroupMount, Freezer, FreezerState, cgroup_mounts, cgroups_of, resolve,
+    CgroupError, CgroupMount, Freezer, FreezerState, cgroup_mounts, cgroups_of, freezer_at, resolve,
 )
+from nri_plugin.host.proc import runc_cgroup, unified_host
+from tests import cgroups
 from tests.ckpt._workload import rmdir_cgroup
 from tests.testenv import wait_for
 
@@ -67,6 +68,27 @@ def test_resolve(root: str, path: str, want: str | None) -> None:
 # --- real cgroups -------------------------------------------------------------------------------------------------
 
 
+# a hybrid kernel seen from a mount namespace with cgroup2 on /sys/fs/cgroup (the rig's v2 leg) while CRIU's restore
+# has its v1 cgroup yard mounted: /proc/PID/cgroup still lists v1 lines, but runc there is cgroup v2 only
+V2_VIEW_WITH_YARD = V2_ONLY + "90 25 0:34 / /tmp/.criu.cgyard.ab12/freezer rw - cgroup none rw,freezer\n"
+HYBRID_PROC_CGROUP = "6:freezer:/\n1:cpu,cpuacct:/\n0::/gpucr-test-2.1.9/c1\n"
+
+
+@pytest.mark.parametrize(("mountinfo", "want_path", "want_v1"), [
+    (HYBRID_MOUNTINFO, "/", Path("/sys/fs/cgroup/freezer")),
+    (V2_VIEW_WITH_YARD, "/gpucr-test-2.1.9/c1", None),
+], ids=["hybrid", "v2-view-of-hybrid-kernel"])
+def test_runc_cgroup_follows_runcs_view(tmp_path: Path, mountinfo: str, want_path: str, want_v1: Path | None) -> None:
+    assert runc_cgroup(HYBRID_PROC_CGROUP, unified=unified_host(mountinfo)) == want_path
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7/cgroup").write_text(HYBRID_PROC_CGROUP)
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self/mountinfo").write_text(mountinfo)
+    pc = cgroups_of(7, proc=tmp_path)
+    assert pc.v1_freezer == want_v1
+    assert pc.freezer.version == (1 if want_v1 else 2)
+
+
 def _hierarchies() -> dict[int, Path]:
     """v1 freezer and the cgroup2 mount of this host (either may be missing on other hosts)."""
     out: dict[int, Path] = {}
@@ -87,7 +109,7 @@ def cgroup(request: pytest.FixtureRequest) -> Iterator[tuple[Freezer, Path]]:
     if os.geteuid() != 0:
         pytest.fail("cgroup tests need root", pytrace=False)
     version: int = request.param
-    top = _hierarchies()[version] / f"gpucr-test-criu-{uuid.uuid4().hex[:8]}"
+    top = _hierarchies()[version] / cgroups.unique_name("criu")
     top.mkdir()
     (top / "sub").mkdir()
     try:
@@ -120,7 +142,6 @@ def test_freeze_thaw_and_pids(cgroup: tuple[Freezer, Path]) -> None:
         assert Freezer(top / "sub", f.version).pids() == [b.pid]
         pc = cgroups_of(a.pid)
         assert (pc.v1_freezer if f.version == 1 else pc.unified) == top
-        assert any(x == f for x in pc.freezers())
 
         assert f.state() == FreezerState.THAWED and not f.frozen() and not f.self_frozen()
         f.freeze()
@@ -182,31 +203,26 @@ def test_missing_pid_and_cgroup() -> None:
         Freezer(Path("/sys/fs/cgroup/gpucr-no-such-cgroup"), 1).state()
 
 
-@pytest.mark.criu
-def test_thawed_restores_caller_state(cgroup: tuple[Freezer, Path]) -> None:
-    from nri_plugin.host.cgroup import thawed
+FREEZER_MOUNTINFO = ("30 25 0:26 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer\n"
+             "31 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+             "32 25 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
 
-    f, top = cgroup
-    a = _sleeper(top / "sub")
-    sub = Freezer(top / "sub", f.version)
-    try:
-        with thawed([f]) as done:  # nothing frozen: nothing to do
-            assert done == []
-        assert f.state() == FreezerState.THAWED
-        f.freeze()
-        with thawed([f, sub]) as done:
-            assert done == [f] and f.state() == FreezerState.THAWED
-        assert f.state() == FreezerState.FROZEN
-        with pytest.raises(RuntimeError, match="cuda lock failed"):
-            with thawed([f]):
-                assert f.state() == FreezerState.THAWED
-                raise RuntimeError("cuda lock failed")
-        assert f.state() == FreezerState.FROZEN  # the caller's state is back even on errors
-        wait_for(lambda: sub.state() == FreezerState.FROZEN, what="child frozen through the parent")
-        with pytest.raises(CgroupError, match="frozen by an ancestor cgroup"):
-            with thawed([sub]):
-                pass
-        f.thaw()
-    finally:
-        a.kill()
-        a.wait()
+
+@pytest.mark.parametrize("path, version", [
+    ("/etc", 1), ("/sys/fs/cgroup/freezer/../../../etc", 1), ("/sys/fs/cgroup/memory/x", 1),
+    ("/sys/fs/cgroup/unified/x", 1), ("/sys/fs/cgroup/freezer/x", 2), ("/sys/fs/cgroup/freezer", 1),
+    ("sys/fs/cgroup/freezer/x", 1), ("/sys/fs/cgroup/freezer/x", 3),
+])
+def test_recorded_freezer_must_be_a_plain_path_in_a_hierarchy(path: str, version: int) -> None:
+    assert freezer_at(path, version, mountinfo=FREEZER_MOUNTINFO) is None
+
+
+def test_recorded_freezer_inside_a_hierarchy_is_taken(tmp_path: Path) -> None:
+    (tmp_path / "pod" / "ctr").mkdir(parents=True)
+    for d in (tmp_path / "pod", tmp_path / "pod" / "ctr"):
+        (d / "freezer.state").write_text("THAWED\n")
+    mountinfo = f"30 25 0:26 / {tmp_path} rw - cgroup cgroup rw,freezer\n"
+    assert freezer_at(tmp_path / "pod" / "ctr", 1, mountinfo=mountinfo) == Freezer(tmp_path / "pod" / "ctr", 1)
+    assert freezer_at(tmp_path, 1, mountinfo=mountinfo) is None  # the hierarchy's root: never the whole host
+    (tmp_path / "pod" / "link").symlink_to(tmp_path / "pod" / "ctr")
+    assert freezer_at(tmp_path / "pod" / "link", 1, mountinfo=mountinfo) is None
