@@ -10,7 +10,7 @@ Targets, each fed the same share of ``--count`` inputs:
 * ``nri``: what the stub does with a request frame: gpucr's ttrpc :class:`~nri_plugin.ttrpc.Server` (over an in-memory
   stream) decodes the ttrpc ``Request``, dispatches to the :class:`~nri_plugin.nri.Stub`'s handler, which decodes the
   NRI request and runs gpucr's real :class:`~nri_plugin.handlers.nri_policy.PolicyPlugin` on it (its state and CRIU
-  config dirs in a private tmpfs dir; the node config is put back after every input). Exactly one well-formed
+  config dirs in a root-only dir under /run; the node config is put back after every input). Exactly one well-formed
   ``Response`` must come back; a handler error must be a :class:`~nri_plugin.errors.GpucrError` (the stub turns
   anything else into UNKNOWN and logs a traceback, which is caught here as a crash).
 * ``front``: the CRIU front's wire codec (``front/_wire.py``, ``front/messages.py``) as the relay uses it:
@@ -566,8 +566,8 @@ def main() -> int:
     if bad := [t for t in targets if t not in TARGETS]:
         ap.error(f"unknown target(s) {bad}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-    work = tempfile.mkdtemp(prefix="gpucr-fuzz-", dir=shm)
+    # a root-only place, so the policy's node-path checks let it write records and CRIU configs (not /tmp, /dev/shm)
+    work = tempfile.mkdtemp(prefix="gpucr-fuzz-", dir="/run" if os.geteuid() == 0 else None)
     per = args.count // len(targets)
     tasks: Any = mp.Queue()
     results: Any = mp.Queue()
