@@ -26,7 +26,8 @@ def one_error(r: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.mark.parametrize("case", ["foreign-launcher", "foreign-venv", "venv-in-checkout", "bad-index",
                                   "writable-dir"])
-def test_refusals_touch_nothing(tmp_path: Path, case: str) -> None:
+def test_refusals_touch_nothing(root_dir: Path, case: str) -> None:
+    tmp_path = root_dir  # root's alone: under a world-writable /tmp every case would be refused for that first
     plugins, venv = tmp_path / "plugins", tmp_path / "venv"
     plugins.mkdir()
     args = ["--nri-plugin-dir", str(plugins), "--venv", str(venv), "--log-file", str(tmp_path / "log/p.log")]

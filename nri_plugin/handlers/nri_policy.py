@@ -175,7 +175,7 @@ class PolicyPlugin:
             if view.annotations.get(CRIU_CONFIG_ANNOTATION):
                 log.warning("%s: its %s file %s does not exist; using gpucr's options only", view.describe(),
                             CRIU_CONFIG_ANNOTATION, base_path)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path (bench/fuzz.py found it)
             log.warning("%s: cannot read CRIU config %s (%s); using gpucr's options only", view.describe(),
                         base_path, exc)
         merged = merge_config(user, decision.criu_options)
