@@ -17,6 +17,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..ckpt import marker
 from ..ckpt.restore_source import (
     RestoreSourceError, acquire_lock, open_source, release_lock, stage, unstage,
 )
@@ -59,6 +60,16 @@ def load_ticket(state_dir: Path, container_id: str) -> Ticket | None:
         return None
     except (OSError, ValueError, TypeError) as exc:
         raise RestoreSourceError(f"gpucr's restore ticket {p} is unreadable ({exc})") from exc
+
+
+def _stage_gpu_map(images: Path, mk: marker.CudaMarker, gpu_map: tuple[tuple[str, str], ...]) -> None:
+    """The plan's GPU map also in the staged copy of the CUDA marker (a new file: the staged one may be a hard link
+    into the checkpoint): the front falls back to it when the restored tree's cgroup does not name the new container
+    (measured with runc 1.1 on a cgroup-v2-only host: CRIU recreates the checkpointed container's cgroup path)."""
+    path = images / marker.MARKER
+    path.unlink(missing_ok=True)
+    marker.write(str(images), marker.CudaMarker(mk.container_id, mk.managed, mk.pid, mk.processes, mk.gpus,
+                                                mk.driver_version, [list(p) for p in gpu_map]))
 
 
 def _node_gpus() -> tuple[dict[str, str], str]:
@@ -106,6 +117,8 @@ def prepare(view: ContainerView, decision: Decision, node: NodeConfig) -> Restor
         raise RestoreSourceError(f"{what}: {exc}") from exc
     try:
         images, work = stage(src, root, view.id)
+        if plan.gpu_map and mk is not None:
+            _stage_gpu_map(images, mk, plan.gpu_map)
         t = Ticket(view.id, name, str(src.path), src.kind, str(images), str(work), str(lock))
         p = ticket_path(state, view.id)
         p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

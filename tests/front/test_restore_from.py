@@ -187,8 +187,8 @@ def test_restore_into_new_pod(ctrd: Containerd, plugin: Any, front_route: FrontR
             assert st.state == 1, st  # CONTAINER_RUNNING
             pid = int(info["info"]["pid"])
             assert pid != checkpoint["pid"] and fake.state(pid) == "RUNNING"
-            assert fake.gpu(pid) == (GPU1 if visible else GPU0)
             log = front_route.log_since(mark)
+            assert fake.gpu(pid) == (GPU1 if visible else GPU0), log[-3000:]
             assert "RESTORE success=True" in log and f"restored and unlocked 1 CUDA process(es) [{pid}]" in log, log
             plog = node["log"].read_text()
             assert f"will be restored from checkpoint 'ck1'" in plog
