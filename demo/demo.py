@@ -5,7 +5,10 @@ A private containerd (2.1.9 by default; GPUCR_DEMO_CONTAINERD=1.7 for 1.7.24) ru
 the NRI plugin (``gpucr plugin``: the checkpoint policy) and the CRIU front (the ``criu`` runc runs). A CRI pod that
 opts in with ``gpucr.io/checkpoint: enabled`` runs a counter; it is checkpointed while running with a standard command
 (``ctr c checkpoint --task``), killed, and brought back with ``ctr c restore``: the counter continues from its
-checkpointed value. With an NVIDIA GPU present (and torch in this Python) the pod trains a model on the GPU instead
+checkpointed value. Then the restore the kubelet cannot do: the pod, checkpointed through CRI (``gpucr checkpoint
+--via-runtime``: CheckpointContainer on 2.x, the task API on 1.7) into the node's checkpoint root, is restored into a
+NEW pod whose container names it with ``gpucr.io/restore-from`` (counter pod; docs/design.md). With an NVIDIA GPU
+present (and torch in this Python) the pod trains a model on the GPU instead
 (demo/gpu_pod.py): training continues after the restore and its GPU data is bit-identical (GPUCR_DEMO_CPU=1 forces
 the counter). Each step prints what gpucr did (from the plugin's and the front's logs and its state records).
 Everything is cleaned up at the end (containerd stopped, nothing left running or mounted); the last line is JSON.
@@ -26,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from nri_plugin.cri import CriClient, container_config, pod_config  # noqa: E402
+from nri_plugin.cri._pb import api_pb2 as cri_pb  # noqa: E402
 from nri_plugin.cri.client import state_name  # noqa: E402
 from nri_plugin.errors import GpucrError  # noqa: E402
 from nri_plugin.policy import load_record  # noqa: E402
@@ -82,13 +86,52 @@ def wait(pred, what: str, timeout: float = 20.0):  # type: ignore[no-untyped-def
     return v
 
 
+def new_pod_restore(cri: CriClient, info: dict[str, str], work: Path, data: Path, at_ckpt: tuple[int, int],
+                    plog: Log, flog: Log) -> dict[str, object]:
+    """Restore checkpoint counter-1 into a NEW pod through gpucr.io/restore-from, its volume at another host path;
+    the container is then stopped and removed like any other."""
+    data2 = work / "data-new-pod"
+    shutil.copytree(data, data2)
+    n0 = len(counter(data2 / "counter.log"))
+    pcfg = pod_config("gpucr-demo-new", namespace="default", cgroup_parent=info["cgroup_parent"],
+                      log_directory=str(work / "logs2"))
+    pod_id = cri.run_pod_sandbox(pcfg)
+    try:
+        cfg = container_config("counter", info["busybox_image"], command=["/bin/sh", "-c", "exit 3"],
+                               mounts=[(str(data2), "/data", False)],
+                               annotations={"gpucr.io/restore-from": "counter-1"})
+        cfg.linux.security_context.namespace_options.pid = cri_pb.CONTAINER
+        say(f"a NEW pod ({pod_id[:12]}), its container annotated gpucr.io/restore-from: counter-1 and its /data "
+            f"volume at another host path ({data2})")
+        cid = cri.create_container(pod_id, cfg, pcfg)
+        gpucr_said("\n".join(ln.split(" INFO ", 1)[-1] for ln in plog.new().splitlines() if "restored from" in ln))
+        cri.start_container(cid)
+        after = wait(lambda: counter(data2 / "counter.log")[n0:][:3] if
+                     len(counter(data2 / "counter.log")) >= n0 + 3 else None, "the counter in the new pod")
+        gpucr_said(flog.new() or "(no front log lines)", "  gpucr criu front")
+        state = state_name(cri.container_status(cid)[0].state)
+        continued = at_ckpt[0] <= after[0] <= at_ckpt[1] + 2
+        say(f"restored into the new pod: CRI says {state}; the counter continues {after[0]}, {after[1]}, {after[2]} "
+            f"({'from its checkpointed value' if continued else 'NOT from the checkpoint'})")
+        cri.stop_container(cid, 0)
+        cri.remove_container(cid)
+        say("the restored container stopped and removed through CRI like any other")
+        return {"pod_id": pod_id, "container_id": cid, "state": state, "counter_at_checkpoint": at_ckpt,
+                "counter_after_restore": after, "continued": continued}
+    finally:
+        cri.stop_pod_sandbox(pod_id)
+        cri.remove_pod_sandbox(pod_id)
+
+
 def main() -> int:
     version = os.environ.get("GPUCR_DEMO_CONTAINERD", "2.1.9")
     # root's alone: the CRIU front refuses a route or configuration under a directory others can write (/var/tmp)
     work = Path(tempfile.mkdtemp(prefix="gpucr-demo-", dir=TEST_ROOT))
     os.chmod(work, 0o700)
     route = work / "front"
-    env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route / "path")}
+    # the runtime binary is gpucr's runc wrapper (as install/front.sh install makes it): it restores gpucr.io/restore-from
+    env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route / "path"),
+           "GPUCR_RUNC_DIR": str(route / "bin")}
     run(["bash", str(REPO / "install/front.sh"), "route", "--dir", str(route), "--real-criu",
          str(TEST_ROOT / "bin/criu"), "--log-dir", str(work / "log")], env={**env, "GPUCR_FRONT_PYTHON": sys.executable})
     gpu = gpu_pod.has_gpu() and not os.environ.get("GPUCR_DEMO_CPU")
@@ -115,8 +158,10 @@ def main() -> int:
         hook = work / "gpucr-hook"
         run(["bash", str(REPO / "install/hook.sh"), "install", "--path", str(hook), "--prefix", str(work / "lib")])
         conf = node_conf
+        ckpts = work / "checkpoints"
+        ckpts.mkdir(mode=0o700)
         conf.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\n'
-                        f'hook_path = "{hook}"\n')
+                        f'hook_path = "{hook}"\ncheckpoint_root = "{ckpts}"\n')
         plog = Log(work / "plugin.log")
         plugin_proc = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "plugin", "--socket",
                                         info["nri_socket"], "--config", str(conf), "--log-file", str(plog.path)],
@@ -144,6 +189,7 @@ def main() -> int:
             else:
                 cfg = container_config("counter", info["busybox_image"], command=["/bin/sh", "-c", COUNTER],
                                        mounts=[(str(data), "/data", False)])
+                cfg.linux.security_context.namespace_options.pid = cri_pb.CONTAINER  # kubelet default
             cid = cri.create_container(pod_id, cfg, pcfg)
             cri.start_container(cid)
             print(f"container id: {cid}", flush=True)
@@ -166,6 +212,19 @@ def main() -> int:
             say(f"checkpoint done in {time.monotonic() - t0:.2f} s, {'training step' if gpu else 'counter'} was at "
                 f"{at_ckpt}; the container keeps running ({state_name(cri.container_status(cid)[0].state)})")
             gpucr_said(flog.new() or "(no front log lines)", "  gpucr criu front")
+
+            # -- a second checkpoint, through CRI, into the node's checkpoint root -------------------------------
+            if not gpu:
+                say(f"checkpointing it again through the runtime's API: gpucr checkpoint {cid[:12]} --via-runtime "
+                    f"--to {ckpts / 'counter-1'}")
+                lo2 = counter(data / "counter.log")[-1]
+                run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", cid, "--via-runtime",
+                     "--leave-running", "--to", str(ckpts / "counter-1"), "--address", info["address"],
+                     "--config", str(conf)],
+                    cwd=REPO, env=ctr_env)
+                at_ckpt2 = (lo2, counter(data / "counter.log")[-1])  # it ran on meanwhile (leave-running)
+                say(f"checkpoint counter-1 sealed (gpucr.json with a manifest); the counter was at {at_ckpt2[0]}.."
+                    f"{at_ckpt2[1]} while it was taken")
 
             # -- kill it ---------------------------------------------------------------------------------------
             cri.stop_container(cid, 0)
@@ -209,6 +268,9 @@ def main() -> int:
             cri.remove_container(cid)
             cri.stop_pod_sandbox(pod_id)
             cri.remove_pod_sandbox(pod_id)
+            if not gpu:
+                result["new_pod"] = new_pod_restore(cri, info, work, data, at_ckpt2, plog, flog)
+                result["continued"] = bool(result["continued"]) and result["new_pod"]["continued"]
     except GpucrError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         if os.environ.get("GPUCR_DEMO_KEEP"):

@@ -7,7 +7,9 @@
 # a custom runc) or, with none, the runc found at install, recorded as an absolute path. DIR/path/criu is the front,
 # a link to PREFIX/hooks/criu_front.py in a root-owned copy of gpucr's code (never the checkout), and
 # DIR/path/front.conf tells it where the real criu is. Only that handler (a Kubernetes RuntimeClass) is affected;
-# the daemon and other runtimes keep the real criu; uninstall puts the config back byte for byte.
+# the daemon and other runtimes keep the real criu; uninstall puts the config back byte for byte. The wrapper also
+# turns the `create` of a container gpucr's plugin ticketed for gpucr.io/restore-from into `runc restore`
+# (docs/design.md).
 #
 # Usage:
 #   install/front.sh install --config FILE [--runtime NAME] [--dir DIR] [--prefix PREFIX] [route options]
@@ -121,6 +123,28 @@ make_route() {
 # next in the runtime chain: $target
 PATH=$DIR/path:\${PATH:-/usr/sbin:/usr/bin:/sbin:/bin}
 export PATH
+# gpucr.io/restore-from (docs/design.md): a create whose bundle names it becomes a runc restore of the checkpoint
+# gpucr's plugin checked (nri_plugin/handlers/runc_restore.py); the start that follows finds it running and is done
+cmd= prev= root=/run/runc bundle=. id=
+for a in "\$@"; do
+    if [ -z "\$cmd" ]; then
+        case "\$prev" in
+            --root) root=\$a ;;
+            --log|--log-format|--criu|--rootless) ;;
+            *) case "\$a" in --root=*) root=\${a#--root=} ;; -*) ;; *) cmd=\$a ;; esac ;;
+        esac
+    else
+        case "\$prev" in --bundle|-b) bundle=\$a ;; esac
+        case "\$a" in --bundle=*) bundle=\${a#--bundle=} ;; esac
+    fi
+    prev=\$a id=\$a
+done
+case "\$cmd" in
+    create) if grep -qsF '"gpucr.io/restore-from"' "\$bundle/config.json"; then
+                exec $PYTHON -S -E $PREFIX/hooks/runc_restore.py --criu $DIR/path/criu -- $target "\$@"
+            fi ;;
+    start) if [ -e "\$root/\$id/gpucr-restored" ]; then rm -f "\$root/\$id/gpucr-restored"; exit 0; fi ;;
+esac
 exec $target "\$@"
 SH
     say "route ready in $DIR: runtime binary $DIR/bin/runc -> $target, front $DIR/path/criu ($PREFIX) -> real criu $REAL_CRIU"

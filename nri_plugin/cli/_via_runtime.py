@@ -63,6 +63,25 @@ def _marker_of(path: Path, archive: bool) -> CudaMarker | None:
         return marker.parse(data, f"{path}:checkpoint/{marker.MARKER}")
 
 
+def _seal(out: Path, address: str, container_id: str, pid: int, via: str, runtime: str,
+          marker: CudaMarker | None) -> None:
+    """Make ``out`` a gpucr checkpoint: ``gpucr.json`` with a manifest of every file (so a restore through
+    ``gpucr.io/restore-from`` can refuse a truncated or changed one) and the container's volumes (container path ->
+    host path, so that restore can check the new container mounts each of them)."""
+    from ..ckpt.layout import CheckpointDir, Metadata
+    from ..cri import CriClient, CriError
+    mounts: dict[str, str] = {}
+    try:
+        with CriClient(address, timeout_s=10) as c:
+            status, _ = c.container_status(container_id)
+            mounts = {m.container_path: m.host_path for m in status.mounts}
+    except CriError:
+        pass  # not a CRI container: no volumes recorded
+    CheckpointDir(out).finalize(Metadata(
+        root_pid=pid, container_id=container_id, driver_version=(marker.driver_version or None) if marker else None,
+        extra={"kind": "runtime", "via": via, "runtime": runtime, "mounts": mounts}))
+
+
 def run(args: argparse.Namespace, cfg: NodeConfig, found: Resolved) -> int:
     """Checkpoint the container ``found`` through the runtime at ``args.address``; prints a summary; returns 0.
 
@@ -102,6 +121,7 @@ def run(args: argparse.Namespace, cfg: NodeConfig, found: Resolved) -> int:
         raise GpucrError(f"container {container_id} (pid {pid}) holds CUDA state but its checkpoint {target} has no "
                          f"gpucr marker: {runtime}'s runc did not run gpucr's CRIU front; install it for this "
                          f"runtime (install/front.sh install --config <containerd config>) and restart containerd")
+    _seal(out, args.address, container_id, pid, via, runtime, marker)
     summary = {"action": "checkpoint", "container_id": container_id, "pid": pid, "via": via, "runtime": runtime,
                "path": str(target), "cuda_processes": marker.processes if marker else [],
                "gpus": marker.gpus if marker else {}}

@@ -63,15 +63,15 @@ def decode(data: bytes) -> list[Field]:
     """Split ``data`` into fields in wire order.
 
     Raises:
-        WireError: truncated input, a field number of 0, or a wire type this format does not allow here.
+        WireError: truncated input, a field number outside 1..2^29-1, or a wire type this format does not allow here.
     """
     fields: list[Field] = []
     pos = 0
     while pos < len(data):
         key, pos = _varint(data, pos)
         number, wt = key >> 3, key & 7
-        if number == 0:
-            raise WireError(f"field number 0 at byte {pos}")
+        if not 0 < number <= _MAX_FIELD:  # protobuf's range: field_bytes could not encode it back
+            raise WireError(f"field number {number} out of range 1-{_MAX_FIELD} at byte {pos}")
         value: int | bytes
         if wt == VARINT:
             value, pos = _varint(data, pos)

@@ -126,11 +126,14 @@ def decode_request(data: bytes) -> Request:
     t = _int(fields, _REQ_TYPE)
     if t is None:
         raise MessageError(f"request from the runtime has no type field ({len(data)} bytes): not a criu_req")
-    opts_f = _first(fields, _REQ_OPTS, LEN)
     req = Request(data, t)
-    if opts_f is None:
+    # protobuf merges repeated occurrences of a message field: every one must decode (rewrite_request rewrites
+    # them all), and their fields together, last one winning, are the options (bench/fuzz.py found the case)
+    opts_all = [f for f in fields if f.number == _REQ_OPTS and f.wire_type == LEN]
+    if not opts_all:
         return req
-    opts = _decode(opts_f.value, "criu_opts in the request from the runtime")  # type: ignore[arg-type]
+    opts = [o for f in opts_all
+            for o in _decode(f.value, "criu_opts in the request from the runtime")]  # type: ignore[arg-type]
     req.has_opts = True
     req.pid = _int(opts, _OPT_PID)
     req.leave_running = bool(_int(opts, _OPT_LEAVE_RUNNING))

@@ -7,6 +7,7 @@ when the node says so). Pure: strings in, a frozen :class:`ContainerPolicy` out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from ..errors import GpucrError
 __all__ = ["PREFIX", "ANNOTATIONS", "AnnotationError", "ContainerPolicy", "parse_annotations"]
 
 PREFIX = "gpucr.io/"
+_NAME_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
 class AnnotationError(GpucrError):
@@ -67,6 +69,16 @@ def _gpu_map(v: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _checkpoint_name(v: str) -> str:
+    """A checkpoint under the node's checkpoint root, named relative to it: no absolute path, no ``..`` or hidden
+    component (the plugin resolves it again and refuses symlinks that leave the root: ckpt/restore_source.py)."""
+    parts = v.split("/")
+    if not v or len(v) > 255 or any(not _NAME_PART.fullmatch(p) for p in parts):
+        raise ValueError("the name of a checkpoint under the node's checkpoint_root: path components of letters, "
+                         "digits, '.', '_' and '-', none empty or starting with '.' (no '..', no absolute path)")
+    return v
+
+
 #: annotation (without prefix) -> (ContainerPolicy field, parser); the parser's ValueError text is "accepted values"
 ANNOTATIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "checkpoint": ("checkpoint", _enabled),
@@ -77,6 +89,7 @@ ANNOTATIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "criu-timeout": ("criu_timeout_s", _seconds),
     "lock-timeout": ("lock_timeout_ms", _millis),
     "gpu-map": ("gpu_map", _gpu_map),
+    "restore-from": ("restore_from", _checkpoint_name),
 }
 
 
@@ -92,6 +105,8 @@ class ContainerPolicy:
     criu_timeout_s: int | None = None
     lock_timeout_ms: int | None = None
     gpu_map: tuple[tuple[str, str], ...] = ()
+    #: a checkpoint (name under the node's checkpoint root) the container is restored from instead of started fresh
+    restore_from: str | None = None
     #: the gpucr.io/ annotations that were read, for the record
     source: dict[str, str] = field(default_factory=dict)
 

@@ -71,7 +71,10 @@ def decide(view: ContainerView, node: NodeConfig) -> Decision:
     policy = parse_annotations(view.pod_annotations, view.annotations, what=view.describe(),
                                on_error=warn if node.annotation_errors == "warn" else None)
     gpu = detect_gpus(view.env, view.devices, view.cdi_devices, [m.destination for m in view.mounts])
-    if policy.checkpoint is True:
+    if policy.restore_from:
+        # a restore needs gpucr's CRIU config and record (the CUDA restore reads the GPU map from it)
+        managed, reason = True, f"annotation gpucr.io/restore-from={policy.restore_from}"
+    elif policy.checkpoint is True:
         managed, reason = True, "annotation gpucr.io/checkpoint=enabled"
     elif policy.checkpoint is False:
         managed, reason = False, "annotation gpucr.io/checkpoint=disabled"

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nri_plugin.ckpt.criu._pb import rpc_pb2
 from nri_plugin.front import _wire
@@ -84,7 +86,8 @@ def test_unknown_request_type_decodes() -> None:
     assert m.rewrite_request(r.raw, {}) == r.raw
 
 
-@pytest.mark.parametrize("data", [b"hello world", b"\x12\x00", b"", b"\xff\xff\xff"])
+@pytest.mark.parametrize("data", [b"hello world", b"\x12\x00", b"", b"\xff\xff\xff",
+                                  bytes.fromhex("080a1001808080801007")])  # field 2^29: bench/fuzz.py found it
 def test_garbage_request(data: bytes) -> None:
     with pytest.raises(m.MessageError, match="request from the runtime"):
         m.decode_request(data)
@@ -117,3 +120,48 @@ def test_explain_failure_puts_gpucr_in_front() -> None:
 def test_notify_answer() -> None:
     a = rpc_pb2.criu_req.FromString(m.encode_notify_answer(False))
     assert a.type == rpc_pb2.NOTIFY and a.HasField("notify_success") and not a.notify_success
+
+
+def test_repeated_opts_merge_like_protobuf_and_all_must_decode() -> None:
+    # found by bench/fuzz.py: a request with two opts fields, the first garbage, was accepted (only the last was
+    # read) and then failed in rewrite_request, which rewrites both
+    garbage = bytes.fromhex("0801" "1203" "08ffff" "1204" "08031005")  # DUMP, opts{truncated}, opts{fd 3, pid 5}
+    with pytest.raises(m.MessageError, match="criu_opts"):
+        m.decode_request(garbage)
+    a = rpc_pb2.criu_opts(images_dir_fd=3, pid=5, status_fd=9)
+    b = rpc_pb2.criu_opts(images_dir_fd=4, leave_running=True)
+    data = (rpc_pb2.criu_req(type=rpc_pb2.DUMP).SerializeToString() + b"\x12" + bytes([a.ByteSize()])
+            + a.SerializeToString() + b"\x12" + bytes([b.ByteSize()]) + b.SerializeToString())
+    merged = rpc_pb2.criu_req()
+    merged.ParseFromString(data)  # protobuf's reading: the two messages merged, the last value winning
+    req = m.decode_request(data)
+    assert (req.pid, req.leave_running, req.fds) == (merged.opts.pid, merged.opts.leave_running,
+                                                     {"images_dir_fd": 4, "status_fd": 9})
+    assert merged.opts.images_dir_fd == 4 and merged.opts.status_fd == 9
+    again = m.decode_request(m.rewrite_request(data, {"images_dir_fd": 40, "status_fd": 90}))
+    assert again.fds == {"images_dir_fd": 40, "status_fd": 90} and again.pid == 5
+
+
+_KEYS = st.sampled_from([0x08, 0x10, 0x12, 0x18, 0x1a, 0x2a, 0x0a]) | st.integers(0, 255)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_KEYS | st.binary(min_size=1, max_size=6) | st.just(_wire.encode_varint(1 << 29 << 3)),
+                max_size=12).map(lambda parts: b"".join(bytes([p]) if isinstance(p, int) else p for p in parts)))
+def test_what_decodes_can_be_rewritten(data: bytes) -> None:
+    # the relay rewrites every request it accepted and explains every answer it decoded: neither may then fail
+    # (bench/fuzz.py runs this property over many more inputs)
+    try:
+        req = m.decode_request(data)
+    except m.MessageError:
+        pass
+    else:
+        fds = {k: 100 + i for i, k in enumerate(req.fds)}
+        again = m.decode_request(m.rewrite_request(data, fds, 4321 if req.has_opts and req.pid is None else None))
+        assert again.fds == fds and again.type == req.type
+    try:
+        resp = m.decode_response(data)
+    except m.MessageError:
+        return
+    failed = m.decode_response(m.explain_failure(data, "gpucr: why", 125))
+    assert not failed.success and failed.type == resp.type and failed.cr_errmsg.startswith("gpucr: why")

@@ -168,3 +168,15 @@ def test_unsafe_node_path_one_error_and_safe_behaviour(root_tmp: Path, caplog: p
     else:
         assert conf and "action-script" not in Path(conf).read_text() and adj.hooks.create_runtime and recorded
     assert again.adjust.annotations.get(CRIU_CONFIG_ANNOTATION) == conf
+
+
+def test_user_criu_config_path_with_a_nul_byte_is_unreadable_not_a_crash(root_tmp: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    # found by bench/fuzz.py: Path.read_text raised ValueError (not OSError) and the creation failed with a traceback
+    caplog.set_level(logging.INFO)
+    (resp,) = drive(_config(root_tmp, _hook(root_tmp)),
+                    (pod(1), _ctr(1, **MANAGED, **{CRIU_CONFIG_ANNOTATION: "/etc/criu/x\x00.conf"})))
+    conf = Path(resp.adjust.annotations[CRIU_CONFIG_ANNOTATION])
+    assert conf.parent == root_tmp / "criu" and "merged with: (nothing)" in conf.read_text()
+    assert load_record(root_tmp / "state", "ctr1").criu_config == str(conf)
+    assert "cannot read CRIU config" in caplog.text and "using gpucr's options only" in caplog.text

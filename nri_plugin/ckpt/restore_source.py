@@ -1,0 +1,268 @@
+"""A checkpoint named for a restore into a new container (``gpucr.io/restore-from: NAME``): resolved under the
+node's checkpoint root, checked before anything starts, locked against a second restore, and staged for runc.
+
+What can be named: a gpucr checkpoint directory (its ``gpucr.json`` with a manifest is what makes it gpucr's) that
+holds a runtime's checkpoint, i.e. ``images/`` with runc's ``descriptors.json`` (containerd's task API, as
+``ctr t checkpoint --image-path`` and ``gpucr checkpoint --via-runtime`` on 1.7 write it) or ``checkpoint.tar`` (CRI
+CheckpointContainer, as the kubelet and ``gpucr checkpoint --via-runtime`` on 2.x write it). Staging never writes into
+the checkpoint: runc and CRIU get a private copy of the images dir (hard links, or the archive's ``checkpoint/``
+extracted) beside the checkpoints, in ``ROOT/.restore/<container id>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import GpucrError
+from . import marker as _marker
+from .layout import IMAGES, METADATA, CheckpointDir, LayoutError, Metadata, check_owner
+
+__all__ = ["ARCHIVE", "STAGING", "RestoreSource", "RestoreSourceError", "acquire_lock", "open_source",
+           "release_lock", "resolve", "stage", "unstage"]
+
+ARCHIVE = "checkpoint.tar"
+#: the staging area under the checkpoint root (a NAME cannot start with '.', so it never names a checkpoint)
+STAGING = ".restore"
+_DESCRIPTORS = "descriptors.json"
+
+
+class RestoreSourceError(GpucrError):
+    """The named checkpoint cannot be restored (outside the root, missing, not gpucr's, corrupt, busy)."""
+
+
+@dataclass(frozen=True)
+class RestoreSource:
+    """A checked checkpoint: ``kind`` is ``images`` (runc's CRIU images in ``path/images``) or ``cri-archive``."""
+
+    name: str
+    path: Path
+    kind: str
+    meta: Metadata
+    marker: _marker.CudaMarker | None = None
+    #: the checkpointed container's volumes: container path -> host path (recorded by the seal)
+    mounts: dict[str, str] = field(default_factory=dict)
+
+
+def _inside(p: Path, root: Path) -> bool:
+    return p != root and p.is_relative_to(root)
+
+
+def resolve(root: Path, name: str) -> Path:
+    """``root/name`` resolved, refused unless it is a directory strictly inside ``root`` (symlinks followed).
+
+    Raises:
+        RestoreSourceError: the root is missing, the name leaves the root (``..``, absolute, a symlink out), or
+            nothing is there.
+    """
+    if not name or name.startswith("/") or any(p in ("", ".", "..") or p.startswith(".") for p in name.split("/")):
+        raise RestoreSourceError(f"checkpoint name {name!r} is not a plain name under the checkpoint root {root} "
+                                 "(no absolute path, '..' or hidden component)")
+    try:
+        real_root = root.resolve(strict=True)
+    except OSError as exc:
+        raise RestoreSourceError(f"the node's checkpoint root {root} does not exist ({exc.strerror}): set "
+                                 "checkpoint_root in /etc/gpucr/config.toml to where checkpoints are") from exc
+    path = root / name
+    real = path.resolve()
+    if not _inside(real, real_root):
+        link = next((q for q in [path, *path.parents] if q.is_symlink()), None)
+        how = f"{link} is a symlink to {os.readlink(link)}" if link else f"it resolves to {real}"
+        raise RestoreSourceError(f"checkpoint {name!r} is outside the checkpoint root {root}: {how}; name a "
+                                 f"checkpoint stored under {root}")
+    if not real.is_dir():
+        there = sorted(p.name for p in real_root.iterdir() if not p.name.startswith("."))[:10]
+        raise RestoreSourceError(f"no checkpoint {name!r} under the checkpoint root {root} ({real} "
+                                 f"{'is not a directory' if real.exists() else 'does not exist'}); "
+                                 f"checkpoints there: {', '.join(there) or 'none'}")
+    return real
+
+
+def _archive_member(archive: Path, member: str) -> bytes | None:
+    with tarfile.open(archive) as t:
+        try:
+            f = t.extractfile(member)
+        except KeyError:
+            return None
+        return f.read() if f is not None else None
+
+
+def open_source(root: Path, name: str, *, verify_sha256: bool = True) -> RestoreSource:
+    """Resolve and check ``name`` before anything starts: gpucr metadata present, manifest intact (every file's
+    size and, with ``verify_sha256``, digest), a runtime checkpoint inside, gpucr's CUDA marker readable.
+
+    Raises:
+        RestoreSourceError: names the checkpoint, what is wrong and the fix.
+    """
+    path = resolve(root, name)
+    if not (path / METADATA).is_file():
+        raise RestoreSourceError(
+            f"checkpoint {name!r} ({path}) has no gpucr metadata ({METADATA}): it was not made or sealed by gpucr, so "
+            "it cannot be checked before the restore; make it with `gpucr checkpoint CONTAINER --via-runtime --to "
+            f"{path}`")
+    try:
+        if (path / IMAGES).exists():
+            _, meta = CheckpointDir.open(path, root=root, verify=verify_sha256)
+        else:  # CRI's archive beside gpucr.json: the same checks, without an images/ dir
+            CheckpointDir.check_root(path, root)
+            for p, what in ((path, "checkpoint dir"), (path / METADATA, "metadata file")):
+                check_owner(p, what=what)
+            meta = Metadata.from_json((path / METADATA).read_text(), str(path / METADATA))
+            CheckpointDir(path).verify(meta, full=verify_sha256)
+    except OSError as exc:
+        raise RestoreSourceError(f"checkpoint {name!r}: cannot read {path / METADATA}: {exc.strerror}") from exc
+    except LayoutError as exc:
+        raise RestoreSourceError(f"checkpoint {name!r} refused before the restore: {exc}") from exc
+    if ARCHIVE in meta.manifest:
+        kind = "cri-archive"
+        raw = _archive_member(path / ARCHIVE, f"checkpoint/{_marker.MARKER}")
+        has_desc = _archive_member(path / ARCHIVE, f"checkpoint/{_DESCRIPTORS}") is not None
+    elif f"{IMAGES}/{_DESCRIPTORS}" in meta.manifest:
+        kind = "images"
+        mk = path / IMAGES / _marker.MARKER
+        raw = mk.read_bytes() if f"{IMAGES}/{_marker.MARKER}" in meta.manifest else None
+        has_desc = True
+    else:
+        raise RestoreSourceError(
+            f"checkpoint {name!r} ({path}) holds no runtime checkpoint (neither {ARCHIVE} nor {IMAGES}/{_DESCRIPTORS}"
+            "): a direct `gpucr checkpoint` of processes is restored with `gpucr restore`, not into a container; "
+            "checkpoint the container with `gpucr checkpoint CONTAINER --via-runtime`")
+    if not has_desc:
+        raise RestoreSourceError(f"checkpoint {name!r}: {ARCHIVE} holds no checkpoint/{_DESCRIPTORS}; it is not a "
+                                 "container checkpoint runc can restore")
+    mk_obj = None
+    if raw is not None:
+        try:
+            mk_obj = _marker.parse(json.loads(raw), f"{path}:{_marker.MARKER}")
+        except (ValueError, _marker.MarkerError) as exc:
+            raise RestoreSourceError(f"checkpoint {name!r}: gpucr's CUDA marker is unreadable ({exc})") from exc
+    mounts = meta.extra.get("mounts") or {}
+    if not isinstance(mounts, dict):
+        raise RestoreSourceError(f"checkpoint {name!r}: {METADATA} field 'mounts' is not an object: corrupt")
+    return RestoreSource(name, path, kind, meta, mk_obj, {str(k): str(v) for k, v in mounts.items()})
+
+
+# -- one restore at a time per checkpoint ------------------------------------------------------------------------
+
+def acquire_lock(locks_dir: Path, source: RestoreSource, container_id: str, is_live: Any) -> Path:
+    """Take ``source``'s restore lock for ``container_id`` (a file created exclusively). A lock whose owner
+    ``is_live(owner)`` says is gone is taken over.
+
+    Raises:
+        RestoreSourceError: another container is restoring this checkpoint now.
+    """
+    import hashlib
+    locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = locks_dir / f"{hashlib.sha256(str(source.path).encode()).hexdigest()[:24]}.lock"
+    body = json.dumps({"container_id": container_id, "checkpoint": str(source.path)}).encode()
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            try:
+                owner = str(json.loads(lock.read_bytes()).get("container_id") or "")
+            except (OSError, ValueError):
+                owner = ""
+            if owner and owner != container_id and is_live(owner):
+                raise RestoreSourceError(
+                    f"checkpoint {source.name!r} is being restored by container {owner} now: one restore of a "
+                    "checkpoint at a time; retry when it is running, or restore a copy of the checkpoint") from None
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+        return lock
+    raise RestoreSourceError(f"cannot take the restore lock {lock} of checkpoint {source.name!r}: retry")
+
+
+def release_lock(lock: Path, container_id: str) -> None:
+    """Drop ``lock`` if ``container_id`` holds it."""
+    try:
+        owner = json.loads(lock.read_bytes()).get("container_id")
+    except (OSError, ValueError):
+        return
+    if owner == container_id:
+        lock.unlink(missing_ok=True)
+
+
+# -- staging ------------------------------------------------------------------------------------------------------
+
+def _link_tree(src: Path, dst: Path) -> None:
+    dst.mkdir(mode=0o700)
+    for entry in sorted(src.iterdir()):
+        target = dst / entry.name
+        if entry.is_symlink():
+            raise RestoreSourceError(f"{entry} is a symlink inside the checkpoint: refusing it")
+        if entry.is_dir():
+            _link_tree(entry, target)
+            continue
+        try:
+            os.link(entry, target)
+        except OSError:
+            shutil.copy2(entry, target)
+
+
+def _extract_images(archive: Path, dst: Path) -> None:
+    """``checkpoint/`` of CRI's archive into ``dst``: regular files and dirs only, names checked (no links, no
+    ``..``, nothing outside)."""
+    dst.mkdir(mode=0o700)
+    with tarfile.open(archive) as t:
+        for m in t:
+            parts = Path(m.name).parts
+            if not parts or parts[0] != "checkpoint" or len(parts) == 1:
+                continue
+            rel = Path(*parts[1:])
+            if ".." in rel.parts or rel.is_absolute():
+                raise RestoreSourceError(f"{archive} names {m.name!r}, outside its checkpoint: refusing it")
+            out = dst / rel
+            if m.isdir():
+                out.mkdir(mode=0o700, parents=True, exist_ok=True)
+            elif m.isfile():
+                out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                f = t.extractfile(m)
+                assert f is not None
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as o:
+                    shutil.copyfileobj(f, o, 4 << 20)
+            else:
+                raise RestoreSourceError(f"{archive} holds {m.name!r}, not a regular file: refusing it")
+
+
+def stage(source: RestoreSource, root: Path, container_id: str) -> tuple[Path, Path]:
+    """A private images dir and CRIU work dir for restoring ``source`` into ``container_id``:
+    ``ROOT/.restore/<id>/images`` and ``.../work`` (0700). Returns (images, work).
+
+    Raises:
+        RestoreSourceError: the staging area cannot be made (names why); nothing is left behind.
+    """
+    area = root.resolve() / STAGING / container_id
+    try:
+        (root.resolve() / STAGING).mkdir(mode=0o700, exist_ok=True)
+        if area.exists():
+            shutil.rmtree(area)
+        area.mkdir(mode=0o700)
+        images, work = area / "images", area / "work"
+        if source.kind == "cri-archive":
+            _extract_images(source.path / ARCHIVE, images)
+        else:
+            _link_tree(source.path / IMAGES, images)
+        work.mkdir(mode=0o700)
+        return images, work
+    except (OSError, tarfile.TarError) as exc:
+        shutil.rmtree(area, ignore_errors=True)
+        raise RestoreSourceError(f"cannot stage checkpoint {source.name!r} for container {container_id} in "
+                                 f"{area}: {exc}") from exc
+    except RestoreSourceError:
+        shutil.rmtree(area, ignore_errors=True)
+        raise
+
+
+def unstage(root: Path, container_id: str) -> None:
+    shutil.rmtree(root.resolve() / STAGING / container_id, ignore_errors=True)
+
+

@@ -1,0 +1,136 @@
+"""Resolving, checking, locking and staging a checkpoint named by gpucr.io/restore-from (real files, no mocks)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from nri_plugin.ckpt import marker
+from nri_plugin.ckpt.layout import CheckpointDir, Metadata
+from nri_plugin.ckpt.restore_source import (
+    RestoreSourceError, acquire_lock, open_source, release_lock, resolve, stage, unstage,
+)
+
+
+def _images_ckpt(root: Path, name: str, *, seal: bool = True, cuda: bool = True) -> Path:
+    d = root / name
+    (d / "images").mkdir(parents=True)
+    (d / "images" / "descriptors.json").write_text('["/dev/null","pipe:[1]","pipe:[2]"]')
+    (d / "images" / "pages-1.img").write_bytes(os.urandom(4096))
+    if cuda:
+        marker.write(str(d / "images"), marker.CudaMarker("old", True, 7, [{"pid": 7, "gpus": {"GPU-a": 1}}],
+                                                          {"GPU-a": "H200"}))
+    if seal:
+        CheckpointDir(d).finalize(Metadata(container_id="old", extra={"mounts": {"/data": "/old/data"}}))
+    return d
+
+
+def _archive_ckpt(root: Path, name: str) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    with tarfile.open(d / "checkpoint.tar", "w") as t:
+        for n, body in (("checkpoint/descriptors.json", b"[]"), ("checkpoint/pages-1.img", b"x" * 100),
+                        ("spec.dump", b"{}")):
+            info = tarfile.TarInfo(n)
+            info.size = len(body)
+            t.addfile(info, io.BytesIO(body))
+    CheckpointDir(d).finalize(Metadata())
+    return d
+
+
+def test_resolve_refuses_escapes(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "out").mkdir()
+    (root / "evil").symlink_to(tmp_path / "out")
+    (root / "inside").symlink_to(root / "real")
+    (root / "real").mkdir()
+    with pytest.raises(RestoreSourceError, match=r"outside the checkpoint root .*evil is a symlink to"):
+        resolve(root, "evil")
+    with pytest.raises(RestoreSourceError, match="not a plain name"):
+        resolve(root, "../out")
+    with pytest.raises(RestoreSourceError, match="no checkpoint 'nope' under the checkpoint root .*real"):
+        resolve(root, "nope")
+    assert resolve(root, "inside") == (root / "real").resolve()  # a link that stays inside is fine
+    with pytest.raises(RestoreSourceError, match="checkpoint root .* does not exist"):
+        resolve(tmp_path / "missing", "x")
+
+
+def test_open_images_checkpoint(tmp_path: Path) -> None:
+    _images_ckpt(tmp_path, "ck")
+    s = open_source(tmp_path, "ck")
+    assert s.kind == "images" and s.marker is not None and s.marker.gpus == {"GPU-a": "H200"}
+    assert s.mounts == {"/data": "/old/data"}
+
+
+def test_open_refuses_unsealed_tampered_and_truncated(tmp_path: Path) -> None:
+    _images_ckpt(tmp_path, "plain", seal=False)
+    with pytest.raises(RestoreSourceError, match=r"has no gpucr metadata \(gpucr.json\)"):
+        open_source(tmp_path, "plain")
+    d = _images_ckpt(tmp_path, "t")
+    b = bytearray((d / "images/pages-1.img").read_bytes())
+    b[5] ^= 1
+    (d / "images/pages-1.img").write_bytes(bytes(b))
+    with pytest.raises(RestoreSourceError, match="pages-1.img does not match its sha256"):
+        open_source(tmp_path, "t")
+    d = _images_ckpt(tmp_path, "u")
+    os.truncate(d / "images/pages-1.img", 10)
+    with pytest.raises(RestoreSourceError, match="truncated or changed"):
+        open_source(tmp_path, "u")
+
+
+def test_open_refuses_a_direct_checkpoint(tmp_path: Path) -> None:
+    d = tmp_path / "direct"
+    (d / "images").mkdir(parents=True)
+    (d / "images" / "inventory.img").write_bytes(b"x")
+    CheckpointDir(d).finalize(Metadata())
+    with pytest.raises(RestoreSourceError, match="restored with `gpucr restore`, not into a container"):
+        open_source(tmp_path, "direct")
+
+
+def test_lock_is_exclusive_while_the_owner_lives(tmp_path: Path) -> None:
+    _images_ckpt(tmp_path, "ck")
+    s = open_source(tmp_path, "ck")
+    live = {"a"}
+    lock = acquire_lock(tmp_path / "locks", s, "a", live.__contains__)
+    with pytest.raises(RestoreSourceError, match="being restored by container a now"):
+        acquire_lock(tmp_path / "locks", s, "b", live.__contains__)
+    live.clear()  # a is gone: its lock is stale and taken over
+    lock2 = acquire_lock(tmp_path / "locks", s, "b", live.__contains__)
+    release_lock(lock2, "a")  # not a's any more
+    assert lock2.exists()
+    release_lock(lock2, "b")
+    assert not lock.exists()
+
+
+def test_stage_links_images_and_extracts_archives(tmp_path: Path) -> None:
+    d = _images_ckpt(tmp_path, "ck")
+    images, work = stage(open_source(tmp_path, "ck"), tmp_path, "cid1")
+    assert (images / "pages-1.img").read_bytes() == (d / "images/pages-1.img").read_bytes()
+    assert work.is_dir() and oct(images.stat().st_mode & 0o777) == "0o700"
+    (images / "stats-restore").write_text("criu writes here")  # not into the checkpoint
+    assert not (d / "images/stats-restore").exists()
+    _archive_ckpt(tmp_path, "cri")
+    images, _ = stage(open_source(tmp_path, "cri"), tmp_path, "cid2")
+    assert sorted(p.name for p in images.iterdir()) == ["descriptors.json", "pages-1.img"]
+    unstage(tmp_path, "cid1")
+    unstage(tmp_path, "cid2")
+    assert not any((tmp_path / ".restore").iterdir())
+
+
+def test_stage_refuses_an_archive_escaping_its_checkpoint(tmp_path: Path) -> None:
+    d = tmp_path / "bad"
+    d.mkdir()
+    with tarfile.open(d / "checkpoint.tar", "w") as t:
+        for n in ("checkpoint/descriptors.json", "checkpoint/../../etc/x"):
+            info = tarfile.TarInfo(n)
+            info.size = 1
+            t.addfile(info, io.BytesIO(b"x"))
+    CheckpointDir(d).finalize(Metadata())
+    with pytest.raises(RestoreSourceError, match="outside its checkpoint"):
+        stage(open_source(tmp_path, "bad"), tmp_path, "cid")
+    assert not (tmp_path / ".restore" / "cid").exists()

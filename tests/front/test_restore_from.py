@@ -1,0 +1,348 @@
+"""``gpucr.io/restore-from``: a CRI container created in a NEW pod comes up as the restored process tree of a
+checkpoint under the node's checkpoint root (containerd 1.7.24 and 2.1.9, runc, CRIU 4.2.x, the fake CUDA driver).
+
+containerd runs the route's ``bin/runc`` wrapper as its runtime binary (``GPUCR_RUNC_DIR``), as ``install/front.sh
+install`` sets BinaryName on a node; the plugin checks the checkpoint at CreateContainer and the wrapper turns the
+container's ``runc create`` into ``runc restore``. The checkpoint is made with ``gpucr checkpoint --via-runtime``
+(CRI CheckpointContainer on 2.1.9, the task API on 1.7.24: the kubelet's and ctr's paths through the front).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nri_plugin.cri import CriError, container_config
+from nri_plugin.cri._pb import api_pb2 as pb
+from tests.conftest import VERSIONS
+from tests.fakes.cuda import FakeCuda
+from tests.front.conftest import FrontRoute
+from tests.front.test_front_containerd import _n
+from tests.front.test_gpufront import (  # noqa: F401  (fixtures)
+    FAKE_MNT, GPU0, GPU1, GPU_DEV, COUNTER, cuda_running, fake, fake_env, gpu_front,
+)
+from tests.testenv import INSTALL, REPO, TEST_ROOT, Containerd, installed_hook, wait_for
+
+pytestmark = pytest.mark.integration
+
+INSTANCE = f"{os.environ.get('GPUCR_INSTANCE') or 'default'}-rs"
+
+
+@pytest.fixture(scope="module")
+def node(fake: FakeCuda) -> Iterator[dict[str, Path]]:
+    """The node (hook, config, state, CRIU config dirs and the checkpoint root), root's alone."""
+    d = TEST_ROOT / f"restore-node-{INSTANCE}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(mode=0o700, parents=True)
+    try:
+        with installed_hook(d / "libexec") as hook:
+            root = d / "checkpoints"
+            root.mkdir(mode=0o700)
+            paths = {"state": d / "state", "criu": d / "criu", "hook": hook, "config": d / "config.toml",
+                     "log": d / "plugin.log", "root": root}
+            paths["config"].write_text(
+                f'state_dir = "{paths["state"]}"\ncriu_config_dir = "{paths["criu"]}"\nhook_path = "{hook}"\n'
+                f'runc_criu_config = "{d / "runc.conf"}"\nlibcuda = "{fake.lib}"\nlock_timeout_ms = 2000\n'
+                f'driver_call_timeout_s = 10\ncheckpoint_root = "{root}"\n')
+            yield paths
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _containerd_sh(cmd: str, version: str, route: FrontRoute) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route.criu.parent),
+           "GPUCR_RUNC_DIR": str(route.runc.parent)}
+    return subprocess.run(["bash", str(INSTALL / "containerd.sh"), cmd, version], capture_output=True, text=True,
+                          env=env)
+
+
+@pytest.fixture(scope="module", params=VERSIONS, ids=[f"containerd-{v}" for v in VERSIONS])
+def ctrd(request: pytest.FixtureRequest, front_route: FrontRoute) -> Iterator[Containerd]:
+    """A private containerd whose runtime binary is gpucr's runc wrapper (the route's bin/runc)."""
+    r = _containerd_sh("start", request.param, front_route)
+    if r.returncode != 0:
+        _containerd_sh("stop", request.param, front_route)
+        pytest.fail(f"install/containerd.sh start {request.param} failed:\n{r.stderr}", pytrace=False)
+    try:
+        yield Containerd(json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text()))
+    finally:
+        _containerd_sh("stop", request.param, front_route)
+
+
+@pytest.fixture(scope="module")
+def plugin(ctrd: Containerd, node: dict[str, Path]) -> Iterator[subprocess.Popen[bytes]]:
+    node["log"].unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "-v", "plugin", "--socket",
+                             ctrd.nri_socket, "--config", str(node["config"]), "--log-file", str(node["log"])],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: node["log"].exists() and "synchronized" in node["log"].read_text(),
+                 what="gpucr plugin to register and synchronize")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _lines(data: Path) -> list[int]:
+    return [int(x) for x in (data / "log").read_text().split()] if (data / "log").exists() else []
+
+
+@pytest.fixture(scope="module")
+def checkpoint(ctrd: Containerd, plugin: Any, front_route: FrontRoute, node: dict[str, Path], fake: FakeCuda,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A managed fake-CUDA CRI container checkpointed with `gpucr checkpoint --via-runtime` into ROOT/ck1 (sealed:
+    gpucr.json with a manifest), then stopped and removed with its pod: only the checkpoint and its data stay."""
+    tmp = tmp_path_factory.mktemp("restore-src")
+    data = tmp / "data"
+    data.mkdir()
+    with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
+                                libnvml=str(fake.lib)):
+        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+            conf = _container(fake, data, "cuda", {}, ctrd.image)
+            cid = c.create_container(pod_id, conf, cfg)
+            c.start_container(cid)
+            pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
+            wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+            cuda_running(fake, pid)
+            lo = _n(data)
+            r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", cid, "--via-runtime",
+                                "--leave-running", "--to", str(node["root"] / "ck1"), "--json", "--address",
+                                ctrd.address, "--libcuda", str(fake.lib), "--config", str(node["config"])],
+                               capture_output=True, text=True, cwd=REPO, timeout=120)
+            assert r.returncode == 0, r.stderr
+            hi = _n(data)
+            c.stop_container(cid, 0)
+        yield {"name": "ck1", "path": node["root"] / "ck1", "data": data, "lo": lo, "hi": hi, "pid": pid}
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        h.update(str(p.relative_to(path)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _container(fake: FakeCuda, data: Path | None, name: str, ann: dict[str, str], image: str = "",
+               env: dict[str, str] | None = None) -> Any:
+    """The fake CUDA counter with its own PID namespace (the kubelet's default; a container in the pod's shared
+    PID namespace restores only while its old pids are free there)."""
+    conf = container_config(name, image, command=COUNTER, env={**fake_env(fake), **(env or {})},
+                            mounts=([(str(data), "/data", False)] if data else [])
+                            + [(str(fake.lib.parent), FAKE_MNT, False)],
+                            devices=[(str(fake.device), GPU_DEV, "rw")], annotations=ann)
+    conf.linux.security_context.namespace_options.pid = pb.CONTAINER
+    return conf
+
+
+def _restore_config(fake: FakeCuda, data: Path, name: str, **ann: str) -> Any:
+    env = {"NVIDIA_VISIBLE_DEVICES": ann.pop("visible")} if "visible" in ann else {}
+    return _container(fake, data, name, {"gpucr.io/restore-from": ann.pop("restore_from"), **ann}, env=env)
+
+
+@pytest.mark.parametrize("visible", ["", GPU1])
+def test_restore_into_new_pod(ctrd: Containerd, plugin: Any, front_route: FrontRoute, node: dict[str, Path],
+                              fake: FakeCuda, checkpoint: dict[str, Any], tmp_path: Path, visible: str) -> None:
+    """The checkpoint restored into a new pod through the annotation, with its volume at another host path: the
+    counter continues from its checkpointed value, the fake driver reports the restored pid RUNNING (on GPU1 when
+    the new container is assigned GPU1: the plugin's map GPU0->GPU1 reached the driver), CRI lists the container
+    as running, exec works, and it stops and is removed like any other; the checkpoint is unchanged."""
+    data = tmp_path / "data2"  # another host path for the same volume
+    shutil.copytree(checkpoint["data"], data)
+    before = len(_lines(data))
+    digest = _digest(checkpoint["path"])
+    ann = {"restore_from": checkpoint["name"], **({"visible": visible} if visible else {})}
+    with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
+                                libnvml=str(fake.lib)):
+        mark = front_route.log_mark()
+        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+            conf = _restore_config(fake, data, "restored", **ann)
+            conf.image.image = ctrd.image
+            cid = c.create_container(pod_id, conf, cfg)
+            try:
+                c.start_container(cid)
+            except CriError as exc:
+                rl = node["root"] / ".restore" / cid / "work" / "restore.log"
+                errs = [ln for ln in rl.read_text().splitlines() if "Error (" in ln] if rl.exists() else []
+                raise AssertionError(f"{exc}\n" + "\n".join(errs[-20:]) + "\n"
+                                     f"{front_route.log_since(mark)[-3000:]}") from exc
+            wait_for(lambda: len(_lines(data)) >= before + 3, what="the restored counter", timeout=30)
+            after = _lines(data)[before:]
+            assert checkpoint["lo"] - 1 <= after[0] - 1 <= checkpoint["hi"], (
+                checkpoint, after, node["log"].read_text()[-1500:], front_route.log_since(mark)[-2000:],
+                ctrd.log_tail(40))
+            assert after == list(range(after[0], after[0] + len(after)))
+            st, info = c.container_status(cid, verbose=True)
+            assert st.state == 1, st  # CONTAINER_RUNNING
+            pid = int(info["info"]["pid"])
+            assert pid != checkpoint["pid"] and fake.state(pid) == "RUNNING"
+            log = front_route.log_since(mark)
+            assert fake.gpu(pid) == (GPU1 if visible else GPU0), log[-3000:]
+            assert "RESTORE success=True" in log and f"restored and unlocked 1 CUDA process(es) [{pid}]" in log, log
+            plog = node["log"].read_text()
+            assert f"will be restored from checkpoint 'ck1'" in plog
+            assert f"/data: {checkpoint['data']} -> {data}" in plog, plog
+            r = c.exec_sync(cid, ["/bin/sh", "-c", "echo alive"])
+            assert r.exit_code == 0 and r.stdout.strip() == b"alive", r
+            assert cid in [x.id for x in c.list_containers(pod_id)]
+            c.stop_container(cid, 0)
+            assert c.container_status(cid)[0].state == 2  # CONTAINER_EXITED
+            c.remove_container(cid)
+            assert cid not in [x.id for x in c.list_containers(pod_id)]
+    assert not (node["root"] / ".restore" / cid).exists()
+    assert not list((node["state"] / "restore-locks").glob("*.lock"))
+    assert _digest(checkpoint["path"]) == digest
+
+
+def _refused(ctrd: Containerd, fake: FakeCuda, tmp_path: Path, name: str, **ann: str) -> str:
+    data = tmp_path / "d"
+    data.mkdir(exist_ok=True)
+    with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+        conf = _restore_config(fake, data, "bad", restore_from=name, **ann)
+        conf.image.image = ctrd.image
+        with pytest.raises(CriError) as ei:
+            c.create_container(pod_id, conf, cfg)
+        assert not c.list_containers(pod_id)  # nothing half-created
+    return str(ei.value)
+
+
+@pytest.mark.parametrize("case", ["dotdot", "nothing", "symlink-out", "no-metadata", "truncated", "tampered",
+                                  "missing-volume"])
+def test_restore_bad_input_fails_creation(ctrd: Containerd, plugin: Any, node: dict[str, Path], fake: FakeCuda,
+                                          checkpoint: dict[str, Any], tmp_path: Path, case: str) -> None:
+    """Each bad restore-from fails CreateContainer with one clear error; no container, no staging, no lock; the
+    original checkpoint is untouched."""
+    root: Path = node["root"]
+    digest = _digest(checkpoint["path"])
+    name, expect, extra = "", "", {}
+    if case == "dotdot":
+        name, expect = "../etc", "no '..'"
+    elif case == "nothing":
+        name, expect = "nope", "no checkpoint 'nope' under the checkpoint root"
+    elif case == "symlink-out":
+        out = tmp_path / "outside"
+        shutil.copytree(checkpoint["path"], out)
+        (root / "evil").symlink_to(out)
+        name, expect = "evil", "is outside the checkpoint root"
+    elif case == "no-metadata":
+        shutil.copytree(checkpoint["path"], root / "plain")
+        (root / "plain" / "gpucr.json").unlink()
+        name, expect = "plain", "has no gpucr metadata (gpucr.json)"
+    else:
+        shutil.copytree(checkpoint["path"], root / case)
+        name = case
+        big = max((p for p in (root / case).rglob("*") if p.is_file() and p.name != "gpucr.json"),
+                  key=lambda p: p.stat().st_size)
+        if case == "truncated":
+            os.truncate(big, big.stat().st_size // 2)
+            expect = "(truncated or changed)"
+        elif case == "tampered":
+            b = bytearray(big.read_bytes())
+            b[len(b) // 2] ^= 0xFF
+            big.write_bytes(bytes(b))
+            expect = "does not match its sha256"
+        else:
+            extra = {}
+            expect = "the checkpoint has a volume at /data"
+    try:
+        if case == "missing-volume":
+            with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+                conf = _container(fake, None, "bad", {"gpucr.io/restore-from": name}, ctrd.image)
+                with pytest.raises(CriError) as ei:
+                    c.create_container(pod_id, conf, cfg)
+                assert not c.list_containers(pod_id)
+            msg = str(ei.value)
+        else:
+            msg = _refused(ctrd, fake, tmp_path, name, **extra)
+        assert expect in msg and "container bad in pod default/" in msg, msg
+    finally:
+        for n in ("evil", "plain", "truncated", "tampered", "missing-volume"):
+            p = root / n
+            if p.is_symlink():
+                p.unlink()
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+    assert not any((root / ".restore").glob("*")) if (root / ".restore").exists() else True
+    assert not list((node["state"] / "restore-locks").glob("*.lock")) if (node["state"] / "restore-locks").exists() \
+        else True
+    assert _digest(checkpoint["path"]) == digest
+
+
+def test_two_restores_of_one_checkpoint_at_once(ctrd: Containerd, plugin: Any, node: dict[str, Path],
+                                                fake: FakeCuda, checkpoint: dict[str, Any], tmp_path: Path) -> None:
+    """A second container naming a checkpoint whose restore is pending (created, not started) is refused, naming
+    the first; once the first is removed, the lock is gone."""
+    data = tmp_path / "d"
+    shutil.copytree(checkpoint["data"], data)
+    with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+        conf = _restore_config(fake, data, "first", restore_from=checkpoint["name"])
+        conf.image.image = ctrd.image
+        first = c.create_container(pod_id, conf, cfg)
+        conf2 = _restore_config(fake, data, "second", restore_from=checkpoint["name"])
+        conf2.image.image = ctrd.image
+        with pytest.raises(CriError) as ei:
+            c.create_container(pod_id, conf2, cfg)
+        assert f"is being restored by container {first} now" in str(ei.value), ei.value
+        assert [x.id for x in c.list_containers(pod_id)] == [first]
+        c.remove_container(first)
+    wait_for(lambda: not list((node["state"] / "restore-locks").glob("*.lock")), what="the lock to go")
+    assert not (node["root"] / ".restore" / first).exists()
+
+
+
+
+def test_ctr_checkpoint_sealed_then_restored_into_new_pod(ctrd: Containerd, plugin: Any, front_route: FrontRoute,
+                                                          node: dict[str, Path], fake: FakeCuda,
+                                                          tmp_path: Path) -> None:
+    """`ctr t checkpoint --image-path ROOT/NAME/images` of a managed CRI container (through the front), unsealed:
+    refused for lack of gpucr metadata; after `gpucr seal ROOT/NAME` it restores into a new pod, counter going on."""
+    data = tmp_path / "data"
+    data.mkdir()
+    name = "ctr-ck"
+    with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
+                                libnvml=str(fake.lib)):
+        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+            cid = c.create_container(pod_id, _container(fake, data, "cuda", {}, ctrd.image), cfg)
+            c.start_container(cid)
+            pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
+            cuda_running(fake, pid)
+            wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+            lo = _n(data)
+            (node["root"] / name).mkdir(mode=0o700)
+            ctrd.ctr("t", "checkpoint", "--image-path", str(node["root"] / name / "images"), cid, namespace="k8s.io")
+            hi = _n(data)
+            c.stop_container(cid, 0)
+        try:
+            data2 = tmp_path / "data2"
+            shutil.copytree(data, data2)
+            msg = _refused(ctrd, fake, tmp_path, name)
+            assert "has no gpucr metadata (gpucr.json)" in msg, msg
+            r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "seal", str(node["root"] / name),
+                                "--config", str(node["config"]), "--json"], capture_output=True, text=True, cwd=REPO)
+            assert r.returncode == 0 and json.loads(r.stdout)["kind"] == "images", r.stderr
+            before = len(_lines(data2))
+            with ctrd.pod() as (c, pod_id, cfg):
+                conf = _restore_config(fake, data2, "restored", restore_from=name)
+                conf.image.image = ctrd.image
+                new = c.create_container(pod_id, conf, cfg)
+                c.start_container(new)
+                wait_for(lambda: len(_lines(data2)) >= before + 3, what="the restored counter", timeout=30)
+                after = _lines(data2)[before:]
+                assert lo - 1 <= after[0] - 1 <= hi, (lo, hi, after)
+                npid = int(c.container_status(new, verbose=True)[1]["info"]["pid"])
+                assert fake.state(npid) == "RUNNING"
+                c.stop_container(new, 0)
+                c.remove_container(new)
+        finally:
+            shutil.rmtree(node["root"] / name, ignore_errors=True)
