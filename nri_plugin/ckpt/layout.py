@@ -6,6 +6,12 @@ Layout of a checkpoint ``DIR`` (dirs 0700, files 0600, because images hold the p
     DIR/gpucr.json      metadata (written last, atomically: its presence marks a complete checkpoint)
     DIR/images/         CRIU's images, with dump.log (and later restore.log) beside them
 
+A checkpoint is written under a temporary sibling name, ``.DIR.gpucr-tmp-<pid>`` (:meth:`CheckpointDir.stage`);
+every file and directory is fsynced, ``gpucr.json`` is written last, and the directory is renamed into place and its
+parent fsynced (:meth:`CheckpointDir.commit`). So ``DIR`` is either absent, the previous checkpoint (``--force``
+replaces it only by that rename), or a complete, durable one; a crash leaves only the temporary name, which
+:meth:`CheckpointDir.open` refuses.
+
 ``gpucr.json`` records the format version, gpucr and driver versions, per-process GPU facts (filled by the engine),
 the container id and spec digest, the network identity, timings, sizes, and a manifest (size + sha256) of every file
 of the checkpoint, so a truncated or corrupt checkpoint is refused *before* CRIU runs on restore.
@@ -33,7 +39,7 @@ from ..host.proc import HostError, mem_available
 
 __all__ = [
     "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
-    "CheckpointStore", "check_disk_space", "check_host_memory", "mode_of",
+    "CheckpointStore", "check_disk_space", "check_host_memory", "fsync_tree", "mode_of", "staging_path",
 ]
 
 FORMAT_VERSION = 1
@@ -43,7 +49,13 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 _CHUNK = 4 << 20
 _EXCLUDED = frozenset({METADATA, f".{METADATA}.tmp"})
-_LOGS = frozenset({"restore.log"})  # written by every restore; never part of the manifest
+#: CRIU's logs: restore.log is written by every restore, dump.log (and stats-dump) still by CRIU after ``post-dump``,
+#: when a checkpoint may already be sealed; never part of the manifest
+_LOGS = frozenset({"restore.log", "dump.log", "stats-dump", "stats-restore"})
+#: a filesystem with less free space than this after a failed dump is reported full
+FULL_BELOW_BYTES = 2 << 20
+#: the marker of a checkpoint dir's temporary name while it is written: ``.NAME.gpucr-tmp-<pid>``
+STAGING_MARK = ".gpucr-tmp-"
 
 
 class LayoutError(GpucrError):
@@ -175,11 +187,79 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
 
+# --- durability: fsync and the atomic final rename ------------------------------------------------------------------
+
+
+def staging_path(path: Path, pid: int | None = None) -> Path:
+    """The temporary sibling a checkpoint for ``path`` is written under: ``.NAME.gpucr-tmp-<pid>``."""
+    return path.with_name(f".{path.name}{STAGING_MARK}{os.getpid() if pid is None else pid}")
+
+
+def _staging_owner(path: Path) -> int | None:
+    """The pid in a temporary checkpoint name, or None when ``path`` is not one."""
+    name = path.name
+    if not name.startswith(".") or STAGING_MARK not in name:
+        return None
+    tail = name.rsplit(STAGING_MARK, 1)[1]
+    return int(tail) if tail.isdigit() else None
+
+
+def _fsync_path(path: Path, flags: int, mode: int | None = None) -> None:
+    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path, *, tighten: bool = False) -> int:
+    """fsync every regular file under ``path``, then every directory bottom-up (``path`` last), never following a
+    symlink; with ``tighten`` also make them private (0600/0700). Returns the number of files.
+
+    Raises:
+        OSError: EIO, or ENOSPC of delayed allocation: the data is not safe on disk.
+    """
+    n = 0
+    for dirpath, _dirnames, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            p = Path(dirpath, name)
+            if p.is_symlink() or not p.is_file():
+                continue
+            _fsync_path(p, os.O_RDONLY, FILE_MODE if tighten else None)
+            n += 1
+        _fsync_path(Path(dirpath), os.O_RDONLY | os.O_DIRECTORY, DIR_MODE if tighten else None)
+    return n
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directory entries (renameat2 RENAME_EXCHANGE); False when the filesystem or libc cannot."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:
+        return False
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not supported here
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
 class CheckpointDir:
     """A checkpoint directory (see the module docstring for its layout)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: where a staged checkpoint goes on :meth:`commit` (None: ``path`` is already its final name)
+        self.final: Path | None = None
 
     @property
     def images_dir(self) -> Path:
@@ -241,6 +321,74 @@ class CheckpointDir:
         cls._check_root(path, root)  # a symlink swapped in meanwhile is caught here
         return cls(path)
 
+    @classmethod
+    def stage(cls, path: Path, *, force: bool = False, root: Path | None = None) -> CheckpointDir:
+        """Start a checkpoint for ``path`` under its temporary sibling name (:func:`staging_path`), leaving ``path``
+        untouched until :meth:`commit`. Returns the staging dir (``final`` names ``path``).
+
+        Raises:
+            LayoutError: ``path`` already holds a checkpoint (without ``force``), is not a directory, is a
+                non-empty directory that holds no checkpoint (never replaced), or is outside ``root``.
+        """
+        cls._check_root(path, root)
+        if path.is_symlink() or path.exists():
+            if path.is_symlink() or not path.is_dir():
+                raise LayoutError(f"checkpoint dir {path} exists and is not a directory: choose another path")
+            if cls.holds_checkpoint(path):
+                if not force:
+                    raise LayoutError(f"{path} already holds a checkpoint: choose another dir, or pass --force "
+                                      "to replace it")
+            elif any(path.iterdir()):
+                raise LayoutError(f"checkpoint dir {path} is not empty and holds no checkpoint: choose an empty "
+                                  "or new dir (--force replaces only a gpucr checkpoint)")
+        tmp = staging_path(path)
+        try:
+            path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            if tmp.is_symlink() or tmp.exists():  # a previous run of a process with our pid
+                shutil.rmtree(tmp)
+        except OSError as exc:
+            raise LayoutError(f"cannot prepare checkpoint dir {path}: {exc.strerror or exc}") from exc
+        cp = cls.create(tmp, root=root)
+        cp.final = path
+        return cp
+
+    def commit(self) -> None:
+        """The atomic final step of a staged checkpoint (after :meth:`finalize`): rename it into place, replacing a
+        previous checkpoint only now (swapped atomically where the filesystem can, else renamed aside first), then
+        fsync the parent so the rename survives a crash. Afterwards ``path`` is the final name.
+
+        Raises:
+            LayoutError: the rename or the fsync failed (the staged dir is left for :meth:`discard`).
+        """
+        final = self.final
+        if final is None or _staging_owner(self.path) is None:
+            return
+        old: Path | None = None
+        try:
+            try:
+                os.rename(self.path, final)  # absent or an empty dir: replaced atomically
+            except OSError as exc:
+                if exc.errno not in (39, 17) or not self.holds_checkpoint(final):  # ENOTEMPTY, EEXIST
+                    raise
+                if _exchange(self.path, final):
+                    old = self.path
+                else:
+                    old = final.with_name(f".{final.name}.gpucr-old-{os.getpid()}")
+                    os.rename(final, old)
+                    os.rename(self.path, final)
+            _fsync_path(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise LayoutError(f"cannot move the finished checkpoint {self.path} into place at {final}: "
+                              f"{exc.strerror or exc}; check the filesystem, then checkpoint again") from exc
+        self.path = final
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Remove a staged checkpoint that will not be committed (a failed checkpoint); a committed one is kept."""
+        if _staging_owner(self.path) is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+
     def _files(self) -> list[Path]:
         out = []
         for dirpath, dirnames, filenames in os.walk(self.path):
@@ -276,6 +424,7 @@ class CheckpointDir:
             meta.manifest = manifest
             meta.sizes["total_bytes"] = sum(e.size for e in manifest.values())
             meta.sizes["files"] = len(manifest)
+            fsync_tree(self.path, tighten=True)  # images private and durable before the metadata vouching for them
             tmp = self.path / f".{METADATA}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
             with os.fdopen(fd, "w") as f:
@@ -283,6 +432,7 @@ class CheckpointDir:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.metadata_file)
+            _fsync_path(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise LayoutError(f"cannot finalize checkpoint {self.path}: {exc}") from exc
         return meta
@@ -298,6 +448,10 @@ class CheckpointDir:
             LayoutError: missing, outside ``root``, incomplete (no gpucr.json), corrupt or truncated (names the file).
         """
         cls._check_root(path, root)
+        owner = _staging_owner(path)
+        if owner is not None:
+            raise LayoutError(f"{path} is the temporary dir of a checkpoint that never finished (gpucr pid {owner} was "
+                              "interrupted or failed): not a valid checkpoint; remove it and checkpoint again")
         if not path.is_dir():
             raise LayoutError(f"checkpoint dir {path} does not exist")
         cp = cls(path)
@@ -400,10 +554,55 @@ class CheckpointStore:
     def __init__(self, root: Path | None = None, *, verify_sha256: bool = True) -> None:
         self.root = root
         self.verify_sha256 = verify_sha256
+        self._staged: dict[Path, CheckpointDir] = {}
 
     def prepare(self, images_dir: Path, *, force: bool) -> Path:
-        """Create the checkpoint dir (0700, refusing an existing checkpoint unless ``force``); return CRIU's dir."""
-        return CheckpointDir.create(images_dir, force=force, root=self.root).images_dir
+        """Stage the checkpoint dir under its temporary name (0700; an existing checkpoint is refused unless
+        ``force``, and stays until the new one is committed); return CRIU's dir."""
+        cp = CheckpointDir.stage(images_dir, force=force, root=self.root)
+        self._staged[images_dir] = cp
+        return cp.images_dir
+
+    def _dir(self, images_dir: Path) -> CheckpointDir:
+        return self._staged.get(images_dir) or CheckpointDir(images_dir)
+
+    def sync(self, images_dir: Path) -> int:
+        """fsync CRIU's images and their dirs, made private (at CRIU's ``post-dump``: before it may kill the tasks;
+        again once CRIU is done, for the logs it wrote after); returns the number of files.
+
+        Raises:
+            LayoutError: an fsync failed (the images are not safe on disk).
+        """
+        d = self._dir(images_dir)
+        try:
+            return fsync_tree(d.images_dir, tighten=True)
+        except OSError as exc:
+            raise LayoutError(f"cannot write the images of {images_dir} to disk (fsync of {d.images_dir}): "
+                              f"{exc.strerror or exc}") from exc
+
+    def discard(self, images_dir: Path) -> None:
+        """Drop a checkpoint that failed before its commit (its temporary dir); a committed one is kept."""
+        cp = self._staged.pop(images_dir, None)
+        if cp is not None:
+            cp.discard()
+
+    def committed(self, images_dir: Path) -> bool:
+        """Whether the checkpoint for ``images_dir`` has been committed (moved into place)."""
+        cp = self._staged.get(images_dir)
+        return cp is None or cp.final is None or cp.path == cp.final
+
+    def no_space(self, images_dir: Path) -> bool:
+        """Whether the filesystem the checkpoint for ``images_dir`` is written to is (nearly) full: after a failed
+        dump, that is the cause to report."""
+        try:
+            st = os.statvfs(self._dir(images_dir).path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < FULL_BELOW_BYTES
+
+    def images_of(self, images_dir: Path) -> Path:
+        """CRIU's dir of the checkpoint for ``images_dir``, wherever it is now (staged or committed)."""
+        return self._dir(images_dir).images_dir
 
     def write_metadata(self, images_dir: Path, meta: dict[str, Any]) -> None:
         cuda = meta.get("cuda") or {}
@@ -415,7 +614,9 @@ class CheckpointStore:
                       timings=dict(meta.get("timings_s") or {}),
                       sizes={"image_bytes": int(meta.get("image_bytes") or 0)},
                       extra={k: v for k, v in meta.items() if k not in _OWN})
-        CheckpointDir(images_dir).finalize(md)
+        cp = self._dir(images_dir)
+        cp.finalize(md)
+        cp.commit()
 
     def read_metadata(self, images_dir: Path) -> tuple[dict[str, Any], Path]:
         """The engine's metadata dict and CRIU's images dir. Raises LayoutError for a corrupt/truncated checkpoint."""

@@ -39,10 +39,14 @@ class Setup:
         self.dir = tmp / "ck"
 
     def _dump(self, opts: Any, on_notify: Any = None) -> None:
-        """What a dump leaves behind: image files in CRIU's dir."""
+        """What a dump leaves behind: image files in CRIU's dir, then CRIU's post-dump notification (the tasks are
+        still there: CRIU kills or resumes them after the answer)."""
         self.driver.log.append(("dump", opts.pid))
         (opts.images_dir / f"core-{opts.pid}.img").write_bytes(b"c" * 100)
         (opts.images_dir / "pages-1.img").write_bytes(b"p" * 4096)
+        if on_notify is not None:
+            on_notify("post-dump", 0)
+        self.driver.log.append(("criu-done", opts.pid))
 
     def checkpoint(self, **kw: Any) -> Any:
         return self.engine.checkpoint(CheckpointRequest(images_dir=self.dir, pid=self.pids[0], **kw))
@@ -55,7 +59,9 @@ def test_leave_running_order(mocker: MockerFixture, procs: list[int], tmp_path: 
     s = Setup(mocker, procs, tmp_path, frozen=False)
     summary = s.checkpoint(leave_running=True)
     calls = [c for c, _ in s.driver.log]
-    assert calls == ["lock", "lock", "checkpoint", "checkpoint", "dump", "restore", "restore", "unlock", "unlock"]
+    assert calls == ["lock", "lock", "checkpoint", "checkpoint", "dump", "criu-done", "restore", "restore", "unlock",
+                     "unlock"]
+    assert "sync" in summary.timings_s
     assert s.all_running()
     opts = s.criu.dump.call_args.args[0]
     assert opts.leave_running and opts.freeze_cgroup is None and opts.pid == procs[0]
@@ -72,7 +78,7 @@ def test_frozen_cgroup_is_thawed_for_cuda_and_refrozen(mocker: MockerFixture, pr
     s.criu.dump.side_effect = lambda opts, on_notify=None: (s._dump(opts), setattr(s.freezer, "is_frozen", True))
     summary = s.checkpoint(leave_running=True)
     calls = [c for c, _ in s.driver.log]
-    assert calls == ["thaw", "lock", "lock", "checkpoint", "checkpoint", "freeze", "dump",
+    assert calls == ["thaw", "lock", "lock", "checkpoint", "checkpoint", "freeze", "dump", "criu-done",
                      "thaw", "restore", "restore", "unlock", "unlock", "freeze"]
     assert s.criu.dump.call_args.args[0].freeze_cgroup == str(s.freezer.path)
     assert s.freezer.is_frozen and s.all_running() and summary.frozen_before
@@ -82,7 +88,9 @@ def test_criu_failure_rolls_back(mocker: MockerFixture, procs: list[int], tmp_pa
     s = Setup(mocker, procs, tmp_path, frozen=True)
 
     def dump(opts: Any, on_notify: Any = None) -> None:
-        raise CriuError("dump of pid 1 failed", errno=5, log_tail="Error (criu/cr-dump.c:1): boom")
+        # the client's first line carries CRIU's last error (the tail follows it)
+        raise CriuError("dump of pid 1 failed: Error (criu/cr-dump.c:1): boom", errno=5,
+                        log_tail="Error (criu/cr-dump.c:1): boom")
 
     s.criu.dump.side_effect = dump
     with pytest.raises(CheckpointError) as ei:
