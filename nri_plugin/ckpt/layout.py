@@ -36,17 +36,16 @@ from typing import Any
 from .. import __version__
 from ..errors import GpucrError
 from ..host.proc import HostError, mem_available
+from .durable import DIR_MODE, FILE_MODE, fsync_path, fsync_tree
 
 __all__ = [
     "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
-    "CheckpointStore", "check_disk_space", "check_host_memory", "fsync_tree", "mode_of", "staging_path",
+    "CheckpointStore", "check_disk_space", "check_host_memory", "mode_of", "staging_path",
 ]
 
 FORMAT_VERSION = 1
 METADATA = "gpucr.json"
 IMAGES = "images"
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 _CHUNK = 4 << 20
 _EXCLUDED = frozenset({METADATA, f".{METADATA}.tmp"})
 #: CRIU's logs: restore.log is written by every restore, dump.log (and stats-dump) still by CRIU after ``post-dump``,
@@ -204,53 +203,6 @@ def _staging_owner(path: Path) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def _fsync_path(path: Path, flags: int, mode: int | None = None) -> None:
-    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        if mode is not None:
-            os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(path: Path, *, tighten: bool = False) -> int:
-    """fsync every regular file under ``path``, then every directory bottom-up (``path`` last), never following a
-    symlink; with ``tighten`` also make them private (0600/0700). Returns the number of files.
-
-    Raises:
-        OSError: EIO, or ENOSPC of delayed allocation: the data is not safe on disk.
-    """
-    n = 0
-    for dirpath, _dirnames, filenames in os.walk(path, topdown=False):
-        for name in filenames:
-            p = Path(dirpath, name)
-            if p.is_symlink() or not p.is_file():
-                continue
-            _fsync_path(p, os.O_RDONLY, FILE_MODE if tighten else None)
-            n += 1
-        _fsync_path(Path(dirpath), os.O_RDONLY | os.O_DIRECTORY, DIR_MODE if tighten else None)
-    return n
-
-
-_RENAME_EXCHANGE = 2  # linux/fs.h
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directory entries (renameat2 RENAME_EXCHANGE); False when the filesystem or libc cannot."""
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except AttributeError:
-        return False
-    at_fdcwd = -100
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not supported here
-        return False
-    raise OSError(err, os.strerror(err), str(a))
 
 
 class CheckpointDir:
@@ -354,8 +306,8 @@ class CheckpointDir:
 
     def commit(self) -> None:
         """The atomic final step of a staged checkpoint (after :meth:`finalize`): rename it into place, replacing a
-        previous checkpoint only now (swapped atomically where the filesystem can, else renamed aside first), then
-        fsync the parent so the rename survives a crash. Afterwards ``path`` is the final name.
+        previous checkpoint only now (renamed aside first, removed afterwards), then fsync the parent so the rename
+        survives a crash. Afterwards ``path`` is the final name.
 
         Raises:
             LayoutError: the rename or the fsync failed (the staged dir is left for :meth:`discard`).
@@ -370,13 +322,14 @@ class CheckpointDir:
             except OSError as exc:
                 if exc.errno not in (39, 17) or not self.holds_checkpoint(final):  # ENOTEMPTY, EEXIST
                     raise
-                if _exchange(self.path, final):
-                    old = self.path
-                else:
-                    old = final.with_name(f".{final.name}.gpucr-old-{os.getpid()}")
-                    os.rename(final, old)
-                    os.rename(self.path, final)
-            _fsync_path(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+                # the old checkpoint goes aside only now that the new one is complete and durable; a crash between
+                # the two renames leaves the old one whole at .NAME.gpucr-old-<pid>
+                old = final.with_name(f".{final.name}.gpucr-old-{os.getpid()}")
+                if old.is_symlink() or old.exists():
+                    shutil.rmtree(old)
+                os.rename(final, old)
+                os.rename(self.path, final)
+            fsync_path(final.parent, directory=True)
         except OSError as exc:
             raise LayoutError(f"cannot move the finished checkpoint {self.path} into place at {final}: "
                               f"{exc.strerror or exc}; check the filesystem, then checkpoint again") from exc
@@ -432,7 +385,7 @@ class CheckpointDir:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.metadata_file)
-            _fsync_path(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            fsync_path(self.path, directory=True)
         except OSError as exc:
             raise LayoutError(f"cannot finalize checkpoint {self.path}: {exc}") from exc
         return meta
