@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import __version__
-from ..host.proc import tree_pids
+from ..errors import GpucrError
+from ..host.proc import alive, tree_pids
 from .compat import check_compat
 from .cuda.driver import format_api_version
 from .cuda_steps import CudaSteps, FreezerLike, Suspended
@@ -81,6 +82,7 @@ class StoreLike(Protocol):
     def write_metadata(self, images_dir: Path, meta: dict[str, Any]) -> None: ...
     def committed(self, images_dir: Path) -> bool: ...
     def discard(self, images_dir: Path) -> None: ...
+    def settle(self, images_dir: Path) -> None: ...
     def images_of(self, images_dir: Path) -> Path: ...
     def no_space(self, images_dir: Path) -> bool: ...
     def read_metadata(self, images_dir: Path) -> tuple[dict[str, Any], Path]: ...
@@ -220,14 +222,18 @@ class Engine:
                 while dumped & set(cgroup.pids()) and time.monotonic() < deadline:
                     time.sleep(0.02)
                 cgroup.freeze()
-        try:
-            if self.store.committed(req.images_dir):
-                with self.cuda.step("sync"):  # CRIU's log and stats, written after post-dump (not in the manifest)
+        if self.store.committed(req.images_dir):
+            try:  # CRIU's log and stats, written after post-dump: not part of the sealed checkpoint
+                with self.cuda.step("sync"):
                     self.store.sync(req.images_dir)
-            else:
+            except GpucrError as exc:
+                log.warning("%s", exc)
+        else:
+            try:
                 self._seal(req, summary, s)
-        except Exception as exc:  # the tasks run (leave-running) or the checkpoint is sealed: nothing to roll back
-            raise self._failed(req, exc, "seal", None) from exc
+            except Exception as exc:  # the tasks run again (leave-running): nothing to roll back
+                raise self._failed(req, exc, "seal", None) from exc
+        self.store.settle(req.images_dir)
         summary.image_bytes = dir_bytes(self.store.images_of(req.images_dir))
         summary.timings_s = dict(self.cuda.timings)
         return summary
@@ -244,10 +250,15 @@ class Engine:
     def _failed(self, req: CheckpointRequest, exc: Exception, step: str, s: Suspended | None) -> CheckpointError:
         """Turn a failure into the one error the caller sees: the workload, the step, the cause, what was undone
         and the fix. Rolls back the CUDA steps when ``s`` is given (not yet rolled back) and drops the unfinished
-        checkpoint (a checkpoint already committed at ``post-dump`` stays: the dumped tasks may be gone)."""
+        checkpoint (one committed at ``post-dump`` stays only when the dumped tasks are gone)."""
         full = _no_space(exc) or self.store.no_space(req.images_dir)
-        sealed = self.store.committed(req.images_dir)
-        self.store.discard(req.images_dir)
+        # sealed at post-dump and the tasks gone (CRIU killed them, then failed): that checkpoint is all that is left
+        # of the workload, keep it; while the workload runs, no checkpoint of a failed dump stays valid
+        sealed = self.store.committed(req.images_dir) and not alive(req.pid)
+        if sealed:
+            self.store.settle(req.images_dir)
+        else:
+            self.store.discard(req.images_dir)
         undone = ""
         if s is not None:
             rolled = self.cuda.fail(exc, step, s.touched, s.cgroup, s.frozen_before)
@@ -262,8 +273,8 @@ class Engine:
                    "filesystem, then retry")
         else:
             fix = _FIX.get(step, "fix the cause above, then retry (-vv shows CRIU's log)")
-        kept = (f"the checkpoint in {req.images_dir} was complete and durable before that (sealed at post-dump)"
-                if sealed else f"no new checkpoint in {req.images_dir}")
+        kept = (f"the dumped tasks are gone, but the checkpoint in {req.images_dir} was complete and durable before "
+                "(sealed at post-dump): restore it" if sealed else f"no new checkpoint in {req.images_dir}")
         msg = f"checkpoint of {who} failed at step {step}: {cause}" + (f"; {undone}" if undone else "") + \
             f"; {kept}; fix: {fix}"
         return CheckpointError(msg, step=step, pid=getattr(exc, "pid", None) or req.pid)

@@ -21,8 +21,10 @@ Deliberately not here: what goes into the images (CRIU), GPU discovery (the CUDA
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -42,6 +44,8 @@ __all__ = [
     "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
     "CheckpointStore", "check_disk_space", "check_host_memory", "mode_of", "staging_path",
 ]
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 METADATA = "gpucr.json"
@@ -212,6 +216,8 @@ class CheckpointDir:
         self.path = path
         #: where a staged checkpoint goes on :meth:`commit` (None: ``path`` is already its final name)
         self.final: Path | None = None
+        #: the previous checkpoint that :meth:`commit` moved aside, until :meth:`settle` or :meth:`discard`
+        self.replaced: Path | None = None
 
     @property
     def images_dir(self) -> Path:
@@ -306,8 +312,8 @@ class CheckpointDir:
 
     def commit(self) -> None:
         """The atomic final step of a staged checkpoint (after :meth:`finalize`): rename it into place, replacing a
-        previous checkpoint only now (renamed aside first, removed afterwards), then fsync the parent so the rename
-        survives a crash. Afterwards ``path`` is the final name.
+        previous checkpoint only now (renamed aside to ``.NAME.gpucr-old-<pid>``, kept until :meth:`settle`), then
+        fsync the parent so the rename survives a crash. Afterwards ``path`` is the final name.
 
         Raises:
             LayoutError: the rename or the fsync failed (the staged dir is left for :meth:`discard`).
@@ -320,7 +326,7 @@ class CheckpointDir:
             try:
                 os.rename(self.path, final)  # absent or an empty dir: replaced atomically
             except OSError as exc:
-                if exc.errno not in (39, 17) or not self.holds_checkpoint(final):  # ENOTEMPTY, EEXIST
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not self.holds_checkpoint(final):
                     raise
                 # the old checkpoint goes aside only now that the new one is complete and durable; a crash between
                 # the two renames leaves the old one whole at .NAME.gpucr-old-<pid>
@@ -328,17 +334,43 @@ class CheckpointDir:
                 if old.is_symlink() or old.exists():
                     shutil.rmtree(old)
                 os.rename(final, old)
-                os.rename(self.path, final)
+                try:
+                    os.rename(self.path, final)
+                except OSError:
+                    os.rename(old, final)
+                    raise
             fsync_path(final.parent, directory=True)
         except OSError as exc:
             raise LayoutError(f"cannot move the finished checkpoint {self.path} into place at {final}: "
                               f"{exc.strerror or exc}; check the filesystem, then checkpoint again") from exc
         self.path = final
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        self.replaced = old
+
+    @property
+    def committed(self) -> bool:
+        return self.final is None or self.path == self.final
+
+    def settle(self) -> None:
+        """The checkpoint stands: remove the one it replaced."""
+        if self.replaced is not None:
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
 
     def discard(self) -> None:
-        """Remove a staged checkpoint that will not be committed (a failed checkpoint); a committed one is kept."""
+        """Undo this checkpoint: remove its staged dir; a committed one is moved back out of place (and the one it
+        replaced put back) before it is removed, so the final name holds what it held before."""
+        if self.final is not None and self.committed:
+            staged = staging_path(self.final)
+            try:
+                os.rename(self.final, staged)
+                if self.replaced is not None:
+                    os.rename(self.replaced, self.final)
+                    self.replaced = None
+                fsync_path(self.final.parent, directory=True)
+            except OSError as exc:
+                log.warning("could not withdraw checkpoint %s: %s", self.final, exc)
+                return
+            self.path = staged
         if _staging_owner(self.path) is not None:
             shutil.rmtree(self.path, ignore_errors=True)
 
@@ -534,15 +566,22 @@ class CheckpointStore:
                               f"{exc.strerror or exc}") from exc
 
     def discard(self, images_dir: Path) -> None:
-        """Drop a checkpoint that failed before its commit (its temporary dir); a committed one is kept."""
+        """Undo the checkpoint for ``images_dir`` (a failed checkpoint): its temporary dir removed, or, committed
+        already, withdrawn with the previous checkpoint put back."""
         cp = self._staged.pop(images_dir, None)
         if cp is not None:
             cp.discard()
 
+    def settle(self, images_dir: Path) -> None:
+        """The checkpoint for ``images_dir`` stands (reported done): drop the one it replaced."""
+        cp = self._staged.pop(images_dir, None)
+        if cp is not None:
+            cp.settle()
+
     def committed(self, images_dir: Path) -> bool:
         """Whether the checkpoint for ``images_dir`` has been committed (moved into place)."""
         cp = self._staged.get(images_dir)
-        return cp is None or cp.final is None or cp.path == cp.final
+        return cp is None or cp.committed
 
     def no_space(self, images_dir: Path) -> bool:
         """Whether the filesystem the checkpoint for ``images_dir`` is written to is (nearly) full: after a failed
