@@ -54,7 +54,7 @@ _FIX = {
     "get-state": "the driver did not report the process state: check the driver, then retry",
     "thaw": "the cgroup could not be thawed: check its freezer (an ancestor frozen?), then retry",
     "refreeze": "the cgroup could not be frozen again: check for tasks in D state, then retry",
-    "criu-dump": "fix what CRIU reports above (-vv shows its log), then retry",
+    "criu-dump": "see CRIU's error above (-vv prints its log; dmesg when criu was killed), then retry",
     "sync": "the images could not be written to disk: check the filesystem (dmesg), then retry",
     "seal": "the checkpoint could not be sealed: check the filesystem (dmesg, free space), then retry",
 }
@@ -269,6 +269,7 @@ class Engine:
         log.debug("checkpoint of pid %d failed at %s: %s", req.pid, step, exc)
         who = f"container {req.container_id[:13]} (pid {req.pid})" if req.container_id else f"pid {req.pid}"
         if full:
+            cause = f"no space left on the filesystem of {req.images_dir} ({cause})"
             fix = (f"the filesystem of {req.images_dir} is full: free space there or choose --to on a larger "
                    "filesystem, then retry")
         else:
