@@ -17,7 +17,7 @@ from nri_plugin.ckpt.criu import CriuError
 from nri_plugin.ckpt.discovery import CudaProcess, GpuInventory
 from nri_plugin.ckpt.cuda_steps import CudaSteps
 from nri_plugin.ckpt.engine import CheckpointError, CheckpointRequest, Engine, RestoreRequest
-from nri_plugin.ckpt.layout import CheckpointStore
+from nri_plugin.ckpt.layout import CheckpointStore, LayoutError
 
 from tests.ckpt.test_cuda_steps import GIB, UUID0, UUID1, MockFreezer, SMDriver, procs  # noqa: F401 (fixture)
 
@@ -175,3 +175,39 @@ def test_restore_remaps_gpus(mocker: MockerFixture, procs: list[int], tmp_path: 
     out = s.engine.restore(RestoreRequest(images_dir=s.dir, gpu_map={UUID0: UUID1, UUID1: UUID0}))
     assert s.all_running() and out.pid == procs[0]
     assert {c.args[1] and tuple(c.args[1]) for c in restore.call_args_list} == {((UUID0, UUID1), (UUID1, UUID0))}
+
+
+@pytest.mark.parametrize("leave_running", [False, True], ids=["kill", "leave-running"])
+def test_sealed_at_post_dump_before_criu_lets_the_tasks_go(mocker: MockerFixture, procs: list[int], tmp_path: Path,
+                                                           leave_running: bool) -> None:
+    """Without leave-running the checkpoint is valid (gpucr.json, renamed into place) when gpucr answers CRIU's
+    post-dump, i.e. before CRIU kills the tasks; with leave-running it is sealed once the CUDA processes run again."""
+    s = Setup(mocker, procs, tmp_path)
+    seen: dict[str, bool] = {}
+
+    def dump(opts: Any, on_notify: Any = None) -> None:
+        s._dump(opts, on_notify)
+        seen["valid at post-dump"] = (s.dir / "gpucr.json").exists()
+
+    s.criu.dump.side_effect = dump
+    summary = s.checkpoint(leave_running=leave_running)
+    assert seen["valid at post-dump"] is (not leave_running)
+    assert summary.timings_s["sync"] >= 0 and summary.timings_s["seal"] >= 0
+    s.store.read_metadata(s.dir)
+    assert not list(tmp_path.glob(".ck.*"))
+
+
+def test_sync_failure_fails_the_dump_and_rolls_back(mocker: MockerFixture, procs: list[int], tmp_path: Path) -> None:
+    import errno
+    s = Setup(mocker, procs, tmp_path)
+
+    def no_space(images_dir: Path) -> int:
+        raise LayoutError("cannot write the images to disk") from OSError(errno.ENOSPC, "No space left on device")
+
+    mocker.patch.object(s.store, "sync", side_effect=no_space)
+    with pytest.raises(CheckpointError) as ei:
+        s.checkpoint(leave_running=False)
+    assert ei.value.step == "sync" and len(str(ei.value).splitlines()) == 1
+    assert f"checkpoint of pid {procs[0]} failed at step sync" in str(ei.value)
+    assert "is full" in str(ei.value) and "rolled back: 2 CUDA process(es)" in str(ei.value)
+    assert s.all_running() and list(tmp_path.iterdir()) == []

@@ -11,7 +11,7 @@ import pytest
 
 from nri_plugin import __version__
 from nri_plugin.ckpt.layout import (
-    FORMAT_VERSION, CheckpointDir, GpuProcess, LayoutError, Metadata, check_disk_space, check_host_memory,
+    FORMAT_VERSION, METADATA, CheckpointDir, GpuProcess, LayoutError, Metadata, check_disk_space, check_host_memory,
     mode_of,
 )
 
@@ -219,3 +219,106 @@ def test_large_files_hash_as_a_parallel_tree_and_detect_corruption(tmp_path: Pat
     flipped[(2 << 20) + 7] ^= 1
     big.write_bytes(bytes(flipped))
     assert layout._sha256(big) != "sha256-tree-256MiB:" + hashlib.sha256(b"".join(pieces)).hexdigest()
+
+
+# --- staged checkpoints: valid only by the final rename -------------------------------------------------------------
+
+
+def _staged(path: Path, **kw: object) -> CheckpointDir:
+    cp = CheckpointDir.stage(path, **kw)  # type: ignore[arg-type]
+    _fake_dump(cp)
+    cp.finalize(_meta())
+    return cp
+
+
+def test_staged_checkpoint_is_valid_only_once_committed(tmp_path: Path) -> None:
+    final = tmp_path / "ck"
+    cp = _staged(final)
+    assert cp.path == tmp_path / f".ck.gpucr-tmp-{os.getpid()}" and not final.exists()
+    assert mode_of(cp.path) == 0o700 and cp.metadata_file.exists()
+    # a crash here leaves only the temporary name: restore refuses it, and finds nothing at the final one
+    with pytest.raises(LayoutError, match=f"temporary dir of a checkpoint that never finished \\(gpucr pid "
+                                          f"{os.getpid()}"):
+        CheckpointDir.open(cp.path)
+    with pytest.raises(LayoutError, match="does not exist"):
+        CheckpointDir.open(final)
+    cp.commit()
+    assert cp.path == final and not list(tmp_path.glob(".ck.*"))
+    CheckpointDir.open(final)
+    assert all(mode_of(p) == (0o700 if p.is_dir() else 0o600) for p in [final, *final.rglob("*")])
+
+
+def test_discard_leaves_nothing(tmp_path: Path) -> None:
+    cp = _staged(tmp_path / "ck")
+    cp.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_keeps_the_old_checkpoint_until_the_new_one_stands(tmp_path: Path) -> None:
+    final = tmp_path / "ck"
+    old = _staged(final)
+    old.commit()
+    old.settle()
+    before = (final / METADATA).read_text()
+    with pytest.raises(LayoutError, match="already holds a checkpoint"):
+        CheckpointDir.stage(final)
+    new = _staged(final, force=True)
+    assert (final / METADATA).read_text() == before  # untouched while the new one is written
+    CheckpointDir.open(final)
+    new.commit()
+    assert (final / METADATA).read_text() != before
+    CheckpointDir.open(final)
+    assert new.replaced is not None and new.replaced.exists()  # the old one, aside until the new one is reported
+    # withdrawn (the dump failed after all): the old checkpoint is back in place, whole
+    new.discard()
+    assert (final / METADATA).read_text() == before and not list(tmp_path.glob(".ck.*"))
+    CheckpointDir.open(final)
+    again = _staged(final, force=True)
+    again.commit()
+    again.settle()
+    assert not list(tmp_path.glob(".ck.*"))
+    CheckpointDir.open(final)
+
+
+def test_stage_refuses_what_it_would_not_replace(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "precious").write_text("x")
+    with pytest.raises(LayoutError, match="not empty and holds no checkpoint"):
+        CheckpointDir.stage(d, force=True)
+    assert (d / "precious").read_text() == "x" and not list(tmp_path.glob(".data.*"))
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o755)
+    cp = _staged(empty)
+    cp.commit()  # an empty dir is replaced by the rename
+    assert mode_of(empty) == 0o700
+    CheckpointDir.open(empty)
+
+
+def test_fsync_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images and dirs fsynced, then gpucr.json written and fsynced, the dir fsynced, then the rename, then the
+    parent fsynced (the real calls run; they are only recorded)."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(a: object, b: object) -> None:
+        real_rename(a, b)  # type: ignore[arg-type]
+        events.append(("rename", str(b)))
+
+    cp = CheckpointDir.stage(tmp_path / "ck")
+    _fake_dump(cp)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    cp.finalize(_meta())
+    cp.commit()
+    names = [(k, p.replace(str(tmp_path), "")) for k, p in events]
+    staged = f"/.ck.gpucr-tmp-{os.getpid()}"
+    meta_at = names.index(("fsync", f"{staged}/.gpucr.json.tmp"))
+    assert {("fsync", f"{staged}/images/{n}") for n in ("inventory.img", "pages-1.img", "dump.log")} \
+        <= set(names[:meta_at])
+    assert ("fsync", f"{staged}/images") in names[:meta_at] and ("fsync", staged) in names[:meta_at]
+    assert names[meta_at + 1:] == [("fsync", staged), ("rename", "/ck"), ("fsync", "")]
