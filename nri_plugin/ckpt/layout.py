@@ -37,7 +37,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import GpucrError
-from ..host.proc import HostError, mem_available
+from ..host.proc import HostError, alive, mem_available
 from .durable import DIR_MODE, FILE_MODE, fsync_path, fsync_tree
 
 __all__ = [
@@ -59,6 +59,8 @@ _LOGS = frozenset({"restore.log", "dump.log", "stats-dump", "stats-restore"})
 FULL_BELOW_BYTES = 2 << 20
 #: the marker of a checkpoint dir's temporary name while it is written: ``.NAME.gpucr-tmp-<pid>``
 STAGING_MARK = ".gpucr-tmp-"
+#: the marker of a replaced checkpoint moved aside until the new one stands: ``.NAME.gpucr-old-<pid>``
+ASIDE_MARK = ".gpucr-old-"
 
 
 class LayoutError(GpucrError):
@@ -198,6 +200,15 @@ def staging_path(path: Path, pid: int | None = None) -> Path:
     return path.with_name(f".{path.name}{STAGING_MARK}{os.getpid() if pid is None else pid}")
 
 
+def _aside_owner(path: Path) -> int | None:
+    """The pid in the name of a replaced checkpoint moved aside (``.NAME.gpucr-old-<pid>``), or None."""
+    name = path.name
+    if not name.startswith(".") or ASIDE_MARK not in name:
+        return None
+    tail = name.rsplit(ASIDE_MARK, 1)[1]
+    return int(tail) if tail.isdigit() else None
+
+
 def _staging_owner(path: Path) -> int | None:
     """The pid in a temporary checkpoint name, or None when ``path`` is not one."""
     name = path.name
@@ -302,6 +313,7 @@ class CheckpointDir:
         tmp = staging_path(path)
         try:
             path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            cls._tidy_after_crash(path)
             if tmp.is_symlink() or tmp.exists():  # a previous run of a process with our pid
                 shutil.rmtree(tmp)
         except OSError as exc:
@@ -309,6 +321,21 @@ class CheckpointDir:
         cp = cls.create(tmp, root=root)
         cp.final = path
         return cp
+
+    @staticmethod
+    def _tidy_after_crash(path: Path) -> None:
+        """What a gpucr killed mid-checkpoint left beside ``path``: its temporary dir is removed; a previous
+        checkpoint it had moved aside goes back in place when nothing took that place (else it is removed)."""
+        for p in path.parent.glob(f".{path.name}.gpucr-*"):
+            owner = _staging_owner(p) if STAGING_MARK in p.name else _aside_owner(p)
+            if owner is None or owner == os.getpid() or alive(owner):
+                continue
+            if STAGING_MARK not in p.name and not (path.is_symlink() or path.exists()):
+                log.warning("putting back checkpoint %s that gpucr (pid %d) moved aside before it died", path, owner)
+                os.rename(p, path)
+                continue
+            log.warning("removing %s, left by gpucr (pid %d) killed mid-checkpoint", p, owner)
+            shutil.rmtree(p)
 
     def commit(self) -> None:
         """The atomic final step of a staged checkpoint (after :meth:`finalize`): rename it into place, replacing a
@@ -330,7 +357,7 @@ class CheckpointDir:
                     raise
                 # the old checkpoint goes aside only now that the new one is complete and durable; a crash between
                 # the two renames leaves the old one whole at .NAME.gpucr-old-<pid>
-                old = final.with_name(f".{final.name}.gpucr-old-{os.getpid()}")
+                old = final.with_name(f".{final.name}{ASIDE_MARK}{os.getpid()}")
                 if old.is_symlink() or old.exists():
                     shutil.rmtree(old)
                 os.rename(final, old)

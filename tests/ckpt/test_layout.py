@@ -4,6 +4,7 @@ and validation, manifest verification catching truncation/corruption/missing fil
 from __future__ import annotations
 
 import json
+import subprocess
 import os
 from pathlib import Path
 
@@ -322,3 +323,23 @@ def test_fsync_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         <= set(names[:meta_at])
     assert ("fsync", f"{staged}/images") in names[:meta_at] and ("fsync", staged) in names[:meta_at]
     assert names[meta_at + 1:] == [("fsync", staged), ("rename", "/ck"), ("fsync", "")]
+
+
+def test_leftovers_of_a_killed_gpucr_are_tidied_by_the_next_checkpoint(tmp_path: Path) -> None:
+    """A temporary dir of a dead gpucr is removed; a checkpoint it moved aside (killed between the two renames of a
+    --force) goes back in place. A live owner's dirs are left alone."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    final = tmp_path / "ck"
+    old = _staged(final)
+    old.commit()
+    old.settle()
+    before = (final / METADATA).read_text()
+    os.rename(final, tmp_path / f".ck.gpucr-old-{dead.pid}")
+    (tmp_path / f".ck.gpucr-tmp-{dead.pid}").mkdir()
+    live = tmp_path / f".ck.gpucr-tmp-{os.getppid()}"
+    live.mkdir()
+    cp = CheckpointDir.stage(final, force=True)
+    assert (final / METADATA).read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", cp.path.name, live.name])
+    cp.discard()
