@@ -541,6 +541,7 @@ def test_gpucr_checkpoint_via_runtime(front_containerd: Containerd, plugin: subp
         assert r.returncode == 0, r.stderr
         summary = json.loads(r.stdout.strip().splitlines()[-1])
         assert summary["container_id"] == w.cid and [p["pid"] for p in summary["cuda_processes"]] == [w.pid]
+        assert summary["timings_s"]["sync"] >= 0  # containerd's output fsynced before the summary
         if ctrd.major_minor >= (2, 0):
             assert summary["via"] == "cri CheckpointContainer" and (out / "checkpoint.tar").exists()
         else:
