@@ -15,6 +15,10 @@ policy records (:mod:`nri_plugin.policy.records`). The front loads it from its c
 * ``before_dump`` -- :meth:`CudaSteps.suspend` (thaw the cgroup containerd froze, lock and checkpoint every CUDA process
   in parallel, freeze again), then the marker. A failure is rolled back by the steps and becomes a HookError naming
   the container, pid, step and fix; the relay puts it in front of CRIU's error and CRIU never runs.
+* ``on_notify('post-dump')`` on DUMP -- every image is written and CRIU waits for our answer before it kills (or
+  resumes) the tasks: the images and their dir are fsynced (:func:`~nri_plugin.ckpt.durable.fsync_tree`), so the
+  runtime never hears "done" for images still in the page cache; a failure fails the dump and CRIU resumes the tasks.
+  A caller that asked for no notifications gets the same fsync in ``after_response``, before CRIU's answer.
 * ``after_response`` -- DUMP success with leave-running: :meth:`CudaSteps.resume` (thaw, CUDA restore, unlock, freeze
   again, so containerd's resume finds the workload as it left it); DUMP failure: :meth:`CudaSteps.rollback`.
 * ``on_notify('post-resume')`` on RESTORE -- the only point where the restored tasks run:
@@ -58,6 +62,7 @@ _FIX = {
     "refreeze": "the cgroup could not be frozen again: check for tasks in D state, then retry",
     "marker": "gpucr could not write into CRIU's images dir: check the checkpoint location is writable",
     "compatibility": "fix the container's gpucr.io/gpu-map annotation (one-to-one over the checkpointing node's GPUs)",
+    "sync": "check the filesystem of the runtime's checkpoint dir (free space, dmesg for I/O errors), then retry",
 }
 
 
@@ -141,6 +146,7 @@ class CudaFrontHooks:
         self.suspended: Suspended | None = None
         self._steps: CudaSteps | None = None
         self._restored_pid: int | None = None
+        self._durable = False
 
     # -- the decision (cheap: /proc and the state dir only) -------------------------------------------------------
     def wants(self, request: Request) -> bool:
@@ -280,7 +286,43 @@ class CudaFrontHooks:
             t.container_id, t.record is not None, t.pid, [p.to_json() for p in s.procs], s.inventory.gpus,
             s.inventory.driver_version, gpu_map))
 
+    def _make_durable(self, request: Request, when: str) -> None:
+        """fsync CRIU's images and their dir before the runtime may call the dump done. At ``post-dump`` CRIU has
+        not let the tasks go yet and waits for our answer: a failure here (or a front killed here) fails the dump
+        and CRIU resumes the tasks."""
+        if self._durable:
+            return
+        import time
+
+        from ..ckpt.durable import fsync_tree
+        what = f"DUMP of {self.target.describe() if self.target else f'pid {request.pid}'}"
+        if not request.images_dir:
+            raise HookError(f"{what}: the runtime's images dir is unknown, so gpucr cannot make the images durable; "
+                            "fix: pass images_dir_fd in the DUMP request")
+        t0 = time.monotonic()
+        try:
+            n = fsync_tree(request.images_dir)
+        except OSError as exc:
+            err = HookError(f"{what} failed at step sync: the images in {request.images_dir} could not be written to "
+                            f"disk ({exc.strerror or exc}); fix: {_FIX['sync']}")
+            self.log.error(str(err))
+            raise err from exc
+        self._durable = True
+        self.log.info(f"{what}: {n} image file(s) in {request.images_dir} fsynced at {when} in "
+                      f"{time.monotonic() - t0:.3f} s")
+
     def after_response(self, request: Request, success: bool) -> None:
+        if request.type == DUMP and success and not self._durable:
+            # a caller that asked for no notifications: still durable before the runtime sees CRIU's success; the
+            # CUDA steps below run either way (the tasks were let go already)
+            try:
+                self._make_durable(request, "CRIU's answer")
+            except HookError as exc:
+                self._after_dump(request, success)
+                raise exc
+        self._after_dump(request, success)
+
+    def _after_dump(self, request: Request, success: bool) -> None:
         s, t = self.suspended, self.target
         if request.type != DUMP or s is None or t is None:
             return
@@ -312,6 +354,8 @@ class CudaFrontHooks:
 
     # -- RESTORE --------------------------------------------------------------------------------------------------
     def on_notify(self, request: Request, name: str, pid: int | None) -> None:
+        if request.type == DUMP and name == "post-dump":
+            self._make_durable(request, "post-dump")
         if request.type != RESTORE:
             return
         if pid and name in ("setup-namespaces", "post-restore", "post-resume"):

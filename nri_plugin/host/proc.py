@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 __all__ = [
-    "HostError", "cgroup_path", "cgroup_procs", "comm", "container_id", "cuda_candidates", "external_pid_ns",
-    "kill_tree", "mem_available", "nvidia_minors", "parent_pid", "parse_meminfo", "parse_proc_cgroup",
+    "HostError", "alive", "cgroup_path", "cgroup_procs", "comm", "container_id", "cuda_candidates", "external_pid_ns",
+    "kill_tree", "mem_available", "names_container", "nvidia_minors", "parent_pid", "parse_meminfo", "parse_proc_cgroup",
     "pid_ns_init", "rss_bytes", "runc_cgroup", "tree_pids", "unified_host",
 ]
 
@@ -229,6 +229,16 @@ def comm(pid: int) -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def rss_bytes(pid: int) -> int:
