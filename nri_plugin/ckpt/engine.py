@@ -132,10 +132,11 @@ class Engine:
         step = "criu-dump"
         try:
             self.cuda.progress(step, f"criu dump of pid {req.pid}")
+            self.cuda.phase(step, s)
             with self.cuda.step(step):
                 opts = self._make_dump_options(req, criu_dir,
                                                str(cgroup.path) if (frozen and cgroup is not None) else None)
-                self.criu.dump(opts)
+                self.criu.dump(opts, on_notify=lambda name, _pid: self.cuda.phase(f"criu-{name}", s))
         except Exception as exc:
             raise self.cuda.fail(exc, step, s.touched, cgroup, frozen) from exc
 
@@ -150,6 +151,7 @@ class Engine:
                 while dumped & set(cgroup.pids()) and time.monotonic() < deadline:
                     time.sleep(0.02)
                 cgroup.freeze()
+        self.cuda.phase("done", s)
         summary.image_bytes = dir_bytes(criu_dir)
         summary.cuda_processes = [p.to_json() for p in procs]
         summary.timings_s = dict(self.cuda.timings)

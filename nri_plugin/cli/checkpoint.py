@@ -85,7 +85,7 @@ class _ProgressLine:
             self.dirty = False
 
 
-def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
+def _engine(args: argparse.Namespace, progress: _ProgressLine, on_phase: Any = None) -> Any:
     from ..ckpt.criu import Criu
     from ..ckpt.cuda import Driver, Nvml
     from ..ckpt.cuda_steps import CudaSteps
@@ -94,7 +94,7 @@ def _engine(args: argparse.Namespace, progress: _ProgressLine) -> Any:
     from ..host.cgroup import freezer_at, freezer_of
 
     store = CheckpointStore(args.root, verify_sha256=not getattr(args, "quick_verify", False))
-    cuda = CudaSteps(Driver(args.libcuda), freezer_of, nvml=Nvml(args.libnvml), progress=progress)
+    cuda = CudaSteps(Driver(args.libcuda), freezer_of, nvml=Nvml(args.libnvml), progress=progress, on_phase=on_phase)
     return Engine(cuda, Criu(args.criu), store, freezer_at=freezer_at)
 
 
@@ -169,11 +169,18 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         criu_options.update(container.dump_options(desc))
         extra["container"] = desc
     progress = _ProgressLine()
+    # a lease around the critical section, stale ones of earlier runs rolled back first (ckpt/lease.py)
+    from ._guard import Guard, node_config, steps_factory, sweep_now
+    node = node_config()
+    sweep_now(node, args.libcuda)
+    guard = Guard(node, what=f"container {container_id} (pid {pid})" if container_id else f"pid {pid}",
+                  container_id=container_id, lock_timeout_ms=args.lock_timeout_ms)
     try:
-        summary = _engine(args, progress).checkpoint(CheckpointRequest(
-            images_dir=args.to, pid=pid, leave_running=args.leave_running, force=args.force,
-            container_id=container_id, use_cgroup=use_cgroup, lock_timeout_ms=args.lock_timeout_ms,
-            criu_options=criu_options, extra_metadata=extra))
+        with guard.active(steps_factory(args.libcuda, node)):
+            summary = _engine(args, progress, guard.on_phase).checkpoint(CheckpointRequest(
+                images_dir=args.to, pid=pid, leave_running=args.leave_running, force=args.force,
+                container_id=container_id, use_cgroup=use_cgroup, lock_timeout_ms=args.lock_timeout_ms,
+                criu_options=criu_options, extra_metadata=extra))
     finally:
         progress.done()
     _print(summary, args.json)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HostError", "cgroup_path", "cgroup_procs", "comm", "container_id", "cuda_candidates", "external_pid_ns",
     "kill_tree", "mem_available", "names_container", "nvidia_minors", "parse_meminfo", "parse_proc_cgroup",
-    "pid_ns_init", "rss_bytes", "runc_cgroup", "tree_pids",
+    "pid_ns_init", "rss_bytes", "runc_cgroup", "start_time", "tree_pids",
 ]
 
 #: systemd scope prefixes of the container managers, ``<prefix>-<id>.scope`` (kubelet+containerd, Docker, CRI-O)
@@ -120,6 +120,20 @@ def _ppid_map() -> dict[int, int]:
         rest = raw[raw.rfind(b")") + 2:].split()
         out[int(name)] = int(rest[1])
     return out
+
+
+def start_time(pid: int) -> int:
+    """When ``pid`` started (clock ticks after boot, /proc/PID/stat field 22): with the pid, a process's identity
+    across pid reuse. 0 when it is gone or a zombie (a zombie holds nothing any more)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 0
+    rest = raw[raw.rfind(b")") + 2:].split()
+    if len(rest) < 20 or rest[0] in (b"Z", b"X"):
+        return 0
+    return int(rest[19])
 
 
 def tree_pids(root: int) -> list[int]:

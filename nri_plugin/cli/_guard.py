@@ -1,0 +1,111 @@
+"""The lease around ``gpucr checkpoint``'s critical section (:mod:`nri_plugin.ckpt.lease`), and its signals.
+
+Before it starts, the CLI sweeps stale leases (a killed earlier run's); while it holds a lease, SIGTERM and SIGINT
+raise :class:`~nri_plugin.ckpt.lease.Interrupted` in the engine, which rolls back before the CLI exits, and SIGALRM
+marks the current phase's deadline (from the node config, ``$GPUCR_CONFIG`` or ``/etc/gpucr/config.toml``), so a
+phase that runs out rolls back too and the error names it. A rollback that leaves something undone keeps the lease,
+for the daemon's sweep (or ``gpucr recover``) to finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ..ckpt.cuda_steps import Suspended
+from ..ckpt.lease import Interrupted, LeaseHolder, LeaseStore, roll_back, sweep
+from ..policy import NodeConfig, load_config
+
+__all__ = ["CONFIG_ENV", "Guard", "node_config", "sweep_now"]
+
+log = logging.getLogger("gpucr.lease")
+
+#: the node config the CLI reads (state_dir, deadlines, libcuda); default /etc/gpucr/config.toml
+CONFIG_ENV = "GPUCR_CONFIG"
+
+
+def node_config() -> NodeConfig:
+    path = os.environ.get(CONFIG_ENV)
+    return load_config(Path(path) if path else None)
+
+
+def steps_factory(libcuda: str | None, node: NodeConfig) -> Any:
+    def make() -> Any:
+        from ..ckpt.cuda import Driver
+        from ..ckpt.cuda_steps import CudaSteps
+        from ..host.cgroup import freezer_of
+
+        return CudaSteps(Driver(libcuda or node.libcuda or None, call_timeout_s=node.driver_call_timeout_s),
+                         freezer_of)
+    return make
+
+
+def sweep_now(node: NodeConfig, libcuda: str | None, **kw: Any) -> list[Any]:
+    from ..host.cgroup import freezer_at
+
+    return sweep(LeaseStore(node.state_dir), steps_factory(libcuda, node), freezer_at, **kw)
+
+
+class Guard:
+    """One checkpoint's lease, signal handlers and phase alarm."""
+
+    def __init__(self, node: NodeConfig, *, what: str, container_id: str, lock_timeout_ms: int) -> None:
+        self.node = node
+        self.holder = LeaseHolder(LeaseStore(node.state_dir), holder="gpucr checkpoint", container_id=container_id,
+                                  what=what, budgets=node.phase_budgets(lock_timeout_ms))
+        self._fired = False
+
+    def on_phase(self, point: str, s: Suspended | None) -> None:
+        self.holder.on_phase(point, s)
+        if self.holder.written and self.holder.lease.deadline:
+            signal.setitimer(signal.ITIMER_REAL, max(0.01, self.holder.lease.deadline - time.time()))
+        elif not self.holder.written:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._fired or not self.holder.written:
+            if not self.holder.written and signum != signal.SIGALRM:
+                raise Interrupted(f"interrupted by {signal.Signals(signum).name} before any CUDA step; nothing to undo")
+            return  # one interruption is enough: the rollback it started must not be cut short
+        self._fired = True
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        le = self.holder.lease
+        if signum == signal.SIGALRM:
+            budget = self.holder.budgets.get(le.phase, 0)
+            raise Interrupted(f"phase {le.phase} of the checkpoint of {le.what} ran out of time ({budget:.0f}s, the "
+                              f"node config's deadline); raise it if the workload needs longer", step=le.phase)
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name} during phase {le.phase} of the checkpoint of "
+                          f"{le.what}", step=le.phase)
+
+    @contextmanager
+    def active(self, steps_of: Any) -> Iterator[None]:
+        """Hold the lease around the engine's checkpoint: signals roll back; the lease ends with the section."""
+        from ..ckpt.errors import CheckpointError
+        from ..host.cgroup import freezer_at
+
+        old = {sig: signal.signal(sig, self._signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}
+        try:
+            yield
+        except CheckpointError as exc:
+            if not exc.rollback_problems:
+                self.holder.end()
+            raise
+        except BaseException:
+            if self.holder.written:  # escaped the engine's own rollback: undo what the lease names, here
+                res = roll_back(self.holder.lease, steps_of(), freezer_at, "the checkpoint failed")
+                log.warning("%s", res.line())
+                if not res.problems:
+                    self.holder.end()
+            raise
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        self.holder.end()
