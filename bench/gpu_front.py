@@ -186,7 +186,7 @@ def main() -> int:
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
                            "gpu": sh(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]).stdout.strip(),
                            "gib": args.gib}
-    work = Path("/tmp/gpucr-front-bench")
+    work = Path("/var/lib/gpucr-front-bench")  # not /tmp: the CRIU front refuses a route others could change
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 

@@ -83,7 +83,8 @@ def wait(pred, what: str, timeout: float = 20.0):  # type: ignore[no-untyped-def
 
 def main() -> int:
     version = os.environ.get("GPUCR_DEMO_CONTAINERD", "2.1.9")
-    work = Path(tempfile.mkdtemp(prefix="gpucr-demo-", dir="/var/tmp"))
+    # root's alone: the CRIU front refuses a route or configuration under a directory others can write (/var/tmp)
+    work = Path(tempfile.mkdtemp(prefix="gpucr-demo-", dir=TEST_ROOT))
     os.chmod(work, 0o700)
     route = work / "front"
     env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route / "path")}
@@ -93,6 +94,7 @@ def main() -> int:
     node_conf = work / "config.toml"
     with (route / "path/front.conf").open("a") as f:
         f.write(f"node_config = {node_conf}\n")  # the front's CUDA hooks read the node's state dir from it
+        f.write(f"cache_dir = {work / 'front-cache'}\n")  # the demo leaves nothing in /var/lib/gpucr
     start = subprocess.run(["bash", str(REPO / "install/containerd.sh"), "start", version], text=True,
                            stdout=subprocess.PIPE, env=env)
     if start.returncode != 0:

@@ -1,7 +1,7 @@
 """Just enough of the protobuf wire format to read and patch CRIU RPC messages without importing protobuf.
 
 Why hand-decode: the front starts twice per runc operation (the VERSION call, then the real one), and importing
-the generated ``rpc_pb2`` alone costs ~56 ms (criu-front.md Q6). The front reads a handful of scalar fields and
+the generated ``rpc_pb2`` alone costs ~56 ms of start-up. The front reads a handful of scalar fields and
 patches three fd numbers; everything else must reach CRIU byte for byte, including fields this code has never heard of.
 So a message is handled as a list of raw :class:`Field` spans: unknown fields are kept by construction, and
 re-encoding only touches the fields a caller replaced.

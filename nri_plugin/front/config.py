@@ -1,12 +1,14 @@
 """Where the front finds the real criu, its log dir and its hooks.
 
-Sources, highest first: the environment (``GPUCR_REAL_CRIU``, ``GPUCR_FRONT_LOG_DIR``, ``GPUCR_FRONT_HOOKS``), then
+Sources, highest first: the environment (``GPUCR_REAL_CRIU``, ``GPUCR_FRONT_LOG_DIR``, ``GPUCR_FRONT_CACHE_DIR``,
+``GPUCR_FRONT_HOOKS``), then
 the first configuration file that exists of ``$GPUCR_FRONT_CONF``, ``front.conf`` beside the ``criu`` the runtime
 ran (the route directory install/front.sh makes, so each containerd instance can have its own), and
 ``/etc/gpucr/front.conf``; then the defaults. The file holds ``key = value`` lines (``real_criu``, ``log_dir``,
-``hooks``, ``relay = auto|always``, and any key a hook wants), ``#`` comments, optional quotes: simple enough to
-parse without tomllib on the start-up path. The real criu is never found through PATH, so the front cannot recurse
-onto itself.
+``cache_dir``, ``hooks``, ``relay = auto|always``, and any key a hook wants), ``#`` comments, optional quotes: simple
+enough to parse without tomllib on the start-up path. The file is checked before it is read (root-owned, not
+group/world-writable, nor any directory above it: :mod:`.trust`). The real criu is never found through PATH, so the
+front cannot recurse onto itself.
 """
 
 from __future__ import annotations
@@ -15,25 +17,30 @@ import os
 
 from .errors import FrontError
 
-__all__ = ["ACTIVE_ENV", "DEFAULT_LOG_DIR", "DEFAULT_REAL_CRIU", "SYSTEM_CONF", "FrontConfig", "load", "load_hooks",
+__all__ = ["ACTIVE_ENV", "DEFAULT_CACHE_DIR", "DEFAULT_LOG_DIR", "DEFAULT_REAL_CRIU", "SYSTEM_CONF", "FrontConfig",
+           "load", "load_hooks",
            "parse_conf"]
 
 DEFAULT_REAL_CRIU = "/usr/sbin/criu"
 DEFAULT_LOG_DIR = "/var/log/gpucr"
+#: root-only (0700) home of the front's caches (the real criu's VERSION answer, the hooks' node-config values)
+DEFAULT_CACHE_DIR = "/var/lib/gpucr/front"
 SYSTEM_CONF = "/etc/gpucr/front.conf"
 #: set in the real criu's environment; a front that finds it set was started by criu or by itself
 ACTIVE_ENV = "GPUCR_FRONT_ACTIVE"
 
 
 class FrontConfig:
-    """The resolved configuration; ``values`` keeps every key of the file (hooks read their own)."""
+    """The resolved configuration; ``values`` keeps every key of the file (hooks read their own) plus the resolved
+    ``log_dir`` and ``cache_dir``."""
 
-    __slots__ = ("real_criu", "log_dir", "hooks", "relay_always", "conf_file", "values")
+    __slots__ = ("real_criu", "log_dir", "cache_dir", "hooks", "relay_always", "conf_file", "values")
 
     def __init__(self, real_criu: str = DEFAULT_REAL_CRIU, log_dir: str | None = DEFAULT_LOG_DIR,
                  hooks: str | None = None, relay_always: bool = False, conf_file: str | None = None,
-                 values: dict[str, str] | None = None) -> None:
+                 values: dict[str, str] | None = None, cache_dir: str | None = DEFAULT_CACHE_DIR) -> None:
         self.real_criu, self.log_dir, self.hooks, self.relay_always = real_criu, log_dir, hooks, relay_always
+        self.cache_dir = cache_dir
         self.conf_file, self.values = conf_file, values or {}
 
 
@@ -65,11 +72,13 @@ def _relay_mode(value: str, where: str | None) -> bool:
     return value == "always"
 
 
-def load(env: dict[str, str] | os._Environ[str], argv0: str) -> FrontConfig:
-    """Resolve the configuration for a front started as ``argv0``.
+def load(env: dict[str, str] | os._Environ[str], argv0: str, check: bool = True) -> FrontConfig:
+    """Resolve the configuration for a front started as ``argv0``; ``check=False`` skips the ownership check
+    (unit tests of the format only).
 
     Raises:
-        FrontError: an unreadable or malformed configuration file, or a real criu that is this front itself.
+        FrontError: a configuration file that root does not own alone (before it is read), an unreadable or
+            malformed one, or a real criu that is this front itself.
     """
     candidates = [env.get("GPUCR_FRONT_CONF") or None, os.path.join(os.path.dirname(argv0), "front.conf")
                   if os.sep in argv0 else None, SYSTEM_CONF]
@@ -77,6 +86,11 @@ def load(env: dict[str, str] | os._Environ[str], argv0: str) -> FrontConfig:
     conf_file = None
     for path in candidates:
         if path and os.path.exists(path):
+            if check:
+                from .trust import path_problem
+                problem = path_problem(path, "the configuration file")
+                if problem:
+                    raise FrontError(problem)
             try:
                 with open(path, encoding="utf-8") as f:
                     values = parse_conf(f.read(), path)
@@ -89,7 +103,9 @@ def load(env: dict[str, str] | os._Environ[str], argv0: str) -> FrontConfig:
         log_dir=env.get("GPUCR_FRONT_LOG_DIR") or values.get("log_dir") or DEFAULT_LOG_DIR,
         hooks=env.get("GPUCR_FRONT_HOOKS") or values.get("hooks") or None,
         relay_always=_relay_mode(env.get("GPUCR_FRONT_RELAY") or values.get("relay") or "auto", conf_file),
-        conf_file=conf_file, values=values)
+        conf_file=conf_file, values=dict(values),
+        cache_dir=env.get("GPUCR_FRONT_CACHE_DIR") or values.get("cache_dir") or DEFAULT_CACHE_DIR)
+    cfg.values["log_dir"], cfg.values["cache_dir"] = cfg.log_dir or "", cfg.cache_dir or ""
     if not os.path.isabs(cfg.real_criu):
         where = conf_file or "the environment"
         raise FrontError(f"real_criu must be an absolute path, got {cfg.real_criu!r} (from {where}): the front never "
@@ -104,16 +120,30 @@ def load(env: dict[str, str] | os._Environ[str], argv0: str) -> FrontConfig:
     return cfg
 
 
-def load_hooks(spec: str, values: dict[str, str]) -> object:
-    """Import ``module:callable`` and call it with the configuration values; returns the hooks object.
+def load_hooks(spec: str, values: dict[str, str], check: bool = True) -> object:
+    """Import ``module:callable`` and call it with the configuration values; returns the hooks object. A module
+    outside ``nri_plugin`` (whose tree the front checked at start) has its top-level package checked first.
 
     Raises:
-        FrontError: the spec is malformed or the import or call fails.
+        FrontError: the spec is malformed, the module's code is not root's alone, or the import or call fails.
     """
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise FrontError(f"hooks = {spec!r}: expected 'module:callable'")
     import importlib
+    top = mod_name.partition(".")[0]
+    if check and top != "nri_plugin":
+        from importlib.machinery import PathFinder
+
+        from .trust import path_problem, tree_problem
+        found = PathFinder.find_spec(top)
+        problem = None
+        if found is not None and found.submodule_search_locations:
+            problem = tree_problem(list(found.submodule_search_locations)[0], "the front's hooks")
+        elif found is not None and found.origin:
+            problem = path_problem(found.origin, "the front's hooks")
+        if problem:
+            raise FrontError(problem)
     try:
         factory = getattr(importlib.import_module(mod_name), attr)
         return factory(values)

@@ -2,7 +2,7 @@
 
 First :meth:`~FrontHooks.wants` decides whether gpucr has work in this session at all. If not, the front hands the
 runtime's socket to the real criu (exec, same pid: nothing relayed, no fd renumbering, transparent by construction);
-if so, it relays the session and calls the hooks at three points (criu-front.md section 5, pitfall 6):
+if so, it relays the session and calls the hooks at three points:
 
 * :meth:`~FrontHooks.before_dump` -- the DUMP request arrived and CRIU has not started yet. Under containerd the
   cgroup is already FROZEN here (``request.freeze_cgroup``); a hook that needs live tasks thaws, acts and re-freezes.

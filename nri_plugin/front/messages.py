@@ -33,9 +33,11 @@ REQ_TYPE_NAMES = {
 _REQ_TYPE, _REQ_OPTS, _REQ_NOTIFY_SUCCESS = 1, 2, 3
 # criu_opts
 _OPT_IMAGES_DIR_FD, _OPT_PID, _OPT_LEAVE_RUNNING, _OPT_LOG_FILE = 1, 2, 3, 10
-_OPT_WORK_DIR_FD, _OPT_FREEZE_CGROUP, _OPT_STATUS_FD = 17, 44, 49
-#: criu_opts fields that carry an fd number CRIU resolves as /proc/<peer>/fd/N (cr-service.c), by name
-FD_OPTIONS = {"images_dir_fd": _OPT_IMAGES_DIR_FD, "work_dir_fd": _OPT_WORK_DIR_FD, "status_fd": _OPT_STATUS_FD}
+_OPT_WORK_DIR_FD, _OPT_FREEZE_CGROUP, _OPT_STATUS_FD, _OPT_PIDFD_STORE_SK = 17, 44, 49, 62
+#: criu_opts fields that carry an fd number CRIU resolves in its peer's fd table, by name: the dirs and status_fd
+#: as /proc/<peer>/fd/N, pidfd_store_sk with pidfd_getfd(<peer>, N) (cr-service.c, pidfd-store.c)
+FD_OPTIONS = {"images_dir_fd": _OPT_IMAGES_DIR_FD, "work_dir_fd": _OPT_WORK_DIR_FD, "status_fd": _OPT_STATUS_FD,
+              "pidfd_store_sk": _OPT_PIDFD_STORE_SK}
 # criu_resp
 _RESP_TYPE, _RESP_SUCCESS, _RESP_RESTORE, _RESP_NOTIFY, _RESP_ERRNO, _RESP_ERRMSG, _RESP_VERSION = 1, 2, 4, 5, 7, 9, 10
 # criu_notify, criu_restore_resp, criu_version
@@ -103,6 +105,11 @@ class Request:
     @property
     def type_name(self) -> str:
         return type_name(self.type)
+
+    @property
+    def is_plain_version(self) -> bool:
+        """go-criu's version check: a VERSION request without options, which the cached answer can serve."""
+        return self.type == VERSION and not self.has_opts
 
     def __repr__(self) -> str:
         return (f"Request({self.type_name}, pid={self.pid}, leave_running={self.leave_running}, "

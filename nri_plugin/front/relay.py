@@ -1,5 +1,7 @@
 """The front's decisions, message by message, without I/O (the h11 shape: bytes in, what-to-send out).
 
+:func:`first_move` decides from the runtime's first request what the session is: handed over to the real criu,
+answered from the cached VERSION answer, refused, or relayed.
 :class:`Relay` sees the runtime's first request, every message CRIU sends, and every later message from the runtime,
 and says where each goes and in what form. It calls the hooks (:mod:`.hooks`) at their points and turns a hook's
 failure into gpucr's explanation in front of CRIU's error. It never touches a socket, fd or process: the I/O side
@@ -21,10 +23,13 @@ TYPE_CHECKING = False  # not typing's: importing typing costs ~26 ms of start-up
 if TYPE_CHECKING:
     from .hooks import FrontHooks
 
-__all__ = ["MIN_CRIU_VERSION", "Relay", "Route", "TO_CRIU", "TO_RUNTIME", "needs_relay", "version_problem"]
+__all__ = ["ANSWER_VERSION", "HAND_OVER", "MIN_CRIU_VERSION", "REFUSE", "RELAY", "Relay", "Route", "TO_CRIU",
+           "TO_RUNTIME", "first_move", "version_problem"]
 
 TO_RUNTIME, TO_CRIU = "runtime", "criu"
-#: CRIU older than this fails on current kernels (vDSO) and lacks RPC action-script support (criu-front.md Q5b)
+#: the front's first move in a swrk session (:func:`first_move`)
+HAND_OVER, ANSWER_VERSION, REFUSE, RELAY = "hand-over", "answer-version", "refuse", "relay"
+#: CRIU older than this fails on current kernels (vDSO) and lacks RPC action-script support
 MIN_CRIU_VERSION = (4, 1)
 _ECANCELED, _EBADMSG, _ENOEXEC = 125, 74, 8
 PREFIX = "gpucr criu front"
@@ -42,17 +47,32 @@ class Route:
         return f"Route({self.to}, {len(self.data)} bytes, {self.note!r})"
 
 
-def needs_relay(request: m.Request, hooks: FrontHooks | None, always: bool = False) -> bool:
-    """Relay the session (True) or hand it to the real criu (False): only when there are hooks and they want it,
-    or when the configuration says ``relay = always``. A ``wants`` that raises counts as wanting (safe side)."""
-    if always:
-        return True
+def first_move(req: m.Request | None, criu_version: tuple[int, int] | None, hooks: FrontHooks | None,
+               relay_always: bool, real_criu: str = "criu") -> tuple[str, str | None]:
+    """What the front does with a swrk session, from the runtime's first request alone: (move, problem text).
+
+    :data:`RELAY` for garbage (the relay answers it with a clear error) and whenever the configuration says
+    ``relay = always`` or the hooks want the session (a ``wants`` that raises counts as wanting: the hooks meet the
+    request again in the relay and can fail it with an explanation); :data:`REFUSE` with gpucr's explanation when
+    the real criu is too old; :data:`ANSWER_VERSION` for go-criu's plain VERSION call when the real criu's answer is
+    known; :data:`HAND_OVER` (exec the real criu on the runtime's socket) otherwise.
+    """
+    if req is None:
+        return RELAY, None
+    problem = version_problem(criu_version, real_criu)
+    if problem:
+        return REFUSE, problem
+    if relay_always:
+        return RELAY, None
+    if req.is_plain_version and criu_version is not None:
+        return ANSWER_VERSION, None
     if hooks is None:
-        return False
+        return HAND_OVER, None
     try:
-        return bool(hooks.wants(request))
-    except Exception:  # the hooks will meet the request again in the relay and can fail it with an explanation
-        return True
+        wants = bool(hooks.wants(req))
+    except Exception:  # see above: the safe side is to relay
+        wants = True
+    return (RELAY if wants else HAND_OVER), None
 
 
 def version_problem(version: tuple[int, int] | None, real_criu: str) -> str | None:
@@ -99,8 +119,9 @@ class Relay:
                                          "CRIU RPC on the swrk socket (criu swrk FD)", _EBADMSG)
 
     def forward_request(self, reopened: dict[str, int], pid: int | None = None) -> bytes:
-        """The first request as CRIU must see it: fd numbers replaced by the front's own (pitfall 1), and the pid
-        of a pid-less DUMP made explicit (CRIU would otherwise dump its peer, which is now the front)."""
+        """The first request as CRIU must see it: fd numbers replaced by the front's own (CRIU resolves them in its
+        peer), and the pid of a pid-less DUMP made explicit (CRIU would otherwise dump its peer, which is no longer
+        the runtime)."""
         assert self.request is not None
         return m.rewrite_request(self.request.raw, reopened, pid)
 

@@ -15,7 +15,8 @@ import struct
 
 from .errors import FrontError
 
-__all__ = ["CHILD_DEFAULT_SIGNALS", "MAX_FDS", "MAX_MESSAGE_BYTES", "VERSION_REQUEST", "answer", "criu_version_answer",
+__all__ = ["CHILD_DEFAULT_SIGNALS", "MAX_FDS", "MAX_MESSAGE_BYTES", "VERSION_CACHE", "VERSION_REQUEST", "answer",
+           "criu_version_answer",
            "exec_real", "peek_request", "peer_pid", "runtime_paths", "swrk_socket"]
 
 #: larger than any CRIU RPC message runc sends or receives (runc reads answers into 10 * 4096 bytes)
@@ -23,6 +24,8 @@ MAX_MESSAGE_BYTES = 1 << 20
 MAX_FDS = 64
 #: criu_req{type: VERSION}
 VERSION_REQUEST = b"\x08\x0a"
+#: the cache file (in the front's cache dir) of the real criu's VERSION answer
+VERSION_CACHE = "criu-version.cache"
 _INT = struct.Struct("i")
 _UCRED = struct.Struct("3i")
 #: Python ignores these at start-up and an ignored signal survives exec: criu must get them at their defaults, as
@@ -96,33 +99,32 @@ def runtime_paths(pid: int, fds: dict[str, int]) -> dict[str, str]:
 
 
 def criu_version_answer(real_criu: str, cache_dir: str | None) -> bytes | None:
-    """The real criu's own answer to a VERSION request (raw ``criu_resp`` bytes), cached in ``cache_dir`` by the
-    binary's path, mtime and size: one real ``criu swrk`` exchange per installed binary, then a file read per call.
-    The front answers runc's VERSION call with these bytes (saving a criu start per checkpoint) and checks the
-    version in them. None when it cannot be had (no criu, no answer): the caller then goes to the real criu."""
+    """The real criu's own answer to a VERSION request (raw ``criu_resp`` bytes), cached in the root-only
+    ``cache_dir`` (:mod:`.trust`) by the binary's path, mtime and size: one real ``criu swrk`` exchange per installed
+    binary, then a file read per call. The front answers runc's VERSION call with these bytes (saving a criu start
+    per checkpoint) and checks the version in them. None when it cannot be had (no criu, no answer): the caller
+    then goes to the real criu.
+
+    Raises:
+        FrontError: the cache dir or file is not root's alone (one line naming it and the fix).
+    """
+    from .trust import read_cache, write_cache
     try:
         st = os.stat(real_criu)
     except OSError:
         return None
     key = f"{os.path.realpath(real_criu)} {st.st_mtime_ns} {st.st_size}"
-    cache = os.path.join(cache_dir, "criu-version.cache") if cache_dir else None
-    if cache:
-        try:
-            with open(cache, encoding="utf-8") as f:
-                k, _, v = f.read().strip().rpartition(" ")
-            if k == key:
+    text = read_cache(cache_dir, VERSION_CACHE)
+    if text:
+        k, _, v = text.strip().rpartition(" ")
+        if k == key:
+            try:
                 return bytes.fromhex(v)
-        except (OSError, ValueError):
-            pass
+            except ValueError:
+                pass
     data = _ask_version(real_criu)
-    if data and cache:
-        try:
-            tmp = f"{cache}.{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(f"{key} {data.hex()}\n")
-            os.replace(tmp, cache)
-        except OSError:
-            pass
+    if data:
+        write_cache(cache_dir, VERSION_CACHE, f"{key} {data.hex()}\n")
     return data
 
 

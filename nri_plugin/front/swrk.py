@@ -1,22 +1,30 @@
 """The front's I/O: relay one ``criu swrk N`` session between the runtime and the real criu.
 
-What it does, in order (criu-front.md sections 3 and 5):
+The real criu must be the process the runtime started, as it would be without the front: with ``rst_sibling`` (runc
+sets it on every restore) CRIU creates the restored tree with CLONE_PARENT, so the tree becomes the children of
+criu's parent. A relaying front that started criu as its own child would adopt the tree itself, and a caller that is
+not a subreaper would get ECHILD from ``waitpid``. So the front process *becomes* the real criu (exec, same pid),
+and a detached helper process relays:
 
-1. read the runtime's first request (with any SCM_RIGHTS fds) from fd N, a SOCK_SEQPACKET socket;
-2. take the runtime's pid from SO_PEERCRED and reopen ``images_dir_fd``/``work_dir_fd``/``status_fd`` as
-   ``/proc/<runtime>/fd/<n>`` into fds of its own, because CRIU resolves these numbers in its peer, which is now
-   the front (pitfall 1); the numbers in the request are rewritten, every other byte kept;
-3. run the before-dump hook (a failure answers the runtime and CRIU never runs);
-4. only now start the real criu as ``criu swrk N`` on a fresh socketpair placed at the same fd number, so it
-   inherits every other fd as the front did, and sits in the cgroups runc moved the front into on RESTORE (pitfall 3);
-5. relay both ways, with fds (the orphan-pts master on RESTORE, inherit_fd), routing CRIU's messages through
-   :class:`~.relay.Relay`; a half-close on one side becomes a half-close on the other (pitfall 5);
-6. wait for criu's exit through a pidfd and ``waitpid`` of criu's pid only (never ``wait(-1)``: the restored init is
-   the front's child through ``rst_sibling`` and must go to the runtime's subreaper, pitfall 4); then return criu's
-   exit status so the front exits with it at once.
+1. the front (the process the runtime started, pid F) reopens every fd-number option of the runtime's first request
+   from the runtime (``/proc/<runtime>/fd/N`` for the images/work dirs and ``status_fd``, ``pidfd_getfd`` for
+   ``pidfd_store_sk``: CRIU resolves them in its peer) into inheritable fds of its own;
+2. it makes a fresh socketpair. SO_PEERCRED of a socketpair names its creator, F, which after the exec *is* criu:
+   so CRIU resolves the rewritten numbers in its own fd table, where the reopened fds are;
+3. it forks the helper (twice, so the helper is not criu's child: CRIU treats an unexpected child's exit as a
+   failed restore; the helper is adopted by the nearest subreaper or init, which reap it). The helper takes the
+   runtime's socket and one end of the pair, reads the first request (with its SCM_RIGHTS fds), runs the
+   before-dump hook and, if the hook lets the dump happen, queues the rewritten request on the pair and tells F to
+   go (one byte on a pipe; any other answer: F exits 1, the helper has answered the runtime);
+4. F puts the other end of the pair at fd N in place of the runtime's socket and execs ``criu swrk N``. criu
+   inherits every other fd as the front had them (the fds of ``inherit_fd``, runc's extra files) and sits in
+   the cgroups runc moved F into on RESTORE (runc does that after starting it, before the request). Its exit
+   status is the front's, for free (runc fails a non-zero one);
+5. the helper relays both ways with fds (:class:`_Pump`), routing CRIU's messages through :class:`~.relay.Relay`
+   (hooks at each notify and the final answer), mirrors half-closes, and ends when criu has exited and its socket
+   is drained. It never waits for any process: the restored tree belongs to the runtime.
 
-Uses ``_socket`` rather than ``socket``: the latter imports enum and costs ~14 ms of start-up per call. The
-runtime-side helpers that the hand-over path needs too live in :mod:`.runtime`.
+Uses ``_socket`` rather than ``socket``: the latter imports enum and costs ~14 ms of start-up per call.
 """
 
 from __future__ import annotations
@@ -29,13 +37,19 @@ from . import messages as m
 from ._log import FrontLog
 from .errors import FrontError
 from .relay import TO_CRIU, Relay
-from .runtime import CHILD_DEFAULT_SIGNALS, _recv, _send, peer_pid
+from .runtime import _recv, _send, answer, exec_real
+
+TYPE_CHECKING = False  # not typing's (start-up cost, see _wire)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["relay_swrk", "reopen_fds"]
 
+_GO, _STOP = b"g", b"n"
+
 
 def reopen_fds(pid: int, fds: dict[str, int]) -> dict[str, int]:
-    """Open ``/proc/<pid>/fd/<n>`` for each named fd option; returns the front's own fd numbers.
+    """The runtime's fd for each fd-number option, as an inheritable fd of this process (criu inherits it).
 
     Raises:
         FrontError: naming the option, the runtime's fd and why (closed, gone, no permission).
@@ -43,13 +57,18 @@ def reopen_fds(pid: int, fds: dict[str, int]) -> dict[str, int]:
     out: dict[str, int] = {}
     try:
         for name, n in fds.items():
-            flags = (os.O_WRONLY if name == "status_fd" else os.O_RDONLY | os.O_DIRECTORY) | os.O_CLOEXEC
             path = f"/proc/{pid}/fd/{n}"
             try:
-                out[name] = os.open(path, flags)
+                if name == "pidfd_store_sk":  # a socket: /proc cannot reopen it
+                    from ._pidfd import pidfd_getfd
+                    out[name] = pidfd_getfd(pid, n)
+                else:
+                    flags = os.O_WRONLY if name == "status_fd" else os.O_RDONLY | os.O_DIRECTORY
+                    out[name] = os.open(path, flags | os.O_CLOEXEC)
             except OSError as exc:
                 raise FrontError(f"cannot open the runtime's {name} {n} as {path}: {exc.strerror}; the runtime "
                                  f"(pid {pid}) must keep it open until criu answers") from exc
+            os.set_inheritable(out[name], True)
     except FrontError:
         for fd in out.values():
             os.close(fd)
@@ -75,7 +94,7 @@ def _write_work_log(work_fd: int | None, log_file: str | None, text: str) -> Non
 
 
 def _own_cgroup() -> str:
-    """The front's freezer (v1) or unified cgroup: on RESTORE runc has moved it into the container's (pitfall 3)."""
+    """The front's freezer (v1) or unified cgroup: on RESTORE runc has moved it into the container's."""
     try:
         with open("/proc/self/cgroup", encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -88,188 +107,254 @@ def _own_cgroup() -> str:
     return next((ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")), "?")
 
 
-def _status_text(status: int) -> tuple[int, str]:
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        return 128 - code, f"was killed by signal {-code}"
-    return code, f"exited with status {code}"
+def _exit_text(pid: int) -> str:
+    """How criu ended, read from its zombie (the runtime reaps it, not us); best effort."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            fields = f.read().rpartition(")")[2].split()
+        if fields[0] == "Z":
+            code = os.waitstatus_to_exitcode(int(fields[49]))
+            return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+    except (OSError, ValueError, IndexError):
+        pass
+    return "exited"
 
 
 def relay_swrk(rt: _socket.socket, swrk_fd: int, real_criu: str, relay: Relay, log: FrontLog,
-               env: dict[str, str]) -> int:
-    """Relay one swrk session; returns the exit status the front must exit with (criu's, or 1 for the front's
-    own refusals). The caller owns ``rt``; every fd this function opens is closed before it returns."""
-    peer = peer_pid(rt)
-    data, fds = _recv(rt, "the runtime")
-    if not data and not fds:
-        log.warning(f"runtime pid {peer} closed the swrk socket before sending a request; nothing to do")
-        return 1
-    try:
-        req = relay.accept_request(data)
-    except m.MessageError as exc:
+               env: dict[str, str], first: m.Request | None, peer: int) -> int:
+    """Relay one swrk session whose first request (peeked, not consumed) is ``first`` (None: undecodable) from
+    runtime pid ``peer``. Returns only when criu does not run (the front's refusals: 1); otherwise this process
+    becomes criu."""
+    if first is None:
+        data, fds = _recv(rt, "the runtime")
         for fd in fds:
             os.close(fd)
-        log.error(f"garbage from runtime pid {peer} on swrk fd {swrk_fd} ({len(data)} bytes: {data[:32].hex()}): {exc}")
-        rt.sendmsg([relay.garbage_answer(exc)])
-        return 1
-    req.peer_pid = peer
-    log.info(f"request {req.type_name} from runtime pid {peer}: pid={req.pid} leave_running={req.leave_running} "
-             f"freeze_cgroup={req.freeze_cgroup} fds={req.fds} passed_fds={len(fds)} front_cgroup={_own_cgroup()}")
-    own: dict[str, int] = {}
-    try:
         try:
-            own = reopen_fds(peer, req.fds)
-        except FrontError as exc:
-            log.error(str(exc))
-            rt.sendmsg([m.encode_failure(req.type, f"gpucr criu front: {exc}", 9)])  # EBADF
+            relay.accept_request(data)
+        except m.MessageError as exc:
+            log.error(f"garbage from runtime pid {peer} on swrk fd {swrk_fd} ({len(data)} bytes: {data[:32].hex()}): "
+                      f"{exc}")
+            rt.sendmsg([relay.garbage_answer(exc)])
             return 1
-        if "images_dir_fd" in own:
-            req.images_dir = os.readlink(f"/proc/self/fd/{own['images_dir_fd']}")
+        first = relay.request  # the runtime replaced its message after the peek: use what it sent
+        assert first is not None
+    relay.request = first
+    log.info(f"request {first.type_name} from runtime pid {peer}: pid={first.pid} leave_running="
+             f"{first.leave_running} freeze_cgroup={first.freeze_cgroup} fds={first.fds} front_cgroup={_own_cgroup()}")
+    try:
+        own = reopen_fds(peer, first.fds)
+    except FrontError as exc:
+        log.error(str(exc))
+        answer(rt, m.encode_failure(first.type, f"gpucr criu front: {exc}", 9))  # EBADF
+        return 1
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    ctl_r, ctl_w = os.pipe()
+    me = os.getpid()
+    child = os.fork()
+    if child == 0:  # the intermediate: fork the helper and go, so the helper is not criu's child
+        code = 0
+        try:
+            if os.fork() == 0:
+                os.close(ctl_r)
+                theirs.close()
+                code = _helper(rt, ours, me, swrk_fd, relay, log, own, peer, ctl_w)
+        finally:
+            os._exit(code)
+    os.waitpid(child, 0)
+    os.close(ctl_w)
+    ours.close()
+    try:
+        go = os.read(ctl_r, 1)
+    finally:
+        os.close(ctl_r)
+    if go != _GO:
+        theirs.close()
+        for fd in own.values():
+            os.close(fd)
+        return 1
+    os.dup2(theirs.fileno(), swrk_fd)  # replaces this process's copy of the runtime's socket: the helper has it
+    theirs.close()
+    try:
+        exec_real(real_criu, [real_criu, "swrk", str(swrk_fd)], env)
+    except OSError as exc:  # the helper relays this as criu's answer
+        msg = (f"gpucr criu front: cannot run the real criu {real_criu}: {exc.strerror}; install CRIU >= 4.1 "
+               "or set real_criu in /etc/gpucr/front.conf (or GPUCR_REAL_CRIU)")
+        log.error(msg)
+        s = _socket.socket(fileno=swrk_fd)
+        try:
+            s.setblocking(False)
+            _, fds = _recv(s, "the relay")  # take the queued request: closing on unread data would reset the pair
+            for f in fds:
+                os.close(f)
+            s.sendmsg([m.encode_failure(first.type, msg, 2)])  # ENOENT
+        finally:
+            s.detach()
+    return 1
+
+
+def _helper(rt: _socket.socket, criu: _socket.socket, criu_pid: int, swrk_fd: int, relay: Relay, log: FrontLog,
+            own: dict[str, int], peer: int, ctl: int) -> int:
+    """The relaying process: consume the first request, run the before-dump hook, release criu, then pump."""
+    told = False
+    try:
+        pidfd = os.pidfd_open(criu_pid)
+        req = relay.request
+        assert req is not None
+        data, fds = _recv(rt, "the runtime")  # the request peeked by the front, now taken with its fds
         pid = peer if req.type == m.DUMP and req.has_opts and req.pid is None else None
         forward = relay.forward_request(own, pid)
-        answer = relay.before_forward()
-        if answer is not None:
+        refusal = relay.before_forward()
+        if refusal is not None:
             log.error(f"{req.type_name} refused before criu ran: {relay.explanation}")
             _write_work_log(own.get("work_dir_fd"), req.log_file, relay.explanation or "")
             for fd in fds:
                 os.close(fd)
-            rt.sendmsg([answer])
+            rt.sendmsg([refusal])
             return 1
-        code = _run_criu(rt, swrk_fd, real_criu, relay, log, env, forward, fds)
-        if relay.explanation:  # a hook failed mid-way or after CRIU: say so in the log the runtime points at
-            _write_work_log(own.get("work_dir_fd"), req.log_file, relay.explanation)
-        return code
+        _send(criu, forward, fds)
+        os.write(ctl, _GO)
+        told = True
+        os.close(ctl)
+        log.debug(f"criu swrk {swrk_fd} runs as pid {criu_pid} (the front's own pid, the runtime's child)")
+        def explain() -> None:  # a hook failed mid-way or after CRIU: say so in the log the runtime points at
+            if relay.explanation:
+                _write_work_log(own.get("work_dir_fd"), req.log_file, relay.explanation)
+
+        _Pump(rt, criu, criu_pid, pidfd, relay, log, explain).run()
+        return 0
+    except Exception as exc:  # the helper's stderr is usually /dev/null: the log is the only witness
+        log.error(f"relay helper: {type(exc).__name__}: {exc}")
+        if not told:
+            try:
+                rt.sendmsg([m.encode_failure(relay.request.type if relay.request else m.EMPTY,
+                                             f"gpucr criu front: relay failed: {exc}", 5)])  # EIO
+            except OSError:
+                pass
+        return 1
     finally:
-        for fd in own.values():
-            os.close(fd)
+        if not told:
+            try:
+                os.write(ctl, _STOP)
+            except OSError:
+                pass
 
 
-def _run_criu(rt: _socket.socket, swrk_fd: int, real_criu: str, relay: Relay, log: FrontLog, env: dict[str, str],
-              first: bytes, first_fds: list[int]) -> int:
-    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
-    try:
+class _Pump:
+    """Moves messages (and their SCM_RIGHTS fds) between the runtime and criu until criu has exited and its
+    socket is drained. One method per poll source; half-closes pass through."""
+
+    def __init__(self, rt: _socket.socket, criu: _socket.socket, pid: int, pidfd: int, relay: Relay,
+                 log: FrontLog, before_final: Callable[[], None] = lambda: None) -> None:
+        self.rt, self.criu, self.pid, self.pidfd, self.relay, self.log = rt, criu, pid, pidfd, relay, log
+        #: runs just before the runtime gets the final answer (which it may act on at once, e.g. copy CRIU's log)
+        self.before_final = before_final
+        self.rt_open = self.criu_open = True  # still reading from each side
+        self.rt_writable = True                # the runtime still takes messages
+        self.exited = False
+        self.poll = select.poll()
+        ev = select.POLLIN | select.POLLHUP | select.POLLERR
+        self.poll.register(rt.fileno(), ev)
+        self.poll.register(criu.fileno(), ev)
+        self.poll.register(pidfd, select.POLLIN)
+
+    def run(self) -> None:
         try:
-            pid = os.posix_spawn(real_criu, [real_criu, "swrk", str(swrk_fd)], env,
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), swrk_fd)],
-                                 setsigdef=CHILD_DEFAULT_SIGNALS)
-        except OSError as exc:
-            msg = (f"gpucr criu front: cannot run the real criu {real_criu}: {exc.strerror}; install CRIU >= 4.1 "
-                   "or set real_criu in /etc/gpucr/front.conf (or GPUCR_REAL_CRIU)")
-            log.error(msg)
-            for fd in first_fds:
-                os.close(fd)
-            req = relay.request
-            rt.sendmsg([m.encode_failure(req.type if req else m.EMPTY, msg, 2)])  # ENOENT
-            return 1
-        theirs.close()
-        log.debug(f"started {real_criu} swrk {swrk_fd} as pid {pid}")
-        pidfd = os.pidfd_open(pid)
-        try:
-            return _pump(rt, ours, pid, pidfd, relay, log, first, first_fds)
+            while self.criu_open or not self.exited:
+                for fd, _events in self.poll.poll():
+                    if fd == self.pidfd:
+                        self.on_criu_exit()
+                    elif fd == self.criu.fileno() and self.criu_open:
+                        self.on_criu()
+                    elif fd == self.rt.fileno() and self.rt_open:
+                        self.on_runtime()
+                if self.exited and self.criu_open and not _has_input(self.criu):
+                    self.criu_done(_exit_text(self.pid))
         finally:
-            os.close(pidfd)
-    finally:
-        ours.close()
-        theirs.close()
+            os.close(self.pidfd)
+        self.log.info(f"criu pid {self.pid} {_exit_text(self.pid)}")
 
+    def on_criu_exit(self) -> None:
+        # whatever criu sent is already queued: drain it without blocking, then finish
+        self.exited = True
+        self.poll.unregister(self.pidfd)
+        self.criu.setblocking(False)
 
-def _pump(rt: _socket.socket, criu: _socket.socket, pid: int, pidfd: int, relay: Relay, log: FrontLog,
-          first: bytes, first_fds: list[int]) -> int:
-    _send(criu, first, first_fds)
-    poll = select.poll()
-    ev = select.POLLIN | select.POLLHUP | select.POLLERR
-    poll.register(rt.fileno(), ev)
-    poll.register(criu.fileno(), ev)
-    poll.register(pidfd, select.POLLIN)
-    rt_open = criu_open = True      # still reading from each side
-    rt_writable = True              # the runtime still takes messages
-    status: int | None = None
-
-    def runtime_eof() -> None:
-        # the runtime will send nothing more (runc's CloseWrite); it may still read, so only criu hears of it
-        nonlocal rt_open
-        if rt_open:
-            poll.unregister(rt.fileno())
-            rt_open = False
+    def on_criu(self) -> None:
         try:
-            criu.shutdown(_socket.SHUT_WR)
+            data, fds = _recv(self.criu, "criu")
+        except BlockingIOError:
+            self.criu_done(_exit_text(self.pid))
+            return
+        except ConnectionResetError:  # criu left a message of ours unread; what it sent is still queued
+            return
+        except OSError as exc:
+            self.log.error(f"reading from criu pid {self.pid}: {exc}")
+            self.criu_done("failed")
+            return
+        if not data and not fds:
+            self.log.debug("criu closed its end (EOF), passing the half-close to the runtime")
+            self.criu_done(_exit_text(self.pid) if self.exited else "closed its socket")
+            return
+        route = self.relay.from_criu(data)
+        if route.note:
+            self.log.info(route.note)
+        if self.relay.final is not None and route.to != TO_CRIU:
+            self.before_final()
+        if route.to == TO_CRIU:
+            _send(self.criu, route.data, fds)
+        elif self.rt_writable:
+            try:
+                _send(self.rt, route.data, fds)
+            except OSError as exc:
+                self.log.error(f"the runtime went away while criu answered ({exc}); telling criu")
+                self.runtime_gone()
+        else:
+            for f in fds:
+                os.close(f)
+
+    def on_runtime(self) -> None:
+        try:
+            data, fds = _recv(self.rt, "the runtime")
+        except OSError as exc:
+            self.log.error(f"reading from the runtime: {exc}")
+            self.runtime_gone()
+            return
+        if not data and not fds:
+            self.log.debug("runtime closed its end (EOF), passing the half-close to criu")
+            self.runtime_eof()
+            return
+        try:
+            _send(self.criu, data, fds)
+        except OSError as exc:
+            self.log.error(f"forwarding the runtime's message to criu pid {self.pid}: {exc}")
+
+    def runtime_eof(self) -> None:
+        # the runtime will send nothing more (runc's CloseWrite); it may still read, so only criu hears of it
+        if self.rt_open:
+            self.poll.unregister(self.rt.fileno())
+            self.rt_open = False
+        try:
+            self.criu.shutdown(_socket.SHUT_WR)
         except OSError:
             pass
 
-    def runtime_gone() -> None:
-        nonlocal rt_writable
-        runtime_eof()
-        rt_writable = False
+    def runtime_gone(self) -> None:
+        self.runtime_eof()
+        self.rt_writable = False
 
-    def criu_done(why: str) -> None:
-        nonlocal criu_open, rt_writable
-        if criu_open:
-            poll.unregister(criu.fileno())
-            criu_open = False
-        if rt_writable:
-            if relay.final is None:
-                rt.sendmsg([relay.missing_answer(why)])
+    def criu_done(self, why: str) -> None:
+        if self.criu_open:
+            self.poll.unregister(self.criu.fileno())
+            self.criu_open = False
+        if self.rt_writable:
+            if self.relay.final is None:
+                self.before_final()
+                self.rt.sendmsg([self.relay.missing_answer(why)])
             try:
-                rt.shutdown(_socket.SHUT_WR)
+                self.rt.shutdown(_socket.SHUT_WR)
             except OSError:
                 pass
-            rt_writable = False
-
-    while criu_open or status is None:
-        for fd, _events in poll.poll():
-            if fd == pidfd:
-                _, status = os.waitpid(pid, 0)
-                poll.unregister(pidfd)
-                # criu is gone: whatever it sent is already queued; drain it without blocking, then finish
-                criu.setblocking(False)
-            elif fd == criu.fileno() and criu_open:
-                try:
-                    data, fds = _recv(criu, "criu")
-                except BlockingIOError:
-                    criu_done(_status_text(status)[1] if status is not None else "closed its socket")
-                    continue
-                except OSError as exc:
-                    log.error(f"reading from criu pid {pid}: {exc}")
-                    criu_done("failed")
-                    continue
-                if not data and not fds:
-                    log.debug("criu closed its end (EOF), passing the half-close to the runtime")
-                    criu_done(_status_text(status)[1] if status is not None else "closed its socket")
-                    continue
-                route = relay.from_criu(data)
-                if route.note:
-                    log.info(route.note)
-                if route.to == TO_CRIU:
-                    _send(criu, route.data, fds)
-                elif rt_writable:
-                    try:
-                        _send(rt, route.data, fds)
-                    except OSError as exc:
-                        log.error(f"the runtime went away while criu answered ({exc}); telling criu")
-                        runtime_gone()
-                else:
-                    for f in fds:
-                        os.close(f)
-            elif fd == rt.fileno() and rt_open:
-                try:
-                    data, fds = _recv(rt, "the runtime")
-                except OSError as exc:
-                    log.error(f"reading from the runtime: {exc}")
-                    runtime_gone()
-                    continue
-                if not data and not fds:
-                    log.debug("runtime closed its end (EOF), passing the half-close to criu")
-                    runtime_eof()
-                    continue
-                try:
-                    _send(criu, data, fds)
-                except OSError as exc:
-                    log.error(f"forwarding the runtime's message to criu pid {pid}: {exc}")
-        if status is not None and criu_open and not _has_input(criu):
-            criu_done(_status_text(status)[1])
-    code, text = _status_text(status)
-    log.info(f"criu pid {pid} {text}")
-    return code
+            self.rt_writable = False
 
 
 def _has_input(sock: _socket.socket) -> bool:

@@ -63,7 +63,7 @@ _FIX = {
 
 class NodeView:
     """The node-config values the front uses. Parsing the TOML file costs tens of ms of start-up (tomllib,
-    dataclasses) on every dump, so :func:`node_view` caches these few values beside the front's log, keyed by the
+    dataclasses) on every dump, so :func:`node_view` caches these few values in the front's root-only cache dir, keyed by the
     file's path, mtime and size (as the front caches the real criu's VERSION answer)."""
 
     KEYS = ("state_dir", "unmanaged_cuda", "libcuda", "lock_timeout_ms", "driver_call_timeout_s")
@@ -92,29 +92,21 @@ def node_view(path: str | None, cache_dir: str | None) -> NodeView:
         key = f"{os.path.realpath(conf)} {st.st_mtime_ns} {st.st_size}"
     except OSError:
         key = f"{conf} absent"
-    cache = os.path.join(cache_dir, "node-config.cache") if cache_dir else None
-    if cache:
+    from ..front.trust import read_cache, write_cache
+    lines = (read_cache(cache_dir, "node-config.cache") or "").split("\n")  # FrontError: a cache root does not own
+    if lines[0] == key:
         try:
-            with open(cache, encoding="utf-8") as f:
-                lines = f.read().split("\n")
-            if lines[0] == key:
-                kv = dict(ln.split("\t", 1) for ln in lines[1:] if "\t" in ln)
-                return NodeView(kv["state_dir"], kv["unmanaged_cuda"], kv["libcuda"], int(kv["lock_timeout_ms"]),
-                                float(kv["driver_call_timeout_s"]))
-        except (OSError, KeyError, ValueError):
+            kv = dict(ln.split("\t", 1) for ln in lines[1:] if "\t" in ln)
+            return NodeView(kv["state_dir"], kv["unmanaged_cuda"], kv["libcuda"], int(kv["lock_timeout_ms"]),
+                            float(kv["driver_call_timeout_s"]))
+        except (KeyError, ValueError):
             pass
     from pathlib import Path
 
     from ..policy.config import load_config
     view = NodeView.of(load_config(Path(path) if path else None))
-    if cache:
-        try:
-            tmp = f"{cache}.{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("\n".join([key, *(f"{k}\t{getattr(view, k)}" for k in NodeView.KEYS)]) + "\n")
-            os.replace(tmp, cache)
-        except OSError:
-            pass
+    write_cache(cache_dir, "node-config.cache",
+                "\n".join([key, *(f"{k}\t{getattr(view, k)}" for k in NodeView.KEYS)]) + "\n")
     return view
 
 
@@ -142,7 +134,7 @@ class CudaFrontHooks:
         self.values = values
         self.log = FrontLog(values.get("log_dir"))
         self.node = NodeView.of(node) if node is not None else node_view(values.get("node_config"),
-                                                                         values.get("log_dir"))
+                                                                         values.get("cache_dir"))
         self.libcuda = values.get("libcuda") or self.node.libcuda or DEFAULT_LIBCUDA
         self.libnvml = values.get("libnvml") or None
         self.target: Target | None = None

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class FrontRoute:
         self.conf = root / "path/front.conf"
         self.log_dir = root / "log"
         self.log = self.log_dir / "criu-front.log"
+        self.cache_dir = root / "cache"
         self.base_conf = self.conf.read_text()
 
     def log_mark(self) -> int:
@@ -45,6 +47,14 @@ class FrontRoute:
         with self.log.open("rb") as f:
             f.seek(mark)
             return f.read().decode(errors="replace")
+
+    def log_when(self, mark: int, text: str, timeout: float = 10) -> str:
+        """The log since ``mark`` once it holds ``text`` (or after ``timeout``): the relaying helper outlives criu
+        by a moment, so its last lines may come after the runtime is done."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log_since(mark)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return log
 
     @contextlib.contextmanager
     def configured(self, **values: str) -> Iterator[None]:
@@ -78,6 +88,8 @@ def make_route(root: Path) -> FrontRoute:
         dst.parent.mkdir(mode=0o755, exist_ok=True)
         shutil.copyfile(testenv.REPO / rel, dst)
         dst.chmod(0o644)
+    with (root / "path/front.conf").open("a") as f:  # the front's caches: root-only, beside the route, not in /var
+        f.write(f"cache_dir = {root / 'cache'}\n")
     return FrontRoute(root)
 
 

@@ -3,7 +3,7 @@
 
 It appends one JSON line per hook call to ``record_to``: at the DUMP request the v1 freezer state of
 ``freeze_cgroup`` (or ``cgroup.freeze`` on v2) and the State of the dumped pid. With ``thaw_for_s`` it does what a
-CUDA lock needs (criu-front.md Q3b): thaw, wait, record the tasks running, re-freeze; with ``fail_before_dump`` it
+CUDA lock needs: thaw, wait, record the tasks running, re-freeze; with ``fail_before_dump`` it
 raises a HookError with that text, which must abort the dump and leave the container running; ``fail_at_notify``
 names a notification at which it raises (CRIU is then told the notify failed).
 """

@@ -12,6 +12,7 @@ import nri_plugin.front as front_pkg
 from nri_plugin.front import config
 from nri_plugin.front.errors import FrontError
 
+
 def test_package_all_names_submodules() -> None:
     for name in front_pkg.__all__:
         importlib.import_module(f"nri_plugin.front.{name}")
@@ -29,19 +30,24 @@ def test_precedence(tmp_path: Path) -> None:
     beside.mkdir()
     (beside / "front.conf").write_text("real_criu = /opt/criu\nlog_dir = /l\nhooks = m:f\nrelay = always\nx = 1\n")
     argv0 = str(beside / "criu")
-    cfg = config.load({}, argv0)
+    cfg = config.load({}, argv0, check=False)
     assert (cfg.real_criu, cfg.log_dir, cfg.hooks, cfg.relay_always, cfg.values["x"]) == ("/opt/criu", "/l", "m:f", True, "1")
     assert cfg.conf_file == str(beside / "front.conf")
-    cfg = config.load({"GPUCR_REAL_CRIU": "/e/criu", "GPUCR_FRONT_RELAY": "auto"}, argv0)
+    cfg = config.load({"GPUCR_REAL_CRIU": "/e/criu", "GPUCR_FRONT_RELAY": "auto"}, argv0, check=False)
     assert cfg.real_criu == "/e/criu" and not cfg.relay_always
     other = tmp_path / "other.conf"
     other.write_text("real_criu = /other/criu\n")
-    assert config.load({"GPUCR_FRONT_CONF": str(other)}, argv0).real_criu == "/other/criu"
+    assert config.load({"GPUCR_FRONT_CONF": str(other)}, argv0, check=False).real_criu == "/other/criu"
+    with pytest.raises(FrontError, match=r"refusing to start: the configuration file .* /tmp is group- or world-wr"):
+        config.load({"GPUCR_FRONT_CONF": str(other)}, argv0)  # tmp_path lies under /tmp
     nowhere = tmp_path / "empty"
     nowhere.mkdir()
     if not os.path.exists(config.SYSTEM_CONF):
         cfg = config.load({}, str(nowhere / "criu"))
         assert (cfg.real_criu, cfg.log_dir, cfg.hooks) == (config.DEFAULT_REAL_CRIU, config.DEFAULT_LOG_DIR, None)
+        assert cfg.cache_dir == config.DEFAULT_CACHE_DIR == "/var/lib/gpucr/front"
+    cfg = config.load({"GPUCR_FRONT_CACHE_DIR": "/c", "GPUCR_FRONT_LOG_DIR": "/l"}, argv0, check=False)
+    assert (cfg.cache_dir, cfg.values["cache_dir"], cfg.values["log_dir"]) == ("/c", "/c", "/l")
 
 
 def test_refusals(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from nri_plugin.ckpt.criu._pb import rpc_pb2
 from nri_plugin.front import messages as m
 from nri_plugin.front.errors import HookError
 from nri_plugin.front.hooks import FrontHooks, NoHooks
-from nri_plugin.front.relay import TO_CRIU, TO_RUNTIME, Relay, needs_relay, version_problem
+from nri_plugin.front.relay import ANSWER_VERSION, HAND_OVER, REFUSE, RELAY, TO_CRIU, TO_RUNTIME, Relay, first_move
+from nri_plugin.front.relay import version_problem
 
 
 class Recorder:
@@ -84,7 +85,7 @@ def test_dump_sequence_passes_through_with_hooks_called() -> None:
         assert (route.to, route.data) == (TO_RUNTIME, data)
     data = final()
     route = relay.from_criu(data)
-    assert (route.to, route.data) == (TO_RUNTIME, data)  # untouched: cr_errmsg on success is normal (pitfall 7)
+    assert (route.to, route.data) == (TO_RUNTIME, data)  # untouched: CRIU's rlimit line in cr_errmsg is normal
     assert rec.calls == [("before_dump", 4242, "/sys/fs/cgroup/freezer/p/c1", True),
                          ("notify", "pre-dump", None), ("notify", "network-lock", None),
                          ("notify", "query-ext-files", None), ("notify", "post-dump", None),
@@ -175,13 +176,50 @@ def test_garbage_and_missing_answers() -> None:
     assert miss.cr_errmsg == "gpucr criu front: criu (/x/criu) was killed by signal 9 before answering the DUMP request"
 
 
-def test_needs_relay() -> None:
-    req = m.decode_request(dump_req())
-    assert needs_relay(req, None) is False
-    assert needs_relay(req, None, always=True) is True
-    assert needs_relay(req, NoHooks()) is False
-    assert needs_relay(req, Recorder()) is True
-    assert needs_relay(req, Recorder(fail_at="wants", exc=RuntimeError("state dir unreadable"))) is True  # safe side
+class Wants(NoHooks):
+    def wants(self, request: m.Request) -> bool:
+        return True
+
+
+class WantsFails(NoHooks):
+    def wants(self, request: m.Request) -> bool:
+        raise RuntimeError("state dir unreadable")
+
+
+VERSION_REQ = m.decode_request(rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString())
+DUMP_REQ = m.decode_request(dump_req())
+RESTORE_REQ = m.decode_request(rpc_pb2.criu_req(type=rpc_pb2.RESTORE, opts=rpc_pb2.criu_opts(
+    images_dir_fd=9, rst_sibling=True)).SerializeToString())
+VERSION_WITH_OPTS = m.decode_request(rpc_pb2.criu_req(type=rpc_pb2.VERSION, opts=rpc_pb2.criu_opts(
+    images_dir_fd=-1)).SerializeToString())
+
+
+@pytest.mark.parametrize(("req", "version", "hooks", "always", "move"), [
+    (VERSION_REQ, (4, 1), None, False, ANSWER_VERSION),
+    (VERSION_REQ, (4, 1), Wants(), False, ANSWER_VERSION),    # go-criu's check never reaches the hooks
+    (VERSION_REQ, None, None, False, HAND_OVER),               # no cached answer: the real criu answers
+    (VERSION_REQ, (4, 1), None, True, RELAY),
+    (VERSION_WITH_OPTS, (4, 1), None, False, HAND_OVER),       # not the plain check: not ours to answer
+    (DUMP_REQ, (4, 1), None, False, HAND_OVER),                # no hooks configured
+    (DUMP_REQ, (4, 1), NoHooks(), False, HAND_OVER),
+    (DUMP_REQ, (4, 1), Wants(), False, RELAY),
+    (DUMP_REQ, (4, 1), WantsFails(), False, RELAY),            # the safe side: the hooks meet it again
+    (DUMP_REQ, (4, 1), NoHooks(), True, RELAY),
+    (DUMP_REQ, None, Wants(), False, RELAY),                   # version unknown: criu itself will tell
+    (DUMP_REQ, (3, 17), Wants(), False, REFUSE),
+    (VERSION_REQ, (4, 0), None, False, REFUSE),
+    (RESTORE_REQ, (4, 2), Wants(), False, RELAY),
+    (RESTORE_REQ, (4, 2), NoHooks(), False, HAND_OVER),
+    (None, (4, 1), Wants(), False, RELAY),                     # garbage: the relay answers it
+    (None, (3, 17), None, False, RELAY),
+])
+def test_first_move(req: m.Request | None, version: tuple[int, int] | None, hooks: FrontHooks | None,
+                    always: bool, move: str) -> None:
+    got, problem = first_move(req, version, hooks, always, "/usr/sbin/criu")
+    assert got == move
+    assert (problem is not None) == (move == REFUSE)
+    if problem:
+        assert problem == version_problem(version, "/usr/sbin/criu")
 
 
 def test_version_problem() -> None:

@@ -352,14 +352,17 @@ def test_runtime_chain_on_live_containerd(version: str, tmp_path: Path) -> None:
     """The handler's BinaryName is a runtime that records each call: after install, containers run through the
     wrapper AND it; checkpoints pass through the front; uninstall gives back the config byte for byte."""
     rec, rec_log = recorder(tmp_path)
-    route, prefix = tmp_path / "route", tmp_path / "lib"
     with live_containerd(version) as (info, restart):
+        # root's alone, as the front requires of the directories above its program and config (not under /tmp)
+        route, prefix = Path(info["dir"]) / "front-route", Path(info["dir"]) / "front-lib"
         config = Path(info["dir"]) / "config.toml"
         config.write_text(re.sub(r'BinaryName = "[^"]*"', f'BinaryName = "{rec}"', config.read_text(), count=1))
         before = config.read_bytes()
         r = front_sh("install", "--config", str(config), "--dir", str(route), "--prefix", str(prefix),
                      "--real-criu", str(REAL_CRIU), "--log-dir", str(tmp_path / "log"), "--hooks", front_cuda_hooks())
         assert r.returncode == 0, r.stderr
+        with (route / "path/front.conf").open("a") as f:  # the front's caches: root-only, beside the route
+            f.write(f"cache_dir = {route / 'cache'}\n")
         assert f"-> {route}/bin/runc (gpucr runc wrapper) -> {rec}" in front_sh("status", "--config",
                                                                                  str(config)).stdout
         ctrd = restart()
