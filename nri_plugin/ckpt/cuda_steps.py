@@ -61,7 +61,7 @@ Progress = Callable[[str, str], None]
 
 #: on_phase(point, suspended): called as a critical section moves on (``thaw``, ``cuda-lock``, ``after-lock``,
 #: ``cuda-checkpoint``, ``checkpointed``, ``refreeze``, ``criu-dump``, ``criu-<notify>``, ``cuda-restore``,
-#: ``restored``, ``cuda-unlock``), before the step it names; the lease (:mod:`.lease`) records it. Raising aborts the
+#: ``restored``, ``cuda-unlock``, and ``done`` when the processes run again), before the step it names; the lease (:mod:`.lease`) records it. Raising aborts the
 #: step and rolls back, as any failure does. ``suspended`` is None for the CUDA half of a restore.
 OnPhase = Callable[[str, "Suspended | None"], None]
 
