@@ -29,7 +29,7 @@ from .cuda.nvml import Nvml
 from .discovery import CudaProcess, GpuInventory, discover
 from .errors import CheckpointError
 
-__all__ = ["CgroupsLike", "CudaSteps", "FreezerLike", "Progress", "Suspended"]
+__all__ = ["CgroupsLike", "CudaSteps", "FreezerLike", "OnPhase", "Progress", "Suspended"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ Progress = Callable[[str, str], None]
 
 #: on_phase(point, suspended): called as a critical section moves on (``thaw``, ``cuda-lock``, ``after-lock``,
 #: ``cuda-checkpoint``, ``checkpointed``, ``refreeze``, ``criu-dump``, ``criu-<notify>``, ``cuda-restore``,
-#: ``restored``, ``cuda-unlock``, and ``done`` when the processes run again), before the step it names; the lease (:mod:`.lease`) records it. Raising aborts the
+#: ``restored``, ``cuda-unlock``, and ``done`` when the processes run again), before the step it names; the lease
+#: (:mod:`.lease`) records it. Raising aborts the
 #: step and rolls back, as any failure does. ``suspended`` is None for the CUDA half of a restore.
 OnPhase = Callable[[str, "Suspended | None"], None]
 
@@ -336,7 +337,9 @@ class CudaSteps:
                     f"the restored tree of pid {root} has {len(procs)} checkpointed CUDA process(es), the "
                     f"checkpoint recorded {len(old_procs)}", step=step, pid=root)
             pairs = {p.pid: gpu_pairs(p.gpus, node_gpus, gpu_map or {}, pid=p.pid) for p in procs}
-            self.resume_cuda(procs, cgroup, False, pairs)
+            held = Suspended(pid=root, cgroup=cgroup, frozen_before=frozen, procs=list(procs),
+                             touched={p.pid for p in procs})
+            self.resume_cuda(procs, cgroup, False, pairs, s=held)
         except Exception as exc:
             if frozen and cgroup is not None:
                 cgroup.freeze()
@@ -346,4 +349,5 @@ class CudaSteps:
                 f"kill them and retry the restore", step=step, pid=getattr(exc, "pid", root)) from exc
         if frozen and cgroup is not None:
             cgroup.freeze()
+        self.phase("done", None)
         return procs

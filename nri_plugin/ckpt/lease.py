@@ -38,7 +38,8 @@ from .cuda.driver import CudaError, ProcessState
 from .cuda_steps import CudaSteps, FreezerLike, Suspended
 
 __all__ = [
-    "DEFAULT_BUDGETS_S", "GRACE_S", "Lease", "LeaseError", "LeaseHolder", "LeaseStore", "LeasedProcess", "RollbackResult",
+    "DEFAULT_BUDGETS_S", "GRACE_S", "Lease", "LeaseError", "LeaseHolder", "LeaseStore", "LeasedProcess",
+    "RollbackResult",
     "Interrupted", "TEST_PAUSE_ENV", "TEST_PAUSE_FILE_ENV", "iter_leases", "pause_point", "roll_back", "sweep",
 ]
 
@@ -255,7 +256,9 @@ class LeaseHolder:
             self.end()
             return
         phase = _PHASE_OF.get(point)
-        if phase is not None and s is not None and (self.written or point in ("thaw", "cuda-lock")):
+        # the first write comes before the first thaw or lock (a restore's: before the CUDA restore of what CRIU
+        # brought back); a section with no CUDA process and nothing thawed holds no lease
+        if phase is not None and s is not None and (self.written or point == "thaw" or s.procs):
             self._record(phase, s)
         pause_point(point, self.pause_at, self.pause_file)
 

@@ -53,13 +53,25 @@ def sweep_now(node: NodeConfig, libcuda: str | None, **kw: Any) -> list[Any]:
     return sweep(LeaseStore(node.state_dir), steps_factory(libcuda, node), freezer_at, **kw)
 
 
+def _asked(node: NodeConfig, container_id: str) -> tuple[tuple[str, int], ...]:
+    """The container's gpucr.io/phase-timeouts, from the plugin's record (none without one)."""
+    if not container_id:
+        return ()
+    from ..policy.records import RecordError, load_record
+    try:
+        return load_record(node.state_dir, container_id).policy.phase_timeouts
+    except RecordError:
+        return ()
+
+
 class Guard:
     """One checkpoint's lease, signal handlers and phase alarm."""
 
-    def __init__(self, node: NodeConfig, *, what: str, container_id: str, lock_timeout_ms: int) -> None:
+    def __init__(self, node: NodeConfig, *, what: str, container_id: str, lock_timeout_ms: int,
+                 holder: str = "gpucr checkpoint") -> None:
         self.node = node
-        self.holder = LeaseHolder(LeaseStore(node.state_dir), holder="gpucr checkpoint", container_id=container_id,
-                                  what=what, budgets=node.phase_budgets(lock_timeout_ms))
+        self.holder = LeaseHolder(LeaseStore(node.state_dir), holder=holder, container_id=container_id,
+                                  what=what, budgets=node.phase_budgets(lock_timeout_ms, _asked(node, container_id)))
         self._fired = False
 
     def on_phase(self, point: str, s: Suspended | None) -> None:
@@ -79,10 +91,11 @@ class Guard:
         le = self.holder.lease
         if signum == signal.SIGALRM:
             budget = self.holder.budgets.get(le.phase, 0)
-            raise Interrupted(f"phase {le.phase} of the checkpoint of {le.what} ran out of time ({budget:.0f}s, the "
+            raise Interrupted(f"phase {le.phase} of the {self.holder.lease.holder.split()[-1]} of {le.what} ran out "
+                              f"of time ({budget:.0f}s, the "
                               f"node config's deadline); raise it if the workload needs longer", step=le.phase)
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name} during phase {le.phase} of the checkpoint of "
-                          f"{le.what}", step=le.phase)
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name} during phase {le.phase} of the "
+                          f"{self.holder.lease.holder.split()[-1]} of {le.what}", step=le.phase)
 
     @contextmanager
     def active(self, steps_of: Any) -> Iterator[None]:

@@ -202,8 +202,14 @@ def run_restore(args: argparse.Namespace) -> int:
 
     req = RestoreRequest(images_dir=args.dir, gpu_map=parse_gpu_map(args.gpu_map))
     progress = _ProgressLine()
+    # the CUDA half after CRIU holds a lease too: a killed restore leaves no process CHECKPOINTED (ckpt/lease.py)
+    from ._guard import Guard, node_config, steps_factory, sweep_now
+    node = node_config()
+    sweep_now(node, args.libcuda)
+    guard = Guard(node, what=f"{args.dir}", container_id="", lock_timeout_ms=0, holder="gpucr restore")
     try:
-        summary = _engine(args, progress).restore(req)
+        with guard.active(steps_factory(args.libcuda, node)):
+            summary = _engine(args, progress, guard.on_phase).restore(req)
     finally:
         progress.done()
     _print(summary, args.json)

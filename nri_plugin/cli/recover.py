@@ -81,7 +81,8 @@ def _unleased(args: argparse.Namespace, node: NodeConfig) -> bool:
     cg = freezer_of(args.pid)
     frozen = cg is not None and cg.frozen()
     if frozen:
-        print(f"pid {args.pid}: its cgroup {cg.path} is frozen; the driver cannot answer until it is thawed"  # type: ignore[union-attr]
+        print(f"pid {args.pid}: its cgroup {cg.path} is frozen; "  # type: ignore[union-attr]
+              "the driver cannot answer until it is thawed"
               + ("" if args.force else "; rerun with --force to thaw it around the rollback"))
         if not args.force:
             return False

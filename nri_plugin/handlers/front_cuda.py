@@ -73,18 +73,30 @@ class NodeView:
     dataclasses) on every dump, so :func:`node_view` caches these few values in the front's root-only cache dir, keyed by the
     file's path, mtime and size (as the front caches the real criu's VERSION answer)."""
 
-    KEYS = ("state_dir", "unmanaged_cuda", "libcuda", "lock_timeout_ms", "driver_call_timeout_s")
+    KEYS = ("state_dir", "unmanaged_cuda", "libcuda", "lock_timeout_ms", "driver_call_timeout_s", "phase_timeouts")
     __slots__ = KEYS
 
     def __init__(self, state_dir: str, unmanaged_cuda: str, libcuda: str, lock_timeout_ms: int,
-                 driver_call_timeout_s: float) -> None:
+                 driver_call_timeout_s: float, phase_timeouts: str = "") -> None:
         self.state_dir, self.unmanaged_cuda, self.libcuda = state_dir, unmanaged_cuda, libcuda
         self.lock_timeout_ms, self.driver_call_timeout_s = lock_timeout_ms, driver_call_timeout_s
+        #: the node's per-phase deadlines, "phase=seconds,..." (NodeConfig.phase_budgets without the lock's)
+        self.phase_timeouts = phase_timeouts
 
     @classmethod
     def of(cls, cfg: NodeConfig) -> NodeView:
+        budgets = ",".join(f"{p}={s}" for p, s in cfg.phase_budgets().items() if p != "cuda-lock")
         return cls(str(cfg.state_dir), cfg.unmanaged_cuda, cfg.libcuda, int(cfg.lock_timeout_ms),
-                   float(cfg.driver_call_timeout_s))
+                   float(cfg.driver_call_timeout_s), budgets)
+
+    def phase_budgets(self, lock_ms: int, asked: tuple[tuple[str, int], ...] = ()) -> dict[str, float]:
+        """As :meth:`NodeConfig.phase_budgets`: the node's deadlines, a container's shorter ones, the lock's."""
+        out = {p: float(s) for p, _, s in (i.partition("=") for i in self.phase_timeouts.split(",") if i)}
+        out["cuda-lock"] = lock_ms / 1000 + 30.0
+        for phase, secs in asked:
+            if phase in out:
+                out[phase] = min(out[phase], float(secs))
+        return out
 
 
 def node_view(path: str | None, cache_dir: str | None) -> NodeView:
@@ -105,7 +117,7 @@ def node_view(path: str | None, cache_dir: str | None) -> NodeView:
         try:
             kv = dict(ln.split("\t", 1) for ln in lines[1:] if "\t" in ln)
             return NodeView(kv["state_dir"], kv["unmanaged_cuda"], kv["libcuda"], int(kv["lock_timeout_ms"]),
-                            float(kv["driver_call_timeout_s"]))
+                            float(kv["driver_call_timeout_s"]), kv["phase_timeouts"])
         except (KeyError, ValueError):
             pass
     from pathlib import Path
@@ -250,7 +262,7 @@ class CudaFrontHooks:
         from ..ckpt.errors import CheckpointError
         lock_ms = int((t.record.policy.lock_timeout_ms if t.record else 0) or self.node.lock_timeout_ms)
         eng = self.steps()
-        self._hold_lease(t, lock_ms)
+        self._hold_lease(t.describe(), t.container_id, lock_ms, t.record.policy.phase_timeouts if t.record else ())
         try:
             s = eng.suspend(t.pid, use_cgroup=True, lock_timeout_ms=lock_ms, what=t.describe())
         except CheckpointError as exc:
@@ -258,8 +270,8 @@ class CudaFrontHooks:
             err = self._error(f"GPU-safe dump of {t.describe()}", exc, "discover")
             self.log.error(str(err))
             raise err from exc
-        if not s.procs:
-            self._end_lease([])  # managed, but no CUDA state now: CRIU dumps it as any process, the restore needs nothing
+        if not s.procs:  # managed, but no CUDA state now: CRIU dumps it as any process, the restore needs nothing
+            self._end_lease([])
             from ..host.proc import cuda_candidates
             pids = self._workload_pids(t.pid, request.freeze_cgroup)
             self.log.info(f"DUMP of {t.describe()}, {t.why}: no process holds CUDA state (pids {pids}, by /proc: "
@@ -328,20 +340,20 @@ class CudaFrontHooks:
                       f"process(es)" + (", cgroup frozen again for the runtime's resume" if s.frozen_before else ""))
 
     # -- the lease ------------------------------------------------------------------------------------------------
-    def _hold_lease(self, t: Target, lock_ms: int) -> None:
-        """Sweep stale leases (a killed earlier session's), then take this dump's: written before the first lock
-        (the CUDA steps' ``on_phase``), ended when the processes run again; SIGTERM/SIGINT roll back and exit."""
+    def _hold_lease(self, what: str, container_id: str, lock_ms: int, asked: tuple[tuple[str, int], ...]) -> None:
+        """Sweep stale leases (a killed earlier session's), then take this session's: written before the first lock
+        (the CUDA steps' ``on_phase``; on RESTORE before the CUDA restore), ended when the processes run again;
+        SIGTERM/SIGINT roll back and exit."""
         import signal
 
         from ..ckpt.lease import LeaseHolder, LeaseStore, sweep
         from ..host.cgroup import freezer_at
-        from ..policy.config import NodeConfig
 
         store = LeaseStore(self.node.state_dir)
         for res in sweep(store, self.steps, freezer_at):
             (self.log.error if res.problems else self.log.warning)(res.line())
-        budgets = NodeConfig(lock_timeout_ms=lock_ms).phase_budgets(lock_ms)
-        self.lease = LeaseHolder(store, holder="criu front", container_id=t.container_id, what=t.describe(),
+        budgets = self.node.phase_budgets(lock_ms, asked)
+        self.lease = LeaseHolder(store, holder="criu front", container_id=container_id, what=what,
                                  budgets=budgets, cgroup_owner="runtime",
                                  pause_at=self.values.get("test_pause_at") or "",
                                  pause_file=self.values.get("test_pause_file") or "")
@@ -393,10 +405,12 @@ class CudaFrontHooks:
         cid = container_id(cgroup_path(root))
         gpu_map, source = self._gpu_map(cid, marker)
         from ..ckpt.errors import CheckpointError
+        self._hold_lease(f"container {cid or marker.container_id} (pid {root})", cid, self.node.lock_timeout_ms, ())
         try:
             done = self.steps().restore_after_criu(root, procs, gpu_map, list(marker.gpus),
                                                     may_freeze=False)
         except CheckpointError as exc:
+            self._end_lease([])  # the restored tree is killed below: nothing is left to undo
             killed = kill_tree(root)  # left alive it would stay locked forever
             err = self._error(f"CUDA restore of container {cid or marker.container_id} (pid {root})", exc,
                               "cuda-restore")

@@ -96,7 +96,8 @@ class PolicyPlugin:
             gpus=RecordedGpus(decision.gpu.visible, tuple(decision.gpu.devices), tuple(decision.gpu.cdi),
                               tuple(decision.gpu.reasons)),
             policy=RecordedPolicy(decision.policy.lock_timeout_ms or self.node.lock_timeout_ms,
-                                  tuple(decision.policy.gpu_map), dict(decision.policy.source))))
+                                  tuple(decision.policy.gpu_map), dict(decision.policy.source),
+                                  tuple(decision.policy.phase_timeouts))))
         adj = Adjustment()
         if CRIU_CONFIG_ANNOTATION in ctr.annotations:
             adj.remove_annotation(CRIU_CONFIG_ANNOTATION)  # take over the user's entry; its content is merged

@@ -8,6 +8,7 @@ unmanaged container is still made GPU-safe (``unmanaged_cuda = "protect"``).
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,18 @@ class NodeConfig:
     cuda_unlock_timeout_s: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def phase_budgets(self, lock_timeout_ms: int | None = None) -> dict[str, float]:
-        """Each phase's deadline in seconds, for the lease of a checkpoint (``lock_timeout_ms``: the container's)."""
+    def phase_budgets(self, lock_timeout_ms: int | None = None,
+                      asked: Iterable[tuple[str, float]] = ()) -> dict[str, float]:
+        """Each phase's deadline in seconds, for the lease of a checkpoint: the node's, or what the container asked
+        (``lock_timeout_ms``; ``asked``: its gpucr.io/phase-timeouts) when that is shorter (the node caps it)."""
         lock_s = (lock_timeout_ms or self.lock_timeout_ms) / 1000
-        return {"cuda-lock": lock_s + 30.0, "cuda-checkpoint": self.cuda_checkpoint_timeout_s,
-                "criu-dump": self.criu_dump_timeout_s, "cuda-restore": self.cuda_restore_timeout_s,
-                "cuda-unlock": self.cuda_unlock_timeout_s}
+        out = {"cuda-lock": lock_s + 30.0, "cuda-checkpoint": self.cuda_checkpoint_timeout_s,
+               "criu-dump": self.criu_dump_timeout_s, "cuda-restore": self.cuda_restore_timeout_s,
+               "cuda-unlock": self.cuda_unlock_timeout_s}
+        for phase, secs in asked:
+            if phase in out:
+                out[phase] = min(out[phase], float(secs))
+        return out
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "<config>") -> NodeConfig:

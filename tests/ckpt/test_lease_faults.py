@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.integration
 
 GPUCR = str(Path(sys.executable).parent / "gpucr")
 SWEEP_S = 1.0
+#: the sweep's interval plus what a sweep itself takes (CRIU's abort, the driver's calls) on a loaded 2-core CI box
+WITHIN_S = SWEEP_S + 4.0
 #: pause point -> (the state the fake reports there, the lease's phase)
 PHASES = {
     "after-lock": ("LOCKED", "cuda-lock"),
@@ -97,12 +100,14 @@ def start_paused(w: FakeWorkload, fc: FakeCuda, node: dict[str, object], tmp_pat
                  point: str) -> subprocess.Popen[str]:
     """``gpucr checkpoint --leave-running`` of the workload, held at ``point``; checked to be held there."""
     pause = tmp_path / "paused.pid"
-    env = {**os.environ, **node["env"], "GPUCR_TEST_PAUSE_AT": point, "GPUCR_TEST_PAUSE_FILE": str(pause)}  # type: ignore[dict-item]
+    env = {**os.environ, **node["env"],  # type: ignore[dict-item]
+           "GPUCR_TEST_PAUSE_AT": point, "GPUCR_TEST_PAUSE_FILE": str(pause)}
     cli = subprocess.Popen([GPUCR, "checkpoint", "--pid", str(w.root), "--to", str(tmp_path / "ck"),
                             "--leave-running"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: pause.exists() or cli.poll() is not None, timeout=60, what=f"gpucr checkpoint to pause at {point}")
     if cli.poll() is not None:
-        pytest.fail(f"gpucr checkpoint exited ({cli.returncode}) before {point}: {cli.stderr.read()}")  # type: ignore[union-attr]
+        err = cli.communicate()[1]
+        pytest.fail(f"gpucr checkpoint exited ({cli.returncode}) before {point}: {err}")
     assert int(pause.read_text()) == cli.pid
     want, phase = PHASES[point]
     assert all(fc.state(p) == want for p in w.pids), {p: fc.state(p) for p in w.pids}
@@ -111,9 +116,13 @@ def start_paused(w: FakeWorkload, fc: FakeCuda, node: dict[str, object], tmp_pat
     return cli
 
 
-def undone(w: FakeWorkload, fc: FakeCuda, freezer: Path, node: dict[str, object], frozen: bool = False) -> None:
+def undone(w: FakeWorkload, fc: FakeCuda, freezer: Path, node: dict[str, object], frozen: bool = False,
+           since: float | None = None) -> None:
     wait_for(lambda: all(fc.state(p) == "RUNNING" for p in w.pids), timeout=SWEEP_S + 20,
              what="the sweep to restore and unlock every process")
+    if since is not None:
+        took = time.monotonic() - since
+        assert took <= WITHIN_S, f"rolled back {took:.1f}s after the kill (sweep interval {SWEEP_S}s)"
     wait_for(lambda: not list(Path(str(node["leases"])).iterdir()), timeout=10, what="the lease to be removed")
     assert (freezer / "freezer.state").read_text().strip() == ("FROZEN" if frozen else "THAWED")
     if frozen:
@@ -127,9 +136,10 @@ def test_sigkill_cli_at_each_phase_daemon_rolls_back(point: str, daemon: subproc
                                                      node: dict[str, object], tmp_path: Path) -> None:
     cli = start_paused(workload, fake_cuda, node, tmp_path, point)
     before = workload.counters()
+    t0 = time.monotonic()
     cli.kill()
     cli.communicate(timeout=10)  # reaped: the holder is gone
-    undone(workload, fake_cuda, freezer, node)
+    undone(workload, fake_cuda, freezer, node, since=t0)
     assert all(v > before[n] for n, v in workload.counters().items())
     log = Path(str(node["log"])).read_text()
     line = next((ln for ln in log.splitlines() if "rolled back the lease of pid" in ln), "")
@@ -148,9 +158,10 @@ def test_sigkill_cli_in_a_frozen_cgroup_refrozen(daemon: subprocess.Popen[bytes]
     wait_for(lambda: (freezer / "freezer.state").read_text().strip() == "FROZEN", what="freeze")
     cli = start_paused(workload, fake_cuda, node, tmp_path, "checkpointed")
     assert (freezer / "freezer.state").read_text().strip() == "THAWED"
+    t0 = time.monotonic()
     cli.kill()
     cli.communicate(timeout=10)  # reaped: the holder is gone
-    undone(workload, fake_cuda, freezer, node, frozen=True)
+    undone(workload, fake_cuda, freezer, node, frozen=True, since=t0)
 
 
 def test_recover_without_daemon(workload: FakeWorkload, fake_cuda: FakeCuda, freezer: Path,
@@ -183,4 +194,19 @@ def test_signal_mid_checkpoint_rolls_back_before_exit(sig: signal.Signals, workl
     # rolled back by the CLI itself, before it exited: no daemon runs here
     assert all(fake_cuda.state(p) == "RUNNING" for p in workload.pids)
     assert not list(Path(str(node["leases"])).iterdir())
+    undone(workload, fake_cuda, freezer, node)
+
+
+def test_phase_past_its_deadline_rolls_back_and_names_it(workload: FakeWorkload, fake_cuda: FakeCuda,
+                                                         freezer: Path, node: dict[str, object],
+                                                         tmp_path: Path) -> None:
+    """Bounded phases: the CLI held in its CUDA checkpoint phase past the node's 2 s deadline rolls back itself."""
+    conf = Path(str(node["config"]))
+    conf.write_text(conf.read_text() + "cuda_checkpoint_timeout_s = 2\n")
+    cli = start_paused(workload, fake_cuda, node, tmp_path, "checkpointed")
+    _, err = cli.communicate(timeout=60)
+    assert cli.returncode == 1, err
+    assert "phase cuda-checkpoint of the checkpoint of pid" in err and "ran out of time (2s" in err, err
+    assert "rolled back: 2 CUDA" in err, err
+    assert all(fake_cuda.state(p) == "RUNNING" for p in workload.pids)
     undone(workload, fake_cuda, freezer, node)
