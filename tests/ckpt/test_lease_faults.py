@@ -210,3 +210,45 @@ def test_phase_past_its_deadline_rolls_back_and_names_it(workload: FakeWorkload,
     assert "rolled back: 2 CUDA" in err, err
     assert all(fake_cuda.state(p) == "RUNNING" for p in workload.pids)
     undone(workload, fake_cuda, freezer, node)
+
+
+def test_sigkill_restore_during_cuda_restore_recovered(workload: FakeWorkload, fake_cuda: FakeCuda, freezer: Path,
+                                                       node: dict[str, object], tmp_path: Path) -> None:
+    """A restore's CUDA half holds a lease too: ``gpucr restore`` killed after CRIU brought the tree back, before
+    its CUDA restore, leaves it CHECKPOINTED; ``gpucr recover`` (no daemon) restores and unlocks it."""
+    env = {**os.environ, **node["env"]}  # type: ignore[dict-item]
+    ck = tmp_path / "ck"
+    r = subprocess.run([GPUCR, "checkpoint", "--pid", str(workload.root), "--to", str(ck)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    workload.proc.wait(10)
+    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in workload.pids), what="the dumped tree to go")
+    pause = tmp_path / "restore-paused.pid"
+    cli = subprocess.Popen([GPUCR, "restore", str(ck)], env={**env, "GPUCR_TEST_PAUSE_AT": "cuda-restore",
+                                                             "GPUCR_TEST_PAUSE_FILE": str(pause)},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: pause.exists() or cli.poll() is not None, timeout=60, what="gpucr restore to pause")
+    assert pause.exists(), cli.communicate()
+    assert all(fake_cuda.state(p) == "CHECKPOINTED" for p in workload.pids)
+    leases = list(Path(str(node["leases"])).glob("*.json"))
+    assert len(leases) == 1 and '"holder": "gpucr restore"' in leases[0].read_text()
+    cli.kill()
+    cli.communicate(timeout=10)
+    r = subprocess.run([GPUCR, "recover", "--pid", str(workload.root)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "holder is gone" in r.stdout, r
+    assert all(f"pid {p} restored and unlocked" in r.stdout for p in workload.pids), r.stdout
+    undone(workload, fake_cuda, freezer, node)
+
+
+def test_next_checkpoint_sweeps_first(workload: FakeWorkload, fake_cuda: FakeCuda, freezer: Path,
+                                      node: dict[str, object], tmp_path: Path) -> None:
+    """No daemon: the next ``gpucr checkpoint`` finds the killed one's lease, rolls it back, then does its work."""
+    cli = start_paused(workload, fake_cuda, node, tmp_path, "checkpointed")
+    cli.kill()
+    cli.communicate(timeout=10)
+    env = {**os.environ, **node["env"]}  # type: ignore[dict-item]
+    r = subprocess.run([GPUCR, "checkpoint", "--pid", str(workload.root), "--to", str(tmp_path / "ck2"),
+                        "--leave-running"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "rolled back the lease of pid" in r.stderr and "holder is gone" in r.stderr, r.stderr
+    undone(workload, fake_cuda, freezer, node)
