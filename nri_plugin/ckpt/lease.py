@@ -134,10 +134,14 @@ class LeaseStore:
         try:
             self.dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.dir.mkdir(mode=0o700, exist_ok=True)
-            st = os.lstat(self.dir)
+            st, top = os.lstat(self.dir), os.stat(self.dir.parent)
         except OSError as exc:
             raise LeaseError(f"cannot create the lease directory {self.dir}: {exc.strerror}; check the node config's "
                              "state_dir (run as root)") from exc
+        if top.st_uid != os.geteuid() or top.st_mode & 0o022:
+            raise LeaseError(f"refusing the state dir {self.dir.parent}: others may write to it (mode "
+                             f"{oct(top.st_mode & 0o7777)}, uid {top.st_uid}); make it uid {os.geteuid()}'s, not "
+                             "group- or world-writable")
         self._check(st)
         return self.dir
 
@@ -389,10 +393,11 @@ def sweep(store: LeaseStore, steps_of: Callable[[], CudaSteps], freezer_at: Call
         res = roll_back(le, steps_of(), freezer_at, reason)
         results.append(res)
         if res.problems:
+            # kept for the next sweep (the holder is gone, so it stays stale); said again only when it changes
+            log.log(logging.ERROR if le.problems != res.problems else logging.DEBUG, "%s", res.line())
             le.problems = res.problems
-            log.error("%s", res.line())
             try:
-                store.write(le)  # kept for the next sweep; the holder is gone, so it stays stale
+                store.write(le)
             finally:
                 mine.unlink(missing_ok=True)
         else:

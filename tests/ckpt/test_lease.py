@@ -50,6 +50,10 @@ def test_store_writes_private_whole_files_and_refuses_an_unsafe_dir(tmp_path: Pa
         store.write(le)
     with pytest.raises(LeaseError, match="fix or remove it"):
         store.entries()
+    os.chmod(store.dir, 0o700)
+    os.chmod(store.dir.parent, 0o777)  # a state dir others may write to: they could swap the lease dir
+    with pytest.raises(LeaseError, match="refusing the state dir .* others may write to it"):
+        store.write(le)
 
 
 def test_holder_records_phases_before_the_lock_and_ends(tmp_path: Path, procs: list[int]) -> None:
