@@ -81,7 +81,11 @@ def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
 
 
 def install_criu(debs: Path, root: Path) -> Path:
-    """Extract the carried .debs privately; return a criu wrapper that sets the library path for criu only."""
+    """Extract the carried .debs privately; return a criu wrapper that sets the library path for criu only.
+
+    With the closure's own libc6 among the .debs (Debian sid's CRIU 4.2.x, install/deps.sh's CRIU_PKGS) the wrapper
+    runs criu through that sysroot's loader, so the host's glibc does not matter and the programs criu runs (such as
+    iptables-restore) keep the system's libc."""
     x = root / "x"
     x.mkdir(parents=True, exist_ok=True)
     for deb in sorted(debs.glob("*.deb")):
@@ -90,7 +94,12 @@ def install_criu(debs: Path, root: Path) -> Path:
             raise SystemExit(f"dpkg -x {deb} failed: {r.stderr}")
     libdir = x / "usr/lib/x86_64-linux-gnu"
     wrapper = root / "criu"
-    wrapper.write_text(f'#!/bin/sh\nLD_LIBRARY_PATH={libdir} exec {x}/usr/sbin/criu "$@"\n')
+    loader = libdir / "ld-linux-x86-64.so.2"
+    if loader.exists():  # a closure with its own libc6 (sid's CRIU 4.2, as install/deps.sh): run through its loader
+        wrapper.write_text(f'#!/bin/sh\nexec {loader} --library-path {libdir}:{x}/lib/x86_64-linux-gnu '
+                           f'{x}/usr/sbin/criu "$@"\n')
+    else:
+        wrapper.write_text(f'#!/bin/sh\nLD_LIBRARY_PATH={libdir} exec {x}/usr/sbin/criu "$@"\n')
     wrapper.chmod(0o755)
     r = sh([str(wrapper), "--version"])
     if r.returncode:

@@ -8,6 +8,8 @@
 #        install/containerd.sh status VERSION
 # Environment: GPUCR_INSTANCE=name  runs a second instance of the same version beside the first.
 #              GPUCR_CRIU_DIR=dir   a directory put first on containerd's PATH (where runc finds `criu`).
+#              GPUCR_RUNC_DIR=dir   a directory whose `runc` is the runtime binary (CRI BinaryName, and `runc` on
+#                                   containerd's PATH for ctr containers); the test rig's cgroup-v2 leg sets it.
 #              GPUCR_CONTAINERD_LOG_LEVEL (default debug).
 #              GPUCR_CONTAINERD_EXTRA_CONFIG=file  TOML appended to the generated config (same schema version).
 set -euo pipefail
@@ -23,6 +25,11 @@ instance_vars() {
     SOCK=$DIR/containerd.sock
     NRI_SOCK=$DIR/nri/nri.sock
     CGROUP_PARENT=gpucr-test-$VER${GPUCR_INSTANCE:+-$GPUCR_INSTANCE}
+    RUNC=${GPUCR_RUNC_DIR:+$GPUCR_RUNC_DIR/runc}
+    RUNC=${RUNC:-$(command -v runc || true)}
+    # containerd -> shim -> runc -> criu all resolve through this PATH
+    CTRD_PATH=${GPUCR_CRIU_DIR:+$GPUCR_CRIU_DIR:}${GPUCR_RUNC_DIR:+$GPUCR_RUNC_DIR:}$BIN:$PREFIX/usr/bin
+    DAEMON_PATH=$CTRD_PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
     CTR=$PREFIX/usr/bin/ctr
     PIDFILE=$DIR/containerd.pid
     LOG=$DIR/containerd.log
@@ -62,7 +69,7 @@ temp = "$DIR/tmp"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-          BinaryName = "$(command -v runc)"
+          BinaryName = "$RUNC"
           Root = "$DIR/runc"
           SystemdCgroup = false
     [plugins."io.containerd.grpc.v1.cri".cni]
@@ -103,7 +110,7 @@ temp = "$DIR/tmp"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
         [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-          BinaryName = "$(command -v runc)"
+          BinaryName = "$RUNC"
           Root = "$DIR/runc"
           SystemdCgroup = false
     [plugins.'io.containerd.cri.v1.runtime'.cni]
@@ -123,11 +130,12 @@ write_info() {
  "nri_plugin_dir": "$DIR/nri/plugins", "nri_conf_dir": "$DIR/nri/conf.d", "ctr": "$CTR",
  "runc_root": "$DIR/runc", "state_dir": "$DIR/state", "root_dir": "$DIR/root", "log": "$LOG",
  "cgroup_parent": "/$CGROUP_PARENT", "bin_dir": "$BIN", "pid": $(cat "$PIDFILE"),
- "busybox_image": "localhost/gpucr-busybox:test", "pause_image": "localhost/gpucr-pause:test"}
+ "busybox_image": "localhost/gpucr-busybox:test", "pause_image": "localhost/gpucr-pause:test",
+ "daemon_path": "$DAEMON_PATH"}
 JSON
     # a shell-friendly copy for people: . info.env; ctr t ls
     cat > "$DIR/info.env" <<ENV
-export CONTAINERD_ADDRESS=$SOCK CONTAINERD_NAMESPACE=k8s.io PATH=${GPUCR_CRIU_DIR:+$GPUCR_CRIU_DIR:}$BIN:$PREFIX/usr/bin:\$PATH
+export CONTAINERD_ADDRESS=$SOCK CONTAINERD_NAMESPACE=k8s.io PATH=$CTRD_PATH:\$PATH
 ENV
 }
 
@@ -147,9 +155,9 @@ start() {
     chmod 0700 "$DIR"
     write_config
     [ -e /run/containerd ] || { mkdir -p /run/containerd; touch "$GPUCR_TEST_ROOT/.created-run-containerd"; }
-    # containerd -> shim -> runc -> criu all resolve through this PATH; TMPDIR catches ctr restore's leaks.
-    local path=${GPUCR_CRIU_DIR:+$GPUCR_CRIU_DIR:}$BIN:$PREFIX/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-    env -i PATH="$path" TMPDIR="$DIR/tmp" HOME=/root setsid "$PREFIX/usr/bin/containerd" --config "$DIR/config.toml" \
+    [ -n "$RUNC" ] && [ -x "$RUNC" ] || die "runc not found${GPUCR_RUNC_DIR:+ in GPUCR_RUNC_DIR=$GPUCR_RUNC_DIR}: run install/deps.sh first"
+    # TMPDIR catches ctr restore's leaks.
+    env -i PATH="$DAEMON_PATH" TMPDIR="$DIR/tmp" HOME=/root setsid "$PREFIX/usr/bin/containerd" --config "$DIR/config.toml" \
         >"$LOG" 2>&1 </dev/null &
     echo $! > "$PIDFILE"
     local i
@@ -210,8 +218,13 @@ stop_instance() {
             umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
         done
     fi
+    # a killed task leaves its cgroup a moment later (v2 shows it as populated until then): retry for up to 5 s
     for cg in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/unified/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
-        [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+        for _ in $(seq 50); do
+            [ -d "$cg" ] || break
+            find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+            [ -d "$cg" ] && sleep 0.1
+        done
     done
     rm -rf "$DIR"
     rm -f /run/criu.kdat.tmp

@@ -100,9 +100,15 @@ def _own_cgroup() -> str:
             lines = f.read().splitlines()
     except OSError:
         return "?"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            # a hybrid kernel lists v1 lines even with cgroup2 on /sys/fs/cgroup, where runc uses v2
+            v1_freezer = not any(ln.split()[4] == "/sys/fs/cgroup" and " - cgroup2 " in ln for ln in f)
+    except OSError:
+        v1_freezer = True
     for line in lines:
         _, ctrls, path = line.split(":", 2)
-        if "freezer" in ctrls.split(","):
+        if v1_freezer and "freezer" in ctrls.split(","):
             return path
     return next((ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")), "?")
 

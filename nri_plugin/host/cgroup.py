@@ -28,11 +28,11 @@ from .mounts import parse_mountinfo
 from .proc import HostError, cgroup_procs, parse_proc_cgroup
 
 __all__ = [
-    "CgroupError", "CgroupMount", "Freezer", "FreezerState", "ProcessCgroups", "cgroup_mounts", "cgroups_of",
-    "freezer_at", "freezer_of", "resolve", "thawed",
+    "CgroupError", "CgroupMount", "Freezer", "FreezerState", "ProcessCgroups", "cgroup_mounts", "cgroups_of", "freezer_at", "freezer_of", "resolve", "thawed",
 ]
 
 FREEZE_TIMEOUT_S = 10.0
+UNIFIED_MOUNTPOINT = Path("/sys/fs/cgroup")
 POLL_S = 0.002
 
 
@@ -242,6 +242,11 @@ class ProcessCgroups:
         return out
 
 
+def _unified_mode(mounts: Iterable[CgroupMount]) -> bool:
+    """cgroup2 mounted on /sys/fs/cgroup: a v2-only host for runc, whatever v1 hierarchies are mounted elsewhere."""
+    return any(m.version == 2 and m.mountpoint == UNIFIED_MOUNTPOINT for m in mounts)
+
+
 def _pick(mounts: Iterable[CgroupMount], version: int, path: str, controller: str | None) -> Path | None:
     for m in mounts:
         if m.version == version and (controller is None or controller in m.controllers):
@@ -263,7 +268,7 @@ def cgroups_of(pid: int, *, proc: Path = Path("/proc")) -> ProcessCgroups:
     except (CgroupError, HostError) as exc:
         raise CgroupError(f"{what}: no such process (is pid {pid} running?)") from exc
     mounts = cgroup_mounts(_read(proc / "self/mountinfo", what))
-    v1 = _pick(mounts, 1, own["freezer"], "freezer") if "freezer" in own else None
+    v1 = _pick(mounts, 1, own["freezer"], "freezer") if "freezer" in own and not _unified_mode(mounts) else None
     v2 = _pick(mounts, 2, own[""], None) if "" in own else None
     return ProcessCgroups(pid, v1, v2)
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HostError", "cgroup_path", "cgroup_procs", "comm", "container_id", "cuda_candidates", "external_pid_ns",
     "kill_tree", "mem_available", "names_container", "nvidia_minors", "parse_meminfo", "parse_proc_cgroup",
-    "pid_ns_init", "rss_bytes", "runc_cgroup", "start_time", "tree_pids",
+    "pid_ns_init", "rss_bytes", "runc_cgroup", "start_time", "tree_pids", "unified_host",
 ]
 
 #: systemd scope prefixes of the container managers, ``<prefix>-<id>.scope`` (kubelet+containerd, Docker, CRI-O)
@@ -58,22 +58,37 @@ def parse_proc_cgroup(text: str) -> dict[str, str]:
     return out
 
 
-def runc_cgroup(text: str) -> str:
+def runc_cgroup(text: str, *, unified: bool = False) -> str:
     """Where runc freezes a process, from its ``/proc/PID/cgroup`` text: the v1 freezer entry (hybrid hosts), else
-    the v2 (``0::``) entry; "" when it has neither.
+    the v2 (``0::``) entry; "" when it has neither. ``unified`` (cgroup2 on /sys/fs/cgroup, runc's own test for a
+    v2-only host): always the v2 entry, as a hybrid kernel still lists v1 lines there (e.g. in a mount namespace
+    with cgroup2 mounted on /sys/fs/cgroup).
 
     Raises:
         HostError: the text is malformed.
     """
     entries = parse_proc_cgroup(text)
+    if unified:
+        return entries.get("", "")
     return entries.get("freezer") or entries.get("", "")
 
 
+def unified_host(mountinfo: str) -> bool:
+    """cgroup2 is mounted on /sys/fs/cgroup in this ``/proc/self/mountinfo`` (runc then uses v2 only)."""
+    for line in mountinfo.splitlines():
+        fields = line.split(" ", 5)
+        if len(fields) > 4 and fields[4] == "/sys/fs/cgroup" and " - cgroup2 " in line:
+            return True
+    return False
+
+
 def cgroup_path(pid: int | str = "self") -> str:
-    """:func:`runc_cgroup` of ``pid``; "" when the pid is gone or its file is unreadable."""
+    """:func:`runc_cgroup` of ``pid`` as runc on this host sees it; "" when the pid is gone or unreadable."""
     try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            unified = unified_host(f.read())
         with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="surrogateescape") as f:
-            return runc_cgroup(f.read())
+            return runc_cgroup(f.read(), unified=unified)
     except (OSError, HostError):
         return ""
 

@@ -8,13 +8,13 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import cgroups
 from tests.ckpt._workload import Workload
 from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib  # noqa: F401 (fixtures)
 from tests.testenv import wait_for
@@ -81,47 +81,34 @@ def test_fake_cuda_tree_kill_and_restore(criu_env: dict[str, str], fake_cuda: Fa
 
 
 @pytest.fixture
-def freezer_cgroup() -> Iterator[Path]:
-    """A fresh v1 freezer cgroup (this machine has hybrid cgroups), removed afterwards."""
-    d = Path("/sys/fs/cgroup/freezer") / f"gpucr-cuda-test-{uuid.uuid4().hex[:8]}"
-    if not d.parent.is_dir():
-        pytest.fail("no v1 freezer hierarchy at /sys/fs/cgroup/freezer", pytrace=False)
-    d.mkdir()
-    try:
-        yield d
-    finally:
-        (d / "freezer.state").write_text("THAWED")
-        for pid in (d / "cgroup.procs").read_text().split():
-            try:
-                os.kill(int(pid), 9)
-            except ProcessLookupError:
-                pass
-        wait_for(lambda: not (d / "cgroup.procs").read_text().split(), what="test cgroup to empty")
-        d.rmdir()
+def freezer_cgroup() -> Iterator[cgroups.Freezer]:
+    """A fresh cgroup on the freezer hierarchy the product uses here (v1 on a hybrid host, else v2), removed
+    afterwards."""
+    with cgroups.fresh("cuda") as f:
+        yield f
 
 
 @pytest.mark.parametrize("leave_running", [True, False], ids=["leave-running", "kill"])
 def test_fake_cuda_in_a_cgroup_frozen_beforehand(criu_env: dict[str, str], fake_cuda: FakeCuda, tmp_path: Path,
-                                                 freezer_cgroup: Path, leave_running: bool) -> None:
+                                                 freezer_cgroup: cgroups.Freezer, leave_running: bool) -> None:
     """The GRIT case: a caller paused the workload. gpucr thaws for CUDA, re-freezes for CRIU, and leaves the cgroup
     FROZEN as it found it; the fake's state ends RUNNING after restore."""
     w = FakeWorkload(fake_cuda, tmp_path, nproc=2)
     try:
         for p in w.pids:
-            (freezer_cgroup / "cgroup.procs").write_text(str(p))
+            (freezer_cgroup.path / "cgroup.procs").write_text(str(p))
         w.advancing()
-        (freezer_cgroup / "freezer.state").write_text("FROZEN")
-        wait_for(lambda: (freezer_cgroup / "freezer.state").read_text().strip() == "FROZEN", what="freeze")
+        freezer_cgroup.freeze()
         ck = tmp_path / "ck"
         args = ["checkpoint", "--pid", str(w.root), "--to", str(ck), "--json"]
         s = summary(gpucr(*args, *(["--leave-running"] if leave_running else []), env=criu_env))
         assert s["frozen_before"] is True and len(s["cuda_processes"]) == 2
-        assert (freezer_cgroup / "freezer.state").read_text().strip() == "FROZEN"
+        assert cgroups.state(freezer_cgroup) == "FROZEN"
         at_dump = w.counters()
         if leave_running:
             assert all(fake_cuda.state(p) == "RUNNING" for p in w.pids)
             assert w.counters() == at_dump  # still frozen: nothing moves
-            (freezer_cgroup / "freezer.state").write_text("THAWED")
+            freezer_cgroup.thaw()
             w.advancing()
             w.kill()
         w.proc.wait(10)  # our child: reap it so its pid is free for the restore
@@ -133,9 +120,9 @@ def test_fake_cuda_in_a_cgroup_frozen_beforehand(criu_env: dict[str, str], fake_
             # restored into the cgroup the caller still keeps paused: gpucr thawed it for CRIU and CUDA, then put it
             # back to FROZEN; the tree comes back paused, as it was checkpointed
             assert r["timings_s"].get("refreeze") is not None
-            assert (freezer_cgroup / "freezer.state").read_text().strip() == "FROZEN"
-            assert sorted(map(int, (freezer_cgroup / "cgroup.procs").read_text().split())) == sorted(w.pids)
-            (freezer_cgroup / "freezer.state").write_text("THAWED")
+            assert cgroups.state(freezer_cgroup) == "FROZEN"
+            assert freezer_cgroup.pids() == sorted(w.pids)
+            freezer_cgroup.thaw()
         w.advancing()
     finally:
         w.kill()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import cgroups
 from tests.testenv import Containerd, wait_for
 
 pytestmark = pytest.mark.integration
@@ -42,10 +43,10 @@ def test_checkpoint_container_leave_running(containerd: Containerd, criu_binary:
         wait_for(lambda: log.exists() and last(log) >= 3, what="counter to start")
         _, info = c.container_status(cid, verbose=True)
         pid = int(info["info"]["pid"])
-        freezer = Path(f"/sys/fs/cgroup/freezer{[x for x in Path(f'/proc/{pid}/cgroup').read_text().splitlines() if ':freezer:' in x][0].split(':', 2)[2]}")
+        freezer = cgroups.of_pid(pid)
         if paused:
             containerd.ctr("t", "pause", cid, namespace="k8s.io")
-            wait_for(lambda: (freezer / "freezer.state").read_text().strip() == "FROZEN", what="pause")
+            wait_for(lambda: cgroups.state(freezer) == "FROZEN", what="pause")
         ck = tmp_path / "ck"
         r = gpucr("checkpoint", cid[:12], "--to", str(ck), "--leave-running", "--json", "--address",
                   containerd.address, env=env)
@@ -58,7 +59,7 @@ def test_checkpoint_container_leave_running(containerd: Containerd, criu_binary:
         assert any(p.name.startswith("core-") for p in (ck / "images").iterdir())
         if paused:
             # left exactly as containerd paused it
-            assert (freezer / "freezer.state").read_text().strip() == "FROZEN"
+            assert cgroups.state(freezer) == "FROZEN"
             n = last(log)
             time.sleep(0.6)
             assert last(log) == n

@@ -5,7 +5,6 @@ leave frozen again, and a restore that puts the tree back into a cgroup."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from nri_plugin.host.cgroup import Freezer, FreezerState, cgroups_of, cgroup_mounts
 from nri_plugin.ckpt.criu import Criu, DumpOptions, RestoreOptions
+from tests import cgroups
 from tests.ckpt._workload import Workload, rmdir_cgroup, state
 from tests.testenv import wait_for
 
@@ -38,7 +38,7 @@ VERSIONS = sorted(_mounts())
 def jail(request: pytest.FixtureRequest, workload: Workload) -> Iterator[Freezer]:
     """The workload moved into a fresh cgroup of the v1 freezer or the v2 hierarchy."""
     version: int = request.param
-    top = _mounts()[version] / f"gpucr-test-criu-{uuid.uuid4().hex[:8]}"
+    top = _mounts()[version] / cgroups.unique_name("criu")
     top.mkdir()
     f = Freezer(top, version)
     try:

@@ -20,33 +20,23 @@ def test_substrings_of_cgroup_paths_resolve_to_nothing(tmp_path: Path, ref: str)
     assert time.monotonic() - t0 < 10
 
 
+@pytest.mark.criu
 def test_a_whole_component_resolves(tmp_path: Path) -> None:
     """A process in a cgroup named like a container id (cgroupfs: ``/<parent>/<id>``) resolves by the full id only."""
-    import os
     import subprocess
-    import uuid
 
-    freezer = Path("/sys/fs/cgroup/freezer")
-    if os.geteuid() != 0 or not freezer.is_dir():
-        pytest.fail("this test needs root and a v1 freezer hierarchy (the test machine's hybrid cgroups)",
-                    pytrace=False)
-    cid = f"gpucr-cli-{uuid.uuid4().hex}"
-    d = freezer / cid
-    d.mkdir()
-    p = subprocess.Popen(["sleep", "60"])
-    try:
-        (d / "cgroup.procs").write_text(str(p.pid))
-        sock = str(tmp_path / "no-containerd.sock")
-        assert resolve_container(cid, sock) == (cid, p.pid)
-        for ref in (cid[:-1], cid[1:], "gpucr-cli"):
-            with pytest.raises(GpucrError, match="not found"):
-                resolve_container(ref, sock)
-    finally:
-        p.kill()
-        p.wait()
-        for _ in range(200):
-            try:
-                d.rmdir()
-                break
-            except OSError:
-                time.sleep(0.02)
+    from tests import cgroups
+
+    with cgroups.fresh("cli") as f:
+        cid = f.path.name
+        p = subprocess.Popen(["sleep", "60"])
+        try:
+            (f.path / "cgroup.procs").write_text(str(p.pid))
+            sock = str(tmp_path / "no-containerd.sock")
+            assert resolve_container(cid, sock) == (cid, p.pid)
+            for ref in (cid[:-1], cid[1:], "gpucr-test-cli"):
+                with pytest.raises(GpucrError, match="not found"):
+                    resolve_container(ref, sock)
+        finally:
+            p.kill()
+            p.wait()

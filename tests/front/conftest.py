@@ -83,7 +83,7 @@ def make_route(root: Path) -> FrontRoute:
     if r.returncode != 0:
         pytest.fail(f"install/front.sh route failed:\n{r.stderr}", pytrace=False)
     # the front imports only from its root-owned code copy (ROUTE/lib): the tests' recording hooks go there too
-    for rel in ("tests/__init__.py", "tests/front/__init__.py", "tests/front/recording_hooks.py"):
+    for rel in ("tests/__init__.py", "tests/cgroups.py", "tests/front/__init__.py", "tests/front/recording_hooks.py"):
         dst = root / "lib" / rel
         dst.parent.mkdir(mode=0o755, exist_ok=True)
         shutil.copyfile(testenv.REPO / rel, dst)

@@ -1,9 +1,10 @@
 """A FrontHooks implementation for the integration tests, loaded by the real front inside runc
 (``hooks = tests.front.recording_hooks:make`` in front.conf).
 
-It appends one JSON line per hook call to ``record_to``: at the DUMP request the v1 freezer state of
-``freeze_cgroup`` (or ``cgroup.freeze`` on v2) and the State of the dumped pid. With ``thaw_for_s`` it does what a
-CUDA lock needs: thaw, wait, record the tasks running, re-freeze; with ``fail_before_dump`` it
+It appends one JSON line per hook call to ``record_to``: at the DUMP request the freezer state (THAWED / FREEZING /
+FROZEN, v1 or v2 as the product's cgroup module reads it) of ``freeze_cgroup`` and the State of the dumped pid. With
+``thaw_for_s`` it does what a CUDA lock needs: thaw, wait, record the tasks running, re-freeze; with
+``fail_before_dump`` it
 raises a HookError with that text, which must abort the dump and leave the container running; ``fail_at_notify``
 names a notification at which it raises (CRIU is then told the notify failed).
 """
@@ -18,6 +19,8 @@ from typing import Any
 
 from nri_plugin.front.errors import HookError
 from nri_plugin.front.messages import Request
+from nri_plugin.host.cgroup import CgroupError
+from tests import cgroups
 
 
 def _read(path: Path) -> str | None:
@@ -35,21 +38,21 @@ def _task_state(pid: int | None) -> str | None:
 
 
 def _freezer(cg: str | None) -> str | None:
+    """THAWED / FREEZING / FROZEN of the cgroup directory runc named, through the product's cgroup module."""
     if not cg:
         return None
-    p = Path(cg)
-    return _read(p / "freezer.state") or _read(p / "cgroup.freeze")
+    try:
+        return cgroups.state(cgroups.freezer_dir(cg))
+    except CgroupError:
+        return None
 
 
 def _set_freezer(cg: str, state: str) -> None:
-    p = Path(cg) / "freezer.state"
-    p.write_text(state)
-    deadline = time.monotonic() + 5
-    while _read(p) != state:
-        if time.monotonic() > deadline:
-            raise HookError(f"freezer {cg} did not reach {state} (now {_read(p)})")
-        p.write_text(state)
-        time.sleep(0.005)
+    f = cgroups.freezer_dir(cg)
+    try:
+        f.freeze(5) if state == "FROZEN" else f.thaw(5)
+    except CgroupError as exc:
+        raise HookError(f"freezer {cg} did not reach {state} (now {_freezer(cg)}): {exc}") from exc
 
 
 def _last_value(path: str | None) -> str | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests import cgroups
 from tests.front.conftest import FrontRoute
 from tests.front.recording_hooks import records
 from tests.testenv import Containerd, wait_for
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.integration
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /data/n; echo $i >> /data/log; sleep 0.2; done"
 HOOKS = "tests.front.recording_hooks:make"
+#: cgroup parent of the containers the tests run with runc directly (the clean-slate check attributes it to this run)
+RUNC_PARENT = "gpucr-test-front" + (f"-{os.environ['GPUCR_INSTANCE']}" if os.environ.get("GPUCR_INSTANCE") else "")
 
 
 def _n(data: Path) -> int:
@@ -80,7 +83,7 @@ def test_ctr_task_checkpoint_hook_sees_frozen(front_containerd: Containerd, fron
         b = before[0]
         # containerd pauses the task before runc even starts criu (criu-front.md Q3a)
         assert b["freezer"] == "FROZEN" and b["freeze_cgroup"].endswith(cgroup), b
-        assert b["leave_running"] is True and b["task_state"].startswith("D"), b
+        assert b["leave_running"] is True and b["task_state"].startswith(cgroups.frozen_task_state()), b
         assert [x["name"] for x in r if x["point"] == "notify"][:2] == ["pre-dump", "network-lock"]
         assert r[-1] == {"front_pid": b["front_pid"], "point": "after", "type": "DUMP", "success": True}
         assert _advancing(data)  # resumed after the checkpoint
@@ -174,7 +177,7 @@ def test_failing_hook_aborts_dump_and_container_keeps_running(front_containerd: 
         dump_logs = list(Path(front_containerd.info["state_dir"]).rglob("criu-dump.log"))
         assert any(text in p.read_text() for p in dump_logs), (out, dump_logs)
         assert "RUNNING" in front_containerd.ctr("t", "ls").stdout
-        assert Path(f"/sys/fs/cgroup/freezer{cgroup}/freezer.state").read_text().strip() == "THAWED"
+        assert cgroups.state(cgroups.at(cgroup)) == "THAWED"
         assert _advancing(data)
 
 
@@ -198,7 +201,7 @@ def test_failing_notify_hook_aborts_dump_mid_way(front_containerd: Containerd, f
         assert [x["name"] for x in records(rec) if x["point"] == "notify"] == ["pre-dump", "network-lock",
                                                                                "network-unlock"]
         assert "RUNNING" in front_containerd.ctr("t", "ls").stdout
-        assert Path(f"/sys/fs/cgroup/freezer{cgroup}/freezer.state").read_text().strip() == "THAWED"
+        assert cgroups.state(cgroups.at(cgroup)) == "THAWED"
         assert _advancing(data)
 
 
@@ -235,19 +238,7 @@ def _runc_pid(runc: list[str], name: str) -> int:
 def _remove_cgroup(cgroup: str, quiet: bool = False) -> bool:
     """rmdir the runc test container's cgroup in every hierarchy, and the shared parent once empty; True when gone.
     Raises (unless ``quiet``) naming what is left."""
-    left = []
-    for ctrl in Path("/sys/fs/cgroup").iterdir():
-        d = ctrl / cgroup.lstrip("/")
-        if ctrl.is_symlink() or not d.exists():
-            continue
-        try:
-            d.rmdir()
-        except OSError:
-            left.append(d)
-    if not left:
-        for ctrl in Path("/sys/fs/cgroup").iterdir():
-            with contextlib.suppress(OSError):
-                (ctrl / cgroup.lstrip("/")).parent.rmdir()
+    left = cgroups.remove(cgroup, parent_too=True)
     if left and not quiet:
         raise AssertionError(f"cgroups left behind: {left}")
     return not left
@@ -277,7 +268,7 @@ def test_runc_direct_through_the_wrapper(front_route: FrontRoute, tmp_path: Path
     name = f"fr-runc-{uuid.uuid4().hex[:6]}"
     data = tmp_path / "data"
     data.mkdir()
-    cgroup = f"/gpucr-front-test/{name}"
+    cgroup = f"/{RUNC_PARENT}/{name}"
     bundle = _bundle(tmp_path, name, data, cgroup)
     runc = [str(front_route.runc), "--root", str(tmp_path / "runc-root")]
     rec = tmp_path / "hooks.jsonl"
@@ -399,7 +390,7 @@ def test_terminal_container_pty_master_crosses_the_relay(front_route: FrontRoute
     name = f"fr-tty-{uuid.uuid4().hex[:6]}"
     data = tmp_path / "data"
     data.mkdir()
-    cgroup = f"/gpucr-front-test/{name}"
+    cgroup = f"/{RUNC_PARENT}/{name}"
     bundle = _bundle(tmp_path, name, data, cgroup)
     spec = json.loads((bundle / "config.json").read_text())
     spec["process"]["terminal"] = True

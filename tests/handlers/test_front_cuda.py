@@ -19,9 +19,8 @@ from nri_plugin.front.messages import DUMP, RESTORE, Request
 from nri_plugin.handlers.front_cuda import MARKER, CudaFrontHooks, make
 from nri_plugin.policy.config import ConfigError, NodeConfig
 from nri_plugin.policy.records import ContainerRecord, RecordedPolicy, write_record
+from tests import cgroups
 from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib  # noqa: F401 (fixtures)
-
-FREEZER = Path("/sys/fs/cgroup/freezer")
 
 
 def hooks(tmp_path: Path, fc: FakeCuda | None = None, **node: object) -> CudaFrontHooks:
@@ -41,11 +40,12 @@ def dump(pid: int, images: Path | None = None) -> Request:
 
 
 class Cgroup:
-    """A v1 freezer cgroup named like a container id, with the sleepers started in it."""
+    """A fresh cgroup on the product's freezer hierarchy, named like a container id, with sleepers started in it."""
 
-    def __init__(self) -> None:
-        self.cid = f"gpucr-gf-{uuid.uuid4().hex[:12]}"
-        self.dir = FREEZER / self.cid
+    def __init__(self, freezer: cgroups.Freezer) -> None:
+        self.freezer = freezer
+        self.dir = freezer.path
+        self.cid = freezer.path.name
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def sleeper(self) -> int:
@@ -59,23 +59,15 @@ def cgroup() -> Iterator[Cgroup]:
     """A fresh freezer cgroup; its processes are killed and reaped, and it is removed, afterwards."""
     if os.geteuid() != 0:
         pytest.fail("these tests need root (cgroups)", pytrace=False)
-    cg = Cgroup()
-    d = cg.dir
-    d.mkdir()
-    try:
-        yield cg
-    finally:
-        (d / "freezer.state").write_text("THAWED")
-        for p in cg.procs:
-            p.kill()
-            p.wait()
-        for _ in range(200):
-            try:
-                d.rmdir()
-                break
-            except OSError:
-                import time
-                time.sleep(0.02)
+    with cgroups.fresh("gf") as f:
+        cg = Cgroup(f)
+        try:
+            yield cg
+        finally:
+            f.thaw()
+            for p in cg.procs:
+                p.kill()
+                p.wait()
 
 
 def sleeper(cg: Path | None = None) -> subprocess.Popen[bytes]:
@@ -110,22 +102,24 @@ def test_unmanaged_cuda_process_protected_by_default_and_logged(fake_cuda: FakeC
         w.kill()
 
 
+@pytest.mark.criu
 def test_managed_record_is_wanted_without_touching_the_driver(tmp_path: Path, cgroup: Cgroup) -> None:
-    cid, d = cgroup.cid, cgroup.dir
+    cid = cgroup.cid
     pid = cgroup.sleeper()
     write_record(tmp_path / "state", ContainerRecord(cid, "web", "pod1", "app", "default", True, "annotation",
                                                      pid=pid, policy=RecordedPolicy(1234)))
     # the driver library does not even exist: wants() must not load it
     h = hooks(tmp_path, None)
     h.libcuda = str(tmp_path / "no-such-libcuda.so")
-    (d / "freezer.state").write_text("FROZEN")
+    cgroup.freezer.freeze()
     try:
         assert h.wants(dump(pid)) is True
         assert h.target is not None and h.target.record is not None and h.target.why.startswith("managed")
     finally:
-        (d / "freezer.state").write_text("THAWED")
+        cgroup.freezer.thaw()
 
 
+@pytest.mark.criu
 @pytest.mark.parametrize("layout", ["cgroupfs", "systemd"])
 def test_managed_record_found_under_every_cgroup_driver(tmp_path: Path, layout: str) -> None:
     """The systemd driver (kubeadm's default) names the container's cgroup ``cri-containerd-<id>.scope`` inside its
@@ -133,8 +127,9 @@ def test_managed_record_found_under_every_cgroup_driver(tmp_path: Path, layout: 
     if os.geteuid() != 0:
         pytest.fail("this test needs root (cgroups)", pytrace=False)
     cid = uuid.uuid4().hex + uuid.uuid4().hex  # 64 hex characters, as kubelet's container ids
-    pod = f"gpucr-gf-{cid[:8]}"
-    top = FREEZER / (f"{pod}.slice" if layout == "systemd" else pod)
+    pod = cgroups.unique_name("gf")
+    root = cgroups.root()
+    top = root / (f"{pod}.slice" if layout == "systemd" else pod)
     leaf = (top / f"{pod}-besteffort-pod{cid[:8]}_1_2.slice" / f"cri-containerd-{cid}.scope" if layout == "systemd"
             else top / f"pod{cid[:8]}" / cid)
     leaf.mkdir(parents=True)
@@ -146,7 +141,7 @@ def test_managed_record_found_under_every_cgroup_driver(tmp_path: Path, layout: 
         h.libcuda = str(tmp_path / "no-such-libcuda.so")  # a managed record decides without the driver
         assert h.wants(dump(p.pid)) is True
         t = h.target
-        assert t is not None and t.container_id == cid and t.cgroup == "/" + str(leaf.relative_to(FREEZER))
+        assert t is not None and t.container_id == cid and t.cgroup == "/" + str(leaf.relative_to(root))
         assert t.record is not None and t.record.container_id == cid and t.why.startswith("managed")
     finally:
         p.kill()
@@ -161,6 +156,7 @@ def test_managed_record_found_under_every_cgroup_driver(tmp_path: Path, layout: 
                     time.sleep(0.02)
 
 
+@pytest.mark.criu
 @pytest.mark.parametrize("bad", ["corrupt", "other-format", "stale"])
 def test_bad_record_falls_back_to_node_policy(fake_cuda: FakeCuda, tmp_path: Path, cgroup: Cgroup, bad: str) -> None:
     """A record gpucr cannot trust is ignored: the dump falls to the node policy, which protects a CUDA process

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import pytest
 from nri_plugin.host.cgroup import (
     CgroupError, CgroupMount, Freezer, FreezerState, cgroup_mounts, cgroups_of, resolve,
 )
+from nri_plugin.host.proc import runc_cgroup, unified_host
+from tests import cgroups
 from tests.ckpt._workload import rmdir_cgroup
 from tests.testenv import wait_for
 
@@ -67,6 +68,27 @@ def test_resolve(root: str, path: str, want: str | None) -> None:
 # --- real cgroups -------------------------------------------------------------------------------------------------
 
 
+# a hybrid kernel seen from a mount namespace with cgroup2 on /sys/fs/cgroup (the rig's v2 leg) while CRIU's restore
+# has its v1 cgroup yard mounted: /proc/PID/cgroup still lists v1 lines, but runc there is cgroup v2 only
+V2_VIEW_WITH_YARD = V2_ONLY + "90 25 0:34 / /tmp/.criu.cgyard.ab12/freezer rw - cgroup none rw,freezer\n"
+HYBRID_PROC_CGROUP = "6:freezer:/\n1:cpu,cpuacct:/\n0::/gpucr-test-2.1.9/c1\n"
+
+
+@pytest.mark.parametrize(("mountinfo", "want_path", "want_v1"), [
+    (HYBRID_MOUNTINFO, "/", Path("/sys/fs/cgroup/freezer")),
+    (V2_VIEW_WITH_YARD, "/gpucr-test-2.1.9/c1", None),
+], ids=["hybrid", "v2-view-of-hybrid-kernel"])
+def test_runc_cgroup_follows_runcs_view(tmp_path: Path, mountinfo: str, want_path: str, want_v1: Path | None) -> None:
+    assert runc_cgroup(HYBRID_PROC_CGROUP, unified=unified_host(mountinfo)) == want_path
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7/cgroup").write_text(HYBRID_PROC_CGROUP)
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self/mountinfo").write_text(mountinfo)
+    pc = cgroups_of(7, proc=tmp_path)
+    assert pc.v1_freezer == want_v1
+    assert pc.freezer.version == (1 if want_v1 else 2)
+
+
 def _hierarchies() -> dict[int, Path]:
     """v1 freezer and the cgroup2 mount of this host (either may be missing on other hosts)."""
     out: dict[int, Path] = {}
@@ -87,7 +109,7 @@ def cgroup(request: pytest.FixtureRequest) -> Iterator[tuple[Freezer, Path]]:
     if os.geteuid() != 0:
         pytest.fail("cgroup tests need root", pytrace=False)
     version: int = request.param
-    top = _hierarchies()[version] / f"gpucr-test-criu-{uuid.uuid4().hex[:8]}"
+    top = _hierarchies()[version] / cgroups.unique_name("criu")
     top.mkdir()
     (top / "sub").mkdir()
     try:

@@ -55,7 +55,7 @@ def pre_registered(containerd: Containerd) -> Iterator[tuple[Containerd, Path]]:
         while Path(f"/proc/{old}").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         prefix = Path(info["ctr"]).parent.parent.parent
-        path = f"{info['bin_dir']}:{prefix}/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        path = info["daemon_path"]  # containerd.sh's own PATH for it (criu, runc, shims)
         with open(info["log"], "ab") as out:
             proc = subprocess.Popen([str(prefix / "usr/bin/containerd"), "--config", str(d / "config.toml")],
                                     env={"PATH": path, "TMPDIR": str(d / "tmp"), "HOME": "/root"}, stdout=out,
