@@ -15,12 +15,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import cgroups
 from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib  # noqa: F401 (fixtures)
 from tests.testenv import REPO, Containerd, wait_for
 
@@ -50,30 +50,18 @@ def node(tmp_path: Path, fake_cuda: FakeCuda, criu_binary: str) -> dict[str, obj
 
 
 @pytest.fixture
-def freezer() -> Iterator[Path]:
-    d = Path("/sys/fs/cgroup/freezer") / f"gpucr-lease-test-{uuid.uuid4().hex[:8]}"
-    if not d.parent.is_dir():
-        pytest.fail("no v1 freezer hierarchy at /sys/fs/cgroup/freezer", pytrace=False)
-    d.mkdir()
-    try:
-        yield d
-    finally:
-        (d / "freezer.state").write_text("THAWED")
-        for pid in (d / "cgroup.procs").read_text().split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        wait_for(lambda: not (d / "cgroup.procs").read_text().split(), what="test cgroup to empty")
-        d.rmdir()
+def freezer() -> Iterator[cgroups.Freezer]:
+    """A fresh cgroup on the hierarchy the product freezes through here (v1 freezer, or v2 on the rig's leg)."""
+    with cgroups.fresh("lease") as f:
+        yield f
 
 
 @pytest.fixture
-def workload(fake_cuda: FakeCuda, tmp_path: Path, freezer: Path) -> Iterator[FakeWorkload]:
+def workload(fake_cuda: FakeCuda, tmp_path: Path, freezer: cgroups.Freezer) -> Iterator[FakeWorkload]:
     w = FakeWorkload(fake_cuda, tmp_path, nproc=2)
     try:
         for p in w.pids:
-            (freezer / "cgroup.procs").write_text(str(p))
+            (freezer.path / "cgroup.procs").write_text(str(p))
         w.advancing()
         yield w
     finally:
@@ -116,7 +104,7 @@ def start_paused(w: FakeWorkload, fc: FakeCuda, node: dict[str, object], tmp_pat
     return cli
 
 
-def undone(w: FakeWorkload, fc: FakeCuda, freezer: Path, node: dict[str, object], frozen: bool = False,
+def undone(w: FakeWorkload, fc: FakeCuda, freezer: cgroups.Freezer, node: dict[str, object], frozen: bool = False,
            since: float | None = None) -> None:
     wait_for(lambda: all(fc.state(p) == "RUNNING" for p in w.pids), timeout=SWEEP_S + 20,
              what="the sweep to restore and unlock every process")
@@ -124,15 +112,15 @@ def undone(w: FakeWorkload, fc: FakeCuda, freezer: Path, node: dict[str, object]
         took = time.monotonic() - since
         assert took <= WITHIN_S, f"rolled back {took:.1f}s after the kill (sweep interval {SWEEP_S}s)"
     wait_for(lambda: not list(Path(str(node["leases"])).iterdir()), timeout=10, what="the lease to be removed")
-    assert (freezer / "freezer.state").read_text().strip() == ("FROZEN" if frozen else "THAWED")
+    assert cgroups.state(freezer) == ("FROZEN" if frozen else "THAWED")
     if frozen:
-        (freezer / "freezer.state").write_text("THAWED")
+        freezer.thaw()
     w.advancing()
 
 
 @pytest.mark.parametrize("point", list(PHASES))
 def test_sigkill_cli_at_each_phase_daemon_rolls_back(point: str, daemon: subprocess.Popen[bytes],
-                                                     workload: FakeWorkload, fake_cuda: FakeCuda, freezer: Path,
+                                                     workload: FakeWorkload, fake_cuda: FakeCuda, freezer: cgroups.Freezer,
                                                      node: dict[str, object], tmp_path: Path) -> None:
     cli = start_paused(workload, fake_cuda, node, tmp_path, point)
     before = workload.counters()
@@ -150,21 +138,20 @@ def test_sigkill_cli_at_each_phase_daemon_rolls_back(point: str, daemon: subproc
 
 
 def test_sigkill_cli_in_a_frozen_cgroup_refrozen(daemon: subprocess.Popen[bytes], workload: FakeWorkload,
-                                                fake_cuda: FakeCuda, freezer: Path, node: dict[str, object],
+                                                fake_cuda: FakeCuda, freezer: cgroups.Freezer, node: dict[str, object],
                                                 tmp_path: Path) -> None:
     """A caller paused the workload; the killed CLI had thawed it to checkpoint CUDA: the sweep restores and
     unlocks, and leaves the cgroup FROZEN, as found."""
-    (freezer / "freezer.state").write_text("FROZEN")
-    wait_for(lambda: (freezer / "freezer.state").read_text().strip() == "FROZEN", what="freeze")
+    freezer.freeze()
     cli = start_paused(workload, fake_cuda, node, tmp_path, "checkpointed")
-    assert (freezer / "freezer.state").read_text().strip() == "THAWED"
+    assert cgroups.state(freezer) == "THAWED"
     t0 = time.monotonic()
     cli.kill()
     cli.communicate(timeout=10)  # reaped: the holder is gone
     undone(workload, fake_cuda, freezer, node, frozen=True, since=t0)
 
 
-def test_recover_without_daemon(workload: FakeWorkload, fake_cuda: FakeCuda, freezer: Path,
+def test_recover_without_daemon(workload: FakeWorkload, fake_cuda: FakeCuda, freezer: cgroups.Freezer,
                                 node: dict[str, object], tmp_path: Path) -> None:
     cli = start_paused(workload, fake_cuda, node, tmp_path, "checkpointed")
     env = {**os.environ, **node["env"]}  # type: ignore[dict-item]
@@ -184,7 +171,7 @@ def test_recover_without_daemon(workload: FakeWorkload, fake_cuda: FakeCuda, fre
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_checkpoint_rolls_back_before_exit(sig: signal.Signals, workload: FakeWorkload,
-                                                      fake_cuda: FakeCuda, freezer: Path, node: dict[str, object],
+                                                      fake_cuda: FakeCuda, freezer: cgroups.Freezer, node: dict[str, object],
                                                       tmp_path: Path) -> None:
     cli = start_paused(workload, fake_cuda, node, tmp_path, "checkpointed")
     cli.send_signal(sig)
@@ -198,7 +185,7 @@ def test_signal_mid_checkpoint_rolls_back_before_exit(sig: signal.Signals, workl
 
 
 def test_phase_past_its_deadline_rolls_back_and_names_it(workload: FakeWorkload, fake_cuda: FakeCuda,
-                                                         freezer: Path, node: dict[str, object],
+                                                         freezer: cgroups.Freezer, node: dict[str, object],
                                                          tmp_path: Path) -> None:
     """Bounded phases: the CLI held in its CUDA checkpoint phase past the node's 2 s deadline rolls back itself."""
     conf = Path(str(node["config"]))
@@ -212,7 +199,7 @@ def test_phase_past_its_deadline_rolls_back_and_names_it(workload: FakeWorkload,
     undone(workload, fake_cuda, freezer, node)
 
 
-def test_sigkill_restore_during_cuda_restore_recovered(workload: FakeWorkload, fake_cuda: FakeCuda, freezer: Path,
+def test_sigkill_restore_during_cuda_restore_recovered(workload: FakeWorkload, fake_cuda: FakeCuda, freezer: cgroups.Freezer,
                                                        node: dict[str, object], tmp_path: Path) -> None:
     """A restore's CUDA half holds a lease too: ``gpucr restore`` killed after CRIU brought the tree back, before
     its CUDA restore, leaves it CHECKPOINTED; ``gpucr recover`` (no daemon) restores and unlocks it."""
@@ -240,7 +227,7 @@ def test_sigkill_restore_during_cuda_restore_recovered(workload: FakeWorkload, f
     undone(workload, fake_cuda, freezer, node)
 
 
-def test_next_checkpoint_sweeps_first(workload: FakeWorkload, fake_cuda: FakeCuda, freezer: Path,
+def test_next_checkpoint_sweeps_first(workload: FakeWorkload, fake_cuda: FakeCuda, freezer: cgroups.Freezer,
                                       node: dict[str, object], tmp_path: Path) -> None:
     """No daemon: the next ``gpucr checkpoint`` finds the killed one's lease, rolls it back, then does its work."""
     cli = start_paused(workload, fake_cuda, node, tmp_path, "checkpointed")
