@@ -27,7 +27,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from .cuda_steps import CudaSteps, FreezerLike, Suspended
 __all__ = [
     "DEFAULT_BUDGETS_S", "GRACE_S", "Lease", "LeaseError", "LeaseHolder", "LeaseStore", "LeasedProcess",
     "RollbackResult",
-    "Interrupted", "TEST_PAUSE_ENV", "TEST_PAUSE_FILE_ENV", "iter_leases", "pause_point", "roll_back", "sweep",
+    "Interrupted", "TEST_PAUSE_ENV", "TEST_PAUSE_FILE_ENV", "pause_point", "roll_back", "sweep",
 ]
 
 log = logging.getLogger(__name__)
@@ -405,10 +405,3 @@ def sweep(store: LeaseStore, steps_of: Callable[[], CudaSteps], freezer_at: Call
             mine.unlink(missing_ok=True)
     return results
 
-
-def iter_leases(store: LeaseStore) -> Iterator[Lease]:
-    for path in store.entries():
-        try:
-            yield store.read(path)
-        except (OSError, ValueError, TypeError, KeyError):
-            continue
