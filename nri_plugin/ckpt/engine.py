@@ -206,6 +206,7 @@ class Engine:
         own_step: list[str] = []  # the step of ours that failed inside CRIU's notify callback
 
         def on_notify(name: str, _pid: int) -> None:
+            self.cuda.phase(f"criu-{name}", s)
             if name != POST_DUMP:
                 return
             own_step[:] = ["sync"]
@@ -225,6 +226,7 @@ class Engine:
                                        f"{_gib(s.gpu_bytes)} GPU data + margin)")
             step = "criu-dump"
             self.cuda.progress(step, f"criu dump of pid {req.pid}")
+            self.cuda.phase(step, s)
             with self.cuda.step(step):
                 opts = self._make_dump_options(req, criu_dir,
                                                str(cgroup.path) if (frozen and cgroup is not None) else None)
@@ -249,6 +251,7 @@ class Engine:
                 while dumped & set(cgroup.pids()) and time.monotonic() < deadline:
                     time.sleep(0.02)
                 cgroup.freeze()
+        self.cuda.phase("done", s)  # the CUDA processes run again (or are gone): the lease ends
         if self.store.committed(req.images_dir):
             try:  # CRIU's log and stats, written after post-dump: not part of the sealed checkpoint
                 with self.cuda.step("sync"):
@@ -287,9 +290,11 @@ class Engine:
         else:
             self.store.discard(req.images_dir)
         undone = ""
+        problems: list[str] = list(getattr(exc, "rollback_problems", []))
         if s is not None:
             rolled = self.cuda.fail(exc, step, s.touched, s.cgroup, s.frozen_before)
             undone = str(rolled).splitlines()[-1]
+            problems = rolled.rollback_problems
         elif isinstance(exc, CheckpointError) and len(str(exc).splitlines()) > 1:
             undone = str(exc).splitlines()[-1]
         cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -305,7 +310,9 @@ class Engine:
                 "(sealed at post-dump): restore it" if sealed else f"no new checkpoint in {req.images_dir}")
         msg = f"checkpoint of {who} failed at step {step}: {cause}" + (f"; {undone}" if undone else "") + \
             f"; {kept}; fix: {fix}"
-        return CheckpointError(msg, step=step, pid=getattr(exc, "pid", None) or req.pid)
+        err = CheckpointError(msg, step=step, pid=getattr(exc, "pid", None) or req.pid)
+        err.rollback_problems = problems  # the lease stays for the sweep when the rollback left something undone
+        return err
 
     def _make_dump_options(self, req: CheckpointRequest, criu_dir: Path, freeze_cgroup: str | None) -> Any:
         kw: dict[str, Any] = dict(pid=req.pid, images_dir=criu_dir, leave_running=req.leave_running,

@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
             config = LoggerConfig.parse(text, str(args.config))
         plugin = LifecycleLogger(config)
     else:
-        from ..handlers.nri_policy import PolicyPlugin
+        from ..handlers.lease_sweep import SweepingPolicyPlugin
         from ..policy import load_config
 
-        plugin = PolicyPlugin(load_config(args.config))
+        plugin = SweepingPolicyPlugin(load_config(args.config))
     if args.events:
         print("\n".join(describe_events(plugin)))
         return 0
@@ -94,7 +94,13 @@ def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stub.stop)
         log.info("gpucr plugin %s starting (%s), pid %d", stub.full_name,
                  "pre-registered" if connection is not None else f"external, {stub.socket_path}", os.getpid())
-        await stub.run()
+        sweeper = getattr(plugin, "sweeper", None)  # the policy plugin's lease sweep (not the logger's)
+        sweeping = asyncio.create_task(sweeper.run()) if sweeper is not None else None
+        try:
+            await stub.run()
+        finally:
+            if sweeping is not None:
+                sweeping.cancel()
 
     asyncio.run(main())
     log.info("gpucr plugin %s exiting", stub.full_name)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HostError", "alive", "cgroup_path", "cgroup_procs", "comm", "container_id", "cuda_candidates", "external_pid_ns",
     "kill_tree", "mem_available", "names_container", "nvidia_minors", "parent_pid", "parse_meminfo", "parse_proc_cgroup",
-    "pid_ns_init", "rss_bytes", "runc_cgroup", "tree_pids", "unified_host",
+    "pid_ns_init", "rss_bytes", "runc_cgroup", "start_time", "tree_pids", "unified_host",
 ]
 
 #: systemd scope prefixes of the container managers, ``<prefix>-<id>.scope`` (kubelet+containerd, Docker, CRI-O)
@@ -137,6 +137,20 @@ def parent_pid(pid: int) -> int:
     except OSError:
         return 0
     return int(raw[raw.rfind(b")") + 2:].split()[1])
+
+
+def start_time(pid: int) -> int:
+    """When ``pid`` started (clock ticks after boot, /proc/PID/stat field 22): with the pid, a process's identity
+    across pid reuse. 0 when it is gone or a zombie (a zombie holds nothing any more)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 0
+    rest = raw[raw.rfind(b")") + 2:].split()
+    if len(rest) < 20 or rest[0] in (b"Z", b"X"):
+        return 0
+    return int(rest[19])
 
 
 def tree_pids(root: int) -> list[int]:

@@ -67,6 +67,22 @@ def _gpu_map(v: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+#: the phases of a checkpoint's critical section that ``gpucr.io/phase-timeouts`` may bound (nri_plugin/ckpt/lease.py)
+PHASES = ("cuda-lock", "cuda-checkpoint", "criu-dump", "cuda-restore", "cuda-unlock")
+
+
+def _phase_timeouts(v: str) -> tuple[tuple[str, int], ...]:
+    out: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in v.split(","))):
+        phase, sep, secs = item.partition("=")
+        if not sep or phase.strip() not in PHASES:
+            raise ValueError(f"a comma-separated list of PHASE=SECONDS, PHASE one of {', '.join(PHASES)}")
+        out[phase.strip()] = _seconds(secs.strip())
+    if not out:
+        raise ValueError(f"at least one PHASE=SECONDS ({', '.join(PHASES)})")
+    return tuple(sorted(out.items()))
+
+
 #: annotation (without prefix) -> (ContainerPolicy field, parser); the parser's ValueError text is "accepted values"
 ANNOTATIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "checkpoint": ("checkpoint", _enabled),
@@ -77,6 +93,7 @@ ANNOTATIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "criu-timeout": ("criu_timeout_s", _seconds),
     "lock-timeout": ("lock_timeout_ms", _millis),
     "gpu-map": ("gpu_map", _gpu_map),
+    "phase-timeouts": ("phase_timeouts", _phase_timeouts),
 }
 
 
@@ -92,6 +109,8 @@ class ContainerPolicy:
     criu_timeout_s: int | None = None
     lock_timeout_ms: int | None = None
     gpu_map: tuple[tuple[str, str], ...] = ()
+    #: per-phase deadlines in seconds (the node's ``*_timeout_s`` cap them)
+    phase_timeouts: tuple[tuple[str, int], ...] = ()
     #: the gpucr.io/ annotations that were read, for the record
     source: dict[str, str] = field(default_factory=dict)
 

@@ -276,14 +276,17 @@ def test_bad_node_config_names_the_file(tmp_path: Path) -> None:
         make({"node_config": str(cfg)})
 
 
-def _record_fsyncs(monkeypatch: pytest.MonkeyPatch, fail: int | None = None) -> list[str]:
-    """Record the paths the hooks fsync (the real fsync runs); with ``fail``, every fsync raises that errno."""
+def _record_fsyncs(monkeypatch: pytest.MonkeyPatch, fail: int | None = None,
+                   under: Path | None = None) -> list[str]:
+    """Record the paths the hooks fsync (the real fsync runs); with ``fail``, every fsync (of a path in ``under``,
+    when given: the lease's own writes fsync too) raises that errno."""
     seen: list[str] = []
     real = os.fsync
 
     def fsync(fd: int) -> None:
-        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
-        if fail is not None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        seen.append(path)
+        if fail is not None and (under is None or Path(path).is_relative_to(under)):
             raise OSError(fail, os.strerror(fail))
         real(fd)
 
@@ -324,7 +327,7 @@ def test_fsync_before_the_answer_without_notifications(fake_cuda: FakeCuda, tmp_
         assert h.wants(req)
         h.before_dump(req)
         (images / "pages-1.img").write_bytes(b"p" * 4096)
-        _record_fsyncs(monkeypatch, fail=5)
+        _record_fsyncs(monkeypatch, fail=5, under=images)
         with pytest.raises(HookError) as ei:
             h.after_response(req, True)
         msg = str(ei.value)
