@@ -151,6 +151,42 @@ def test_sigkill_of_gpucr_at_post_dump(criu_binary: str, fsync_gate: Path, workl
     no_checkpoint(ck, {"GPUCR_CRIU": criu_binary})
 
 
+def test_sigkill_of_gpucr_at_post_dump_with_cuda_is_swept(criu_binary: str, fsync_gate: Path, fake_cuda: FakeCuda,
+                                                          tmp_path: Path) -> None:
+    """With CUDA processes: gpucr SIGKILLed while CRIU waits on its post-dump answer. CRIU resumes the tasks, but their
+    GPU state is still on the host (CHECKPOINTED) under gpucr's lease; the sweep (``gpucr recover`` here, as the
+    daemon's timer or the next gpucr run would) restores and unlocks them and the workload runs again. The next
+    checkpoint to the same DIR removes the dead run's temporary dir and succeeds."""
+    w = FakeWorkload(fake_cuda, tmp_path, nproc=2)
+    try:
+        ck, gate = tmp_path / "ck", tmp_path / "blocked"
+        env = {**os.environ, "GPUCR_CRIU": criu_binary, "LD_PRELOAD": str(fsync_gate), "FSYNC_GATE_BLOCK": str(gate)}
+        p = subprocess.Popen([GPUCR, "checkpoint", "--pid", str(w.root), "--to", str(ck)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(gate.exists, timeout=60, what="gpucr to reach its post-dump fsync")
+        finally:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        assert all(fake_cuda.state(x) == "CHECKPOINTED" for x in w.pids)
+        assert all(os.path.exists(f"/proc/{x}") for x in w.pids)  # CRIU resumed the tasks, it never killed them
+        leases = list((tmp_path / "state" / "leases").glob("*.json"))
+        assert len(leases) == 1, leases
+        assert not ck.exists() and len(list(tmp_path.glob(".ck.gpucr-tmp-*"))) == 1
+        r = gpucr("recover", check=False)
+        assert r.returncode == 0 and "restored" in r.stdout, (r.stdout, r.stderr)
+        assert all(fake_cuda.state(x) == "RUNNING" for x in w.pids)
+        assert not list((tmp_path / "state" / "leases").glob("*.json"))
+        w.advancing()
+        s = summary(gpucr("checkpoint", "--pid", str(w.root), "--to", str(ck), "--leave-running", "--json",
+                          env={"GPUCR_CRIU": criu_binary}))
+        assert sorted(x["pid"] for x in s["cuda_processes"]) == sorted(w.pids)
+        assert (ck / "gpucr.json").exists() and not list(tmp_path.glob(".ck.gpucr-*"))
+        w.advancing()
+    finally:
+        w.kill()
+
+
 def test_disk_full(criu_binary: str, fake_cuda: FakeCuda, small_fs: Callable[[int], Path], tmp_path: Path) -> None:
     """The target filesystem fills up during the dump: the tmpfs is large enough for gpucr's own disk checks (the
     tree's memory, then its GPU data, with the engine's margin: both pass), and a criu wrapper fills it first. CRIU
