@@ -8,6 +8,8 @@
 # launcher); release_code deletes PREFIX when none of them still does.
 
 CODE_USERS=install-users
+# a PREFIX holding this file is a system package's tree (packaging/build.sh): used as it is, never copied or deleted
+PACKAGED=.packaged
 
 # check_root_path PATH WHAT: refuse a PATH that a user other than root could change, i.e. one with an existing
 # ancestor (symlinks resolved) not owned by root or group/world-writable; a sticky root-owned dir (/tmp) is fine,
@@ -40,6 +42,10 @@ install_code() {
     case "$prefix" in /*) ;; *) die "--prefix $prefix must be an absolute path" ;; esac
     prefix=$(readlink -m -- "$prefix")
     [ "$prefix" != / ] || die "--prefix / is not a place for gpucr's code"
+    if [ -f "$prefix/$PACKAGED" ]; then
+        check_root_path "$prefix/hooks/criu_front.py" "--prefix"
+        return 0
+    fi
     case "$prefix/" in "$repo"/*) die "--prefix $prefix is inside the checkout $repo: choose a root-owned place (default /usr/lib/gpucr)" ;; esac
     check_root_path "$prefix" "--prefix"
     if [ -e "$prefix" ] && [ ! -f "$prefix/$CODE_USERS" ]; then
@@ -79,6 +85,7 @@ uses_code() {
 release_code() {
     local prefix u keep=()
     prefix=$(readlink -m -- "$1")
+    [ ! -f "$prefix/$PACKAGED" ] || return 0
     [ -f "$prefix/$CODE_USERS" ] || return 0
     while IFS= read -r u; do
         [ -n "$u" ] && [ "$u" != "$2" ] && uses_code "$prefix" "$u" && keep+=("$u")
