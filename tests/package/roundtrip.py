@@ -1,0 +1,251 @@
+"""The package round trip (issue 13's must-show), run by .ci/run after `make test` on CI's fresh machine, as root.
+
+1. `apt-get install ./dist/gpucr-criu_*.deb ./dist/gpucr_*.deb` (make package built them; the README's other
+   prerequisites, runc and iptables, came with `make test`'s install/deps.sh);
+2. a containerd 1.7.24 started as a user's is (a unit-less daemon with its own config, NRI at 1.7's default: off);
+3. `gpucr setup --apply --config <its config>`; containerd restarted; `apt-get remove gpucr` refused while applied;
+4. the plugin as the installed unit runs it (its ExecStart, with this containerd's NRI socket); a managed CRI
+   container checkpointed by the installed `/usr/bin/gpucr checkpoint --via-runtime` and by `ctr c checkpoint --task`,
+   killed, and restored by `ctr c restore`, each dump and restore through the installed front (its log says so) and
+   the installed gpucr-criu; the restored counter continues from the checkpoint;
+5. `gpucr setup --revert` (the config byte-identical again), `apt-get purge gpucr gpucr-criu`, and nothing left:
+   no package files, no unit, no /usr/lib/gpucr, /usr/libexec/gpucr, /etc/gpucr, /var/lib/gpucr, /var/log/gpucr,
+   the same dpkg diversions.
+Any failure ends it with exit status 1 and the step that failed. It refuses to start where gpucr is installed or its
+paths exist (it would remove them). On a shared development machine run it in tests/package/sandbox.sh.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import tomllib
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.testenv import Containerd, wait_for  # noqa: E402
+
+VERSION = "1.7"
+GPUCR = "/usr/bin/gpucr"
+PATHS = ["/usr/lib/gpucr", "/usr/libexec/gpucr", "/etc/gpucr", "/var/lib/gpucr", "/usr/bin/gpucr",
+         "/usr/lib/systemd/system/gpucr-plugin.service"]
+RUNTIME_LEFTOVERS = ["/var/log/gpucr"]
+FRONT_LOG = Path("/var/log/gpucr/criu-front.log")
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.2; done"
+ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "GPUCR_INSTANCE": os.environ.get("GPUCR_INSTANCE", "pkg"),
+       "GPUCR_CONTAINERD_NRI": "default"}
+
+
+class Fail(Exception):
+    pass
+
+
+def step(msg: str) -> None:
+    print(f"== package round trip: {msg}", flush=True)
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    print("+ " + shlex.join(cmd), flush=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, stdin=subprocess.DEVNULL)
+    out = (r.stdout + r.stderr).strip()
+    if out:
+        print("  " + out.replace("\n", "\n  "), flush=True)
+    if check and r.returncode != 0:
+        raise Fail(f"{shlex.join(cmd)} exited {r.returncode}")
+    return r
+
+
+def check(cond: object, what: str) -> None:
+    if not cond:
+        raise Fail(what)
+    print(f"  ok: {what}", flush=True)
+
+
+def installed(pkg: str) -> bool:
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
+    return r.returncode == 0 and r.stdout.strip() == "install ok installed"
+
+
+def diversions() -> list[str]:
+    return sorted(subprocess.run(["dpkg-divert", "--list"], capture_output=True, text=True, check=True)
+                  .stdout.splitlines())
+
+
+def front_log() -> str:
+    return FRONT_LOG.read_text(errors="replace") if FRONT_LOG.exists() else ""
+
+
+def counter(data: Path) -> list[int]:
+    return [int(x) for x in (data / "log").read_text().split()]
+
+
+def containerd(cmd: str) -> Containerd:
+    r = sh("bash", str(REPO / "install/containerd.sh"), cmd, VERSION)
+    return Containerd(json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text()))
+
+
+def preconditions() -> tuple[str, str]:
+    if os.geteuid() != 0:
+        raise Fail("must run as root (it installs packages)")
+    for pkg in ("gpucr", "gpucr-criu"):
+        if installed(pkg):
+            raise Fail(f"{pkg} is installed already: purge it first (this test installs and purges it)")
+    there = [p for p in PATHS if os.path.lexists(p)]
+    if there:
+        raise Fail(f"{', '.join(there)} exist(s): this test would remove them; run it where gpucr is not installed "
+                   "(or in tests/package/sandbox.sh)")
+    debs = sorted(glob.glob(str(REPO / "dist/gpucr_*_amd64.deb"))), sorted(glob.glob(str(REPO / "dist/gpucr-criu_*_amd64.deb")))
+    if not debs[0] or not debs[1]:
+        raise Fail("dist/ has no gpucr_*.deb and gpucr-criu_*.deb: run make package first")
+    return debs[0][-1], debs[1][-1]
+
+
+def install_and_apply(deb: str, criu_deb: str, config: Path) -> None:
+    step("install the packages")
+    sh("apt-get", "install", "-y", "-q", "--no-install-recommends", criu_deb, deb)
+    check(installed("gpucr") and installed("gpucr-criu"), "gpucr and gpucr-criu are installed")
+    files = sh("dpkg", "-L", "gpucr").stdout.split()
+    for f in ["/usr/bin/gpucr", "/usr/libexec/gpucr/gpucr-hook", "/usr/lib/gpucr/hooks/criu_front.py",
+              "/usr/lib/gpucr/install/front.sh", "/usr/lib/systemd/system/gpucr-plugin.service",
+              "/etc/gpucr/config.toml", "/usr/lib/gpucr/nri/10-gpucr"]:
+        check(f in files, f"the package installs {f}")
+    bad = [f for f in files if os.path.isfile(f) and (os.stat(f).st_uid != 0 or os.stat(f).st_mode & 0o022)]
+    check(not bad, "every installed file is root-owned and not group/world-writable")
+    check(all(Path(f"/usr/lib/gpucr/site/cp3{m}").is_dir() for m in (11, 12, 13)),
+          "site dirs for CPython 3.11 (Debian 12), 3.12 (Ubuntu 24.04), 3.13 (Debian 13)")
+    check("/etc/gpucr/config.toml" in sh("dpkg-query", "-W", "-f=${Conffiles}", "gpucr").stdout, "config.toml is a conffile")
+    sh(GPUCR, "--version")
+    sh("/usr/lib/gpucr/criu/criu", "--version")
+
+    step("gpucr setup --apply against the user's containerd config")
+    sh(GPUCR, "setup", "--apply", "--config", str(config))
+    doc = tomllib.loads(config.read_text())
+    check(doc["plugins"]["io.containerd.nri.v1.nri"]["disable"] is False, "NRI enabled in the config")
+    runc = doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["runc"]["options"]["BinaryName"]
+    check(runc == "/var/lib/gpucr/setup/front-runc/bin/runc", f"the CRI default runtime runs gpucr's wrapper ({runc})")
+    sh(GPUCR, "setup")
+    conf = Path("/var/lib/gpucr/setup/front-runc/path/front.conf").read_text()
+    check("real_criu = /usr/lib/gpucr/criu/criu" in conf, "the front's real criu is gpucr-criu's")
+    check(os.path.realpath("/var/lib/gpucr/setup/front-runc/path/criu") == "/usr/lib/gpucr/hooks/criu_front.py",
+          "the route's criu is the installed front")
+    r = sh("apt-get", "remove", "-y", "-q", "gpucr", check=False)
+    check(r.returncode != 0 and installed("gpucr") and "gpucr setup --revert" in r.stdout + r.stderr,
+          "apt-get remove gpucr is refused while setup is applied, naming gpucr setup --revert")
+
+
+def unit_command(nri_socket: str, log: Path) -> list[str]:
+    unit = Path("/usr/lib/systemd/system/gpucr-plugin.service").read_text()
+    exec_start = next(ln.split("=", 1)[1] for ln in unit.splitlines() if ln.startswith("ExecStart="))
+    argv = shlex.split(exec_start)
+    check(argv[:2] == [GPUCR, "plugin"] and "--socket" in argv, f"the unit runs {exec_start}")
+    argv[argv.index("--socket") + 1] = nri_socket  # this private containerd's NRI socket
+    return [argv[0], "-v", *argv[1:], "--log-file", str(log)]
+
+
+def checkpoint_and_restore(ctrd: Containerd, work: Path) -> None:
+    step("the plugin as the unit runs it")
+    plog = work / "plugin.log"
+    plugin = subprocess.Popen(unit_command(ctrd.nri_socket, plog), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: plog.exists() and "synchronized" in plog.read_text(), timeout=30,
+                 what="the installed gpucr plugin to register with containerd")
+        data = work / "data"
+        data.mkdir()
+        step("a managed CRI container")
+        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+            cid = ctrd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER],
+                                     mounts=[(str(data), "/data", False)])
+            wait_for(lambda: (data / "log").exists() and len(counter(data)) >= 2, what="the counter to start")
+            rec = json.loads(Path(f"/run/gpucr/containers/{cid}.json").read_text())
+            check(rec.get("managed") is True, f"the installed plugin recorded container {cid[:12]} as managed")
+
+            step("checkpoint by the installed CLI through the runtime (task API on 1.7) and the installed front")
+            mark = len(front_log())
+            sh(GPUCR, "checkpoint", cid, "--via-runtime", "--to", str(work / "cli-ckpt"), "--address", ctrd.address,
+               "--json")
+            check((work / "cli-ckpt/images/inventory.img").is_file(), "CRIU images written by the CLI's checkpoint")
+            log = front_log()[mark:]
+            check("DUMP" in log, "the installed front handled the dump")
+
+            step("ctr c checkpoint --task, kill, ctr c restore: both through the installed front")
+            ref = f"localhost/pkg-{uuid.uuid4().hex[:6]}:ckpt"
+            restored = f"pkg-restored-{uuid.uuid4().hex[:6]}"
+            lo = counter(data)[-1]
+            ctrd.ctr("c", "checkpoint", "--task", "--rw", "--image", cid, ref, namespace="k8s.io")
+            hi = counter(data)[-1]
+            c.stop_container(cid, 0)
+            before = len(counter(data))
+            mark = len(front_log())
+            try:
+                ctrd.ctr("c", "restore", "--live", "--rw", restored, ref, namespace="k8s.io")
+                wait_for(lambda: len(counter(data)) >= before + 3, what="the restored counter")
+                after = counter(data)[before:]
+                check(lo <= after[0] - 1 <= hi + 1 and after == list(range(after[0], after[0] + len(after))),
+                      f"the restored counter continues from the checkpoint ({lo}..{hi} -> {after[:3]}...)")
+                check("RESTORE" in front_log()[mark:].upper(), "the installed front handled the restore")
+            finally:
+                ctrd.ctr("t", "kill", "-s", "KILL", restored, namespace="k8s.io", check=False)
+                time.sleep(0.3)
+                ctrd.ctr("t", "rm", "-f", restored, namespace="k8s.io", check=False)
+                ctrd.ctr("c", "rm", restored, namespace="k8s.io", check=False)
+                ctrd.ctr("images", "rm", "--sync", ref, namespace="k8s.io", check=False)
+    finally:
+        plugin.terminate()
+        plugin.wait(10)
+
+
+def revert_and_purge(config: Path, original: bytes, divs: list[str]) -> None:
+    step("gpucr setup --revert, apt-get purge, and nothing left")
+    sh(GPUCR, "setup", "--revert")
+    check(config.read_bytes() == original, f"{config} is byte-identical to before gpucr setup")
+    containerd("restart")
+    sh("apt-get", "purge", "-y", "-q", "gpucr", "gpucr-criu")
+    check(not installed("gpucr") and not installed("gpucr-criu"), "both packages purged")
+    r = subprocess.run(["dpkg", "-L", "gpucr"], capture_output=True, text=True)
+    check(r.returncode != 0, "dpkg -L gpucr lists nothing (package unknown)")
+    left = [p for p in PATHS + RUNTIME_LEFTOVERS if os.path.lexists(p)]
+    check(not left, f"no gpucr files left ({', '.join(left) or 'none'})")
+    check(diversions() == divs, "dpkg-divert --list unchanged")
+
+
+def main() -> int:
+    work = None
+    started = False
+    try:
+        deb, criu_deb = preconditions()
+        divs = diversions()
+        step(f"containerd {VERSION} started as a user's (NRI at its default), GPUCR_INSTANCE={ENV['GPUCR_INSTANCE']}")
+        ctrd = containerd("start")
+        started = True
+        config = Path(ctrd.info["dir"]) / "config.toml"
+        original = config.read_bytes()
+        work = Path(ctrd.info["dir"]) / "roundtrip"
+        work.mkdir(mode=0o700)
+        install_and_apply(deb, criu_deb, config)
+        ctrd = containerd("restart")
+        checkpoint_and_restore(ctrd, work)
+        revert_and_purge(config, original, divs)
+        step("PASS")
+        return 0
+    except (Fail, AssertionError, subprocess.SubprocessError, OSError) as exc:
+        print(f"== package round trip: FAILED: {exc}", flush=True)
+        if installed("gpucr"):
+            sh(GPUCR, "setup", "--revert", check=False)
+            sh("apt-get", "purge", "-y", "-q", "gpucr", "gpucr-criu", check=False)
+        return 1
+    finally:
+        if started:
+            sh("bash", str(REPO / "install/containerd.sh"), "stop", VERSION, check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
