@@ -5,7 +5,8 @@
 # PREFIX (default /usr/lib/gpucr) gets nri_plugin/ and hooks/: the checkout's .py files (the generated _pb/
 # packages left out: the front and the hook need the standard library only), precompiled by $PYTHON, directories
 # 0755 and files 0644 (the front's launcher hooks/criu_front.py 0755), root:root. PREFIX/install-users lists what runs from it (a route's path/criu, a hook
-# launcher); release_code deletes PREFIX when none of them still does.
+# launcher); release_code deletes PREFIX when none of them still does. A PREFIX that holds .packaged is the system
+# package's tree (packaging/build.sh): install_code uses it as it is (checked root-owned), release_code keeps it.
 
 CODE_USERS=install-users
 # a PREFIX holding this file is a system package's tree (packaging/build.sh): used as it is, never copied or deleted

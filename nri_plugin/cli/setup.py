@@ -184,7 +184,7 @@ def status(state_dir: Path) -> int:
         print(f"gpucr setup: not applied ({state_dir}/state.json is missing)")
         return 3
     print(f"gpucr setup: applied to {st['config']}: NRI {'enabled by gpucr setup' if st['nri'] else 'untouched'}; "
-          f"real criu {st['real_criu']}")
+          f"real criu {st['real_criu']}", flush=True)
     for r in st["runtimes"]:
         subprocess.run(["bash", str(INSTALL / "front.sh"), "status", "--config", st["config"], "--runtime", r],
                        check=False)

@@ -9,8 +9,8 @@
    killed, and restored by `ctr c restore`, each dump and restore through the installed front (its log says so) and
    the installed gpucr-criu; the restored counter continues from the checkpoint;
 5. `gpucr setup --revert` (the config byte-identical again), `apt-get purge gpucr gpucr-criu`, and nothing left:
-   no package files, no unit, no /usr/lib/gpucr, /usr/libexec/gpucr, /etc/gpucr, /var/lib/gpucr, /var/log/gpucr,
-   the same dpkg diversions.
+   no package files, no unit, no /usr/lib/gpucr, /usr/libexec/gpucr, /etc/gpucr, /var/log/gpucr, nothing new in
+   /var/lib/gpucr (absent on a fresh machine), the same dpkg diversions.
 Any failure ends it with exit status 1 and the step that failed. It refuses to start where gpucr is installed or its
 paths exist (it would remove them). On a shared development machine run it in tests/package/sandbox.sh.
 """
@@ -35,9 +35,12 @@ from tests.testenv import Containerd, wait_for  # noqa: E402
 
 VERSION = "1.7"
 GPUCR = "/usr/bin/gpucr"
-PATHS = ["/usr/lib/gpucr", "/usr/libexec/gpucr", "/etc/gpucr", "/var/lib/gpucr", "/usr/bin/gpucr",
+PATHS = ["/usr/lib/gpucr", "/usr/libexec/gpucr", "/etc/gpucr", "/usr/bin/gpucr",
          "/usr/lib/systemd/system/gpucr-plugin.service"]
-RUNTIME_LEFTOVERS = ["/var/log/gpucr"]
+#: made at run time (setup's record, the front's cache, logs); purge removes what gpucr made there. Earlier test runs
+#: on this machine may have left some (front caches of make test): then nothing beyond those may be left.
+STATE = "/var/lib/gpucr"
+LOGS = "/var/log/gpucr"
 FRONT_LOG = Path("/var/log/gpucr/criu-front.log")
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.2; done"
 ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "GPUCR_INSTANCE": os.environ.get("GPUCR_INSTANCE", "pkg"),
@@ -52,11 +55,11 @@ def step(msg: str) -> None:
     print(f"== package round trip: {msg}", flush=True)
 
 
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def sh(*cmd: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess[str]:
     print("+ " + shlex.join(cmd), flush=True)
     r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, stdin=subprocess.DEVNULL)
     out = (r.stdout + r.stderr).strip()
-    if out:
+    if out and not (quiet and r.returncode == 0):
         print("  " + out.replace("\n", "\n  "), flush=True)
     if check and r.returncode != 0:
         raise Fail(f"{shlex.join(cmd)} exited {r.returncode}")
@@ -77,6 +80,10 @@ def installed(pkg: str) -> bool:
 def diversions() -> list[str]:
     return sorted(subprocess.run(["dpkg-divert", "--list"], capture_output=True, text=True, check=True)
                   .stdout.splitlines())
+
+
+def tree(top: str) -> set[str]:
+    return {os.path.join(d, n) for d, ds, fs in os.walk(top) for n in ds + fs} | ({top} if os.path.lexists(top) else set())
 
 
 def front_log() -> str:
@@ -110,17 +117,18 @@ def preconditions() -> tuple[str, str]:
 
 def install_and_apply(deb: str, criu_deb: str, config: Path) -> None:
     step("install the packages")
-    sh("apt-get", "install", "-y", "-q", "--no-install-recommends", criu_deb, deb)
+    sh("apt-get", "install", "-y", "-q", "-o", "Dpkg::Use-Pty=0", "--no-install-recommends", criu_deb, deb)
     check(installed("gpucr") and installed("gpucr-criu"), "gpucr and gpucr-criu are installed")
-    files = sh("dpkg", "-L", "gpucr").stdout.split()
+    files = sh("dpkg", "-L", "gpucr", quiet=True).stdout.split()
     for f in ["/usr/bin/gpucr", "/usr/libexec/gpucr/gpucr-hook", "/usr/lib/gpucr/hooks/criu_front.py",
               "/usr/lib/gpucr/install/front.sh", "/usr/lib/systemd/system/gpucr-plugin.service",
               "/etc/gpucr/config.toml", "/usr/lib/gpucr/nri/10-gpucr"]:
         check(f in files, f"the package installs {f}")
     bad = [f for f in files if os.path.isfile(f) and (os.stat(f).st_uid != 0 or os.stat(f).st_mode & 0o022)]
     check(not bad, "every installed file is root-owned and not group/world-writable")
-    check(all(Path(f"/usr/lib/gpucr/site/cp3{m}").is_dir() for m in (11, 12, 13)),
-          "site dirs for CPython 3.11 (Debian 12), 3.12 (Ubuntu 24.04), 3.13 (Debian 13)")
+    check(all(Path(f"/usr/lib/gpucr/site/cp3{m}/grpc/_cython/cygrpc.cpython-3{m}-x86_64-linux-gnu.so").is_file()
+              and Path(f"/usr/lib/gpucr/site/cp3{m}/google/protobuf").is_dir() for m in (11, 12, 13)),
+          "grpcio and protobuf built for CPython 3.11 (Debian 12), 3.12 (Ubuntu 24.04), 3.13 (Debian 13)")
     check("/etc/gpucr/config.toml" in sh("dpkg-query", "-W", "-f=${Conffiles}", "gpucr").stdout, "config.toml is a conffile")
     sh(GPUCR, "--version")
     sh("/usr/lib/gpucr/criu/criu", "--version")
@@ -136,7 +144,7 @@ def install_and_apply(deb: str, criu_deb: str, config: Path) -> None:
     check("real_criu = /usr/lib/gpucr/criu/criu" in conf, "the front's real criu is gpucr-criu's")
     check(os.path.realpath("/var/lib/gpucr/setup/front-runc/path/criu") == "/usr/lib/gpucr/hooks/criu_front.py",
           "the route's criu is the installed front")
-    r = sh("apt-get", "remove", "-y", "-q", "gpucr", check=False)
+    r = sh("apt-get", "remove", "-y", "-q", "-o", "Dpkg::Use-Pty=0", "gpucr", check=False)
     check(r.returncode != 0 and installed("gpucr") and "gpucr setup --revert" in r.stdout + r.stderr,
           "apt-get remove gpucr is refused while setup is applied, naming gpucr setup --revert")
 
@@ -171,10 +179,12 @@ def checkpoint_and_restore(ctrd: Containerd, work: Path) -> None:
             step("checkpoint by the installed CLI through the runtime (task API on 1.7) and the installed front")
             mark = len(front_log())
             sh(GPUCR, "checkpoint", cid, "--via-runtime", "--to", str(work / "cli-ckpt"), "--address", ctrd.address,
-               "--json")
+               "--leave-running", "--json")
             check((work / "cli-ckpt/images/inventory.img").is_file(), "CRIU images written by the CLI's checkpoint")
             log = front_log()[mark:]
-            check("DUMP" in log, "the installed front handled the dump")
+            print("  the front's log:\n    " + log.strip().replace("\n", "\n    "), flush=True)
+            check("DUMP success=True" in log and f"DUMP of container counter" in log,
+                  "the installed front handled the dump of the managed container")
 
             step("ctr c checkpoint --task, kill, ctr c restore: both through the installed front")
             ref = f"localhost/pkg-{uuid.uuid4().hex[:6]}:ckpt"
@@ -191,7 +201,10 @@ def checkpoint_and_restore(ctrd: Containerd, work: Path) -> None:
                 after = counter(data)[before:]
                 check(lo <= after[0] - 1 <= hi + 1 and after == list(range(after[0], after[0] + len(after))),
                       f"the restored counter continues from the checkpoint ({lo}..{hi} -> {after[:3]}...)")
-                check("RESTORE" in front_log()[mark:].upper(), "the installed front handled the restore")
+                log = front_log()[mark:]
+                print("  the front's log:\n    " + log.strip().replace("\n", "\n    "), flush=True)
+                check("RESTORE" in log and "/usr/lib/gpucr/criu/criu" in log,
+                      "the installed front handled the restore, with gpucr-criu")
             finally:
                 ctrd.ctr("t", "kill", "-s", "KILL", restored, namespace="k8s.io", check=False)
                 time.sleep(0.3)
@@ -203,17 +216,17 @@ def checkpoint_and_restore(ctrd: Containerd, work: Path) -> None:
         plugin.wait(10)
 
 
-def revert_and_purge(config: Path, original: bytes, divs: list[str]) -> None:
+def revert_and_purge(config: Path, original: bytes, divs: list[str], state_before: set[str]) -> None:
     step("gpucr setup --revert, apt-get purge, and nothing left")
     sh(GPUCR, "setup", "--revert")
     check(config.read_bytes() == original, f"{config} is byte-identical to before gpucr setup")
     containerd("restart")
-    sh("apt-get", "purge", "-y", "-q", "gpucr", "gpucr-criu")
+    sh("apt-get", "purge", "-y", "-q", "-o", "Dpkg::Use-Pty=0", "gpucr", "gpucr-criu")
     check(not installed("gpucr") and not installed("gpucr-criu"), "both packages purged")
     r = subprocess.run(["dpkg", "-L", "gpucr"], capture_output=True, text=True)
     check(r.returncode != 0, "dpkg -L gpucr lists nothing (package unknown)")
-    left = [p for p in PATHS + RUNTIME_LEFTOVERS if os.path.lexists(p)]
-    check(not left, f"no gpucr files left ({', '.join(left) or 'none'})")
+    left = [p for p in [*PATHS, LOGS] if os.path.lexists(p)] + sorted(tree(STATE) - state_before)
+    check(not left, f"no gpucr files left in {', '.join(PATHS)}, {LOGS}, {STATE} ({', '.join(left) or 'none'})")
     check(diversions() == divs, "dpkg-divert --list unchanged")
 
 
@@ -223,6 +236,7 @@ def main() -> int:
     try:
         deb, criu_deb = preconditions()
         divs = diversions()
+        state_before = tree(STATE)
         step(f"containerd {VERSION} started as a user's (NRI at its default), GPUCR_INSTANCE={ENV['GPUCR_INSTANCE']}")
         ctrd = containerd("start")
         started = True
@@ -233,14 +247,14 @@ def main() -> int:
         install_and_apply(deb, criu_deb, config)
         ctrd = containerd("restart")
         checkpoint_and_restore(ctrd, work)
-        revert_and_purge(config, original, divs)
+        revert_and_purge(config, original, divs, state_before)
         step("PASS")
         return 0
     except (Fail, AssertionError, subprocess.SubprocessError, OSError) as exc:
         print(f"== package round trip: FAILED: {exc}", flush=True)
         if installed("gpucr"):
             sh(GPUCR, "setup", "--revert", check=False)
-            sh("apt-get", "purge", "-y", "-q", "gpucr", "gpucr-criu", check=False)
+            sh("apt-get", "purge", "-y", "-q", "-o", "Dpkg::Use-Pty=0", "gpucr", "gpucr-criu", check=False)
         return 1
     finally:
         if started:

@@ -2,7 +2,8 @@
 # Run a command (tests/package/roundtrip.py) where installing and purging gpucr cannot touch this machine's own
 # files: a private mount namespace in which /usr, /etc, /var/lib, /var/cache and /var/log are overlays whose writes
 # land in a tmpfs (GPUCR_TEST_ROOT, where containerd keeps its overlayfs snapshots, is bound back over its overlay:
-# overlayfs cannot stack on an overlay's upper layer), and /run/gpucr is an empty tmpfs. For shared development machines,
+# overlayfs cannot stack on an overlay's upper layer), and /run/gpucr is an empty tmpfs; gpucr's paths that other
+# checkouts made on the host are hidden in it (whiteouts in the overlays). For shared development machines,
 # where other checkouts' tests use /usr/lib/gpucr and /usr/libexec/gpucr; CI's fresh machine runs the test directly.
 # Everything goes when the command ends (the namespace and its mounts die with it).
 # Usage (root): tests/package/sandbox.sh CMD [ARG...]
@@ -22,6 +23,8 @@ GPUCR_SANDBOX_UP=$up unshare --mount --propagation private -- bash -c '
         mount -t overlay overlay -o "lowerdir=$d,upperdir=$up/u$n,workdir=$up/w$n" "$d"
     done
     mount --move "$up/keep" "$root"
+    # what other checkouts on this machine put there, hidden by whiteouts in the overlays (the host keeps it)
+    rm -rf /usr/lib/gpucr /usr/libexec/gpucr /etc/gpucr /var/lib/gpucr /var/log/gpucr
     mkdir -p /run/gpucr; mount -t tmpfs -o mode=0755 gpucr-sandbox /run/gpucr
     "$@"
 ' sandbox "$@" || rc=$?
