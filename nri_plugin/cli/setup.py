@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     mode.add_argument("--revert", action="store_true", help="undo --apply, byte for byte")
     p.add_argument("--config", type=Path, default=Path("/etc/containerd/config.toml"),
                    help="containerd's config (default: %(default)s)")
-    p.add_argument("--runtime", action="append", metavar="NAME",
-                   help="runtime handler to route through the front (repeatable; default: the CRI default runtime)")
+    p.add_argument("--runtime", action="extend", nargs="+", metavar="NAME",
+                   help="runtime handler(s) to route through the front (default: the CRI default runtime)")
     p.add_argument("--real-criu", help=f"the criu the front runs (default: {GPUCR_CRIU} if gpucr-criu is installed, "
                                        "else criu on PATH)")
     p.add_argument("--restart", action="store_true", help="restart containerd (systemd) after --apply/--revert")

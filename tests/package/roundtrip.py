@@ -4,10 +4,11 @@
    prerequisites, runc and iptables, came with `make test`'s install/deps.sh);
 2. a containerd 1.7.24 started as a user's is (a unit-less daemon with its own config, NRI at 1.7's default: off);
 3. `gpucr setup --apply --config <its config>`; containerd restarted; `apt-get remove gpucr` refused while applied;
-4. the plugin as the installed unit runs it (its ExecStart, with this containerd's NRI socket); a managed CRI
-   container checkpointed by the installed `/usr/bin/gpucr checkpoint --via-runtime` and by `ctr c checkpoint --task`,
+4. the plugin as the installed unit runs it (its ExecStart, with this containerd's NRI socket), the node config
+   naming the fake CUDA driver (tests/fakes/) as libcuda; a managed CRI container holding its CUDA state checkpointed by the installed `/usr/bin/gpucr checkpoint --via-runtime` and by `ctr c checkpoint --task`,
    killed, and restored by `ctr c restore`, each dump and restore through the installed front (its log says so) and
-   the installed gpucr-criu; the restored counter continues from the checkpoint;
+   the installed gpucr-criu (the front locks and checkpoints the CUDA state around each dump, restores and unlocks
+   it after the restore); the restored counter continues from the checkpoint;
 5. `gpucr setup --revert` (the config byte-identical again), `apt-get purge gpucr gpucr-criu`, and nothing left:
    no package files, no unit, no /usr/lib/gpucr, /usr/libexec/gpucr, /etc/gpucr, /var/log/gpucr, nothing new in
    /var/lib/gpucr (absent on a fresh machine), the same dpkg diversions.
@@ -31,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.fakes.cuda import FakeCuda, build, make_device  # noqa: E402
 from tests.testenv import Containerd, wait_for  # noqa: E402
 
 VERSION = "1.7"
@@ -42,7 +44,9 @@ PATHS = ["/usr/lib/gpucr", "/usr/libexec/gpucr", "/etc/gpucr", "/usr/bin/gpucr",
 STATE = "/var/lib/gpucr"
 LOGS = "/var/log/gpucr"
 FRONT_LOG = Path("/var/log/gpucr/criu-front.log")
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.2; done"
+#: the workload: the fake CUDA driver's app (tests/fakes/), counting into /data/log with CUDA state on a "GPU"
+FAKE_MNT, GPU_DEV = "/fakecuda", "/dev/nvidia0"
+COUNTER = [f"{FAKE_MNT}/fakecuda-app", "/data/log"]
 ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "GPUCR_INSTANCE": os.environ.get("GPUCR_INSTANCE", "pkg"),
        "GPUCR_CONTAINERD_NRI": "default"}
 
@@ -158,7 +162,20 @@ def unit_command(nri_socket: str, log: Path) -> list[str]:
     return [argv[0], "-v", *argv[1:], "--log-file", str(log)]
 
 
+def fake_cuda(work: Path) -> FakeCuda:
+    """The fake driver, named in the installed node config as a user names the real libcuda."""
+    root = work / "fake"
+    root.mkdir()
+    lib = build(root)
+    state = Path(f"{lib}.d")
+    state.mkdir(mode=0o700)
+    with open("/etc/gpucr/config.toml", "a") as f:
+        f.write(f'libcuda = "{lib}"\n')
+    return FakeCuda(lib, state, make_device(root / "nvidia0"))
+
+
 def checkpoint_and_restore(ctrd: Containerd, work: Path) -> None:
+    fake = fake_cuda(work)
     step("the plugin as the unit runs it")
     plog = work / "plugin.log"
     plugin = subprocess.Popen(unit_command(ctrd.nri_socket, plog), stdout=subprocess.DEVNULL,
@@ -168,13 +185,20 @@ def checkpoint_and_restore(ctrd: Containerd, work: Path) -> None:
                  what="the installed gpucr plugin to register with containerd")
         data = work / "data"
         data.mkdir()
-        step("a managed CRI container")
+        step("a managed CRI container holding (fake) CUDA state")
+        env = {"FAKE_CUDA_DIR": f"{FAKE_MNT}/{fake.state_dir.name}", "FAKE_CUDA_LIB": f"{FAKE_MNT}/{fake.lib.name}",
+               "FAKE_CUDA_DEVICE": GPU_DEV}
         with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-            cid = ctrd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER],
-                                     mounts=[(str(data), "/data", False)])
+            cid = ctrd.run_container(c, pod_id, cfg, "counter", COUNTER, env=env,
+                                     mounts=[(str(data), "/data", False), (str(fake.lib.parent), FAKE_MNT, False)],
+                                     devices=[(str(fake.device), GPU_DEV, "rw")])
             wait_for(lambda: (data / "log").exists() and len(counter(data)) >= 2, what="the counter to start")
+            _, info = c.container_status(cid, verbose=True)
+            pid = int(info["info"]["pid"])
+            wait_for(lambda: fake.state(pid) == "RUNNING", what=f"pid {pid} to register with the fake CUDA driver")
             rec = json.loads(Path(f"/run/gpucr/containers/{cid}.json").read_text())
-            check(rec.get("managed") is True, f"the installed plugin recorded container {cid[:12]} as managed")
+            check(rec.get("managed") is True and rec.get("pid") == pid,
+                  f"the installed plugin and OCI hook recorded container {cid[:12]} (pid {pid}) as managed")
 
             step("checkpoint by the installed CLI through the runtime (task API on 1.7) and the installed front")
             mark = len(front_log())
@@ -183,8 +207,9 @@ def checkpoint_and_restore(ctrd: Containerd, work: Path) -> None:
             check((work / "cli-ckpt/images/inventory.img").is_file(), "CRIU images written by the CLI's checkpoint")
             log = front_log()[mark:]
             print("  the front's log:\n    " + log.strip().replace("\n", "\n    "), flush=True)
-            check("DUMP success=True" in log and f"DUMP of container counter" in log,
-                  "the installed front handled the dump of the managed container")
+            check("DUMP success=True" in log and "locked and checkpointed 1 CUDA process(es)" in log
+                  and fake.state(pid) == "RUNNING",
+                  f"the installed front checkpointed pid {pid}'s CUDA state around the dump; it runs on")
 
             step("ctr c checkpoint --task, kill, ctr c restore: both through the installed front")
             ref = f"localhost/pkg-{uuid.uuid4().hex[:6]}:ckpt"
@@ -203,8 +228,10 @@ def checkpoint_and_restore(ctrd: Containerd, work: Path) -> None:
                       f"the restored counter continues from the checkpoint ({lo}..{hi} -> {after[:3]}...)")
                 log = front_log()[mark:]
                 print("  the front's log:\n    " + log.strip().replace("\n", "\n    "), flush=True)
-                check("RESTORE" in log and "/usr/lib/gpucr/criu/criu" in log,
-                      "the installed front handled the restore, with gpucr-criu")
+                new = int(ctrd.ctr("t", "ls", namespace="k8s.io").stdout.split(restored, 1)[1].split()[0])
+                check("RESTORE success=True" in log and f"restored and unlocked 1 CUDA process(es) [{new}]" in log
+                      and fake.state(new) == "RUNNING",
+                      f"the installed front restored and unlocked the CUDA state of the restored pid {new}")
             finally:
                 ctrd.ctr("t", "kill", "-s", "KILL", restored, namespace="k8s.io", check=False)
                 time.sleep(0.3)
