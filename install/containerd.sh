@@ -12,8 +12,8 @@
 #                                   containerd's PATH for ctr containers); the test rig's cgroup-v2 leg sets it.
 #              GPUCR_CONTAINERD_LOG_LEVEL (default debug).
 #              GPUCR_CONTAINERD_EXTRA_CONFIG=file  TOML appended to the generated config (same schema version).
-#              GPUCR_CONTAINERD_NRI=default  1.7: leave NRI at containerd's default (disabled), as a stock config does
-#                                   (its socket and plugin dirs stay private); `gpucr setup --apply` then enables it.
+#              GPUCR_CONTAINERD_NRI=default  leave NRI at containerd's default (1.7: disabled, 2.x: enabled), as a stock
+#                                   config does (its socket and plugin dirs stay private); for `gpucr setup --apply`.
 #        install/containerd.sh restart VERSION  the daemon only (containers and shims keep running), same config
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -94,8 +94,7 @@ temp = "$DIR/tmp"
   level = "$lvl"
 [plugins]
   [plugins.'io.containerd.nri.v1.nri']
-    disable = false
-    disable_connections = false
+$(nri_enable_lines)
     socket_path = "$NRI_SOCK"
     plugin_path = "$DIR/nri/plugins"
     plugin_config_path = "$DIR/nri/conf.d"

@@ -2,7 +2,8 @@
 
 1. `apt-get install ./dist/gpucr-criu_*.deb ./dist/gpucr_*.deb` (make package built them; the README's other
    prerequisites, runc and iptables, came with `make test`'s install/deps.sh);
-2. a containerd 1.7.24 started as a user's is (a unit-less daemon with its own config, NRI at 1.7's default: off);
+2. a containerd (argument: 1.7, the default, or 2.1) started as a user's is (a unit-less daemon with its own config,
+   NRI at the version's default: off on 1.7, on in 2.x);
 3. `gpucr setup --apply --config <its config>`; containerd restarted; `apt-get remove gpucr` refused while applied;
 4. the plugin as the installed unit runs it (its ExecStart, with this containerd's NRI socket), the node config
    naming the fake CUDA driver (tests/fakes/) as libcuda; a managed CRI container holding its CUDA state checkpointed by the installed `/usr/bin/gpucr checkpoint --via-runtime` and by `ctr c checkpoint --task`,
@@ -35,7 +36,9 @@ sys.path.insert(0, str(REPO))
 from tests.fakes.cuda import FakeCuda, build, make_device  # noqa: E402
 from tests.testenv import Containerd, wait_for  # noqa: E402
 
-VERSION = "1.7"
+VERSION = sys.argv[1] if len(sys.argv) > 1 else "1.7"
+MAJOR = int(VERSION.split(".")[0])
+CRI = "io.containerd.grpc.v1.cri" if MAJOR == 1 else "io.containerd.cri.v1.runtime"
 GPUCR = "/usr/bin/gpucr"
 PATHS = ["/usr/lib/gpucr", "/usr/libexec/gpucr", "/etc/gpucr", "/usr/bin/gpucr",
          "/usr/lib/systemd/system/gpucr-plugin.service"]
@@ -140,8 +143,12 @@ def install_and_apply(deb: str, criu_deb: str, config: Path) -> None:
     step("gpucr setup --apply against the user's containerd config")
     sh(GPUCR, "setup", "--apply", "--config", str(config))
     doc = tomllib.loads(config.read_text())
-    check(doc["plugins"]["io.containerd.nri.v1.nri"]["disable"] is False, "NRI enabled in the config")
-    runc = doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["runc"]["options"]["BinaryName"]
+    nri = doc["plugins"]["io.containerd.nri.v1.nri"]
+    if MAJOR == 1:
+        check(nri["disable"] is False, "NRI enabled in the config (containerd 1.7 ships it disabled)")
+    else:
+        check("disable" not in nri, "NRI left at containerd 2.x's default (enabled): that part of the config untouched")
+    runc = doc["plugins"][CRI]["containerd"]["runtimes"]["runc"]["options"]["BinaryName"]
     check(runc == "/var/lib/gpucr/setup/front-runc/bin/runc", f"the CRI default runtime runs gpucr's wrapper ({runc})")
     sh(GPUCR, "setup")
     conf = Path("/var/lib/gpucr/setup/front-runc/path/front.conf").read_text()
@@ -200,11 +207,13 @@ def checkpoint_and_restore(ctrd: Containerd, work: Path) -> None:
             check(rec.get("managed") is True and rec.get("pid") == pid,
                   f"the installed plugin and OCI hook recorded container {cid[:12]} (pid {pid}) as managed")
 
-            step("checkpoint by the installed CLI through the runtime (task API on 1.7) and the installed front")
+            step("checkpoint by the installed CLI through the runtime (1.7: the task API; 2.x: CRI CheckpointContainer) "
+                 "and the installed front")
             mark = len(front_log())
             sh(GPUCR, "checkpoint", cid, "--via-runtime", "--to", str(work / "cli-ckpt"), "--address", ctrd.address,
                "--leave-running", "--json")
-            check((work / "cli-ckpt/images/inventory.img").is_file(), "CRIU images written by the CLI's checkpoint")
+            made = work / ("cli-ckpt/images/inventory.img" if MAJOR == 1 else "cli-ckpt/checkpoint.tar")
+            check(made.is_file(), f"the CLI's checkpoint wrote {made.relative_to(work)}")
             log = front_log()[mark:]
             print("  the front's log:\n    " + log.strip().replace("\n", "\n    "), flush=True)
             check("DUMP success=True" in log and "locked and checkpointed 1 CUDA process(es)" in log
