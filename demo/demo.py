@@ -33,7 +33,8 @@ from demo import gpu_pod  # noqa: E402
 
 TEST_ROOT = Path(os.environ.get("GPUCR_TEST_ROOT", "/var/lib/gpucr-test"))
 COUNTER = "i=0; while :; do i=$((i+1)); echo $i >> /data/counter.log; sleep 0.5; done"
-INSTANCE = "demo"
+#: its own containerd instance; GPUCR_INSTANCE (each test session's) keeps concurrent demos apart
+INSTANCE = f"{os.environ['GPUCR_INSTANCE']}-demo" if os.environ.get("GPUCR_INSTANCE") else "demo"
 
 
 def say(msg: str) -> None:

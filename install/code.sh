@@ -12,22 +12,14 @@ CODE_USERS=install-users
 # a PREFIX holding this file is a system package's tree (packaging/build.sh): used as it is, never copied or deleted
 PACKAGED=.packaged
 
-# check_root_path PATH WHAT: refuse a PATH that a user other than root could change, i.e. one with an existing
-# ancestor (symlinks resolved) not owned by root or group/world-writable; a sticky root-owned dir (/tmp) is fine,
-# since others cannot rename or remove what root creates in it.
+# check_root_path PATH WHAT: refuse a PATH the front would not trust (a user other than root could change it): the
+# front's own rule, nri_plugin/front/trust.py run from the checkout, so the two cannot disagree. Every existing
+# directory above PATH, link and target side, must be root's and not group/world-writable; a sticky
+# world-writable one such as /tmp is refused too.
 check_root_path() {
-    local d st uid mode
-    d=$(readlink -m -- "$1")
-    while :; do
-        if [ -d "$d" ]; then
-            st=$(stat -c '%u %a' -- "$d"); uid=${st% *}; mode=$((8#${st#* }))
-            if [ "$uid" != 0 ] || { [ $((mode & 8#022)) -ne 0 ] && [ $((mode & 8#1000)) -eq 0 ]; }; then
-                die "$2 $1 would be changeable by others: $d is $(stat -c '%U:%G mode %a' -- "$d"); fix: chown root:root $d; chmod go-w $d (or choose another place)"
-            fi
-        fi
-        [ "$d" = / ] && break
-        d=$(dirname -- "$d")
-    done
+    local why
+    why=$("$PYTHON" -S -E "$repo/nri_plugin/front/trust.py" "$1") && return 0
+    die "$2 $1 would be changeable by others: ${why:-$PYTHON could not check it} (or choose another place)"
 }
 
 # mkdir_root DIR...: create missing directories root:root 0755 (existing ones, checked by check_root_path, are left

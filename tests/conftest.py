@@ -9,7 +9,11 @@ when the suite left mounts, processes, cgroups, sockets or containerd dirs behin
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +104,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_line("passed: no mounts, processes, cgroups, shim/NRI sockets or containerd dirs left "
                                     "behind (compared with the start of the session)", green=True)
     terminalreporter.write_line(leg())
+
+
+@pytest.fixture
+def root_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh directory only root can change (0700, in ``$GPUCR_TEST_ROOT/tmp``), removed afterwards: the place for
+    what an install writes and the CRIU front or the OCI hook then runs from or reads (routes, code copies, front
+    configs). Not ``tmp_path``: the front, and so the install, refuse anything below a world-writable /tmp."""
+    if not testenv.TEST_ROOT.is_dir():
+        pytest.fail(testenv.deps_problem() or f"{testenv.TEST_ROOT} is missing: run install/deps.sh", pytrace=False)
+    base = testenv.TEST_ROOT / "tmp"
+    base.mkdir(mode=0o700, exist_ok=True)
+    instance = os.environ.get("GPUCR_INSTANCE") or "default"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:40]  # paths the route's scripts need not quote
+    d = Path(tempfile.mkdtemp(prefix=f"{instance}-{name}-", dir=base))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", params=VERSIONS, ids=[f"containerd-{v}" for v in VERSIONS])

@@ -44,8 +44,8 @@ def test_default_path_is_the_node_configs_hook_path() -> None:
     assert f"HOOK={NodeConfig().hook_path}\n" in HOOK_SH.read_text()
 
 
-def test_installed_hook_records_a_container(tmp_path: Path) -> None:
-    hook, prefix, state_dir = tmp_path / "libexec/gpucr/gpucr-hook", tmp_path / "lib/gpucr", tmp_path / "state"
+def test_installed_hook_records_a_container(tmp_path: Path, root_dir: Path) -> None:
+    hook, prefix, state_dir = root_dir / "libexec/gpucr/gpucr-hook", root_dir / "lib/gpucr", tmp_path / "state"
     r = hook_sh("install", "--path", str(hook), "--prefix", str(prefix))
     assert r.returncode == 0, r.stderr
     st = hook.stat()
@@ -86,8 +86,8 @@ def test_installed_hook_records_a_container(tmp_path: Path) -> None:
     assert hook_sh("status", "--path", str(hook)).returncode == 3
 
 
-def test_hook_and_front_share_the_copy(tmp_path: Path) -> None:
-    hook, prefix, route = tmp_path / "gpucr-hook", tmp_path / "lib", tmp_path / "route"
+def test_hook_and_front_share_the_copy(tmp_path: Path, root_dir: Path) -> None:
+    hook, prefix, route = root_dir / "gpucr-hook", root_dir / "lib", root_dir / "route"
     config = tmp_path / "config.toml"
     config.write_text('version = 3\n[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]\n'
                       "  SystemdCgroup = false\n")
@@ -107,29 +107,32 @@ def test_hook_and_front_share_the_copy(tmp_path: Path) -> None:
     assert not prefix.exists() and config.read_bytes() == before
 
 
-def test_hook_install_refuses_clearly(tmp_path: Path) -> None:
-    foreign = tmp_path / "gpucr-hook"
+def test_hook_install_refuses_clearly(root_dir: Path) -> None:
+    foreign = root_dir / "gpucr-hook"
     foreign.write_text("#!/bin/sh\nexit 0\n")
-    line = one_error(hook_sh("install", "--path", str(foreign), "--prefix", str(tmp_path / "lib")))
+    line = one_error(hook_sh("install", "--path", str(foreign), "--prefix", str(root_dir / "lib")))
     assert "was not written by install/hook.sh" in line and foreign.read_text() == "#!/bin/sh\nexit 0\n"
     assert "was not written by install/hook.sh" in one_error(hook_sh("uninstall", "--path", str(foreign)))
     assert foreign.exists()
-    open_dir = tmp_path / "open"
-    open_dir.mkdir()
-    open_dir.chmod(0o777)
-    line = one_error(hook_sh("install", "--path", str(open_dir / "gpucr-hook"), "--prefix", str(tmp_path / "lib")))
-    assert f"{open_dir} is root:root mode 777" in line and "chmod go-w" in line
-    other = tmp_path / "other-owned"
+    for mode in (0o777, 0o1777):  # sticky like /tmp too: the front refuses to run from there, so does the install
+        open_dir = root_dir / f"open-{mode:o}"
+        open_dir.mkdir()
+        open_dir.chmod(mode)
+        line = one_error(hook_sh("install", "--path", str(open_dir / "gpucr-hook"), "--prefix", str(root_dir / "lib")))
+        assert (f"{open_dir} is group- or world-writable (mode {mode:04o}); fix: chmod go-w {open_dir}" in line
+                and os.listdir(open_dir) == []), line
+    other = root_dir / "other-owned"
     other.mkdir()
     os.chown(other, 65534, 65534)
-    line = one_error(hook_sh("install", "--path", str(tmp_path / "h"), "--prefix", str(other / "lib")))
-    assert "would be changeable by others" in line and not (other / "lib").exists()
-    not_ours = tmp_path / "pkg"
+    line = one_error(hook_sh("install", "--path", str(root_dir / "h"), "--prefix", str(other / "lib")))
+    assert f"would be changeable by others: {other} is owned by uid 65534, not root; fix: chown root {other}" \
+        in line and not (other / "lib").exists()
+    not_ours = root_dir / "pkg"
     not_ours.mkdir()
-    line = one_error(hook_sh("install", "--path", str(tmp_path / "h"), "--prefix", str(not_ours)))
+    line = one_error(hook_sh("install", "--path", str(root_dir / "h"), "--prefix", str(not_ours)))
     assert "was not made by install/front.sh or install/hook.sh" in line
     assert "must run as root" in one_error(hook_sh("install", "--path", "/tmp/x/gpucr-hook", user=65534))
-    assert not (tmp_path / "lib").exists() and not (tmp_path / "h").exists()
+    assert not (root_dir / "lib").exists() and not (root_dir / "h").exists()
 
 
 @pytest.mark.parametrize("args, words", [(["--path", "relative/hook"], "must be an absolute path"),

@@ -13,11 +13,20 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CACHE_MODE", "path_problem", "tree_problem", "code_problem", "cache_dir_problem", "read_cache",
-           "write_cache"]
+__all__ = ["CACHE_MODE", "path_problem", "place_problem", "tree_problem", "code_problem", "cache_dir_problem",
+           "read_cache", "write_cache"]
 
 CACHE_MODE = 0o700
 _PREFIX = "gpucr criu front: refusing to start"
+
+
+def _fault(path: str, st: os.stat_result) -> str | None:
+    """Why ``path`` itself (not what is above it) could be changed by a user other than root, with the fix."""
+    if st.st_uid not in (0, os.geteuid()):
+        return f"{path} is owned by uid {st.st_uid}, not root; fix: chown root {path}"
+    if st.st_mode & 0o022:
+        return f"{path} is group- or world-writable (mode {st.st_mode & 0o7777:04o}); fix: chmod go-w {path}"
+    return None
 
 
 def _judge(path: str, what: str, top: str) -> str | None:
@@ -25,13 +34,8 @@ def _judge(path: str, what: str, top: str) -> str | None:
         st = os.stat(path)
     except OSError as exc:
         return f"{_PREFIX}: cannot check {what} {top}: {path}: {exc.strerror}"
-    if st.st_uid not in (0, os.geteuid()):
-        return (f"{_PREFIX}: {what} {top} is not safe: {path} is owned by uid {st.st_uid}, not root; fix: "
-                f"chown root {path} (or install the front with install/front.sh)")
-    if st.st_mode & 0o022:
-        return (f"{_PREFIX}: {what} {top} is not safe: {path} is group- or world-writable (mode "
-                f"{st.st_mode & 0o7777:04o}); fix: chmod go-w {path} (or install the front with install/front.sh)")
-    return None
+    fault = _fault(path, st)
+    return fault and f"{_PREFIX}: {what} {top} is not safe: {fault} (or install the front with install/front.sh)"
 
 
 def _chain(path: str) -> list[str]:
@@ -44,17 +48,39 @@ def _chain(path: str) -> list[str]:
         path = up
 
 
+def _places(path: str) -> list[str]:
+    """``path`` and each directory above it, link side then target side (symlinks resolved), each once."""
+    here = os.path.abspath(path)
+    out: list[str] = []
+    for p in _chain(here) + _chain(os.path.realpath(here)):
+        if p not in out:
+            out.append(p)
+    return out
+
+
 def path_problem(path: str, what: str) -> str | None:
     """One line saying why ``path`` (and each directory above it, link and target side) cannot be trusted, else None."""
+    for p in _places(path):
+        problem = _judge(p, what, path)
+        if problem:
+            return problem
+    return None
+
+
+def place_problem(path: str) -> str | None:
+    """Why the front could not trust what an install writes at ``path`` (install/code.sh asks, for --dir, --prefix
+    and --path, so an install refuses exactly what the front would refuse): the rule of :func:`path_problem`,
+    applied from the deepest existing directory above ``path`` (what the install creates below it is root's)."""
     here = os.path.abspath(path)
-    seen: set[str] = set()
-    for start in (here, os.path.realpath(here)):
-        for p in _chain(start):
-            if p not in seen:
-                seen.add(p)
-                problem = _judge(p, what, path)
-                if problem:
-                    return problem
+    while not os.path.lexists(here):
+        here = os.path.dirname(here)
+    for p in _places(here):
+        try:
+            fault = _fault(p, os.stat(p))
+        except OSError as exc:
+            return f"cannot check {p}: {exc.strerror}"
+        if fault:
+            return fault
     return None
 
 
@@ -156,3 +182,11 @@ def write_cache(cache_dir: str | None, name: str, text: str) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+
+
+if __name__ == "__main__":  # install/code.sh: python3 -S -E nri_plugin/front/trust.py PATH (the checkout's copy)
+    import sys
+    _why = place_problem(sys.argv[1])
+    if _why:
+        print(_why)
+    sys.exit(1 if _why else 0)

@@ -67,11 +67,8 @@ class FrontRoute:
 
 
 def front_cuda_hooks() -> str:
-    """install/front.sh's default hooks (gpucr's CUDA steps), or their old module path on a branch where
-    nri_plugin/handlers/ has not landed yet (issue 8 moves gpufront.py there; drop this once it has)."""
-    spec = re.search(r"^HOOKS=(\S+)$", (testenv.INSTALL / "front.sh").read_text(), re.M).group(1)  # type: ignore[union-attr]
-    module = spec.partition(":")[0].replace(".", "/")
-    return spec if (testenv.REPO / f"{module}.py").exists() else "nri_plugin.gpufront:make"
+    """install/front.sh's default hooks (gpucr's CUDA steps), as its HOOKS line says."""
+    return re.search(r"^HOOKS=(\S+)$", (testenv.INSTALL / "front.sh").read_text(), re.M).group(1)  # type: ignore[union-attr]
 
 
 def make_route(root: Path) -> FrontRoute:
@@ -97,7 +94,8 @@ def make_route(root: Path) -> FrontRoute:
 def front_route() -> Iterator[FrontRoute]:
     if os.geteuid() != 0 or not REAL_CRIU.exists():
         pytest.fail(testenv.deps_problem() or f"{REAL_CRIU} missing: run install/deps.sh", pytrace=False)
-    route = make_route(testenv.TEST_ROOT / f"front-route-{INSTANCE}")
+    # this session's own (pid): two runs with the same GPUCR_INSTANCE (two unit runs without one) never share it
+    route = make_route(testenv.TEST_ROOT / f"front-route-{INSTANCE}-{os.getpid()}")
     try:
         yield route
     finally:

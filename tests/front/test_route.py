@@ -129,14 +129,15 @@ def test_edit_changes_only_binaryname(text: str, expected: str) -> None:
 @pytest.mark.parametrize("original, expect_target", [
     (V2_NO_BINARYNAME, RUNC), (V2_RELATIVE, RUNC), (V3_BINARYNAME, "recorder"), (V3_NO_OPTIONS, RUNC)],
     ids=["v2-no-binaryname", "v2-relative-binaryname", "v3-binaryname", "v3-no-options-table"])
-def test_install_keeps_chain_and_uninstall_restores_bytes(tmp_path: Path, original: str, expect_target: str) -> None:
+def test_install_keeps_chain_and_uninstall_restores_bytes(tmp_path: Path, root_dir: Path, original: str,
+                                                          expect_target: str) -> None:
     rec, _ = recorder(tmp_path)
     target = str(rec) if expect_target == "recorder" else os.path.realpath(expect_target)
     config = tmp_path / "config.toml"
     config.write_text(original.replace("{recorder}", str(rec)))
     config.chmod(0o640)
     before = config.read_bytes()
-    route, prefix = tmp_path / "route", tmp_path / "usr/lib/gpucr"
+    route, prefix = root_dir / "route", root_dir / "usr/lib/gpucr"
     args = ["--config", str(config), "--dir", str(route), "--prefix", str(prefix), "--real-criu", str(REAL_CRIU),
             "--log-dir", str(tmp_path / "log")]
     r = front_sh("install", *args)
@@ -184,16 +185,16 @@ def test_install_keeps_chain_and_uninstall_restores_bytes(tmp_path: Path, origin
     assert "gpucr's CRIU front is not installed" in front_sh("status", "--config", str(config)).stdout
 
 
-def test_install_refuses_clearly(tmp_path: Path) -> None:
+def test_install_refuses_clearly(tmp_path: Path, root_dir: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(V2_NO_BINARYNAME)
-    route = tmp_path / "r"
-    base = ["--dir", str(route), "--prefix", str(tmp_path / "lib"), "--real-criu", str(REAL_CRIU)]
+    route, lib = root_dir / "r", root_dir / "lib"
+    base = ["--dir", str(route), "--prefix", str(lib), "--real-criu", str(REAL_CRIU)]
 
     def refused(*args: str, text: str = V2_NO_BINARYNAME) -> str:
         config.write_text(text)
         line = one_error(front_sh("install", "--config", str(config), *base, *args))
-        assert config.read_text() == text and not route.exists() and not (tmp_path / "lib").exists()
+        assert config.read_text() == text and not route.exists() and not lib.exists()
         return line
 
     line = refused("--runtime", "kata")
@@ -210,19 +211,23 @@ def test_install_refuses_clearly(tmp_path: Path) -> None:
     os.chown(rec, 65534, 65534)
     assert "chown root" in refused(text=V3_BINARYNAME.replace("{recorder}", str(rec)))
     # the handler already runs some gpucr wrapper: never wrap it again
-    other = tmp_path / "other"
+    other = root_dir / "other"
     assert front_sh("route", "--dir", str(other), "--real-criu", str(REAL_CRIU)).returncode == 0
     assert "is a gpucr runc wrapper itself" in refused(text=V3_BINARYNAME.replace("{recorder}",
                                                                                   str(other / "bin/runc")))
-    # the route or the code in a place others can change, or in the checkout
+    # the route or the code in a place others can change (a sticky one like /tmp too: the front would refuse to
+    # run from it), or in the checkout
     config.write_text(V2_NO_BINARYNAME)
-    shared = tmp_path / "shared"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
-    line = one_error(front_sh("install", "--config", str(config), "--dir", str(shared / "r"), "--prefix",
-                              str(tmp_path / "lib"), "--real-criu", str(REAL_CRIU)))
-    assert "would be changeable by others" in line and "chmod go-w" in line
-    assert config.read_text() == V2_NO_BINARYNAME
+    for mode in (0o777, 0o1777):
+        shared = root_dir / f"shared-{mode:o}"
+        shared.mkdir()
+        shared.chmod(mode)
+        for where in (["--dir", str(shared / "r"), "--prefix", str(lib)], ["--dir", str(route), "--prefix",
+                                                                             str(shared / "lib")]):
+            line = one_error(front_sh("install", "--config", str(config), *where, "--real-criu", str(REAL_CRIU)))
+            assert (f"would be changeable by others: {shared} is group- or world-writable (mode {mode:04o}); fix: "
+                    f"chmod go-w {shared}") in line, line
+            assert config.read_text() == V2_NO_BINARYNAME and os.listdir(shared) == [] and not route.exists()
     line = one_error(front_sh("install", "--config", str(config), "--dir", str(route), "--prefix",
                               str(testenv.REPO / "lib"), "--real-criu", str(REAL_CRIU)))
     assert "inside the checkout" in line and not (testenv.REPO / "lib").exists()
@@ -236,10 +241,10 @@ def test_install_refuses_clearly(tmp_path: Path) -> None:
     assert config.read_text() == V2_NO_BINARYNAME
 
 
-def test_uninstall_refuses_to_clobber_later_edits(tmp_path: Path) -> None:
+def test_uninstall_refuses_to_clobber_later_edits(tmp_path: Path, root_dir: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(V2_NO_BINARYNAME)
-    route, prefix = tmp_path / "route", tmp_path / "lib"
+    route, prefix = root_dir / "route", root_dir / "lib"
     args = ["--config", str(config), "--dir", str(route), "--prefix", str(prefix), "--real-criu", str(REAL_CRIU)]
     assert front_sh("install", *args).returncode == 0
     installed = config.read_text()
@@ -259,14 +264,14 @@ def test_uninstall_refuses_to_clobber_later_edits(tmp_path: Path) -> None:
     assert config.read_text() == by_hand and not route.exists() and not prefix.exists()
 
 
-def test_symlinked_config_is_edited_in_place_and_a_lost_record_is_named(tmp_path: Path) -> None:
+def test_symlinked_config_is_edited_in_place_and_a_lost_record_is_named(tmp_path: Path, root_dir: Path) -> None:
     real = tmp_path / "etc-real/config.toml"
     real.parent.mkdir()
     real.write_text(V2_NO_BINARYNAME)
     link = tmp_path / "config.toml"
     link.symlink_to(real)
-    route = tmp_path / "route"
-    args = ["--config", str(link), "--dir", str(route), "--prefix", str(tmp_path / "lib"), "--real-criu",
+    route = root_dir / "route"
+    args = ["--config", str(link), "--dir", str(route), "--prefix", str(root_dir / "lib"), "--real-criu",
             str(REAL_CRIU)]
     assert front_sh("install", *args).returncode == 0
     assert link.is_symlink() and binary_names(real) == [str(route / "bin/runc")]
@@ -279,34 +284,34 @@ def test_symlinked_config_is_edited_in_place_and_a_lost_record_is_named(tmp_path
     assert "install record" in line and "is missing" in line and "set its BinaryName back by hand" in line
 
 
-def test_routes_share_the_code_prefix(tmp_path: Path) -> None:
-    prefix = tmp_path / "lib"
+def test_routes_share_the_code_prefix(tmp_path: Path, root_dir: Path) -> None:
+    prefix = root_dir / "lib"
     configs = []
     for name in ("a", "b"):
         c = tmp_path / f"{name}.toml"
         c.write_text(V2_NO_BINARYNAME)
         configs.append(c)
-        r = front_sh("install", "--config", str(c), "--dir", str(tmp_path / name), "--prefix", str(prefix),
+        r = front_sh("install", "--config", str(c), "--dir", str(root_dir / name), "--prefix", str(prefix),
                      "--real-criu", str(REAL_CRIU))
         assert r.returncode == 0, r.stderr
-    r = front_sh("uninstall", "--config", str(configs[0]), "--dir", str(tmp_path / "a"))
-    assert r.returncode == 0 and f"still used by {tmp_path}/b/path/criu" in r.stderr, r.stderr
+    r = front_sh("uninstall", "--config", str(configs[0]), "--dir", str(root_dir / "a"))
+    assert r.returncode == 0 and f"still used by {root_dir}/b/path/criu" in r.stderr, r.stderr
     assert (prefix / "hooks/criu_front.py").exists()
-    assert subprocess.run([str(tmp_path / "b/path/criu"), "--version"], capture_output=True).returncode == 0
-    assert front_sh("uninstall", "--config", str(configs[1]), "--dir", str(tmp_path / "b")).returncode == 0
+    assert subprocess.run([str(root_dir / "b/path/criu"), "--version"], capture_output=True).returncode == 0
+    assert front_sh("uninstall", "--config", str(configs[1]), "--dir", str(root_dir / "b")).returncode == 0
     assert not prefix.exists() and all(c.read_text() == V2_NO_BINARYNAME for c in configs)
 
 
-def test_route_with_criu_41_warns_about_tcp_on_new_kernels(tmp_path: Path) -> None:
+def test_route_with_criu_41_warns_about_tcp_on_new_kernels(tmp_path: Path, root_dir: Path) -> None:
     """CRIU 4.1 is accepted (it works where the kernel allows), with a warning where TCP sockets cannot be dumped."""
     old = tmp_path / "criu"
     old.write_text("#!/bin/sh\necho 'Version: 4.1.1'\n")
     old.chmod(0o755)
-    r = front_sh("route", "--dir", str(tmp_path / "r"), "--real-criu", str(old), "--log-dir", str(tmp_path / "log"))
+    r = front_sh("route", "--dir", str(root_dir / "r"), "--real-criu", str(old), "--log-dir", str(tmp_path / "log"))
     assert r.returncode == 0, r.stderr
     warned = "cannot checkpoint containers with TCP/UDP sockets on kernels >= 6.16" in r.stderr
     assert warned == (kernel_version() >= KERNEL_REFUSES_PASSCRED), r.stderr
-    r = front_sh("route", "--dir", str(tmp_path / "r"), "--real-criu", str(REAL_CRIU), "--log-dir",
+    r = front_sh("route", "--dir", str(root_dir / "r"), "--real-criu", str(REAL_CRIU), "--log-dir",
                  str(tmp_path / "log"))
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
 
@@ -361,8 +366,8 @@ def test_runtime_chain_on_live_containerd(version: str, tmp_path: Path) -> None:
         r = front_sh("install", "--config", str(config), "--dir", str(route), "--prefix", str(prefix),
                      "--real-criu", str(REAL_CRIU), "--log-dir", str(tmp_path / "log"), "--hooks", front_cuda_hooks())
         assert r.returncode == 0, r.stderr
-        with (route / "path/front.conf").open("a") as f:  # the front's caches: root-only, beside the route
-            f.write(f"cache_dir = {route / 'cache'}\n")
+        with (route / "path/front.conf").open("a") as f:  # the front's caches: root-only, beside the route (not in
+            f.write(f"cache_dir = {Path(info['dir']) / 'front-cache'}\n")  # it: uninstall removes what install made)
         assert f"-> {route}/bin/runc (gpucr runc wrapper) -> {rec}" in front_sh("status", "--config",
                                                                                  str(config)).stdout
         ctrd = restart()

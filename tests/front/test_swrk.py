@@ -224,7 +224,7 @@ def test_real_criu_too_old(front_route: FrontRoute, tmp_path: Path, mode: str) -
 def test_startup_imports_stay_small(front_route: FrontRoute, tmp_path: Path, relay: str) -> None:
     """The front starts twice per runc operation: neither path may pull in protobuf or the heavy stdlib modules
     (rpc_pb2 alone cost 56 ms; typing, dataclasses, enum, logging and socket add more)."""
-    front = Path(__file__).resolve().parent.parent.parent / "hooks/criu_front.py"
+    front = front_route.criu  # the launcher in the route's root-only code copy (the front refuses a checkout under /tmp)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with (tmp_path / "stderr").open("w") as err:
         p = subprocess.Popen(["/usr/bin/python3", "-S", "-E", "-X", "importtime", str(front), "swrk",
