@@ -157,12 +157,13 @@ def apply(config: Path, runtimes: list[str], real_criu: str, state_dir: Path) ->
         raise
 
 
-def revert(state_dir: Path, quiet_missing: bool = False) -> None:
+def revert(state_dir: Path, quiet_missing: bool = False) -> bool:
+    """Undo what state.json records; False when nothing was applied."""
     st = _load(state_dir)
     if st is None:
         if not quiet_missing:
             _say(f"nothing applied ({state_dir}/state.json is missing); nothing changed")
-        return
+        return False
     config = Path(st["config"])
     for r in reversed(list(st["runtimes"])):
         _front("uninstall", config, r, state_dir)
@@ -176,6 +177,7 @@ def revert(state_dir: Path, quiet_missing: bool = False) -> None:
     except OSError:
         pass
     _say(f"reverted: {config} is as it was before gpucr setup")
+    return True
 
 
 def status(state_dir: Path) -> int:
@@ -203,8 +205,8 @@ def run(args: argparse.Namespace) -> int:
         apply(config, runtimes, real_criu, args.state_dir)
         _say(f"applied to {config}: NRI enabled, runtime handler(s) {', '.join(runtimes)} through gpucr's CRIU front "
              f"(real criu {real_criu}); undo with gpucr setup --revert")
-    else:
-        revert(args.state_dir)
+    elif not revert(args.state_dir):
+        return 0
     if args.restart:
         _restart(args.apply)
     else:
