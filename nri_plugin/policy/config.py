@@ -58,10 +58,14 @@ class NodeConfig:
     hook_path: str = "/usr/libexec/gpucr/gpucr-hook"
     #: how often the plugin daemon looks for leases of checkpoints whose holder died (or overran a phase)
     lease_sweep_interval_s: float = 5.0
-    #: per-phase deadlines of a checkpoint's critical section (the lock's is lock_timeout_ms plus a margin)
+    #: per-phase deadlines of a checkpoint's critical section (the lock's is lock_timeout_ms plus a margin; a
+    #: container's gpucr.io/phase-timeouts may only shorten them): copying GPU memory to host
     cuda_checkpoint_timeout_s: float = 600.0
+    #: deadline of CRIU's dump while the CUDA processes are checkpointed
     criu_dump_timeout_s: float = 600.0
+    #: deadline of copying GPU memory back (after a dump with leave-running, or a restore)
     cuda_restore_timeout_s: float = 600.0
+    #: deadline of unlocking CUDA in the processes
     cuda_unlock_timeout_s: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
