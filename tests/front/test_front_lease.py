@@ -11,6 +11,7 @@ fails and it resumes its task; the daemon's sweep restores and unlocks the CUDA 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -22,13 +23,14 @@ import pytest
 
 from tests.front.conftest import FrontRoute
 from tests.front.test_gpufront import (  # noqa: F401 (fixtures)
+    _node,
     advancing,
     cri_workload,
     fake,
     freezer_state,
     plugin,
 )
-from tests.testenv import REPO, Containerd, wait_for
+from tests.testenv import TEST_ROOT, Containerd, installed_hook, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,22 +47,19 @@ PHASES = {
 
 
 @pytest.fixture(scope="module")
-def node(fake: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """test_gpufront's node config, with a one-second lease sweep."""
-    import sys
-
-    d = tmp_path_factory.mktemp("front-lease-node")
-    hook = d / "gpucr-hook"
-    hook.write_text(f"#!/bin/sh\ncd {REPO} && exec {sys.executable} -m hooks.oci_hook \"$@\"\n")
-    hook.chmod(0o755)
-    paths = {"state": d / "state", "criu": d / "criu", "hook": hook, "config": d / "config.toml",
-             "log": d / "plugin.log"}
-    paths["config"].write_text(f'state_dir = "{paths["state"]}"\ncriu_config_dir = "{paths["criu"]}"\n'
-                               f'hook_path = "{hook}"\nrunc_criu_config = "{d / "runc.conf"}"\n'
-                               f'libcuda = "{fake.lib}"\n'  # type: ignore[attr-defined]
-                               'lock_timeout_ms = 2000\ndriver_call_timeout_s = 10\n'
-                               f'lease_sweep_interval_s = {SWEEP_S}\n')
-    return paths
+def node(fake: object) -> Iterator[dict[str, Path]]:
+    """test_gpufront's node (root's alone, the hook installed by install/hook.sh), with a one-second lease sweep."""
+    d = TEST_ROOT / f"front-lease-node-{os.environ.get('GPUCR_INSTANCE') or 'default'}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(mode=0o700, parents=True)
+    try:
+        with installed_hook(d / "libexec") as hook:
+            paths = _node(d, hook, fake)  # type: ignore[arg-type]
+            with paths["config"].open("a") as f:
+                f.write(f"lease_sweep_interval_s = {SWEEP_S}\n")
+            yield paths
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
