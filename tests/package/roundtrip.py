@@ -23,6 +23,7 @@ import glob
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +46,8 @@ PATHS = ["/usr/lib/gpucr", "/usr/libexec/gpucr", "/etc/gpucr", "/usr/bin/gpucr",
 #: made at run time (setup's record, the front's cache, logs); purge removes what gpucr made there. Earlier test runs
 #: on this machine may have left some (front caches of make test): then nothing beyond those may be left.
 STATE = "/var/lib/gpucr"
+#: checkpoint_root of the packaged (all-defaults) node config: where the installed CLI's --to must lie
+CKPT_ROOT = Path("/var/lib/gpucr/checkpoints")
 LOGS = "/var/log/gpucr"
 FRONT_LOG = Path("/var/log/gpucr/criu-front.log")
 #: the workload: the fake CUDA driver's app (tests/fakes/), counting into /data/log with CUDA state on a "GPU"
@@ -210,10 +213,16 @@ def checkpoint_and_restore(ctrd: Containerd, work: Path) -> None:
             step("checkpoint by the installed CLI through the runtime (1.7: the task API; 2.x: CRI CheckpointContainer) "
                  "and the installed front")
             mark = len(front_log())
-            sh(GPUCR, "checkpoint", cid, "--via-runtime", "--to", str(work / "cli-ckpt"), "--address", ctrd.address,
+            # --to inside the packaged config's checkpoint_root (its default), as a user's would be; removed after
+            ck = CKPT_ROOT / f"pkg-roundtrip-{uuid.uuid4().hex[:6]}"
+            root_existed = CKPT_ROOT.exists()
+            sh(GPUCR, "checkpoint", cid, "--via-runtime", "--to", str(ck), "--address", ctrd.address,
                "--leave-running", "--json")
-            made = work / ("cli-ckpt/images/inventory.img" if MAJOR == 1 else "cli-ckpt/checkpoint.tar")
-            check(made.is_file(), f"the CLI's checkpoint wrote {made.relative_to(work)}")
+            made = ck / ("images/inventory.img" if MAJOR == 1 else "checkpoint.tar")
+            check(made.is_file(), f"the CLI's checkpoint wrote {made}")
+            shutil.rmtree(ck)
+            if not root_existed:
+                CKPT_ROOT.rmdir()
             log = front_log()[mark:]
             print("  the front's log:\n    " + log.strip().replace("\n", "\n    "), flush=True)
             check("DUMP success=True" in log and "locked and checkpointed 1 CUDA process(es)" in log
