@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export GPUCR_TEST_ROOT ?= /var/lib/gpucr-test
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv protos test unit demo uninstall clean
+.PHONY: all deps venv protos test unit demo package uninstall clean
 
 all: protos
 
@@ -50,9 +50,13 @@ unit: venv
 demo: protos
 	@$(PY) demo/demo.py
 
+# dist/gpucr_<ver>_amd64.deb, dist/gpucr-<ver>.x86_64.rpm, dist/gpucr-criu_<criu ver>_amd64.deb (+ .rpm), with nfpm
+package: protos
+	@PY=$(PY) bash packaging/build.sh
+
 uninstall:
 	@bash install/deps.sh uninstall
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info
 	find nri_plugin -name _pb -type d -prune -exec rm -rf {} +

@@ -5,9 +5,12 @@
 # PREFIX (default /usr/lib/gpucr) gets nri_plugin/ and hooks/: the checkout's .py files (the generated _pb/
 # packages left out: the front and the hook need the standard library only), precompiled by $PYTHON, directories
 # 0755 and files 0644 (the front's launcher hooks/criu_front.py 0755), root:root. PREFIX/install-users lists what runs from it (a route's path/criu, a hook
-# launcher); release_code deletes PREFIX when none of them still does.
+# launcher); release_code deletes PREFIX when none of them still does. A PREFIX that holds .packaged is the system
+# package's tree (packaging/build.sh): install_code uses it as it is (checked root-owned), release_code keeps it.
 
 CODE_USERS=install-users
+# a PREFIX holding this file is a system package's tree (packaging/build.sh): used as it is, never copied or deleted
+PACKAGED=.packaged
 
 # check_root_path PATH WHAT: refuse a PATH the front would not trust (a user other than root could change it): the
 # front's own rule, nri_plugin/front/trust.py run from the checkout, so the two cannot disagree. Every existing
@@ -32,6 +35,10 @@ install_code() {
     case "$prefix" in /*) ;; *) die "--prefix $prefix must be an absolute path" ;; esac
     prefix=$(readlink -m -- "$prefix")
     [ "$prefix" != / ] || die "--prefix / is not a place for gpucr's code"
+    if [ -f "$prefix/$PACKAGED" ]; then
+        check_root_path "$prefix/hooks/criu_front.py" "--prefix"
+        return 0
+    fi
     case "$prefix/" in "$repo"/*) die "--prefix $prefix is inside the checkout $repo: choose a root-owned place (default /usr/lib/gpucr)" ;; esac
     check_root_path "$prefix" "--prefix"
     if [ -e "$prefix" ] && [ ! -f "$prefix/$CODE_USERS" ]; then
@@ -71,6 +78,7 @@ uses_code() {
 release_code() {
     local prefix u keep=()
     prefix=$(readlink -m -- "$1")
+    [ ! -f "$prefix/$PACKAGED" ] || return 0
     [ -f "$prefix/$CODE_USERS" ] || return 0
     while IFS= read -r u; do
         [ -n "$u" ] && [ "$u" != "$2" ] && uses_code "$prefix" "$u" && keep+=("$u")

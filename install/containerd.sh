@@ -13,6 +13,9 @@
 #              GPUCR_CONTAINERD_LOG_LEVEL (default debug).
 #              GPUCR_CONTAINERD_EXTRA_CONFIG=file  TOML appended to the generated config (same schema version).
 #              GPUCR_CONTAINERD_NRI_DISABLE=true   start with NRI disabled (gpucr doctor's tests).
+#              GPUCR_CONTAINERD_NRI=default  leave NRI at containerd's default (1.7: disabled, 2.x: enabled), as a stock
+#                                   config does (its socket and plugin dirs stay private); for `gpucr setup --apply`.
+#        install/containerd.sh restart VERSION  the daemon only (containers and shims keep running), same config
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=install/lib.sh
@@ -36,6 +39,11 @@ instance_vars() {
     LOG=$DIR/containerd.log
 }
 
+nri_enable_lines() {
+    [ "${GPUCR_CONTAINERD_NRI:-}" = default ] \
+        || printf '    disable = %s\n    disable_connections = false\n' "${GPUCR_CONTAINERD_NRI_DISABLE:-false}"
+}
+
 write_config() {
     local major=${VER%%.*} lvl=${GPUCR_CONTAINERD_LOG_LEVEL:-debug}
     if [ "$major" = 1 ]; then
@@ -50,8 +58,7 @@ temp = "$DIR/tmp"
   level = "$lvl"
 [plugins]
   [plugins."io.containerd.nri.v1.nri"]
-    disable = ${GPUCR_CONTAINERD_NRI_DISABLE:-false}
-    disable_connections = false
+$(nri_enable_lines)
     socket_path = "$NRI_SOCK"
     plugin_path = "$DIR/nri/plugins"
     plugin_config_path = "$DIR/nri/conf.d"
@@ -89,8 +96,7 @@ temp = "$DIR/tmp"
   level = "$lvl"
 [plugins]
   [plugins.'io.containerd.nri.v1.nri']
-    disable = ${GPUCR_CONTAINERD_NRI_DISABLE:-false}
-    disable_connections = false
+$(nri_enable_lines)
     socket_path = "$NRI_SOCK"
     plugin_path = "$DIR/nri/plugins"
     plugin_config_path = "$DIR/nri/conf.d"
@@ -238,16 +244,40 @@ stop_instance() {
 
 stop() { need_root stop; instance_vars "$1"; stop_instance; }
 
+# the daemon again with the config as it is now (what `systemctl restart containerd` does to a node's)
+restart() {
+    need_root restart
+    instance_vars "$1"
+    running || die "containerd $VER is not running (start it first)"
+    local p; p=$(cat "$PIDFILE")
+    kill -TERM "$p"
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    ! kill -0 "$p" 2>/dev/null || die "containerd $VER (pid $p) did not stop within 10 s"
+    env -i PATH="$DAEMON_PATH" TMPDIR="$DIR/tmp" HOME=/root setsid "$PREFIX/usr/bin/containerd" --config "$DIR/config.toml" \
+        >>"$LOG" 2>&1 </dev/null &
+    echo $! > "$PIDFILE"
+    for _ in $(seq 100); do
+        running || { say "containerd $VER exited during restart; last lines of $LOG:"; tail -n 25 "$LOG" >&2; exit 1; }
+        "$CTR" --address "$SOCK" version >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    "$CTR" --address "$SOCK" version >/dev/null 2>&1 || die "containerd $VER did not answer on $SOCK within 10 s after restart"
+    write_info
+    say "containerd $VER restarted (pid $(cat "$PIDFILE"))"
+    echo "$DIR/info.json"
+}
+
 status() {
     instance_vars "$1"
     if running; then say "containerd $VER running (pid $(cat "$PIDFILE")), socket $SOCK"; cat "$DIR/info.json"
     else say "containerd $VER not running"; return 3; fi
 }
 
-[ $# -ge 2 ] || die "usage: $0 start|stop|status VERSION"
+[ $# -ge 2 ] || die "usage: $0 start|stop|restart|status VERSION"
 case "$1" in
     start) start "$2" ;;
     stop) stop "$2" ;;
+    restart) restart "$2" ;;
     status) status "$2" ;;
-    *) die "usage: $0 start|stop|status VERSION" ;;
+    *) die "usage: $0 start|stop|restart|status VERSION" ;;
 esac

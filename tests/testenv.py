@@ -129,9 +129,11 @@ def wait_for(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0
 
 
 def node_config(where: Path, **values: Any) -> dict[str, str]:
-    """A gpucr node config at ``where/gpucr.toml`` (``checkpoint_root`` defaults to ``where``), as the env that points
-    the CLI at it (``GPUCR_CONFIG``): every CLI test confines its checkpoints to its own tmp dir this way."""
+    """A gpucr node config at ``where/gpucr.toml`` (``checkpoint_root`` defaults to ``where``, ``state_dir`` to
+    ``where/state``), as the env that points the CLI at it (``GPUCR_CONFIG``): every CLI test confines its checkpoints
+    and its leases to its own tmp dir this way (never the node's /run/gpucr, which concurrent sessions share)."""
     values.setdefault("checkpoint_root", str(where))
+    values.setdefault("state_dir", str(where / "state"))
     lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]  # TOML accepts JSON strings, ints and booleans
     path = where / "gpucr.toml"
     path.write_text("\n".join(lines) + "\n")

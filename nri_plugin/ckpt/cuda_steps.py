@@ -29,7 +29,7 @@ from .cuda.nvml import Nvml
 from .discovery import CudaProcess, GpuInventory, discover
 from .errors import CheckpointError
 
-__all__ = ["CgroupsLike", "CudaSteps", "FreezerLike", "Progress", "Suspended"]
+__all__ = ["CgroupsLike", "CudaSteps", "FreezerLike", "OnPhase", "Progress", "Suspended"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,13 @@ CgroupsLike = Callable[[int], "FreezerLike | None"]
 
 #: progress(step, message) for long steps; the CLI prints it as one refreshed line
 Progress = Callable[[str, str], None]
+
+#: on_phase(point, suspended): called as a critical section moves on (``thaw``, ``cuda-lock``, ``after-lock``,
+#: ``cuda-checkpoint``, ``checkpointed``, ``refreeze``, ``criu-dump``, ``criu-<notify>``, ``cuda-restore``,
+#: ``restored``, ``cuda-unlock``, and ``done`` when the processes run again), before the step it names; the lease
+#: (:mod:`.lease`) records it. Raising aborts the
+#: step and rolls back, as any failure does. ``suspended`` is None for the CUDA half of a restore.
+OnPhase = Callable[[str, "Suspended | None"], None]
 
 
 @dataclass
@@ -89,8 +96,10 @@ class CudaSteps:
     """
 
     def __init__(self, driver: Driver, cgroups: CgroupsLike, *, nvml: Nvml | None = None,
-                 progress: Progress | None = None, mem_available: Callable[[], int] = host_mem_available) -> None:
+                 progress: Progress | None = None, mem_available: Callable[[], int] = host_mem_available,
+                 on_phase: OnPhase | None = None) -> None:
         self.driver, self.cgroups, self.nvml = driver, cgroups, nvml
+        self.on_phase = on_phase
         self.progress = progress or (lambda step, msg: None)
         self.mem_available = mem_available
         self.timings: dict[str, float] = {}
@@ -98,6 +107,11 @@ class CudaSteps:
         self.last_freezer: FreezerLike | None = None
 
     # -- small helpers -------------------------------------------------------------------------------------------
+    def phase(self, point: str, s: Suspended | None) -> None:
+        """Tell the ``on_phase`` callback (the lease) that the critical section reaches ``point``."""
+        if self.on_phase is not None:
+            self.on_phase(point, s)
+
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         t0 = time.monotonic()
@@ -195,7 +209,9 @@ class CudaSteps:
             base += "\nrollback was incomplete: " + "; ".join(problems)
         else:
             base += f"\nrolled back: {len(touched)} CUDA process(es) restored and unlocked, the workload keeps running"
-        return CheckpointError(base, step=getattr(exc, "step", step), pid=pid)
+        err = CheckpointError(base, step=getattr(exc, "step", step), pid=pid)
+        err.rollback_problems = problems
+        return err
 
     # -- checkpoint ----------------------------------------------------------------------------------------------
     def suspend(self, pid: int, *, use_cgroup: bool = False, lock_timeout_ms: int = 30_000,
@@ -215,6 +231,7 @@ class CudaSteps:
         step = "thaw"
         try:
             if frozen:
+                self.phase("thaw", s)
                 with self.step("thaw"):
                     cgroup.thaw()  # type: ignore[union-attr]
             step = "discover"
@@ -230,14 +247,19 @@ class CudaSteps:
                             f"pid {p.pid} is already {p.state.name} in CUDA (another checkpoint in progress?); "
                             f"finish or roll it back first", step="discover", pid=p.pid)
                 step = "cuda-lock"
+                self.phase(step, s)
                 self.progress(step, f"locking CUDA in {len(s.procs)} process(es)")
                 self._parallel(step, s.procs, lambda p: self.driver.lock(p.pid, lock_timeout_ms), s.touched)
+                self.phase("after-lock", s)
                 step = "cuda-checkpoint"
+                self.phase(step, s)
                 tick = self._copy_ticker(step, s.procs, s.gpu_bytes, +1)
                 self._parallel(step, s.procs, lambda p: self.driver.checkpoint(
                     p.pid, self._copy_deadline(p), on_tick=tick))
+                self.phase("checkpointed", s)
             if frozen:
                 step = "refreeze"
+                self.phase(step, s)
                 with self.step("refreeze"):
                     cgroup.freeze()  # type: ignore[union-attr]
         except Exception as exc:
@@ -254,7 +276,7 @@ class CudaSteps:
         if not s.procs:
             return
         try:
-            self.resume_cuda(s.procs, s.cgroup, s.frozen_before, pairs={})
+            self.resume_cuda(s.procs, s.cgroup, s.frozen_before, pairs={}, s=s)
         except Exception as exc:
             raise self.fail(exc, "cuda-restore", s.touched, s.cgroup, s.frozen_before) from exc
 
@@ -264,9 +286,10 @@ class CudaSteps:
         return self._rollback(s.touched, s.cgroup, s.frozen_before)
 
     def resume_cuda(self, procs: Sequence[CudaProcess], cgroup: FreezerLike | None, frozen: bool,
-                    pairs: Mapping[int, list[tuple[str, str]]]) -> None:
+                    pairs: Mapping[int, list[tuple[str, str]]], s: Suspended | None = None) -> None:
         """CUDA restore + unlock of running (or thawed) processes; puts a frozen cgroup back to FROZEN."""
         thawed = False
+        self.phase("cuda-restore", s)
         if cgroup is not None and cgroup.frozen():
             cgroup.thaw()
             thawed = True
@@ -275,6 +298,8 @@ class CudaSteps:
             tick = self._copy_ticker("cuda-restore", procs, total, -1)
             self._parallel("cuda-restore", procs, lambda p: self.driver.restore(
                 p.pid, pairs.get(p.pid, []), self._copy_deadline(p), on_tick=tick))
+            self.phase("restored", s)
+            self.phase("cuda-unlock", s)
             self._parallel("cuda-unlock", procs, lambda p: self.driver.unlock(p.pid))
         finally:
             if thawed and frozen and cgroup is not None:
@@ -312,7 +337,9 @@ class CudaSteps:
                     f"the restored tree of pid {root} has {len(procs)} checkpointed CUDA process(es), the "
                     f"checkpoint recorded {len(old_procs)}", step=step, pid=root)
             pairs = {p.pid: gpu_pairs(p.gpus, node_gpus, gpu_map or {}, pid=p.pid) for p in procs}
-            self.resume_cuda(procs, cgroup, False, pairs)
+            held = Suspended(pid=root, cgroup=cgroup, frozen_before=frozen, procs=list(procs),
+                             touched={p.pid for p in procs})
+            self.resume_cuda(procs, cgroup, False, pairs, s=held)
         except Exception as exc:
             if frozen and cgroup is not None:
                 cgroup.freeze()
@@ -322,4 +349,5 @@ class CudaSteps:
                 f"kill them and retry the restore", step=step, pid=getattr(exc, "pid", root)) from exc
         if frozen and cgroup is not None:
             cgroup.freeze()
+        self.phase("done", None)
         return procs

@@ -15,6 +15,8 @@ logic is unit-tested with fakes; the CLI wires the real ones.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,10 +26,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import __version__
-from ..host.proc import container_id, rss_bytes, tree_pids
+from ..errors import GpucrError
+from ..host.proc import alive, container_id, rss_bytes, tree_pids
 from .compat import check_compat
 from .cuda.driver import format_api_version
-from .cuda_steps import CudaSteps, FreezerLike
+from .cuda_steps import CudaSteps, FreezerLike, Suspended
 from .discovery import CudaProcess, GpuInventory, gpu_inventory
 from .errors import CheckpointError
 
@@ -38,6 +41,36 @@ KILL_WAIT_S = 10.0
 #: free disk space asked beyond the memory to dump: a tenth more, plus this much
 DISK_MARGIN_FRACTION = 0.1
 DISK_MARGIN_BYTES = 32 << 20
+#: CRIU's notification once every image is written, before it kills (or resumes) the tasks (criu.rpc.Notify)
+POST_DUMP = "post-dump"
+
+log = logging.getLogger(__name__)
+
+#: what to do about a failed step of ``gpucr checkpoint``
+_FIX = {
+    "discover": "a CUDA process did not answer; make sure no other checkpoint of it runs, then retry",
+    "host-memory": "free host memory (or add swap) for the GPU data, then retry",
+    "cuda-lock": "the GPU work did not drain in time: retry, or raise --lock-timeout-ms",
+    "cuda-checkpoint": "copying GPU memory to host failed: check host memory and the driver log, then retry",
+    "cuda-restore": "copying GPU memory back failed: check the driver log (dmesg), then retry",
+    "cuda-unlock": "the driver refused to unlock: check the driver log (dmesg), then retry",
+    "get-state": "the driver did not report the process state: check the driver, then retry",
+    "thaw": "the cgroup could not be thawed: check its freezer (an ancestor frozen?), then retry",
+    "refreeze": "the cgroup could not be frozen again: check for tasks in D state, then retry",
+    "criu-dump": "see CRIU's error above (-vv prints its log; dmesg when criu was killed), then retry",
+    "sync": "the images could not be written to disk: check the filesystem (dmesg), then retry",
+    "disk-space": "free space on the filesystem of --to, or choose --to on a larger filesystem, then retry",
+    "seal": "the checkpoint could not be sealed: check the filesystem (dmesg, free space), then retry",
+}
+
+
+def _no_space(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception chain (our own writes, or CRIU's errno)."""
+    while exc is not None:
+        if getattr(exc, "errno", None) == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class CriuLike(Protocol):
@@ -50,7 +83,13 @@ class StoreLike(Protocol):
 
     def prepare(self, images_dir: Path, *, force: bool) -> Path: ...
     def check_space(self, path: Path, need_bytes: int, what: str) -> None: ...
+    def sync(self, images_dir: Path) -> int: ...
     def write_metadata(self, images_dir: Path, meta: dict[str, Any]) -> None: ...
+    def committed(self, images_dir: Path) -> bool: ...
+    def discard(self, images_dir: Path) -> None: ...
+    def settle(self, images_dir: Path) -> None: ...
+    def images_of(self, images_dir: Path) -> Path: ...
+    def no_space(self, images_dir: Path) -> bool: ...
     def read_metadata(self, images_dir: Path) -> tuple[dict[str, Any], Path]: ...
 
 
@@ -132,7 +171,8 @@ class Engine:
 
 
     def checkpoint(self, req: CheckpointRequest) -> Summary:
-        """Checkpoint the workload of ``req``. Raises CheckpointError (after rollback) or GpucrError (bad input)."""
+        """Checkpoint the workload of ``req``. Raises CheckpointError (after rollback, one line naming the workload,
+        the step and the fix; no valid checkpoint left) or GpucrError (bad input)."""
         if req.pid <= 0 or not os.path.exists(f"/proc/{req.pid}"):
             raise CheckpointError(f"pid {req.pid} does not exist; give the pid of a running process (or a container)",
                                   step="input", pid=req.pid)
@@ -144,27 +184,64 @@ class Engine:
                                    f"the checkpoint of pid {req.pid} ({_gib(host_bytes)} host memory + margin)")
         with self.cuda.step("prepare"):
             criu_dir = self.store.prepare(req.images_dir, force=req.force)
-        s = self.cuda.suspend(req.pid, use_cgroup=req.use_cgroup, lock_timeout_ms=req.lock_timeout_ms)
-        cgroup, frozen, procs, inv = s.cgroup, s.frozen_before, s.procs, s.inventory
-        summary.frozen_before = frozen
+        try:
+            s = self.cuda.suspend(req.pid, use_cgroup=req.use_cgroup, lock_timeout_ms=req.lock_timeout_ms)
+        except CheckpointError as exc:  # already rolled back by the CUDA steps
+            raise self._failed(req, exc, exc.step, None) from exc
+        except BaseException:
+            self.store.discard(req.images_dir)
+            raise
+        summary.frozen_before = s.frozen_before
         summary.gpu_bytes = s.gpu_bytes
+        return self._dump_and_seal(req, summary, s, criu_dir, host_bytes)
+
+    def _dump_and_seal(self, req: CheckpointRequest, summary: Summary, s: Suspended, criu_dir: Path,
+                       host_bytes: int) -> Summary:
+        """CRIU dump, images fsynced at ``post-dump``, then the checkpoint sealed (metadata, atomic rename). Without
+        leave-running the seal happens at ``post-dump`` too: CRIU kills the tasks only after our answer, so the
+        workload is never gone before its checkpoint is valid and durable (and a gpucr that dies there makes CRIU's
+        dump fail, which resumes the tasks). With leave-running it happens after the tasks run again."""
+        cgroup, frozen, procs = s.cgroup, s.frozen_before, s.procs
         step = "disk-space"
+        own_step: list[str] = []  # the step of ours that failed inside CRIU's notify callback
+
+        def on_notify(name: str, _pid: int) -> None:
+            self.cuda.phase(f"criu-{name}", s)
+            if name != POST_DUMP:
+                return
+            own_step[:] = ["sync"]
+            self.cuda.progress("sync", f"writing the images of pid {req.pid} to disk")
+            with self.cuda.step("sync"):
+                self.store.sync(req.images_dir)
+            if not req.leave_running:
+                own_step[:] = ["seal"]
+                self._seal(req, summary, s)
+            own_step.clear()
+
         try:
             if s.gpu_bytes:  # the GPU data is host memory now, and goes into the images too
-                self.store.check_space(criu_dir, disk_need(host_bytes, s.gpu_bytes),
+                # the filesystem of req.images_dir (or its nearest parent): the staged dir is its sibling, on it too
+                self.store.check_space(req.images_dir, disk_need(host_bytes, s.gpu_bytes),
                                        f"the checkpoint of pid {req.pid} ({_gib(host_bytes)} host memory + "
                                        f"{_gib(s.gpu_bytes)} GPU data + margin)")
             step = "criu-dump"
             self.cuda.progress(step, f"criu dump of pid {req.pid}")
+            self.cuda.phase(step, s)
             with self.cuda.step(step):
                 opts = self._make_dump_options(req, criu_dir,
                                                str(cgroup.path) if (frozen and cgroup is not None) else None)
-                self.criu.dump(opts)
-        except Exception as exc:
-            raise self.cuda.fail(exc, step, s.touched, cgroup, frozen) from exc
+                self.criu.dump(opts, on_notify)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                raise self._failed(req, exc, own_step[0] if own_step else step, s) from exc
+            self.store.discard(req.images_dir)
+            raise
 
         if req.leave_running:
-            self.cuda.resume(s)
+            try:
+                self.cuda.resume(s)
+            except CheckpointError as exc:  # rolled back by the CUDA steps
+                raise self._failed(req, exc, exc.step, None) from exc
         if frozen and cgroup is not None and not cgroup.frozen():
             # CRIU thaws the freezer to let the dumped tasks die (no leave-running): once they are gone, put back the
             # caller's state (freezing earlier would trap the dying tasks)
@@ -174,14 +251,68 @@ class Engine:
                 while dumped & set(cgroup.pids()) and time.monotonic() < deadline:
                     time.sleep(0.02)
                 cgroup.freeze()
-        summary.image_bytes = dir_bytes(criu_dir)
-        summary.cuda_processes = [p.to_json() for p in procs]
-        summary.timings_s = dict(self.cuda.timings)
-        # sealing (manifest with checksums) is timed in the summary, not in the metadata it writes
-        with self.cuda.step("seal"):
-            self.store.write_metadata(req.images_dir, self._metadata(req, procs, inv, summary))
+        self.cuda.phase("done", s)  # the CUDA processes run again (or are gone): the lease ends
+        if self.store.committed(req.images_dir):
+            try:  # CRIU's log and stats, written after post-dump: not part of the sealed checkpoint
+                with self.cuda.step("sync"):
+                    self.store.sync(req.images_dir)
+            except GpucrError as exc:
+                log.warning("%s", exc)
+        else:
+            try:
+                self._seal(req, summary, s)
+            except Exception as exc:  # the tasks run again (leave-running): nothing to roll back
+                raise self._failed(req, exc, "seal", None) from exc
+        self.store.settle(req.images_dir)
+        summary.image_bytes = dir_bytes(self.store.images_of(req.images_dir))
         summary.timings_s = dict(self.cuda.timings)
         return summary
+
+    def _seal(self, req: CheckpointRequest, summary: Summary, s: Suspended) -> None:
+        """Metadata (manifest with checksums) written last, everything fsynced, renamed into place: the checkpoint
+        becomes valid here and only here. Sealing is timed in the summary, not in the metadata it writes."""
+        summary.image_bytes = dir_bytes(self.store.images_of(req.images_dir))
+        summary.cuda_processes = [p.to_json() for p in s.procs]
+        summary.timings_s = dict(self.cuda.timings)
+        with self.cuda.step("seal"):
+            self.store.write_metadata(req.images_dir, self._metadata(req, s.procs, s.inventory, summary))
+
+    def _failed(self, req: CheckpointRequest, exc: Exception, step: str, s: Suspended | None) -> CheckpointError:
+        """Turn a failure into the one error the caller sees: the workload, the step, the cause, what was undone
+        and the fix. Rolls back the CUDA steps when ``s`` is given (not yet rolled back) and drops the unfinished
+        checkpoint (one committed at ``post-dump`` stays only when the dumped tasks are gone)."""
+        full = _no_space(exc) or self.store.no_space(req.images_dir)
+        # sealed at post-dump and the tasks gone (CRIU killed them, then failed): that checkpoint is all that is left
+        # of the workload, keep it; while the workload runs, no checkpoint of a failed dump stays valid
+        sealed = self.store.committed(req.images_dir) and not alive(req.pid)
+        if sealed:
+            self.store.settle(req.images_dir)
+        else:
+            self.store.discard(req.images_dir)
+        undone = ""
+        problems: list[str] = list(getattr(exc, "rollback_problems", []))
+        if s is not None:
+            rolled = self.cuda.fail(exc, step, s.touched, s.cgroup, s.frozen_before)
+            undone = str(rolled).splitlines()[-1]
+            problems = rolled.rollback_problems
+        elif isinstance(exc, CheckpointError) and len(str(exc).splitlines()) > 1:
+            undone = str(exc).splitlines()[-1]
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.debug("checkpoint of pid %d failed at %s: %s", req.pid, step, exc)
+        who = f"container {req.container_id[:13]} (pid {req.pid})" if req.container_id else f"pid {req.pid}"
+        if full:
+            cause = f"no space left on the filesystem of {req.images_dir} ({cause})"
+            fix = (f"the filesystem of {req.images_dir} is full: free space there or choose --to on a larger "
+                   "filesystem, then retry")
+        else:
+            fix = _FIX.get(step, "fix the cause above, then retry (-vv shows CRIU's log)")
+        kept = (f"the dumped tasks are gone, but the checkpoint in {req.images_dir} was complete and durable before "
+                "(sealed at post-dump): restore it" if sealed else f"no new checkpoint in {req.images_dir}")
+        msg = f"checkpoint of {who} failed at step {step}: {cause}" + (f"; {undone}" if undone else "") + \
+            f"; {kept}; fix: {fix}"
+        err = CheckpointError(msg, step=step, pid=getattr(exc, "pid", None) or req.pid)
+        err.rollback_problems = problems  # the lease stays for the sweep when the rollback left something undone
+        return err
 
     def _make_dump_options(self, req: CheckpointRequest, criu_dir: Path, freeze_cgroup: str | None) -> Any:
         kw: dict[str, Any] = dict(pid=req.pid, images_dir=criu_dir, leave_running=req.leave_running,

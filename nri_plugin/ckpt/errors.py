@@ -14,3 +14,5 @@ class CheckpointError(GpucrError):
     def __init__(self, message: str, *, step: str, pid: int | None = None) -> None:
         super().__init__(message)
         self.step, self.pid = step, pid
+        #: what a rollback could not undo (empty: all undone); a lease with problems is left for the sweep to retry
+        self.rollback_problems: list[str] = []

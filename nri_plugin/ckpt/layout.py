@@ -6,6 +6,12 @@ Layout of a checkpoint ``DIR`` (dirs 0700, files 0600, because images hold the p
     DIR/gpucr.json      metadata (written last, atomically: its presence marks a complete checkpoint)
     DIR/images/         CRIU's images, with dump.log (and later restore.log) beside them
 
+A checkpoint is written under a temporary sibling name, ``.DIR.gpucr-tmp-<pid>`` (:meth:`CheckpointDir.stage`);
+every file and directory is fsynced, ``gpucr.json`` is written last, and the directory is renamed into place and its
+parent fsynced (:meth:`CheckpointDir.commit`). So ``DIR`` is either absent, the previous checkpoint (``--force``
+replaces it only by that rename), or a complete, durable one; a crash leaves only the temporary name, which
+:meth:`CheckpointDir.open` refuses.
+
 ``gpucr.json`` records the format version, gpucr and driver versions, per-process GPU facts (filled by the engine),
 the container id, timings, sizes, and a manifest (size + sha256) of every file of the checkpoint, so a truncated or
 corrupt checkpoint is refused *before* CRIU runs on restore.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -36,20 +43,30 @@ from typing import Any
 
 from .. import __version__
 from ..errors import GpucrError
+from ..host.proc import alive
+from .durable import DIR_MODE, FILE_MODE, fsync_path, fsync_tree
 
 __all__ = [
     "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
-    "CheckpointStore", "check_disk_space", "check_owner",
+    "CheckpointStore", "check_disk_space", "check_owner", "staging_path",
 ]
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 METADATA = "gpucr.json"
 IMAGES = "images"
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 _CHUNK = 4 << 20
 _EXCLUDED = frozenset({METADATA, f".{METADATA}.tmp"})
-_LOGS = frozenset({"restore.log"})  # written by every restore; never part of the manifest
+#: CRIU's logs: restore.log is written by every restore, dump.log (and stats-dump) still by CRIU after ``post-dump``,
+#: when a checkpoint may already be sealed; never part of the manifest
+_LOGS = frozenset({"restore.log", "dump.log", "stats-dump", "stats-restore"})
+#: a filesystem with less free space than this after a failed dump is reported full
+FULL_BELOW_BYTES = 2 << 20
+#: the marker of a checkpoint dir's temporary name while it is written: ``.NAME.gpucr-tmp-<pid>``
+STAGING_MARK = ".gpucr-tmp-"
+#: the marker of a replaced checkpoint moved aside until the new one stands: ``.NAME.gpucr-old-<pid>``
+ASIDE_MARK = ".gpucr-old-"
 
 
 class LayoutError(GpucrError):
@@ -233,6 +250,14 @@ def _remove_checkpoint(path: Path) -> None:
             os.unlink(p)
 
 
+def _remove_entry(path: Path) -> None:
+    """Remove ``path`` without following it: a symlink or file is unlinked, a dir removed by rmtree's fd-based walk."""
+    if stat.S_ISDIR(os.lstat(path).st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
 def _non_empty(path: Path) -> bool:
     with os.scandir(path) as it:
         return any(True for _ in it)
@@ -251,11 +276,41 @@ def _mkdirs(path: Path) -> None:
         _chmod_nofollow(d, DIR_MODE)
 
 
+# --- durability: fsync and the atomic final rename ------------------------------------------------------------------
+
+
+def staging_path(path: Path, pid: int | None = None) -> Path:
+    """The temporary sibling a checkpoint for ``path`` is written under: ``.NAME.gpucr-tmp-<pid>``."""
+    return path.with_name(f".{path.name}{STAGING_MARK}{os.getpid() if pid is None else pid}")
+
+
+def _aside_owner(path: Path) -> int | None:
+    """The pid in the name of a replaced checkpoint moved aside (``.NAME.gpucr-old-<pid>``), or None."""
+    name = path.name
+    if not name.startswith(".") or ASIDE_MARK not in name:
+        return None
+    tail = name.rsplit(ASIDE_MARK, 1)[1]
+    return int(tail) if tail.isdigit() else None
+
+
+def _staging_owner(path: Path) -> int | None:
+    """The pid in a temporary checkpoint name, or None when ``path`` is not one."""
+    name = path.name
+    if not name.startswith(".") or STAGING_MARK not in name:
+        return None
+    tail = name.rsplit(STAGING_MARK, 1)[1]
+    return int(tail) if tail.isdigit() else None
+
+
 class CheckpointDir:
     """A checkpoint directory (see the module docstring for its layout)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: where a staged checkpoint goes on :meth:`commit` (None: ``path`` is already its final name)
+        self.final: Path | None = None
+        #: the previous checkpoint that :meth:`commit` moved aside, until :meth:`settle` or :meth:`discard`
+        self.replaced: Path | None = None
 
     @property
     def images_dir(self) -> Path:
@@ -372,6 +427,144 @@ class CheckpointDir:
         check_owner(path)
         return path
 
+    @classmethod
+    def stage(cls, path: Path, *, force: bool = False, root: Path | None = None) -> CheckpointDir:
+        """Start a checkpoint for ``path`` under its temporary sibling name (:func:`staging_path`, in the same dir and
+        so inside the same ``root``), leaving ``path`` untouched until :meth:`commit`. The rules of :meth:`create`
+        apply to ``path`` itself: never a symlink, ours and not writable by others when it exists, ``--force``
+        replaces only a complete gpucr checkpoint, missing parents created 0700. Returns the staging dir (``final``
+        names ``path``).
+
+        Raises:
+            LayoutError: ``path`` already holds a checkpoint (without ``force``), is a symlink, not a directory, not
+                ours or writable by others, a mount point, a non-empty directory that holds no complete gpucr
+                checkpoint (never replaced), or is outside ``root``.
+        """
+        cls.check_root(path, root)
+        try:
+            try:
+                st: os.stat_result | None = os.lstat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if stat.S_ISLNK(st.st_mode):
+                    raise LayoutError(f"checkpoint dir {path} is a symlink: give the real path")
+                if not stat.S_ISDIR(st.st_mode):
+                    raise LayoutError(f"checkpoint dir {path} exists and is not a directory: choose another path")
+                check_owner(path, st)
+                if os.lstat(path.parent).st_dev != st.st_dev:
+                    raise LayoutError(f"checkpoint dir {path} is a mount point: a checkpoint is written beside it and "
+                                      f"renamed into place, which a mount point cannot be; give a new dir inside it "
+                                      f"(e.g. {path / 'ck'})")
+                if cls.holds_gpucr_checkpoint(path):
+                    if not force:
+                        raise LayoutError(f"{path} already holds a checkpoint: choose another dir, or pass --force "
+                                          "to replace it")
+                elif _non_empty(path):
+                    what = ("holds CRIU images but no valid gpucr.json (an unfinished or foreign checkpoint)"
+                            if cls.holds_checkpoint(path) else "is not empty and holds no gpucr checkpoint")
+                    raise LayoutError(f"checkpoint dir {path} {what}: choose an empty or new dir (--force replaces "
+                                      "only a complete gpucr checkpoint)")
+            tmp = staging_path(path)
+            _mkdirs(path.parent)
+            cls.tidy_after_crash(path)
+            if os.path.lexists(tmp):  # a previous run of a process with our pid
+                _remove_entry(tmp)
+        except OSError as exc:
+            raise LayoutError(f"cannot prepare checkpoint dir {path}: {exc.strerror or exc}") from exc
+        cp = cls.create(tmp, root=root)
+        cp.final = path
+        return cp
+
+    @staticmethod
+    def tidy_after_crash(path: Path) -> None:
+        """What a gpucr killed mid-checkpoint left beside ``path``: its temporary dir is removed; a previous
+        checkpoint it had moved aside goes back in place when nothing took that place (else it is removed). Only
+        dirs of ours are touched (never a symlink, nor what another user put there)."""
+        for p in path.parent.glob(f".{path.name}.gpucr-*"):
+            owner = _staging_owner(p) if STAGING_MARK in p.name else _aside_owner(p)
+            if owner is None or owner == os.getpid() or alive(owner):
+                continue
+            try:
+                st = os.lstat(p)
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+                check_owner(p, st)
+            except (OSError, LayoutError) as exc:
+                log.warning("leaving %s alone: %s", p, exc)
+                continue
+            if STAGING_MARK not in p.name and not os.path.lexists(path):
+                log.warning("putting back checkpoint %s that gpucr (pid %d) moved aside before it died", path, owner)
+                os.rename(p, path)
+                continue
+            log.warning("removing %s, left by gpucr (pid %d) killed mid-checkpoint", p, owner)
+            shutil.rmtree(p)
+
+    def commit(self) -> None:
+        """The atomic final step of a staged checkpoint (after :meth:`finalize`): rename it into place, replacing a
+        previous checkpoint only now (renamed aside to ``.NAME.gpucr-old-<pid>``, kept until :meth:`settle`), then
+        fsync the parent so the rename survives a crash. Afterwards ``path`` is the final name.
+
+        Raises:
+            LayoutError: the rename or the fsync failed (the staged dir is left for :meth:`discard`).
+        """
+        final = self.final
+        if final is None or _staging_owner(self.path) is None:
+            return
+        old: Path | None = None
+        try:
+            try:
+                os.rename(self.path, final)  # absent or an empty dir: replaced atomically
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not self.holds_gpucr_checkpoint(final):
+                    raise
+                check_owner(final)  # what stage() found there, still ours (--force replaces nothing else)
+                # the old checkpoint goes aside only now that the new one is complete and durable; a crash between
+                # the two renames leaves the old one whole at .NAME.gpucr-old-<pid>
+                old = final.with_name(f".{final.name}{ASIDE_MARK}{os.getpid()}")
+                if os.path.lexists(old):
+                    _remove_entry(old)
+                os.rename(final, old)
+                try:
+                    os.rename(self.path, final)
+                except OSError:
+                    os.rename(old, final)
+                    raise
+            fsync_path(final.parent, directory=True)
+        except OSError as exc:
+            raise LayoutError(f"cannot move the finished checkpoint {self.path} into place at {final}: "
+                              f"{exc.strerror or exc}; check the filesystem, then checkpoint again") from exc
+        self.path = final
+        self.replaced = old
+
+    @property
+    def committed(self) -> bool:
+        return self.final is None or self.path == self.final
+
+    def settle(self) -> None:
+        """The checkpoint stands: remove the one it replaced."""
+        if self.replaced is not None:
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+
+    def discard(self) -> None:
+        """Undo this checkpoint: remove its staged dir; a committed one is moved back out of place (and the one it
+        replaced put back) before it is removed, so the final name holds what it held before."""
+        if self.final is not None and self.committed:
+            staged = staging_path(self.final)
+            try:
+                os.rename(self.final, staged)
+                if self.replaced is not None:
+                    os.rename(self.replaced, self.final)
+                    self.replaced = None
+                fsync_path(self.final.parent, directory=True)
+            except OSError as exc:
+                log.warning("could not withdraw checkpoint %s: %s", self.final, exc)
+                return
+            self.path = staged
+        if _staging_owner(self.path) is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+
     def _files(self) -> list[Path]:
         out = []
         for dirpath, dirnames, filenames in os.walk(self.path):
@@ -407,6 +600,7 @@ class CheckpointDir:
             meta.manifest = manifest
             meta.sizes["total_bytes"] = sum(e.size for e in manifest.values())
             meta.sizes["files"] = len(manifest)
+            fsync_tree(self.path, tighten=True)  # images private and durable before the metadata vouching for them
             tmp = self.path / f".{METADATA}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
             with os.fdopen(fd, "w") as f:
@@ -414,6 +608,7 @@ class CheckpointDir:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.metadata_file)
+            fsync_path(self.path, directory=True)
         except OSError as exc:
             raise LayoutError(f"cannot finalize checkpoint {self.path}: {exc}") from exc
         return meta
@@ -430,6 +625,10 @@ class CheckpointDir:
                 dir, ``images/`` or ``gpucr.json``), corrupt or truncated (names the file).
         """
         cls.check_root(path, root)
+        owner = _staging_owner(path)
+        if owner is not None:
+            raise LayoutError(f"{path} is the temporary dir of a checkpoint that never finished (gpucr pid {owner} was "
+                              "interrupted or failed): not a valid checkpoint; remove it and checkpoint again")
         if not path.is_dir():
             raise LayoutError(f"checkpoint dir {path} does not exist")
         cp = cls(path)
@@ -513,10 +712,62 @@ class CheckpointStore:
     def __init__(self, root: Path | None = None, *, verify_sha256: bool = True) -> None:
         self.root = root
         self.verify_sha256 = verify_sha256
+        self._staged: dict[Path, CheckpointDir] = {}
 
     def prepare(self, images_dir: Path, *, force: bool) -> Path:
-        """Create the checkpoint dir (0700, refusing an existing checkpoint unless ``force``); return CRIU's dir."""
-        return CheckpointDir.create(images_dir, force=force, root=self.root).images_dir
+        """Stage the checkpoint dir under its temporary name (0700; an existing checkpoint is refused unless
+        ``force``, and stays until the new one is committed); return CRIU's dir."""
+        cp = CheckpointDir.stage(images_dir, force=force, root=self.root)
+        self._staged[images_dir] = cp
+        return cp.images_dir
+
+    def _dir(self, images_dir: Path) -> CheckpointDir:
+        return self._staged.get(images_dir) or CheckpointDir(images_dir)
+
+    def sync(self, images_dir: Path) -> int:
+        """fsync CRIU's images and their dirs, made private (at CRIU's ``post-dump``: before it may kill the tasks;
+        again once CRIU is done, for the logs it wrote after); returns the number of files.
+
+        Raises:
+            LayoutError: an fsync failed (the images are not safe on disk).
+        """
+        d = self._dir(images_dir)
+        try:
+            return fsync_tree(d.images_dir, tighten=True)
+        except OSError as exc:
+            raise LayoutError(f"cannot write the images of {images_dir} to disk (fsync of {d.images_dir}): "
+                              f"{exc.strerror or exc}") from exc
+
+    def discard(self, images_dir: Path) -> None:
+        """Undo the checkpoint for ``images_dir`` (a failed checkpoint): its temporary dir removed, or, committed
+        already, withdrawn with the previous checkpoint put back."""
+        cp = self._staged.pop(images_dir, None)
+        if cp is not None:
+            cp.discard()
+
+    def settle(self, images_dir: Path) -> None:
+        """The checkpoint for ``images_dir`` stands (reported done): drop the one it replaced."""
+        cp = self._staged.pop(images_dir, None)
+        if cp is not None:
+            cp.settle()
+
+    def committed(self, images_dir: Path) -> bool:
+        """Whether the checkpoint for ``images_dir`` has been committed (moved into place)."""
+        cp = self._staged.get(images_dir)
+        return cp is None or cp.committed
+
+    def no_space(self, images_dir: Path) -> bool:
+        """Whether the filesystem the checkpoint for ``images_dir`` is written to is (nearly) full: after a failed
+        dump, that is the cause to report."""
+        try:
+            st = os.statvfs(self._dir(images_dir).path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < FULL_BELOW_BYTES
+
+    def images_of(self, images_dir: Path) -> Path:
+        """CRIU's dir of the checkpoint for ``images_dir``, wherever it is now (staged or committed)."""
+        return self._dir(images_dir).images_dir
 
     def check_space(self, path: Path, need_bytes: int, what: str) -> None:
         """Refuse when the filesystem of ``path`` (or of its nearest existing parent) has less than ``need_bytes``
@@ -536,7 +787,9 @@ class CheckpointStore:
                       timings=dict(meta.get("timings_s") or {}),
                       sizes={"image_bytes": int(meta.get("image_bytes") or 0)},
                       extra={k: v for k, v in meta.items() if k not in _OWN})
-        CheckpointDir(images_dir).finalize(md)
+        cp = self._dir(images_dir)
+        cp.finalize(md)
+        cp.commit()
 
     def read_metadata(self, images_dir: Path) -> tuple[dict[str, Any], Path]:
         """The engine's metadata dict and CRIU's images dir. Raises LayoutError for a corrupt/truncated checkpoint."""

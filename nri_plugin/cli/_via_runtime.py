@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import tarfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -122,9 +123,20 @@ def run(args: argparse.Namespace, cfg: NodeConfig, found: Resolved) -> int:
                          f"gpucr marker: {runtime}'s runc did not run gpucr's CRIU front; install it for this "
                          f"runtime (install/front.sh install --config <containerd config>) and restart containerd")
     _seal(out, args.address, container_id, pid, via, runtime, marker)
+    # containerd wrote the checkpoint (the front fsynced CRIU's images, not containerd's archive or its dir): on
+    # disk before it is called done
+    from ..ckpt.durable import fsync_path, fsync_tree
+    t0 = time.monotonic()
+    try:
+        fsync_tree(out)
+        fsync_path(out.parent, directory=True)
+    except OSError as exc:
+        raise GpucrError(f"checkpoint of container {container_id} (pid {pid}) failed at step sync: {out} could not be "
+                         f"written to disk ({exc.strerror or exc}); fix: check that filesystem (free space, dmesg), "
+                         "then checkpoint again") from exc
     summary = {"action": "checkpoint", "container_id": container_id, "pid": pid, "via": via, "runtime": runtime,
                "path": str(target), "cuda_processes": marker.processes if marker else [],
-               "gpus": marker.gpus if marker else {}}
+               "gpus": marker.gpus if marker else {}, "timings_s": {"sync": round(time.monotonic() - t0, 4)}}
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:

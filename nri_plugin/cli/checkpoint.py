@@ -27,7 +27,7 @@ from ..errors import GpucrError
 if TYPE_CHECKING:
     from ..policy.config import NodeConfig
 
-__all__ = ["node_config", "register"]
+__all__ = ["add_config_arg", "node_config", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.set_defaults(func=run_restore)
 
 
+def _default_criu() -> str:
+    from .setup import GPUCR_CRIU
+
+    return str(GPUCR_CRIU) if GPUCR_CRIU.exists() else "criu"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     p.add_argument("--address", default=os.environ.get("GPUCR_CRI_ADDRESS", "/run/containerd/containerd.sock"),
                    help="containerd's socket (CRI and task API) used to resolve CONTAINER (default: %(default)s)")
-    p.add_argument("--criu", default=os.environ.get("GPUCR_CRIU", "criu"), help="criu binary (default: %(default)s)")
+    p.add_argument("--criu", default=os.environ.get("GPUCR_CRIU") or _default_criu(),
+                   help="criu binary (default: %(default)s: gpucr-criu's when installed, else criu on PATH)")
     p.add_argument("--libcuda", default=os.environ.get("GPUCR_LIBCUDA") or None,
                    help="libcuda to use (default: libcuda of the node config, else the system's libcuda.so.1)")
     p.add_argument("--libnvml", default=os.environ.get("GPUCR_LIBNVML") or None, help="NVML library to use")
+    add_config_arg(p)
+
+
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    """``--config``: the node config every CLI command that reads it takes (see :func:`node_config`)."""
     p.add_argument("--config", type=Path, default=Path(os.environ["GPUCR_CONFIG"])
                    if os.environ.get("GPUCR_CONFIG") else None,
                    help="node config (default: $GPUCR_CONFIG, else /etc/gpucr/config.toml; absent: the defaults)")
@@ -127,7 +139,7 @@ class _ProgressLine:
             self.dirty = False
 
 
-def _engine(args: argparse.Namespace, cfg: NodeConfig, progress: _ProgressLine) -> Any:
+def _engine(args: argparse.Namespace, cfg: NodeConfig, progress: _ProgressLine, on_phase: Any = None) -> Any:
     from ..ckpt.criu import Criu
     from ..ckpt.cuda import Driver, Nvml
     from ..ckpt.cuda_steps import CudaSteps
@@ -138,7 +150,7 @@ def _engine(args: argparse.Namespace, cfg: NodeConfig, progress: _ProgressLine) 
     store = CheckpointStore(cfg.checkpoint_root, verify_sha256=not getattr(args, "quick_verify", False))
     libcuda = args.libcuda or cfg.libcuda or None
     cuda = CudaSteps(Driver(libcuda, call_timeout_s=cfg.driver_call_timeout_s), freezer_of, nvml=Nvml(args.libnvml),
-                     progress=progress)
+                     progress=progress, on_phase=on_phase)
     return Engine(cuda, Criu(args.criu), store, freezer_at=freezer_at)
 
 
@@ -196,11 +208,17 @@ def run_checkpoint(args: argparse.Namespace) -> int:
              f" (container {container_id})" if container_id else "", args.to, lock_timeout_ms, args.leave_running)
     progress = _ProgressLine()
     from ..handlers.metrics import report
+    # a lease around the critical section, stale ones of earlier runs rolled back first (ckpt/lease.py)
+    from ._guard import Guard, steps_factory, sweep_now
+    sweep_now(cfg, args.libcuda)
+    guard = Guard(cfg, what=f"container {container_id} (pid {pid})" if container_id else f"pid {pid}",
+                  container_id=container_id, lock_timeout_ms=lock_timeout_ms)
     try:
-        summary = _engine(args, cfg, progress).checkpoint(CheckpointRequest(
-            images_dir=args.to, pid=pid, leave_running=args.leave_running, force=args.force,
-            container_id=container_id, use_cgroup=use_cgroup, lock_timeout_ms=lock_timeout_ms,
-            criu_options=criu_options, extra_metadata=extra))
+        with guard.active(steps_factory(args.libcuda, cfg)):
+            summary = _engine(args, cfg, progress, guard.on_phase).checkpoint(CheckpointRequest(
+                images_dir=args.to, pid=pid, leave_running=args.leave_running, force=args.force,
+                container_id=container_id, use_cgroup=use_cgroup, lock_timeout_ms=lock_timeout_ms,
+                criu_options=criu_options, extra_metadata=extra))
     except GpucrError:
         report(cfg.state_dir, "checkpoint", "cli", False)
         raise
@@ -230,8 +248,13 @@ def run_restore(args: argparse.Namespace) -> int:
     log.info("restore from %s", args.dir)
     progress = _ProgressLine()
     from ..handlers.metrics import report
+    # the CUDA half after CRIU holds a lease too: a killed restore leaves no process CHECKPOINTED (ckpt/lease.py)
+    from ._guard import Guard, steps_factory, sweep_now
+    sweep_now(cfg, args.libcuda)
+    guard = Guard(cfg, what=f"{args.dir}", container_id="", lock_timeout_ms=0, holder="gpucr restore")
     try:
-        summary = _engine(args, cfg, progress).restore(req)
+        with guard.active(steps_factory(args.libcuda, cfg)):
+            summary = _engine(args, cfg, progress, guard.on_phase).restore(req)
     except GpucrError:
         report(cfg.state_dir, "restore", "cli", False)
         raise

@@ -66,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
             config = LoggerConfig.parse(text, str(args.config))
         plugin = LifecycleLogger(config)
     else:
-        from ..handlers.nri_policy import PolicyPlugin
+        from ..handlers.lease_sweep import SweepingPolicyPlugin
         from ..policy import load_config
 
         node = load_config(args.config)
-        plugin = PolicyPlugin(node)
+        plugin = SweepingPolicyPlugin(node)
         if node.metrics_address and not args.events:
             from ..handlers.metrics import Metrics
             try:
@@ -110,12 +110,15 @@ def run(args: argparse.Namespace) -> int:
             status = asyncio.create_task(publish(stub.registered, node.state_dir, {
                 "name": stub.full_name, "mode": "pre-registered" if connection is not None else "external",
                 "socket": stub.socket_path}))
+        sweeper = getattr(plugin, "sweeper", None)  # the policy plugin's lease sweep (not the logger's)
+        sweeping = asyncio.create_task(sweeper.run()) if sweeper is not None else None
         try:
             await stub.run()
         finally:
-            if status is not None:
-                status.cancel()
-                await asyncio.gather(status, return_exceptions=True)
+            for task in (status, sweeping):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
     log.info("gpucr plugin %s exiting", stub.full_name)

@@ -15,14 +15,24 @@ policy records (:mod:`nri_plugin.policy.records`). The front loads it from its c
 * ``before_dump`` -- :meth:`CudaSteps.suspend` (thaw the cgroup containerd froze, lock and checkpoint every CUDA process
   in parallel, freeze again), then the marker. A failure is rolled back by the steps and becomes a HookError naming
   the container, pid, step and fix; the relay puts it in front of CRIU's error and CRIU never runs.
+* ``on_notify('post-dump')`` on DUMP -- every image is written and CRIU waits for our answer before it kills (or
+  resumes) the tasks: the images and their dir are fsynced (:func:`~nri_plugin.ckpt.durable.fsync_tree`), so the
+  runtime never hears "done" for images still in the page cache; a failure fails the dump and CRIU resumes the tasks.
+  A caller that asked for no notifications gets the same fsync in ``after_response``, before CRIU's answer.
 * ``after_response`` -- DUMP success with leave-running: :meth:`CudaSteps.resume` (thaw, CUDA restore, unlock, freeze
   again, so containerd's resume finds the workload as it left it); DUMP failure: :meth:`CudaSteps.rollback`.
 * ``on_notify('post-resume')`` on RESTORE -- the only point where the restored tasks run:
   :meth:`CudaSteps.restore_after_criu` with the container's GPU UUID map (its record's ``gpu-map``, identity by
   default) and unlock. The front then sits in the container's cgroups, so nothing is frozen there.
 
+Every DUMP that locks CUDA holds a lease (:mod:`nri_plugin.ckpt.lease`) in the node's state dir from before the
+first lock until the CUDA processes run again, after stale leases of earlier sessions are swept; SIGTERM or SIGINT
+to the front then rolls back before it exits. The cgroup of a front's lease is the runtime's: containerd resumes the
+task it paused once the dump fails, so a rollback leaves the cgroup as the runtime has it.
+
 Configuration keys (front.conf): ``node_config`` (default ``/etc/gpucr/config.toml``: state_dir, unmanaged_cuda,
-libcuda, lock_timeout_ms, driver_call_timeout_s), ``libcuda`` and ``libnvml`` (override the node's driver paths).
+libcuda, lock_timeout_ms, driver_call_timeout_s), ``libcuda`` and ``libnvml`` (override the node's driver paths);
+test-only: ``test_pause_at`` and ``test_pause_file`` (:func:`nri_plugin.ckpt.lease.pause_point`).
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from ..front.messages import DUMP, RESTORE
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..ckpt.cuda_steps import CudaSteps, Suspended
+    from ..ckpt.lease import LeaseHolder
     from ..ckpt.marker import CudaMarker
     from ..front.messages import Request
     from ..policy.config import NodeConfig
@@ -59,6 +70,7 @@ _FIX = {
     "refreeze": "the cgroup could not be frozen again: check for tasks in D state, then retry",
     "marker": "gpucr could not write into CRIU's images dir: check the checkpoint location is writable",
     "compatibility": "fix the container's gpucr.io/gpu-map annotation (one-to-one over the checkpointing node's GPUs)",
+    "sync": "check the filesystem of the runtime's checkpoint dir (free space, dmesg for I/O errors), then retry",
 }
 
 
@@ -67,18 +79,30 @@ class NodeView:
     dataclasses) on every dump, so :func:`node_view` caches these few values in the front's root-only cache dir, keyed by the
     file's path, mtime and size (as the front caches the real criu's VERSION answer)."""
 
-    KEYS = ("state_dir", "unmanaged_cuda", "libcuda", "lock_timeout_ms", "driver_call_timeout_s")
+    KEYS = ("state_dir", "unmanaged_cuda", "libcuda", "lock_timeout_ms", "driver_call_timeout_s", "phase_timeouts")
     __slots__ = KEYS
 
     def __init__(self, state_dir: str, unmanaged_cuda: str, libcuda: str, lock_timeout_ms: int,
-                 driver_call_timeout_s: float) -> None:
+                 driver_call_timeout_s: float, phase_timeouts: str = "") -> None:
         self.state_dir, self.unmanaged_cuda, self.libcuda = state_dir, unmanaged_cuda, libcuda
         self.lock_timeout_ms, self.driver_call_timeout_s = lock_timeout_ms, driver_call_timeout_s
+        #: the node's per-phase deadlines, "phase=seconds,..." (NodeConfig.phase_budgets without the lock's)
+        self.phase_timeouts = phase_timeouts
 
     @classmethod
     def of(cls, cfg: NodeConfig) -> NodeView:
+        budgets = ",".join(f"{p}={s}" for p, s in cfg.phase_budgets().items() if p != "cuda-lock")
         return cls(str(cfg.state_dir), cfg.unmanaged_cuda, cfg.libcuda, int(cfg.lock_timeout_ms),
-                   float(cfg.driver_call_timeout_s))
+                   float(cfg.driver_call_timeout_s), budgets)
+
+    def phase_budgets(self, lock_ms: int, asked: tuple[tuple[str, int], ...] = ()) -> dict[str, float]:
+        """As :meth:`NodeConfig.phase_budgets`: the node's deadlines, a container's shorter ones, the lock's."""
+        out = {p: float(s) for p, _, s in (i.partition("=") for i in self.phase_timeouts.split(",") if i)}
+        out["cuda-lock"] = lock_ms / 1000 + 30.0
+        for phase, secs in asked:
+            if phase in out:
+                out[phase] = min(out[phase], float(secs))
+        return out
 
 
 def node_view(path: str | None, cache_dir: str | None) -> NodeView:
@@ -99,7 +123,7 @@ def node_view(path: str | None, cache_dir: str | None) -> NodeView:
         try:
             kv = dict(ln.split("\t", 1) for ln in lines[1:] if "\t" in ln)
             return NodeView(kv["state_dir"], kv["unmanaged_cuda"], kv["libcuda"], int(kv["lock_timeout_ms"]),
-                            float(kv["driver_call_timeout_s"]))
+                            float(kv["driver_call_timeout_s"]), kv["phase_timeouts"])
         except (KeyError, ValueError):
             pass
     from pathlib import Path
@@ -143,6 +167,8 @@ class CudaFrontHooks:
         self._criu_t0 = 0.0
         self._steps: CudaSteps | None = None
         self._restored_pid: int | None = None
+        self._durable = False
+        self.lease: LeaseHolder | None = None
 
     # -- the decision (cheap: /proc and the state dir only) -------------------------------------------------------
     def wants(self, request: Request) -> bool:
@@ -244,13 +270,16 @@ class CudaFrontHooks:
         from ..ckpt.errors import CheckpointError
         lock_ms = int((t.record.policy.lock_timeout_ms if t.record else 0) or self.node.lock_timeout_ms)
         eng = self.steps()
+        self._hold_lease(t.describe(), t.container_id, lock_ms, t.record.policy.phase_timeouts if t.record else ())
         try:
             s = eng.suspend(t.pid, use_cgroup=True, lock_timeout_ms=lock_ms, what=t.describe())
         except CheckpointError as exc:
+            self._end_lease(exc.rollback_problems)
             err = self._error(f"GPU-safe dump of {t.describe()}", exc, "discover")
             self.log.error(str(err))
             raise err from exc
         if not s.procs:  # managed, but no CUDA state now: CRIU dumps it as any process, the restore needs nothing
+            self._end_lease([])
             from ..host.proc import cuda_candidates
             pids = self._workload_pids(t.pid, request.freeze_cgroup)
             self.log.info(f"DUMP of {t.describe()}, {t.why}: no process holds CUDA state (pids {pids}, by /proc: "
@@ -263,12 +292,14 @@ class CudaFrontHooks:
         except OSError as exc:
             problems = eng.rollback(s)
             self.suspended = None
+            self._end_lease(problems)
             err = HookError(f"GPU-safe dump of {t.describe()} failed at step marker: cannot write {MARKER} into "
                             f"{request.images_dir}: {exc}" + (f"; rollback incomplete: {problems}" if problems else
                                                                "; rolled back, the workload keeps running")
                             + f"; fix: {_FIX['marker']}")
             self.log.error(str(err))
             raise err from exc
+        eng.phase("criu-dump", s)
         frozen = "thawed it, " if s.frozen_before else ""
         self.log.info(f"DUMP of {t.describe()}, {t.why}: {frozen}locked and checkpointed "
                       f"{len(s.procs)} CUDA process(es) {[p.pid for p in s.procs]}"
@@ -283,7 +314,43 @@ class CudaFrontHooks:
             t.container_id, t.record is not None, t.pid, [p.to_json() for p in s.procs], s.inventory.gpus,
             s.inventory.driver_version, gpu_map))
 
+    def _make_durable(self, request: Request, when: str) -> None:
+        """fsync CRIU's images and their dir before the runtime may call the dump done. At ``post-dump`` CRIU has
+        not let the tasks go yet and waits for our answer: a failure here (or a front killed here) fails the dump
+        and CRIU resumes the tasks."""
+        if self._durable:
+            return
+        import time
+
+        from ..ckpt.durable import fsync_tree
+        what = f"DUMP of {self.target.describe() if self.target else f'pid {request.pid}'}"
+        if not request.images_dir:
+            raise HookError(f"{what}: the runtime's images dir is unknown, so gpucr cannot make the images durable; "
+                            "fix: pass images_dir_fd in the DUMP request")
+        t0 = time.monotonic()
+        try:
+            n = fsync_tree(request.images_dir)
+        except OSError as exc:
+            err = HookError(f"{what} failed at step sync: the images in {request.images_dir} could not be written to "
+                            f"disk ({exc.strerror or exc}); fix: {_FIX['sync']}")
+            self.log.error(str(err))
+            raise err from exc
+        self._durable = True
+        self.log.info(f"{what}: {n} image file(s) in {request.images_dir} fsynced at {when} in "
+                      f"{time.monotonic() - t0:.3f} s")
+
     def after_response(self, request: Request, success: bool) -> None:
+        if request.type == DUMP and success and not self._durable:
+            # a caller that asked for no notifications: still durable before the runtime sees CRIU's success; the
+            # CUDA steps below run either way (the tasks were let go already)
+            try:
+                self._make_durable(request, "CRIU's answer")
+            except HookError as exc:
+                self._after_dump(request, success)
+                raise exc
+        self._after_dump(request, success)
+
+    def _after_dump(self, request: Request, success: bool) -> None:
         s, t = self.suspended, self.target
         if request.type != DUMP or s is None or t is None:
             return
@@ -292,6 +359,7 @@ class CudaFrontHooks:
         self._report_dump(request, s, success)
         if not success:
             problems = eng.rollback(s)
+            self._end_lease(problems)
             if problems:
                 err = HookError(f"the dump of {t.describe()} failed and gpucr's rollback is incomplete: "
                                 f"{'; '.join(problems)}; fix: check the processes' CUDA state (they may stay "
@@ -302,12 +370,15 @@ class CudaFrontHooks:
                           "the workload keeps running")
             return
         if not request.leave_running:
+            self._end_lease([])
             self.log.info(f"DUMP of {t.describe()} done; the dumped tasks were stopped (no leave-running)")
             return
         from ..ckpt.errors import CheckpointError
         try:
             eng.resume(s)
+            self._end_lease([])
         except CheckpointError as exc:
+            self._end_lease(exc.rollback_problems)
             err = self._error(f"resuming the CUDA processes of {t.describe()} after the dump", exc, "cuda-restore")
             self.log.error(str(err))
             raise err from exc
@@ -323,8 +394,59 @@ class CudaFrontHooks:
         images = dir_bytes(Path(request.images_dir)) if success and request.images_dir else 0
         report(self.node.state_dir, "checkpoint", "front", success, timings, images, s.gpu_bytes)
 
+    # -- the lease ------------------------------------------------------------------------------------------------
+    def _hold_lease(self, what: str, container_id: str, lock_ms: int, asked: tuple[tuple[str, int], ...]) -> None:
+        """Sweep stale leases (a killed earlier session's), then take this session's: written before the first lock
+        (the CUDA steps' ``on_phase``; on RESTORE before the CUDA restore), ended when the processes run again;
+        SIGTERM/SIGINT roll back and exit."""
+        import signal
+
+        from ..ckpt.lease import LeaseHolder, LeaseStore, sweep
+        from ..host.cgroup import freezer_at
+
+        store = LeaseStore(self.node.state_dir)
+        for res in sweep(store, self.steps, freezer_at):
+            (self.log.error if res.problems else self.log.warning)(res.line())
+        budgets = self.node.phase_budgets(lock_ms, asked)
+        self.lease = LeaseHolder(store, holder="criu front", container_id=container_id, what=what,
+                                 budgets=budgets, cgroup_owner="runtime",
+                                 pause_at=self.values.get("test_pause_at") or "",
+                                 pause_file=self.values.get("test_pause_file") or "")
+        self.steps().on_phase = self.lease.on_phase
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _end_lease(self, problems: list[str]) -> None:
+        """The section is over: remove the lease, unless a rollback left something undone (the sweep retries it
+        once this process is gone)."""
+        if self.lease is not None and not problems:
+            self.lease.end()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        import signal
+
+        from ..ckpt.lease import roll_back
+        from ..host.cgroup import freezer_at
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # one rollback, not cut short by a second signal
+        name = signal.Signals(signum).name
+        if self.lease is None or not self.lease.written:
+            self.log.warning(f"{name}: no CUDA step in progress; exiting")
+            os._exit(128 + signum)
+        res = roll_back(self.lease.lease, self.steps(), freezer_at, f"the front got {name}")
+        (self.log.error if res.problems else self.log.warning)(res.line())
+        self._end_lease(res.problems)
+        os._exit(128 + signum)
+
     # -- RESTORE --------------------------------------------------------------------------------------------------
     def on_notify(self, request: Request, name: str, pid: int | None) -> None:
+        if request.type == DUMP:
+            if self.suspended is not None:
+                self.steps().phase(f"criu-{name}", self.suspended)  # the lease's pause points (test-only)
+            if name == "post-dump":
+                self._make_durable(request, "post-dump")
+            return
         if request.type != RESTORE:
             return
         if pid and name in ("setup-namespaces", "post-restore", "post-resume"):
@@ -341,12 +463,14 @@ class CudaFrontHooks:
         cid = container_id(cgroup_path(root))
         gpu_map, source = self._gpu_map(cid, marker)
         from ..ckpt.errors import CheckpointError
+        self._hold_lease(f"container {cid or marker.container_id} (pid {root})", cid, self.node.lock_timeout_ms, ())
         try:
             done = self.steps().restore_after_criu(root, procs, gpu_map, list(marker.gpus),
                                                     may_freeze=False)
         except CheckpointError as exc:
             from .metrics import report
             report(self.node.state_dir, "restore", "front", False, self.steps().timings)
+            self._end_lease([])  # the restored tree is killed below: nothing is left to undo
             killed = kill_tree(root)  # left alive it would stay locked forever
             err = self._error(f"CUDA restore of container {cid or marker.container_id} (pid {root})", exc,
                               "cuda-restore")

@@ -138,7 +138,8 @@ class PolicyPlugin:
                 gpus=RecordedGpus(decision.gpu.visible, tuple(decision.gpu.devices), tuple(decision.gpu.cdi),
                                   tuple(decision.gpu.reasons)),
                 policy=RecordedPolicy(decision.policy.lock_timeout_ms or self.node.lock_timeout_ms,
-                                      tuple(gpu_map), dict(decision.policy.source))))
+                                      tuple(gpu_map), dict(decision.policy.source),
+                                      tuple(decision.policy.phase_timeouts))))
         adj = Adjustment()
         if conf is not None:
             if CRIU_CONFIG_ANNOTATION in ctr.annotations:

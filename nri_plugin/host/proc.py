@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 __all__ = [
-    "HostError", "cgroup_path", "cgroup_procs", "comm", "container_id", "cuda_candidates", "external_pid_ns",
-    "kill_tree", "mem_available", "nvidia_minors", "parent_pid", "parse_meminfo", "parse_proc_cgroup",
-    "pid_ns_init", "rss_bytes", "runc_cgroup", "tree_pids", "unified_host",
+    "HostError", "alive", "cgroup_path", "cgroup_procs", "comm", "container_id", "cuda_candidates", "external_pid_ns",
+    "kill_tree", "mem_available", "names_container", "nvidia_minors", "parent_pid", "parse_meminfo", "parse_proc_cgroup",
+    "pid_ns_init", "rss_bytes", "runc_cgroup", "start_time", "tree_pids", "unified_host",
 ]
 
 #: systemd scope prefixes of the container managers, ``<prefix>-<id>.scope`` (kubelet+containerd, Docker, CRI-O)
@@ -139,6 +139,20 @@ def parent_pid(pid: int) -> int:
     return int(raw[raw.rfind(b")") + 2:].split()[1])
 
 
+def start_time(pid: int) -> int:
+    """When ``pid`` started (clock ticks after boot, /proc/PID/stat field 22): with the pid, a process's identity
+    across pid reuse. 0 when it is gone or a zombie (a zombie holds nothing any more)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 0
+    rest = raw[raw.rfind(b")") + 2:].split()
+    if len(rest) < 20 or rest[0] in (b"Z", b"X"):
+        return 0
+    return int(rest[19])
+
+
 def tree_pids(root: int) -> list[int]:
     """``root`` and all its descendants (processes, not threads), root first. Empty when ``root`` is gone."""
     if not os.path.exists(f"/proc/{root}"):
@@ -229,6 +243,16 @@ def comm(pid: int) -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def rss_bytes(pid: int) -> int:

@@ -79,6 +79,22 @@ def _checkpoint_name(v: str) -> str:
     return v
 
 
+#: the phases of a checkpoint's critical section that ``gpucr.io/phase-timeouts`` may bound (nri_plugin/ckpt/lease.py)
+PHASES = ("cuda-lock", "cuda-checkpoint", "criu-dump", "cuda-restore", "cuda-unlock")
+
+
+def _phase_timeouts(v: str) -> tuple[tuple[str, int], ...]:
+    out: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in v.split(","))):
+        phase, sep, secs = item.partition("=")
+        if not sep or phase.strip() not in PHASES:
+            raise ValueError(f"a comma-separated list of PHASE=SECONDS, PHASE one of {', '.join(PHASES)}")
+        out[phase.strip()] = _seconds(secs.strip())
+    if not out:
+        raise ValueError(f"at least one PHASE=SECONDS ({', '.join(PHASES)})")
+    return tuple(sorted(out.items()))
+
+
 #: annotation (without prefix) -> (ContainerPolicy field, parser); the parser's ValueError text is "accepted values"
 ANNOTATIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "checkpoint": ("checkpoint", _enabled),
@@ -90,6 +106,7 @@ ANNOTATIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "lock-timeout": ("lock_timeout_ms", _millis),
     "gpu-map": ("gpu_map", _gpu_map),
     "restore-from": ("restore_from", _checkpoint_name),
+    "phase-timeouts": ("phase_timeouts", _phase_timeouts),
 }
 
 
@@ -107,6 +124,8 @@ class ContainerPolicy:
     gpu_map: tuple[tuple[str, str], ...] = ()
     #: a checkpoint (name under the node's checkpoint root) the container is restored from instead of started fresh
     restore_from: str | None = None
+    #: per-phase deadlines in seconds (the node's ``*_timeout_s`` cap them)
+    phase_timeouts: tuple[tuple[str, int], ...] = ()
     #: the gpucr.io/ annotations that were read, for the record
     source: dict[str, str] = field(default_factory=dict)
 

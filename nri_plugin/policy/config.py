@@ -8,6 +8,7 @@ unmanaged container is still made GPU-safe (``unmanaged_cuda = "protect"``).
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,31 @@ class NodeConfig:
     hook_path: str = "/usr/libexec/gpucr/gpucr-hook"
     #: HOST:PORT where the plugin daemon serves Prometheus metrics ("" = none; nri_plugin/handlers/metrics.py)
     metrics_address: str = ""
+    #: how often the plugin daemon looks for leases of checkpoints whose holder died (or overran a phase)
+    lease_sweep_interval_s: float = 5.0
+    #: per-phase deadlines of a checkpoint's critical section (the lock's is lock_timeout_ms plus a margin; a
+    #: container's gpucr.io/phase-timeouts may only shorten them): copying GPU memory to host
+    cuda_checkpoint_timeout_s: float = 600.0
+    #: deadline of CRIU's dump while the CUDA processes are checkpointed
+    criu_dump_timeout_s: float = 600.0
+    #: deadline of copying GPU memory back (after a dump with leave-running, or a restore)
+    cuda_restore_timeout_s: float = 600.0
+    #: deadline of unlocking CUDA in the processes
+    cuda_unlock_timeout_s: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def phase_budgets(self, lock_timeout_ms: int | None = None,
+                      asked: Iterable[tuple[str, float]] = ()) -> dict[str, float]:
+        """Each phase's deadline in seconds, for the lease of a checkpoint: the node's, or what the container asked
+        (``lock_timeout_ms``; ``asked``: its gpucr.io/phase-timeouts) when that is shorter (the node caps it)."""
+        lock_s = (lock_timeout_ms or self.lock_timeout_ms) / 1000
+        out = {"cuda-lock": lock_s + 30.0, "cuda-checkpoint": self.cuda_checkpoint_timeout_s,
+               "criu-dump": self.criu_dump_timeout_s, "cuda-restore": self.cuda_restore_timeout_s,
+               "cuda-unlock": self.cuda_unlock_timeout_s}
+        for phase, secs in asked:
+            if phase in out:
+                out[phase] = min(out[phase], float(secs))
+        return out
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "<config>") -> NodeConfig:

@@ -42,13 +42,16 @@ class RecordedPolicy:
     lock_timeout_ms: int | None = None
     gpu_map: tuple[tuple[str, str], ...] = ()
     source: dict[str, str] = field(default_factory=dict)
+    #: gpucr.io/phase-timeouts: (phase, seconds), capped by the node when a checkpoint uses them
+    phase_timeouts: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> RecordedPolicy:
         """From the record's JSON. Raises TypeError/ValueError for a malformed entry."""
         lock = d.get("lock_timeout_ms")
         return cls(int(lock) if lock is not None else None, tuple((str(a), str(b)) for a, b in d.get("gpu_map") or ()),
-                   {str(k): str(v) for k, v in (d.get("source") or {}).items()})
+                   {str(k): str(v) for k, v in (d.get("source") or {}).items()},
+                   tuple((str(a), int(b)) for a, b in d.get("phase_timeouts") or ()))
 
 
 @dataclass(frozen=True)

@@ -200,12 +200,13 @@ def small_fs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
 def test_not_enough_disk_space_is_refused_before_criu(criu_env: dict[str, str], fake_cuda: FakeCuda,
                                                       tmp_path: Path, small_fs: Callable[[str], Path]) -> None:
     """1 MiB cannot take the tree's memory: refused before anything is created or locked. 200 MiB takes the
-    memory but not the 1 GiB of GPU data: refused after CUDA found it, rolled back, CRIU never ran. Both times the
-    workload keeps running, unlocked."""
+    memory but not the 1 GiB of GPU data: refused after CUDA found it, rolled back, CRIU never ran, nothing left
+    (not even the staged dir). Both times the workload keeps running, unlocked. A mount point itself is refused as
+    --to (the checkpoint is renamed into place at the end)."""
     w = FakeWorkload(fake_cuda, tmp_path, nproc=1)
     try:
         tiny = small_fs("1M")
-        r = gpucr("checkpoint", "--pid", str(w.root), "--to", str(tiny), env=criu_env, check=False)
+        r = gpucr("checkpoint", "--pid", str(w.root), "--to", str(tiny / "ck"), env=criu_env, check=False)
         line = one_error_line(r)
         assert f"not enough disk space in {tiny} for the checkpoint of pid {w.root}" in line, line
         assert "free" in line and "host memory + margin" in line
@@ -213,13 +214,16 @@ def test_not_enough_disk_space_is_refused_before_criu(criu_env: dict[str, str], 
         assert fake_cuda.state(w.root) == "RUNNING"
         w.advancing()
         mid = small_fs("200M")
-        r = gpucr("checkpoint", "--pid", str(w.root), "--to", str(mid), env=criu_env, check=False)
+        r = gpucr("checkpoint", "--pid", str(w.root), "--to", str(mid / "ck"), env=criu_env, check=False)
         assert r.returncode == 1
-        assert f"not enough disk space in {mid / 'images'}" in r.stderr and "1.00 GiB GPU data" in r.stderr
+        assert f"not enough disk space in {mid} for" in r.stderr and "1.00 GiB GPU data" in r.stderr, r.stderr
         assert "rolled back: 1 CUDA process(es) restored and unlocked" in r.stderr
-        assert list((mid / "images").iterdir()) == []  # CRIU never ran
+        assert list(mid.iterdir()) == []  # CRIU never ran; the staged dir is gone
         assert fake_cuda.state(w.root) == "RUNNING"
         w.advancing()
+        r = gpucr("checkpoint", "--pid", str(w.root), "--to", str(mid), env=criu_env, check=False)
+        assert f"checkpoint dir {mid} is a mount point" in one_error_line(r)
+        assert list(mid.iterdir()) == [] and fake_cuda.state(w.root) == "RUNNING"
     finally:
         w.kill()
 

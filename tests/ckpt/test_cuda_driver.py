@@ -80,6 +80,16 @@ def test_not_a_cuda_process(mocker: MockerFixture) -> None:
     assert d.is_cuda_process(os.getpid()) is False
 
 
+def test_get_state_failure_is_not_taken_for_a_non_cuda_process(mocker: MockerFixture) -> None:
+    """Only the driver's "not initialised" answers mean no CUDA state; any other failure is an error to report."""
+    lib = MockLib(mocker)
+    lib.fns["cuCheckpointProcessGetState"].side_effect = lambda pid, ref: 999
+    d = Driver(lib=lib)
+    with pytest.raises(CudaError) as ei:
+        d.get_state(os.getpid())
+    assert not isinstance(ei.value, NotCudaProcessError) and "CUDA_ERROR_UNKNOWN" in str(ei.value)
+
+
 def test_lock_timeout_error_is_named(mocker: MockerFixture) -> None:
     lib = MockLib(mocker)
     lib.fns["cuCheckpointProcessLock"].return_value = 909

@@ -17,7 +17,7 @@ from nri_plugin.ckpt.criu import CriuError
 from nri_plugin.ckpt.discovery import CudaProcess, GpuInventory
 from nri_plugin.ckpt.cuda_steps import CudaSteps
 from nri_plugin.ckpt.engine import CheckpointError, CheckpointRequest, Engine, RestoreRequest
-from nri_plugin.ckpt.layout import CheckpointStore
+from nri_plugin.ckpt.layout import CheckpointStore, LayoutError
 
 from tests.ckpt.test_cuda_steps import GIB, UUID0, UUID1, MockFreezer, SMDriver, procs  # noqa: F401 (fixture)
 
@@ -39,10 +39,14 @@ class Setup:
         self.dir = tmp / "ck"
 
     def _dump(self, opts: Any, on_notify: Any = None) -> None:
-        """What a dump leaves behind: image files in CRIU's dir."""
+        """What a dump leaves behind: image files in CRIU's dir, then CRIU's post-dump notification (the tasks are
+        still there: CRIU kills or resumes them after the answer)."""
         self.driver.log.append(("dump", opts.pid))
         (opts.images_dir / f"core-{opts.pid}.img").write_bytes(b"c" * 100)
         (opts.images_dir / "pages-1.img").write_bytes(b"p" * 4096)
+        if on_notify is not None:
+            on_notify("post-dump", 0)
+        self.driver.log.append(("criu-done", opts.pid))
 
     def checkpoint(self, **kw: Any) -> Any:
         return self.engine.checkpoint(CheckpointRequest(images_dir=self.dir, pid=self.pids[0], **kw))
@@ -55,7 +59,9 @@ def test_leave_running_order(mocker: MockerFixture, procs: list[int], tmp_path: 
     s = Setup(mocker, procs, tmp_path, frozen=False)
     summary = s.checkpoint(leave_running=True)
     calls = [c for c, _ in s.driver.log]
-    assert calls == ["lock", "lock", "checkpoint", "checkpoint", "dump", "restore", "restore", "unlock", "unlock"]
+    assert calls == ["lock", "lock", "checkpoint", "checkpoint", "dump", "criu-done", "restore", "restore", "unlock",
+                     "unlock"]
+    assert "sync" in summary.timings_s
     assert s.all_running()
     opts = s.criu.dump.call_args.args[0]
     assert opts.leave_running and opts.freeze_cgroup is None and opts.pid == procs[0]
@@ -72,7 +78,7 @@ def test_frozen_cgroup_is_thawed_for_cuda_and_refrozen(mocker: MockerFixture, pr
     s.criu.dump.side_effect = lambda opts, on_notify=None: (s._dump(opts), setattr(s.freezer, "is_frozen", True))
     summary = s.checkpoint(leave_running=True)
     calls = [c for c, _ in s.driver.log]
-    assert calls == ["thaw", "lock", "lock", "checkpoint", "checkpoint", "freeze", "dump",
+    assert calls == ["thaw", "lock", "lock", "checkpoint", "checkpoint", "freeze", "dump", "criu-done",
                      "thaw", "restore", "restore", "unlock", "unlock", "freeze"]
     assert s.criu.dump.call_args.args[0].freeze_cgroup == str(s.freezer.path)
     assert s.freezer.is_frozen and s.all_running() and summary.frozen_before
@@ -82,7 +88,9 @@ def test_criu_failure_rolls_back(mocker: MockerFixture, procs: list[int], tmp_pa
     s = Setup(mocker, procs, tmp_path, frozen=True)
 
     def dump(opts: Any, on_notify: Any = None) -> None:
-        raise CriuError("dump of pid 1 failed", errno=5, log_tail="Error (criu/cr-dump.c:1): boom")
+        # the client's first line carries CRIU's last error (the tail follows it)
+        raise CriuError("dump of pid 1 failed: Error (criu/cr-dump.c:1): boom", errno=5,
+                        log_tail="Error (criu/cr-dump.c:1): boom")
 
     s.criu.dump.side_effect = dump
     with pytest.raises(CheckpointError) as ei:
@@ -167,3 +175,39 @@ def test_restore_remaps_gpus(mocker: MockerFixture, procs: list[int], tmp_path: 
     out = s.engine.restore(RestoreRequest(images_dir=s.dir, gpu_map={UUID0: UUID1, UUID1: UUID0}))
     assert s.all_running() and out.pid == procs[0]
     assert {c.args[1] and tuple(c.args[1]) for c in restore.call_args_list} == {((UUID0, UUID1), (UUID1, UUID0))}
+
+
+@pytest.mark.parametrize("leave_running", [False, True], ids=["kill", "leave-running"])
+def test_sealed_at_post_dump_before_criu_lets_the_tasks_go(mocker: MockerFixture, procs: list[int], tmp_path: Path,
+                                                           leave_running: bool) -> None:
+    """Without leave-running the checkpoint is valid (gpucr.json, renamed into place) when gpucr answers CRIU's
+    post-dump, i.e. before CRIU kills the tasks; with leave-running it is sealed once the CUDA processes run again."""
+    s = Setup(mocker, procs, tmp_path)
+    seen: dict[str, bool] = {}
+
+    def dump(opts: Any, on_notify: Any = None) -> None:
+        s._dump(opts, on_notify)
+        seen["valid at post-dump"] = (s.dir / "gpucr.json").exists()
+
+    s.criu.dump.side_effect = dump
+    summary = s.checkpoint(leave_running=leave_running)
+    assert seen["valid at post-dump"] is (not leave_running)
+    assert summary.timings_s["sync"] >= 0 and summary.timings_s["seal"] >= 0
+    s.store.read_metadata(s.dir)
+    assert not list(tmp_path.glob(".ck.*"))
+
+
+def test_sync_failure_fails_the_dump_and_rolls_back(mocker: MockerFixture, procs: list[int], tmp_path: Path) -> None:
+    import errno
+    s = Setup(mocker, procs, tmp_path)
+
+    def no_space(images_dir: Path) -> int:
+        raise LayoutError("cannot write the images to disk") from OSError(errno.ENOSPC, "No space left on device")
+
+    mocker.patch.object(s.store, "sync", side_effect=no_space)
+    with pytest.raises(CheckpointError) as ei:
+        s.checkpoint(leave_running=False)
+    assert ei.value.step == "sync" and len(str(ei.value).splitlines()) == 1
+    assert f"checkpoint of pid {procs[0]} failed at step sync" in str(ei.value)
+    assert "is full" in str(ei.value) and "rolled back: 2 CUDA process(es)" in str(ei.value)
+    assert s.all_running() and list(tmp_path.iterdir()) == []

@@ -4,13 +4,16 @@ and validation, manifest verification catching truncation/corruption/missing fil
 from __future__ import annotations
 
 import json
+import subprocess
 import os
 from pathlib import Path
 
 import pytest
 
 from nri_plugin import __version__
-from nri_plugin.ckpt.layout import FORMAT_VERSION, CheckpointDir, GpuProcess, LayoutError, Metadata, check_disk_space
+from nri_plugin.ckpt.layout import (
+    FORMAT_VERSION, METADATA, CheckpointDir, GpuProcess, LayoutError, Metadata, check_disk_space,
+)
 
 
 def mode_of(path: Path) -> int:
@@ -46,8 +49,9 @@ def test_finalize_and_open_round_trip(tmp_path: Path) -> None:
     _fake_dump(cp)
     seen: list[str] = []
     meta = cp.finalize(_meta(), progress=seen.append)
-    assert set(meta.manifest) == {"images/dump.log", "images/inventory.img", "images/pages-1.img"} == set(seen)
-    assert meta.sizes["total_bytes"] == sum(e.size for e in meta.manifest.values()) and meta.sizes["files"] == 3
+    # CRIU's log is still written after post-dump, when the checkpoint may already be sealed: never in the manifest
+    assert set(meta.manifest) == {"images/inventory.img", "images/pages-1.img"} == set(seen)
+    assert meta.sizes["total_bytes"] == sum(e.size for e in meta.manifest.values()) and meta.sizes["files"] == 2
     for p in [cp.metadata_file, *cp.images_dir.iterdir()]:
         assert mode_of(p) == 0o600, p
     raw = json.loads(cp.metadata_file.read_text())
@@ -275,7 +279,7 @@ def test_real_dump_finalized_and_verified(criu_binary: str, workload, tmp_path: 
     criu = Criu(criu_binary)
     res = criu.dump(DumpOptions(pid=workload.root, images_dir=cp.images_dir))
     meta = cp.finalize(Metadata(root_pid=workload.root, timings={"dump_s": res.duration_s}))
-    assert "images/inventory.img" in meta.manifest and "images/dump.log" in meta.manifest
+    assert "images/inventory.img" in meta.manifest and "images/dump.log" not in meta.manifest
     assert any(n.startswith("images/pages-") for n in meta.manifest)
     for p in cp.images_dir.iterdir():
         assert mode_of(p) == 0o600, p
@@ -306,3 +310,165 @@ def test_large_files_hash_as_a_parallel_tree_and_detect_corruption(tmp_path: Pat
     flipped[(2 << 20) + 7] ^= 1
     big.write_bytes(bytes(flipped))
     assert layout._sha256(big) != "sha256-tree-256MiB:" + hashlib.sha256(b"".join(pieces)).hexdigest()
+
+
+# --- staged checkpoints: valid only by the final rename -------------------------------------------------------------
+
+
+def _staged(path: Path, **kw: object) -> CheckpointDir:
+    cp = CheckpointDir.stage(path, **kw)  # type: ignore[arg-type]
+    _fake_dump(cp)
+    cp.finalize(_meta())
+    return cp
+
+
+def test_staged_checkpoint_is_valid_only_once_committed(tmp_path: Path) -> None:
+    final = tmp_path / "ck"
+    cp = _staged(final)
+    assert cp.path == tmp_path / f".ck.gpucr-tmp-{os.getpid()}" and not final.exists()
+    assert mode_of(cp.path) == 0o700 and cp.metadata_file.exists()
+    # a crash here leaves only the temporary name: restore refuses it, and finds nothing at the final one
+    with pytest.raises(LayoutError, match=f"temporary dir of a checkpoint that never finished \\(gpucr pid "
+                                          f"{os.getpid()}"):
+        CheckpointDir.open(cp.path)
+    with pytest.raises(LayoutError, match="does not exist"):
+        CheckpointDir.open(final)
+    cp.commit()
+    assert cp.path == final and not list(tmp_path.glob(".ck.*"))
+    CheckpointDir.open(final)
+    assert all(mode_of(p) == (0o700 if p.is_dir() else 0o600) for p in [final, *final.rglob("*")])
+
+
+def test_discard_leaves_nothing(tmp_path: Path) -> None:
+    cp = _staged(tmp_path / "ck")
+    cp.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_keeps_the_old_checkpoint_until_the_new_one_stands(tmp_path: Path) -> None:
+    final = tmp_path / "ck"
+    old = _staged(final)
+    old.commit()
+    old.settle()
+    before = (final / METADATA).read_text()
+    with pytest.raises(LayoutError, match="already holds a checkpoint"):
+        CheckpointDir.stage(final)
+    new = _staged(final, force=True)
+    assert (final / METADATA).read_text() == before  # untouched while the new one is written
+    CheckpointDir.open(final)
+    new.commit()
+    assert (final / METADATA).read_text() != before
+    CheckpointDir.open(final)
+    assert new.replaced is not None and new.replaced.exists()  # the old one, aside until the new one is reported
+    # withdrawn (the dump failed after all): the old checkpoint is back in place, whole
+    new.discard()
+    assert (final / METADATA).read_text() == before and not list(tmp_path.glob(".ck.*"))
+    CheckpointDir.open(final)
+    again = _staged(final, force=True)
+    again.commit()
+    again.settle()
+    assert not list(tmp_path.glob(".ck.*"))
+    CheckpointDir.open(final)
+
+
+def test_stage_refuses_what_it_would_not_replace(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "precious").write_text("x")
+    with pytest.raises(LayoutError, match="not empty and holds no gpucr checkpoint"):
+        CheckpointDir.stage(d, force=True)
+    assert (d / "precious").read_text() == "x" and not list(tmp_path.glob(".data.*"))
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o755)
+    cp = _staged(empty)
+    cp.commit()  # an empty dir is replaced by the rename
+    assert mode_of(empty) == 0o700
+    CheckpointDir.open(empty)
+
+
+def test_stage_applies_the_rules_of_create_to_the_real_target(tmp_path: Path) -> None:
+    """stage() judges DIR itself (never its temporary sibling) by create()'s rules: inside the root and no '..', never
+    a symlink, ours and not writable by others, --force only over a complete gpucr checkpoint; missing parents 0700;
+    the staged dir lies beside DIR, inside the same root."""
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    with pytest.raises(LayoutError, match="outside the configured checkpoint root"):
+        CheckpointDir.stage(tmp_path / "elsewhere", root=root)
+    with pytest.raises(LayoutError, match="contains '..'"):
+        CheckpointDir.stage(root / "a" / ".." / "b", root=root)
+    real = root / "real"
+    real.mkdir(mode=0o700)
+    (root / "link").symlink_to(real)
+    with pytest.raises(LayoutError, match="is a symlink"):
+        CheckpointDir.stage(root / "link", root=root, force=True)
+    wide = root / "wide"
+    wide.mkdir()
+    os.chmod(wide, 0o777)
+    with pytest.raises(LayoutError, match="group- or world-writable"):
+        CheckpointDir.stage(wide, root=root)
+    theirs = root / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(LayoutError, match="owned by uid 65534"):
+        CheckpointDir.stage(theirs, root=root)
+    foreign = root / "foreign"
+    (foreign / "images").mkdir(parents=True, mode=0o700)
+    (foreign / "images" / "inventory.img").write_bytes(b"x")
+    (foreign / METADATA).write_text("not json")
+    with pytest.raises(LayoutError, match="holds CRIU images but no valid gpucr.json"):
+        CheckpointDir.stage(foreign, root=root, force=True)
+    assert not list(root.glob(".*.gpucr-*"))  # every refusal touched nothing
+    cp = _staged(root / "x" / "y" / "ck", root=root)
+    assert cp.path.parent == root / "x" / "y" and cp.path.name.startswith(".ck.gpucr-tmp-")
+    assert mode_of(root / "x") == mode_of(root / "x" / "y") == 0o700
+    cp.commit()
+    CheckpointDir.open(root / "x" / "y" / "ck", root=root)
+
+
+def test_fsync_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images and dirs fsynced, then gpucr.json written and fsynced, the dir fsynced, then the rename, then the
+    parent fsynced (the real calls run; they are only recorded)."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(a: object, b: object) -> None:
+        real_rename(a, b)  # type: ignore[arg-type]
+        events.append(("rename", str(b)))
+
+    cp = CheckpointDir.stage(tmp_path / "ck")
+    _fake_dump(cp)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    cp.finalize(_meta())
+    cp.commit()
+    names = [(k, p.replace(str(tmp_path), "")) for k, p in events]
+    staged = f"/.ck.gpucr-tmp-{os.getpid()}"
+    meta_at = names.index(("fsync", f"{staged}/.gpucr.json.tmp"))
+    assert {("fsync", f"{staged}/images/{n}") for n in ("inventory.img", "pages-1.img", "dump.log")} \
+        <= set(names[:meta_at])
+    assert ("fsync", f"{staged}/images") in names[:meta_at] and ("fsync", staged) in names[:meta_at]
+    assert names[meta_at + 1:] == [("fsync", staged), ("rename", "/ck"), ("fsync", "")]
+
+
+def test_leftovers_of_a_killed_gpucr_are_tidied_by_the_next_checkpoint(tmp_path: Path) -> None:
+    """A temporary dir of a dead gpucr is removed; a checkpoint it moved aside (killed between the two renames of a
+    --force) goes back in place. A live owner's dirs are left alone."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    final = tmp_path / "ck"
+    old = _staged(final)
+    old.commit()
+    old.settle()
+    before = (final / METADATA).read_text()
+    os.rename(final, tmp_path / f".ck.gpucr-old-{dead.pid}")
+    (tmp_path / f".ck.gpucr-tmp-{dead.pid}").mkdir()
+    live = tmp_path / f".ck.gpucr-tmp-{os.getppid()}"
+    live.mkdir()
+    cp = CheckpointDir.stage(final, force=True)
+    assert (final / METADATA).read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", cp.path.name, live.name])
+    cp.discard()

@@ -234,6 +234,8 @@ def _checkpoint_managed(ctrd: Containerd, gpu_front: FrontRoute, node: dict[str,
         assert f"DUMP of container cuda in pod default/" in log and f"(pid {w.pid}), managed (" in log, log
         assert "thawed it, locked and checkpointed 1 CUDA process(es)" in log, log
         assert "restored and unlocked 1 CUDA process(es)" in log, log
+        # the images were fsynced at CRIU's post-dump, before CRIU's answer reached runc
+        assert "fsynced at post-dump" in log and log.index("fsynced at post-dump") < log.index("DUMP success=True"), log
         assert fake.state(w.pid) == "RUNNING"
         assert freezer_state(w.cgroup) == "THAWED"
         advancing(w.data)
@@ -561,6 +563,7 @@ def test_gpucr_checkpoint_via_runtime(front_containerd: Containerd, plugin: subp
         assert r.returncode == 0, r.stderr
         summary = json.loads(r.stdout.strip().splitlines()[-1])
         assert summary["container_id"] == w.cid and [p["pid"] for p in summary["cuda_processes"]] == [w.pid]
+        assert summary["timings_s"]["sync"] >= 0  # containerd's output fsynced before the summary
         if ctrd.major_minor >= (2, 0):
             assert summary["via"] == "cri CheckpointContainer" and (out / "checkpoint.tar").exists()
         else:

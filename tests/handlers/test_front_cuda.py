@@ -274,3 +274,66 @@ def test_bad_node_config_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"gpucr's CRIU hooks: {cfg}: unmanaged_cuda = 'sometimes'; accepted: "
                                           "protect, ignore"):
         make({"node_config": str(cfg)})
+
+
+def _record_fsyncs(monkeypatch: pytest.MonkeyPatch, fail: int | None = None,
+                   under: Path | None = None) -> list[str]:
+    """Record the paths the hooks fsync (the real fsync runs); with ``fail``, every fsync (of a path in ``under``,
+    when given: the lease's own writes fsync too) raises that errno."""
+    seen: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        seen.append(path)
+        if fail is not None and (under is None or Path(path).is_relative_to(under)):
+            raise OSError(fail, os.strerror(fail))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def test_images_fsynced_at_post_dump(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At CRIU's post-dump (before it lets the tasks go, and before the runtime hears "done") every image and the
+    images dir are fsynced, once."""
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    for n in ("inventory.img", "pages-1.img", "sub/x.img"):
+        (images / n).write_bytes(b"x" * 100)
+    seen = _record_fsyncs(monkeypatch)
+    h = hooks(tmp_path)
+    req = dump(os.getpid(), images)
+    h.on_notify(req, "pre-dump", None)
+    assert seen == []
+    h.on_notify(req, "post-dump", None)
+    assert set(seen) == {str(images / n) for n in ("inventory.img", "pages-1.img", "sub/x.img")} | {
+        str(images / "sub"), str(images)} and seen[-1] == str(images)
+    h.after_response(req, True)
+    assert len(seen) == 5
+    assert "3 image file(s)" in log_text(tmp_path) and "fsynced at post-dump" in log_text(tmp_path)
+
+
+def test_fsync_before_the_answer_without_notifications(fake_cuda: FakeCuda, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller that asked for no notifications: the fsync happens before CRIU's success reaches it; when it fails,
+    the runtime gets one error naming the step and the fix, and the CUDA processes are resumed all the same."""
+    w = FakeWorkload(fake_cuda, tmp_path)
+    try:
+        images = tmp_path / "images"
+        images.mkdir()
+        h = hooks(tmp_path, fake_cuda)
+        req = dump(w.root, images)
+        assert h.wants(req)
+        h.before_dump(req)
+        (images / "pages-1.img").write_bytes(b"p" * 4096)
+        _record_fsyncs(monkeypatch, fail=5, under=images)
+        with pytest.raises(HookError) as ei:
+            h.after_response(req, True)
+        msg = str(ei.value)
+        assert f"(pid {w.root})" in msg and "failed at step sync" in msg and "Input/output error" in msg
+        assert "fix: check the filesystem of the runtime's checkpoint dir" in msg and "\n" not in msg
+        assert fake_cuda.state(w.root) == "RUNNING"
+        w.advancing()
+    finally:
+        w.kill()

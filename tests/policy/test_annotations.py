@@ -26,6 +26,9 @@ def test_other_prefixes_are_ignored() -> None:
     ("gpucr.io/criu-timeout", "-5", "seconds from 1 to 86400"),
     ("gpucr.io/lock-timeout", "1e3", "milliseconds"),
     ("gpucr.io/gpu-map", "0=1", "OLD=NEW GPU UUIDs"),
+    ("gpucr.io/phase-timeouts", "sync=5", "PHASE=SECONDS, PHASE one of cuda-lock"),
+    ("gpucr.io/phase-timeouts", "criu-dump=0", "seconds from 1 to 86400"),
+    ("gpucr.io/phase-timeouts", ",", "at least one PHASE=SECONDS"),
 ])
 def test_bad_value_names_annotation_container_and_accepted_values(key: str, value: str, accepted: str) -> None:
     with pytest.raises(AnnotationError) as ei:
@@ -60,3 +63,12 @@ def test_any_input_parses_or_raises_annotation_error(ann: dict[str, str]) -> Non
         parse_annotations(ann, {})
     except AnnotationError as exc:
         assert exc.key in ann
+
+
+def test_phase_timeouts_parse_and_the_node_caps_them() -> None:
+    from nri_plugin.policy import NodeConfig
+
+    p = parse_annotations({}, {"gpucr.io/phase-timeouts": "criu-dump=30, cuda-checkpoint=9000"})
+    assert p.phase_timeouts == (("criu-dump", 30), ("cuda-checkpoint", 9000))
+    b = NodeConfig(cuda_checkpoint_timeout_s=120.0).phase_budgets(2000, p.phase_timeouts)
+    assert b["criu-dump"] == 30 and b["cuda-checkpoint"] == 120 and b["cuda-lock"] == 32

@@ -45,6 +45,8 @@ LOCK_WATCHDOG_MARGIN_S = 5.0
 TICK_S = 0.5
 
 CUDA_SUCCESS = 0
+#: get-state results for a live process that holds no CUDA state (driver 580: NOT_INITIALIZED; INVALID_VALUE too)
+NOT_CUDA_RESULTS = frozenset({1, 3})
 CUDA_ERROR_NAMES = {
     0: "CUDA_SUCCESS", 1: "CUDA_ERROR_INVALID_VALUE", 2: "CUDA_ERROR_OUT_OF_MEMORY", 3: "CUDA_ERROR_NOT_INITIALIZED",
     4: "CUDA_ERROR_DEINITIALIZED", 100: "CUDA_ERROR_NO_DEVICE", 101: "CUDA_ERROR_INVALID_DEVICE",
@@ -292,7 +294,9 @@ class Driver:
                             timeout_s or self.call_timeout_s)
         if rc != CUDA_SUCCESS:
             err = self._error("get-state", pid, rc)
-            if os.path.exists(f"/proc/{pid}"):
+            # only these say "no CUDA state here" for a live pid; any other code is a driver failure, not a process
+            # to leave out of the checkpoint (CRIU would then meet its device mappings)
+            if rc in NOT_CUDA_RESULTS and os.path.exists(f"/proc/{pid}"):
                 raise NotCudaProcessError(f"pid {pid} holds no CUDA state ({err.name})", result=rc, name=err.name,
                                           pid=pid, step="get-state")
             raise err
