@@ -10,7 +10,6 @@ network-lock tools, cgroups, the CUDA driver and GPUs, THP, the snapshotter, the
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -44,10 +43,6 @@ class Check:
     detail: str
     fix: str = ""
     data: dict[str, Any] = field(default_factory=dict)
-
-
-def _setup_available() -> bool:
-    return importlib.util.find_spec(f"{__package__}.setup") is not None
 
 
 @dataclass
@@ -173,7 +168,7 @@ class Doctor:
         major = self._major()
         disabled = nri.get("disable", major < 2)  # 1.7 ships NRI off, 2.x on
         if disabled:
-            how = ("run `gpucr setup --apply` (it enables NRI reversibly), or add" if _setup_available() else "add")
+            how = "run `gpucr setup --apply` (it enables NRI reversibly), or add"
             self.add("NRI", "fail", f"NRI is disabled in containerd's config {self.containerd_config}"
                      + (" (containerd 1.7 disables it by default)" if major < 2 and "disable" not in nri else ""),
                      f"{how} to {self.containerd_config}: [plugins.\"{NRI_KEY}\"] disable = false (socket_path = "
@@ -227,9 +222,7 @@ class Doctor:
         wanted = self.runtimes or [default]
         for name in sorted(set(handlers) | set(wanted)):
             required = name in wanted
-            fix = (f"`gpucr setup --apply --runtime {name}`" if _setup_available() else
-                   f"`{INSTALL}/front.sh install --config {self.containerd_config} --runtime {name}`") + \
-                ", then restart containerd"
+            fix = f"`gpucr setup --apply --config {self.containerd_config} --runtime {name}`, then restart containerd"
             if name not in handlers:
                 self.add(f"route {name}", "fail" if required else "info",
                          f"runtime handler '{name}' is not in {self.containerd_config}: it runs plain runc, without "

@@ -141,7 +141,7 @@ def test_handler_not_routed(containerd: testenv.Containerd, plugin: Path, root_d
     assert c["gpucr plugin"]["data"]["socket"] == containerd.nri_socket
     route = c["route runc"]
     assert route["data"]["gpucr"] is False and "not GPU-safe" in route["detail"]
-    assert f"front.sh install --config {conf} --runtime runc" in route["fix"]
+    assert f"gpucr setup --apply --config {conf} --runtime runc" in route["fix"]
 
 
 def test_everything_ready(containerd: testenv.Containerd, plugin: Path, root_dir: Path,
