@@ -51,7 +51,9 @@ WORKLOAD = _BASE.replace('    put("step", f"{step} {lv:.9g}")\n',
                          '    put("step", f"{step} {lv:.9g}")\n'
                          '    with open(os.path.join(d, "loss.log"), "a") as f:\n'
                          '        f.write(f"{step} {lv:.9g}\\n")\n')
-assert WORKLOAD != _BASE, "bench/gpu_cr.py's workload changed: update the loss.log edit"
+# seeded per process start: a fresh start cannot reproduce the data, so an identical digest proves the restore
+WORKLOAD = WORKLOAD.replace("torch.manual_seed(1234)", "torch.manual_seed(int.from_bytes(os.urandom(8), 'little'))")
+assert "loss.log" in WORKLOAD and "os.urandom" in WORKLOAD, "bench/gpu_cr.py's workload changed: update the edits"
 
 
 def losses(d: Path) -> list[tuple[int, float]]:
@@ -103,7 +105,9 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
         if r.returncode:
             raise SystemExit(f"install/{cmd[0]} {cmd[1]} failed: {r.stdout}{r.stderr}")
     # containerd's runtime binary is the route's runc wrapper, as install/front.sh install sets BinaryName on a node
-    inst = Instance({**env, "GPUCR_RUNC_DIR": str(route / "bin")}, "restore", route / "path")
+    inst = Instance({**env, "GPUCR_RUNC_DIR": str(route / "bin"), "GPUCR_NRI_REQUEST_TIMEOUT": args.nri_timeout},
+                    "restore", route / "path")
+    res["nri_plugin_request_timeout"] = args.nri_timeout
     extra = args.out / "extra"
     extra.mkdir(exist_ok=True)
     plugin = None
@@ -195,6 +199,7 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
             "last_step": after[-1][0], "gpu_apps": gpu_apps()}
         rs = res["restored"]
         k = min(50, len(after) // 2)
+        rs["front_restore_success"] = any("RESTORE success=True" in ln for ln in front_excerpt(work / "front-log"))
         rs["loss_decreasing"] = (sum(v for _, v in after[-k:]) / k < sum(v for _, v in after[:k]) / k
                                  and after[-1][1] < (rs["loss_at_checkpoint"] or float("inf")))
         log(f"restored: {json.dumps({k: v for k, v in rs.items() if k != 'gpu_apps'})}")
@@ -209,7 +214,7 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
         st2 = (ck / "checkpoint.tar").stat()
         rs["checkpoint_unchanged"] = (st.st_size, st.st_mtime_ns) == (st2.st_size, st2.st_mtime_ns)
         res["timings_s"]["restore_total_s"] = round(time.monotonic() - t1, 2)
-        res["verdict"] = "PASS" if (rs["digest_identical"] and rs["continues_from_checkpoint"]
+        res["verdict"] = "PASS" if (rs["digest_identical"] and rs["front_restore_success"] and rs["continues_from_checkpoint"]
                                     and rs["steps_consecutive"] and rs["loss_decreasing"] and rs["state"] == 1
                                     and listed and ex.exit_code == 0 and rs["state_after_stop"] == 2
                                     and rs["removed"] and not rs["staging_left"] and rs["checkpoint_unchanged"]
@@ -239,8 +244,8 @@ def markdown(res: dict[str, Any]) -> str:
         "a new pod restored through `gpucr.io/restore-from`: bit-identical GPU data, step counter and loss going on)",
         f"- date: {res['date']}; machine: {res['host']} ({v.get('gpu')}), kernel {v.get('kernel')}, {v.get('cpus')} "
         f"CPUs; THP `{v.get('thp')}`",
-        f"- {v.get('containerd')}; {v.get('runc')}; CRIU {v.get('criu')}; torch {v.get('torch')}; code: "
-        f"{res.get('code')}",
+        f"- {v.get('containerd')} (NRI plugin_request_timeout {res.get('nri_plugin_request_timeout')}); "
+        f"{v.get('runc')}; CRIU {v.get('criu')}; torch {v.get('torch')}; code: {res.get('code')}",
         f"- workload: a CRI pod (`gpucr.io/checkpoint: enabled`) training an MLP on the GPU while holding "
         f"{res.get('gib')} GiB of torch.rand data (nvidia-smi: `{o.get('gpu_apps')}`)",
         "", "| step | outcome |", "|---|---|",
@@ -260,7 +265,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"| step counter | restored process's first step {rs.get('first_step')}, checkpoint taken between steps "
         f"{rs.get('checkpoint_steps')}: continues from the checkpoint: {rs.get('continues_from_checkpoint')}; "
         f"consecutive: {rs.get('steps_consecutive')} |",
-        f"| GPU data (1 GiB torch.rand) digest | identical to the checkpointed one: {rs.get('digest_identical')} |",
+        f"| GPU data (torch.rand, seeded from os.urandom at process start) digest | identical to the checkpointed "
+        f"one: {rs.get('digest_identical')}; front logged RESTORE success: {rs.get('front_restore_success')} |",
         f"| loss | {rs.get('replayed_steps')} replayed steps with losses identical to the original's: "
         f"{rs.get('replayed_losses_identical')}; at checkpoint {rs.get('loss_at_checkpoint')}, first after "
         f"{rs.get('loss_first_after')}, at step {rs.get('last_step')} {rs.get('loss_last')}: decreasing "
@@ -285,6 +291,9 @@ def main() -> int:
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--hooks", default="nri_plugin.handlers.front_cuda:make")
+    ap.add_argument("--nri-timeout", default="2s",
+                    help="containerd's NRI plugin_request_timeout (its default 2s); staging the checkpoint at "
+                         "CreateContainer must finish within it")
     ap.add_argument("--code", default="", help="which code ran (e.g. the commit), for the summary")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
