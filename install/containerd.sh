@@ -10,6 +10,8 @@
 #              GPUCR_CRIU_DIR=dir   a directory put first on containerd's PATH (where runc finds `criu`).
 #              GPUCR_RUNC_DIR=dir   a directory whose `runc` is the runtime binary (CRI BinaryName, and `runc` on
 #                                   containerd's PATH for ctr containers); the test rig's cgroup-v2 leg sets it.
+#              GPUCR_NRI_REQUEST_TIMEOUT=2s  NRI plugin_request_timeout (containerd's default 2s; bench/gpu_restore.py
+#                                   raises it: staging a multi-GiB checkpoint.tar at CreateContainer takes longer).
 #              GPUCR_CONTAINERD_LOG_LEVEL (default debug).
 #              GPUCR_CONTAINERD_EXTRA_CONFIG=file  TOML appended to the generated config (same schema version).
 #              GPUCR_CONTAINERD_NRI_DISABLE=true   start with NRI disabled (gpucr doctor's tests).
@@ -63,7 +65,7 @@ $(nri_enable_lines)
     plugin_path = "$DIR/nri/plugins"
     plugin_config_path = "$DIR/nri/conf.d"
     plugin_registration_timeout = "5s"
-    plugin_request_timeout = "2s"
+    plugin_request_timeout = "${GPUCR_NRI_REQUEST_TIMEOUT:-2s}"
   [plugins."io.containerd.internal.v1.opt"]
     path = "$DIR/opt"
   [plugins."io.containerd.grpc.v1.cri"]
@@ -101,7 +103,7 @@ $(nri_enable_lines)
     plugin_path = "$DIR/nri/plugins"
     plugin_config_path = "$DIR/nri/conf.d"
     plugin_registration_timeout = "5s"
-    plugin_request_timeout = "2s"
+    plugin_request_timeout = "${GPUCR_NRI_REQUEST_TIMEOUT:-2s}"
   [plugins.'io.containerd.internal.v1.opt']
     path = "$DIR/opt"
   [plugins.'io.containerd.cri.v1.images']

@@ -1,0 +1,317 @@
+"""A PyTorch training pod checkpointed through CRI (the kubelet's API path) and restored into a NEW pod with
+``gpucr.io/restore-from`` (run on a GPU machine).
+
+    python3 bench/gpu_restore.py OUT_DIR --stage STAGE [--gib 1] [--timeout 300] [--code TEXT]
+
+STAGE is bench/gpu_front.py's (``debs/`` CRIU 4.2.x with its closure, ``debs-ctrd/`` containerd 2.1.9 and runc,
+``whl/``, ``images/``); the generated ``_pb`` modules must be in the tree.
+
+1. A private containerd 2.1.9 whose runtime binary is gpucr's runc wrapper (``install/front.sh route``: DIR/bin/runc,
+   the CRIU front at DIR/path/criu; the OCI hook by ``install/hook.sh install``, all in a root-only dir) and gpucr's
+   NRI plugin with a ``checkpoint_root``. A CRI pod opted in with ``gpucr.io/checkpoint: enabled`` trains an MLP on
+   the GPU while holding GIB of random data (torch.rand); each step appends ``step loss`` to /data/loss.log, and a
+   digest of the GPU data is written on request.
+2. CRI CheckpointContainer (what the kubelet's checkpoint API calls) writes ROOT/NAME/checkpoint.tar while training
+   goes on; ``gpucr seal ROOT/NAME`` makes it a gpucr checkpoint (README: "Restore into a new pod"). The original
+   container and its pod are stopped and removed through CRI.
+3. A NEW pod's container with ``gpucr.io/restore-from: NAME`` (same image and volume paths) is created and started:
+   the plugin checks and stages the checkpoint, the runc wrapper turns ``create`` into ``runc restore``, the front
+   restores the CUDA state. Checked: the GPU data digest equals the checkpointed one (bit-identical), the step
+   counter continues from the checkpointed step, the losses of the replayed steps equal the original's and the loss
+   keeps decreasing; CRI lists the container running, exec works; it is stopped and removed through CRI; the
+   staging dir is gone and the checkpoint unchanged.
+Writes OUT_DIR/gpu_restore.json, OUT_DIR/gpu_restore.md and the logs under OUT_DIR/extra/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_cr import WORKLOAD as _BASE  # noqa: E402
+from gpu_front import REPO, ROOT, Instance, log, setup, sh  # noqa: E402
+from gpu_http import front_excerpt, gpu_apps, phases, versions, wait_for  # noqa: E402
+
+from demo.gpu_pod import gpu_container_config, verify  # noqa: E402
+
+NAME = "train-ck"
+# bench/gpu_cr.py's workload, each step's loss appended to /data/loss.log (opened and closed per step: no open file
+# for CRIU to carry)
+WORKLOAD = _BASE.replace('    put("step", f"{step} {lv:.9g}")\n',
+                         '    put("step", f"{step} {lv:.9g}")\n'
+                         '    with open(os.path.join(d, "loss.log"), "a") as f:\n'
+                         '        f.write(f"{step} {lv:.9g}\\n")\n')
+# seeded per process start: a fresh start cannot reproduce the data, so an identical digest proves the restore
+WORKLOAD = WORKLOAD.replace("torch.manual_seed(1234)", "torch.manual_seed(int.from_bytes(os.urandom(8), 'little'))")
+assert "loss.log" in WORKLOAD and "os.urandom" in WORKLOAD, "bench/gpu_cr.py's workload changed: update the edits"
+
+
+def losses(d: Path) -> list[tuple[int, float]]:
+    p = d / "loss.log"
+    out = []
+    for ln in (p.read_text().splitlines() if p.exists() else []):
+        parts = ln.split()
+        if len(parts) == 2:
+            out.append((int(parts[0]), float(parts[1])))
+    return out
+
+
+def train_config(data: Path, gib: float, annotations: dict[str, str]) -> Any:
+    from nri_plugin.cri._pb import api_pb2 as pb
+
+    conf = gpu_container_config(data, gib)
+    (data / "work.py").write_text(WORKLOAD)
+    for k, v in annotations.items():
+        conf.annotations[k] = v
+    conf.linux.security_context.namespace_options.pid = pb.CONTAINER  # the kubelet's default (no shared PID ns)
+    return conf
+
+
+def timed(res: dict[str, Any], key: str, fn: Any, *a: Any, **kw: Any) -> Any:
+    t0 = time.monotonic()
+    try:
+        return fn(*a, **kw)
+    finally:
+        res.setdefault("timings_s", {})[key] = round(time.monotonic() - t0, 2)
+
+
+def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> None:
+    from nri_plugin.cri import CriClient, pod_config
+
+    criu = ROOT / "bin/criu"
+    res["versions"] = versions(criu)
+    work = Path("/var/lib/gpucr-restore-bench")  # not /tmp: the CRIU front refuses a route others could change
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, mode=0o700)
+    route, hook, node, ckroot = work / "route", work / "hook/gpucr-hook", work / "node.toml", work / "checkpoints"
+    ckroot.mkdir(mode=0o700)
+    node.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\nhook_path = "{hook}"\n'
+                    f'checkpoint_root = "{ckroot}"\n')
+    for cmd in (["front.sh", "route", "--dir", str(route), "--real-criu", str(criu), "--log-dir",
+                 str(work / "front-log"), "--hooks", args.hooks, "--node-config", str(node)],
+                ["hook.sh", "install", "--path", str(hook), "--prefix", str(route / "lib")]):
+        r = sh(["bash", str(REPO / "install" / cmd[0]), *cmd[1:]],
+               env={**env, "GPUCR_FRONT_PYTHON": sys.executable, "GPUCR_HOOK_PYTHON": sys.executable})
+        if r.returncode:
+            raise SystemExit(f"install/{cmd[0]} {cmd[1]} failed: {r.stdout}{r.stderr}")
+    # containerd's runtime binary is the route's runc wrapper, as install/front.sh install sets BinaryName on a node
+    inst = Instance({**env, "GPUCR_RUNC_DIR": str(route / "bin"), "GPUCR_NRI_REQUEST_TIMEOUT": args.nri_timeout},
+                    "restore", route / "path")
+    res["nri_plugin_request_timeout"] = args.nri_timeout
+    extra = args.out / "extra"
+    extra.mkdir(exist_ok=True)
+    plugin = None
+    d = work / "data"
+    gpucr = [sys.executable, "-m", "nri_plugin.cli.main"]
+    try:
+        plugin = subprocess.Popen([*gpucr, "plugin", "--socket", inst.info["nri_socket"], "--config", str(node),
+                                   "--log-file", str(extra / "plugin.log")], env=env, cwd=REPO)
+        time.sleep(3)
+        cri = CriClient(inst.info["address"], timeout_s=300)
+        opted = {"gpucr.io/checkpoint": "enabled"}
+
+        # -- 1. the training pod ----------------------------------------------------------------------------------
+        pcfg = pod_config("train", cgroup_parent=inst.info["cgroup_parent"], annotations=opted,
+                          log_directory=str(d / "logs"))
+        pod = cri.run_pod_sandbox(pcfg)
+        cid = cri.create_container(pod, train_config(d, args.gib, {}), pcfg)
+        t0 = time.monotonic()
+        cri.start_container(cid)
+        wait_for(lambda: (d / "ready").exists() and len(losses(d)) >= 20, 240, "the training pod")
+        res["timings_s"] = {"pod_start_to_training": round(time.monotonic() - t0, 2)}
+        ready = json.loads((d / "ready").read_text())
+        res["original"] = {"container": cid, "pid": ready["pid"], "digest": ready["digest"],
+                           "gpu_apps": gpu_apps()}
+        log(f"training: {res['original']}")
+
+        # -- 2. CRI CheckpointContainer + gpucr seal -------------------------------------------------------------
+        ck = ckroot / NAME
+        ck.mkdir(mode=0o700)
+        lo = losses(d)[-1][0]
+        log(f"CRI CheckpointContainer -> {ck / 'checkpoint.tar'} at step {lo}")
+        timed(res, "cri_checkpoint", cri.checkpoint_container, cid, str(ck / "checkpoint.tar"),
+              timeout_s=int(args.timeout))
+        hi = losses(d)[-1][0]
+        res["checkpoint"] = {"steps_during": [lo, hi], "archive_bytes": (ck / "checkpoint.tar").stat().st_size}
+        wait_for(lambda: losses(d)[-1][0] >= hi + 20, 60, "training to go on after the checkpoint")
+        res["checkpoint"]["training_went_on"] = [hi, losses(d)[-1][0]]
+        res["checkpoint"]["digest_after"] = verify(d, "after-ckpt")
+        r = timed(res, "gpucr_seal", sh, [*gpucr, "seal", str(ck), "--config", str(node), "--json"], env=env,
+                  cwd=REPO)
+        if r.returncode:
+            raise SystemExit(f"gpucr seal failed: {r.stderr}")
+        res["seal"] = json.loads(r.stdout)
+        st = (ck / "checkpoint.tar").stat()
+        log(f"sealed: {res['seal']}")
+
+        # -- the original goes away --------------------------------------------------------------------------------
+        timed(res, "original_stop", cri.stop_container, cid, 0)
+        cri.remove_container(cid)
+        cri.stop_pod_sandbox(pod)
+        cri.remove_pod_sandbox(pod)
+        before = losses(d)
+        res["original"]["last_step"] = before[-1][0]
+        res["original"]["gpu_apps_after_removal"] = gpu_apps()
+        log(f"original removed at step {before[-1][0]}; nvidia-smi: {res['original']['gpu_apps_after_removal']!r}")
+        for f in ("ready", "step"):
+            (d / f).unlink(missing_ok=True)
+
+        # -- 3. a new pod restored from the annotation --------------------------------------------------------------
+        pcfg2 = pod_config("train-restored", cgroup_parent=inst.info["cgroup_parent"], annotations=opted,
+                           log_directory=str(d / "logs2"))
+        pod2 = cri.run_pod_sandbox(pcfg2)
+        t1 = time.monotonic()
+        new = timed(res, "restore_create_container", cri.create_container, pod2,
+                    train_config(d, args.gib, {"gpucr.io/restore-from": NAME}), pcfg2)
+        log(f"created {new} with gpucr.io/restore-from: {NAME}; starting (runc restore)")
+        timed(res, "restore_start_container", cri.start_container, new)
+        wait_for(lambda: len(losses(d)) >= len(before) + 1, 120, "the restored process's first step")
+        res["timings_s"]["restore_create_to_first_step"] = round(time.monotonic() - t1, 2)
+        wait_for(lambda: len(losses(d)) >= len(before) + 200, 120, "200 restored steps")
+        status, info = cri.container_status(new, verbose=True)
+        npid = int(info.get("info", {}).get("pid", 0)) if isinstance(info.get("info"), dict) else 0
+        digest = verify(d, "restored")
+        after = losses(d)[len(before):]
+        orig = dict(before)
+        replayed = [(s, v) for s, v in after if s in orig]
+        first = after[0][0]
+        ex = cri.exec_sync(new, ["/bin/sh", "-c", "echo alive"])
+        listed = new in [c.id for c in cri.list_containers(pod2)]
+        res["restored"] = {
+            "container": new, "pid": npid, "state": int(status.state), "listed_by_cri": listed,
+            "exec": [ex.exit_code, ex.stdout.decode(errors="replace").strip()],
+            "first_step": first, "checkpoint_steps": [lo, hi], "continues_from_checkpoint": lo <= first - 1 <= hi,
+            "steps_consecutive": [s for s, _ in after] == list(range(first, first + len(after))),
+            "digest": digest, "digest_identical": digest == res["original"]["digest"],
+            "replayed_steps": len(replayed),
+            "replayed_losses_identical": bool(replayed) and all(orig[s] == v for s, v in replayed),
+            "loss_at_checkpoint": orig.get(first - 1), "loss_first_after": after[0][1], "loss_last": after[-1][1],
+            "last_step": after[-1][0], "gpu_apps": gpu_apps()}
+        rs = res["restored"]
+        k = min(50, len(after) // 2)
+        rs["front_restore_success"] = any("RESTORE success=True" in ln for ln in front_excerpt(work / "front-log"))
+        rs["loss_decreasing"] = (sum(v for _, v in after[-k:]) / k < sum(v for _, v in after[:k]) / k
+                                 and after[-1][1] < (rs["loss_at_checkpoint"] or float("inf")))
+        log(f"restored: {json.dumps({k: v for k, v in rs.items() if k != 'gpu_apps'})}")
+        timed(res, "restored_stop", cri.stop_container, new, 0)
+        rs["state_after_stop"] = int(cri.container_status(new)[0].state)
+        cri.remove_container(new)
+        rs["removed"] = new not in [c.id for c in cri.list_containers(pod2)]
+        cri.stop_pod_sandbox(pod2)
+        cri.remove_pod_sandbox(pod2)
+        rs["staging_left"] = sorted(p.name for p in (ckroot / ".restore").glob("*")) \
+            if (ckroot / ".restore").exists() else []
+        st2 = (ck / "checkpoint.tar").stat()
+        rs["checkpoint_unchanged"] = (st.st_size, st.st_mtime_ns) == (st2.st_size, st2.st_mtime_ns)
+        res["timings_s"]["restore_total_s"] = round(time.monotonic() - t1, 2)
+        res["verdict"] = "PASS" if (rs["digest_identical"] and rs["front_restore_success"] and rs["continues_from_checkpoint"]
+                                    and rs["steps_consecutive"] and rs["loss_decreasing"] and rs["state"] == 1
+                                    and listed and ex.exit_code == 0 and rs["state_after_stop"] == 2
+                                    and rs["removed"] and not rs["staging_left"] and rs["checkpoint_unchanged"]
+                                    and res["checkpoint"]["digest_after"] == res["original"]["digest"]) else "FAIL"
+    finally:
+        if plugin is not None:
+            plugin.terminate()
+        res["front_log"] = front_excerpt(work / "front-log")
+        res["phases"] = phases(work / "front-log/criu-front.log")
+        for f in (work / "front-log").glob("*"):
+            if f.is_file():
+                shutil.copy(f, extra / f"front-{f.name}")
+        for f in (d / "logs/train.log", d / "logs2/train.log", d / "loss.log"):
+            if f.exists():
+                shutil.copy(f, extra / f"{f.parent.name}-{f.name}")
+        rl = sorted((ckroot / ".restore").rglob("restore.log")) if (ckroot / ".restore").exists() else []
+        for f in rl:
+            shutil.copy(f, extra / "criu-restore.log")
+        inst.stop()
+
+
+def markdown(res: dict[str, Any]) -> str:
+    v, t = res.get("versions", {}), res.get("timings_s", {})
+    o, c, rs = res.get("original", {}), res.get("checkpoint", {}), res.get("restored", {})
+    lines = [
+        f"- verdict: **{res.get('verdict', 'FAIL')}** (CRI CheckpointContainer + `gpucr seal`, original pod removed, "
+        "a new pod restored through `gpucr.io/restore-from`: bit-identical GPU data, step counter and loss going on)",
+        f"- date: {res['date']}; machine: {res['host']} ({v.get('gpu')}), kernel {v.get('kernel')}, {v.get('cpus')} "
+        f"CPUs; THP `{v.get('thp')}`",
+        f"- {v.get('containerd')} (NRI plugin_request_timeout {res.get('nri_plugin_request_timeout')}); "
+        f"{v.get('runc')}; CRIU {v.get('criu')}; torch {v.get('torch')}; code: {res.get('code')}",
+        f"- workload: a CRI pod (`gpucr.io/checkpoint: enabled`) training an MLP on the GPU while holding "
+        f"{res.get('gib')} GiB of torch.rand data (nvidia-smi: `{o.get('gpu_apps')}`)",
+        "", "| step | outcome |", "|---|---|",
+        f"| pod start to training | {t.get('pod_start_to_training')} s |",
+        f"| CRI CheckpointContainer into ROOT/{NAME}/checkpoint.tar (training went on) | "
+        f"{t.get('cri_checkpoint')} s; archive {c.get('archive_bytes', 0) / 2**30:.2f} GiB; steps "
+        f"{c.get('steps_during')} during it, {c.get('training_went_on')} after; GPU data unchanged: "
+        f"{c.get('digest_after') == o.get('digest')} |",
+        f"| `gpucr seal ROOT/{NAME}` (manifest: size and sha256 of every file) | {t.get('gpucr_seal')} s; "
+        f"{res.get('seal', {}).get('kind')}, {res.get('seal', {}).get('files')} files |",
+        f"| original container stopped, removed, its pod too | stop {t.get('original_stop')} s; last step "
+        f"{o.get('last_step')}; nvidia-smi after: `{o.get('gpu_apps_after_removal') or 'no process'}` |",
+        f"| new pod: CreateContainer with `gpucr.io/restore-from: {NAME}` (plugin checks and stages) | "
+        f"{t.get('restore_create_container')} s |",
+        f"| StartContainer (runc wrapper: `runc restore`; front: CUDA restore) | {t.get('restore_start_container')} s;"
+        f" first restored step {t.get('restore_create_to_first_step')} s after CreateContainer began |",
+        f"| step counter | restored process's first step {rs.get('first_step')}, checkpoint taken between steps "
+        f"{rs.get('checkpoint_steps')}: continues from the checkpoint: {rs.get('continues_from_checkpoint')}; "
+        f"consecutive: {rs.get('steps_consecutive')} |",
+        f"| GPU data (torch.rand, seeded from os.urandom at process start) digest | identical to the checkpointed "
+        f"one: {rs.get('digest_identical')}; front logged RESTORE success: {rs.get('front_restore_success')} |",
+        f"| loss | {rs.get('replayed_steps')} replayed steps with losses identical to the original's: "
+        f"{rs.get('replayed_losses_identical')}; at checkpoint {rs.get('loss_at_checkpoint')}, first after "
+        f"{rs.get('loss_first_after')}, at step {rs.get('last_step')} {rs.get('loss_last')}: decreasing "
+        f"{rs.get('loss_decreasing')} |",
+        f"| an ordinary CRI container | state RUNNING: {rs.get('state') == 1}; listed: {rs.get('listed_by_cri')}; "
+        f"exec: {rs.get('exec')}; stopped in {t.get('restored_stop')} s (state EXITED: "
+        f"{rs.get('state_after_stop') == 2}); removed: {rs.get('removed')} |",
+        f"| afterwards | staging left: {rs.get('staging_left')}; checkpoint unchanged: "
+        f"{rs.get('checkpoint_unchanged')}; nvidia-smi while restored: `{rs.get('gpu_apps')}` |",
+        "", "Where the time went, from the front's log (s): " + ", ".join(
+            f"{k.replace('_', ' ')} {x}" for k, x in res.get("phases", {}).items()) + ".",
+        "", "gpucr's CRIU front (excerpt):", "", "```", *res.get("front_log", [])[:16], "```"]
+    if res.get("error"):
+        lines += ["", f"**Run failed**: {res['error']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--stage", type=Path, required=True)
+    ap.add_argument("--gib", type=float, default=1.0)
+    ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--hooks", default="nri_plugin.handlers.front_cuda:make")
+    ap.add_argument("--nri-timeout", default="2s",
+                    help="containerd's NRI plugin_request_timeout (its default 2s); staging the checkpoint at "
+                         "CreateContainer must finish within it")
+    ap.add_argument("--code", default="", help="which code ran (e.g. the commit), for the summary")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = setup(args.stage)
+    os.environ.update({k: env[k] for k in ("GPUCR_TEST_ROOT", "PYTHONPATH", "PATH")})
+    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
+                           "gib": args.gib, "code": args.code}
+    try:
+        run(args, env, res)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a failed step is reported with what was measured
+        res["error"] = f"{type(exc).__name__}: {exc}"[-3000:]
+        raise
+    finally:
+        (args.out / "gpu_restore.json").write_text(json.dumps(res, indent=1))
+        (args.out / "gpu_restore.md").write_text(markdown(res))
+        print(json.dumps({k: x for k, x in res.items() if k != "front_log"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
