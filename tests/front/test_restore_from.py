@@ -122,7 +122,10 @@ def checkpoint(ctrd: Containerd, plugin: Any, front_route: FrontRoute, node: dic
             assert r.returncode == 0, r.stderr
             hi = _n(data)
             c.stop_container(cid, 0)
-        yield {"name": "ck1", "path": node["root"] / "ck1", "data": data, "lo": lo, "hi": hi, "pid": pid}
+        try:
+            yield {"name": "ck1", "path": node["root"] / "ck1", "data": data, "lo": lo, "hi": hi, "pid": pid}
+        finally:  # the node outlives this containerd version: the next version checkpoints into ROOT/ck1 afresh
+            shutil.rmtree(node["root"] / "ck1", ignore_errors=True)
 
 
 def _digest(path: Path) -> str:
