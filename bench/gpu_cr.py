@@ -1,6 +1,6 @@
 """GPU checkpoint/restore benchmark and end-to-end check on a real NVIDIA GPU (run on the device machine).
 
-    python3 bench/gpu_cr.py OUT_DIR [--sizes 1,8,32] [--debs DIR] [--wheels DIR] [--no-grit] [--no-map]
+    python3 bench/gpu_cr.py OUT_DIR [--sizes 1,8,32] [--debs DIR] [--no-grit] [--no-map]
 
 What it does, for each size (GiB of random GPU data held by a live PyTorch process that also runs a training loop):
 1. ``gpucr checkpoint --pid P --leave-running`` -> the data digest is bit-identical and training keeps going;
@@ -8,8 +8,8 @@ What it does, for each size (GiB of random GPU data held by a live PyTorch proce
    continues from the checkpointed step (the 1 GiB case restores with ``--gpu-map U=U``, the identity pair, which
    exercises the driver-580 UUID-remap path on one GPU);
 3. the GRIT case: a process whose cgroup (v2 ``cgroup.freeze``, or v1 freezer) was frozen before the checkpoint.
-Installs what it needs without network: CRIU from carried .debs (``dpkg -x`` into a private dir, run through a
-wrapper that sets the library path for criu alone) and carried wheels (protobuf) on gpucr's PYTHONPATH only.
+Installs what it needs without network (bench/_stage.py): gpucr's packages from DIR (``make package``'s dist/) with
+apt-get; the CLI runs the checkout's code with gpucr-criu's CRIU and the package's pinned wheels on its PYTHONPATH only.
 Writes ``OUT_DIR/gpu_cr.json`` (every gpucr summary, timings per step) and ``OUT_DIR/gpu_cr.md`` (a table).
 """
 
@@ -29,6 +29,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _stage import packaged  # noqa: E402
 
 WORKLOAD = r'''
 import hashlib, json, os, sys, time, torch
@@ -78,42 +81,6 @@ while True:
 
 def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
-
-
-def install_criu(debs: Path, root: Path) -> Path:
-    """Extract the carried .debs privately; return a criu wrapper that sets the library path for criu only.
-
-    With the closure's own libc6 among the .debs (Debian sid's CRIU 4.2.x, install/deps.sh's CRIU_PKGS) the wrapper
-    runs criu through that sysroot's loader, so the host's glibc does not matter and the programs criu runs (such as
-    iptables-restore) keep the system's libc."""
-    x = root / "x"
-    x.mkdir(parents=True, exist_ok=True)
-    for deb in sorted(debs.glob("*.deb")):
-        r = sh(["dpkg", "-x", str(deb), str(x)])
-        if r.returncode:
-            raise SystemExit(f"dpkg -x {deb} failed: {r.stderr}")
-    libdir = x / "usr/lib/x86_64-linux-gnu"
-    wrapper = root / "criu"
-    loader = libdir / "ld-linux-x86-64.so.2"
-    if loader.exists():  # a closure with its own libc6 (sid's CRIU 4.2, as install/deps.sh): run through its loader
-        wrapper.write_text(f'#!/bin/sh\nexec {loader} --library-path {libdir}:{x}/lib/x86_64-linux-gnu '
-                           f'{x}/usr/sbin/criu "$@"\n')
-    else:
-        wrapper.write_text(f'#!/bin/sh\nLD_LIBRARY_PATH={libdir} exec {x}/usr/sbin/criu "$@"\n')
-    wrapper.chmod(0o755)
-    r = sh([str(wrapper), "--version"])
-    if r.returncode:
-        raise SystemExit(f"carried criu does not run: {r.stdout}{r.stderr}")
-    return wrapper
-
-
-def install_wheels(wheels: Path, site: Path) -> None:
-    if not any(wheels.glob("*.whl")):
-        return
-    r = sh([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-            "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels.glob("*.whl"))])
-    if r.returncode:
-        raise SystemExit(f"wheel install failed: {r.stderr}")
 
 
 class Bench:
@@ -363,19 +330,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--sizes", default="1,8,32")
-    ap.add_argument("--debs", type=Path, default=REPO / "debs")
-    ap.add_argument("--wheels", type=Path, default=REPO / "whl")
+    ap.add_argument("--debs", type=Path, default=REPO / "dist", help="where gpucr_*.deb and gpucr-criu_*.deb are")
     ap.add_argument("--work", type=Path, default=None, help="where checkpoints go (default: a temp dir)")
     ap.add_argument("--no-grit", action="store_true")
     ap.add_argument("--no-map", action="store_true")
     ap.add_argument("--cross-gpu", action="store_true", help="also checkpoint on GPU 0 and restore on GPU 1")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    tools = Path(tempfile.mkdtemp(prefix="gpucr-tools-"))
-    criu = install_criu(a.debs, tools / "criu")
-    install_wheels(a.wheels, tools / "site")
+    criu, site, _ = packaged(a.debs)
     work = a.work or Path(tempfile.mkdtemp(prefix="gpucr-bench-"))
-    b = Bench(a.out, criu, tools / "site", work)
+    b = Bench(a.out, criu, site, work)
     failures = 0
     try:
         sizes = [float(s) for s in a.sizes.split(",") if s]

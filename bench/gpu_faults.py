@@ -7,7 +7,7 @@ Usage (root, on a GPU node with gpucr installed, run with a Python that has torc
     python3 bench/gpu_faults.py OUT_DIR [--gib 4.5] [--debs DIR] [--gpucr /usr/bin/gpucr] [--reps 1]
 
 ``--debs DIR`` first installs ``gpucr_*.deb`` and ``gpucr-criu_*.deb`` from DIR with ``apt-get install /abs/path.deb``
-(offline; ``dpkg -i`` when apt refuses), and records ``gpucr --version``, ``gpucr checkpoint --help`` and ``criu check`` of the installed files.
+(offline, bench/_stage.py), and records ``gpucr --version``, ``gpucr checkpoint --help`` and ``criu check`` of the installed files.
 
 Then: gpucr's plugin daemon (``gpucr plugin``, the node's sweeper: it sweeps leases at start and every
 ``lease_sweep_interval_s``, the node default 5 s, while it (re)connects to containerd's NRI socket; none is needed
@@ -44,6 +44,10 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _stage import install_gpucr  # noqa: E402
 
 WORKLOAD = r'''
 import hashlib, json, os, sys, time, torch
@@ -259,28 +263,8 @@ def gpu_mib(pid: int) -> str:
 
 
 def install(debs: Path, res: dict[str, Any]) -> None:
-    ins: dict[str, Any] = {}
-    pkgs = sorted(str(p) for p in debs.glob("gpucr*.deb"))
-    ins["debs"] = [f"{Path(p).name} ({Path(p).stat().st_size} B)" for p in pkgs]
-    t = time.monotonic()
-    # absolute paths: with relative ones apt 2.7 (Ubuntu 24.04) and --no-download stopped with "Internal Error,
-    # Pathname to install is not absolute" (2026-11-30 run; dpkg -i then installed them)
-    r = sh(["apt-get", "install", "-y", "--no-download", *[str(Path(p).resolve()) for p in pkgs]], timeout=300,
-           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    ins["apt_get_install"] = {"rc": r.returncode, "s": round(time.monotonic() - t, 1), "out": out_of(r)[-3000:]}
-    if r.returncode:
-        r = sh(["dpkg", "-i", *pkgs], timeout=300)
-        ins["dpkg_i"] = {"rc": r.returncode, "out": out_of(r)[-3000:]}
-    ins["dpkg_l"] = sh(["dpkg-query", "-W", "-f", "${Package} ${Version} ${Status}\\n", "gpucr", "gpucr-criu"]).stdout
-    ins["python3"] = out_of(sh(["/usr/bin/python3", "-V"]))
+    ins = install_gpucr(debs)
     ins["usr_bin_gpucr_head"] = Path("/usr/bin/gpucr").read_text()[:600] if Path("/usr/bin/gpucr").exists() else ""
-    ins["gpucr_version"] = out_of(sh(["/usr/bin/gpucr", "--version"]))
-    r = sh(["/usr/bin/gpucr", "checkpoint", "--help"])
-    ins["gpucr_checkpoint_help"] = {"rc": r.returncode, "out": out_of(r)}
-    r = sh(["/usr/lib/gpucr/criu/criu", "--version"])
-    ins["criu_version"] = out_of(r)
-    r = sh(["/usr/lib/gpucr/criu/criu", "check"])
-    ins["criu_check"] = {"rc": r.returncode, "out": out_of(r)[-2000:]}
     r = sh(["/usr/bin/gpucr", "doctor"], timeout=30)
     ins["gpucr_doctor"] = {"rc": r.returncode, "out": out_of(r)[-4000:]}
     res["install"] = ins
@@ -414,7 +398,7 @@ def write_md(out: Path, res: dict[str, Any]) -> None:
         ins = res["install"]
         L += ["## Install from the packages (offline)", "",
               f"- debs: {', '.join(ins['debs'])}",
-              f"- `apt-get install -y --no-download DEBS`: rc {ins['apt_get_install']['rc']} in "
+              f"- `{ins['apt_get_install'].get('cmd', 'apt-get install -y --no-download DEBS')}`: rc {ins['apt_get_install']['rc']} in "
               f"{ins['apt_get_install']['s']} s" + (f"; `dpkg -i`: rc {ins['dpkg_i']['rc']}" if "dpkg_i" in ins else ""),
               f"- installed: `{ins['dpkg_l'].strip()}`; `/usr/bin/python3 -V`: {ins['python3']}",
               f"- `/usr/bin/gpucr --version`: `{ins['gpucr_version']}`",

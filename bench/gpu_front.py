@@ -2,9 +2,9 @@
 
     python3 bench/gpu_front.py OUT_DIR --stage STAGE [--gib 1] [--timeout 180] [--hooks MODULE:CALLABLE] [--skip-plain]
 
-STAGE holds what a machine without network needs: ``debs/`` (criu + libraries, as bench/gpu_cr.py), ``debs-ctrd/``
-(containerd 2.1.9 and runc .debs from Debian), ``whl/`` (grpcio, protobuf for this Python) and ``images/``
-(install/images.sh's busybox.tar and pause.tar). The generated ``_pb`` modules must be in the tree (tools/genproto.py).
+STAGE is bench/_stage.py's: ``debs-ctrd/`` (containerd 2.1.9 and runc .debs from Debian), ``images/``
+(install/images.sh's busybox.tar and pause.tar), and gpucr's own .debs (``make package``) in STAGE/pkgs, $GPUCR_DEBS or
+the checkout's dist/; all installed with apt-get. The generated ``_pb`` modules must be in the tree (tools/genproto.py).
 
 1. A private containerd 2.1.9 (install/containerd.sh) runs a CRI pod whose container trains a model on the GPU while
    holding GIB of random data: the host's /usr, /etc, /opt (and their submounts, e.g. the driver's) bound read-only
@@ -33,12 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
-from gpu_cr import install_criu, install_wheels  # noqa: E402
+from _stage import ROOT, setup  # noqa: E402,F401 - setup: gpu_http/gpu_restore import it from here
 
 from demo.gpu_pod import HOSTROOT, gpu_container_config, gpu_mounts_and_devices, hostroot_image, step, verify  # noqa: E402
-
-ROOT = Path("/tmp/gpucr-test")
-SITE = Path("/tmp/gpucr-site")
 
 
 def sh(cmd: list[str], timeout: float | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -47,33 +44,6 @@ def sh(cmd: list[str], timeout: float | None = None, **kw: Any) -> subprocess.Co
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# -- set-up ------------------------------------------------------------------------------------------------------
-def setup(stage: Path) -> dict[str, str]:
-    """Lay out GPUCR_TEST_ROOT as install/deps.sh would (containerd, criu, images) from the carried files."""
-    install_wheels(stage / "whl", SITE)
-    sys.path.insert(0, str(SITE))
-    (ROOT / "bin").mkdir(parents=True, exist_ok=True)
-    pre = ROOT / "opt/containerd-2.1.9"
-    runc_root = ROOT / "opt/runc"
-    for dest, pattern, probe in ((pre, "containerd_*.deb", "usr/bin/containerd"), (runc_root, "runc_*.deb",
-                                                                                      "usr/sbin/runc")):
-        if not (dest / probe).exists():
-            dest.mkdir(parents=True, exist_ok=True)
-            r = sh(["dpkg", "-x", str(next((stage / "debs-ctrd").glob(pattern)).resolve()), str(dest)])
-            if r.returncode or not (dest / probe).exists():
-                raise SystemExit(f"dpkg -x {pattern} into {dest} failed: {r.stderr}")
-    criu = install_criu(stage / "debs", ROOT / "criu")
-    link = ROOT / "bin/criu"
-    link.unlink(missing_ok=True)
-    link.symlink_to(criu)
-    (ROOT / "images").mkdir(exist_ok=True)
-    for t in ("busybox.tar", "pause.tar"):
-        shutil.copy(stage / "images" / t, ROOT / "images" / t)
-    env = {**os.environ, "GPUCR_TEST_ROOT": str(ROOT), "PYTHONPATH": f"{REPO}:{SITE}", "PYTHONUNBUFFERED": "1",
-           "PATH": f"{runc_root / 'usr/sbin'}:{os.environ['PATH']}"}
-    return env
 
 
 # -- one containerd instance ---------------------------------------------------------------------------------------

@@ -2,9 +2,8 @@
 
     python3 bench/gpu_http.py OUT_DIR --stage STAGE [--gib 1] [--timeout 180] [--network-lock auto] [--code TEXT]
 
-STAGE is bench/gpu_front.py's (``debs/`` = CRIU 4.2.x from Debian sid with its library closure, libc6 included, as
-install/deps.sh's CRIU_PKGS; ``debs-ctrd/`` = containerd 2.1.9 and runc; ``whl/``; ``images/``); the generated
-``_pb`` modules must be in the tree.
+STAGE is bench/_stage.py's (``debs-ctrd/`` = containerd 2.1.9 and runc, ``images/``, gpucr's own .debs in
+STAGE/pkgs, $GPUCR_DEBS or dist/; CRIU is gpucr-criu's); the generated ``_pb`` modules must be in the tree.
 
 1. A private containerd 2.1.9 with gpucr (NRI plugin + CRIU front with its GPU hooks) runs a host-network CRI pod
    opted in with ``gpucr.io/checkpoint: enabled`` and ``gpucr.io/tcp-established: "true"``: bench/infer_server.py,

@@ -3,8 +3,8 @@
 
     python3 bench/gpu_restore.py OUT_DIR --stage STAGE [--gib 1] [--timeout 300] [--code TEXT]
 
-STAGE is bench/gpu_front.py's (``debs/`` CRIU 4.2.x with its closure, ``debs-ctrd/`` containerd 2.1.9 and runc,
-``whl/``, ``images/``); the generated ``_pb`` modules must be in the tree.
+STAGE is bench/_stage.py's (``debs-ctrd/`` containerd 2.1.9 and runc, ``images/``, gpucr's own .debs in STAGE/pkgs,
+$GPUCR_DEBS or dist/); the generated ``_pb`` modules must be in the tree.
 
 1. A private containerd 2.1.9 whose runtime binary is gpucr's runc wrapper (``install/front.sh route``: DIR/bin/runc,
    the CRIU front at DIR/path/criu; the OCI hook by ``install/hook.sh install``, all in a root-only dir) and gpucr's

@@ -94,6 +94,8 @@ depends:
   - python3 (>= 3.11)
 suggests:
   - gpucr-criu
+deb:
+  compression: xz
 rpm:
   summary: GPU-safe checkpoint/restore for containerd
 overrides:
@@ -167,6 +169,8 @@ description: |
   distribution criu alone (Debian 12 and Ubuntu 24.04 ship none that works on current kernels).
 vendor: gpucr
 license: GPL-2.0 and LGPL-2.1 (see /usr/share/doc/gpucr-criu)
+deb:
+  compression: xz
 rpm:
   summary: CRIU for gpucr in its own prefix
 contents:
