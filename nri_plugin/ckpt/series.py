@@ -152,6 +152,11 @@ class Series:
         except OSError:
             return
         for p in entries:
+            if p.name.startswith(f".{LATEST}.tmp-") and p.is_symlink():  # commit() died before renaming it
+                tail = p.name.rsplit("-", 1)[1]
+                if tail.isdigit() and int(tail) != os.getpid() and not alive(int(tail)):
+                    p.unlink(missing_ok=True)
+                continue
             mark = STAGING_MARK if STAGING_MARK in p.name else DELETE_MARK if DELETE_MARK in p.name else ""
             if not p.name.startswith(".") or not mark:
                 continue

@@ -98,6 +98,7 @@ def test_begin_tidies_what_a_killed_writer_left(series: Series) -> None:
         d = series.dir / f".20270115T075959Z.gpucr-{mark}-{p.pid}"
         d.mkdir(mode=0o700)
         (d / "x").write_text("half")
+    (series.dir / f".latest.tmp-{p.pid}").symlink_to("20270115T075959Z")
     mine = series.dir / f".20270115T075958Z.gpucr-tmp-{os.getppid()}"  # a living writer's: left alone
     mine.mkdir(mode=0o700)
     tmp, _ = series.begin(T0)
