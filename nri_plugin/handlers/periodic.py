@@ -89,8 +89,14 @@ class PeriodicCheckpoints:
     async def _loop(self, job: Job) -> None:
         while True:
             await asyncio.sleep(job.interval_s)
-            if not await asyncio.to_thread(self.tick, job):
-                self.disarm(job.container_id, "the container is not running")
+            try:
+                running = await asyncio.to_thread(self.tick, job)
+            except Exception as exc:  # a bug must not end the timer silently: one error line, the next tick retries
+                self._failed(job, self.node_of(), "checkpoint", f"{type(exc).__name__}: {exc}", 0.0)
+                continue
+            if not running:
+                if self.tasks.get(job.container_id) is asyncio.current_task():
+                    self.disarm(job.container_id, "the container is not running")
                 return
 
     def tick(self, job: Job) -> bool:
