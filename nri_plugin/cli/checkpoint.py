@@ -194,8 +194,11 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         found = resolve_container(args.container, args.address, args.namespace)
         container_id, pid = found.id, found.pid
         if args.via_runtime:
+            from ..ckpt.container_lock import held
+
             from . import _via_runtime
-            return _via_runtime.run(args, cfg, found)
+            with held(cfg.state_dir, found.id, f"container {found.id} (pid {found.pid})"):
+                return _via_runtime.run(args, cfg, found)
         use_cgroup = True
         # like runc: bind mounts (and cgroup binds) are external to CRIU, keyed by their mountpoint, and a pod's
         # shared pid namespace is external; what a restore needs is recorded in the metadata
@@ -213,8 +216,13 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     sweep_now(cfg, args.libcuda)
     guard = Guard(cfg, what=f"container {container_id} (pid {pid})" if container_id else f"pid {pid}",
                   container_id=container_id, lock_timeout_ms=lock_timeout_ms)
+    from contextlib import nullcontext
+
+    from ..ckpt.container_lock import held
+    one_at_a_time = held(cfg.state_dir, container_id, f"container {container_id} (pid {pid})") if container_id \
+        else nullcontext()
     try:
-        with guard.active(steps_factory(args.libcuda, cfg)):
+        with one_at_a_time, guard.active(steps_factory(args.libcuda, cfg)):
             summary = _engine(args, cfg, progress, guard.on_phase).checkpoint(CheckpointRequest(
                 images_dir=args.to, pid=pid, leave_running=args.leave_running, force=args.force,
                 container_id=container_id, use_cgroup=use_cgroup, lock_timeout_ms=lock_timeout_ms,

@@ -66,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
             config = LoggerConfig.parse(text, str(args.config))
         plugin = LifecycleLogger(config)
     else:
-        from ..handlers.lease_sweep import SweepingPolicyPlugin
+        from ..handlers.periodic import PeriodicPolicyPlugin
         from ..policy import load_config
 
         node = load_config(args.config)
-        plugin = SweepingPolicyPlugin(node)
+        plugin = PeriodicPolicyPlugin(node)
         if node.metrics_address and not args.events:
             from ..handlers.metrics import Metrics
             try:
@@ -115,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             await stub.run()
         finally:
+            periodic = getattr(plugin, "periodic", None)  # the policy plugin's timers
+            if periodic is not None:
+                await periodic.close()
             for task in (status, sweeping):
                 if task is not None:
                     task.cancel()

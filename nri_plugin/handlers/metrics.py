@@ -10,7 +10,8 @@ file under a lock, and histograms of many operations do not merge by rewriting a
 neither, and the counters stay monotonic in the one process Prometheus scrapes. Events written while the daemon is
 down are counted at its next scrape.
 
-Metrics: ``gpucr_checkpoints_total`` and ``gpucr_restores_total`` {result=ok|error, path=front|cli};
+Metrics: ``gpucr_checkpoints_total`` and ``gpucr_restores_total`` {result=ok|error, path=front|cli|periodic} (periodic: the
+daemon's own periodic checkpoints, :mod:`.periodic`);
 ``gpucr_step_duration_seconds`` {operation, step} with step lock, cuda_checkpoint, criu, sync, cuda_restore (and
 gpucr's other steps); ``gpucr_checkpoint_bytes_total`` {kind=images|gpu}; ``gpucr_managed_containers`` (records in
 ``STATE_DIR/containers``).
@@ -91,7 +92,7 @@ class Metrics:
                         registry=self.registry)
         managed.set_function(self._managed)
         for result in ("ok", "error"):  # the series exist (at 0) before the first event
-            for path in ("front", "cli"):
+            for path in ("front", "cli", "periodic"):
                 self.checkpoints.labels(result, path)
                 self.restores.labels(result, path)
 

@@ -79,6 +79,34 @@ def _checkpoint_name(v: str) -> str:
     return v
 
 
+_DURATION = re.compile(r"(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,7})s)?")
+#: the longest interval of periodic checkpoints an annotation may ask for (a week)
+MAX_INTERVAL_S = 7 * 86_400
+
+
+def _duration(v: str) -> int:
+    """``30s``, ``15m``, ``1h30m``, or a bare number of seconds -> whole seconds (1 s to a week; the node's
+    ``checkpoint_interval_min_s`` is checked by the policy)."""
+    m = _DURATION.fullmatch(v)
+    if v.isdigit():
+        n = int(v)
+    elif v and m:
+        h, mi, s = (int(x or 0) for x in m.groups())
+        n = h * 3600 + mi * 60 + s
+    else:
+        n = -1
+    if not 1 <= n <= MAX_INTERVAL_S:
+        raise ValueError("a duration from 1s to 168h, e.g. 30s, 15m, 1h30m (or whole seconds)")
+    return n
+
+
+def _count(v: str) -> int:
+    n = int(v) if v.isdigit() else -1
+    if not 1 <= n <= 1000:
+        raise ValueError("a whole number from 1 to 1000")
+    return n
+
+
 #: the phases of a checkpoint's critical section that ``gpucr.io/phase-timeouts`` may bound (nri_plugin/ckpt/lease.py)
 PHASES = ("cuda-lock", "cuda-checkpoint", "criu-dump", "cuda-restore", "cuda-unlock")
 
@@ -107,6 +135,8 @@ ANNOTATIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "gpu-map": ("gpu_map", _gpu_map),
     "restore-from": ("restore_from", _checkpoint_name),
     "phase-timeouts": ("phase_timeouts", _phase_timeouts),
+    "checkpoint-interval": ("checkpoint_interval_s", _duration),
+    "checkpoint-keep": ("checkpoint_keep", _count),
 }
 
 
@@ -126,6 +156,10 @@ class ContainerPolicy:
     restore_from: str | None = None
     #: per-phase deadlines in seconds (the node's ``*_timeout_s`` cap them)
     phase_timeouts: tuple[tuple[str, int], ...] = ()
+    #: the plugin daemon checkpoints the running container this often (seconds)
+    checkpoint_interval_s: int | None = None
+    #: how many of its newest periodic checkpoints are kept
+    checkpoint_keep: int | None = None
     #: the gpucr.io/ annotations that were read, for the record
     source: dict[str, str] = field(default_factory=dict)
 

@@ -69,6 +69,15 @@ class NodeConfig:
     cuda_restore_timeout_s: float = 600.0
     #: deadline of unlocking CUDA in the processes
     cuda_unlock_timeout_s: float = 60.0
+    #: take the periodic checkpoints that containers ask for with gpucr.io/checkpoint-interval (false: none are
+    #: taken; such containers still start, with a warning)
+    periodic_checkpoints: bool = True
+    #: the shortest gpucr.io/checkpoint-interval accepted; a shorter one fails the container's creation
+    checkpoint_interval_min_s: float = 60.0
+    #: the most periodic checkpoints a container may keep (gpucr.io/checkpoint-keep; default 3)
+    checkpoint_keep_max: int = 10
+    #: containerd's socket, through which the daemon takes periodic checkpoints (CRI and its task API)
+    containerd_address: Path = Path("/run/containerd/containerd.sock")
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def phase_budgets(self, lock_timeout_ms: int | None = None,

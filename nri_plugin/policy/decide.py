@@ -15,7 +15,10 @@ from .config import NodeConfig
 from .criu_conf import CriuOption
 from .gpu import GpuRequest, detect_gpus
 
-__all__ = ["ContainerView", "Decision", "MountView", "decide"]
+__all__ = ["DEFAULT_KEEP", "ContainerView", "Decision", "MountView", "Periodic", "decide"]
+
+#: periodic checkpoints kept when gpucr.io/checkpoint-keep does not say
+DEFAULT_KEEP = 3
 
 _PROPAGATION = {"shared", "rshared", "slave", "rslave"}
 
@@ -48,6 +51,14 @@ class ContainerView:
 
 
 @dataclass(frozen=True)
+class Periodic:
+    """The periodic checkpoints a container asked for (gpucr.io/checkpoint-interval, -keep), within the node's limits."""
+
+    interval_s: int
+    keep: int
+
+
+@dataclass(frozen=True)
 class Decision:
     managed: bool
     reason: str
@@ -55,6 +66,8 @@ class Decision:
     gpu: GpuRequest
     criu_options: tuple[CriuOption, ...] = ()
     warnings: tuple[str, ...] = ()
+    #: periodic checkpoints the plugin daemon takes of the running container (None: none)
+    periodic: Periodic | None = None
 
 
 def decide(view: ContainerView, node: NodeConfig) -> Decision:
@@ -71,11 +84,20 @@ def decide(view: ContainerView, node: NodeConfig) -> Decision:
     policy = parse_annotations(view.pod_annotations, view.annotations, what=view.describe(),
                                on_error=warn if node.annotation_errors == "warn" else None)
     gpu = detect_gpus(view.env, view.devices, view.cdi_devices, [m.destination for m in view.mounts])
+    try:
+        periodic = _periodic(view, policy, node, warnings)
+    except AnnotationError as err:
+        if node.annotation_errors != "warn":
+            raise
+        warn(err)
+        periodic = None
     if policy.restore_from:
         # a restore needs gpucr's CRIU config and record (the CUDA restore reads the GPU map from it)
         managed, reason = True, f"annotation gpucr.io/restore-from={policy.restore_from}"
     elif policy.checkpoint is True:
         managed, reason = True, "annotation gpucr.io/checkpoint=enabled"
+    elif periodic is not None:
+        managed, reason = True, f"annotation gpucr.io/checkpoint-interval={periodic.interval_s}s"
     elif policy.checkpoint is False:
         managed, reason = False, "annotation gpucr.io/checkpoint=disabled"
     elif node.manage_gpu_containers and gpu.is_gpu:
@@ -85,7 +107,38 @@ def decide(view: ContainerView, node: NodeConfig) -> Decision:
         reason = ("GPU container, but the node manages only opted-in containers" if gpu.is_gpu
                   else "not opted in (no gpucr.io/checkpoint annotation)")
     opts = _criu_options(view, policy, gpu) if managed else ()
-    return Decision(managed, reason, policy, gpu, opts, tuple(warnings))
+    return Decision(managed, reason, policy, gpu, opts, tuple(warnings), periodic if managed else None)
+
+
+def _periodic(view: ContainerView, policy: ContainerPolicy, node: NodeConfig, warnings: list[str]) -> Periodic | None:
+    """gpucr.io/checkpoint-interval and -keep checked against the node's limits.
+
+    Raises:
+        AnnotationError: the interval is below ``checkpoint_interval_min_s``, keep above ``checkpoint_keep_max``,
+            keep without an interval, or an interval on a container that opts out.
+    """
+    interval, keep = policy.checkpoint_interval_s, policy.checkpoint_keep
+    what = view.describe()
+    if interval is None:
+        if keep is not None:
+            raise AnnotationError("gpucr.io/checkpoint-keep", f"{what}: annotation gpucr.io/checkpoint-keep={keep} "
+                                  "without gpucr.io/checkpoint-interval; add the interval (e.g. 15m) or remove it")
+        return None
+    if policy.checkpoint is False:
+        raise AnnotationError("gpucr.io/checkpoint-interval", f"{what}: annotation gpucr.io/checkpoint-interval "
+                              "contradicts gpucr.io/checkpoint=disabled; remove one of them")
+    if interval < node.checkpoint_interval_min_s:
+        raise AnnotationError("gpucr.io/checkpoint-interval", f"{what}: annotation gpucr.io/checkpoint-interval="
+                              f"{interval}s is invalid; accepted: at least {node.checkpoint_interval_min_s:g}s (the "
+                              "node's checkpoint_interval_min_s)")
+    if keep is not None and keep > node.checkpoint_keep_max:
+        raise AnnotationError("gpucr.io/checkpoint-keep", f"{what}: annotation gpucr.io/checkpoint-keep={keep} is "
+                              f"invalid; accepted: 1 to {int(node.checkpoint_keep_max)} (the node's "
+                              "checkpoint_keep_max)")
+    if not node.periodic_checkpoints:
+        warnings.append(f"{what}: gpucr.io/checkpoint-interval ignored: the node has periodic_checkpoints = false")
+        return None
+    return Periodic(interval, keep or min(DEFAULT_KEEP, int(node.checkpoint_keep_max)))
 
 
 def _criu_options(view: ContainerView, policy: ContainerPolicy, gpu: GpuRequest) -> tuple[CriuOption, ...]:

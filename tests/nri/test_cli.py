@@ -41,4 +41,5 @@ def test_gpucr_policy_plugin_events_and_bad_node_config(tmp_path: Path) -> None:
     good = tmp_path / "ok.toml"
     good.write_text("manage_gpu_containers = true\n")
     r = gpucr("plugin", "--events", "--config", str(good))
-    assert r.returncode == 0 and r.stdout.split() == ["create_container", "remove_container"]
+    assert r.returncode == 0 and r.stdout.split() == [
+        "create_container", "post_start_container", "stop_container", "remove_container"]  # the last three: timers

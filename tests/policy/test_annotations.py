@@ -29,6 +29,12 @@ def test_other_prefixes_are_ignored() -> None:
     ("gpucr.io/phase-timeouts", "sync=5", "PHASE=SECONDS, PHASE one of cuda-lock"),
     ("gpucr.io/phase-timeouts", "criu-dump=0", "seconds from 1 to 86400"),
     ("gpucr.io/phase-timeouts", ",", "at least one PHASE=SECONDS"),
+    ("gpucr.io/checkpoint-interval", "0s", "a duration from 1s to 168h"),
+    ("gpucr.io/checkpoint-interval", "15 minutes", "a duration from 1s to 168h"),
+    ("gpucr.io/checkpoint-interval", "169h", "a duration from 1s to 168h"),
+    ("gpucr.io/checkpoint-interval", "", "a duration from 1s to 168h"),
+    ("gpucr.io/checkpoint-keep", "0", "a whole number from 1 to 1000"),
+    ("gpucr.io/checkpoint-keep", "three", "a whole number from 1 to 1000"),
 ])
 def test_bad_value_names_annotation_container_and_accepted_values(key: str, value: str, accepted: str) -> None:
     with pytest.raises(AnnotationError) as ei:
@@ -72,3 +78,10 @@ def test_phase_timeouts_parse_and_the_node_caps_them() -> None:
     assert p.phase_timeouts == (("criu-dump", 30), ("cuda-checkpoint", 9000))
     b = NodeConfig(cuda_checkpoint_timeout_s=120.0).phase_budgets(2000, p.phase_timeouts)
     assert b["criu-dump"] == 30 and b["cuda-checkpoint"] == 120 and b["cuda-lock"] == 32
+
+
+@pytest.mark.parametrize("value,seconds", [("30s", 30), ("15m", 900), ("1h30m", 5400), ("2h", 7200), ("45", 45),
+                                           ("1m5s", 65), ("168h", 604800)])
+def test_checkpoint_interval_durations(value: str, seconds: int) -> None:
+    p = parse_annotations({}, {"gpucr.io/checkpoint-interval": value, "gpucr.io/checkpoint-keep": "4"})
+    assert p.checkpoint_interval_s == seconds and p.checkpoint_keep == 4

@@ -77,3 +77,36 @@ def test_bad_annotation_fails_or_warns_by_node_config() -> None:
         decide(v, NodeConfig())
     d = decide(v, NodeConfig(annotation_errors="warn"))
     assert d.managed and len(d.warnings) == 1 and "gpucr.io/tcp-established" in d.warnings[0]
+
+
+def test_checkpoint_interval_manages_the_container_with_default_keep() -> None:
+    d = decide(view(annotations={"gpucr.io/checkpoint-interval": "15m"}), NodeConfig())
+    assert d.managed and "checkpoint-interval" in d.reason
+    assert d.periodic is not None and (d.periodic.interval_s, d.periodic.keep) == (900, 3)
+    assert decide(view(annotations={}), NodeConfig()).periodic is None
+
+
+@pytest.mark.parametrize("ann,node,expect", [
+    ({"gpucr.io/checkpoint-interval": "30s"}, {}, "at least 60s (the node's checkpoint_interval_min_s)"),
+    ({"gpucr.io/checkpoint-interval": "5s"}, {"checkpoint_interval_min_s": 10}, "at least 10s"),
+    ({"gpucr.io/checkpoint-interval": "5m", "gpucr.io/checkpoint-keep": "11"}, {}, "1 to 10 (the node's "
+                                                                                    "checkpoint_keep_max)"),
+    ({"gpucr.io/checkpoint-keep": "2"}, {}, "without gpucr.io/checkpoint-interval"),
+    ({"gpucr.io/checkpoint-interval": "5m", "gpucr.io/checkpoint": "disabled"}, {},
+     "contradicts gpucr.io/checkpoint=disabled"),
+])
+def test_periodic_limits_of_the_node(ann: dict[str, str], node: dict[str, object], expect: str) -> None:
+    with pytest.raises(AnnotationError) as ei:
+        decide(view(annotations=ann), NodeConfig.from_mapping(node))
+    assert expect in str(ei.value) and "container " in str(ei.value)
+    warned = decide(view(annotations=ann), NodeConfig.from_mapping({**node, "annotation_errors": "warn"}))
+    assert warned.periodic is None and any(expect in w for w in warned.warnings)
+
+
+def test_node_can_disable_periodic_checkpoints() -> None:
+    node = NodeConfig.from_mapping({"periodic_checkpoints": False, "checkpoint_keep_max": 2})
+    d = decide(view(annotations={"gpucr.io/checkpoint-interval": "2m"}), node)
+    assert d.periodic is None and any("periodic_checkpoints = false" in w for w in d.warnings)
+    d = decide(view(annotations={"gpucr.io/checkpoint-interval": "2m", "gpucr.io/checkpoint": "enabled"}),
+               NodeConfig.from_mapping({"checkpoint_keep_max": 2}))
+    assert d.periodic is not None and d.periodic.keep == 2  # the default keep, capped by the node
