@@ -34,7 +34,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # the host read as files: below everything but errors
     "nri_plugin.host": ("nri_plugin.ttrpc", "nri_plugin.mux", "nri_plugin.nri", "nri_plugin.cri",
                         "nri_plugin.containerd", "nri_plugin.ckpt", "nri_plugin.front", "nri_plugin.cli",
-                        "nri_plugin.policy", "nri_plugin.gpufront", "nri_plugin.handlers"),
+                        "nri_plugin.policy", "nri_plugin.handlers"),
     # the joiners may import anything below the entry points
     "nri_plugin.handlers": ("nri_plugin.cli",),
     "nri_plugin.policy": ("nri_plugin.cli", "nri_plugin.front"),
@@ -85,8 +85,8 @@ def test_layering(name: str, path: Path) -> None:
             assert not bad, f"{name} imports upper layer: {bad}"
     if not name.startswith("nri_plugin.cli"):
         assert not any(i == "nri_plugin.cli" or i.startswith("nri_plugin.cli.") for i in imports), name
-    if not name.startswith(("nri_plugin.cli", "nri_plugin.handlers")) and name != "nri_plugin.gpufront":
-        # only the entry points (and the old front.conf path, re-exported) reach the joiners
+    if not name.startswith(("nri_plugin.cli", "nri_plugin.handlers")):
+        # only the entry points reach the joiners
         bad = sorted(i for i in imports if i == "nri_plugin.handlers" or i.startswith("nri_plugin.handlers."))
         assert not bad, f"{name} imports the joiners: {bad}"
     if name.endswith(PURE_SUFFIXES) or ".api." in name + ".":
