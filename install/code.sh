@@ -13,12 +13,12 @@ CODE_USERS=install-users
 PACKAGED=.packaged
 
 # check_root_path PATH WHAT: refuse a PATH the front would not trust (a user other than root could change it): the
-# front's own rule, nri_plugin/front/trust.py run from the checkout, so the two cannot disagree. Every existing
+# front's own rule, nri_plugin/host/paths.py run from the checkout, so the two cannot disagree. Every existing
 # directory above PATH, link and target side, must be root's and not group/world-writable; a sticky
 # world-writable one such as /tmp is refused too.
 check_root_path() {
     local why
-    why=$("$PYTHON" -S -E "$repo/nri_plugin/front/trust.py" "$1") && return 0
+    why=$("$PYTHON" -S -E "$repo/nri_plugin/host/paths.py" "$1") && return 0
     die "$2 $1 would be changeable by others: ${why:-$PYTHON could not check it} (or choose another place)"
 }
 

@@ -107,8 +107,11 @@ def test_handlers_reached_only_from_entry_points() -> None:
 
 
 def test_host_start_up_path_is_cheap() -> None:
-    """host/__init__ imports nothing and host/proc only os and errors: the CRIU front imports proc on every dump."""
+    """host/__init__ imports nothing, host/proc only os and errors, host/paths only os and stat: the CRIU front
+    imports proc on every dump and paths (through front/trust) on every start."""
     assert _imports("nri_plugin.host", PKG / "host" / "__init__.py") == set()
+    paths = _imports("nri_plugin.host.paths", PKG / "host" / "paths.py")
+    assert {i.split(".")[0] for i in paths} <= {"__future__", "os", "stat"}, paths
     proc = _imports("nri_plugin.host.proc", PKG / "host" / "proc.py")
     assert {i.split(".")[0] for i in proc} <= {"__future__", "os", "signal", "collections", "nri_plugin"}, proc
     assert {i for i in proc if i.startswith("nri_plugin")} <= {"nri_plugin.errors", "nri_plugin.errors.GpucrError"}
