@@ -100,6 +100,8 @@ def _runtime_config() -> Any:
     """install/runtime_config.py (a script, not a package module) for its pure edit."""
     name = "gpucr_install_runtime_config"
     if name not in sys.modules:
+        if str(testenv.INSTALL) not in sys.path:  # its sibling install/toml_edit.py, as the script finds it
+            sys.path.append(str(testenv.INSTALL))
         spec = importlib.util.spec_from_file_location(name, testenv.INSTALL / "runtime_config.py")
         sys.modules[name] = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         spec.loader.exec_module(sys.modules[name])  # type: ignore[union-attr]
