@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # gpucr's code as a root-owned copy, for what runs as root (the CRIU front, the OCI hook): never the checkout, which
-# its owner can change. Sourced by install/front.sh and install/hook.sh (they define die, say, $repo, $PYTHON).
+# its owner can change. Sourced by install/front.sh, install/hook.sh and install/plugin.sh (they define die, say,
+# $repo, $PYTHON).
 #
 # PREFIX (default /usr/lib/gpucr) gets nri_plugin/ and hooks/: the checkout's .py files (the generated _pb/
 # packages left out: the front and the hook need the standard library only), precompiled by $PYTHON, directories
