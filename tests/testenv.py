@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -77,6 +78,15 @@ class Containerd:
         except OSError as exc:
             return f"(no log: {exc})"
 
+    def remove_restored(self, name: str, ref: str, namespace: str = "default") -> None:
+        """Take away what ``ctr c restore`` made (the task and container ``name``) and the checkpoint image ``ref``;
+        what is already gone is no error."""
+        self.ctr("t", "kill", "-s", "KILL", name, namespace=namespace, check=False)
+        time.sleep(0.3)
+        self.ctr("t", "rm", "-f", name, namespace=namespace, check=False)
+        self.ctr("c", "rm", name, namespace=namespace, check=False)
+        self.ctr("images", "rm", "--sync", ref, namespace=namespace, check=False)
+
     @contextlib.contextmanager
     def pod(self, name: str | None = None, **kw: Any) -> Iterator[tuple[CriClient, str, Any]]:
         """A CRI pod sandbox (host network, this instance's cgroup parent), removed afterwards."""
@@ -139,6 +149,25 @@ def node_config(where: Path, **values: Any) -> dict[str, str]:
     path.write_text("\n".join(lines) + "\n")
     os.chmod(path, 0o644)
     return {"GPUCR_CONFIG": str(path)}
+
+
+@contextlib.contextmanager
+def running_plugin(nri_socket: str, log: Path, config: Path | None = None,
+                   env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``gpucr -v plugin --socket NRI_SOCKET [--config CONFIG] --log-file LOG`` from the checkout, once its log (begun
+    afresh) says it registered and synchronized; terminated afterwards."""
+    log.unlink(missing_ok=True)
+    conf = ["--config", str(config)] if config is not None else []
+    proc = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "-v", "plugin", "--socket", nri_socket, *conf,
+                             "--log-file", str(log)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: log.exists() and "synchronized" in log.read_text(),
+                 what="gpucr plugin to register and synchronize")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @contextlib.contextmanager
