@@ -91,7 +91,12 @@ class Containerd:
     def pod(self, name: str | None = None, **kw: Any) -> Iterator[tuple[CriClient, str, Any]]:
         """A CRI pod sandbox (host network, this instance's cgroup parent), removed afterwards."""
         name = name or f"p-{uuid.uuid4().hex[:8]}"
-        cfg = pod_config(name, cgroup_parent=self.cgroup_parent, **kw)
+        with self.pod_of(pod_config(name, cgroup_parent=self.cgroup_parent, **kw)) as pod:
+            yield pod
+
+    @contextlib.contextmanager
+    def pod_of(self, cfg: Any) -> Iterator[tuple[CriClient, str, Any]]:
+        """The CRI pod sandbox of the config ``cfg``; it, its containers and their tasks removed afterwards."""
         with self.cri() as c:
             pod_id = c.run_pod_sandbox(cfg)
             try:
