@@ -143,6 +143,14 @@ def wait_for(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0
         time.sleep(interval)
 
 
+def one_error(r: subprocess.CompletedProcess[str], status: int | None = 1) -> str:
+    """The one ``error:`` line of a command that failed with exit ``status`` (None: any but 0); asserts it is one."""
+    assert r.returncode != 0 if status is None else r.returncode == status, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
 def node_config(where: Path, **values: Any) -> dict[str, str]:
     """A gpucr node config at ``where/gpucr.toml`` (``checkpoint_root`` defaults to ``where``, ``state_dir`` to
     ``where/state``), as the env that points the CLI at it (``GPUCR_CONFIG``): every CLI test confines its checkpoints

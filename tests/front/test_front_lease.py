@@ -20,29 +20,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.ckpt.test_lease_faults import PHASES, SWEEP_S, WITHIN_S  # the CLI's lease faults, through the front
 from tests.front.conftest import FrontRoute
 from tests.front.test_gpufront import (  # noqa: F401 (fixtures)
     advancing,
     cri_workload,
     fake,
-    gpu_node,
     freezer_state,
+    gpu_node,
     plugin,
 )
 from tests.testenv import TEST_ROOT, Containerd, wait_for
 
 pytestmark = pytest.mark.integration
-
-SWEEP_S = 1.0
-#: the sweep's interval plus what a sweep itself takes (the runtime's resume, the driver's calls) on a loaded CI box
-WITHIN_S = SWEEP_S + 4.0
-#: pause point -> (the state the fake reports there, the lease's phase)
-PHASES = {
-    "after-lock": ("LOCKED", "cuda-lock"),
-    "checkpointed": ("CHECKPOINTED", "cuda-checkpoint"),
-    "criu-post-dump": ("CHECKPOINTED", "criu-dump"),
-    "restored": ("LOCKED", "cuda-restore"),
-}
 
 
 @pytest.fixture(scope="module")

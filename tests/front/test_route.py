@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests import testenv
+from tests.testenv import one_error
 from tests.ckpt._tcp import KERNEL_REFUSES_PASSCRED, kernel_version
 from tests.conftest import VERSIONS
 from tests.front.conftest import INSTANCE, REAL_CRIU, front_cuda_hooks
@@ -35,13 +36,6 @@ RUNC = shutil.which("runc") or "/usr/sbin/runc"
 
 def front_sh(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(FRONT_SH), *args], capture_output=True, text=True)
-
-
-def one_error(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode == 1, r.stderr
-    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
-    assert len(errors) == 1, r.stderr
-    return errors[0]
 
 
 def binary_names(config: Path, runtime: str = "runc") -> list[str | None]:
