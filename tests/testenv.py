@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -141,6 +142,25 @@ def wait_for(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def kill_and_reap(pids: Sequence[int], proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a test workload's ``pids`` (original or restored) and reap them: its launcher ``proc``, and each pid that
+    is our child again (a root CRIU restored with rst_sibling)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def one_error(r: subprocess.CompletedProcess[str], status: int | None = 1) -> str:
