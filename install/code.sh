@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # gpucr's code as a root-owned copy, for what runs as root (the CRIU front, the OCI hook): never the checkout, which
-# its owner can change. Sourced by install/front.sh and install/hook.sh (they define die, say, $repo, $PYTHON).
+# its owner can change. Sourced by install/front.sh, install/hook.sh and install/plugin.sh (they define die, say,
+# $repo, $PYTHON).
 #
 # PREFIX (default /usr/lib/gpucr) gets nri_plugin/ and hooks/: the checkout's .py files (the generated _pb/
 # packages left out: the front and the hook need the standard library only), precompiled by $PYTHON, directories
@@ -13,12 +14,12 @@ CODE_USERS=install-users
 PACKAGED=.packaged
 
 # check_root_path PATH WHAT: refuse a PATH the front would not trust (a user other than root could change it): the
-# front's own rule, nri_plugin/front/trust.py run from the checkout, so the two cannot disagree. Every existing
+# front's own rule, nri_plugin/host/paths.py run from the checkout, so the two cannot disagree. Every existing
 # directory above PATH, link and target side, must be root's and not group/world-writable; a sticky
 # world-writable one such as /tmp is refused too.
 check_root_path() {
     local why
-    why=$("$PYTHON" -S -E "$repo/nri_plugin/front/trust.py" "$1") && return 0
+    why=$("$PYTHON" -S -E "$repo/nri_plugin/host/paths.py" "$1") && return 0
     die "$2 $1 would be changeable by others: ${why:-$PYTHON could not check it} (or choose another place)"
 }
 

@@ -38,6 +38,8 @@ die() { printf 'gpucr front: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'gpucr front: %s\n' "$*" >&2; }
 # shellcheck source=install/code.sh
 . "$here/code.sh"
+# shellcheck source=install/launcher.sh
+. "$here/launcher.sh"
 
 DIR=/usr/local/lib/gpucr/front
 PREFIX=
@@ -89,9 +91,6 @@ check_real_criu() {
     fi
 }
 
-# write FILE MODE: stdin into a root-owned FILE, replaced atomically
-write() { cat > "$1.tmp"; chown root:root "$1.tmp"; chmod "$2" "$1.tmp"; mv -f "$1.tmp" "$1"; }
-
 # make_route TARGET: DIR/bin/runc execs TARGET with DIR/path first on PATH; DIR/path/criu runs PREFIX's front.
 make_route() {
     local target=$1
@@ -108,7 +107,7 @@ make_route() {
         ln -s "$PREFIX/hooks/criu_front.py" "$DIR/path/criu"
     else
         printf '#!/bin/sh\n# gpucr CRIU front (install/front.sh)\nGPUCR_FRONT_CONF=%s exec %s -S -E %s "$@"\n' \
-            "$DIR/path/front.conf" "$PYTHON" "$PREFIX/hooks/criu_front.py" | write "$DIR/path/criu" 0755
+            "$DIR/path/front.conf" "$PYTHON" "$PREFIX/hooks/criu_front.py" | write_root "$DIR/path/criu" 0755
     fi
     {
         echo "# gpucr CRIU front configuration (install/front.sh); environment GPUCR_REAL_CRIU etc. override it"
@@ -116,8 +115,8 @@ make_route() {
         echo "log_dir = $LOG_DIR"
         [ -z "$HOOKS" ] || [ "$HOOKS" = none ] || echo "hooks = $HOOKS"
         [ -z "$NODE_CONFIG" ] || echo "node_config = $NODE_CONFIG"
-    } | write "$DIR/path/front.conf" 0644
-    write "$DIR/bin/runc" 0755 <<SH
+    } | write_root "$DIR/path/front.conf" 0644
+    write_root "$DIR/bin/runc" 0755 <<SH
 #!/bin/sh
 # gpucr: runc with gpucr's CRIU front first on PATH (install/front.sh; undo with install/front.sh uninstall)
 # next in the runtime chain: $target

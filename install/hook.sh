@@ -20,6 +20,8 @@ die() { printf 'gpucr hook: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'gpucr hook: %s\n' "$*" >&2; }
 # shellcheck source=install/code.sh
 . "$here/code.sh"
+# shellcheck source=install/launcher.sh
+. "$here/launcher.sh"
 
 HOOK=/usr/libexec/gpucr/gpucr-hook
 PREFIX=/usr/lib/gpucr
@@ -39,22 +41,20 @@ parse() {
     HOOK=$(readlink -m -- "$HOOK"); PREFIX=$(readlink -m -- "$PREFIX")
 }
 
-ours() { [ -f "$HOOK" ] && head -n 2 "$HOOK" | grep -qF "$MARK"; }
+ours() { is_ours "$HOOK" "$MARK"; }
 # the prefix a launcher runs (its sys.path line)
 hook_prefix() { sed -n 's/^sys.path.insert(0, "\(.*\)")$/\1/p' "$HOOK" | head -n1; }
 
 install_hook() {
     [ "$(id -u)" -eq 0 ] || die "install must run as root (the hook runs as root)"
     [ -x "$PYTHON" ] || die "$PYTHON is missing: the hook needs Python >= 3.11 there (or set GPUCR_HOOK_PYTHON)"
-    if [ -e "$HOOK" ] && ! ours; then
-        die "$HOOK exists and was not written by install/hook.sh: remove it or choose another --path"
-    fi
+    claim "$HOOK" "$MARK" install/hook.sh --path
     case "$HOOK/" in "$repo"/*) die "--path $HOOK is inside the checkout $repo: choose a root-owned place" ;; esac
     check_root_path "$HOOK" "--path"
     local old=; ours && old=$(hook_prefix)
     install_code "$PREFIX" "$HOOK"
     mkdir_root "$(dirname -- "$HOOK")"
-    cat > "$HOOK.tmp" <<PY
+    write_root "$HOOK" 0755 <<PY
 #!$PYTHON -SE
 $MARK: runs $PREFIX/hooks/oci_hook.py, a root-owned copy of gpucr's code
 import sys
@@ -62,7 +62,6 @@ sys.path.insert(0, "$PREFIX")
 from hooks.oci_hook import main  # noqa: E402
 sys.exit(main())
 PY
-    chown root:root "$HOOK.tmp"; chmod 0755 "$HOOK.tmp"; mv -f "$HOOK.tmp" "$HOOK"
     # moved to another prefix: the old one goes once nothing else runs from it
     [ -z "$old" ] || [ "$old" = "$PREFIX" ] || release_code "$old" "$HOOK"
     say "$HOOK installed: runs $PREFIX/hooks/oci_hook.py with $PYTHON -SE"
@@ -79,18 +78,7 @@ uninstall_hook() {
     say "$HOOK removed"
 }
 
-status_hook() {
-    if ours; then echo "$HOOK: gpucr OCI hook, runs $(hook_prefix)/hooks/oci_hook.py"
-    elif [ -e "$HOOK" ]; then echo "$HOOK: exists, not written by install/hook.sh"; return 3
-    else echo "$HOOK: not installed"; return 3; fi
-}
+describe_hook() { echo "gpucr OCI hook, runs $(hook_prefix)/hooks/oci_hook.py"; }
+status_hook() { launcher_status "$HOOK" "$MARK" install/hook.sh describe_hook; }
 
-[ $# -ge 1 ] || die "usage: $0 install|uninstall|status [--path HOOK] [--prefix PREFIX]"
-cmd=$1; shift
-parse "$@"
-case "$cmd" in
-    install) install_hook ;;
-    uninstall) uninstall_hook ;;
-    status) status_hook ;;
-    *) die "unknown command '$cmd' (install|uninstall|status)" ;;
-esac
+dispatch hook "install|uninstall|status [--path HOOK] [--prefix PREFIX]" "$@"

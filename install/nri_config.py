@@ -10,7 +10,8 @@ it by default. Enable, in order of preference:
   * the smallest edit of the config: the one ``disable`` line (or the table, appended), checked with tomllib to change
     that value only, a copy of the file kept for revert.
 Revert removes the drop-in or restores the copy byte for byte, and refuses (one line, file untouched) when the file
-was edited since. Standard library only; run by ``gpucr setup`` as ``python3 -S -E install/nri_config.py``::
+was edited since. Standard library only (the edit itself is install/toml_edit.py's, shared with
+install/runtime_config.py); run by ``gpucr setup`` as ``python3 -S -E install/nri_config.py``::
 
     enable CONFIG STATE_DIR      print what was done; STATE_DIR/nri.json records it
     revert CONFIG STATE_DIR
@@ -19,7 +20,6 @@ was edited since. Standard library only; run by ``gpucr setup`` as ``python3 -S 
 from __future__ import annotations
 
 import argparse
-import copy
 import fnmatch
 import glob
 import json
@@ -30,7 +30,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from runtime_config import InstallError, _sha, _write_atomic, header_key
+from toml_edit import InstallError, literal, render_key, run, set_key, sha256, write_atomic
 
 NRI = "io.containerd.nri.v1.nri"
 DROP_IN = "gpucr-nri.toml"
@@ -45,19 +45,14 @@ def _needs_enable(doc: dict[str, Any]) -> bool:
 
 
 def _header(version: int) -> str:
-    return f'[plugins."{NRI}"]' if version == 2 else f"[plugins.'{NRI}']"
+    return f"[{render_key(['plugins', NRI], version)}]"
 
 
 def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list) and all(isinstance(x, str) for x in v):
-        return "[" + ", ".join(json.dumps(x) for x in v) + "]"
-    raise InstallError(f"the NRI table holds a value gpucr does not copy into a drop-in ({v!r})")
+    text = literal(v)
+    if text is None:
+        raise InstallError(f"the NRI table holds a value gpucr does not copy into a drop-in ({v!r})")
+    return text
 
 
 def _drop_in_dir(doc: dict[str, Any], config: Path) -> Path | None:
@@ -76,37 +71,11 @@ def edit(text: str, path: str) -> str:
     """The config text with NRI enabled, changing only ``disable`` of the NRI table. Raises InstallError."""
     doc = tomllib.loads(text)
     version = doc.get("version", 1)
-    want = ["plugins", NRI]
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if header_key(ln) == want), None)
-    if start is None:
-        if NRI in doc.get("plugins", {}):
-            raise InstallError(f"{path}: the NRI plugin's settings are not written as a {_header(version)} table; "
-                               "set disable = false there by hand")
-        if lines and not lines[-1].endswith("\n"):
-            lines[-1] += "\n"
-        lines += ["\n", f"{_header(version)}\n", "  disable = false\n"]
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
-        at = next((i for i in range(start + 1, end) if lines[i].split("=")[0].strip() == "disable"), None)
-        indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())] + "  "
-        if at is None:
-            lines.insert(start + 1, f"{indent}disable = false\n")
-        else:
-            ind = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
-            lines[at] = f"{ind}disable = false\n"
-    out = "".join(lines)
-    expected = copy.deepcopy(doc)
-    expected.setdefault("plugins", {}).setdefault(NRI, {})["disable"] = False
-    try:
-        got = tomllib.loads(out)
-    except tomllib.TOMLDecodeError as exc:
-        raise InstallError(f"enabling NRI in {path} gave invalid TOML ({exc}); file unchanged: set disable = false "
-                           f"in its {_header(version)} table by hand") from exc
-    if got != expected:
-        raise InstallError(f"enabling NRI in {path} would change more than its disable key; file unchanged: set "
-                           f"disable = false in its {_header(version)} table by hand")
-    return out
+    fix = f"set disable = false in its {_header(version)} table by hand"
+    return set_key(text, doc, ["plugins", NRI], "disable", False, version=version,
+                   not_a_table=f"{path}: the NRI plugin's settings are not written as a {_header(version)} table; "
+                               "set disable = false there by hand",
+                   what=f"enabling NRI in {path}", fix=fix, named="disable key")
 
 
 def enable(config: Path, state_dir: Path) -> str:
@@ -138,20 +107,20 @@ def enable(config: Path, state_dir: Path) -> str:
         made_dir = not d.exists()
         if made_dir:
             d.mkdir(mode=0o755, parents=True)
-        _write_atomic(drop, data, 0o644, 0, 0)
-        record.update(action="drop-in", path=str(drop), sha256=_sha(data), made_dir=str(d) if made_dir else None)
+        write_atomic(drop, data, 0o644, 0, 0)
+        record.update(action="drop-in", path=str(drop), sha256=sha256(data), made_dir=str(d) if made_dir else None)
         msg = f"NRI: enabled by the drop-in {drop} ({config} imports it; the config itself is unchanged)"
     else:
         after = edit(before.decode(), str(config)).encode()
         meta = os.stat(config)
         backup = state_dir / "config.before-nri"
-        _write_atomic(backup, before, 0o600, 0, 0)
-        record.update(action="edit", backup=str(backup), sha256_before=_sha(before), sha256_after=_sha(after),
+        write_atomic(backup, before, 0o600, 0, 0)
+        record.update(action="edit", backup=str(backup), sha256_before=sha256(before), sha256_after=sha256(after),
                       mode=stat.S_IMODE(meta.st_mode), uid=meta.st_uid, gid=meta.st_gid)
-        _write_atomic(state, json.dumps(record, indent=1).encode() + b"\n", 0o600, 0, 0)
-        _write_atomic(config, after, record["mode"], meta.st_uid, meta.st_gid)
+        write_atomic(state, json.dumps(record, indent=1).encode() + b"\n", 0o600, 0, 0)
+        write_atomic(config, after, record["mode"], meta.st_uid, meta.st_gid)
         return f"NRI: enabled in {config} (disable = false in its NRI table; a copy of the file is in {backup})"
-    _write_atomic(state, json.dumps(record, indent=1).encode() + b"\n", 0o600, 0, 0)
+    write_atomic(state, json.dumps(record, indent=1).encode() + b"\n", 0o600, 0, 0)
     return msg
 
 
@@ -165,7 +134,7 @@ def revert(config: Path, state_dir: Path) -> str:
     if action == "drop-in":
         drop = Path(rec["path"])
         if drop.exists():
-            if _sha(drop.read_bytes()) != rec["sha256"]:
+            if sha256(drop.read_bytes()) != rec["sha256"]:
                 raise InstallError(f"{drop} was edited since gpucr setup wrote it: not removing it; remove it by hand "
                                    f"(and {state}) if NRI should be disabled again")
             drop.unlink()
@@ -177,15 +146,15 @@ def revert(config: Path, state_dir: Path) -> str:
         msg = f"NRI: drop-in {drop} removed"
     elif action == "edit":
         now = config.read_bytes()
-        if _sha(now) == rec["sha256_after"]:
+        if sha256(now) == rec["sha256_after"]:
             data = Path(rec["backup"]).read_bytes()
-            if _sha(data) != rec["sha256_before"]:
+            if sha256(data) != rec["sha256_before"]:
                 raise InstallError(f"the copy {rec['backup']} does not match the config gpucr setup edited: config "
                                    "left as it is; set disable back in the NRI table by hand")
-            _write_atomic(config, data, rec["mode"], rec["uid"], rec["gid"])
+            write_atomic(config, data, rec["mode"], rec["uid"], rec["gid"])
             os.unlink(rec["backup"])
             msg = f"NRI: {config} restored (byte-identical to before gpucr setup)"
-        elif _sha(now) == rec["sha256_before"]:
+        elif sha256(now) == rec["sha256_before"]:
             msg = f"NRI: {config} is already as it was before gpucr setup (unchanged)"
         else:
             raise InstallError(f"{config} was edited since gpucr setup enabled NRI in it: not overwriting those "
@@ -203,16 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", type=lambda p: Path(os.path.realpath(p)))
     ap.add_argument("state_dir", type=Path)
     a = ap.parse_args(argv)
-    try:
-        print(f"gpucr setup: {(enable if a.cmd == 'enable' else revert)(a.config, a.state_dir)}", file=sys.stderr)
-    except InstallError as exc:
-        print(f"gpucr setup: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"gpucr setup: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
-        return 1
-    return 0
-
+    return run("gpucr setup", lambda: print(
+        f"gpucr setup: {(enable if a.cmd == 'enable' else revert)(a.config, a.state_dir)}", file=sys.stderr))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,6 +28,8 @@ die() { printf 'gpucr plugin: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'gpucr plugin: %s\n' "$*" >&2; }
 # shellcheck source=install/code.sh
 . "$here/code.sh"
+# shellcheck source=install/launcher.sh
+. "$here/launcher.sh"
 
 DIR=/opt/nri/plugins
 INDEX=10
@@ -58,16 +60,14 @@ parse() {
     LAUNCHER=$DIR/$INDEX-gpucr
 }
 
-ours() { [ -f "$LAUNCHER" ] && head -n 2 "$LAUNCHER" | grep -qF "$MARK"; }
+ours() { is_ours "$LAUNCHER" "$MARK"; }
 
 install_plugin() {
     [ "$(id -u)" -eq 0 ] || die "install must run as root (containerd runs the plugin as root)"
     [ -x "$PYTHON" ] || die "$PYTHON is missing: the plugin needs Python >= 3.11 there (or set GPUCR_PLUGIN_PYTHON)"
     [ -f "$repo/nri_plugin/nri/api/_pb/api_pb2.py" ] && [ -f "$repo/nri_plugin/ttrpc/_pb/ttrpc_pb2.py" ] \
         || die "$repo has no generated protobuf modules: run 'make protos' (or .venv/bin/python tools/genproto.py --no-cri) first"
-    if [ -e "$LAUNCHER" ] && ! ours; then
-        die "$LAUNCHER exists and was not written by install/plugin.sh: remove it or choose another --index"
-    fi
+    claim "$LAUNCHER" "$MARK" install/plugin.sh --index
     if [ -e "$VENV" ] && [ ! -f "$VENV/$VENV_MARK" ]; then
         die "$VENV exists and was not made by install/plugin.sh: choose another --venv"
     fi
@@ -100,12 +100,11 @@ install_plugin() {
     rm -rf "$stage.old"
     local conf=
     [ -z "$CONFIG" ] || conf=" --config $CONFIG"
-    cat > "$LAUNCHER.tmp" <<SH
+    write_root "$LAUNCHER" 0755 <<SH
 #!/bin/sh
 $MARK: gpucr's policy plugin from the root-owned environment $VENV
 exec $VENV/bin/python -I -m nri_plugin.cli.main plugin --log-file $LOG$conf
 SH
-    chown root:root "$LAUNCHER.tmp"; chmod 0755 "$LAUNCHER.tmp"; mv -f "$LAUNCHER.tmp" "$LAUNCHER"
     say "$LAUNCHER installed: runs gpucr plugin from $VENV, logs to $LOG; restart containerd to start it"
 }
 
@@ -122,18 +121,7 @@ uninstall_plugin() {
     say "restart containerd (or stop the running plugin) to apply"
 }
 
-status_plugin() {
-    if ours; then echo "$LAUNCHER: gpucr NRI plugin, $(sed -n 's/^exec //p' "$LAUNCHER")"
-    elif [ -e "$LAUNCHER" ]; then echo "$LAUNCHER: exists, not written by install/plugin.sh"; return 3
-    else echo "$LAUNCHER: not installed"; return 3; fi
-}
+describe_plugin() { echo "gpucr NRI plugin, $(sed -n 's/^exec //p' "$LAUNCHER")"; }
+status_plugin() { launcher_status "$LAUNCHER" "$MARK" install/plugin.sh describe_plugin; }
 
-[ $# -ge 1 ] || die "usage: $0 install|uninstall|status [options]"
-cmd=$1; shift
-parse "$@"
-case "$cmd" in
-    install) install_plugin ;;
-    uninstall) uninstall_plugin ;;
-    status) status_plugin ;;
-    *) die "unknown command '$cmd' (install|uninstall|status)" ;;
-esac
+dispatch plugin "install|uninstall|status [options]" "$@"

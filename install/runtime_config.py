@@ -6,7 +6,8 @@ custom runc; with none, the runc found now), so the runtime chain is kept. Insta
 the SHA-256 of what it wrote (``DIR/install.json``); uninstall restores that copy only while the config is still
 exactly what install wrote, and otherwise refuses with one line instead of overwriting someone's later edits.
 
-Run by install/front.sh with /usr/bin/python3 (standard library only). Subcommands::
+Run by install/front.sh with /usr/bin/python3 (standard library only; the edit itself is install/toml_edit.py's,
+shared with install/nri_config.py). Subcommands::
 
     target [--binary-name NAME]                       the absolute binary the wrapper would exec (default runc)
     plan CONFIG RUNTIME WRAPPER STATE [--runc PATH]   check that install can edit CONFIG; print that binary
@@ -20,8 +21,6 @@ Bad input prints one ``gpucr front: error:`` line naming the file, the handler a
 from __future__ import annotations
 
 import argparse
-import copy
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from toml_edit import InstallError, dig, render_key, run, set_key, sha256, write_atomic
+
 #: the CRI plugin's runtime handlers table per config schema (containerd 1.7: version 2; containerd 2.x: version 3)
 HANDLERS = {2: ["plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"],
             3: ["plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"]}
@@ -40,63 +41,9 @@ HANDLERS = {2: ["plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"
 WRAPPER_MARK = "# gpucr: runc with gpucr's CRIU front first on PATH"
 STATE_FORMAT = 1
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+@:-]*$")
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_BINARY_LINE = re.compile(r"""^\s*(BinaryName|"BinaryName"|'BinaryName')\s*=""")
-
-
-class InstallError(Exception):
-    """Bad input for the edit: the message says what and the fix."""
 
 
 # -- the config file -------------------------------------------------------------------------------------------------
-
-def header_key(line: str) -> list[str] | None:
-    """The dotted key of a ``[table]`` header line, quotes removed; None for any other line (``[[array]]`` too)."""
-    s = line.strip()
-    if not s.startswith("[") or s.startswith("[["):
-        return None
-    keys: list[str] = []
-    cur, quote, i = "", "", 1
-    while i < len(s):
-        c = s[i]
-        if quote:
-            if c == "\\" and quote == '"' and i + 1 < len(s):
-                cur, i = cur + s[i + 1], i + 2
-                continue
-            if c == quote:
-                quote = ""
-            else:
-                cur += c
-        elif c in "\"'":
-            quote = c
-        elif c == ".":
-            keys.append(cur.strip())
-            cur = ""
-        elif c == "]":
-            keys.append(cur.strip())
-            return keys
-        else:
-            cur += c
-        i += 1
-    return None
-
-
-def _is_table_line(line: str) -> bool:
-    return line.lstrip().startswith("[")
-
-
-def _render_key(keys: list[str], version: int) -> str:
-    q = '"' if version == 2 else "'"
-    return ".".join(k if _BARE_KEY.match(k) else f"{q}{k}{q}" for k in keys)
-
-
-def _dig(doc: dict[str, Any], keys: list[str]) -> Any:
-    for k in keys:
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(k)  # type: ignore[assignment]
-    return doc
-
 
 @dataclass
 class Handler:
@@ -119,10 +66,10 @@ def find_handler(text: str, path: str, runtime: str) -> Handler:
         raise InstallError(f"{path} is a version {version} containerd config; install/front.sh edits version 2 "
                            "(containerd 1.7) and 3 (2.x) configs: convert it with `containerd config migrate`")
     base = HANDLERS[version]
-    handlers = _dig(doc, base)
+    handlers = dig(doc, base)
     if not isinstance(handlers, dict) or not isinstance(handlers.get(runtime), dict):
         names = ", ".join(sorted(handlers)) if isinstance(handlers, dict) and handlers else "none"
-        raise InstallError(f"{path} has no runtime handler '{runtime}' ([{_render_key([*base, runtime], version)}]; "
+        raise InstallError(f"{path} has no runtime handler '{runtime}' ([{render_key([*base, runtime], version)}]; "
                            f"handlers there: {names}): add it (`containerd config default` shows one) or pick "
                            "another --runtime")
     options = handlers[runtime].get("options")
@@ -139,41 +86,12 @@ def edit(text: str, path: str, runtime: str, wrapper: str) -> tuple[str, Handler
     the original in that one value only. Raises InstallError."""
     h = find_handler(text, path, runtime)
     want = [*h.keys, "options"]
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if header_key(ln) == want), None)
-    new_value = json.dumps(wrapper)  # a JSON string is a TOML basic string for these paths
-    if start is None:
-        if "options" in _dig(h.doc, h.keys):
-            raise InstallError(f"{path}: the options of runtime handler '{runtime}' are not written as a "
-                               f"[{_render_key(want, h.version)}] table (inline or dotted keys): write that table, "
-                               "then install again")
-        # the handler has no options at all: add its options table at the end
-        if lines and not lines[-1].endswith("\n"):
-            lines[-1] += "\n"
-        lines += ["\n", f"[{_render_key(want, h.version)}]\n", f"  BinaryName = {new_value}\n"]
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if _is_table_line(lines[i])), len(lines))
-        body = [i for i in range(start + 1, end) if lines[i].strip() and not lines[i].lstrip().startswith("#")]
-        indent = (re.match(r"\s*", lines[body[0]]).group(0) if body  # type: ignore[union-attr]
-                  else re.match(r"\s*", lines[start]).group(0) + "  ")  # type: ignore[union-attr]
-        at = next((i for i in body if _BINARY_LINE.match(lines[i])), None)
-        line = f"{indent}BinaryName = {new_value}\n"
-        if at is None:
-            lines.insert(start + 1, line)
-        else:
-            lines[at] = line
-    out = "".join(lines)
-    expected = copy.deepcopy(h.doc)
-    opts = _dig(expected, h.keys)
-    opts.setdefault("options", {})["BinaryName"] = wrapper
-    try:
-        got = tomllib.loads(out)
-    except tomllib.TOMLDecodeError as exc:
-        raise InstallError(f"editing {path} for runtime '{runtime}' gave invalid TOML ({exc}); file unchanged: set "
-                           f"BinaryName = {new_value} in its options by hand") from exc
-    if got != expected:
-        raise InstallError(f"editing {path} for runtime '{runtime}' would change more than its BinaryName; file "
-                           f"unchanged: set BinaryName = {new_value} in its options by hand")
+    fix = f"set BinaryName = {json.dumps(wrapper)} in its options by hand"
+    out = set_key(text, h.doc, want, "BinaryName", wrapper, version=h.version,
+                  not_a_table=f"{path}: the options of runtime handler '{runtime}' are not written as a "
+                              f"[{render_key(want, h.version)}] table (inline or dotted keys): write that table, then "
+                              "install again",
+                  what=f"editing {path} for runtime '{runtime}'", fix=fix)
     return out, h
 
 
@@ -214,10 +132,6 @@ def resolve_target(name: str, wrapper: str | None = None) -> str:
 
 # -- state: what install did, so uninstall can undo exactly that ------------------------------------------------------
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _load_state(state: Path) -> dict[str, Any] | None:
     try:
         st = json.loads(state.read_text())
@@ -236,24 +150,6 @@ def _same_install(st: dict[str, Any], config: str, runtime: str, state: Path) ->
     if st["config"] != config or st["runtime"] != runtime:
         raise InstallError(f"{state} says the route is installed for {st['config']} runtime '{st['runtime']}'; "
                            "uninstall that first (or use another --dir)")
-
-
-def _write_atomic(path: Path, data: bytes, mode: int, uid: int, gid: int) -> None:
-    tmp = path.with_name(f".{path.name}.gpucr-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def plan(config: Path, runtime: str, wrapper: str, state: Path, runc: str | None) -> str:
@@ -283,7 +179,7 @@ def install(config: Path, runtime: str, wrapper: str, state: Path, target: str) 
     st = _load_state(state)
     if st is not None:
         _same_install(st, str(config), runtime, state)
-        if _sha(before) != st["sha256_installed"]:
+        if sha256(before) != st["sha256_installed"]:
             return (f"{config} was edited since install (runtime '{runtime}' still runs {wrapper}); left as it is "
                     "(uninstall will refuse to overwrite those edits)")
         return f"{config} already runs {wrapper} for runtime '{runtime}' (unchanged)"
@@ -291,14 +187,14 @@ def install(config: Path, runtime: str, wrapper: str, state: Path, target: str) 
     after = out.encode()
     meta = os.stat(config)
     backup = state.parent / "config.before-gpucr"
-    _write_atomic(backup, before, 0o600, 0, 0)
+    write_atomic(backup, before, 0o600, 0, 0)
     record = {"format": STATE_FORMAT, "config": str(config), "runtime": runtime, "wrapper": wrapper,
               "previous_binary_name": h.previous, "target": target, "backup": str(backup),
-              "sha256_before": _sha(before), "sha256_installed": _sha(after),
+              "sha256_before": sha256(before), "sha256_installed": sha256(after),
               "mode": stat.S_IMODE(meta.st_mode), "uid": meta.st_uid, "gid": meta.st_gid}
-    _write_atomic(state, json.dumps(record, indent=1).encode() + b"\n", 0o600, 0, 0)
+    write_atomic(state, json.dumps(record, indent=1).encode() + b"\n", 0o600, 0, 0)
     try:
-        _write_atomic(config, after, stat.S_IMODE(meta.st_mode), meta.st_uid, meta.st_gid)
+        write_atomic(config, after, stat.S_IMODE(meta.st_mode), meta.st_uid, meta.st_gid)
     except OSError:
         state.unlink(missing_ok=True)
         backup.unlink(missing_ok=True)
@@ -318,9 +214,9 @@ def uninstall(config: Path, runtime: str, wrapper: str, state: Path) -> str:
     _same_install(st, str(config), runtime, state)
     now = _read_bytes(config)
     backup = Path(st["backup"])
-    if _sha(now) == st["sha256_before"]:
+    if sha256(now) == st["sha256_before"]:
         return f"{config} is already as it was before install (unchanged)"
-    if _sha(now) != st["sha256_installed"]:
+    if sha256(now) != st["sha256_installed"]:
         h = find_handler(now.decode(), str(config), runtime)
         if h.previous != wrapper:
             return (f"{config}: runtime '{runtime}' no longer runs {wrapper} (BinaryName = {h.previous or 'none'}); "
@@ -331,10 +227,10 @@ def uninstall(config: Path, runtime: str, wrapper: str, state: Path) -> str:
                            f"edits. Fix: give runtime '{runtime}' its previous {was} by hand (the whole file as it was "
                            f"before install is {backup}), then run uninstall again")
     data = _read_bytes(backup)
-    if _sha(data) != st["sha256_before"]:
+    if sha256(data) != st["sha256_before"]:
         raise InstallError(f"the copy {backup} does not match the config install replaced (SHA-256 differs): config "
                            f"left as it is; set runtime '{runtime}''s BinaryName back by hand")
-    _write_atomic(config, data, st["mode"], st["uid"], st["gid"])
+    write_atomic(config, data, st["mode"], st["uid"], st["gid"])
     return f"{config}: runtime '{runtime}' restored (byte-identical to before install)"
 
 
@@ -441,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("runtime")
     s.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    try:
+
+    def act() -> None:
         if a.cmd == "target":
             print(resolve_target(a.binary_name))
         elif a.cmd == "plan":
@@ -454,14 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             c = chain(a.config, a.runtime)
             print(json.dumps(c) if a.json else render_chain(c))
-    except InstallError as exc:
-        print(f"gpucr front: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"gpucr front: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
-        return 1
-    return 0
-
+    return run("gpucr front", act)
 
 if __name__ == "__main__":
     sys.exit(main())

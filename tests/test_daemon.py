@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from nri_plugin.containerd import TaskClient
 from nri_plugin.cri import CriError
 from nri_plugin.policy import load_record
 from tests.roottmp import root_tmp  # noqa: F401 (fixture)
-from tests.testenv import REPO, Containerd, installed_hook, wait_for
+from tests.testenv import Containerd, installed_hook, running_plugin, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,16 +46,8 @@ def _node(tmp_path: Path, hook: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def plugin(containerd: Containerd, node: dict[str, Path]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "-v", "plugin", "--socket",
-                             containerd.nri_socket, "--config", str(node["config"]), "--log-file", str(node["log"])],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: node["log"].exists() and "synchronized" in node["log"].read_text(),
-                 what="gpucr plugin to register and synchronize")
+    with running_plugin(containerd.nri_socket, node["log"], node["config"]) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _bundle_config(containerd: Containerd, cid: str) -> dict:  # type: ignore[type-arg]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testenv import CRIU, INSTALL, deps_problem
+from tests.testenv import CRIU, INSTALL, deps_problem, one_error
 
 pytestmark = pytest.mark.integration
 
@@ -28,15 +28,8 @@ def _run(script: str, *args: str, env: dict[str, str] | None = None, user: int |
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
 
 
-def _one_error_line(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode != 0
-    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
-    assert len(errors) == 1, r.stderr
-    return errors[0]
-
-
 def test_not_root_is_one_clear_line(tmp_path: Path) -> None:
-    line = _one_error_line(_run("deps.sh", "install", user=65534, env={"GPUCR_TEST_ROOT": str(tmp_path / "r")}))
+    line = one_error(_run("deps.sh", "install", user=65534, env={"GPUCR_TEST_ROOT": str(tmp_path / "r")}), None)
     assert "must run as root" in line
 
 
@@ -44,17 +37,17 @@ def test_unsupported_distribution_is_one_clear_line(tmp_path: Path) -> None:
     fake = tmp_path / "debian_version"
     fake.write_text("11.9\n")
     r = _run("deps.sh", "install", env={"GPUCR_TEST_ROOT": str(tmp_path / "r"), "GPUCR_DEBIAN_VERSION_FILE": str(fake)})
-    line = _one_error_line(r)
+    line = one_error(r, None)
     assert "unsupported distribution" in line and "11.9" in line
     r = _run("deps.sh", "install", env={"GPUCR_TEST_ROOT": str(tmp_path / "r"),
                                         "GPUCR_DEBIAN_VERSION_FILE": str(tmp_path / "missing")})
-    assert "unsupported distribution" in _one_error_line(r)
+    assert "unsupported distribution" in one_error(r, None)
 
 
 def test_no_network_is_one_clear_line(tmp_path: Path) -> None:
     # a fresh root (nothing installed) inside a network namespace with no route to the package registry
     r = _run("deps.sh", "install", env={"GPUCR_TEST_ROOT": str(tmp_path / "r")}, netns=True)
-    assert "no network to the Debian package registry" in _one_error_line(r)
+    assert "no network to the Debian package registry" in one_error(r, None)
 
 
 def test_second_install_is_quick_and_keeps_criu_42(tmp_path: Path) -> None:
@@ -74,7 +67,7 @@ def test_second_install_is_quick_and_keeps_criu_42(tmp_path: Path) -> None:
 
 
 def test_unknown_containerd_version_is_refused() -> None:
-    line = _one_error_line(_run("containerd.sh", "start", "1.6"))
+    line = one_error(_run("containerd.sh", "start", "1.6"), None)
     assert "unsupported containerd version '1.6'" in line and "1.7.24" in line
 
 

@@ -15,6 +15,7 @@ import pytest
 from nri_plugin.policy import ContainerRecord, load_record, write_record
 from nri_plugin.policy.config import NodeConfig
 from tests import testenv
+from tests.testenv import one_error
 
 HOOK_SH = testenv.INSTALL / "hook.sh"
 REAL_CRIU = testenv.TEST_ROOT / "bin/criu"
@@ -25,13 +26,6 @@ def hook_sh(*args: str, user: int | None = None) -> subprocess.CompletedProcess[
     if user is not None:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True)
-
-
-def one_error(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode == 1, r.stderr
-    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
-    assert len(errors) == 1, r.stderr
-    return errors[0]
 
 
 def run_hook(hook: Path, stage: str, state: dict[str, object], state_dir: Path) -> subprocess.CompletedProcess[str]:

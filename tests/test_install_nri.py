@@ -54,6 +54,13 @@ def test_v2_disable_true_is_flipped(tmp_path: Path) -> None:
     assert "disable = true" not in after and after.count("\n") == text.count("\n")
 
 
+def test_v2_quoted_disable_is_flipped_in_place(tmp_path: Path) -> None:
+    """The key's line is found however the key is written (install/toml_edit.py, as for a handler's BinaryName)."""
+    text = V2_OFF.replace('    socket_path', '    "disable" = true\n    socket_path')
+    after, _ = _roundtrip(tmp_path, text)
+    assert '    disable = false\n    socket_path' in after and after.count("\n") == text.count("\n")
+
+
 def test_v2_without_nri_table_gets_it_appended(tmp_path: Path) -> None:
     text = 'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "pause"\n'
     after, _ = _roundtrip(tmp_path, text)

@@ -9,19 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests import testenv
+from tests.testenv import one_error
 
 PLUGIN_SH = testenv.INSTALL / "plugin.sh"
 
 
 def plugin_sh(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(PLUGIN_SH), *args], capture_output=True, text=True)
-
-
-def one_error(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode == 1, r.stderr
-    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
-    assert len(errors) == 1, r.stderr
-    return errors[0]
 
 
 @pytest.mark.parametrize("case", ["foreign-launcher", "foreign-venv", "venv-in-checkout", "bad-index",

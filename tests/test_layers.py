@@ -34,7 +34,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # the host read as files: below everything but errors
     "nri_plugin.host": ("nri_plugin.ttrpc", "nri_plugin.mux", "nri_plugin.nri", "nri_plugin.cri",
                         "nri_plugin.containerd", "nri_plugin.ckpt", "nri_plugin.front", "nri_plugin.cli",
-                        "nri_plugin.policy", "nri_plugin.gpufront", "nri_plugin.handlers"),
+                        "nri_plugin.policy", "nri_plugin.handlers"),
     # the joiners may import anything below the entry points
     "nri_plugin.handlers": ("nri_plugin.cli",),
     "nri_plugin.policy": ("nri_plugin.cli", "nri_plugin.front"),
@@ -85,8 +85,8 @@ def test_layering(name: str, path: Path) -> None:
             assert not bad, f"{name} imports upper layer: {bad}"
     if not name.startswith("nri_plugin.cli"):
         assert not any(i == "nri_plugin.cli" or i.startswith("nri_plugin.cli.") for i in imports), name
-    if not name.startswith(("nri_plugin.cli", "nri_plugin.handlers")) and name != "nri_plugin.gpufront":
-        # only the entry points (and the old front.conf path, re-exported) reach the joiners
+    if not name.startswith(("nri_plugin.cli", "nri_plugin.handlers")):
+        # only the entry points reach the joiners
         bad = sorted(i for i in imports if i == "nri_plugin.handlers" or i.startswith("nri_plugin.handlers."))
         assert not bad, f"{name} imports the joiners: {bad}"
     if name.endswith(PURE_SUFFIXES) or ".api." in name + ".":
@@ -107,8 +107,11 @@ def test_handlers_reached_only_from_entry_points() -> None:
 
 
 def test_host_start_up_path_is_cheap() -> None:
-    """host/__init__ imports nothing and host/proc only os and errors: the CRIU front imports proc on every dump."""
+    """host/__init__ imports nothing, host/proc only os and errors, host/paths only os and stat: the CRIU front
+    imports proc on every dump and paths (through front/trust) on every start."""
     assert _imports("nri_plugin.host", PKG / "host" / "__init__.py") == set()
+    paths = _imports("nri_plugin.host.paths", PKG / "host" / "paths.py")
+    assert {i.split(".")[0] for i in paths} <= {"__future__", "os", "stat", "sys"}, paths  # sys: run as a script
     proc = _imports("nri_plugin.host.proc", PKG / "host" / "proc.py")
     assert {i.split(".")[0] for i in proc} <= {"__future__", "os", "signal", "collections", "nri_plugin"}, proc
     assert {i for i in proc if i.startswith("nri_plugin")} <= {"nri_plugin.errors", "nri_plugin.errors.GpucrError"}

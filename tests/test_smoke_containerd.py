@@ -6,7 +6,6 @@ CRIU >= 4.1 really checkpoints and restores (the counter resumes from its checkp
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
@@ -77,8 +76,4 @@ def test_ctr_checkpoint_restore_counter_resumes(containerd: Containerd, tmp_path
         assert lo <= after[0] <= hi + 2, (lo, hi, after)
         assert after == list(range(after[0], after[0] + len(after)))
     finally:
-        containerd.ctr("t", "kill", "-s", "KILL", name, check=False)
-        time.sleep(0.3)
-        containerd.ctr("t", "rm", "-f", name, check=False)
-        containerd.ctr("c", "rm", name, check=False)
-        containerd.ctr("images", "rm", "--sync", ref, check=False)
+        containerd.remove_restored(name, ref)

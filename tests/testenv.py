@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -77,11 +79,25 @@ class Containerd:
         except OSError as exc:
             return f"(no log: {exc})"
 
+    def remove_restored(self, name: str, ref: str, namespace: str = "default") -> None:
+        """Take away what ``ctr c restore`` made (the task and container ``name``) and the checkpoint image ``ref``;
+        what is already gone is no error."""
+        self.ctr("t", "kill", "-s", "KILL", name, namespace=namespace, check=False)
+        time.sleep(0.3)
+        self.ctr("t", "rm", "-f", name, namespace=namespace, check=False)
+        self.ctr("c", "rm", name, namespace=namespace, check=False)
+        self.ctr("images", "rm", "--sync", ref, namespace=namespace, check=False)
+
     @contextlib.contextmanager
     def pod(self, name: str | None = None, **kw: Any) -> Iterator[tuple[CriClient, str, Any]]:
         """A CRI pod sandbox (host network, this instance's cgroup parent), removed afterwards."""
         name = name or f"p-{uuid.uuid4().hex[:8]}"
-        cfg = pod_config(name, cgroup_parent=self.cgroup_parent, **kw)
+        with self.pod_of(pod_config(name, cgroup_parent=self.cgroup_parent, **kw)) as pod:
+            yield pod
+
+    @contextlib.contextmanager
+    def pod_of(self, cfg: Any) -> Iterator[tuple[CriClient, str, Any]]:
+        """The CRI pod sandbox of the config ``cfg``; it, its containers and their tasks removed afterwards."""
         with self.cri() as c:
             pod_id = c.run_pod_sandbox(cfg)
             try:
@@ -128,6 +144,33 @@ def wait_for(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0
         time.sleep(interval)
 
 
+def kill_and_reap(pids: Sequence[int], proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a test workload's ``pids`` (original or restored) and reap them: its launcher ``proc``, and each pid that
+    is our child again (a root CRIU restored with rst_sibling)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def one_error(r: subprocess.CompletedProcess[str], status: int | None = 1) -> str:
+    """The one ``error:`` line of a command that failed with exit ``status`` (None: any but 0); asserts it is one."""
+    assert r.returncode != 0 if status is None else r.returncode == status, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
 def node_config(where: Path, **values: Any) -> dict[str, str]:
     """A gpucr node config at ``where/gpucr.toml`` (``checkpoint_root`` defaults to ``where``, ``state_dir`` to
     ``where/state``), as the env that points the CLI at it (``GPUCR_CONFIG``): every CLI test confines its checkpoints
@@ -139,6 +182,25 @@ def node_config(where: Path, **values: Any) -> dict[str, str]:
     path.write_text("\n".join(lines) + "\n")
     os.chmod(path, 0o644)
     return {"GPUCR_CONFIG": str(path)}
+
+
+@contextlib.contextmanager
+def running_plugin(nri_socket: str, log: Path, config: Path | None = None,
+                   env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``gpucr -v plugin --socket NRI_SOCKET [--config CONFIG] --log-file LOG`` from the checkout, once its log (begun
+    afresh) says it registered and synchronized; terminated afterwards."""
+    log.unlink(missing_ok=True)
+    conf = ["--config", str(config)] if config is not None else []
+    proc = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "-v", "plugin", "--socket", nri_socket, *conf,
+                             "--log-file", str(log)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: log.exists() and "synchronized" in log.read_text(),
+                 what="gpucr plugin to register and synchronize")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @contextlib.contextmanager

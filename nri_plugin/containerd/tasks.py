@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import any_pb2
 
-from ..errors import GpucrError
+from .._grpc import GrpcClient, RpcCallError
 from ._pb import runc_options_pb2 as runc_pb
 from ._pb import tasks_pb2 as pb
 from ._pb import tasks_pb2_grpc as pb_grpc
@@ -25,12 +24,8 @@ _STATUS = {pb.UNKNOWN: "unknown", pb.CREATED: "created", pb.RUNNING: "running", 
            pb.PAUSED: "paused", pb.PAUSING: "pausing"}
 
 
-class TaskError(GpucrError):
+class TaskError(RpcCallError):
     """A task API call failed; ``code`` is the gRPC status code."""
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -40,35 +35,23 @@ class TaskInfo:
     status: str
 
 
-class TaskClient:
+class TaskClient(GrpcClient):
     """One channel to containerd's gRPC socket, in one namespace. A context manager."""
 
-    def __init__(self, address: str, namespace: str = "k8s.io", *, timeout_s: float = 60.0) -> None:
-        self.address = address.removeprefix("unix://")
-        self.namespace = namespace
-        self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(f"unix://{self.address}")
-        self._tasks = pb_grpc.TasksStub(self._channel)
+    error = TaskError
 
-    def close(self) -> None:
-        self._channel.close()
+    def __init__(self, address: str, namespace: str = "k8s.io", *, timeout_s: float = 60.0) -> None:
+        super().__init__(address, timeout_s)
+        self.namespace = namespace
+        self._tasks = pb_grpc.TasksStub(self._channel)
 
     def __enter__(self) -> TaskClient:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _call(self, method: str, request: Any, container_id: str, timeout_s: float | None = None) -> Any:
-        try:
-            return getattr(self._tasks, method)(request, timeout=timeout_s or self.timeout_s,
-                                                metadata=(("containerd-namespace", self.namespace),))
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            detail = exc.details() if hasattr(exc, "details") else str(exc)
-            what = f" for container {container_id}" if container_id else ""
-            raise TaskError(f"containerd task {method}{what} (namespace {self.namespace}) "
-                            f"failed on {self.address}: {code.name if code else 'UNKNOWN'}: {detail}", code) from exc
+        what = f" for container {container_id}" if container_id else ""
+        return self._rpc(self._tasks, method, request, f"containerd task {method}{what} (namespace {self.namespace})",
+                         timeout_s, metadata=(("containerd-namespace", self.namespace),))
 
     def get(self, container_id: str) -> TaskInfo:
         r = self._call("Get", pb.GetRequest(container_id=container_id), container_id)

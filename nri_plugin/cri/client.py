@@ -12,9 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
-from ..errors import GpucrError
+from .._grpc import GrpcClient, RpcCallError
 from ._pb import api_pb2 as pb
 from ._pb import api_pb2_grpc as pb_grpc
 
@@ -27,12 +25,8 @@ CONTAINER_STATES = {pb.CONTAINER_CREATED: "created", pb.CONTAINER_RUNNING: "runn
                     pb.CONTAINER_EXITED: "exited", pb.CONTAINER_UNKNOWN: "unknown"}
 
 
-class CriError(GpucrError):
+class CriError(RpcCallError):
     """A CRI call failed; ``code`` is the gRPC status code (``grpc.StatusCode``)."""
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -70,7 +64,7 @@ def container_config(name: str, image: str, *, command: Iterable[str] = (), args
         devices=[pb.Device(host_path=h, container_path=c, permissions=p) for h, c, p in devices])
 
 
-class CriClient:
+class CriClient(GrpcClient):
     """One gRPC channel to a CRI endpoint. Use as a context manager, or call :meth:`close`.
 
     Args:
@@ -78,32 +72,18 @@ class CriClient:
         timeout_s: default deadline for each call.
     """
 
+    error = CriError
+
     def __init__(self, address: str = DEFAULT_ADDRESS, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self.address = address.removeprefix("unix://")
-        self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(f"unix://{self.address}",
-                                              options=[("grpc.max_receive_message_length", 16 << 20)])
+        super().__init__(address, timeout_s, options=[("grpc.max_receive_message_length", 16 << 20)])
         self._rt = pb_grpc.RuntimeServiceStub(self._channel)
         self._img = pb_grpc.ImageServiceStub(self._channel)
-
-    def close(self) -> None:
-        self._channel.close()
 
     def __enter__(self) -> CriClient:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _call(self, stub: Any, method: str, request: Any, what: str, timeout_s: float | None = None) -> Any:
-        try:
-            return getattr(stub, method)(request, timeout=timeout_s or self.timeout_s)
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            detail = exc.details() if hasattr(exc, "details") else str(exc)
-            name = code.name if code is not None else "UNKNOWN"
-            what = f" {what}" if what else ""
-            raise CriError(f"CRI {method}{what} failed on {self.address}: {name}: {detail}", code) from exc
+        return self._rpc(stub, method, request, f"CRI {method}{f' {what}' if what else ''}", timeout_s)
 
     # -- runtime ------------------------------------------------------------------------------------------
     def version(self) -> pb.VersionResponse:

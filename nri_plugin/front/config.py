@@ -17,9 +17,8 @@ import os
 
 from .errors import FrontError
 
-__all__ = ["ACTIVE_ENV", "DEFAULT_CACHE_DIR", "DEFAULT_LOG_DIR", "DEFAULT_REAL_CRIU", "SYSTEM_CONF", "FrontConfig",
-           "load", "load_hooks",
-           "parse_conf"]
+__all__ = ["ACTIVE_ENV", "DEFAULT_CACHE_DIR", "DEFAULT_LOG_DIR", "DEFAULT_REAL_CRIU", "RETIRED_HOOKS", "SYSTEM_CONF",
+           "FrontConfig", "load", "load_hooks", "parse_conf"]
 
 DEFAULT_REAL_CRIU = "/usr/sbin/criu"
 DEFAULT_LOG_DIR = "/var/log/gpucr"
@@ -28,6 +27,8 @@ DEFAULT_CACHE_DIR = "/var/lib/gpucr/front"
 SYSTEM_CONF = "/etc/gpucr/front.conf"
 #: set in the real criu's environment; a front that finds it set was started by criu or by itself
 ACTIVE_ENV = "GPUCR_FRONT_ACTIVE"
+#: hooks modules gpucr no longer ships -> the module that replaced them (a front.conf written earlier may name one)
+RETIRED_HOOKS = {"nri_plugin.gpufront": "nri_plugin.handlers.front_cuda"}
 
 
 class FrontConfig:
@@ -120,16 +121,21 @@ def load(env: dict[str, str] | os._Environ[str], argv0: str, check: bool = True)
     return cfg
 
 
-def load_hooks(spec: str, values: dict[str, str], check: bool = True) -> object:
+def load_hooks(spec: str, values: dict[str, str], check: bool = True, where: str = "front.conf") -> object:
     """Import ``module:callable`` and call it with the configuration values; returns the hooks object. A module
     outside ``nri_plugin`` (whose tree the front checked at start) has its top-level package checked first.
+    ``where`` names the spec's source for the error messages.
 
     Raises:
-        FrontError: the spec is malformed, the module's code is not root's alone, or the import or call fails.
+        FrontError: the spec is malformed or names a retired module, the module's code is not root's alone, or the
+            import or call fails.
     """
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise FrontError(f"hooks = {spec!r}: expected 'module:callable'")
+    if mod_name in RETIRED_HOOKS:
+        raise FrontError(f"hooks = {spec} in {where} names a module gpucr no longer ships; fix: set hooks = "
+                         f"{RETIRED_HOOKS[mod_name]}:{attr} there (install/front.sh writes it)")
     import importlib
     top = mod_name.partition(".")[0]
     if check and top != "nri_plugin":

@@ -193,7 +193,8 @@ def _session(cfg: FrontConfig, rt: _socket.socket, fd: int) -> int:
 def config_hooks(cfg: FrontConfig) -> FrontHooks:
     from .config import load_hooks
     assert cfg.hooks
-    return load_hooks(cfg.hooks, cfg.values)  # type: ignore[return-value]
+    where = cfg.conf_file if cfg.conf_file and cfg.values.get("hooks") == cfg.hooks else "GPUCR_FRONT_HOOKS"
+    return load_hooks(cfg.hooks, cfg.values, where=where)  # type: ignore[return-value]
 
 
 def _hand_over(cfg: FrontConfig, sock: _socket.socket, fd: int, req_type: int, log: FrontLog) -> int:

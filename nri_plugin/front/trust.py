@@ -1,32 +1,33 @@
 """What the front may trust: it runs as root inside every checkpoint, so its code, its configuration and its caches
 must be changeable by root only.
 
-The rule, as sudo applies it to its own files: the file and every directory above it is owned by root (or by the
-user the front runs as) and is not group- or world-writable; a sticky world-writable directory such as /tmp is not
-acceptable either. Symlinks are judged at both ends: the directories that hold the link and the ones that hold its
-target. The cache directory is the front's own: root-only (0700), created so if missing.
+The rule is :mod:`nri_plugin.host.paths`' (as sudo applies it: the file and every directory above it, link and target
+side, owned by root, or by the user the front runs as, and not group- or world-writable; a sticky world-writable
+directory such as /tmp is not acceptable either); this module words it as the front's refusal to start, walks the
+front's code tree and keeps its caches. The cache directory is the front's own: root-only (0700), created so if
+missing.
 
-Imports ``os`` only: it runs first on every start of the front.
+Imports ``os`` and :mod:`nri_plugin.host.paths` (``os`` and ``stat``) only: it runs first on every start of the front.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["CACHE_MODE", "path_problem", "place_problem", "tree_problem", "code_problem", "cache_dir_problem",
-           "read_cache", "write_cache"]
+from ..host.paths import owner_mode_problem, places
+
+__all__ = ["CACHE_MODE", "path_problem", "tree_problem", "code_problem", "cache_dir_problem", "read_cache",
+           "write_cache"]
 
 CACHE_MODE = 0o700
 _PREFIX = "gpucr criu front: refusing to start"
 
 
 def _fault(path: str, st: os.stat_result) -> str | None:
-    """Why ``path`` itself (not what is above it) could be changed by a user other than root, with the fix."""
-    if st.st_uid not in (0, os.geteuid()):
-        return f"{path} is owned by uid {st.st_uid}, not root; fix: chown root {path}"
-    if st.st_mode & 0o022:
-        return f"{path} is group- or world-writable (mode {st.st_mode & 0o7777:04o}); fix: chmod go-w {path}"
-    return None
+    """Why ``path`` itself (not what is above it) could be changed by a user other than root (or the front's own
+    user), with the fix."""
+    problem = owner_mode_problem(path, st, (0, os.geteuid()))
+    return None if problem is None else f"{problem}; fix: {problem.fix}"
 
 
 def _judge(path: str, what: str, top: str) -> str | None:
@@ -38,49 +39,12 @@ def _judge(path: str, what: str, top: str) -> str | None:
     return fault and f"{_PREFIX}: {what} {top} is not safe: {fault} (or install the front with install/front.sh)"
 
 
-def _chain(path: str) -> list[str]:
-    out = [path]
-    while True:
-        up = os.path.dirname(path)
-        if up == path:
-            return out
-        out.append(up)
-        path = up
-
-
-def _places(path: str) -> list[str]:
-    """``path`` and each directory above it, link side then target side (symlinks resolved), each once."""
-    here = os.path.abspath(path)
-    out: list[str] = []
-    for p in _chain(here) + _chain(os.path.realpath(here)):
-        if p not in out:
-            out.append(p)
-    return out
-
-
 def path_problem(path: str, what: str) -> str | None:
     """One line saying why ``path`` (and each directory above it, link and target side) cannot be trusted, else None."""
-    for p in _places(path):
+    for p in places(path):
         problem = _judge(p, what, path)
         if problem:
             return problem
-    return None
-
-
-def place_problem(path: str) -> str | None:
-    """Why the front could not trust what an install writes at ``path`` (install/code.sh asks, for --dir, --prefix
-    and --path, so an install refuses exactly what the front would refuse): the rule of :func:`path_problem`,
-    applied from the deepest existing directory above ``path`` (what the install creates below it is root's)."""
-    here = os.path.abspath(path)
-    while not os.path.lexists(here):
-        here = os.path.dirname(here)
-    for p in _places(here):
-        try:
-            fault = _fault(p, os.stat(p))
-        except OSError as exc:
-            return f"cannot check {p}: {exc.strerror}"
-        if fault:
-            return fault
     return None
 
 
@@ -182,11 +146,3 @@ def write_cache(cache_dir: str | None, name: str, text: str) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-
-
-if __name__ == "__main__":  # install/code.sh: python3 -S -E nri_plugin/front/trust.py PATH (the checkout's copy)
-    import sys
-    _why = place_problem(sys.argv[1])
-    if _why:
-        print(_why)
-    sys.exit(1 if _why else 0)

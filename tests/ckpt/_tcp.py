@@ -8,13 +8,12 @@ after a restore shows the restored memory (``n`` goes on) and the restored socke
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.testenv import wait_for
+from tests.testenv import kill_and_reap, wait_for
 
 # Kernels from 6.16 refuse SO_PASSCRED on TCP/UDP sockets; CRIU before 4.2 reads it on every socket it dumps and fails
 # ("Can't get 1:16 opt: Operation not supported"); CRIU 4.2 reads it on unix and netlink sockets only.
@@ -86,18 +85,7 @@ class TcpServer:
         self.proc.wait(10)
 
     def kill(self) -> None:
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # a server restored with rst_sibling is our child again
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+        kill_and_reap([self.pid], self.proc)
         self.out.close()
 
 

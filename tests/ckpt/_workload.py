@@ -8,13 +8,12 @@ and the tree runs in its own session, so CRIU needs no shell-job or inherit-fd o
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.testenv import wait_for
+from tests.testenv import kill_and_reap, wait_for
 
 SCRIPT = r"""
 import os, sys, threading, time
@@ -78,20 +77,7 @@ class Workload:
 
     def kill(self) -> None:
         """Kill every process of the session (original or restored) and release the pids."""
-        for pid in self.pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        for pid in self.pids:  # a root restored with rst_sibling is our child again
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+        kill_and_reap(self.pids, self.proc)
         self.out.close()
 
 

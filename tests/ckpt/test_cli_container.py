@@ -4,7 +4,6 @@ counter keeps going (leave-running), and a container paused by containerd before
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -119,8 +118,7 @@ def test_restore_checks_what_gpucr_json_asks_for(containerd: Containerd, criu_bi
     cfg = pod_config(f"p-{uuid.uuid4().hex[:8]}", cgroup_parent=containerd.cgroup_parent)
     cfg.linux.security_context.namespace_options.pid = pb.POD
     restored: list[int] = []
-    with containerd.cri() as c:
-        pod_id = c.run_pod_sandbox(cfg)
+    with containerd.pod_of(cfg) as (c, pod_id, _):
         try:
             cc = container_config("counter", containerd.image, command=["/bin/sh", "-c", COUNTER],
                                   mounts=[(str(data), "/data", False)])
@@ -160,12 +158,3 @@ def test_restore_checks_what_gpucr_json_asks_for(containerd: Containerd, criu_bi
             from nri_plugin.host.proc import kill_tree
             for pid in restored:
                 kill_tree(pid)
-            for ct in c.list_containers(pod_id):
-                with contextlib.suppress(Exception):
-                    c.stop_container(ct.id, 0)
-                with contextlib.suppress(Exception):
-                    c.remove_container(ct.id)
-            with contextlib.suppress(Exception):
-                c.stop_pod_sandbox(pod_id)
-            with contextlib.suppress(Exception):
-                c.remove_pod_sandbox(pod_id)

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.integration
 
 GPUCR = str(Path(sys.executable).parent / "gpucr")
 SWEEP_S = 1.0
-#: the sweep's interval plus what a sweep itself takes (CRIU's abort, the driver's calls) on a loaded 2-core CI box
+#: the sweep's interval plus what a sweep itself takes (CRIU's abort or the runtime's resume, the driver's calls) on a
+#: loaded 2-core CI box (tests/front/test_front_lease.py uses these too)
 WITHIN_S = SWEEP_S + 4.0
 #: pause point -> (the state the fake reports there, the lease's phase)
 PHASES = {

@@ -63,6 +63,15 @@ def test_refusals(tmp_path: Path) -> None:
         config.load_hooks("no.such.module:f", {})
 
 
+def test_a_retired_hooks_module_names_its_replacement() -> None:
+    """A front.conf written before the hooks moved (``hooks = nri_plugin.gpufront:make``): one line, the fix."""
+    with pytest.raises(FrontError) as ei:
+        config.load_hooks("nri_plugin.gpufront:make", {}, where="/r/path/front.conf")
+    assert str(ei.value) == ("hooks = nri_plugin.gpufront:make in /r/path/front.conf names a module gpucr no longer "
+                             "ships; fix: set hooks = nri_plugin.handlers.front_cuda:make there (install/front.sh "
+                             "writes it)")
+
+
 def test_front_log_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from nri_plugin.front._log import FrontLog
     log = FrontLog(str(tmp_path / "log"))

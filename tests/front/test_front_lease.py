@@ -11,7 +11,6 @@ fails and it resumes its task; the daemon's sweep restores and unlocks the CUDA 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -21,45 +20,27 @@ from pathlib import Path
 
 import pytest
 
+from tests.ckpt.test_lease_faults import PHASES, SWEEP_S, WITHIN_S  # the CLI's lease faults, through the front
 from tests.front.conftest import FrontRoute
 from tests.front.test_gpufront import (  # noqa: F401 (fixtures)
-    _node,
     advancing,
     cri_workload,
     fake,
     freezer_state,
+    gpu_node,
     plugin,
 )
-from tests.testenv import TEST_ROOT, Containerd, installed_hook, wait_for
+from tests.testenv import TEST_ROOT, Containerd, wait_for
 
 pytestmark = pytest.mark.integration
-
-SWEEP_S = 1.0
-#: the sweep's interval plus what a sweep itself takes (the runtime's resume, the driver's calls) on a loaded CI box
-WITHIN_S = SWEEP_S + 4.0
-#: pause point -> (the state the fake reports there, the lease's phase)
-PHASES = {
-    "after-lock": ("LOCKED", "cuda-lock"),
-    "checkpointed": ("CHECKPOINTED", "cuda-checkpoint"),
-    "criu-post-dump": ("CHECKPOINTED", "criu-dump"),
-    "restored": ("LOCKED", "cuda-restore"),
-}
 
 
 @pytest.fixture(scope="module")
 def node(fake: object) -> Iterator[dict[str, Path]]:
     """test_gpufront's node (root's alone, the hook installed by install/hook.sh), with a one-second lease sweep."""
     d = TEST_ROOT / f"front-lease-node-{os.environ.get('GPUCR_INSTANCE') or 'default'}"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(mode=0o700, parents=True)
-    try:
-        with installed_hook(d / "libexec") as hook:
-            paths = _node(d, hook, fake)  # type: ignore[arg-type]
-            with paths["config"].open("a") as f:
-                f.write(f"lease_sweep_interval_s = {SWEEP_S}\n")
-            yield paths
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    with gpu_node(d, fake, lease_sweep_interval_s=SWEEP_S) as paths:  # type: ignore[arg-type]
+        yield paths
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import contextlib
 import json
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,11 +104,7 @@ def test_managed_container_tcp_connection_answers_after_ctr_restore(
             assert ask(port, "again") == "1 again"  # the restored listening socket accepts
             assert _task_pid(ctrd, restored, "k8s.io") > 0
         finally:
-            ctrd.ctr("t", "kill", "-s", "KILL", restored, namespace="k8s.io", check=False)
-            time.sleep(0.3)
-            ctrd.ctr("t", "rm", "-f", restored, namespace="k8s.io", check=False)
-            ctrd.ctr("c", "rm", restored, namespace="k8s.io", check=False)
-            ctrd.ctr("images", "rm", "--sync", ref, namespace="k8s.io", check=False)
+            ctrd.remove_restored(restored, ref, namespace="k8s.io")
 
 
 def _listening(port: int) -> bool:

@@ -35,7 +35,7 @@ from tests import cgroups
 from tests.fakes.cuda import FakeCuda, build, make_device
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import RUNC_PARENT, _bundle, _n, _runc_pid, _subreaper
-from tests.testenv import REPO, TEST_ROOT, Containerd, installed_hook, node_config, wait_for
+from tests.testenv import REPO, TEST_ROOT, Containerd, installed_hook, node_config, running_plugin, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -68,39 +68,35 @@ def fake() -> Iterator[FakeCuda]:
 def node(fake: FakeCuda) -> Iterator[dict[str, Path]]:
     """The node's hook (installed by install/hook.sh), config, state and CRIU config dirs, root's alone (the plugin
     uses nothing others could change: nri_plugin.host.paths)."""
-    d = TEST_ROOT / f"gpufront-node-{os.environ.get('GPUCR_INSTANCE') or 'default'}"
+    with gpu_node(TEST_ROOT / f"gpufront-node-{os.environ.get('GPUCR_INSTANCE') or 'default'}", fake) as paths:
+        yield paths
+
+
+@contextlib.contextmanager
+def gpu_node(d: Path, fake: FakeCuda, **config: object) -> Iterator[dict[str, Path]]:
+    """A node for the front's CUDA tests in the fresh directory ``d`` (removed afterwards): the OCI hook installed by
+    install/hook.sh, a node config (``config``: more of its keys) naming state and CRIU config dirs and the fake
+    driver, all root's alone (the plugin uses nothing others could change: nri_plugin.host.paths)."""
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(mode=0o700, parents=True)
     try:
         with installed_hook(d / "libexec") as hook:
-            yield _node(d, hook, fake)
+            paths = {"state": d / "state", "criu": d / "criu", "hook": hook, "config": d / "config.toml",
+                     "log": d / "plugin.log", "nvidia": fake.device, "fake": fake.lib.parent}
+            paths["config"].write_text(
+                f'state_dir = "{paths["state"]}"\ncriu_config_dir = "{paths["criu"]}"\nhook_path = "{hook}"\n'
+                f'runc_criu_config = "{d / "runc.conf"}"\nlibcuda = "{fake.lib}"\nlock_timeout_ms = 2000\n'
+                f'driver_call_timeout_s = 10\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+            yield paths
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def _node(d: Path, hook: Path, fake: FakeCuda) -> dict[str, Path]:
-    paths = {"state": d / "state", "criu": d / "criu", "hook": hook, "config": d / "config.toml",
-             "log": d / "plugin.log", "nvidia": fake.device, "fake": fake.lib.parent}
-    paths["config"].write_text(f'state_dir = "{paths["state"]}"\ncriu_config_dir = "{paths["criu"]}"\n'
-                               f'hook_path = "{hook}"\nrunc_criu_config = "{d / "runc.conf"}"\n'
-                               f'libcuda = "{fake.lib}"\nlock_timeout_ms = 2000\ndriver_call_timeout_s = 10\n')
-    return paths
 
 
 @pytest.fixture(scope="module")
 def plugin(front_containerd: Containerd, node: dict[str, Path]) -> Iterator[subprocess.Popen[bytes]]:
     """gpucr's policy plugin on this containerd's NRI socket (it manages annotated CRI containers)."""
-    node["log"].unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "-v", "plugin", "--socket",
-                             front_containerd.nri_socket, "--config", str(node["config"]), "--log-file",
-                             str(node["log"])], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: node["log"].exists() and "synchronized" in node["log"].read_text(),
-                 what="gpucr plugin to register and synchronize")
+    with running_plugin(front_containerd.nri_socket, node["log"], node["config"]) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture
@@ -605,9 +601,5 @@ def test_managed_cri_container_ctr_checkpoint_kill_and_restore(
             log = gpu_front.log_since(mark)
             assert "RESTORE success=True" in log and f"restored and unlocked 1 CUDA process(es) [{new}]" in log, log
         finally:
-            ctrd.ctr("t", "kill", "-s", "KILL", restored, namespace="k8s.io", check=False)
-            time.sleep(0.3)
-            ctrd.ctr("t", "rm", "-f", restored, namespace="k8s.io", check=False)
-            ctrd.ctr("c", "rm", restored, namespace="k8s.io", check=False)
-            ctrd.ctr("images", "rm", "--sync", ref, namespace="k8s.io", check=False)
+            ctrd.remove_restored(restored, ref, namespace="k8s.io")
 

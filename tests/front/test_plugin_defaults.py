@@ -15,8 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,7 @@ from nri_plugin.policy.config import DEFAULT_CONFIG_PATH, NodeConfig
 from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute, front_cuda_hooks
 from tests.front.test_gpufront import _n, _task_pid, cri_workload, fake  # noqa: F401 (fixture)
-from tests.testenv import INSTALL, REPO, Containerd, wait_for
+from tests.testenv import INSTALL, Containerd, running_plugin, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -80,16 +78,8 @@ def default_plugin(front_containerd: Containerd, hook_state: str, tmp_path: Path
     """``gpucr plugin --socket S --log-file L``: nothing else, so every node setting is a default."""
     log = tmp_path / "plugin.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUCR_", "NRI_"))}
-    proc = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "-v", "plugin", "--socket",
-                             front_containerd.nri_socket, "--log-file", str(log)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: log.exists() and "synchronized" in log.read_text(),
-                 what="gpucr plugin to register and synchronize")
+    with running_plugin(front_containerd.nri_socket, log, env=env):
         yield log
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture
@@ -158,11 +148,7 @@ def test_defaults_managed_cuda_container_checkpoint_and_restore(
             flog = default_front.log_since(mark)
             assert "RESTORE success=True" in flog and f"restored and unlocked 1 CUDA process(es) [{new}]" in flog, flog
         finally:
-            ctrd.ctr("t", "kill", "-s", "KILL", restored, namespace="k8s.io", check=False)
-            time.sleep(0.3)
-            ctrd.ctr("t", "rm", "-f", restored, namespace="k8s.io", check=False)
-            ctrd.ctr("c", "rm", restored, namespace="k8s.io", check=False)
-            ctrd.ctr("images", "rm", "--sync", ref, namespace="k8s.io", check=False)
+            ctrd.remove_restored(restored, ref, namespace="k8s.io")
     # the record goes with the container (poststop hook, or the plugin's RemoveContainer without hooks)
     wait_for(lambda: not (DEFAULTS.state_dir / "containers" / f"{w.cid}.json").exists(),
              what="the container's record to be removed")

@@ -28,9 +28,9 @@ from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _n
 from tests.front.test_gpufront import (  # noqa: F401  (fixtures)
-    FAKE_MNT, GPU0, GPU1, GPU_DEV, COUNTER, cuda_running, fake, fake_env, gpu_front,
+    FAKE_MNT, GPU0, GPU1, GPU_DEV, COUNTER, cuda_running, fake, fake_env, gpu_front, gpu_node,
 )
-from tests.testenv import INSTALL, REPO, TEST_ROOT, Containerd, installed_hook, wait_for
+from tests.testenv import INSTALL, REPO, TEST_ROOT, Containerd, running_plugin, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,21 +41,10 @@ INSTANCE = f"{os.environ.get('GPUCR_INSTANCE') or 'default'}-rs"
 def node(fake: FakeCuda) -> Iterator[dict[str, Path]]:
     """The node (hook, config, state, CRIU config dirs and the checkpoint root), root's alone."""
     d = TEST_ROOT / f"restore-node-{INSTANCE}"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(mode=0o700, parents=True)
-    try:
-        with installed_hook(d / "libexec") as hook:
-            root = d / "checkpoints"
-            root.mkdir(mode=0o700)
-            paths = {"state": d / "state", "criu": d / "criu", "hook": hook, "config": d / "config.toml",
-                     "log": d / "plugin.log", "root": root}
-            paths["config"].write_text(
-                f'state_dir = "{paths["state"]}"\ncriu_config_dir = "{paths["criu"]}"\nhook_path = "{hook}"\n'
-                f'runc_criu_config = "{d / "runc.conf"}"\nlibcuda = "{fake.lib}"\nlock_timeout_ms = 2000\n'
-                f'driver_call_timeout_s = 10\ncheckpoint_root = "{root}"\n')
-            yield paths
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    with gpu_node(d, fake, checkpoint_root=str(d / "checkpoints")) as paths:
+        paths["root"] = d / "checkpoints"
+        paths["root"].mkdir(mode=0o700)
+        yield paths
 
 
 def _containerd_sh(cmd: str, version: str, route: FrontRoute) -> subprocess.CompletedProcess[str]:
@@ -80,17 +69,8 @@ def ctrd(request: pytest.FixtureRequest, front_route: FrontRoute) -> Iterator[Co
 
 @pytest.fixture(scope="module")
 def plugin(ctrd: Containerd, node: dict[str, Path]) -> Iterator[subprocess.Popen[bytes]]:
-    node["log"].unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "-v", "plugin", "--socket",
-                             ctrd.nri_socket, "--config", str(node["config"]), "--log-file", str(node["log"])],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: node["log"].exists() and "synchronized" in node["log"].read_text(),
-                 what="gpucr plugin to register and synchronize")
+    with running_plugin(ctrd.nri_socket, node["log"], node["config"]) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _lines(data: Path) -> list[int]:

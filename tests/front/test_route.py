@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests import testenv
+from tests.testenv import one_error
 from tests.ckpt._tcp import KERNEL_REFUSES_PASSCRED, kernel_version
 from tests.conftest import VERSIONS
 from tests.front.conftest import INSTANCE, REAL_CRIU, front_cuda_hooks
@@ -35,13 +36,6 @@ RUNC = shutil.which("runc") or "/usr/sbin/runc"
 
 def front_sh(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(FRONT_SH), *args], capture_output=True, text=True)
-
-
-def one_error(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode == 1, r.stderr
-    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
-    assert len(errors) == 1, r.stderr
-    return errors[0]
 
 
 def binary_names(config: Path, runtime: str = "runc") -> list[str | None]:
@@ -100,6 +94,8 @@ def _runtime_config() -> Any:
     """install/runtime_config.py (a script, not a package module) for its pure edit."""
     name = "gpucr_install_runtime_config"
     if name not in sys.modules:
+        if str(testenv.INSTALL) not in sys.path:  # its sibling install/toml_edit.py, as the script finds it
+            sys.path.append(str(testenv.INSTALL))
         spec = importlib.util.spec_from_file_location(name, testenv.INSTALL / "runtime_config.py")
         sys.modules[name] = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         spec.loader.exec_module(sys.modules[name])  # type: ignore[union-attr]

@@ -1,17 +1,21 @@
-"""host.paths.root_path_problem on real files: what root may run or trust (the rule install/code.sh enforces)."""
+"""host.paths on real files: what root may run or trust (root_path_problem; place_problem, the rule install/code.sh
+enforces and the CRIU front applies to itself)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from nri_plugin.host.paths import DIR, EXEC, FILE, root_path_problem
+import nri_plugin.host.paths
+from nri_plugin.host.paths import DIR, EXEC, FILE, place_problem, root_path_problem
 from tests.roottmp import root_tmp  # noqa: F401 (fixture)
 
 NOBODY = 65534
+PATHS_PY = Path(nri_plugin.host.paths.__file__)
 
 
 def _exe(p: Path, mode: int = 0o755) -> Path:
@@ -82,3 +86,28 @@ def test_a_missing_optional_path_is_judged_by_its_parents(root_tmp: Path) -> Non
     p = root_path_problem(str(f), FILE, required=False)
     assert p is not None and p.why == "is not a regular file" and not p.unsafe
     assert root_path_problem("relative/path", DIR) is not None
+
+
+def test_place_problem_is_the_same_rule_from_the_deepest_existing_dir(root_tmp: Path) -> None:
+    """install/code.sh asks this of --dir/--prefix/--path before creating them: the front's rule, on what exists."""
+    assert place_problem(str(root_tmp / "not/yet/made")) is None
+    sticky = root_tmp / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    assert place_problem(str(sticky / "a/b")) == (f"{sticky} is group- or world-writable (mode 1777); fix: "
+                                                  f"chmod go-w {sticky}")
+    link = root_tmp / "link"
+    link.symlink_to(sticky)  # judged through the link too
+    assert place_problem(str(link / "a")) == (f"{link} is group- or world-writable (mode 1777); fix: "
+                                              f"chmod go-w {link}")
+    (root_tmp / "owned").mkdir()
+    os.chown(root_tmp / "owned", NOBODY, 0)
+    assert place_problem(str(root_tmp / "owned/x")) == (f"{root_tmp / 'owned'} is owned by uid {NOBODY}, not root; "
+                                                        f"fix: chown root {root_tmp / 'owned'}")
+    # as install/code.sh runs it: the checkout's file, by the system Python, with nothing on its path
+    r = subprocess.run(["/usr/bin/python3", "-S", "-E", str(PATHS_PY), str(sticky / "a")], capture_output=True,
+                       text=True)
+    assert (r.returncode, r.stdout) == (1, f"{place_problem(str(sticky))}\n")
+    r = subprocess.run(["/usr/bin/python3", "-S", "-E", str(PATHS_PY), str(root_tmp / "a")], capture_output=True,
+                       text=True)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")

@@ -26,7 +26,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 import uuid
 from pathlib import Path
@@ -251,11 +250,7 @@ def checkpoint_and_restore(ctrd: Containerd, work: Path) -> None:
                       and fake.state(new) == "RUNNING",
                       f"the installed front restored and unlocked the CUDA state of the restored pid {new}")
             finally:
-                ctrd.ctr("t", "kill", "-s", "KILL", restored, namespace="k8s.io", check=False)
-                time.sleep(0.3)
-                ctrd.ctr("t", "rm", "-f", restored, namespace="k8s.io", check=False)
-                ctrd.ctr("c", "rm", restored, namespace="k8s.io", check=False)
-                ctrd.ctr("images", "rm", "--sync", ref, namespace="k8s.io", check=False)
+                ctrd.remove_restored(restored, ref, namespace="k8s.io")
     finally:
         plugin.terminate()
         plugin.wait(10)
