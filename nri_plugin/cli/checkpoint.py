@@ -149,8 +149,11 @@ def _engine(args: argparse.Namespace, cfg: NodeConfig, progress: _ProgressLine, 
 
     store = CheckpointStore(cfg.checkpoint_root, verify_sha256=not getattr(args, "quick_verify", False))
     libcuda = args.libcuda or cfg.libcuda or None
+    from ..host.thp import ThpStage
+
+    thp = ThpStage(cfg.state_dir) if cfg.driver_thp == "always" else None
     cuda = CudaSteps(Driver(libcuda, call_timeout_s=cfg.driver_call_timeout_s), freezer_of, nvml=Nvml(args.libnvml),
-                     progress=progress, on_phase=on_phase)
+                     progress=progress, on_phase=on_phase, thp=thp)
     return Engine(cuda, Criu(args.criu), store, freezer_at=freezer_at)
 
 
@@ -160,8 +163,12 @@ def _print(summary: Any, as_json: bool) -> None:
         print(json.dumps(d, sort_keys=True))
         return
     steps = ", ".join(f"{k} {v:.2f}s" for k, v in d["timings_s"].items())
+    st = d.get("driver_stage") or {}
+    stage = (f"; driver stage: THP {st.get('thp')}" + (f" (node: {st.get('thp_node')})"
+             if st.get("thp_node") != st.get("thp") else "") if st else "")
     print(f"{d['action']} of pid {d['pid']} done: {len(d['cuda_processes'])} CUDA process(es), "
-          f"{d['gpu_bytes'] / (1 << 30):.2f} GiB GPU data, {d['image_bytes'] / (1 << 30):.2f} GiB images; {steps}")
+          f"{d['gpu_bytes'] / (1 << 30):.2f} GiB GPU data, {d['image_bytes'] / (1 << 30):.2f} GiB images; {steps}"
+          + stage)
 
 
 def _refuse_own_tree(pid: int) -> None:
