@@ -158,7 +158,12 @@ class ThpStage:
                 os.replace(tmp, self.dir / "original")
             (self.dir / token).write_text(original + "\n")
             if now != BOOST:
-                self._write_knob(BOOST)
+                try:
+                    self._write_knob(BOOST)
+                except ThpError:
+                    (self.dir / token).unlink(missing_ok=True)
+                    self._settle(original)
+                    raise
         log.info("THP: %s for the driver's copy (node's mode: %s)", BOOST, original)
         return Held(token, original, BOOST, str(self.state_dir), str(self.knob))
 

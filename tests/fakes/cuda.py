@@ -168,9 +168,9 @@ class FakeCuda:
         """The traced calls (of ``step``), in the order they ended."""
         out = []
         for line in (self.state_dir / "trace").read_text().splitlines():
-            name, pid, t0, t1, thp = line.split()
+            name, pid, t0, t1, thp, rc = line.split()
             if step is None or name == step:
-                out.append(TracedCall(name, int(pid), int(t0), int(t1), thp))
+                out.append(TracedCall(name, int(pid), int(t0), int(t1), thp, int(rc)))
         return out
 
 
@@ -183,6 +183,7 @@ class TracedCall:
     start_us: int
     end_us: int
     thp: str
+    result: int = 0
 
 
 def overlap(calls: list[TracedCall]) -> bool:

@@ -34,7 +34,7 @@
  * Timing hooks, for tests of concurrency: a file $FAKE_CUDA_DIR/delay-<step> holding milliseconds makes each call of
  * that step take that much longer (as a copy of GPU memory would; the caller's thread sleeps, outside any lock); when
  * $FAKE_CUDA_DIR/trace exists, every lock/checkpoint/restore/unlock call appends one line to it:
- * "<step> <pid> <start us> <end us> <THP mode>" (CLOCK_MONOTONIC, caller side; the THP mode is the selected one of
+ * "<step> <pid> <start us> <end us> <THP mode> <CUresult>" (CLOCK_MONOTONIC, caller side; the THP mode is the selected one of
  * $FAKE_CUDA_THP_KNOB, default /sys/kernel/mm/transparent_hugepage/enabled, read as the call starts).
  *
  * Like driver 580, the fake does not export cuCheckpointOperationComplete (CUDA 13.4's CustomStorage); built with
@@ -434,13 +434,13 @@ static int delay_ms(const char *step) {
     return n > 0 ? atoi(buf) : 0;
 }
 
-static void trace(const char *step, int pid, uint64_t t0, uint64_t t1, const char *thp) {
+static void trace(const char *step, int pid, uint64_t t0, uint64_t t1, const char *thp, int rc) {
     char p[512], line[256];
     snprintf(p, sizeof p, "%s/trace", dir());
     int fd = open(p, O_WRONLY | O_APPEND | O_CLOEXEC);
     if (fd < 0) return;
-    int n = snprintf(line, sizeof line, "%s %d %llu %llu %s\n", step, pid, (unsigned long long)t0,
-                     (unsigned long long)t1, thp);
+    int n = snprintf(line, sizeof line, "%s %d %llu %llu %s %d\n", step, pid, (unsigned long long)t0,
+                     (unsigned long long)t1, thp, rc);
     if (write(fd, line, (size_t)n) < 0) {}
     close(fd);
 }
@@ -456,7 +456,7 @@ static int call(int pid, const char *step, uint32_t op, uint32_t arg, const char
     int ms = delay_ms(step);
     if (ms > 0) nap_ms(ms);
     int rc = call_once(pid, step, op, arg, new_gpu, state);
-    trace(step, pid, t0, now_us(), thp);
+    trace(step, pid, t0, now_us(), thp, rc);
     return rc;
 }
 
