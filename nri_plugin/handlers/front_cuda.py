@@ -485,9 +485,8 @@ class CudaFrontHooks:
         from .metrics import report
         report(self.node.state_dir, "restore", "front", True, self.steps().timings)
         self.log.info(f"RESTORE of container {cid} (pid {root}, checkpointed as {marker.container_id}): "
-                      f"restored and unlocked {len(done)} CUDA process(es) {[p.pid for p in done]} in parallel "
-                      f"({_stage(self.steps())}), GPU map "
-                      f"{gpu_map or 'identity'} ({source})")
+                      f"restored and unlocked {len(done)} CUDA process(es) {[p.pid for p in done]}, GPU map "
+                      f"{gpu_map or 'identity'} ({source}); all at once, {_stage(self.steps())}")
 
     def _read_marker(self, request: Request) -> CudaMarker:
         from ..ckpt import marker
