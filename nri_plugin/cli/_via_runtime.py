@@ -4,7 +4,10 @@ caller does, so the CLI and the standard commands share one path and gpucr's CRI
 containerd 2.x: CRI CheckpointContainer into ``DIR/checkpoint.tar`` (the container keeps running; restore it with a
 CRI CreateContainer from that archive). containerd 1.7 has no CRI checkpoint: the task API's Checkpoint with
 ``image_path=DIR/images`` (CRIU images, as ``ctr t checkpoint --image-path``; restore with ``runc restore`` or a
-task created from them); so does a container found outside CRI (``ctr run``, any ``--namespace``). Afterwards the checkpoint must carry the front's marker (``gpucr-cuda.json``): a container
+task created from them); so does a container found outside CRI (``ctr run``, any ``--namespace``), and, with
+``--images-only``, a CRI container on 2.x: CRIU's images are then written once, into DIR, where CRI's path has
+containerd copy them into its content store and then into the archive after CRIU is done (most of a CRI checkpoint's
+time: ``docs/flows.md``), at the price of the archive's extras (the rootfs diff, the container's config). Afterwards the checkpoint must carry the front's marker (``gpucr-cuda.json``): a container
 holding CUDA state whose checkpoint lacks it did not pass through the front, and the error says how to install it.
 """
 
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace, cfg: NodeConfig, found: Resolved) -> int:
     out = CheckpointDir.create_empty(Path(args.to), root=cfg.checkpoint_root)
     holds_cuda = bool(cuda_candidates(tree_pids(pid), args.libcuda or cfg.libcuda or "libcuda.so.1"))
     major, runtime = _runtime_major(args.address) if found.via_cri else (0, f"containerd ({found.namespace})")
-    if found.via_cri and major >= 2:
+    if found.via_cri and major >= 2 and not args.images_only:
         from ..cri import CriClient
         target = out / "checkpoint.tar"
         with CriClient(args.address) as c:

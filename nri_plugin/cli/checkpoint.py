@@ -50,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--via-runtime", action="store_true",
                    help="CONTAINER only: checkpoint through containerd (CRI CheckpointContainer on 2.x, the task API on "
                         "1.7 or outside CRI), where gpucr's CRIU front does the CUDA work, instead of driving CRIU")
+    c.add_argument("--images-only", action="store_true",
+                   help="with --via-runtime on containerd 2.x: the task API's checkpoint, which writes CRIU's images "
+                        "once, straight into DIR/images, instead of CRI's checkpoint.tar (which containerd first copies "
+                        "into its content store, then into the archive; it also holds the container's rootfs changes)")
     _common(c)
     c.set_defaults(func=run_checkpoint)
 
@@ -194,6 +198,8 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.via_runtime and args.container is None:
         raise GpucrError("--via-runtime needs a CONTAINER (a --pid tree has no runtime to go through)")
+    if args.images_only and not args.via_runtime:
+        raise GpucrError("--images-only goes with --via-runtime (gpucr's own checkpoint writes only images already)")
     if args.container is not None:
         from ..ckpt import container
         from ._resolve import resolve_container
