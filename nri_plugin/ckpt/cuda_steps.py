@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from ..host.proc import mem_available as host_mem_available
 from ..host.proc import rss_bytes, tree_pids
+from ..host.thp import KNOB, Held, ThpError, ThpStage, read_mode
 from .compat import gpu_pairs
 from .cuda.driver import CudaError, Driver, ProcessState
 from .cuda.nvml import Nvml
@@ -78,6 +79,8 @@ class Suspended:
     inventory: GpuInventory = field(default_factory=GpuInventory)
     #: pids a lock was attempted on (rollback looks at each)
     touched: set[int] = field(default_factory=set)
+    #: this section's share of the THP boost while the driver copies (the lease records it)
+    thp: Held | None = None
 
     @property
     def gpu_bytes(self) -> int:
@@ -92,13 +95,17 @@ class CudaSteps:
     """The CUDA half of one checkpoint or restore. Thread-safe only per call: use one object per operation.
 
     ``mem_available`` returns the host's available memory in bytes (the real /proc/meminfo by default; a seam for
-    tests). ``timings`` collects per-step seconds for the caller's summary.
+    tests). ``timings`` collects per-step seconds for the caller's summary. ``thp``: the node's THP boost
+    (:class:`~nri_plugin.host.thp.ThpStage`, when the node config's ``driver_thp`` is ``always``), taken around the
+    driver's copies only; ``stage`` says what the driver stage ran with (THP mode, the node's mode, CustomStorage).
     """
 
     def __init__(self, driver: Driver, cgroups: CgroupsLike, *, nvml: Nvml | None = None,
                  progress: Progress | None = None, mem_available: Callable[[], int] = host_mem_available,
-                 on_phase: OnPhase | None = None) -> None:
+                 on_phase: OnPhase | None = None, thp: ThpStage | None = None) -> None:
         self.driver, self.cgroups, self.nvml = driver, cgroups, nvml
+        self.thp = thp
+        self.stage: dict[str, Any] = {}
         self.on_phase = on_phase
         self.progress = progress or (lambda step, msg: None)
         self.mem_available = mem_available
@@ -119,6 +126,42 @@ class CudaSteps:
             yield
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.monotonic() - t0, 4)
+
+    @contextmanager
+    def driver_stage(self, s: Suspended | None) -> Iterator[None]:
+        """Around the driver's GPU<->host copies: the THP boost when configured (given back on every exit path; the
+        lease records the share, so a sweep gives it back after a crash), and :attr:`stage` filled in. A boost that
+        cannot be taken is a warning, not a failure: the copy runs in the node's mode and ``stage`` says so."""
+        if "custom_storage" not in self.stage:
+            try:
+                self.stage["custom_storage"] = bool(self.driver.custom_storage)
+            except CudaError:
+                self.stage["custom_storage"] = False
+            if self.stage["custom_storage"]:
+                log.info("the driver exports cuCheckpointOperationComplete (CustomStorage); gpucr uses the "
+                         "driver's own copy")
+        held: Held | None = None
+        if self.thp is not None:
+            try:
+                held = self.thp.acquire()
+            except ThpError as exc:
+                log.warning("driver stage without huge pages: %s", exc)
+                self.stage["thp_error"] = str(exc)
+        node_mode = held.original if held is not None else read_mode(self.thp.knob if self.thp else KNOB)
+        self.stage["thp"] = held.mode if held is not None else (node_mode or "unknown")
+        self.stage["thp_node"] = node_mode or "unknown"
+        if s is not None:
+            s.thp = held
+        try:
+            yield
+        finally:
+            if held is not None and self.thp is not None:
+                if s is not None:
+                    s.thp = None
+                try:
+                    self.thp.release(held)
+                except ThpError as exc:  # the next sweep (or gpucr recover) retries: the holder file stays
+                    log.error("%s", exc)
 
     def _parallel(self, step: str, procs: Sequence[CudaProcess], fn: Callable[[CudaProcess], None],
                   touched: set[int] | None = None) -> None:
@@ -179,12 +222,12 @@ class CudaSteps:
         problems: list[str] = []
         if cgroup is not None and cgroup.frozen():
             cgroup.thaw()
-        for pid in sorted(touched):
+
+        def one(pid: int) -> str | None:
             if not os.path.exists(f"/proc/{pid}"):
-                continue
+                return None
             if not self.driver.wait_pending(pid, ROLLBACK_WAIT_S):
-                problems.append(f"pid {pid}: a CUDA call is still blocked; the process may stay locked")
-                continue
+                return f"pid {pid}: a CUDA call is still blocked; the process may stay locked"
             try:
                 state = self.driver.get_state(pid)
                 if state == ProcessState.CHECKPOINTED:
@@ -193,7 +236,13 @@ class CudaSteps:
                 if state == ProcessState.LOCKED:
                     self.driver.unlock(pid)
             except CudaError as exc:
-                problems.append(f"pid {pid}: {exc}")
+                return f"pid {pid}: {exc}"
+            return None
+
+        pids = sorted(touched)
+        if pids:  # every process at once, as they were checkpointed
+            with ThreadPoolExecutor(max_workers=len(pids), thread_name_prefix="rollback") as ex:
+                problems += [p for p in ex.map(one, pids) if p]
         if cgroup is not None and frozen_before:
             cgroup.freeze()
         for pid in touched:
@@ -252,10 +301,11 @@ class CudaSteps:
                 self._parallel(step, s.procs, lambda p: self.driver.lock(p.pid, lock_timeout_ms), s.touched)
                 self.phase("after-lock", s)
                 step = "cuda-checkpoint"
-                self.phase(step, s)
-                tick = self._copy_ticker(step, s.procs, s.gpu_bytes, +1)
-                self._parallel(step, s.procs, lambda p: self.driver.checkpoint(
-                    p.pid, self._copy_deadline(p), on_tick=tick))
+                with self.driver_stage(s):
+                    self.phase(step, s)
+                    tick = self._copy_ticker(step, s.procs, s.gpu_bytes, +1)
+                    self._parallel(step, s.procs, lambda p: self.driver.checkpoint(
+                        p.pid, self._copy_deadline(p), on_tick=tick))
                 self.phase("checkpointed", s)
             if frozen:
                 step = "refreeze"
@@ -289,15 +339,16 @@ class CudaSteps:
                     pairs: Mapping[int, list[tuple[str, str]]], s: Suspended | None = None) -> None:
         """CUDA restore + unlock of running (or thawed) processes; puts a frozen cgroup back to FROZEN."""
         thawed = False
-        self.phase("cuda-restore", s)
-        if cgroup is not None and cgroup.frozen():
-            cgroup.thaw()
-            thawed = True
         try:
-            total = sum(p.gpu_bytes for p in procs)
-            tick = self._copy_ticker("cuda-restore", procs, total, -1)
-            self._parallel("cuda-restore", procs, lambda p: self.driver.restore(
-                p.pid, pairs.get(p.pid, []), self._copy_deadline(p), on_tick=tick))
+            with self.driver_stage(s):  # the THP boost covers the copies, not the unlock
+                self.phase("cuda-restore", s)
+                if cgroup is not None and cgroup.frozen():
+                    cgroup.thaw()
+                    thawed = True
+                total = sum(p.gpu_bytes for p in procs)
+                tick = self._copy_ticker("cuda-restore", procs, total, -1)
+                self._parallel("cuda-restore", procs, lambda p: self.driver.restore(
+                    p.pid, pairs.get(p.pid, []), self._copy_deadline(p), on_tick=tick))
             self.phase("restored", s)
             self.phase("cuda-unlock", s)
             self._parallel("cuda-unlock", procs, lambda p: self.driver.unlock(p.pid))

@@ -128,6 +128,8 @@ class Summary:
     gpu_bytes: int = 0
     frozen_before: bool = False
     leave_running: bool = False
+    #: how the driver copied GPU memory: THP mode that ran, the node's own, CustomStorage (:meth:`CudaSteps.driver_stage`)
+    driver_stage: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -266,6 +268,7 @@ class Engine:
         self.store.settle(req.images_dir)
         summary.image_bytes = dir_bytes(self.store.images_of(req.images_dir))
         summary.timings_s = dict(self.cuda.timings)
+        summary.driver_stage = dict(self.cuda.stage)
         return summary
 
     def _seal(self, req: CheckpointRequest, summary: Summary, s: Suspended) -> None:
@@ -274,6 +277,7 @@ class Engine:
         summary.image_bytes = dir_bytes(self.store.images_of(req.images_dir))
         summary.cuda_processes = [p.to_json() for p in s.procs]
         summary.timings_s = dict(self.cuda.timings)
+        summary.driver_stage = dict(self.cuda.stage)
         with self.cuda.step("seal"):
             self.store.write_metadata(req.images_dir, self._metadata(req, s.procs, s.inventory, summary))
 
@@ -346,6 +350,7 @@ class Engine:
                 "gpu_bytes": summary.gpu_bytes,
             },
             "timings_s": summary.timings_s,
+            "driver_stage": summary.driver_stage,
             "image_bytes": summary.image_bytes,
             **req.extra_metadata,
         }
@@ -404,6 +409,7 @@ class Engine:
                 with self.cuda.step("refreeze"):
                     home.freeze()  # type: ignore[union-attr]
         summary.timings_s = dict(self.cuda.timings)
+        summary.driver_stage = dict(self.cuda.stage)
         return summary
 
     def _home_freezer(self, meta: Mapping[str, Any]) -> FreezerLike | None:
@@ -427,6 +433,7 @@ class Engine:
         summary.cuda_processes = [p.to_json() for p in procs]
         summary.image_bytes = dir_bytes(req.images_dir / "images")
         summary.timings_s = dict(self.cuda.timings)
+        summary.driver_stage = dict(self.cuda.stage)
         return summary
 
     def _make_restore_options(self, req: RestoreRequest, criu_dir: Path, extra: Mapping[str, Any]) -> Any:

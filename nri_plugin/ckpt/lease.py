@@ -34,6 +34,7 @@ from typing import Any
 
 from ..errors import GpucrError
 from ..host.proc import start_time
+from ..host.thp import Held, ThpError, ThpStage
 from .cuda.driver import CudaError, ProcessState
 from .cuda_steps import CudaSteps, FreezerLike, Suspended
 
@@ -105,6 +106,9 @@ class Lease:
     undo: list[str] = field(default_factory=list)
     created: float = 0.0
     problems: list[str] = field(default_factory=list)  #: what the last rollback attempt could not undo
+    #: the THP boost held while the driver copies (:meth:`nri_plugin.host.thp.Held.to_json`: its holder token and
+    #: the node's original mode), given back by a rollback
+    thp: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": LEASE_FORMAT, **asdict(self)}
@@ -276,6 +280,7 @@ class LeaseHolder:
             le.what = le.what or f"pid {s.pid}"
         if s.procs:
             le.processes = [LeasedProcess(p.pid, start_time(p.pid)) for p in s.procs]
+        le.thp = s.thp.to_json() if s.thp is not None else {}
         le.phase = phase
         le.deadline = time.time() + self.budgets.get(phase, DEFAULT_BUDGETS_S["criu-dump"])
         le.undo = list(_UNDO.get(phase, [])) + (["refreeze"] if s.frozen_before and phase != "thaw" else [])
@@ -345,6 +350,14 @@ def roll_back(le: Lease, steps: CudaSteps, freezer_at: Callable[[str, int], Free
     gone = len(le.processes) - len(live)
     if gone:
         res.undone.append(f"{gone} process(es) gone")
+    if le.thp:
+        try:
+            held = Held.from_json(le.thp)
+            back = ThpStage(held.state_dir, Path(held.knob)).release(held)
+            res.undone.append(f"transparent hugepages {back} again (the node's mode)" if back else
+                              "THP boost given back (other checkpoints still hold it)")
+        except (ThpError, KeyError, TypeError) as exc:
+            res.problems.append(f"THP: {exc}")
     if cg is not None:
         try:
             state = "frozen" if cg.frozen() else "thawed"
@@ -357,9 +370,24 @@ def roll_back(le: Lease, steps: CudaSteps, freezer_at: Callable[[str, int], Free
 
 def sweep(store: LeaseStore, steps_of: Callable[[], CudaSteps], freezer_at: Callable[[str, int], FreezerLike | None],
           *, select: Callable[[Lease], bool] | None = None, grace_s: float = GRACE_S,
-          report: Callable[[Lease, str], None] | None = None) -> list[RollbackResult]:
+          report: Callable[[Lease, str], None] | None = None, thp: ThpStage | None = None) -> list[RollbackResult]:
     """Roll back every stale lease ``select`` accepts (all by default); ``report(lease, state)`` hears about each
-    lease left alone ("held by ..."). The driver is opened (``steps_of``) only when a lease needs it."""
+    lease left alone ("held by ..."). The driver is opened (``steps_of``) only when a lease needs it. Then the THP
+    boost's holders (``thp``, default the state dir's) are reconciled: a holder killed before its lease named the
+    boost is dropped, and the node's mode comes back once nobody holds it."""
+    results = _sweep_leases(store, steps_of, freezer_at, select, grace_s, report)
+    try:
+        back = (thp or ThpStage(store.dir.parent)).reconcile()
+        if back:
+            log.warning("transparent hugepages back to the node's mode %s (a checkpoint holding the boost died)", back)
+    except ThpError as exc:
+        log.error("%s", exc)
+    return results
+
+
+def _sweep_leases(store: LeaseStore, steps_of: Callable[[], CudaSteps],
+                  freezer_at: Callable[[str, int], FreezerLike | None], select: Callable[[Lease], bool] | None,
+                  grace_s: float, report: Callable[[Lease, str], None] | None) -> list[RollbackResult]:
     results: list[RollbackResult] = []
     for path in store.entries():
         try:

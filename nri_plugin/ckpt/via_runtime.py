@@ -108,10 +108,13 @@ def _seal(out: Path, t: RuntimeTarget, via: str, runtime: str, mk: _marker.CudaM
 
 
 def checkpoint(t: RuntimeTarget, out: Path, *, leave_running: bool, libcuda: str,
-               extra: Mapping[str, Any] | None = None, runtime: tuple[int, str] | None = None) -> RuntimeCheckpoint:
+               extra: Mapping[str, Any] | None = None, runtime: tuple[int, str] | None = None,
+               images_only: bool = False) -> RuntimeCheckpoint:
     """Checkpoint ``t`` through containerd into the empty private dir ``out``, seal it and fsync it (``out``'s
     parent too). ``runtime``: containerd's (major, text) when the caller knows it. ``extra``: more fields for
-    ``gpucr.json``.
+    ``gpucr.json``. ``images_only``: a CRI container on 2.x goes through the task API too, so CRIU's images are
+    written once, into ``out`` (CRI's path has containerd copy them into its content store and then into the archive;
+    the price: no rootfs diff, no container config).
 
     Raises:
         GpucrError: the runtime refused (e.g. CRIU or the front failed: the container keeps running when
@@ -125,7 +128,7 @@ def checkpoint(t: RuntimeTarget, out: Path, *, leave_running: bool, libcuda: str
         runtime = (0, f"containerd ({t.namespace})")
     major, text = runtime or runtime_major(t.address)
     t0 = time.monotonic()
-    if t.via_cri and major >= 2:
+    if t.via_cri and major >= 2 and not images_only:
         from ..cri import CriClient
         target = out / "checkpoint.tar"
         with CriClient(t.address) as c:

@@ -4,7 +4,10 @@ caller does, so the CLI and the standard commands share one path and gpucr's CRI
 
 containerd 2.x: CRI CheckpointContainer into ``DIR/checkpoint.tar``; containerd 1.7 (and a container found outside
 CRI): the task API's Checkpoint into ``DIR/images``. Either is sealed with ``gpucr.json`` so ``gpucr.io/restore-from``
-can name it.
+can name it. With ``--images-only`` a CRI container on 2.x goes through the task API as well: CRIU's images are
+written once, into DIR, where CRI's path has containerd copy them into its content store and then into the archive
+after CRIU is done (most of a CRI checkpoint's time: ``docs/flows.md``), at the price of the archive's extras (the
+rootfs diff, the container's config).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace, cfg: NodeConfig, found: Resolved) -> int:
     out = CheckpointDir.create_empty(Path(args.to), root=cfg.checkpoint_root)
     res = via_runtime.checkpoint(
         via_runtime.RuntimeTarget(args.address, found.id, found.pid, found.namespace, found.via_cri), out,
-        leave_running=args.leave_running, libcuda=args.libcuda or cfg.libcuda or "libcuda.so.1")
+        leave_running=args.leave_running, libcuda=args.libcuda or cfg.libcuda or "libcuda.so.1",
+        images_only=args.images_only)
     mk = res.marker
     summary = {"action": "checkpoint", "container_id": res.container_id, "pid": res.pid, "via": res.via,
                "runtime": res.runtime, "path": str(res.target), "cuda_processes": mk.processes if mk else [],

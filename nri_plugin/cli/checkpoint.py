@@ -50,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--via-runtime", action="store_true",
                    help="CONTAINER only: checkpoint through containerd (CRI CheckpointContainer on 2.x, the task API on "
                         "1.7 or outside CRI), where gpucr's CRIU front does the CUDA work, instead of driving CRIU")
+    c.add_argument("--images-only", action="store_true",
+                   help="with --via-runtime on containerd 2.x: the task API's checkpoint, which writes CRIU's images "
+                        "once, straight into DIR/images, instead of CRI's checkpoint.tar (which containerd first copies "
+                        "into its content store, then into the archive; it also holds the container's rootfs changes)")
     _common(c)
     c.set_defaults(func=run_checkpoint)
 
@@ -149,8 +153,11 @@ def _engine(args: argparse.Namespace, cfg: NodeConfig, progress: _ProgressLine, 
 
     store = CheckpointStore(cfg.checkpoint_root, verify_sha256=not getattr(args, "quick_verify", False))
     libcuda = args.libcuda or cfg.libcuda or None
+    from ..host.thp import ThpStage
+
+    thp = ThpStage(cfg.state_dir) if cfg.driver_thp == "always" else None
     cuda = CudaSteps(Driver(libcuda, call_timeout_s=cfg.driver_call_timeout_s), freezer_of, nvml=Nvml(args.libnvml),
-                     progress=progress, on_phase=on_phase)
+                     progress=progress, on_phase=on_phase, thp=thp)
     return Engine(cuda, Criu(args.criu), store, freezer_at=freezer_at)
 
 
@@ -160,8 +167,12 @@ def _print(summary: Any, as_json: bool) -> None:
         print(json.dumps(d, sort_keys=True))
         return
     steps = ", ".join(f"{k} {v:.2f}s" for k, v in d["timings_s"].items())
+    st = d.get("driver_stage") or {}
+    stage = (f"; driver stage: THP {st.get('thp')}" + (f" (node: {st.get('thp_node')})"
+             if st.get("thp_node") != st.get("thp") else "") if st else "")
     print(f"{d['action']} of pid {d['pid']} done: {len(d['cuda_processes'])} CUDA process(es), "
-          f"{d['gpu_bytes'] / (1 << 30):.2f} GiB GPU data, {d['image_bytes'] / (1 << 30):.2f} GiB images; {steps}")
+          f"{d['gpu_bytes'] / (1 << 30):.2f} GiB GPU data, {d['image_bytes'] / (1 << 30):.2f} GiB images; {steps}"
+          + stage)
 
 
 def _refuse_own_tree(pid: int) -> None:
@@ -187,6 +198,8 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.via_runtime and args.container is None:
         raise GpucrError("--via-runtime needs a CONTAINER (a --pid tree has no runtime to go through)")
+    if args.images_only and not args.via_runtime:
+        raise GpucrError("--images-only goes with --via-runtime (gpucr's own checkpoint writes only images already)")
     if args.container is not None:
         from ..ckpt import container
         from ._resolve import resolve_container

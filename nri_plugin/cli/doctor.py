@@ -371,7 +371,7 @@ class Doctor:
         except CudaError as exc:
             self.add("CUDA driver", "fail", str(exc), "see the message")
             return
-        complete = lib.has("cuCheckpointOperationComplete")
+        complete = lib.has(_lib.CUSTOM_STORAGE_SYMBOL)
         self.add("CUDA driver", "ok", f"{path}: CUDA {format_api_version(api)}, checkpoint API present; "
                  f"cuCheckpointOperationComplete {'exported' if complete else 'absent'}", api=api,
                  operation_complete=complete)
@@ -393,8 +393,16 @@ class Doctor:
         from ..host.node import thp_mode
 
         mode = thp_mode()
-        self.add("THP", "info", f"transparent hugepages: {mode or 'unknown'} (the driver's checkpoint speed "
-                 "changes 1.5-1.8x with it)", mode=mode)
+        want = getattr(self.node, "driver_thp", "keep")
+        ran = "always" if want == "always" else (mode or "unknown")
+        held = sorted(p.name for p in Path(self.node.state_dir, "thp").glob("holder-*"))
+        text = (f"transparent hugepages: {mode or 'unknown'}; the CUDA driver's copies run with {ran} (node config "
+                f"driver_thp = {want!r}")
+        text += ": set to always only during the copies, then restored)" if want == "always" else \
+            "; \"always\" copies 1.5-1.8x faster)"
+        if held:
+            text += f"; {len(held)} checkpoint(s) hold the boost now"
+        self.add("THP", "info", text, mode=mode, driver_thp=want, driver_stage_mode=ran, holders=len(held))
 
     def check_snapshotter(self) -> None:
         from ..host.node import overlay_params

@@ -79,21 +79,23 @@ class NodeView:
     dataclasses) on every dump, so :func:`node_view` caches these few values in the front's root-only cache dir, keyed by the
     file's path, mtime and size (as the front caches the real criu's VERSION answer)."""
 
-    KEYS = ("state_dir", "unmanaged_cuda", "libcuda", "lock_timeout_ms", "driver_call_timeout_s", "phase_timeouts")
+    KEYS = ("state_dir", "unmanaged_cuda", "libcuda", "lock_timeout_ms", "driver_call_timeout_s", "phase_timeouts",
+            "driver_thp")
     __slots__ = KEYS
 
     def __init__(self, state_dir: str, unmanaged_cuda: str, libcuda: str, lock_timeout_ms: int,
-                 driver_call_timeout_s: float, phase_timeouts: str = "") -> None:
+                 driver_call_timeout_s: float, phase_timeouts: str = "", driver_thp: str = "keep") -> None:
         self.state_dir, self.unmanaged_cuda, self.libcuda = state_dir, unmanaged_cuda, libcuda
         self.lock_timeout_ms, self.driver_call_timeout_s = lock_timeout_ms, driver_call_timeout_s
         #: the node's per-phase deadlines, "phase=seconds,..." (NodeConfig.phase_budgets without the lock's)
         self.phase_timeouts = phase_timeouts
+        self.driver_thp = driver_thp
 
     @classmethod
     def of(cls, cfg: NodeConfig) -> NodeView:
         budgets = ",".join(f"{p}={s}" for p, s in cfg.phase_budgets().items() if p != "cuda-lock")
         return cls(str(cfg.state_dir), cfg.unmanaged_cuda, cfg.libcuda, int(cfg.lock_timeout_ms),
-                   float(cfg.driver_call_timeout_s), budgets)
+                   float(cfg.driver_call_timeout_s), budgets, cfg.driver_thp)
 
     def phase_budgets(self, lock_ms: int, asked: tuple[tuple[str, int], ...] = ()) -> dict[str, float]:
         """As :meth:`NodeConfig.phase_budgets`: the node's deadlines, a container's shorter ones, the lock's."""
@@ -123,7 +125,7 @@ def node_view(path: str | None, cache_dir: str | None) -> NodeView:
         try:
             kv = dict(ln.split("\t", 1) for ln in lines[1:] if "\t" in ln)
             return NodeView(kv["state_dir"], kv["unmanaged_cuda"], kv["libcuda"], int(kv["lock_timeout_ms"]),
-                            float(kv["driver_call_timeout_s"]), kv["phase_timeouts"])
+                            float(kv["driver_call_timeout_s"]), kv["phase_timeouts"], kv["driver_thp"])
         except (KeyError, ValueError):
             pass
     from pathlib import Path
@@ -248,9 +250,11 @@ class CudaFrontHooks:
             from ..ckpt.cuda import Driver, Nvml
             from ..ckpt.cuda_steps import CudaSteps
             from ..host.cgroup import freezer_of
+            from ..host.thp import ThpStage
 
+            thp = ThpStage(self.node.state_dir) if self.node.driver_thp == "always" else None
             self._steps = CudaSteps(Driver(self.libcuda, call_timeout_s=self.node.driver_call_timeout_s), freezer_of,
-                                    nvml=Nvml(self.libnvml))
+                                    nvml=Nvml(self.libnvml), thp=thp)
         return self._steps
 
     def _error(self, what: str, exc: Exception, fallback_step: str) -> HookError:
@@ -302,7 +306,7 @@ class CudaFrontHooks:
         eng.phase("criu-dump", s)
         frozen = "thawed it, " if s.frozen_before else ""
         self.log.info(f"DUMP of {t.describe()}, {t.why}: {frozen}locked and checkpointed "
-                      f"{len(s.procs)} CUDA process(es) {[p.pid for p in s.procs]}"
+                      f"{len(s.procs)} CUDA process(es) {[p.pid for p in s.procs]} in parallel ({_stage(eng)})"
                       + (", froze it again" if s.frozen_before else "") + "; criu may dump now")
 
     def _write_marker(self, request: Request, t: Target, s: Suspended) -> None:
@@ -482,7 +486,7 @@ class CudaFrontHooks:
         report(self.node.state_dir, "restore", "front", True, self.steps().timings)
         self.log.info(f"RESTORE of container {cid} (pid {root}, checkpointed as {marker.container_id}): "
                       f"restored and unlocked {len(done)} CUDA process(es) {[p.pid for p in done]}, GPU map "
-                      f"{gpu_map or 'identity'} ({source})")
+                      f"{gpu_map or 'identity'} ({source}); all at once, {_stage(self.steps())}")
 
     def _read_marker(self, request: Request) -> CudaMarker:
         from ..ckpt import marker
@@ -508,6 +512,15 @@ class CudaFrontHooks:
         if marker.gpu_map:
             return {str(a): str(b) for a, b in marker.gpu_map}, "recorded at checkpoint"
         return {}, "default"
+
+
+def _stage(steps: CudaSteps) -> str:
+    """The driver stage for a log line: which THP mode the copies ran in, and the CustomStorage probe."""
+    st = steps.stage
+    thp = st.get("thp", "?")
+    node = st.get("thp_node", "?")
+    cs = "present" if st.get("custom_storage") else "absent"
+    return f"THP {thp}" + (f" (node: {node})" if node != thp else "") + f", CustomStorage {cs}"
 
 
 def make(values: dict[str, str]) -> CudaFrontHooks:

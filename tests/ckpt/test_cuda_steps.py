@@ -30,6 +30,7 @@ class SMDriver:
     path = "libcuda.so.1"
     api_version = 13000
     supports_remap = True
+    custom_storage = False
 
     def __init__(self, pids: list[int]) -> None:
         self.state = {p: ProcessState.RUNNING for p in pids}

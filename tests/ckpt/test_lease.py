@@ -157,3 +157,59 @@ def test_pause_point_is_inert_unless_asked(monkeypatch: pytest.MonkeyPatch) -> N
     pause_point("after-lock")  # returns at once
     pause_point("after-lock", "checkpointed")
     pause_point("after-lock", "")
+
+
+def test_a_killed_holders_thp_boost_is_given_back_by_the_sweep(tmp_path: Path, procs: list[int]) -> None:
+    """A checkpoint SIGKILLed mid-copy with the THP boost held: the holder's lease records the share and the node's
+    mode; the sweep restores the processes and the mode, while a live checkpoint sharing the boost keeps it until
+    it is done."""
+    from nri_plugin.host.thp import ThpStage, read_mode
+
+    knob = tmp_path / "thp-enabled"
+    knob.write_text("always [madvise] never\n")
+    store = LeaseStore(tmp_path)
+    holder, *work = procs
+    # the holder's share, written as that process would have (holder-<its pid>-<its start>-<token>)
+    other = ThpStage(tmp_path, knob).acquire()  # a live checkpoint that shares the boost
+    ours = ThpStage(tmp_path, knob).acquire()
+    dead = ours.token.replace(f"holder-{os.getpid()}-{start_time(os.getpid())}-",
+                              f"holder-{holder}-{start_time(holder)}-")
+    (tmp_path / "thp" / ours.token).rename(tmp_path / "thp" / dead)
+    ours.token = dead
+    h = LeaseHolder(store, holder="gpucr checkpoint", what="pid x")
+    s = _suspended(work, None, False)
+    s.thp = ours
+    h.on_phase("cuda-checkpoint", s)
+    le = store.read(store.path(h.lease.id))
+    assert le.thp["original"] == "madvise" and le.thp["token"] == dead
+    le.holder_pid, le.holder_start = holder, start_time(holder)
+    store.write(le)
+    drv = SMDriver(work)
+    drv.state[work[0]] = ProcessState.CHECKPOINTED
+    steps = CudaSteps(drv, lambda pid: None)  # type: ignore[arg-type]
+    subprocess.run(["kill", "-9", str(holder)])
+    from tests.testenv import wait_for
+    wait_for(lambda: start_time(holder) == 0, what="holder gone")
+    thp = ThpStage(tmp_path, knob)
+    [res] = sweep(store, lambda: steps, lambda path, v: None, thp=thp)
+    assert "THP boost given back (other checkpoints still hold it)" in res.line()
+    assert read_mode(knob) == "always" and drv.state[work[0]] == ProcessState.RUNNING
+    thp.release(other)
+    assert read_mode(knob) == "madvise"
+
+
+def test_the_sweep_restores_the_mode_of_a_holder_killed_before_its_lease_named_it(tmp_path: Path,
+                                                                                    procs: list[int]) -> None:
+    from nri_plugin.host.thp import ThpStage, read_mode
+
+    knob = tmp_path / "thp-enabled"
+    knob.write_text("always [madvise] never\n")
+    ours = ThpStage(tmp_path, knob).acquire()
+    holder = procs[0]
+    (tmp_path / "thp" / ours.token).rename(tmp_path / "thp" / f"holder-{holder}-{start_time(holder)}-0")
+    subprocess.run(["kill", "-9", str(holder)])
+    from tests.testenv import wait_for
+    wait_for(lambda: start_time(holder) == 0, what="holder gone")
+    assert sweep(LeaseStore(tmp_path), lambda: None, lambda path, v: None,  # type: ignore[arg-type,return-value]
+                 thp=ThpStage(tmp_path, knob)) == []
+    assert read_mode(knob) == "madvise"

@@ -148,3 +148,9 @@ def test_init_and_gpucrs_own_ancestors_are_refused(tmp_path: Path, env: dict[str
         r = gpucr("checkpoint", "--pid", pid, "--to", str(tmp_path / "ck"), env=env)
         assert f"{says}: refusing to checkpoint it" in one_error_line(r)
     assert not (tmp_path / "ck").exists() and not (tmp_path / "criu-ran").exists()
+
+
+def test_images_only_goes_with_via_runtime(tmp_path: Path, env: dict[str, str]) -> None:
+    r = gpucr("checkpoint", "--pid", str(os.getpid()), "--images-only", "--to", str(tmp_path / "ck"), env=env)
+    assert "--images-only goes with --via-runtime" in one_error_line(r)
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "criu-ran").exists()

@@ -36,12 +36,19 @@ def build(out_dir: Path) -> Path:
     raise (never skip) when gcc or the static libc (libc6-dev) is missing or the build fails."""
     out = out_dir / "libfakecuda.so"
     for cmd in ([_gcc(), "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-pthread", "-o", str(out), str(SRC)],
+                [_gcc(), "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-pthread", "-DFAKE_CUSTOM_STORAGE", "-o",
+                 str(custom_storage_of(out)), str(SRC)],
                 [_gcc(), "-static", "-O2", "-Wall", "-Werror", "-pthread", "-o", str(out_dir / "fakecuda-app"),
                  str(APP_SRC), str(SRC)]):
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"building the fake CUDA driver failed ({' '.join(cmd)}):\n{r.stderr}")
     return out
+
+
+def custom_storage_of(lib: Path) -> Path:
+    """The variant built beside ``lib`` that exports cuCheckpointOperationComplete (CUDA 13.4's CustomStorage)."""
+    return lib.with_name("libfakecuda-cs.so")
 
 
 def app_of(lib: Path) -> Path:
@@ -147,6 +154,41 @@ class FakeCuda:
     def clear_failures(self) -> None:
         for f in self.state_dir.glob("fail-*"):
             f.unlink()
+
+    # -- the timing hooks ----------------------------------------------------------------------------------------
+    def delay(self, step: str, ms: int) -> None:
+        """Each call of ``step`` (lock, checkpoint, restore, unlock) takes ``ms`` longer, as a GPU copy would."""
+        (self.state_dir / f"delay-{step}").write_text(f"{ms}\n")
+
+    def start_trace(self) -> None:
+        """From now on, every lock/checkpoint/restore/unlock call is recorded (see :meth:`calls`)."""
+        (self.state_dir / "trace").write_text("")
+
+    def calls(self, step: str | None = None) -> list[TracedCall]:
+        """The traced calls (of ``step``), in the order they ended."""
+        out = []
+        for line in (self.state_dir / "trace").read_text().splitlines():
+            name, pid, t0, t1, thp, rc = line.split()
+            if step is None or name == step:
+                out.append(TracedCall(name, int(pid), int(t0), int(t1), thp, int(rc)))
+        return out
+
+
+@dataclass(frozen=True)
+class TracedCall:
+    """One driver call as the fake's trace saw it (microseconds, CLOCK_MONOTONIC; the THP mode at its start)."""
+
+    step: str
+    pid: int
+    start_us: int
+    end_us: int
+    thp: str
+    result: int = 0
+
+
+def overlap(calls: list[TracedCall]) -> bool:
+    """Whether all ``calls`` ran at once at some instant (the latest start precedes the earliest end)."""
+    return bool(calls) and max(c.start_us for c in calls) < min(c.end_us for c in calls)
 
 
 #: a workload: N processes (argv[3]), each loads the fake (so discovery sees it mapped), registers its CUDA state and

@@ -30,6 +30,15 @@
  * Failures are injected per step with a file $FAKE_CUDA_DIR/fail-<step> holding a CUresult (add " once" to fire a
  * single time); steps: lock, checkpoint, restore, unlock, get-state. $FAKE_CUDA_DRIVER_VERSION sets
  * cuDriverGetVersion (default 13000).
+ *
+ * Timing hooks, for tests of concurrency: a file $FAKE_CUDA_DIR/delay-<step> holding milliseconds makes each call of
+ * that step take that much longer (as a copy of GPU memory would; the caller's thread sleeps, outside any lock); when
+ * $FAKE_CUDA_DIR/trace exists, every lock/checkpoint/restore/unlock call appends one line to it:
+ * "<step> <pid> <start us> <end us> <THP mode> <CUresult>" (CLOCK_MONOTONIC, caller side; the THP mode is the selected one of
+ * $FAKE_CUDA_THP_KNOB, default /sys/kernel/mm/transparent_hugepage/enabled, read as the call starts).
+ *
+ * Like driver 580, the fake does not export cuCheckpointOperationComplete (CUDA 13.4's CustomStorage); built with
+ * -DFAKE_CUSTOM_STORAGE (libfakecuda-cs.so) it does, and the call fails with CUDA_ERROR_NOT_SUPPORTED.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -392,8 +401,66 @@ static int injected(const char *step) {
     return rc;
 }
 
+static uint64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* the selected THP mode of the knob, into out ("?" when unreadable) */
+static void thp_mode(char *out, size_t n) {
+    const char *k = getenv("FAKE_CUDA_THP_KNOB");
+    char buf[256] = {0};
+    snprintf(out, n, "?");
+    int fd = open(k && *k ? k : "/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t r = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (r <= 0) return;
+    char *a = strchr(buf, '['), *b = a ? strchr(a, ']') : NULL;
+    if (a && b) { *b = 0; snprintf(out, n, "%s", a + 1); return; }
+    buf[strcspn(buf, " \n")] = 0;
+    snprintf(out, n, "%s", buf);
+}
+
+/* the timing hooks: delay-<step> (ms) and the trace line */
+static int delay_ms(const char *step) {
+    char p[512], buf[32] = {0};
+    snprintf(p, sizeof p, "%s/delay-%s", dir(), step);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    return n > 0 ? atoi(buf) : 0;
+}
+
+static void trace(const char *step, int pid, uint64_t t0, uint64_t t1, const char *thp, int rc) {
+    char p[512], line[256];
+    snprintf(p, sizeof p, "%s/trace", dir());
+    int fd = open(p, O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd < 0) return;
+    int n = snprintf(line, sizeof line, "%s %d %llu %llu %s %d\n", step, pid, (unsigned long long)t0,
+                     (unsigned long long)t1, thp, rc);
+    if (write(fd, line, (size_t)n) < 0) {}
+    close(fd);
+}
+
+static int call_once(int pid, const char *step, uint32_t op, uint32_t arg, const char *new_gpu, int *state);
+
 /* one request to pid's driver thread; waits (forever, like the real driver) while the process cannot answer */
 static int call(int pid, const char *step, uint32_t op, uint32_t arg, const char *new_gpu, int *state) {
+    if (op == OP_GET_STATE) return call_once(pid, step, op, arg, new_gpu, state);
+    char thp[32];
+    thp_mode(thp, sizeof thp);
+    uint64_t t0 = now_us();
+    int ms = delay_ms(step);
+    if (ms > 0) nap_ms(ms);
+    int rc = call_once(pid, step, op, arg, new_gpu, state);
+    trace(step, pid, t0, now_us(), thp, rc);
+    return rc;
+}
+
+static int call_once(int pid, const char *step, uint32_t op, uint32_t arg, const char *new_gpu, int *state) {
     char path[4096], lk[4200];
     mbox_t *mb = open_mailbox(pid, path, sizeof path);
     if (!mb) return unknown_pid(pid);
@@ -517,6 +584,14 @@ int cuCheckpointProcessRestore(int pid, CUcheckpointRestoreArgs *args) {
     }
     return call(pid, "restore", OP_RESTORE, 0, new_gpu, NULL);
 }
+
+#ifdef FAKE_CUSTOM_STORAGE
+/* CUDA 13.4's CustomStorage completion; this fake has no custom-storage operation to complete */
+int cuCheckpointOperationComplete(void *handle) {
+    (void)handle;
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
+#endif
 
 int cuCheckpointProcessGetRestoreThreadId(int pid, int *tid) {
     char name[256];

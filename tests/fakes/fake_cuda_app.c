@@ -6,6 +6,10 @@
  * or CHECKPOINTED. It appends the counter to LOG (opened per tick: no fd held, like `echo $i >> LOG`).
  *
  * usage: fake_cuda_app LOG [TICK_MS] [GPU_BYTES]
+ *
+ * $FAKE_CUDA_HOST_MIB (optional) makes it hold that many MiB of random host memory, standing in for the GPU data the
+ * real driver moves into the process at checkpoint (so a dump carries bytes, for measurements of what comes after
+ * CRIU; tests leave it unset).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -13,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,6 +39,23 @@ int main(int argc, char **argv) {
         return 1;
     }
     close(lfd);
+    const char *host = getenv("FAKE_CUDA_HOST_MIB");
+    size_t host_bytes = host && *host ? (size_t)atol(host) << 20 : 0;
+    if (host_bytes) {
+        unsigned char *p = mmap(NULL, host_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            perror("fake_cuda_app: $FAKE_CUDA_HOST_MIB");
+            return 1;
+        }
+        for (size_t off = 0; off < host_bytes;) {
+            ssize_t n = getrandom(p + off, host_bytes - off > (1 << 20) ? (1 << 20) : host_bytes - off, 0);
+            if (n <= 0) {
+                perror("fake_cuda_app: getrandom");
+                return 1;
+            }
+            off += (size_t)n;
+        }
+    }
     if (fakeCudaRegister(bytes, 0) != 0) {
         perror("fake_cuda_app: fakeCudaRegister ($FAKE_CUDA_DEVICE, $FAKE_CUDA_DIR)");
         return 1;

@@ -543,16 +543,19 @@ def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[st
             subprocess.run([*runc, "delete", "-f", name], capture_output=True)
 
 
+@pytest.mark.parametrize("images_only", [False, True], ids=["default", "images-only"])
 def test_gpucr_checkpoint_via_runtime(front_containerd: Containerd, plugin: subprocess.Popen[bytes],
                                       gpu_front: FrontRoute, node: dict[str, Path], fake: FakeCuda,
-                                      tmp_path: Path) -> None:
+                                      tmp_path: Path, images_only: bool) -> None:
     """`gpucr checkpoint CONTAINER --via-runtime`: CRI CheckpointContainer on 2.1.9, the task API on 1.7.24 (which
-    reaches runc with the container running); the front does the CUDA work, as for every other caller."""
+    reaches runc with the container running) and, with --images-only, on 2.1.9 too (CRIU's images written once,
+    into DIR); the front does the CUDA work, as for every other caller."""
     ctrd = front_containerd
     with cri_workload(ctrd, fake, tmp_path) as (_c, w):
         out = tmp_path / "ckpt"
         mark = gpu_front.log_mark()
         r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", w.cid[:12], "--via-runtime",
+                            *(["--images-only"] if images_only else []),
                             "--leave-running", "--to", str(out), "--json", "--address", ctrd.address, "--libcuda",
                             str(fake.lib)], capture_output=True, text=True, cwd=REPO, timeout=120,
                            env={**os.environ, **node_config(tmp_path)})
@@ -560,14 +563,17 @@ def test_gpucr_checkpoint_via_runtime(front_containerd: Containerd, plugin: subp
         summary = json.loads(r.stdout.strip().splitlines()[-1])
         assert summary["container_id"] == w.cid and [p["pid"] for p in summary["cuda_processes"]] == [w.pid]
         assert summary["timings_s"]["sync"] >= 0  # containerd's output fsynced before the summary
-        if ctrd.major_minor >= (2, 0):
+        cri = ctrd.major_minor >= (2, 0) and not images_only
+        if cri:
             assert summary["via"] == "cri CheckpointContainer" and (out / "checkpoint.tar").exists()
         else:
             assert summary["via"] == "containerd task Checkpoint" and (out / "images" / MARKER).exists()
+            assert not (out / "checkpoint.tar").exists()
+            assert json.loads((out / "gpucr.json").read_text())["kind"] == "runtime"
         log = gpu_front.log_since(mark)
         assert "locked and checkpointed 1 CUDA process(es)" in log and "restored and unlocked 1" in log, log
-        # 2.x pauses through CRI (the front thaws and re-freezes); 1.7's task API arrives running
-        assert ("thawed it, " in log) == (ctrd.major_minor >= (2, 0)), log
+        # CRI pauses (the front thaws and re-freezes); the task API arrives running
+        assert ("thawed it, " in log) == cri, log
         assert fake.state(w.pid) == "RUNNING" and freezer_state(w.cgroup) == "THAWED"
         advancing(w.data)
 

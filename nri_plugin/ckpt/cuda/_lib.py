@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "CHECKPOINT_SYMBOLS", "DEFAULT_LIBCUDA", "DEFAULT_LIBNVML", "CheckpointArgs", "GpuPair", "LibCuda", "LibNvml",
+    "CHECKPOINT_SYMBOLS", "CUSTOM_STORAGE_SYMBOL", "DEFAULT_LIBCUDA", "DEFAULT_LIBNVML", "CheckpointArgs", "GpuPair", "LibCuda", "LibNvml",
     "LockArgs", "NvmlProcessInfo", "RestoreArgs", "UnlockArgs", "load_libcuda", "load_libnvml",
 ]
 
@@ -28,6 +28,8 @@ CHECKPOINT_SYMBOLS = (
     "cuCheckpointProcessGetState", "cuCheckpointProcessLock", "cuCheckpointProcessCheckpoint",
     "cuCheckpointProcessRestore", "cuCheckpointProcessUnlock", "cuCheckpointProcessGetRestoreThreadId",
 )
+#: CUDA 13.4's "CustomStorage" completion call (the caller copies GPU memory itself); not exported by driver 580
+CUSTOM_STORAGE_SYMBOL = "cuCheckpointOperationComplete"
 
 
 class LockArgs(ctypes.Structure):
@@ -85,6 +87,7 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "cuCheckpointProcessRestore": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(RestoreArgs)]),
     "cuCheckpointProcessUnlock": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(UnlockArgs)]),
     "cuCheckpointProcessGetRestoreThreadId": (ctypes.c_int, [ctypes.c_int, _INT_P]),
+    CUSTOM_STORAGE_SYMBOL: (ctypes.c_int, [ctypes.c_void_p]),
 }
 _NVML_PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "nvmlInit_v2": (ctypes.c_int, []),

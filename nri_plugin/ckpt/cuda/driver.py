@@ -176,6 +176,13 @@ class Driver:
     def supports_remap(self) -> bool:
         return self.api_version >= REMAP_DRIVER_API
 
+    @property
+    def custom_storage(self) -> bool:
+        """Whether the driver exports ``cuCheckpointOperationComplete`` (CUDA 13.4 "CustomStorage", where the caller
+        copies GPU memory itself); driver 580 does not. Probed by symbol, so it never calls into a process."""
+        lib = self._ensure()
+        return bool(lib.has(_lib.CUSTOM_STORAGE_SYMBOL))
+
     # -- the watchdog --------------------------------------------------------------------------------------------
     def _call_raw(self, step: str, pid: int | None, name: str, args: Sequence[Any], deadline_s: float,
                   on_tick: Tick | None = None, *, behind_pending: bool = True) -> int:
