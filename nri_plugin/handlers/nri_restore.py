@@ -30,12 +30,14 @@ from ..ckpt.restore_source import (
 from ..policy import ContainerView, Decision, NodeConfig
 from ..policy.restore import RestorePlan, assigned_gpus, plan_restore
 
-__all__ = ["PENDING", "READY", "REFUSED", "RESTORE_ANNOTATION", "RestorePlan", "TEST_DELAY_ENV", "Ticket", "finish", "load_ticket", "prepare",
-           "stage_gpu_map", "staging_area", "ticket_path"]
+__all__ = ["PENDING", "READY", "REFUSED", "RESTORE_ANNOTATION", "TEST_DELAY_ENV", "TICKET_ANNOTATION", "RestorePlan",
+           "Ticket", "finish", "load_ticket", "prepare", "stage_gpu_map", "staging_area", "ticket_path"]
 
 log = logging.getLogger(__name__)
 
 RESTORE_ANNOTATION = "gpucr.io/restore-from"
+#: added by the plugin's adjustment with the container's id: the runc wrapper's proof that containerd applied it
+TICKET_ANNOTATION = "gpucr.io/restore-ticket"
 TICKETS, LOCKS = "restore", "restore-locks"
 PENDING, READY, REFUSED = "pending", "ready", "refused"
 #: test-only: seconds the plugin sleeps in CreateContainer after the pending ticket (tests of a dropped answer)

@@ -223,7 +223,7 @@ def main(argv: Sequence[str]) -> int:
     from ..ckpt.restore_source import RestoreSourceError
     from ..front.config import load
     from ..policy.config import load_config
-    from .nri_restore import PENDING, REFUSED, RESTORE_ANNOTATION, finish, load_ticket
+    from .nri_restore import PENDING, REFUSED, RESTORE_ANNOTATION, TICKET_ANNOTATION, finish, load_ticket
     annotations = spec.get("annotations") or {}
     try:
         values = load({}, criu).values
@@ -242,7 +242,7 @@ def main(argv: Sequence[str]) -> int:
         if ticket.state == REFUSED:
             return _fail(c, f"{ticket.error} (gpucr's plugin refused it at CreateContainer; containerd created the "
                             "container anyway, without the plugin's answer)")
-        if ticket.state == PENDING or RESTORE_ANNOTATION not in annotations:
+        if ticket.state == PENDING or annotations.get(TICKET_ANNOTATION) != c.container_id:
             late = "had not finished its checks" if ticket.state == PENDING else "answered too late"
             return _fail(c, f"container {c.container_id} asked for gpucr.io/restore-from {ticket.checkpoint!r} but "
                             f"containerd created it without gpucr's adjustments: gpucr's plugin {late} when "
