@@ -40,8 +40,9 @@ RESTORE_ANNOTATION = "gpucr.io/restore-from"
 TICKET_ANNOTATION = "gpucr.io/restore-ticket"
 TICKETS, LOCKS = "restore", "restore-locks"
 PENDING, READY, REFUSED = "pending", "ready", "refused"
-#: test-only: seconds the plugin sleeps in CreateContainer after the pending ticket (tests of a dropped answer)
-TEST_DELAY_ENV = "GPUCR_TEST_RESTORE_DELAY_S"
+#: test-only: a file whose number is the seconds the plugin sleeps in a restore's CreateContainer after the pending
+#: ticket (tests of an answer containerd drops); a product run never sets it
+TEST_DELAY_ENV = "GPUCR_TEST_RESTORE_DELAY_FILE"
 #: a refused ticket outlives its CreateContainer this long (in case containerd dropped the refusal and creates the
 #: container anyway: its runc create then fails with the refusal), then the next restore sweeps it
 REFUSED_TTL_S = 3600.0
@@ -102,6 +103,17 @@ def _sweep_refused(state_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def _test_delay(view: ContainerView) -> None:
+    path = os.environ.get(TEST_DELAY_ENV)
+    try:
+        secs = float(Path(path).read_text()) if path else 0.0
+    except (OSError, ValueError):
+        secs = 0.0
+    if secs > 0:
+        log.warning("test delay: %.1f s in CreateContainer of %s (%s)", secs, view.describe(), TEST_DELAY_ENV)
+        time.sleep(secs)
+
+
 def stage_gpu_map(images: Path, mk: marker.CudaMarker, gpu_map: list[list[str]]) -> None:
     """The plan's GPU map also in the staged copy of the CUDA marker (a new file: the staged one may be a hard link
     into the checkpoint): the front falls back to it when the restored tree's cgroup does not name the new container
@@ -136,10 +148,7 @@ def prepare(view: ContainerView, decision: Decision, node: NodeConfig) -> Restor
     name = decision.policy.restore_from or ""
     state = node.state_dir
     _write_ticket(state, Ticket(view.id, name, PENDING, created_at=time.time()))  # first: before anything slow
-    delay = os.environ.get(TEST_DELAY_ENV)
-    if delay:
-        log.warning("test delay: %s s in CreateContainer of %s (%s)", delay, view.describe(), TEST_DELAY_ENV)
-        time.sleep(float(delay))
+    _test_delay(view)
     try:
         return _prepare(view, decision, node, name)
     except RestoreSourceError as exc:
