@@ -7,12 +7,10 @@ archive).
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from nri_plugin.cri import container_config
 from nri_plugin.cri._pb import api_pb2 as pb
 from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute
-from tests.front.test_restore_from import _containerd_sh, _gone, _lines, node, plugin  # noqa: F401 (fixtures)
+from tests.front.test_restore_from import _gone, _lines, ctrd, node, plugin  # noqa: F401 (fixtures)
 from tests.front.test_gpufront import fake  # noqa: F401 (fixture)
 from tests.testenv import REPO, Containerd, wait_for
 
@@ -34,18 +32,6 @@ WRITER = ("cat /proc/sys/kernel/random/uuid > /written; mkdir -p /var/made && ec
           "i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.2; done")
 
 
-@pytest.fixture(scope="module", params=["2.1.9"], ids=["containerd-2.1.9"])
-def ctrd(request: pytest.FixtureRequest, front_route: FrontRoute) -> Iterator[Containerd]:
-    r = _containerd_sh("start", request.param, front_route)
-    if r.returncode != 0:
-        _containerd_sh("stop", request.param, front_route)
-        pytest.fail(f"install/containerd.sh start {request.param} failed:\n{r.stderr}", pytrace=False)
-    try:
-        yield Containerd(json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text()))
-    finally:
-        _containerd_sh("stop", request.param, front_route)
-
-
 def _writer(name: str, image: str, data: Path, ann: dict[str, str]) -> Any:
     conf = container_config(name, image, command=["/bin/sh", "-c", WRITER], mounts=[(str(data), "/data", False)],
                             annotations=ann)
@@ -53,7 +39,8 @@ def _writer(name: str, image: str, data: Path, ann: dict[str, str]) -> Any:
     return conf
 
 
-def test_rootfs_changes_come_back(ctrd: Containerd, plugin: Any, front_route: FrontRoute,  # noqa: F811
+@pytest.mark.containerd(min="2.0")  # 1.7 has no CRI CheckpointContainer: no such archive to restore there
+def test_rootfs_changes_come_back(ctrd: Containerd, plugin: Any,  # noqa: F811 front_route: FrontRoute,  # noqa: F811
                                   node: dict[str, Path], fake: FakeCuda, tmp_path: Path) -> None:  # noqa: F811
     data = tmp_path / "data"
     data.mkdir()
