@@ -1,26 +1,36 @@
 """A PyTorch training pod checkpointed through CRI (the kubelet's API path) and restored into a NEW pod with
 ``gpucr.io/restore-from`` (run on a GPU machine).
 
-    python3 bench/gpu_restore.py OUT_DIR --stage STAGE [--gib 1] [--timeout 300] [--code TEXT]
+    python3 bench/gpu_restore.py OUT_DIR --stage STAGE [--gib 1] [--timeout 300] [--nri-timeout 2s] [--cross-gpu
+        [--explicit-map]] [--code TEXT]
 
 STAGE is bench/_stage.py's (``debs-ctrd/`` containerd 2.1.9 and runc, ``images/``, gpucr's own .debs in STAGE/pkgs,
 $GPUCR_DEBS or dist/); the generated ``_pb`` modules must be in the tree.
 
 1. A private containerd 2.1.9 whose runtime binary is gpucr's runc wrapper (``install/front.sh route``: DIR/bin/runc,
    the CRIU front at DIR/path/criu; the OCI hook by ``install/hook.sh install``, all in a root-only dir) and gpucr's
-   NRI plugin with a ``checkpoint_root``. A CRI pod opted in with ``gpucr.io/checkpoint: enabled`` trains an MLP on
+   NRI plugin with a ``checkpoint_root``; NRI ``plugin_request_timeout`` at containerd's default 2s unless
+   ``--nri-timeout`` says otherwise. A CRI pod opted in with ``gpucr.io/checkpoint: enabled`` trains an MLP on
    the GPU while holding GIB of random data (torch.rand); each step appends ``step loss`` to /data/loss.log, and a
    digest of the GPU data is written on request.
 2. CRI CheckpointContainer (what the kubelet's checkpoint API calls) writes ROOT/NAME/checkpoint.tar while training
    goes on; ``gpucr seal ROOT/NAME`` makes it a gpucr checkpoint (README: "Restore into a new pod"). The original
    container and its pod are stopped and removed through CRI.
 3. A NEW pod's container with ``gpucr.io/restore-from: NAME`` (same image and volume paths) is created and started:
-   the plugin checks and stages the checkpoint, the runc wrapper turns ``create`` into ``runc restore``, the front
-   restores the CUDA state. Checked: the GPU data digest equals the checkpointed one (bit-identical), the step
+   the plugin checks the checkpoint (metadata, sizes, GPUs, volumes: bounded work, within the NRI timeout) and leaves
+   a ticket; the runc wrapper verifies the digests, extracts the archive's images and turns ``create`` into ``runc
+   restore``; the front restores the CUDA state. Checked: the GPU data digest equals the checkpointed one (bit-identical), the step
    counter continues from the checkpointed step, the losses of the replayed steps equal the original's and the loss
    keeps decreasing; CRI lists the container running, exec works; it is stopped and removed through CRI; the
    staging dir is gone and the checkpoint unchanged.
-Writes OUT_DIR/gpu_restore.json, OUT_DIR/gpu_restore.md and the logs under OUT_DIR/extra/.
+
+``--cross-gpu`` (a machine with two GPUs of one model, e.g. ``nvidia-h200-x2``): the training pod is assigned GPU 0
+(``NVIDIA_VISIBLE_DEVICES=<GPU 0's UUID>``; the container gets every GPU device node, no NVIDIA runtime here, and
+trains on cuda:0 = GPU 0), the new pod GPU 1 (``NVIDIA_VISIBLE_DEVICES=<GPU 1's UUID>``): the plugin's spec rewrite
+maps GPU0->GPU1 and completes the pairs to cover every GPU one-to-one (GPU1->GPU0), the front hands the map to the
+driver, and nvidia-smi must show the restored process on GPU 1 (and nothing on GPU 0). ``--explicit-map`` also sets
+``gpucr.io/gpu-map: GPU0=GPU1,GPU1=GPU0`` on the new container instead of relying on the plugin's pairing.
+ OUT_DIR/gpu_restore.json, OUT_DIR/gpu_restore.md and the logs under OUT_DIR/extra/.
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_cr import WORKLOAD as _BASE  # noqa: E402
 from gpu_front import REPO, ROOT, Instance, log, setup, sh  # noqa: E402
 from gpu_http import front_excerpt, gpu_apps, phases, versions, wait_for  # noqa: E402
+
+from nri_plugin.cli.doctor import parse_duration  # noqa: E402
 
 from demo.gpu_pod import gpu_container_config, verify  # noqa: E402
 
@@ -66,15 +78,33 @@ def losses(d: Path) -> list[tuple[int, float]]:
     return out
 
 
-def train_config(data: Path, gib: float, annotations: dict[str, str]) -> Any:
+def train_config(data: Path, gib: float, annotations: dict[str, str], visible: str = "") -> Any:
     from nri_plugin.cri._pb import api_pb2 as pb
 
     conf = gpu_container_config(data, gib)
     (data / "work.py").write_text(WORKLOAD)
     for k, v in annotations.items():
         conf.annotations[k] = v
+    if visible:  # the GPU the pod is assigned, as a device plugin says it: the env gpucr's plugin reads
+        conf.envs.add(key="NVIDIA_VISIBLE_DEVICES", value=visible)
     conf.linux.security_context.namespace_options.pid = pb.CONTAINER  # the kubelet's default (no shared PID ns)
     return conf
+
+
+def gpu_uuids() -> list[str]:
+    out = sh(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"]).stdout.split()
+    return [u.strip() for u in out if u.strip().startswith("GPU-")]
+
+
+def apps_by_gpu() -> dict[int, str]:
+    """pid -> GPU UUID of every compute process (nvidia-smi)."""
+    r = sh(["nvidia-smi", "--query-compute-apps=pid,gpu_uuid", "--format=csv,noheader"])
+    out: dict[int, str] = {}
+    for ln in r.stdout.splitlines():
+        pid, _, uuid = (x.strip() for x in ln.partition(","))
+        if pid.isdigit():
+            out[int(pid)] = uuid
+    return out
 
 
 def timed(res: dict[str, Any], key: str, fn: Any, *a: Any, **kw: Any) -> Any:
@@ -108,6 +138,14 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
     inst = Instance({**env, "GPUCR_RUNC_DIR": str(route / "bin"), "GPUCR_NRI_REQUEST_TIMEOUT": args.nri_timeout},
                     "restore", route / "path")
     res["nri_plugin_request_timeout"] = args.nri_timeout
+    uuids = gpu_uuids()
+    res["gpu_uuids"] = uuids
+    g_from = g_to = ""
+    if args.cross_gpu:
+        if len(uuids) < 2:
+            raise SystemExit(f"--cross-gpu needs two GPUs; nvidia-smi lists {uuids}")
+        g_from, g_to = uuids[0], uuids[1]
+        res["cross_gpu"] = {"from": g_from, "to": g_to, "explicit_map": args.explicit_map}
     extra = args.out / "extra"
     extra.mkdir(exist_ok=True)
     plugin = None
@@ -124,14 +162,14 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
         pcfg = pod_config("train", cgroup_parent=inst.info["cgroup_parent"], annotations=opted,
                           log_directory=str(d / "logs"))
         pod = cri.run_pod_sandbox(pcfg)
-        cid = cri.create_container(pod, train_config(d, args.gib, {}), pcfg)
+        cid = cri.create_container(pod, train_config(d, args.gib, {}, g_from), pcfg)
         t0 = time.monotonic()
         cri.start_container(cid)
         wait_for(lambda: (d / "ready").exists() and len(losses(d)) >= 20, 240, "the training pod")
         res["timings_s"] = {"pod_start_to_training": round(time.monotonic() - t0, 2)}
         ready = json.loads((d / "ready").read_text())
         res["original"] = {"container": cid, "pid": ready["pid"], "digest": ready["digest"],
-                           "gpu_apps": gpu_apps()}
+                           "gpu_apps": gpu_apps(), "apps_by_gpu": apps_by_gpu()}
         log(f"training: {res['original']}")
 
         # -- 2. CRI CheckpointContainer + gpucr seal -------------------------------------------------------------
@@ -171,8 +209,11 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
                            log_directory=str(d / "logs2"))
         pod2 = cri.run_pod_sandbox(pcfg2)
         t1 = time.monotonic()
+        ann = {"gpucr.io/restore-from": NAME}
+        if args.cross_gpu and args.explicit_map:
+            ann["gpucr.io/gpu-map"] = f"{g_from}={g_to},{g_to}={g_from}"
         new = timed(res, "restore_create_container", cri.create_container, pod2,
-                    train_config(d, args.gib, {"gpucr.io/restore-from": NAME}), pcfg2)
+                    train_config(d, args.gib, ann, g_to), pcfg2)
         log(f"created {new} with gpucr.io/restore-from: {NAME}; starting (runc restore)")
         timed(res, "restore_start_container", cri.start_container, new)
         wait_for(lambda: len(losses(d)) >= len(before) + 1, 120, "the restored process's first step")
@@ -196,10 +237,18 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
             "replayed_steps": len(replayed),
             "replayed_losses_identical": bool(replayed) and all(orig[s] == v for s, v in replayed),
             "loss_at_checkpoint": orig.get(first - 1), "loss_first_after": after[0][1], "loss_last": after[-1][1],
-            "last_step": after[-1][0], "gpu_apps": gpu_apps()}
+            "last_step": after[-1][0], "gpu_apps": gpu_apps(), "apps_by_gpu": apps_by_gpu()}
         rs = res["restored"]
         k = min(50, len(after) // 2)
         rs["front_restore_success"] = any("RESTORE success=True" in ln for ln in front_excerpt(work / "front-log"))
+        plog = (extra / "plugin.log").read_text(errors="replace") if (extra / "plugin.log").exists() else ""
+        rs["plugin_restore_line"] = next((ln for ln in plog.splitlines() if "will be restored from" in ln), "")
+        nri_s = parse_duration(args.nri_timeout) or 0.0
+        rs["create_within_nri_timeout"] = res["timings_s"]["restore_create_container"] < nri_s
+        if args.cross_gpu:
+            on = rs["apps_by_gpu"].get(npid)
+            rs["restored_on_gpu"] = on
+            rs["on_target_gpu"] = on == g_to and g_from not in rs["apps_by_gpu"].values()
         rs["loss_decreasing"] = (sum(v for _, v in after[-k:]) / k < sum(v for _, v in after[:k]) / k
                                  and after[-1][1] < (rs["loss_at_checkpoint"] or float("inf")))
         log(f"restored: {json.dumps({k: v for k, v in rs.items() if k != 'gpu_apps'})}")
@@ -218,7 +267,9 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
                                     and rs["steps_consecutive"] and rs["loss_decreasing"] and rs["state"] == 1
                                     and listed and ex.exit_code == 0 and rs["state_after_stop"] == 2
                                     and rs["removed"] and not rs["staging_left"] and rs["checkpoint_unchanged"]
-                                    and res["checkpoint"]["digest_after"] == res["original"]["digest"]) else "FAIL"
+                                    and res["checkpoint"]["digest_after"] == res["original"]["digest"]
+                                    and rs["create_within_nri_timeout"]
+                                    and (rs.get("on_target_gpu") if args.cross_gpu else True)) else "FAIL"
     finally:
         if plugin is not None:
             plugin.terminate()
@@ -258,9 +309,11 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res.get('seal', {}).get('kind')}, {res.get('seal', {}).get('files')} files |",
         f"| original container stopped, removed, its pod too | stop {t.get('original_stop')} s; last step "
         f"{o.get('last_step')}; nvidia-smi after: `{o.get('gpu_apps_after_removal') or 'no process'}` |",
-        f"| new pod: CreateContainer with `gpucr.io/restore-from: {NAME}` (plugin checks and stages) | "
-        f"{t.get('restore_create_container')} s |",
-        f"| StartContainer (runc wrapper: `runc restore`; front: CUDA restore) | {t.get('restore_start_container')} s;"
+        f"| new pod: CreateContainer with `gpucr.io/restore-from: {NAME}` (plugin: metadata, sizes, GPU map, "
+        f"volumes, lock, ticket) | {t.get('restore_create_container')} s; within the NRI timeout "
+        f"({res.get('nri_plugin_request_timeout')}): {rs.get('create_within_nri_timeout')} |",
+        f"| StartContainer (runc wrapper: digests, archive extracted, `runc restore`; front: CUDA restore) | "
+        f"{t.get('restore_start_container')} s;"
         f" first restored step {t.get('restore_create_to_first_step')} s after CreateContainer began |",
         f"| step counter | restored process's first step {rs.get('first_step')}, checkpoint taken between steps "
         f"{rs.get('checkpoint_steps')}: continues from the checkpoint: {rs.get('continues_from_checkpoint')}; "
@@ -276,6 +329,11 @@ def markdown(res: dict[str, Any]) -> str:
         f"{rs.get('state_after_stop') == 2}); removed: {rs.get('removed')} |",
         f"| afterwards | staging left: {rs.get('staging_left')}; checkpoint unchanged: "
         f"{rs.get('checkpoint_unchanged')}; nvidia-smi while restored: `{rs.get('gpu_apps')}` |",
+        *([f"| GPU 0 -> GPU 1 (`--cross-gpu`{', explicit gpucr.io/gpu-map' if res['cross_gpu']['explicit_map'] else ''}"
+           f") | original pid {o.get('pid')} on {o.get('apps_by_gpu', {}).get(o.get('pid'))}; restored pid "
+           f"{rs.get('pid')} on {rs.get('restored_on_gpu')} (target {res['cross_gpu']['to']}): "
+           f"{rs.get('on_target_gpu')}; plugin: `{rs.get('plugin_restore_line', '')[-200:]}` |"]
+          if res.get("cross_gpu") else []),
         "", "Where the time went, from the front's log (s): " + ", ".join(
             f"{k.replace('_', ' ')} {x}" for k, x in res.get("phases", {}).items()) + ".",
         "", "gpucr's CRIU front (excerpt):", "", "```", *res.get("front_log", [])[:16], "```"]
@@ -285,17 +343,31 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--stage", type=Path, required=True)
-    ap.add_argument("--gib", type=float, default=1.0)
-    ap.add_argument("--timeout", type=float, default=300.0)
-    ap.add_argument("--hooks", default="nri_plugin.handlers.front_cuda:make")
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n", 1)[0].split()),
+                                 epilog="Writes OUT/gpu_restore.json, OUT/gpu_restore.md and logs under OUT/extra/.")
+    ap.add_argument("out", type=Path, help="where the results and logs go")
+    ap.add_argument("--stage", type=Path, required=True,
+                    help="bench/gpu_front.py's stage dir (debs/ CRIU, debs-ctrd/ containerd 2.1.9 + runc, whl/, images/)")
+    ap.add_argument("--gib", type=float, default=1.0, help="GiB of torch.rand data the training pod holds (default 1)")
+    ap.add_argument("--timeout", type=float, default=300.0,
+                    help="seconds the CRI CheckpointContainer call may take (default 300)")
+    ap.add_argument("--hooks", default="nri_plugin.handlers.front_cuda:make",
+                    help="the CRIU front's hooks (default: gpucr's CUDA hooks)")
     ap.add_argument("--nri-timeout", default="2s",
-                    help="containerd's NRI plugin_request_timeout (its default 2s); staging the checkpoint at "
-                         "CreateContainer must finish within it")
+                    help="containerd's NRI plugin_request_timeout (default: containerd's own default, 2s). The "
+                         "plugin's CreateContainer work is bounded (no digest, no staging: those run in the runc "
+                         "wrapper), so the default must do; a larger value only for comparisons")
+    ap.add_argument("--cross-gpu", action="store_true",
+                    help="checkpoint a pod assigned GPU 0, restore it into a pod assigned GPU 1 (needs two GPUs of "
+                         "one model, e.g. nvidia-h200-x2): the plugin's GPU map, the restored process on GPU 1")
+    ap.add_argument("--explicit-map", action="store_true",
+                    help="with --cross-gpu: also set gpucr.io/gpu-map GPU0=GPU1,GPU1=GPU0 on the new container")
     ap.add_argument("--code", default="", help="which code ran (e.g. the commit), for the summary")
     args = ap.parse_args()
+    if args.explicit_map and not args.cross_gpu:
+        ap.error("--explicit-map goes with --cross-gpu")
+    if parse_duration(args.nri_timeout) is None:
+        ap.error(f"--nri-timeout {args.nri_timeout!r} is not a duration containerd takes (e.g. 2s, 500ms, 1m)")
     args.out.mkdir(parents=True, exist_ok=True)
     env = setup(args.stage)
     os.environ.update({k: env[k] for k in ("GPUCR_TEST_ROOT", "PYTHONPATH", "PATH")})

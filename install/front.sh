@@ -139,7 +139,12 @@ for a in "\$@"; do
     prev=\$a id=\$a
 done
 case "\$cmd" in
-    create) if grep -qsF '"gpucr.io/restore-from"' "\$bundle/config.json"; then
+    create) # ... or that gpucr's plugin ticketed: its ticket without the annotation means containerd dropped the
+            # plugin's answer (NRI timeout), and the create must fail rather than start fresh. The state dir is the
+            # node config's (front.conf names it), read here because this runs for every container.
+            nc=\$(sed -n 's/^ *node_config *= *//p' "$DIR/path/front.conf" 2>/dev/null | tail -n1 | tr -d "\"' ")
+            st=\$(sed -n 's/^ *state_dir *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' "\${nc:-/etc/gpucr/config.toml}" 2>/dev/null)
+            if [ -e "\${st:-/run/gpucr}/restore/\$id.json" ] || grep -qsF '"gpucr.io/restore-from"' "\$bundle/config.json"; then
                 exec $PYTHON -S -E $PREFIX/hooks/runc_restore.py --criu $DIR/path/criu -- $target "\$@"
             fi ;;
     start) if [ -e "\$root/\$id/gpucr-restored" ]; then rm -f "\$root/\$id/gpucr-restored"; exit 0; fi ;;

@@ -21,7 +21,7 @@ from tests import cgroups, slate, testenv
 
 VERSIONS = [v for v in os.environ.get("GPUCR_TEST_CONTAINERD", "1.7.24,2.1.9").split(",") if v]
 #: the fixtures that stand for one containerd version each
-VERSION_FIXTURES = ("containerd", "front_containerd")
+VERSION_FIXTURES = ("containerd", "front_containerd", "ctrd")
 
 
 def _mm(version: str) -> tuple[int, int]:

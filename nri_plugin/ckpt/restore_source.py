@@ -1,5 +1,8 @@
 """A checkpoint named for a restore into a new container (``gpucr.io/restore-from: NAME``): resolved under the
 node's checkpoint root, checked before anything starts, locked against a second restore, and staged for runc.
+The checks split by cost: what is cheap (the path, gpucr's metadata, every file's size, the CUDA marker) runs in the
+plugin at CreateContainer; the digests of the manifest and the staging run in gpucr's runc wrapper at ``runc create``
+(docs/design.md: containerd waits 2 s for an NRI plugin by default).
 
 What can be named: a gpucr checkpoint directory (its ``gpucr.json`` with a manifest is what makes it gpucr's) that
 holds a runtime's checkpoint, i.e. ``images/`` with runc's ``descriptors.json`` (containerd's task API, as
@@ -23,7 +26,7 @@ from ..errors import GpucrError
 from . import marker as _marker
 from .layout import IMAGES, METADATA, CheckpointDir, LayoutError, Metadata, check_owner
 
-__all__ = ["ARCHIVE", "STAGING", "RestoreSource", "RestoreSourceError", "acquire_lock", "open_source",
+__all__ = ["ARCHIVE", "STAGING", "RestoreSource", "RestoreSourceError", "Staged", "acquire_lock", "open_source",
            "release_lock", "resolve", "stage", "unstage"]
 
 ARCHIVE = "checkpoint.tar"
@@ -94,7 +97,8 @@ def _archive_member(archive: Path, member: str) -> bytes | None:
 
 def open_source(root: Path, name: str, *, verify_sha256: bool = True) -> RestoreSource:
     """Resolve and check ``name`` before anything starts: gpucr metadata present, manifest intact (every file's
-    size and, with ``verify_sha256``, digest), a runtime checkpoint inside, gpucr's CUDA marker readable.
+    size and, with ``verify_sha256``, digest), a runtime checkpoint inside, gpucr's CUDA marker readable. Without
+    ``verify_sha256`` the work is bounded by the number of files, not their size (the plugin's CreateContainer).
 
     Raises:
         RestoreSourceError: names the checkpoint, what is wrong and the fix.
@@ -207,13 +211,60 @@ def _link_tree(src: Path, dst: Path) -> None:
             shutil.copy2(entry, target)
 
 
-def _extract_images(archive: Path, dst: Path) -> None:
-    """``checkpoint/`` of CRI's archive into ``dst``: regular files and dirs only, names checked (no links, no
-    ``..``, nothing outside)."""
+#: CRI's archive members beside ``checkpoint/`` that change the new container's rootfs (``ckpt.rootfs_diff``)
+ROOTFS_DIFF, DELETED_FILES = "rootfs-diff.tar", "deleted.files"
+
+
+@dataclass(frozen=True)
+class Staged:
+    """What :func:`stage` made: CRIU's ``images`` and ``work`` dirs, and from CRI's archive the container's
+    rootfs changes (``rootfs_diff``: the archive's ``rootfs-diff.tar`` copied out; ``deleted``: the paths its
+    ``deleted.files`` lists)."""
+
+    images: Path
+    work: Path
+    rootfs_diff: Path | None = None
+    deleted: tuple[str, ...] = ()
+
+
+def _copy_member(t: tarfile.TarFile, m: tarfile.TarInfo, out: Path) -> None:
+    f = t.extractfile(m)
+    assert f is not None
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as o:
+        shutil.copyfileobj(f, o, 4 << 20)
+
+
+def _deleted_list(raw: bytes, archive: Path) -> tuple[str, ...]:
+    try:
+        paths = json.loads(raw) if raw.strip() else []
+    except ValueError as exc:
+        raise RestoreSourceError(f"{archive}: {DELETED_FILES} is not JSON ({exc}): the archive is corrupt") from exc
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise RestoreSourceError(f"{archive}: {DELETED_FILES} is not a list of paths: the archive is corrupt")
+    return tuple(paths)
+
+
+def _extract_archive(archive: Path, area: Path) -> Staged:
+    """One pass over CRI's archive: ``checkpoint/`` into ``area/images`` (regular files and dirs only, names
+    checked: no links, no ``..``, nothing outside), ``rootfs-diff.tar`` to ``area/rootfs-diff.tar`` and the paths of
+    ``deleted.files``; the rest (CRI's own config and spec dumps) is not needed."""
+    dst, diff, deleted = area / "images", None, ()
     dst.mkdir(mode=0o700)
     with tarfile.open(archive) as t:
         for m in t:
             parts = Path(m.name).parts
+            if parts in ((ROOTFS_DIFF,), (DELETED_FILES,)) and not m.isfile():
+                raise RestoreSourceError(f"{archive} holds {m.name!r}, not a regular file: refusing it")
+            if parts == (ROOTFS_DIFF,):
+                diff = area / ROOTFS_DIFF
+                _copy_member(t, m, diff)
+                continue
+            if parts == (DELETED_FILES,):
+                f = t.extractfile(m)
+                assert f is not None
+                deleted = _deleted_list(f.read(), archive)
+                continue
             if not parts or parts[0] != "checkpoint" or len(parts) == 1:
                 continue
             rel = Path(*parts[1:])
@@ -224,18 +275,18 @@ def _extract_images(archive: Path, dst: Path) -> None:
                 out.mkdir(mode=0o700, parents=True, exist_ok=True)
             elif m.isfile():
                 out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                f = t.extractfile(m)
-                assert f is not None
-                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "wb") as o:
-                    shutil.copyfileobj(f, o, 4 << 20)
+                _copy_member(t, m, out)
             else:
                 raise RestoreSourceError(f"{archive} holds {m.name!r}, not a regular file: refusing it")
+    return Staged(dst, area / "work", diff, deleted)
 
 
-def stage(source: RestoreSource, root: Path, container_id: str) -> tuple[Path, Path]:
-    """A private images dir and CRIU work dir for restoring ``source`` into ``container_id``:
-    ``ROOT/.restore/<id>/images`` and ``.../work`` (0700). Returns (images, work).
+def stage(source: RestoreSource, root: Path, container_id: str) -> Staged:
+    """A private images dir and CRIU work dir for restoring ``source`` into ``container_id``, in
+    ``ROOT/.restore/<id>/`` (0700): a gpucr images dir as hard links (no data copied; a copy only where the
+    checkpoint lies on another file system than its root), CRI's archive extracted (its rootfs changes beside).
+    The slow part of a restore: gpucr's runc wrapper runs it at ``runc create``, never the plugin (containerd gives
+    an NRI call 2 s by default).
 
     Raises:
         RestoreSourceError: the staging area cannot be made (names why); nothing is left behind.
@@ -246,13 +297,13 @@ def stage(source: RestoreSource, root: Path, container_id: str) -> tuple[Path, P
         if area.exists():
             shutil.rmtree(area)
         area.mkdir(mode=0o700)
-        images, work = area / "images", area / "work"
         if source.kind == "cri-archive":
-            _extract_images(source.path / ARCHIVE, images)
+            staged = _extract_archive(source.path / ARCHIVE, area)
         else:
-            _link_tree(source.path / IMAGES, images)
-        work.mkdir(mode=0o700)
-        return images, work
+            _link_tree(source.path / IMAGES, area / "images")
+            staged = Staged(area / "images", area / "work")
+        staged.work.mkdir(mode=0o700)
+        return staged
     except (OSError, tarfile.TarError) as exc:
         shutil.rmtree(area, ignore_errors=True)
         raise RestoreSourceError(f"cannot stage checkpoint {source.name!r} for container {container_id} in "

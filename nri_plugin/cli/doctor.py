@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Check", "Doctor", "register"]
+__all__ = ["Check", "Doctor", "parse_duration", "register"]
 
 INSTALL = Path(__file__).resolve().parents[2] / "install"
 DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
@@ -34,6 +34,10 @@ NRI_KEY = "io.containerd.nri.v1.nri"
 _CRI = {2: ("io.containerd.grpc.v1.cri", "io.containerd.grpc.v1.cri"),
         3: ("io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images")}
 LOW_SPACE = 10 << 30
+#: containerd's NRI defaults (1.7 and 2.x) and what gpucr needs: its CreateContainer answer (restore checks included:
+#: NVML, a checkpoint's metadata and file sizes; the digests and staging run later, in the runc wrapper) must reach
+#: containerd within plugin_request_timeout, and Configure + Synchronize within plugin_registration_timeout
+NRI_TIMEOUTS = {"plugin_request_timeout": ("2s", 2.0), "plugin_registration_timeout": ("5s", 5.0)}
 
 
 @dataclass
@@ -65,7 +69,7 @@ class Doctor:
 
     def run(self) -> list[Check]:
         for step in (self.check_node_config, self.check_containerd, self.check_containerd_config, self.check_nri,
-                     self.check_plugin, self.check_routes, self.check_runc, self.check_criu, self.check_netlock,
+                     self.check_nri_timeouts, self.check_plugin, self.check_routes, self.check_runc, self.check_criu, self.check_netlock,
                      self.check_cgroups, self.check_cuda, self.check_gpus, self.check_thp, self.check_snapshotter,
                      self.check_checkpoint_root):
             step()
@@ -185,6 +189,33 @@ class Doctor:
                      "disable_connections is not true in the NRI section")
             return
         self.add("NRI", "ok", f"enabled, socket {sock} accepts connections", socket=sock)
+
+    def check_nri_timeouts(self) -> None:
+        """containerd's NRI timeouts: below its defaults gpucr's answers can come too late. A late CreateContainer
+        answer is dropped: the container is created without gpucr's CRIU config and hooks, and a
+        ``gpucr.io/restore-from`` container then fails to start (never starts fresh); a late registration keeps
+        the plugin out."""
+        nri = self._plugin(NRI_KEY)
+        where = f"[plugins.\"{NRI_KEY}\"] in {self.containerd_config}"
+        for key, (default, need) in NRI_TIMEOUTS.items():
+            raw = nri.get(key)
+            secs = parse_duration(str(raw)) if raw is not None else need
+            shown = f"{raw} (set in {self.containerd_config})" if raw is not None else f"{default} (containerd's default)"
+            if secs is None:
+                self.add(f"NRI {key}", "warn", f"NRI {key} = {raw!r} is not a duration containerd accepts",
+                         f"set {key} = \"{default}\" (or more) in {where}, then restart containerd", value=str(raw))
+            elif secs < need:
+                why = ("gpucr's CreateContainer answer (for a restore: NVML and the checkpoint's metadata) can come "
+                       "later; containerd then drops it and creates the container without gpucr's CRIU config and "
+                       "hooks (a gpucr.io/restore-from container fails to start)" if key == "plugin_request_timeout"
+                       else "gpucr's plugin may not finish Configure and Synchronize (it reads every container's "
+                       "record) in time and is then not registered")
+                self.add(f"NRI {key}", "warn", f"NRI {key} is {shown}, below the {default} gpucr needs: {why}",
+                         f"set {key} = \"{default}\" (or more) in {where}, then restart containerd", seconds=secs)
+            else:
+                self.add(f"NRI {key}", "ok", f"NRI {key} is {shown}: enough for gpucr (needs {default}; restores "
+                         "stage in the runc wrapper, outside the NRI call)" if key == "plugin_request_timeout" else
+                         f"NRI {key} is {shown}: enough for gpucr (needs {default})", seconds=secs)
 
     def check_plugin(self) -> None:
         from ..handlers.plugin_status import read_status
@@ -444,6 +475,16 @@ class Doctor:
 
 
 _MARK = {"ok": "ok", "info": "--", "warn": "!!", "fail": "XX"}
+
+
+def parse_duration(text: str) -> float | None:
+    """A Go duration as containerd's config takes it ("2s", "500ms", "1m30s"), in seconds; None when malformed."""
+    import re
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return 0.0 if text.strip() == "0" else None
+    return sum(float(n) * units[u] for n, u in parts)
 
 
 def render(checks: list[Check]) -> str:

@@ -153,6 +153,9 @@ class PolicyPlugin:
             # only added (it may be there already): a removal of the same key in one adjustment is applied in
             # random order against the addition by containerd (measured: the annotation was lost in 1 of 4 runs)
             adj.add_annotation(nri_restore.RESTORE_ANNOTATION, str(decision.policy.restore_from))
+            # the proof for the wrapper that this answer reached containerd (the id is unknown before creation, so a
+            # user's annotation passed through by the runtime's container_annotations cannot carry it)
+            adj.add_annotation(nri_restore.TICKET_ANNOTATION, ctr.id)
             log.info("%s will be restored from checkpoint %r (GPU map %s; volumes moved: %s)", view.describe(),
                      decision.policy.restore_from, dict(gpu_map) or "identity",
                      ", ".join(f"{d}: {a} -> {b}" for d, a, b in plan.volumes) or "none")

@@ -1,12 +1,17 @@
 """``gpucr.io/restore-from`` at CreateContainer: the plugin's half of a restore into a new container.
 
-The plugin resolves and checks the named checkpoint (``ckpt.restore_source``: inside the node's checkpoint root,
-gpucr metadata and manifest intact), fits it to the new container (``policy.restore``: the GPU UUID map, the volumes),
-takes the checkpoint's restore lock, stages a private images dir, and leaves a *ticket* in its root-only state dir
-(``<state_dir>/restore/<container id>.json``). gpucr's runc wrapper finds the ticket when containerd runs
-``runc create`` for that container and runs ``runc restore --detach`` instead (``handlers.runc_restore``). Any
-refusal raises, so containerd fails the creation with the message and nothing has started. Why this route:
-docs/design.md.
+containerd waits for an NRI plugin's answer ``plugin_request_timeout`` (2 s by default) and then creates the
+container *without* the plugin's adjustments (bench/results/gpu_restore.md: a 4.4 GiB checkpoint staged inside the
+call started fresh). So the plugin does only what is bounded by the number of files, not their size: it resolves the
+named checkpoint (``ckpt.restore_source``: inside the node's checkpoint root, gpucr metadata, every file's size, the
+CUDA marker), fits it to the new container (``policy.restore``: the GPU UUID map, the volumes, GPU model and driver),
+takes the checkpoint's restore lock and leaves a *ticket* in its root-only state dir
+(``<state_dir>/restore/<container id>.json``). The ticket is written first of all, as ``pending``, before anything
+that could be slow, then ``ready`` or ``refused``: gpucr's runc wrapper (``handlers.runc_restore``) looks for it at
+every ``runc create``, so a container whose plugin answer containerd dropped fails to start with the reason instead of
+starting fresh. The wrapper does the slow part (the manifest's digests, staging, the rootfs changes) and runs
+``runc restore --detach``. Any refusal here raises, so containerd fails the creation with the message and nothing has
+started. Why this route: docs/design.md.
 """
 
 from __future__ import annotations
@@ -14,35 +19,50 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..ckpt import marker
 from ..ckpt.restore_source import (
-    RestoreSourceError, acquire_lock, open_source, release_lock, stage, unstage,
+    STAGING, RestoreSourceError, acquire_lock, open_source, release_lock, unstage,
 )
 from ..policy import ContainerView, Decision, NodeConfig
 from ..policy.restore import RestorePlan, assigned_gpus, plan_restore
 
-__all__ = ["RESTORE_ANNOTATION", "RestorePlan", "Ticket", "finish", "load_ticket", "prepare", "ticket_path"]
+__all__ = ["PENDING", "READY", "REFUSED", "RESTORE_ANNOTATION", "TEST_DELAY_ENV", "TICKET_ANNOTATION", "RestorePlan",
+           "Ticket", "finish", "load_ticket", "prepare", "stage_gpu_map", "staging_area", "ticket_path"]
 
 log = logging.getLogger(__name__)
 
 RESTORE_ANNOTATION = "gpucr.io/restore-from"
+#: added by the plugin's adjustment with the container's id: the runc wrapper's proof that containerd applied it
+TICKET_ANNOTATION = "gpucr.io/restore-ticket"
 TICKETS, LOCKS = "restore", "restore-locks"
+PENDING, READY, REFUSED = "pending", "ready", "refused"
+#: test-only: a file whose number is the seconds the plugin sleeps in a restore's CreateContainer after the pending
+#: ticket (tests of an answer containerd drops); a product run never sets it
+TEST_DELAY_ENV = "GPUCR_TEST_RESTORE_DELAY_FILE"
+#: a refused ticket outlives its CreateContainer this long (in case containerd dropped the refusal and creates the
+#: container anyway: its runc create then fails with the refusal), then the next restore sweeps it
+REFUSED_TTL_S = 3600.0
 
 
 @dataclass(frozen=True)
 class Ticket:
-    """What the runc wrapper needs: the staged images and work dirs, and the lock to drop afterwards."""
+    """The plugin's word on a container's restore, for the runc wrapper: ``state`` pending (the plugin's checks
+    had not finished), refused (``error`` says why) or ready (``path``/``kind`` checked, ``lock`` held,
+    ``gpu_map`` for the CUDA restore)."""
 
     container_id: str
     checkpoint: str
-    path: str
-    kind: str
-    images: str
-    work: str
-    lock: str
+    state: str = PENDING
+    path: str = ""
+    kind: str = ""
+    lock: str = ""
+    gpu_map: list[list[str]] = field(default_factory=list)
+    error: str = ""
+    created_at: float = 0.0
 
 
 def ticket_path(state_dir: Path, container_id: str) -> Path:
@@ -62,7 +82,39 @@ def load_ticket(state_dir: Path, container_id: str) -> Ticket | None:
         raise RestoreSourceError(f"gpucr's restore ticket {p} is unreadable ({exc})") from exc
 
 
-def _stage_gpu_map(images: Path, mk: marker.CudaMarker, gpu_map: tuple[tuple[str, str], ...]) -> None:
+def _write_ticket(state_dir: Path, t: Ticket) -> None:
+    p = ticket_path(state_dir, t.container_id)
+    p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(asdict(t), f)
+    tmp.replace(p)
+
+
+def _sweep_refused(state_dir: Path) -> None:
+    d = state_dir / TICKETS
+    for p in d.glob("*.json") if d.is_dir() else []:
+        try:
+            t = Ticket(**json.loads(p.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if t.state == REFUSED and time.time() - t.created_at > REFUSED_TTL_S:
+            p.unlink(missing_ok=True)
+
+
+def _test_delay(view: ContainerView) -> None:
+    path = os.environ.get(TEST_DELAY_ENV)
+    try:
+        secs = float(Path(path).read_text()) if path else 0.0
+    except (OSError, ValueError):
+        secs = 0.0
+    if secs > 0:
+        log.warning("test delay: %.1f s in CreateContainer of %s (%s)", secs, view.describe(), TEST_DELAY_ENV)
+        time.sleep(secs)
+
+
+def stage_gpu_map(images: Path, mk: marker.CudaMarker, gpu_map: list[list[str]]) -> None:
     """The plan's GPU map also in the staged copy of the CUDA marker (a new file: the staged one may be a hard link
     into the checkpoint): the front falls back to it when the restored tree's cgroup does not name the new container
     (measured with runc 1.1 on a cgroup-v2-only host: CRIU recreates the checkpointed container's cgroup path)."""
@@ -85,20 +137,33 @@ def _node_gpus() -> tuple[dict[str, str], str]:
 
 
 def prepare(view: ContainerView, decision: Decision, node: NodeConfig) -> RestorePlan:
-    """Check, fit, lock and stage ``decision.policy.restore_from`` for ``view``; write the ticket.
+    """Check and fit ``decision.policy.restore_from`` for ``view``, take its restore lock, write the ready ticket.
+    Bounded work only (no digest, no copy): containerd gives this call 2 s by default.
 
     Raises:
-        RestoreSourceError: one line naming the container, the checkpoint, what is wrong and the fix; nothing is
-            left behind (no lock, no staged files, no ticket).
+        RestoreSourceError: one line naming the container, the checkpoint, what is wrong and the fix; no lock is
+            held and the ticket says ``refused`` with the same line (for the wrapper, should containerd have
+            dropped this answer).
     """
     name = decision.policy.restore_from or ""
+    state = node.state_dir
+    _write_ticket(state, Ticket(view.id, name, PENDING, created_at=time.time()))  # first: before anything slow
+    _test_delay(view)
+    try:
+        return _prepare(view, decision, node, name)
+    except RestoreSourceError as exc:
+        _write_ticket(state, Ticket(view.id, name, REFUSED, error=str(exc), created_at=time.time()))
+        raise
+
+
+def _prepare(view: ContainerView, decision: Decision, node: NodeConfig, name: str) -> RestorePlan:
     root = node.checkpoint_root
     what = f"{view.describe()}: cannot restore from checkpoint {name!r}"
     if RESTORE_ANNOTATION not in view.annotations:
         raise RestoreSourceError(f"{what}: {RESTORE_ANNOTATION} is set on the pod, where it would restore every "
                                  "container of the pod from one checkpoint; set it on the container")
     try:
-        src = open_source(root, name)
+        src = open_source(root, name, verify_sha256=False)  # sizes; the digests: the runc wrapper, at runc create
     except RestoreSourceError as exc:
         raise RestoreSourceError(f"{what}: {exc}") from exc
     mk = src.marker
@@ -111,42 +176,49 @@ def prepare(view: ContainerView, decision: Decision, node: NodeConfig) -> Restor
     if plan.problems:
         raise RestoreSourceError(f"{what}: it does not fit this container: {'; '.join(plan.problems)}")
     state = node.state_dir
+    _sweep_refused(state)
+
+    def live(owner: str) -> bool:
+        try:
+            t = load_ticket(state, owner)
+        except RestoreSourceError:
+            return True
+        return t is not None and t.state != REFUSED
+
     try:
-        lock = acquire_lock(state / LOCKS, src, view.id, lambda owner: ticket_path(state, owner).exists())
+        lock = acquire_lock(state / LOCKS, src, view.id, live)
     except RestoreSourceError as exc:
         raise RestoreSourceError(f"{what}: {exc}") from exc
     try:
-        images, work = stage(src, root, view.id)
-        if plan.gpu_map and mk is not None:
-            _stage_gpu_map(images, mk, plan.gpu_map)
-        t = Ticket(view.id, name, str(src.path), src.kind, str(images), str(work), str(lock))
-        p = ticket_path(state, view.id)
-        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(t), f)
-        tmp.replace(p)
-    except (RestoreSourceError, OSError) as exc:
+        _write_ticket(state, Ticket(view.id, name, READY, str(src.path), src.kind, str(lock),
+                                    [list(p) for p in plan.gpu_map], created_at=time.time()))
+    except OSError as exc:
         release_lock(lock, view.id)
-        unstage(root, view.id)
-        raise RestoreSourceError(f"{what}: {exc}") from exc
+        raise RestoreSourceError(f"{what}: cannot write gpucr's restore ticket in {state}: {exc}") from exc
     return plan
 
 
 def finish(node: NodeConfig, container_id: str, *, keep_work: bool = False) -> bool:
-    """Drop what :func:`prepare` left for ``container_id`` (ticket, lock, staged files). True if there was a
-    ticket. ``keep_work``: keep the CRIU work dir (restore.log) of a restore that ran."""
+    """Drop what a restore left for ``container_id`` (ticket, lock, staged files). True if there was a ticket.
+    ``keep_work``: keep the CRIU work dir (restore.log) of a restore that ran, until the container is removed."""
     try:
         t = load_ticket(node.state_dir, container_id)
     except RestoreSourceError:
         t = None
-    if t is not None:
+    if t is not None and t.lock:
         release_lock(Path(t.lock), container_id)
-        ticket_path(node.state_dir, container_id).unlink(missing_ok=True)
-    if keep_work and t is not None:
+    ticket_path(node.state_dir, container_id).unlink(missing_ok=True)
+    if keep_work:
         import shutil
-        shutil.rmtree(t.images, ignore_errors=True)
+        area = staging_area(node, container_id)
+        for p in area.iterdir() if area.is_dir() else []:
+            if p.name != "work":
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
     else:
         unstage(node.checkpoint_root, container_id)
     return t is not None
+
+
+def staging_area(node: NodeConfig, container_id: str) -> Path:
+    """Where the wrapper stages ``container_id``'s restore (``ckpt.restore_source.stage``)."""
+    return node.checkpoint_root.resolve() / STAGING / container_id

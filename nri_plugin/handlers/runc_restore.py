@@ -2,9 +2,13 @@
 ``runc restore --detach`` (``gpucr.io/restore-from``; the plugin's half: :mod:`.nri_restore`; why: docs/design.md).
 
 The route's ``bin/runc`` (install/front.sh) calls :func:`main` only for a ``create`` whose bundle's config.json
-names ``gpucr.io/restore-from``; everything else goes straight to the runtime it wraps. Here the plugin's ticket is
-the authority (an annotation alone, e.g. passed through while the plugin was down, restores nothing: the create
-fails with the reason). The shim's create options map onto restore's (``--pid-file``, ``--console-socket``,
+names ``gpucr.io/restore-from`` or for which gpucr's plugin left a ticket in its state dir; everything else goes
+straight to the runtime it wraps. Here the plugin's ticket is the authority (an annotation alone, e.g. passed through
+while the plugin was down, restores nothing), and the ticket without the plugin's annotation in the spec means
+containerd dropped the plugin's answer (its NRI request timeout): the create fails with the reason, never starts
+fresh. The slow half of the restore runs here, where no NRI timeout applies: the manifest's digests, staging (hard
+links of a gpucr images dir, or CRI's archive extracted), the archive's rootfs changes applied to the bundle's rootfs
+(``ckpt.rootfs_diff``); any failure fails the create with one line, drops the lock and the staged files. The shim's create options map onto restore's (``--pid-file``, ``--console-socket``,
 ``--no-pivot``); runc's stdio are the container's new stdio, which runc restore hands to the restored tree in place
 of the checkpointed pipes (``descriptors.json``). After a successful restore the wrapper leaves ``gpucr-restored``
 in runc's state dir of the container, so containerd's following ``runc start`` (which would fail on a running
@@ -20,6 +24,10 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import GpucrError
 
 __all__ = ["RESTORED_MARK", "CreateArgs", "RuncArgsError", "main", "parse_create", "restore_argv"]
 
@@ -140,23 +148,83 @@ def _criu_errors(work: str) -> str:
     return f": CRIU says: {' | '.join(errs[:3])}" if errs else ""
 
 
+def _spec(bundle: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise RuncArgsError(f"cannot read the bundle's config.json in {bundle}: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise RuncArgsError(f"the bundle's config.json in {bundle} is not an object")
+    return spec
+
+
+def _stage_delay(values: dict[str, str]) -> None:
+    """Test-only: ``test_restore_stage_delay_s`` in front.conf makes staging that much slower (tests showing that a
+    slow staging no longer meets containerd's NRI timeout). A product config never sets it."""
+    if values.get("test_restore_stage_delay_s"):
+        time.sleep(float(values["test_restore_stage_delay_s"]))
+
+
+def _restore(runc: str, c: CreateArgs, node: Any, ticket: Any, spec: dict[str, Any], values: dict[str, str]) -> int:
+    """The slow half of a restore, where no NRI timeout runs: the manifest's digests, staging, the rootfs changes,
+    then ``runc restore``. Raises GpucrError naming the step."""
+    from ..ckpt.restore_source import RestoreSourceError, open_source, stage
+    from ..ckpt.rootfs_diff import apply
+    from .nri_restore import stage_gpu_map
+
+    what = f"container {c.container_id}: restore from checkpoint {ticket.checkpoint!r}"
+    try:
+        src = open_source(node.checkpoint_root, ticket.checkpoint, verify_sha256=True)
+    except RestoreSourceError as exc:
+        raise RestoreSourceError(f"{what} refused at step verify: {exc}") from exc
+    if str(src.path) != ticket.path or src.kind != ticket.kind:
+        raise RestoreSourceError(f"{what} refused at step verify: it is now {src.path} ({src.kind}), gpucr's plugin "
+                                 f"checked {ticket.path} ({ticket.kind}); recreate the container")
+    _stage_delay(values)
+    staged = stage(src, node.checkpoint_root, c.container_id)
+    if ticket.gpu_map and src.marker is not None:
+        stage_gpu_map(staged.images, src.marker, ticket.gpu_map)
+    if staged.rootfs_diff is not None or staged.deleted:
+        root = str((spec.get("root") or {}).get("path") or "rootfs")
+        rootfs = Path(root if os.path.isabs(root) else os.path.join(c.bundle, root))
+        try:
+            done = apply(rootfs, staged.rootfs_diff, staged.deleted)
+        except GpucrError as exc:
+            raise RestoreSourceError(f"{what} refused at step rootfs-diff (its rootfs-diff.tar/deleted.files): "
+                                     f"{exc}; the checkpoint is not usable as it is") from exc
+        if staged.rootfs_diff is not None:
+            staged.rootfs_diff.unlink(missing_ok=True)
+        print(f"gpucr: {what}: rootfs changes applied ({done.written} written, {done.removed} removed)",
+              file=sys.stderr, flush=True)
+    r = subprocess.run(restore_argv(runc, c, str(staged.images), str(staged.work)), check=False)
+    if r.returncode == 0:
+        mark = os.path.join(c.root, c.container_id, RESTORED_MARK)
+        with open(mark, "w", encoding="utf-8") as f:
+            f.write(ticket.checkpoint + "\n")
+    else:
+        _fail(c, f"{what} failed: runc restore exited with status {r.returncode}{_criu_errors(str(staged.work))}; "
+                 f"CRIU's log: {staged.work}/restore.log (kept until the container is removed)")
+    return r.returncode
+
+
 def main(argv: Sequence[str]) -> int:
-    """``runc_restore.py --criu PATH/criu -- RUNC ARGS...`` (from the route's wrapper). Returns runc's status."""
+    """``runc_restore.py --criu PATH/criu -- RUNC ARGS...`` (from the route's wrapper, for a ``create`` whose spec
+    names ``gpucr.io/restore-from`` or for which gpucr's plugin left a ticket). Returns runc's status."""
     args = list(argv[1:])
     if len(args) < 4 or args[0] != "--criu" or args[2] != "--":
         return _fail(None, f"runc wrapper: bad restore call {args!r}")
     criu, runc, rest = args[1], args[3], args[4:]
     try:
         c = parse_create(rest)
+        spec = _spec(c.bundle)
     except RuncArgsError as exc:
         return _fail(None, f"restore of a container from gpucr.io/restore-from: {exc}")
-    from pathlib import Path
-
     from ..ckpt.restore_source import RestoreSourceError
-    from ..errors import GpucrError
     from ..front.config import load
     from ..policy.config import load_config
-    from .nri_restore import finish, load_ticket
+    from .nri_restore import PENDING, REFUSED, RESTORE_ANNOTATION, TICKET_ANNOTATION, finish, load_ticket
+    annotations = spec.get("annotations") or {}
     try:
         values = load({}, criu).values
         node = load_config(Path(values["node_config"]) if values.get("node_config") else None)
@@ -164,22 +232,30 @@ def main(argv: Sequence[str]) -> int:
     except (GpucrError, RestoreSourceError) as exc:
         return _fail(c, f"container {c.container_id}: restore from gpucr.io/restore-from failed at step ticket: {exc}")
     if ticket is None:
+        if RESTORE_ANNOTATION not in annotations:  # the shell's grep matched elsewhere (an env value, a path)
+            os.execv(runc, [runc, *rest])
         return _fail(c, f"container {c.container_id} names gpucr.io/restore-from but gpucr's plugin did not check "
                         f"it (no ticket in {node.state_dir}/restore): was `gpucr plugin` running when it was "
                         "created? Recreate the container with the plugin running")
+    ran = False
     try:
-        if not os.path.isdir(ticket.images):
-            return _fail(c, f"container {c.container_id}: the staged images {ticket.images} of checkpoint "
-                            f"{ticket.checkpoint!r} are gone; recreate the container")
-        r = subprocess.run(restore_argv(runc, c, ticket.images, ticket.work), check=False)
-        if r.returncode == 0:
-            mark = os.path.join(c.root, c.container_id, RESTORED_MARK)
-            with open(mark, "w", encoding="utf-8") as f:
-                f.write(ticket.checkpoint + "\n")
-        else:
-            _fail(c, f"container {c.container_id}: runc restore from checkpoint {ticket.checkpoint!r} failed "
-                     f"(status {r.returncode}){_criu_errors(ticket.work)}; CRIU's log: {ticket.work}/restore.log "
-                     "(kept until the container is removed)")
-        return r.returncode
+        if ticket.state == REFUSED:
+            return _fail(c, f"{ticket.error} (gpucr's plugin refused it at CreateContainer; containerd created the "
+                            "container anyway, without the plugin's answer)")
+        if ticket.state == PENDING or annotations.get(TICKET_ANNOTATION) != c.container_id:
+            late = "had not finished its checks" if ticket.state == PENDING else "answered too late"
+            return _fail(c, f"container {c.container_id} asked for gpucr.io/restore-from {ticket.checkpoint!r} but "
+                            f"containerd created it without gpucr's adjustments: gpucr's plugin {late} when "
+                            "containerd stopped waiting (containerd's NRI plugin_request_timeout; `gpucr doctor` "
+                            "shows it). Not starting it fresh: remove it and create it again")
+        if annotations.get(RESTORE_ANNOTATION) != ticket.checkpoint:
+            return _fail(c, f"container {c.container_id}: its spec restores {annotations.get(RESTORE_ANNOTATION)!r}, "
+                            f"gpucr's plugin checked {ticket.checkpoint!r}; recreate the container")
+        ran = True
+        return _restore(runc, c, node, ticket, spec, values)
+    except (GpucrError, OSError) as exc:
+        ran = False
+        return _fail(c, str(exc) if isinstance(exc, GpucrError) else
+                     f"container {c.container_id}: restore from checkpoint {ticket.checkpoint!r} failed: {exc}")
     finally:
-        finish(node, c.container_id, keep_work=True)
+        finish(node, c.container_id, keep_work=ran)

@@ -29,12 +29,12 @@ def _images_ckpt(root: Path, name: str, *, seal: bool = True, cuda: bool = True)
     return d
 
 
-def _archive_ckpt(root: Path, name: str) -> Path:
+def _archive_ckpt(root: Path, name: str, extra: tuple[tuple[str, bytes], ...] = ()) -> Path:
     d = root / name
     d.mkdir(parents=True)
     with tarfile.open(d / "checkpoint.tar", "w") as t:
         for n, body in (("checkpoint/descriptors.json", b"[]"), ("checkpoint/pages-1.img", b"x" * 100),
-                        ("spec.dump", b"{}")):
+                        ("spec.dump", b"{}"), *extra):
             info = tarfile.TarInfo(n)
             info.size = len(body)
             t.addfile(info, io.BytesIO(body))
@@ -109,14 +109,17 @@ def test_lock_is_exclusive_while_the_owner_lives(tmp_path: Path) -> None:
 
 def test_stage_links_images_and_extracts_archives(tmp_path: Path) -> None:
     d = _images_ckpt(tmp_path, "ck")
-    images, work = stage(open_source(tmp_path, "ck"), tmp_path, "cid1")
+    st = stage(open_source(tmp_path, "ck"), tmp_path, "cid1")
+    images, work = st.images, st.work
+    assert st.rootfs_diff is None and st.deleted == ()
     assert (images / "pages-1.img").read_bytes() == (d / "images/pages-1.img").read_bytes()
     assert work.is_dir() and oct(images.stat().st_mode & 0o777) == "0o700"
     (images / "stats-restore").write_text("criu writes here")  # not into the checkpoint
     assert not (d / "images/stats-restore").exists()
-    _archive_ckpt(tmp_path, "cri")
-    images, _ = stage(open_source(tmp_path, "cri"), tmp_path, "cid2")
-    assert sorted(p.name for p in images.iterdir()) == ["descriptors.json", "pages-1.img"]
+    _archive_ckpt(tmp_path, "cri", (("rootfs-diff.tar", b"diff"), ("deleted.files", b'["/etc/motd"]')))
+    st = stage(open_source(tmp_path, "cri"), tmp_path, "cid2")
+    assert sorted(p.name for p in st.images.iterdir()) == ["descriptors.json", "pages-1.img"]
+    assert st.rootfs_diff is not None and st.rootfs_diff.read_bytes() == b"diff" and st.deleted == ("/etc/motd",)
     unstage(tmp_path, "cid1")
     unstage(tmp_path, "cid2")
     assert not any((tmp_path / ".restore").iterdir())
@@ -134,3 +137,24 @@ def test_stage_refuses_an_archive_escaping_its_checkpoint(tmp_path: Path) -> Non
     with pytest.raises(RestoreSourceError, match="outside its checkpoint"):
         stage(open_source(tmp_path, "bad"), tmp_path, "cid")
     assert not (tmp_path / ".restore" / "cid").exists()
+
+
+def test_stage_refuses_a_corrupt_deleted_files_list(tmp_path: Path) -> None:
+    _archive_ckpt(tmp_path, "bad", (("deleted.files", b'{"not": "a list"}'),))
+    with pytest.raises(RestoreSourceError, match="deleted.files is not a list of paths"):
+        stage(open_source(tmp_path, "bad"), tmp_path, "cid")
+    assert not (tmp_path / ".restore" / "cid").exists()
+
+
+def test_sizes_only_open_is_what_the_plugin_runs(tmp_path: Path) -> None:
+    """Without digests a changed byte passes (the wrapper's full check catches it); a changed size does not."""
+    d = _images_ckpt(tmp_path, "ck")
+    b = bytearray((d / "images/pages-1.img").read_bytes())
+    b[0] ^= 0xFF
+    (d / "images/pages-1.img").write_bytes(bytes(b))
+    open_source(tmp_path, "ck", verify_sha256=False)
+    with pytest.raises(RestoreSourceError, match="does not match its sha256"):
+        open_source(tmp_path, "ck")
+    os.truncate(d / "images/pages-1.img", 10)
+    with pytest.raises(RestoreSourceError, match="truncated or changed"):
+        open_source(tmp_path, "ck", verify_sha256=False)

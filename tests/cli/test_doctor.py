@@ -139,6 +139,10 @@ def test_handler_not_routed(containerd: testenv.Containerd, plugin: Path, root_d
     assert c["containerd"]["data"]["version"].lstrip("v").startswith(containerd.version)
     assert c["NRI"]["status"] == "ok" and c["gpucr plugin"]["status"] == "ok"
     assert c["gpucr plugin"]["data"]["socket"] == containerd.nri_socket
+    # the instance's config sets containerd's defaults explicitly (install/containerd.sh): enough for gpucr
+    req, reg = c["NRI plugin_request_timeout"], c["NRI plugin_registration_timeout"]
+    assert req["status"] == "ok" and req["data"]["seconds"] == 2.0 and f"2s (set in {conf})" in req["detail"], req
+    assert reg["status"] == "ok" and reg["data"]["seconds"] == 5.0, reg
     route = c["route runc"]
     assert route["data"]["gpucr"] is False and "not GPU-safe" in route["detail"]
     assert f"gpucr setup --apply --config {conf} --runtime runc" in route["fix"]

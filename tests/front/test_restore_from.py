@@ -23,6 +23,7 @@ import pytest
 
 from nri_plugin.cri import CriError, container_config
 from nri_plugin.cri._pb import api_pb2 as pb
+from nri_plugin.handlers import nri_restore
 from tests.conftest import VERSIONS
 from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute
@@ -44,6 +45,7 @@ def node(fake: FakeCuda) -> Iterator[dict[str, Path]]:
     with gpu_node(d, fake, checkpoint_root=str(d / "checkpoints")) as paths:
         paths["root"] = d / "checkpoints"
         paths["root"].mkdir(mode=0o700)
+        paths["delay"] = d / "test-delay"
         yield paths
 
 
@@ -69,7 +71,9 @@ def ctrd(request: pytest.FixtureRequest, front_route: FrontRoute) -> Iterator[Co
 
 @pytest.fixture(scope="module")
 def plugin(ctrd: Containerd, node: dict[str, Path]) -> Iterator[subprocess.Popen[bytes]]:
-    with running_plugin(ctrd.nri_socket, node["log"], node["config"]) as proc:
+    node["delay"].unlink(missing_ok=True)
+    with running_plugin(ctrd.nri_socket, node["log"], node["config"],
+                        env={**os.environ, nri_restore.TEST_DELAY_ENV: str(node["delay"])}) as proc:
         yield proc
 
 
@@ -200,12 +204,13 @@ def _refused(ctrd: Containerd, fake: FakeCuda, tmp_path: Path, name: str, **ann:
     return str(ei.value)
 
 
-@pytest.mark.parametrize("case", ["dotdot", "nothing", "symlink-out", "no-metadata", "truncated", "tampered",
+@pytest.mark.parametrize("case", ["dotdot", "nothing", "symlink-out", "no-metadata", "truncated",
                                   "missing-volume"])
 def test_restore_bad_input_fails_creation(ctrd: Containerd, plugin: Any, node: dict[str, Path], fake: FakeCuda,
                                           checkpoint: dict[str, Any], tmp_path: Path, case: str) -> None:
-    """Each bad restore-from fails CreateContainer with one clear error; no container, no staging, no lock; the
-    original checkpoint is untouched."""
+    """Each bad restore-from that is cheap to see (everything but a changed byte: the digests are the wrapper's, see
+    test_tampered_checkpoint_fails_at_start) fails CreateContainer with one clear error; no container, no staging,
+    no lock; the original checkpoint is untouched."""
     root: Path = node["root"]
     digest = _digest(checkpoint["path"])
     name, expect, extra = "", "", {}
@@ -230,11 +235,6 @@ def test_restore_bad_input_fails_creation(ctrd: Containerd, plugin: Any, node: d
         if case == "truncated":
             os.truncate(big, big.stat().st_size // 2)
             expect = "(truncated or changed)"
-        elif case == "tampered":
-            b = bytearray(big.read_bytes())
-            b[len(b) // 2] ^= 0xFF
-            big.write_bytes(bytes(b))
-            expect = "does not match its sha256"
         else:
             extra = {}
             expect = "the checkpoint has a volume at /data"
@@ -250,7 +250,7 @@ def test_restore_bad_input_fails_creation(ctrd: Containerd, plugin: Any, node: d
             msg = _refused(ctrd, fake, tmp_path, name, **extra)
         assert expect in msg and "container bad in pod default/" in msg, msg
     finally:
-        for n in ("evil", "plain", "truncated", "tampered", "missing-volume"):
+        for n in ("evil", "plain", "truncated", "missing-volume"):
             p = root / n
             if p.is_symlink():
                 p.unlink()
@@ -329,3 +329,146 @@ def test_ctr_checkpoint_sealed_then_restored_into_new_pod(ctrd: Containerd, plug
                 c.remove_container(new)
         finally:
             shutil.rmtree(node["root"] / name, ignore_errors=True)
+
+
+def _nri_request_timeout(ctrd: Containerd) -> str:
+    """The instance's NRI plugin_request_timeout as its config.toml sets it (install/containerd.sh)."""
+    import tomllib
+    doc = tomllib.loads((Path(ctrd.info["dir"]) / "config.toml").read_text())
+    return str(doc["plugins"]["io.containerd.nri.v1.nri"]["plugin_request_timeout"])
+
+
+def _gone(node: dict[str, Path], cid: str) -> None:
+    """Nothing of a restore left: no staging, no ticket, no lock."""
+    wait_for(lambda: not (node["root"] / ".restore" / cid).exists(), what="the staging area to go")
+    assert not (node["state"] / "restore" / f"{cid}.json").exists()
+    assert not list((node["state"] / "restore-locks").glob("*.lock"))
+
+
+def test_slow_staging_with_the_default_nri_timeout(ctrd: Containerd, plugin: Any, front_route: FrontRoute,
+                                                   node: dict[str, Path], fake: FakeCuda,
+                                                   checkpoint: dict[str, Any], tmp_path: Path) -> None:
+    """The H200 bug's shape (bench/results/gpu_restore.md: staging 4.7 s inside CreateContainer, containerd's NRI
+    timeout 2 s, the container started fresh): with containerd's default timeout and staging made 3 s slower, the
+    creation answers at once (the plugin stages nothing) and the container comes up restored."""
+    import time
+    assert _nri_request_timeout(ctrd) == "2s"
+    data = tmp_path / "data2"
+    shutil.copytree(checkpoint["data"], data)
+    before = len(_lines(data))
+    with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
+                                libnvml=str(fake.lib), test_restore_stage_delay_s="3"):
+        mark = front_route.log_mark()
+        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+            conf = _restore_config(fake, data, "restored", restore_from=checkpoint["name"])
+            conf.image.image = ctrd.image
+            t0 = time.monotonic()
+            cid = c.create_container(pod_id, conf, cfg)
+            created = time.monotonic() - t0
+            ticket = nri_restore.load_ticket(node["state"], cid)
+            assert ticket is not None and ticket.state == nri_restore.READY, ticket
+            assert not (node["root"] / ".restore" / cid).exists()  # nothing staged by the plugin
+            t0 = time.monotonic()
+            c.start_container(cid)
+            started = time.monotonic() - t0
+            assert created < 2.0 <= 3.0 <= started, (created, started)
+            wait_for(lambda: len(_lines(data)) >= before + 3, what="the restored counter", timeout=30)
+            after = _lines(data)[before:]
+            assert checkpoint["lo"] - 1 <= after[0] - 1 <= checkpoint["hi"], (checkpoint, after)
+            pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
+            assert fake.state(pid) == "RUNNING"
+            assert "RESTORE success=True" in front_route.log_since(mark)
+            c.stop_container(cid, 0)
+            c.remove_container(cid)
+    _gone(node, cid)
+
+
+def test_tampered_checkpoint_fails_at_start(ctrd: Containerd, plugin: Any, front_route: FrontRoute,
+                                            node: dict[str, Path], fake: FakeCuda, checkpoint: dict[str, Any],
+                                            tmp_path: Path) -> None:
+    """A byte changed in the checkpoint (same size): CreateContainer (sizes only) accepts it; the wrapper's digests
+    at runc create refuse it with one clear error; nothing runs, nothing is left; the checkpoint is untouched."""
+    root: Path = node["root"]
+    shutil.copytree(checkpoint["path"], root / "tampered")
+    big = max((p for p in (root / "tampered").rglob("*") if p.is_file() and p.name != "gpucr.json"),
+              key=lambda p: p.stat().st_size)
+    b = bytearray(big.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    big.write_bytes(bytes(b))
+    digest = _digest(root / "tampered")
+    data = tmp_path / "d"
+    shutil.copytree(checkpoint["data"], data)
+    try:
+        with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
+                                    libnvml=str(fake.lib)):
+            mark = front_route.log_mark()
+            with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+                conf = _restore_config(fake, data, "bad", restore_from="tampered")
+                conf.image.image = ctrd.image
+                cid = c.create_container(pod_id, conf, cfg)
+                with pytest.raises(CriError) as ei:
+                    c.start_container(cid)
+                msg = str(ei.value)
+                assert f"container {cid}: restore from checkpoint 'tampered' refused at step verify" in msg, msg
+                assert "does not match its sha256" in msg, msg
+                assert c.container_status(cid)[0].state != 1  # not RUNNING
+                assert "request RESTORE" not in front_route.log_since(mark)  # CRIU never ran
+                assert not (root / ".restore" / cid).exists()  # staging dropped at the failure
+                assert not list((node["state"] / "restore-locks").glob("*.lock"))
+                c.remove_container(cid)
+        _gone(node, cid)
+        assert _digest(root / "tampered") == digest
+    finally:
+        shutil.rmtree(root / "tampered", ignore_errors=True)
+
+
+@pytest.mark.parametrize("when", ["pending", "late"])
+def test_dropped_plugin_answer_fails_start_not_fresh(ctrd: Containerd, plugin: Any, front_route: FrontRoute,
+                                                     node: dict[str, Path], fake: FakeCuda,
+                                                     checkpoint: dict[str, Any], tmp_path: Path, when: str) -> None:
+    """The plugin made slower than containerd's default NRI timeout (2 s; a test-only delay after its pending
+    ticket): containerd drops its answer and creates the container without gpucr's adjustments. The wrapper sees the
+    ticket (``pending``: the plugin still checking at runc create; ``late``: checked, but its answer lost) without
+    the plugin's annotation in config.json and fails the start with the reason: the container never runs fresh."""
+    assert _nri_request_timeout(ctrd) == "2s"
+    data = tmp_path / "d"
+    shutil.copytree(checkpoint["data"], data)
+    before = len(_lines(data))
+    syncs = node["log"].read_text().count("synchronized")
+    node["delay"].write_text("6" if when == "pending" else "3")
+    try:
+        with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
+                                    libnvml=str(fake.lib)):
+            mark = front_route.log_mark()
+            with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+                conf = _restore_config(fake, data, "late", restore_from=checkpoint["name"])
+                conf.image.image = ctrd.image
+                cid = c.create_container(pod_id, conf, cfg)  # containerd gives up on the plugin after 2 s
+                node["delay"].unlink()
+                ticket = lambda: nri_restore.load_ticket(node["state"], cid)  # noqa: E731
+                if when == "late":
+                    wait_for(lambda: (t := ticket()) is not None and t.state == nri_restore.READY,
+                             what="the plugin to finish its checks", timeout=20)
+                else:
+                    t = ticket()
+                    assert t is not None and t.state == nri_restore.PENDING, t
+                with pytest.raises(CriError) as ei:
+                    c.start_container(cid)
+                msg = str(ei.value)
+                why = "had not finished its checks" if when == "pending" else "answered too late"
+                assert (f"container {cid} asked for gpucr.io/restore-from 'ck1' but containerd created it without "
+                        f"gpucr's adjustments: gpucr's plugin {why}") in msg, msg
+                assert "NRI plugin_request_timeout" in msg and "Not starting it fresh" in msg, msg
+                assert c.container_status(cid)[0].state != 1  # not RUNNING
+                assert len(_lines(data)) == before  # no fresh counter wrote a line
+                assert "request RESTORE" not in front_route.log_since(mark)
+                # the plugin comes back (containerd closed its connection) and registers again
+                wait_for(lambda: node["log"].read_text().count("synchronized") > syncs, timeout=30,
+                         what="the plugin to register again")
+                c.remove_container(cid)
+        wait_for(lambda: not (node["state"] / "restore" / f"{cid}.json").exists(), timeout=15,
+                 what="the ticket to go (the plugin's RemoveContainer, or its Synchronize)")
+        _gone(node, cid)
+    finally:
+        node["delay"].unlink(missing_ok=True)
+

@@ -27,15 +27,56 @@ def _view(ann: dict[str, str], pod_ann: dict[str, str] | None = None) -> Contain
 
 
 def test_prepare_tickets_and_finish_cleans(tmp_path: Path) -> None:
+    """The plugin checks, locks and tickets; it stages nothing (the runc wrapper does, outside the NRI call)."""
     node = _node(tmp_path)
     v = _view({"gpucr.io/restore-from": "ck"})
     plan = nri_restore.prepare(v, decide(v, node), node)
     assert plan.volumes == (("/data", "/old", "/new"),)
     t = nri_restore.load_ticket(node.state_dir, "cid1")
-    assert t is not None and Path(t.images, "descriptors.json").exists() and Path(t.lock).exists()
+    assert t is not None and t.state == nri_restore.READY and Path(t.lock).exists()
+    assert (t.path, t.kind) == (str(node.checkpoint_root / "ck"), "images")
+    assert not nri_restore.staging_area(node, "cid1").exists()
     assert nri_restore.finish(node, "cid1")
     assert nri_restore.load_ticket(node.state_dir, "cid1") is None and not Path(t.lock).exists()
-    assert not Path(t.images).parent.exists()
+
+
+def test_prepare_does_not_hash(tmp_path: Path) -> None:
+    """A changed byte (same size) passes CreateContainer: the digests are the wrapper's, at runc create."""
+    node = _node(tmp_path)
+    img = node.checkpoint_root / "ck" / "images" / "descriptors.json"
+    img.write_text("{}")  # same length as "[]"
+    v = _view({"gpucr.io/restore-from": "ck"})
+    nri_restore.prepare(v, decide(v, node), node)
+    assert nri_restore.finish(node, "cid1")
+
+
+def test_refusal_leaves_a_refused_ticket_and_no_lock(tmp_path: Path) -> None:
+    """A refusal is also written down for the wrapper (should containerd drop the answer and create anyway)."""
+    node = _node(tmp_path)
+    v = _view({"gpucr.io/restore-from": "nope"})
+    with pytest.raises(RestoreSourceError, match="no checkpoint 'nope'") as ei:
+        nri_restore.prepare(v, decide(v, node), node)
+    t = nri_restore.load_ticket(node.state_dir, "cid1")
+    assert t is not None and t.state == nri_restore.REFUSED and t.error == str(ei.value) and not t.lock
+    assert not list((node.state_dir / "restore-locks").glob("*")) if (node.state_dir / "restore-locks").exists() \
+        else True
+    assert nri_restore.finish(node, "cid1") and nri_restore.load_ticket(node.state_dir, "cid1") is None
+
+
+def test_pending_ticket_is_written_before_the_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = _node(tmp_path)
+    seen: list[str] = []
+    real = nri_restore.open_source
+
+    def spy(*a: object, **kw: object) -> object:
+        t = nri_restore.load_ticket(node.state_dir, "cid1")
+        seen.append(t.state if t else "none")
+        return real(*a, **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(nri_restore, "open_source", spy)
+    v = _view({"gpucr.io/restore-from": "ck"})
+    nri_restore.prepare(v, decide(v, node), node)
+    assert seen == [nri_restore.PENDING]
+    nri_restore.finish(node, "cid1")
 
 
 def test_pod_level_restore_from_is_refused(tmp_path: Path) -> None:
@@ -43,4 +84,5 @@ def test_pod_level_restore_from_is_refused(tmp_path: Path) -> None:
     v = _view({}, {"gpucr.io/restore-from": "ck"})
     with pytest.raises(RestoreSourceError, match="container web in pod ns/p: .* set it on the container"):
         nri_restore.prepare(v, decide(v, node), node)
-    assert not (node.state_dir / "restore").exists()
+    t = nri_restore.load_ticket(node.state_dir, "cid1")
+    assert t is not None and t.state == nri_restore.REFUSED and not t.lock
