@@ -40,7 +40,7 @@ def _writer(name: str, image: str, data: Path, ann: dict[str, str]) -> Any:
 
 
 @pytest.mark.containerd(min="2.0")  # 1.7 has no CRI CheckpointContainer: no such archive to restore there
-def test_rootfs_changes_come_back(ctrd: Containerd, plugin: Any,  # noqa: F811 front_route: FrontRoute,  # noqa: F811
+def test_rootfs_changes_come_back(ctrd: Containerd, plugin: Any, front_route: FrontRoute,  # noqa: F811
                                   node: dict[str, Path], fake: FakeCuda, tmp_path: Path) -> None:  # noqa: F811
     data = tmp_path / "data"
     data.mkdir()
