@@ -140,6 +140,28 @@ def _criu_errors(work: str) -> str:
     return f": CRIU says: {' | '.join(errs[:3])}" if errs else ""
 
 
+def _shared_pid_ns(c: CreateArgs, images: str) -> str:
+    """A restore into the pod's shared pid namespace (the bundle's spec names one by path): its pids checked free
+    there and the namespace's pid cursor moved above them (:mod:`nri_plugin.ckpt.pidns`). Returns an error, or ""."""
+    try:
+        with open(os.path.join(c.bundle, "config.json"), encoding="utf-8") as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as exc:
+        return f"container {c.container_id}: cannot read the bundle's config.json ({exc})"
+    ns = next((n.get("path") for n in (spec.get("linux") or {}).get("namespaces") or []
+               if n.get("type") == "pid"), None)
+    if not ns:
+        return ""
+    from pathlib import Path
+
+    from ..ckpt.pidns import PidNsError, prepare
+    try:
+        prepare(Path(images), ns, f"container {c.container_id}")
+    except PidNsError as exc:
+        return str(exc)
+    return ""
+
+
 def main(argv: Sequence[str]) -> int:
     """``runc_restore.py --criu PATH/criu -- RUNC ARGS...`` (from the route's wrapper). Returns runc's status."""
     args = list(argv[1:])
@@ -171,6 +193,9 @@ def main(argv: Sequence[str]) -> int:
         if not os.path.isdir(ticket.images):
             return _fail(c, f"container {c.container_id}: the staged images {ticket.images} of checkpoint "
                             f"{ticket.checkpoint!r} are gone; recreate the container")
+        problem = _shared_pid_ns(c, ticket.images)
+        if problem:
+            return _fail(c, f"restore from checkpoint {ticket.checkpoint!r} refused: {problem}")
         r = subprocess.run(restore_argv(runc, c, ticket.images, ticket.work), check=False)
         if r.returncode == 0:
             mark = os.path.join(c.root, c.container_id, RESTORED_MARK)

@@ -1,0 +1,164 @@
+"""A restore into an existing pid namespace (a pod's shared one: CRI ``pid: POD``, Kubernetes'
+``shareProcessNamespace``): make the checkpoint's pids safe to take there.
+
+CRIU restores every task and thread with ``clone3(set_tid)`` at its old pid, so each must be free in the target
+namespace. CRIU enters that namespace with ``setns`` in its own main process (``fork_with_pid`` in
+``criu/cr-restore.c``) and never leaves it, so every helper it forks afterwards (action scripts, ``tar`` for tmpfs,
+iptables, sysctl workers) is born in the pod's namespace too, at the kernel's next *cyclic* pid there. In a new pod
+that cursor sits just above the pause process (pid 1), where the old container's pids are: a helper alive while a
+task of the image is forked at the same pid fails the restore (``Can't fork for 7: File exists``, about 1 run in 4
+here). So before the restore: the image's pids are checked free in the namespace (another container of the pod may
+hold them: then the restore cannot work and the error names the holder), and the namespace's ``ns_last_pid`` is set
+to the highest of them, so every pid the kernel hands out there from now on (CRIU's helpers included) lies above the
+image's.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+from ..errors import GpucrError
+
+__all__ = ["PidNsError", "image_pids", "prepare", "taken_pids"]
+
+PSTREE = "pstree.img"
+_IMG_COMMON_MAGIC, _PSTREE_MAGIC = 0x54564319, 0x50273030
+
+
+class PidNsError(GpucrError):
+    """The checkpoint cannot be restored into this pid namespace (pids taken, image unreadable)."""
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        if i >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[i]
+        out |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return out, i
+        shift += 7
+
+
+def _entry(buf: bytes) -> tuple[set[int], set[int]]:
+    """One ``pstree_entry`` (images/pstree.proto): (pid and threads, pgid and sid)."""
+    own: set[int] = set()
+    group: set[int] = set()
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            v, i = _varint(buf, i)
+            (own if field in (1, 5) else group if field in (3, 4) else set()).add(v)
+        elif wire == 2:  # threads, packed
+            n, i = _varint(buf, i)
+            end = i + n
+            while i < end:
+                v, i = _varint(buf, i)
+                if field == 5:
+                    own.add(v)
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+    return own, group
+
+
+def image_pids(images: Path) -> tuple[set[int], set[int]]:
+    """The pids the restore takes: (every task's pid and thread ids, the pgids and sids it names).
+
+    Raises:
+        PidNsError: ``pstree.img`` is missing or not a CRIU pstree image.
+    """
+    path = images / PSTREE
+    try:
+        data = path.read_bytes()
+        if len(data) < 8 or struct.unpack_from("<II", data) != (_IMG_COMMON_MAGIC, _PSTREE_MAGIC):
+            raise ValueError("no pstree magic")
+        own: set[int] = set()
+        group: set[int] = set()
+        i = 8
+        while i < len(data):
+            (n,) = struct.unpack_from("<I", data, i)
+            o, g = _entry(data[i + 4:i + 4 + n])
+            own |= o
+            group |= g
+            i += 4 + n
+    except (OSError, ValueError, struct.error) as exc:
+        raise PidNsError(f"cannot read the process tree of the checkpoint ({path}: {exc}): the checkpoint is "
+                         "corrupt") from exc
+    own.discard(0)
+    group.discard(0)
+    return own, group
+
+
+def _nspid_last(status: str) -> int | None:
+    for ln in status.splitlines():
+        if ln.startswith("NSpid:"):
+            return int(ln.split()[-1])
+    return None
+
+
+def taken_pids(ns_ino: int) -> dict[int, str]:
+    """The pids (threads included) in use in the pid namespace with inode ``ns_ino``: pid there -> comm."""
+    out: dict[int, str] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}/ns/pid").st_ino != ns_ino:
+                continue
+            for tid in os.listdir(f"/proc/{name}/task"):
+                st = Path(f"/proc/{name}/task/{tid}/status").read_text()
+                v = _nspid_last(st)
+                if v is not None:
+                    out[v] = next((ln.split(None, 1)[1].strip() for ln in st.splitlines()
+                                   if ln.startswith("Name:")), "?")
+        except OSError:
+            continue  # gone meanwhile
+    return out
+
+
+def _set_last_pid(ns_path: str, last: int) -> None:
+    """``ns_last_pid`` of the namespace at ``ns_path`` := ``last``. The sysctl acts on the writer's own pid
+    namespace, so the writer must be born there: nsenter forks into it (util-linux, as CRIU's own helper does)."""
+    try:
+        r = subprocess.run(["nsenter", f"--pid={ns_path}", "--", "/bin/sh", "-c",
+                            'echo "$0" > /proc/sys/kernel/ns_last_pid', str(last)],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PidNsError(f"cannot move the pid cursor of the pod's pid namespace: {exc}") from exc
+    if r.returncode != 0:
+        raise PidNsError(f"cannot move the pid cursor of the pod's pid namespace: {r.stderr.strip()}")
+
+
+def prepare(images: Path, ns_path: str, what: str) -> int:
+    """Make the restore of ``images`` into the pid namespace at ``ns_path`` safe: its pids free there (else
+    PidNsError naming the first taken one and its holder), and the namespace's next cyclic pid above all of them.
+    Returns the pid the cursor was set to. ``what`` names the container in errors."""
+    own, group = image_pids(images)
+    if not own:
+        raise PidNsError(f"{what}: the checkpoint's process tree is empty: the checkpoint is corrupt")
+    try:
+        fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PidNsError(f"{what}: cannot open the pod's pid namespace {ns_path} ({exc.strerror}): is the pod "
+                         "sandbox running?") from exc
+    try:
+        taken = taken_pids(os.fstat(fd).st_ino)
+        clash = sorted(p for p in own if p in taken)
+        if clash:
+            raise PidNsError(
+                f"{what}: the checkpoint's pid(s) {clash} are taken in the pod's shared PID namespace "
+                f"({', '.join(f'{p} by {taken[p]}' for p in clash[:5])}); a restore into a shared PID namespace "
+                "needs the old pids free: restore into a pod whose other containers do not hold them (e.g. "
+                "restore this container first), or give it its own PID namespace")
+        last = max(own | group)
+        _set_last_pid(f"/proc/{os.getpid()}/fd/{fd}", last)
+        return last
+    finally:
+        os.close(fd)
