@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import GpucrError
 
-__all__ = ["PidNsError", "image_pids", "prepare", "taken_pids"]
+__all__ = ["PSTREE", "PidNsError", "check_free", "image_pids", "prepare", "pstree_pids", "taken_pids"]
 
 PSTREE = "pstree.img"
 _IMG_COMMON_MAGIC, _PSTREE_MAGIC = 0x54564319, 0x50273030
@@ -68,19 +68,18 @@ def _entry(buf: bytes) -> tuple[set[int], set[int]]:
     return own, group
 
 
-def image_pids(images: Path) -> tuple[set[int], set[int]]:
-    """The pids the restore takes: (every task's pid and thread ids, the pgids and sids it names).
+def pstree_pids(data: bytes, where: str) -> tuple[set[int], set[int]]:
+    """The pids a restore of this ``pstree.img`` content takes: (every task's pid and thread ids, the pgids and
+    sids it names).
 
     Raises:
-        PidNsError: ``pstree.img`` is missing or not a CRIU pstree image.
+        PidNsError: not a CRIU pstree image.
     """
-    path = images / PSTREE
+    own: set[int] = set()
+    group: set[int] = set()
     try:
-        data = path.read_bytes()
         if len(data) < 8 or struct.unpack_from("<II", data) != (_IMG_COMMON_MAGIC, _PSTREE_MAGIC):
             raise ValueError("no pstree magic")
-        own: set[int] = set()
-        group: set[int] = set()
         i = 8
         while i < len(data):
             (n,) = struct.unpack_from("<I", data, i)
@@ -88,12 +87,24 @@ def image_pids(images: Path) -> tuple[set[int], set[int]]:
             own |= o
             group |= g
             i += 4 + n
-    except (OSError, ValueError, struct.error) as exc:
-        raise PidNsError(f"cannot read the process tree of the checkpoint ({path}: {exc}): the checkpoint is "
+    except (ValueError, struct.error) as exc:
+        raise PidNsError(f"cannot read the process tree of the checkpoint ({where}: {exc}): the checkpoint is "
                          "corrupt") from exc
     own.discard(0)
     group.discard(0)
+    if not own:
+        raise PidNsError(f"the process tree of the checkpoint ({where}) is empty: the checkpoint is corrupt")
     return own, group
+
+
+def image_pids(images: Path) -> tuple[set[int], set[int]]:
+    """:func:`pstree_pids` of CRIU's images dir ``images``. Raises PidNsError (unreadable, not a pstree image)."""
+    path = images / PSTREE
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PidNsError(f"cannot read the process tree of the checkpoint ({path}: {exc.strerror})") from exc
+    return pstree_pids(data, str(path))
 
 
 def _nspid_last(status: str) -> int | None:
@@ -136,27 +147,43 @@ def _set_last_pid(ns_path: str, last: int) -> None:
         raise PidNsError(f"cannot move the pid cursor of the pod's pid namespace: {r.stderr.strip()}")
 
 
-def prepare(images: Path, ns_path: str, what: str) -> int:
-    """Make the restore of ``images`` into the pid namespace at ``ns_path`` safe: its pids free there (else
-    PidNsError naming the first taken one and its holder), and the namespace's next cyclic pid above all of them.
-    Returns the pid the cursor was set to. ``what`` names the container in errors."""
-    own, group = image_pids(images)
-    if not own:
-        raise PidNsError(f"{what}: the checkpoint's process tree is empty: the checkpoint is corrupt")
+def _open_ns(ns_path: str, what: str) -> int:
     try:
-        fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise PidNsError(f"{what}: cannot open the pod's pid namespace {ns_path} ({exc.strerror}): is the pod "
                          "sandbox running?") from exc
+
+
+def _check_free(fd: int, own: set[int], what: str) -> None:
+    taken = taken_pids(os.fstat(fd).st_ino)
+    clash = sorted(p for p in own if p in taken)
+    if clash:
+        raise PidNsError(
+            f"{what}: the checkpoint's pid(s) {clash[:10]} are taken in the pod's shared PID namespace "
+            f"({', '.join(f'{p} by {taken[p]}' for p in clash[:5])}), and CRIU restores every process at its old pid; "
+            "restore it into a pod where no other process holds them (e.g. create this container before the pod's "
+            "other containers), or give the container its own PID namespace (the Kubernetes default)")
+
+
+def check_free(ns_path: str, own: set[int], what: str) -> None:
+    """Refuse (PidNsError naming the pids and their holders) when a pid of ``own`` is taken in the pid namespace at
+    ``ns_path``."""
+    fd = _open_ns(ns_path, what)
     try:
-        taken = taken_pids(os.fstat(fd).st_ino)
-        clash = sorted(p for p in own if p in taken)
-        if clash:
-            raise PidNsError(
-                f"{what}: the checkpoint's pid(s) {clash} are taken in the pod's shared PID namespace "
-                f"({', '.join(f'{p} by {taken[p]}' for p in clash[:5])}); a restore into a shared PID namespace "
-                "needs the old pids free: restore into a pod whose other containers do not hold them (e.g. "
-                "restore this container first), or give it its own PID namespace")
+        _check_free(fd, own, what)
+    finally:
+        os.close(fd)
+
+
+def prepare(images: Path, ns_path: str, what: str) -> int:
+    """Make the restore of ``images`` into the pid namespace at ``ns_path`` as safe as it can be: its pids free there
+    (else PidNsError naming the first taken ones and their holders), and the namespace's next cyclic pid above all of
+    them. Returns the pid the cursor was set to. ``what`` names the container in errors."""
+    own, group = image_pids(images)
+    fd = _open_ns(ns_path, what)
+    try:
+        _check_free(fd, own, what)
         last = max(own | group)
         _set_last_pid(f"/proc/{os.getpid()}/fd/{fd}", last)
         return last

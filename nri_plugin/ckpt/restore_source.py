@@ -24,8 +24,8 @@ from ..errors import GpucrError
 from . import marker as _marker
 from .layout import IMAGES, METADATA, CheckpointDir, LayoutError, Metadata, check_owner
 
-__all__ = ["ARCHIVE", "STAGING", "RestoreSource", "RestoreSourceError", "acquire_lock", "open_source",
-           "release_lock", "resolve", "stage", "unstage"]
+__all__ = ["ARCHIVE", "STAGING", "RestoreSource", "RestoreSourceError", "acquire_lock", "archive_member",
+           "open_source", "release_lock", "resolve", "stage", "unstage"]
 
 ARCHIVE = "checkpoint.tar"
 #: the staging area under the checkpoint root (a NAME cannot start with '.', so it never names a checkpoint)
@@ -84,7 +84,8 @@ def resolve(root: Path, name: str) -> Path:
     return real
 
 
-def _archive_member(archive: Path, member: str) -> bytes | None:
+def archive_member(archive: Path, member: str) -> bytes | None:
+    """One regular file of a tar archive, or None when it has no such member."""
     with tarfile.open(archive) as t:
         try:
             f = t.extractfile(member)
@@ -121,8 +122,8 @@ def open_source(root: Path, name: str, *, verify_sha256: bool = True) -> Restore
         raise RestoreSourceError(f"checkpoint {name!r} refused before the restore: {exc}") from exc
     if ARCHIVE in meta.manifest:
         kind = "cri-archive"
-        raw = _archive_member(path / ARCHIVE, f"checkpoint/{_marker.MARKER}")
-        has_desc = _archive_member(path / ARCHIVE, f"checkpoint/{_DESCRIPTORS}") is not None
+        raw = archive_member(path / ARCHIVE, f"checkpoint/{_marker.MARKER}")
+        has_desc = archive_member(path / ARCHIVE, f"checkpoint/{_DESCRIPTORS}") is not None
     elif f"{IMAGES}/{_DESCRIPTORS}" in meta.manifest:
         kind = "images"
         mk = path / IMAGES / _marker.MARKER

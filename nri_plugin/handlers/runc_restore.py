@@ -193,7 +193,7 @@ def main(argv: Sequence[str]) -> int:
         if not os.path.isdir(ticket.images):
             return _fail(c, f"container {c.container_id}: the staged images {ticket.images} of checkpoint "
                             f"{ticket.checkpoint!r} are gone; recreate the container")
-        problem = _shared_pid_ns(c, ticket.images)
+        problem = "" if os.environ.get("GPUCR_AB_NOFIX") else _shared_pid_ns(c, ticket.images)
         if problem:
             return _fail(c, f"restore from checkpoint {ticket.checkpoint!r} refused: {problem}")
         r = subprocess.run(restore_argv(runc, c, ticket.images, ticket.work), check=False)
