@@ -1,16 +1,14 @@
 """A restore into an existing pid namespace (a pod's shared one: CRI ``pid: POD``, Kubernetes'
-``shareProcessNamespace``): make the checkpoint's pids safe to take there.
+``shareProcessNamespace``): the checkpoint's pids must be free there, and stay free during the restore.
 
 CRIU restores every task and thread with ``clone3(set_tid)`` at its old pid, so each must be free in the target
-namespace. CRIU enters that namespace with ``setns`` in its own main process (``fork_with_pid`` in
-``criu/cr-restore.c``) and never leaves it, so every helper it forks afterwards (action scripts, ``tar`` for tmpfs,
-iptables, sysctl workers) is born in the pod's namespace too, at the kernel's next *cyclic* pid there. In a new pod
-that cursor sits just above the pause process (pid 1), where the old container's pids are: a helper alive while a
-task of the image is forked at the same pid fails the restore (``Can't fork for 7: File exists``, about 1 run in 4
-here). So before the restore: the image's pids are checked free in the namespace (another container of the pod may
-hold them: then the restore cannot work and the error names the holder), and the namespace's ``ns_last_pid`` is set
-to the highest of them, so every pid the kernel hands out there from now on (CRIU's helpers included) lies above the
-image's.
+namespace; a pid held by another process of the pod (its pause, a container started before) fails the restore with
+``Can't fork for N: File exists`` (measured: docs/design.md, "Limits measured"). :func:`check_free` refuses that
+case before anything starts, naming the pids and their holders. :func:`prepare` checks again at the start and moves
+the namespace's ``ns_last_pid`` to the highest pid of the image: CRIU enters the namespace with ``setns`` in its own
+main process (``fork_with_pid`` in ``criu/cr-restore.c``) and never leaves it, so every helper it forks afterwards
+(action scripts, ``tar`` for tmpfs, iptables, sysctl workers) is born there at the kernel's next *cyclic* pid, which
+in a new pod sits among the old container's pids; above them it cannot take one.
 """
 
 from __future__ import annotations
@@ -123,14 +121,17 @@ def taken_pids(ns_ino: int) -> dict[int, str]:
         try:
             if os.stat(f"/proc/{name}/ns/pid").st_ino != ns_ino:
                 continue
-            for tid in os.listdir(f"/proc/{name}/task"):
-                st = Path(f"/proc/{name}/task/{tid}/status").read_text()
-                v = _nspid_last(st)
-                if v is not None:
-                    out[v] = next((ln.split(None, 1)[1].strip() for ln in st.splitlines()
-                                   if ln.startswith("Name:")), "?")
+            tids = os.listdir(f"/proc/{name}/task")
         except OSError:
-            continue  # gone meanwhile
+            continue  # gone meanwhile, or not ours to see
+        for tid in tids:
+            try:
+                st = Path(f"/proc/{name}/task/{tid}/status").read_text()
+            except OSError:
+                continue  # a thread that ended meanwhile
+            v = _nspid_last(st)
+            if v is not None:
+                out[v] = next((ln.split(None, 1)[1].strip() for ln in st.splitlines() if ln.startswith("Name:")), "?")
     return out
 
 
