@@ -14,6 +14,7 @@ in a new pod sits among the old container's pids; above them it cannot take one.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -24,6 +25,8 @@ __all__ = ["PSTREE", "PidNsError", "check_free", "image_pids", "prepare", "pstre
 
 PSTREE = "pstree.img"
 _IMG_COMMON_MAGIC, _PSTREE_MAGIC = 0x54564319, 0x50273030
+#: where nsenter is taken from (root runs it: never from the caller's PATH)
+_SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class PidNsError(GpucrError):
@@ -137,9 +140,14 @@ def taken_pids(ns_ino: int) -> dict[int, str]:
 
 def _set_last_pid(ns_path: str, last: int) -> None:
     """``ns_last_pid`` of the namespace at ``ns_path`` := ``last``. The sysctl acts on the writer's own pid
-    namespace, so the writer must be born there: nsenter forks into it (util-linux, as CRIU's own helper does)."""
+    namespace, so the writer must be born there: nsenter (util-linux) forks into it, as CRIU's own ``set_next_pid``
+    helper does where there is no clone3."""
+    nsenter = shutil.which("nsenter", path=_SYSTEM_PATH)
+    if nsenter is None:
+        raise PidNsError(f"cannot move the pid cursor of the pod's pid namespace: no nsenter in {_SYSTEM_PATH} "
+                         "(install util-linux)")
     try:
-        r = subprocess.run(["nsenter", f"--pid={ns_path}", "--", "/bin/sh", "-c",
+        r = subprocess.run([nsenter, f"--pid={ns_path}", "--", "/bin/sh", "-c",
                             'echo "$0" > /proc/sys/kernel/ns_last_pid', str(last)],
                            capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
