@@ -122,20 +122,8 @@ def _shared_pid_pod(ctrd: Containerd) -> Iterator[tuple[Any, str, Any]]:
     cfg = pod_config(f"p-{uuid.uuid4().hex[:8]}", cgroup_parent=ctrd.cgroup_parent,
                      annotations={"gpucr.io/checkpoint": "enabled"})
     cfg.linux.security_context.namespace_options.pid = pb.POD
-    with ctrd.cri() as c:
-        pod_id = c.run_pod_sandbox(cfg)
-        try:
-            yield c, pod_id, cfg
-        finally:
-            for ct in c.list_containers(pod_id):
-                with contextlib.suppress(Exception):
-                    c.stop_container(ct.id, 0)
-                with contextlib.suppress(Exception):
-                    c.remove_container(ct.id)
-            with contextlib.suppress(Exception):
-                c.stop_pod_sandbox(pod_id)
-            with contextlib.suppress(Exception):
-                c.remove_pod_sandbox(pod_id)
+    with ctrd.pod_of(cfg) as pod:
+        yield pod
 
 
 def _nspid(pid: int) -> list[int]:
