@@ -394,7 +394,7 @@ class Engine:
                 extra: dict[str, Any] = {}
                 if meta.get("container"):
                     from .container import restore_options
-                    extra = stack.enter_context(restore_options(meta["container"]))
+                    extra = stack.enter_context(restore_options(meta["container"], criu_dir))
                 opts = self._make_restore_options(req, criu_dir, extra)
                 res = self.criu.restore(opts)
         except Exception as exc:

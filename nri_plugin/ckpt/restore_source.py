@@ -5,8 +5,9 @@ plugin at CreateContainer; the digests of the manifest and the staging run in gp
 (docs/design.md: containerd waits 2 s for an NRI plugin by default).
 
 What can be named: a gpucr checkpoint directory (its ``gpucr.json`` with a manifest is what makes it gpucr's) that
-holds a runtime's checkpoint, i.e. ``images/`` with runc's ``descriptors.json`` (containerd's task API, as
-``ctr t checkpoint --image-path`` and ``gpucr checkpoint --via-runtime`` on 1.7 write it) or ``checkpoint.tar`` (CRI
+holds a container checkpoint runc can restore, i.e. ``images/`` with runc's ``descriptors.json`` (containerd's task
+API, as ``ctr t checkpoint --image-path`` and ``gpucr checkpoint --via-runtime`` on 1.7 write it; and a direct
+``gpucr checkpoint CONTAINER``, which dumps the container as runc does: :mod:`.container`) or ``checkpoint.tar`` (CRI
 CheckpointContainer, as the kubelet and ``gpucr checkpoint --via-runtime`` on 2.x write it). Staging never writes into
 the checkpoint: runc and CRIU get a private copy of the images dir (hard links, or the archive's ``checkpoint/``
 extracted) beside the checkpoints, in ``ROOT/.restore/<container id>/``.
@@ -26,8 +27,8 @@ from ..errors import GpucrError
 from . import marker as _marker
 from .layout import IMAGES, METADATA, CheckpointDir, LayoutError, Metadata, check_owner
 
-__all__ = ["ARCHIVE", "STAGING", "RestoreSource", "RestoreSourceError", "Staged", "acquire_lock", "open_source",
-           "release_lock", "resolve", "stage", "unstage"]
+__all__ = ["ARCHIVE", "STAGING", "RestoreSource", "RestoreSourceError", "Staged", "acquire_lock", "archive_member",
+           "open_source", "release_lock", "resolve", "stage", "unstage"]
 
 ARCHIVE = "checkpoint.tar"
 #: the staging area under the checkpoint root (a NAME cannot start with '.', so it never names a checkpoint)
@@ -86,7 +87,8 @@ def resolve(root: Path, name: str) -> Path:
     return real
 
 
-def _archive_member(archive: Path, member: str) -> bytes | None:
+def archive_member(archive: Path, member: str) -> bytes | None:
+    """One regular file of a tar archive, or None when it has no such member."""
     with tarfile.open(archive) as t:
         try:
             f = t.extractfile(member)
@@ -107,8 +109,8 @@ def open_source(root: Path, name: str, *, verify_sha256: bool = True) -> Restore
     if not (path / METADATA).is_file():
         raise RestoreSourceError(
             f"checkpoint {name!r} ({path}) has no gpucr metadata ({METADATA}): it was not made or sealed by gpucr, so "
-            "it cannot be checked before the restore; make it with `gpucr checkpoint CONTAINER --via-runtime --to "
-            f"{path}`")
+            "it cannot be checked before the restore; make it with `gpucr checkpoint CONTAINER --to "
+            f"{path}` (or seal a runtime's checkpoint there with `gpucr seal {path}`)")
     try:
         if (path / IMAGES).exists():
             _, meta = CheckpointDir.open(path, root=root, verify=verify_sha256)
@@ -124,18 +126,24 @@ def open_source(root: Path, name: str, *, verify_sha256: bool = True) -> Restore
         raise RestoreSourceError(f"checkpoint {name!r} refused before the restore: {exc}") from exc
     if ARCHIVE in meta.manifest:
         kind = "cri-archive"
-        raw = _archive_member(path / ARCHIVE, f"checkpoint/{_marker.MARKER}")
-        has_desc = _archive_member(path / ARCHIVE, f"checkpoint/{_DESCRIPTORS}") is not None
+        raw = archive_member(path / ARCHIVE, f"checkpoint/{_marker.MARKER}")
+        has_desc = archive_member(path / ARCHIVE, f"checkpoint/{_DESCRIPTORS}") is not None
     elif f"{IMAGES}/{_DESCRIPTORS}" in meta.manifest:
         kind = "images"
         mk = path / IMAGES / _marker.MARKER
         raw = mk.read_bytes() if f"{IMAGES}/{_marker.MARKER}" in meta.manifest else None
         has_desc = True
+    elif meta.extra.get("container"):
+        raise RestoreSourceError(
+            f"checkpoint {name!r} ({path}) is a direct checkpoint of container "
+            f"{meta.container_id or meta.extra['container'].get('id', '?')} made by a gpucr that wrote no runc "
+            f"{_DESCRIPTORS}: restore it with `gpucr restore {path}`, or checkpoint the container again with this "
+            "gpucr (`gpucr checkpoint CONTAINER --to ROOT/NAME`)")
     else:
         raise RestoreSourceError(
-            f"checkpoint {name!r} ({path}) holds no runtime checkpoint (neither {ARCHIVE} nor {IMAGES}/{_DESCRIPTORS}"
-            "): a direct `gpucr checkpoint` of processes is restored with `gpucr restore`, not into a container; "
-            "checkpoint the container with `gpucr checkpoint CONTAINER --via-runtime`")
+            f"checkpoint {name!r} ({path}) holds no container checkpoint (neither {ARCHIVE} nor {IMAGES}/"
+            f"{_DESCRIPTORS}): a `gpucr checkpoint --pid` of processes is restored with `gpucr restore`, not into a "
+            "container; checkpoint the container itself with `gpucr checkpoint CONTAINER --to ROOT/NAME`")
     if not has_desc:
         raise RestoreSourceError(f"checkpoint {name!r}: {ARCHIVE} holds no checkpoint/{_DESCRIPTORS}; it is not a "
                                  "container checkpoint runc can restore")

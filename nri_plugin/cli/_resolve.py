@@ -57,6 +57,7 @@ class Resolved:
     name: str
     namespace: str          # "k8s.io" for CRI containers
     via_cri: bool
+    pod_sandbox: str = ""   # CRI: the id of the container's pod sandbox
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class _Candidate:
     via_cri: bool
     pid: int = 0            # task API: known from List; CRI: asked with ContainerStatus once chosen
     state: str = ""
+    pod_sandbox: str = ""
 
 
 def _cri_candidates(address: str, timeout_s: float) -> list[_Candidate] | None:
@@ -76,7 +78,8 @@ def _cri_candidates(address: str, timeout_s: float) -> list[_Candidate] | None:
 
     try:
         with CriClient(address, timeout_s=timeout_s) as c:
-            return [_Candidate(ct.id, ct.metadata.name, "k8s.io", True, state=state_name(ct.state))
+            return [_Candidate(ct.id, ct.metadata.name, "k8s.io", True, state=state_name(ct.state),
+                               pod_sandbox=ct.pod_sandbox_id)
                     for ct in c.list_containers()]
     except CriError as exc:
         if exc.code == grpc.StatusCode.UNIMPLEMENTED:
@@ -168,4 +171,4 @@ def resolve_container(ref: str, address: str, namespace: str | None = None, *, t
         raise ContainerRefError(f"container {c.id} ({c.name}) has no running process (pid {pid}): start it first")
     _check_pid(pid, c)
     log.info("container %r is %s (%s, namespace %s), pid %d", ref, c.id, c.name, c.namespace, pid)
-    return Resolved(c.id, pid, c.name, c.namespace, c.via_cri)
+    return Resolved(c.id, pid, c.name, c.namespace, c.via_cri, c.pod_sandbox)

@@ -193,7 +193,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     from ..ckpt.engine import CheckpointRequest
 
     cfg = node_config(args.config)
-    container_id, pid, use_cgroup = "", args.pid, False
+    container_id, pid, use_cgroup, managed = "", args.pid, False, False
     criu_options: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     if args.via_runtime and args.container is None:
@@ -213,11 +213,13 @@ def run_checkpoint(args: argparse.Namespace) -> int:
             with held(cfg.state_dir, found.id, f"container {found.id} (pid {found.pid})"):
                 return _via_runtime.run(args, cfg, found)
         use_cgroup = True
-        # like runc: bind mounts (and cgroup binds) are external to CRIU, keyed by their mountpoint, and a pod's
-        # shared pid namespace is external; what a restore needs is recorded in the metadata
-        desc = container.describe(pid, container_id)
+        # like runc's own checkpoint: bind mounts (and cgroup binds) are external to CRIU, keyed by their mountpoint,
+        # the pod's pid and net namespaces are external, and the images get runc's descriptors.json (ckpt.container):
+        # `gpucr restore` and a new container's `gpucr.io/restore-from` both take it; what they need is in the metadata
+        desc = container.describe(pid, container_id, found.pod_sandbox)
         criu_options.update(container.dump_options(desc))
-        extra["container"] = desc
+        extra.update(container=desc, kind=container.KIND, mounts=_cri_volumes(args.address, found))
+        managed = (cfg.state_dir / "containers" / f"{container_id}.json").exists()
     _refuse_own_tree(pid)
     lock_timeout_ms = args.lock_timeout_ms if args.lock_timeout_ms is not None else cfg.lock_timeout_ms
     log.info("checkpoint of pid %d%s to %s (lock timeout %d ms, leave-running %s)", pid,
@@ -236,7 +238,11 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         else nullcontext()
     try:
         with one_at_a_time, guard.active(steps_factory(args.libcuda, cfg)):
-            summary = _engine(args, cfg, progress, guard.on_phase).checkpoint(CheckpointRequest(
+            engine = _engine(args, cfg, progress, guard.on_phase)
+            if container_id:
+                from ..ckpt.container import ContainerStore
+                engine.store = ContainerStore(engine.store, extra["container"], managed=managed)
+            summary = engine.checkpoint(CheckpointRequest(
                 images_dir=args.to, pid=pid, leave_running=args.leave_running, force=args.force,
                 container_id=container_id, use_cgroup=use_cgroup, lock_timeout_ms=lock_timeout_ms,
                 criu_options=criu_options, extra_metadata=extra))
@@ -249,6 +255,20 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     log.info("checkpoint of pid %d done: %s", pid, summary.timings_s)
     _print(summary, args.json)
     return 0
+
+
+def _cri_volumes(address: str, found: Any) -> dict[str, str]:
+    """A CRI container's volumes (container path -> host path), which a restore into a new container checks it
+    mounts; none for a container outside CRI."""
+    if not found.via_cri:
+        return {}
+    from ..cri import CriClient, CriError
+    try:
+        with CriClient(address, timeout_s=10) as c:
+            status, _ = c.container_status(found.id)
+        return {m.container_path: m.host_path for m in status.mounts}
+    except CriError as exc:
+        raise GpucrError(f"container {found.id}: cannot ask CRI at {address} for its volumes: {exc}") from exc
 
 
 def parse_gpu_map(text: str) -> dict[str, str]:

@@ -54,7 +54,8 @@ def container_view(pod: pb.PodSandbox, ctr: pb.Container) -> ContainerView:
         pod_annotations=dict(pod.annotations), annotations=dict(ctr.annotations), env=list(ctr.env),
         devices=[d.path for d in ctr.linux.devices],
         cdi_devices=[d.name for d in getattr(ctr, "CDI_devices", [])],
-        mounts=[MountView(m.destination, m.type, m.source, tuple(m.options)) for m in ctr.mounts])
+        mounts=[MountView(m.destination, m.type, m.source, tuple(m.options)) for m in ctr.mounts],
+        pid_ns=next((n.path for n in ctr.linux.namespaces if n.type == "pid"), ""))
 
 
 class PolicyPlugin:

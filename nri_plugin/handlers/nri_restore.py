@@ -24,8 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..ckpt import marker
+from ..ckpt.layout import IMAGES
 from ..ckpt.restore_source import (
-    STAGING, RestoreSourceError, acquire_lock, open_source, release_lock, unstage,
+    ARCHIVE, STAGING, RestoreSource, RestoreSourceError, acquire_lock, archive_member, open_source, release_lock,
+    unstage,
 )
 from ..policy import ContainerView, Decision, NodeConfig
 from ..policy.restore import RestorePlan, assigned_gpus, plan_restore
@@ -136,6 +138,28 @@ def _node_gpus() -> tuple[dict[str, str], str]:
         return {}, ""
 
 
+def _check_shared_pid_ns(ns_path: str, src: RestoreSource, what: str) -> None:
+    """A container joining its pod's shared pid namespace: refused now when a pid the restore needs is already taken
+    there (by the sandbox or another container: nothing frees it before the start). The runc wrapper checks again
+    at the start, and moves the namespace's pid cursor (:func:`nri_plugin.ckpt.pidns.prepare`)."""
+    from ..ckpt.pidns import PSTREE, PidNsError, check_free, pstree_pids
+    try:
+        if src.kind == "cri-archive":
+            data = archive_member(src.path / ARCHIVE, f"checkpoint/{PSTREE}")
+            where = f"{src.path / ARCHIVE}:checkpoint/{PSTREE}"
+        else:
+            where = str(src.path / IMAGES / PSTREE)
+            data = Path(where).read_bytes()
+        if data is None:
+            raise RestoreSourceError(f"{what}: the checkpoint holds no {PSTREE}: it is not a CRIU checkpoint")
+        own, _ = pstree_pids(data, where)
+        check_free(ns_path, own, what)
+    except PidNsError as exc:
+        raise RestoreSourceError(str(exc)) from exc
+    except OSError as exc:
+        raise RestoreSourceError(f"{what}: cannot read the checkpoint's process tree: {exc}") from exc
+
+
 def prepare(view: ContainerView, decision: Decision, node: NodeConfig) -> RestorePlan:
     """Check and fit ``decision.policy.restore_from`` for ``view``, take its restore lock, write the ready ticket.
     Bounded work only (no digest, no copy): containerd gives this call 2 s by default.
@@ -175,6 +199,8 @@ def _prepare(view: ContainerView, decision: Decision, node: NodeConfig, name: st
                         inventory=inventory, driver_now=driver_now, driver_then=mk.driver_version if mk else "")
     if plan.problems:
         raise RestoreSourceError(f"{what}: it does not fit this container: {'; '.join(plan.problems)}")
+    if view.pid_ns:
+        _check_shared_pid_ns(view.pid_ns, src, what)
     state = node.state_dir
     _sweep_refused(state)
 

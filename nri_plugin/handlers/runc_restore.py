@@ -197,6 +197,9 @@ def _restore(runc: str, c: CreateArgs, node: Any, ticket: Any, spec: dict[str, A
             staged.rootfs_diff.unlink(missing_ok=True)
         print(f"gpucr: {what}: rootfs changes applied ({done.written} written, {done.removed} removed)",
               file=sys.stderr, flush=True)
+    problem = _shared_pid_ns(c, spec, str(staged.images))
+    if problem:
+        raise RestoreSourceError(f"{what} refused at step pid-namespace: {problem}")
     r = subprocess.run(restore_argv(runc, c, str(staged.images), str(staged.work)), check=False)
     if r.returncode == 0:
         mark = os.path.join(c.root, c.container_id, RESTORED_MARK)
@@ -206,6 +209,21 @@ def _restore(runc: str, c: CreateArgs, node: Any, ticket: Any, spec: dict[str, A
         _fail(c, f"{what} failed: runc restore exited with status {r.returncode}{_criu_errors(str(staged.work))}; "
                  f"CRIU's log: {staged.work}/restore.log (kept until the container is removed)")
     return r.returncode
+
+
+def _shared_pid_ns(c: CreateArgs, spec: dict[str, Any], images: str) -> str:
+    """A restore into the pod's shared pid namespace (the bundle's spec names one by path): its pids checked free
+    there and the namespace's pid cursor moved above them (:mod:`nri_plugin.ckpt.pidns`). Returns an error, or ""."""
+    ns = next((n.get("path") for n in (spec.get("linux") or {}).get("namespaces") or []
+               if isinstance(n, dict) and n.get("type") == "pid"), None)
+    if not ns:
+        return ""
+    from ..ckpt.pidns import PidNsError, prepare
+    try:
+        prepare(Path(images), ns, f"container {c.container_id}")
+    except PidNsError as exc:
+        return str(exc)
+    return ""
 
 
 def main(argv: Sequence[str]) -> int:

@@ -44,6 +44,8 @@ class ContainerView:
     devices: Sequence[str] = ()
     cdi_devices: Sequence[str] = ()
     mounts: Sequence[MountView] = ()
+    #: the pid namespace the container joins by path (a pod's shared one), "" when it gets its own
+    pid_ns: str = ""
 
     def describe(self) -> str:
         pod = f"{self.pod_namespace}/{self.pod_name}" if self.pod_name else self.pod_id[:12]

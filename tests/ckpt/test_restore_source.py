@@ -83,13 +83,31 @@ def test_open_refuses_unsealed_tampered_and_truncated(tmp_path: Path) -> None:
         open_source(tmp_path, "u")
 
 
-def test_open_refuses_a_direct_checkpoint(tmp_path: Path) -> None:
+def test_open_refuses_a_checkpoint_of_processes(tmp_path: Path) -> None:
     d = tmp_path / "direct"
     (d / "images").mkdir(parents=True)
     (d / "images" / "inventory.img").write_bytes(b"x")
     CheckpointDir(d).finalize(Metadata())
-    with pytest.raises(RestoreSourceError, match="restored with `gpucr restore`, not into a container"):
+    with pytest.raises(RestoreSourceError, match="a `gpucr checkpoint --pid` of processes is restored with `gpucr "
+                                                 "restore`, not into a container"):
         open_source(tmp_path, "direct")
+
+
+def test_open_takes_a_direct_container_checkpoint(tmp_path: Path) -> None:
+    """`gpucr checkpoint CONTAINER` (kind container: runc's descriptors.json and the CUDA marker in images/) is
+    named like a runtime's; one made before gpucr wrote descriptors.json is refused, naming `gpucr restore`."""
+    d = _images_ckpt(tmp_path, "direct", seal=False)
+    CheckpointDir(d).finalize(Metadata(container_id="old", extra={"kind": "container", "container": {"id": "old"},
+                                                                  "mounts": {"/data": "/old/data"}}))
+    src = open_source(tmp_path, "direct")
+    assert src.kind == "images" and src.marker is not None and src.mounts == {"/data": "/old/data"}
+    old = tmp_path / "old-direct"
+    (old / "images").mkdir(parents=True)
+    (old / "images" / "pages-1.img").write_bytes(b"x")
+    CheckpointDir(old).finalize(Metadata(container_id="c0", extra={"container": {"id": "c0"}}))
+    with pytest.raises(RestoreSourceError, match="direct checkpoint of container c0 made by a gpucr that wrote no "
+                                                 "runc descriptors.json: restore it with `gpucr restore"):
+        open_source(tmp_path, "old-direct")
 
 
 def test_lock_is_exclusive_while_the_owner_lives(tmp_path: Path) -> None:
