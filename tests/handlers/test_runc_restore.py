@@ -39,18 +39,14 @@ def test_unmappable_creates_are_refused(args: list[str], match: str) -> None:
 
 def test_shared_pid_ns_only_for_a_bundle_joining_one(tmp_path: Path) -> None:
     """A bundle with its own pid namespace needs nothing; one joining a namespace by path gets the pids checked
-    there (here: the tree's pid 1 is this namespace's init, taken); an unreadable spec is an error, not a pass."""
-    import json
-
+    there (here: the tree's pid 1 is this namespace's init, taken). (The spec is read once, by the wrapper's
+    ``_spec``, which fails the create when it is unreadable.)"""
     from nri_plugin.handlers.runc_restore import CreateArgs, _shared_pid_ns
     from tests.ckpt.test_pidns import _entry, pstree
 
     c = CreateArgs(bundle=str(tmp_path), container_id="c1")
-    assert "cannot read the bundle's config.json" in _shared_pid_ns(c, str(tmp_path))
-    spec = {"linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}}
-    Path(tmp_path, "config.json").write_text(json.dumps(spec))
-    assert _shared_pid_ns(c, str(tmp_path)) == ""
+    spec: dict = {"linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}}
+    assert _shared_pid_ns(c, spec, str(tmp_path)) == ""
     spec["linux"]["namespaces"][0]["path"] = "/proc/self/ns/pid"
-    Path(tmp_path, "config.json").write_text(json.dumps(spec))
     Path(tmp_path, "pstree.img").write_bytes(pstree(_entry(os.getpid(), 0, 1, 1, [os.getpid()])))
-    assert f"container c1: the checkpoint's pid(s) [{os.getpid()}] are taken" in _shared_pid_ns(c, str(tmp_path))
+    assert f"container c1: the checkpoint's pid(s) [{os.getpid()}] are taken" in _shared_pid_ns(c, spec, str(tmp_path))
