@@ -15,7 +15,9 @@ DIR holds ``make package``'s gpucr_*.deb and gpucr-criu_*.deb; STAGE bench/_stag
    systemd on the H200, so a unit-less daemon);
 2. ``gpucr doctor`` as found (what is missing, with the fixes), then what it says: ``gpucr setup --apply``,
    containerd restarted, gpucr's plugin started as gpucr-plugin.service's ExecStart runs it, and ``network-lock
-   nftables`` in /etc/criu/runc.conf where the node has no iptables-restore; ``gpucr doctor`` again: every check;
+   nftables`` in /etc/criu/runc.conf where the node has no iptables-restore, ``restrict_oom_score_adj = true`` in
+   containerd's config where root cannot lower oom_score_adj (both as the doctor's fix lines say); ``gpucr doctor``
+   again: every check;
 3. a CRI pod opted in with ``gpucr.io/checkpoint: enabled`` trains an MLP on the GPU holding GIB of torch.rand data
    (demo/gpu_pod.py); ``ctr c checkpoint --task`` while it trains, the container killed, ``ctr c restore``: the GPU
    data's digest equals the one taken at start (bit-identical) and the step counter goes on from the checkpoint;
@@ -218,7 +220,23 @@ class Run:
 
     def apply(self) -> None:
         self.start_containerd("as-installed")
-        self.doctor("before-setup")
+        doc = self.doctor("before-setup")
+        oom = next((c for c in doc.get("checks", []) if c["name"] == "oom_score_adj"), {})
+        if oom.get("status") == "fail":
+            # the doctor's fix, done as a user would before gpucr setup (so setup's record starts from it)
+            self.res["oom_fix"] = oom["fix"]
+            table = "io.containerd.grpc.v1.cri" if (tomllib.loads(CONFIG.read_text()).get("version", 1) == 2) \
+                else "io.containerd.cri.v1.runtime"
+            text = CONFIG.read_text()
+            header = f'[plugins."{table}"]\n'
+            if header in text:
+                text = text.replace(header, header + "    restrict_oom_score_adj = true\n", 1)
+            else:
+                text += f"\n{header}  restrict_oom_score_adj = true\n"
+            CONFIG.write_text(text)
+            self.original = text.encode()
+            self.step("oom_score_adj", True, f"`gpucr doctor` said: {oom['detail']}; fix: {oom['fix']}: done "
+                      "(containerd restarted below)")
         self.run("gpucr setup --apply", ["/usr/bin/gpucr", "setup", "--apply"], env={**os.environ, **UNIT_ENV})
         self.res["containerd_config_applied"] = CONFIG.read_text()
         self.stop_containerd()
@@ -358,7 +376,7 @@ class Run:
             self.plugin.wait(10)
         self.run("gpucr setup --revert", ["/usr/bin/gpucr", "setup", "--revert"], env={**os.environ, **UNIT_ENV})
         same = CONFIG.read_bytes() == self.original if self.original is not None else not CONFIG.exists()
-        self.step("config restored", same, f"{CONFIG} byte-identical to the package's after --revert: {same}")
+        self.step("config restored", same, f"{CONFIG} byte-identical after --revert to what it was before gpucr setup: {same}")
         self.stop_containerd()
         if getattr(self, "created_criu_conf", None) is not None:
             if self.created_criu_conf:
