@@ -290,7 +290,14 @@ class Run:
                           cgroup_parent="gpucr-package-bench", log_directory=str(data / "logs"))
         pod = cri.run_pod_sandbox(pcfg)
         self.cleanup_pod = (cri, pod)
-        cid = cri.create_container(pod, gpu_container_config(data, a.gib), pcfg)
+        ccfg = gpu_container_config(data, a.gib)
+        # seeded per process start (bench/gpu_restore.py does the same): a fresh start cannot reproduce the data, so an
+        # identical digest after the restore proves the restore
+        work = (data / "work.py").read_text()
+        assert "torch.manual_seed(1234)" in work, "bench/gpu_cr.py's workload changed: update the seed edit"
+        (data / "work.py").write_text(work.replace("torch.manual_seed(1234)",
+                                                   "torch.manual_seed(int.from_bytes(os.urandom(8), 'little'))"))
+        cid = cri.create_container(pod, ccfg, pcfg)
         cri.start_container(cid)
         deadline = time.monotonic() + 180
         while not (data / "ready").exists() or step(data) < 5:
@@ -337,17 +344,21 @@ class Run:
         rs_s = self.res["commands"][-1]["s"]
         self.cleanup_restored = True
         deadline = time.monotonic() + 120
-        while step(data) <= killed_at + 3 and time.monotonic() < deadline:
-            time.sleep(0.3)
+        while step(data) == killed_at and time.monotonic() < deadline:  # the killed run's last step, until the
+            time.sleep(0.005)                                          # restored process writes its next one
+        first = step(data)
+        while step(data) < first + 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
         after = step(data)
         same = verify(data, "after-restore") == before
         tasks = self.ctr("ctr t ls", "t", "ls").stdout
         front = FRONT_LOG.read_text(errors="replace")[mark:] if FRONT_LOG.exists() else ""
         self.res["front_log_restore"] = front[-6000:]
         losses = (data / "step").read_text().strip()
-        self.step("ctr c restore", r.returncode == 0 and after > killed_at and same,
-                  f"rc 0 in {rs_s} s after the container was killed at step {killed_at} (checkpointed at ~{s1}); "
-                  f"training continues: step {after} (last `step loss`: {losses}); GPU data bit-identical: {same}; "
+        self.step("ctr c restore", r.returncode == 0 and s0 < first <= s1 + 10 and after >= first + 20 and same,
+                  f"rc 0 in {rs_s} s; the container had been killed at step {killed_at}; the checkpoint was taken "
+                  f"between steps {s0} and {s1}: the restored process's first step is {first}, then {after} "
+                  f"(`step loss`: {losses}); GPU data (random, seeded per start) bit-identical: {same}; "
                   f"tasks: {' | '.join(tasks.split(chr(10))[1:])[:200]}")
         self.step("the installed front restored the CUDA state", "RESTORE success=True" in front
                   and "restored and unlocked 1 CUDA process(es)" in front,
