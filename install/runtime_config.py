@@ -21,6 +21,7 @@ Bad input prints one ``gpucr front: error:`` line naming the file, the handler a
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -81,9 +82,48 @@ def find_handler(text: str, path: str, runtime: str) -> Handler:
     return Handler(version, [*base, runtime], prev, doc)
 
 
+def _builtin_runc(text: str, path: str, runtime: str, wrapper: str) -> tuple[str, Handler] | None:
+    """Where CONFIG names no handler ``runc`` and no other default runtime, containerd runs its built-in one
+    (runtime_type io.containerd.runc.v2, no options): Debian's and Ubuntu's containerd packages ship such a config.
+    Then the handler is written out with the wrapper as its BinaryName (checked with tomllib to add just that)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+    base = HANDLERS.get(doc.get("version", 1))
+    cri = dig(doc, base[:-1]) if base else None
+    if runtime != "runc" or base is None or (cri is not None and not isinstance(cri, dict)) \
+            or (cri or {}).get("default_runtime_name", "runc") != "runc" or dig(doc, [*base, runtime]) is not None:
+        return None
+    version = doc["version"]
+    lines = [text if not text or text.endswith("\n") else text + "\n",
+             "\n", f"[{render_key([*base, runtime], version)}]\n", '  runtime_type = "io.containerd.runc.v2"\n',
+             "\n", f"[{render_key([*base, runtime, 'options'], version)}]\n", f"  BinaryName = {json.dumps(wrapper)}\n"]
+    out = "".join(lines)
+    expected = copy.deepcopy(doc)
+    table = expected
+    for k in base:
+        table = table.setdefault(k, {})
+    table[runtime] = {"runtime_type": "io.containerd.runc.v2", "options": {"BinaryName": wrapper}}
+    try:
+        got = tomllib.loads(out)
+    except tomllib.TOMLDecodeError as exc:
+        raise InstallError(f"{path} uses containerd's built-in runtime 'runc'; adding its table gave invalid TOML "
+                           f"({exc}); file unchanged: add [{render_key([*base, runtime], version)}] with runtime_type "
+                           '"io.containerd.runc.v2" by hand, then install again') from exc
+    if got != expected:
+        raise InstallError(f"{path}: adding runtime 'runc' would change more than that handler; file unchanged: add "
+                           f"[{render_key([*base, runtime], version)}] by hand, then install again")
+    return out, Handler(version, [*base, runtime], None, doc)
+
+
 def edit(text: str, path: str, runtime: str, wrapper: str) -> tuple[str, Handler]:
     """The config text with handler ``runtime``'s BinaryName set to ``wrapper``, checked with tomllib to differ from
-    the original in that one value only. Raises InstallError."""
+    the original in that one value only (or, for containerd's built-in runc, that handler added). Raises
+    InstallError."""
+    builtin = _builtin_runc(text, path, runtime, wrapper)
+    if builtin is not None:
+        return builtin
     h = find_handler(text, path, runtime)
     want = [*h.keys, "options"]
     fix = f"set BinaryName = {json.dumps(wrapper)} in its options by hand"
@@ -258,7 +298,9 @@ def _front_conf(path_dir: str) -> dict[str, str]:
 
 
 def chain(config: Path, runtime: str) -> dict[str, Any]:
-    h = find_handler(_read(config), str(config), runtime)
+    text = _read(config)
+    builtin = _builtin_runc(text, str(config), runtime, "/")
+    h = builtin[1] if builtin is not None else find_handler(text, str(config), runtime)  # built-in runc: no options
     binary = h.previous or "runc"
     out: dict[str, Any] = {"config": str(config), "runtime": runtime, "BinaryName": h.previous, "gpucr": False,
                            "chain": [binary]}

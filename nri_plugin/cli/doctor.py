@@ -2,8 +2,8 @@
 
 Each check reports ``ok``, ``info`` (a fact), ``warn`` (works, with a limit) or ``fail`` (a required piece is
 missing: the exit status is then 1). The checks read the node and never change it: containerd (through CRI's
-Version call) and its config, NRI, gpucr's plugin (its status file, ``STATE_DIR/plugin.json``), each runtime
-handler's route (``install/runtime_config.py status``, what ``install/front.sh status`` prints), runc, CRIU, the
+Version call) and its config, whether pod sandboxes can start (oom_score_adj), NRI, gpucr's plugin (its status file,
+``STATE_DIR/plugin.json``), each runtime handler's route (``install/runtime_config.py status``, what ``install/front.sh status`` prints), runc, CRIU, the
 network-lock tools, cgroups, the CUDA driver and GPUs, THP, the snapshotter, the checkpoint root and the node config.
 """
 
@@ -68,8 +68,9 @@ class Doctor:
         self.checks.append(Check(name, status, detail, fix, data))
 
     def run(self) -> list[Check]:
-        for step in (self.check_node_config, self.check_containerd, self.check_containerd_config, self.check_nri,
-                     self.check_nri_timeouts, self.check_plugin, self.check_routes, self.check_runc, self.check_criu, self.check_netlock,
+        for step in (self.check_node_config, self.check_containerd, self.check_containerd_config,
+                     self.check_oom_score_adj, self.check_nri, self.check_nri_timeouts, self.check_plugin,
+                     self.check_routes, self.check_runc, self.check_criu, self.check_netlock,
                      self.check_cgroups, self.check_cuda, self.check_gpus, self.check_thp, self.check_snapshotter,
                      self.check_checkpoint_root):
             step()
@@ -151,6 +152,26 @@ class Doctor:
                      f"convert it: `containerd config migrate > {p}.new` and move it in place, then restart containerd")
             return
         self.add("containerd config", "ok", f"{p} (config version {ver})", path=str(p), version=ver)
+
+    def check_oom_score_adj(self) -> None:
+        """CRI gives every pod sandbox oom_score_adj -998; where root cannot lower it (no CAP_SYS_RESOURCE: nodes in
+        containers or confined VMs, the H200 in bench/results/gpu_package.md) runc then fails every RunPodSandbox
+        with "can't get final child's PID from pipe: EOF" unless containerd clamps it (restrict_oom_score_adj)."""
+        if os.geteuid() != 0:
+            self.add("oom_score_adj", "info", "not root: cannot tell whether containerd may lower oom_score_adj")
+            return
+        ver = (self.doc or {}).get("version", 2 if self._major() < 2 else 3)
+        key = _CRI.get(ver, _CRI[2])[0]
+        if self._plugin(key).get("restrict_oom_score_adj") is True:
+            self.add("oom_score_adj", "ok", "containerd clamps pods' oom_score_adj to its own "
+                     "(restrict_oom_score_adj = true)")
+        elif can_lower_oom_score_adj():
+            self.add("oom_score_adj", "ok", "root may lower oom_score_adj (CRI's pod sandboxes get -998)")
+        else:
+            self.add("oom_score_adj", "fail", "root cannot lower oom_score_adj here (no CAP_SYS_RESOURCE): runc "
+                     "fails every pod sandbox (\"can't get final child's PID from pipe: EOF\")",
+                     f"add restrict_oom_score_adj = true to [plugins.\"{key}\"] in {self.containerd_config}, then "
+                     "restart containerd")
 
     def _plugin(self, key: str) -> dict[str, Any]:
         t = (self.doc or {}).get("plugins", {}).get(key, {})
@@ -472,6 +493,15 @@ class Doctor:
                      f"free space on {root}'s file system or set checkpoint_root elsewhere", free_bytes=free)
             return
         self.add("checkpoint root", "ok", text, free_bytes=free)
+
+
+def can_lower_oom_score_adj() -> bool:
+    """Whether this process's user may set a negative oom_score_adj (tried in a child shell, which then exits)."""
+    try:
+        return subprocess.run(["sh", "-c", "echo -998 > /proc/self/oom_score_adj"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 _MARK = {"ok": "ok", "info": "--", "warn": "!!", "fail": "XX"}

@@ -89,6 +89,19 @@ V3_NO_OPTIONS = """version = 3
   default_runtime_name = "runc"
 """
 
+#: /etc/containerd/config.toml of Debian's and Ubuntu's containerd package (trixie's 2.1.9): no runtime handler
+#: table, so containerd runs its built-in 'runc' (runtime_type io.containerd.runc.v2, no options)
+DEBIAN_PACKAGE = """version = 2
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "/var/lib/containerd/opt"
+"""
+
 
 def _runtime_config() -> Any:
     """install/runtime_config.py (a script, not a package module) for its pure edit."""
@@ -122,9 +135,30 @@ def test_edit_changes_only_binaryname(text: str, expected: str) -> None:
     assert out == expected
 
 
+def test_edit_writes_out_containerds_builtin_runc_only_where_it_is_the_default() -> None:
+    rc = _runtime_config()
+    out, h = rc.edit(DEBIAN_PACKAGE, "config.toml", "runc", "/w/bin/runc")
+    assert out == DEBIAN_PACKAGE + ('\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
+                                    '  runtime_type = "io.containerd.runc.v2"\n\n'
+                                    '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
+                                    '  BinaryName = "/w/bin/runc"\n')
+    assert h.previous is None
+    v3 = "version = 3\n[plugins.'io.containerd.cri.v1.runtime']\n  enable_cdi = true\n"
+    out, _ = rc.edit(v3, "config.toml", "runc", "/w/bin/runc")
+    assert tomllib.loads(out)["plugins"]["io.containerd.cri.v1.runtime"] == {
+        "enable_cdi": True, "containerd": {"runtimes": {"runc": {"runtime_type": "io.containerd.runc.v2",
+                                                                 "options": {"BinaryName": "/w/bin/runc"}}}}}
+    # another default runtime, or another handler name: nothing is invented, the error names the fix
+    other = DEBIAN_PACKAGE + '    [plugins."io.containerd.grpc.v1.cri".containerd]\n      default_runtime_name = "nvidia"\n'
+    for text, runtime in ((other, "runc"), (DEBIAN_PACKAGE, "kata")):
+        with pytest.raises(rc.InstallError, match=f"has no runtime handler '{runtime}'"):
+            rc.edit(text, "config.toml", runtime, "/w/bin/runc")
+
+
 @pytest.mark.parametrize("original, expect_target", [
-    (V2_NO_BINARYNAME, RUNC), (V2_RELATIVE, RUNC), (V3_BINARYNAME, "recorder"), (V3_NO_OPTIONS, RUNC)],
-    ids=["v2-no-binaryname", "v2-relative-binaryname", "v3-binaryname", "v3-no-options-table"])
+    (V2_NO_BINARYNAME, RUNC), (V2_RELATIVE, RUNC), (V3_BINARYNAME, "recorder"), (V3_NO_OPTIONS, RUNC),
+    (DEBIAN_PACKAGE, RUNC)],
+    ids=["v2-no-binaryname", "v2-relative-binaryname", "v3-binaryname", "v3-no-options-table", "debian-package"])
 def test_install_keeps_chain_and_uninstall_restores_bytes(tmp_path: Path, root_dir: Path, original: str,
                                                           expect_target: str) -> None:
     rec, _ = recorder(tmp_path)

@@ -1,7 +1,8 @@
 """The package round trip (issue 13's must-show), run by .ci/run after `make test` on CI's fresh machine, as root.
 
 1. `apt-get install ./dist/gpucr-criu_*.deb ./dist/gpucr_*.deb` (make package built them; the README's other
-   prerequisites, runc and iptables, came with `make test`'s install/deps.sh);
+   prerequisites, runc and iptables, came with `make test`'s install/deps.sh); `systemd-analyze verify` of the
+   installed unit;
 2. a containerd (argument: 1.7, the default, or 2.1) started as a user's is (a unit-less daemon with its own config,
    NRI at the version's default: off on 1.7, on in 2.x);
 3. `gpucr setup --apply --config <its config>`; containerd restarted; `apt-get remove gpucr` refused while applied;
@@ -139,6 +140,11 @@ def install_and_apply(deb: str, criu_deb: str, config: Path) -> None:
               and Path(f"/usr/lib/gpucr/site/cp3{m}/google/protobuf").is_dir() for m in (11, 12, 13)),
           "grpcio and protobuf built for CPython 3.11 (Debian 12), 3.12 (Ubuntu 24.04), 3.13 (Debian 13)")
     check("/etc/gpucr/config.toml" in sh("dpkg-query", "-W", "-f=${Conffiles}", "gpucr").stdout, "config.toml is a conffile")
+    if not shutil.which("systemd-analyze"):
+        raise Fail("systemd-analyze is missing: apt-get install systemd (no running systemd needed)")
+    r = sh("systemd-analyze", "verify", "/usr/lib/systemd/system/gpucr-plugin.service", check=False)
+    check(r.returncode == 0 and not (r.stdout + r.stderr).strip(),
+          "systemd-analyze verify finds nothing wrong in the installed gpucr-plugin.service (keys, values, ExecStart)")
     sh(GPUCR, "--version")
     sh("/usr/lib/gpucr/criu/criu", "--version")
 
