@@ -112,7 +112,8 @@ def prepare(view: ContainerView, decision: Decision, node: NodeConfig) -> Restor
         raise RestoreSourceError(f"{what}: it does not fit this container: {'; '.join(plan.problems)}")
     state = node.state_dir
     try:
-        lock = acquire_lock(state / LOCKS, src, view.id, lambda owner: ticket_path(state, owner).exists())
+        lock = acquire_lock(root.resolve() / f".{LOCKS}", src, view.id,  # in the root: nodes sharing it see it
+                            lambda owner: ticket_path(state, owner).exists())
     except RestoreSourceError as exc:
         raise RestoreSourceError(f"{what}: {exc}") from exc
     try:

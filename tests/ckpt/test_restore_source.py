@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import io
 import os
 import tarfile
@@ -134,3 +136,21 @@ def test_stage_refuses_an_archive_escaping_its_checkpoint(tmp_path: Path) -> Non
     with pytest.raises(RestoreSourceError, match="outside its checkpoint"):
         stage(open_source(tmp_path, "bad"), tmp_path, "cid")
     assert not (tmp_path / ".restore" / "cid").exists()
+
+
+def test_lock_of_another_node_sharing_the_root_is_never_taken_over(tmp_path: Path) -> None:
+    """A restore lock written by another node (a shared checkpoint root) is not judged by this node's liveness
+    check: the second restore is refused naming that node; the lock is named after the checkpoint's name, so a
+    node that mounts the root at another path finds the same lock."""
+    _images_ckpt(tmp_path, "ck")
+    s = open_source(tmp_path, "ck")
+    lock = acquire_lock(tmp_path / ".restore-locks", s, "a", lambda owner: True)
+    body = json.loads(lock.read_bytes())
+    lock.write_text(json.dumps({**body, "node": "othernode.0badc0de"}))
+    with pytest.raises(RestoreSourceError, match="by container a on node othernode.0badc0de now"):
+        acquire_lock(tmp_path / ".restore-locks", s, "b", lambda owner: False)
+    assert json.loads(lock.read_bytes())["node"] == "othernode.0badc0de"
+    (tmp_path / "elsewhere").symlink_to(tmp_path)  # the same root under another path
+    s2 = open_source(tmp_path / "elsewhere", "ck")
+    with pytest.raises(RestoreSourceError, match="on node othernode"):
+        acquire_lock(tmp_path / "elsewhere" / ".restore-locks", s2, "b", lambda owner: False)
