@@ -1,5 +1,6 @@
-"""``gpucr export NAME REF`` and ``gpucr import REF NAME``: a checkpoint under the node's ``checkpoint_root`` as an
-OCI image in containerd's content store, and back (``handlers.oci_transfer``; the format: ``ckpt.oci_image``).
+"""``gpucr export NAME REF`` and its inverse ``gpucr import REF NAME`` (one module, as ``checkpoint`` holds
+``restore``): a checkpoint under the node's ``checkpoint_root`` as an OCI image in containerd's content store, and
+back (``handlers.oci_transfer``; the format: ``ckpt.oci_image``).
 
 Moving it between nodes is containerd's: ``ctr images push``/``pull`` through a registry, or ``ctr images
 export``/``import --no-unpack`` as a file (docs/flows.md).
