@@ -112,7 +112,9 @@ def nodes(request: pytest.FixtureRequest, front_route: FrontRoute, fake: FakeCud
             if n.plugin is not None:
                 n.plugin.terminate()
                 n.plugin.wait(10)
-        for inst, unshare in started:
+        # B first: on a cgroup-v2-only host runc 1.1's restore leaves the restored tree in the checkpointed
+        # container's cgroup path (docs/design.md), i.e. under A's cgroup parent, which A's stop then removes
+        for inst, unshare in reversed(started):
             _sh("stop", version, inst, front_route, unshare)
         for m in mounted:
             subprocess.run(["umount", str(m)], check=False)
