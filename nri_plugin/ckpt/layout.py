@@ -49,7 +49,7 @@ from .durable import DIR_MODE, FILE_MODE, fsync_path, fsync_tree
 
 __all__ = [
     "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
-    "CheckpointStore", "check_disk_space", "check_owner", "staging_path",
+    "CheckpointStore", "check_disk_space", "check_owner", "leftover_pid", "own_suffix", "staging_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -307,11 +307,21 @@ def _staging_owner(path: Path) -> int | None:
     return m[1] if m else None
 
 
-def _local_leftover(path: Path) -> int | None:
-    """The pid of this node's temporary or moved-aside checkpoint ``path``; None for another node's (its pid means
-    nothing here: it is left alone) or for a name that is neither."""
-    m = _marked(path, STAGING_MARK if STAGING_MARK in path.name else ASIDE_MARK)
+def own_suffix(mark: str) -> str:
+    """``<mark><node tag>-<pid>``: the tail of a temporary name this process writes (unique on a shared root)."""
+    return f"{mark}{node_tag()}-{os.getpid()}"
+
+
+def leftover_pid(path: Path, mark: str) -> int | None:
+    """The pid in ``path``'s ``<mark><tag>-<pid>`` tail when the tag is this node's (or absent: names written before
+    tags); None for another node's name (its pid means nothing here: it is left alone) or no such tail."""
+    m = _marked(path, mark)
     return m[1] if m and tag_is_this_node(m[0]) else None
+
+
+def _local_leftover(path: Path) -> int | None:
+    """The pid of this node's temporary or moved-aside checkpoint ``path``, else None."""
+    return leftover_pid(path, STAGING_MARK if STAGING_MARK in path.name else ASIDE_MARK)
 
 
 class CheckpointDir:
@@ -533,7 +543,7 @@ class CheckpointDir:
                 check_owner(final)  # what stage() found there, still ours (--force replaces nothing else)
                 # the old checkpoint goes aside only now that the new one is complete and durable; a crash between
                 # the two renames leaves the old one whole at .NAME.gpucr-old-<pid>
-                old = final.with_name(f".{final.name}{ASIDE_MARK}{node_tag()}-{os.getpid()}")
+                old = final.with_name(f".{final.name}{own_suffix(ASIDE_MARK)}")
                 if os.path.lexists(old):
                     _remove_entry(old)
                 os.rename(final, old)

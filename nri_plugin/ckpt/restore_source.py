@@ -24,13 +24,15 @@ from ..host.nodeid import node_tag, tag_is_this_node
 from . import marker as _marker
 from .layout import IMAGES, METADATA, CheckpointDir, LayoutError, Metadata, check_owner
 
-__all__ = ["ARCHIVE", "STAGING", "RestoreSource", "RestoreSourceError", "acquire_lock", "open_source",
-           "release_lock", "resolve", "stage", "unstage"]
+__all__ = ["ARCHIVE", "LOCKS", "STAGING", "RestoreSource", "RestoreSourceError", "acquire_lock", "locks_dir",
+           "open_source", "release_lock", "resolve", "stage", "unstage"]
 
 ARCHIVE = "checkpoint.tar"
 #: the staging area under the checkpoint root (a NAME cannot start with '.', so it never names a checkpoint)
 STAGING = ".restore"
 _DESCRIPTORS = "descriptors.json"
+#: the restore locks, in the checkpoint root itself: nodes sharing the root see each other's
+LOCKS = ".restore-locks"
 
 
 class RestoreSourceError(GpucrError):
@@ -150,20 +152,27 @@ def open_source(root: Path, name: str, *, verify_sha256: bool = True) -> Restore
 
 # -- one restore at a time per checkpoint ------------------------------------------------------------------------
 
+def locks_dir(root: Path) -> Path:
+    """Where restore locks of checkpoints under ``root`` live: ``ROOT/.restore-locks`` (symlinks resolved)."""
+    return root.resolve() / LOCKS
+
+
 def acquire_lock(locks_dir: Path, source: RestoreSource, container_id: str, is_live: Any) -> Path:
-    """Take ``source``'s restore lock for ``container_id`` (a file created exclusively). ``locks_dir`` lies in the
-    checkpoint root (``ROOT/.restore-locks``), so nodes sharing the root exclude each other; the lock is named after
-    the checkpoint's name under the root (its absolute path may differ per node) and records the node
-    (host/nodeid.py). A lock of this node whose owner ``is_live(owner)`` says is gone is taken over; another node's
-    lock is never judged from here.
+    """Take ``source``'s restore lock for ``container_id`` (a file created exclusively). ``locks_dir`` is
+    :func:`locks_dir` of the checkpoint root, so nodes sharing the root exclude each other; the lock is named after
+    the checkpoint's real path relative to the root (the same through any symlink, and on every node whatever its
+    mount path) and records the node (host/nodeid.py). A lock of this node whose owner ``is_live(owner)`` says is
+    gone is taken over; another node's lock is never judged from here.
 
     Raises:
         RestoreSourceError: another container is restoring this checkpoint now.
     """
     import hashlib
     locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock = locks_dir / f"{hashlib.sha256(source.name.encode()).hexdigest()[:24]}.lock"
-    body = json.dumps({"container_id": container_id, "checkpoint": str(source.path), "node": node_tag()}).encode()
+    rel = os.path.relpath(source.path.resolve(), locks_dir.resolve().parent)
+    lock = locks_dir / f"{hashlib.sha256(rel.encode()).hexdigest()[:24]}.lock"
+    body = json.dumps({"container_id": container_id, "checkpoint": str(source.path), "name": rel,
+                       "node": node_tag()}).encode()
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

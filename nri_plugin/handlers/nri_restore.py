@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..ckpt import marker
 from ..ckpt.restore_source import (
-    RestoreSourceError, acquire_lock, open_source, release_lock, stage, unstage,
+    RestoreSourceError, acquire_lock, locks_dir, open_source, release_lock, stage, unstage,
 )
 from ..policy import ContainerView, Decision, NodeConfig
 from ..policy.restore import RestorePlan, assigned_gpus, plan_restore
@@ -29,7 +29,7 @@ __all__ = ["RESTORE_ANNOTATION", "RestorePlan", "Ticket", "finish", "load_ticket
 log = logging.getLogger(__name__)
 
 RESTORE_ANNOTATION = "gpucr.io/restore-from"
-TICKETS, LOCKS = "restore", "restore-locks"
+TICKETS = "restore"
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,7 @@ def prepare(view: ContainerView, decision: Decision, node: NodeConfig) -> Restor
         raise RestoreSourceError(f"{what}: it does not fit this container: {'; '.join(plan.problems)}")
     state = node.state_dir
     try:
-        lock = acquire_lock(root.resolve() / f".{LOCKS}", src, view.id,  # in the root: nodes sharing it see it
-                            lambda owner: ticket_path(state, owner).exists())
+        lock = acquire_lock(locks_dir(root), src, view.id, lambda owner: ticket_path(state, owner).exists())
     except RestoreSourceError as exc:
         raise RestoreSourceError(f"{what}: {exc}") from exc
     try:

@@ -154,3 +154,13 @@ def test_lock_of_another_node_sharing_the_root_is_never_taken_over(tmp_path: Pat
     s2 = open_source(tmp_path / "elsewhere", "ck")
     with pytest.raises(RestoreSourceError, match="on node othernode"):
         acquire_lock(tmp_path / "elsewhere" / ".restore-locks", s2, "b", lambda owner: False)
+
+
+def test_one_lock_per_checkpoint_whatever_name_reaches_it(tmp_path: Path) -> None:
+    """A symlinked name inside the root (a series' ``latest``) and the checkpoint's own name take the same lock."""
+    _images_ckpt(tmp_path, "ck")
+    (tmp_path / "latest").symlink_to("ck")
+    first = acquire_lock(tmp_path / ".restore-locks", open_source(tmp_path, "latest"), "a", lambda owner: True)
+    assert json.loads(first.read_bytes())["name"] == "ck"
+    with pytest.raises(RestoreSourceError, match="being restored by container a now"):
+        acquire_lock(tmp_path / ".restore-locks", open_source(tmp_path, "ck"), "b", lambda owner: True)
