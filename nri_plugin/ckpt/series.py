@@ -63,7 +63,8 @@ def _key(name: str) -> tuple[str, int] | None:
 
 
 def _locked(locks_dir: Path) -> set[str]:
-    """The checkpoints (real paths) that restores hold the lock on (``ckpt.restore_source.acquire_lock``)."""
+    """The checkpoints that restores hold the lock on (``ckpt.restore_source.acquire_lock``): their real paths on the
+    locking node, and their paths relative to the root (the same on every node sharing it)."""
     out: set[str] = set()
     try:
         names = os.listdir(locks_dir)
@@ -73,7 +74,8 @@ def _locked(locks_dir: Path) -> set[str]:
         if not n.endswith(".lock"):
             continue
         try:
-            out.add(str(json.loads((locks_dir / n).read_bytes()).get("checkpoint") or ""))
+            held = json.loads((locks_dir / n).read_bytes())
+            out.update(str(held.get(k) or "") for k in ("checkpoint", "name"))
         except (OSError, ValueError, AttributeError):
             continue
     return out
@@ -202,7 +204,8 @@ class Series:
         held: list[Path] = []
         for p in self.completed()[:-keep] if keep > 0 else []:
             real = str(p.resolve())
-            if real in _locked(locks_dir):
+            keys = {real, os.path.relpath(real, self.root.resolve())}
+            if keys & _locked(locks_dir):
                 held.append(p)
                 continue
             aside = p.with_name(f".{p.name}{own_suffix(DELETE_MARK)}")
@@ -211,7 +214,7 @@ class Series:
             except OSError as exc:
                 log.warning("could not remove old periodic checkpoint %s: %s", p, exc.strerror)
                 continue
-            if real in _locked(locks_dir):  # a restore took it meanwhile: it stays
+            if keys & _locked(locks_dir):  # a restore took it meanwhile: it stays
                 os.rename(aside, p)
                 held.append(p)
                 continue

@@ -120,3 +120,18 @@ def test_another_nodes_leftovers_in_a_shared_root_are_left_alone(series: Series)
     assert all(d.exists() for d in other) and tmp.name.endswith(f"-{os.getpid()}")
     Series.discard(tmp)
     assert not tmp.exists()
+
+
+def test_prune_keeps_one_that_another_node_restores_through_its_own_mount(series: Series) -> None:
+    """A lock written by another node names the checkpoint at that node's mount path; its path relative to the
+    root (``name``) is what both nodes share, and it keeps the checkpoint."""
+    old = _take(series, T0)
+    for i in range(1, 3):
+        _take(series, T0 + i)
+    locks = series.root / ".restore-locks"
+    locks.mkdir()
+    rel = os.path.relpath(old.resolve(), series.root.resolve())
+    (locks / "x.lock").write_text(json.dumps({"container_id": "r", "checkpoint": f"/mnt/elsewhere/{rel}",
+                                              "name": rel, "node": "othernode.0badc0de"}))
+    removed, held = series.prune(1, locks)
+    assert held == [old] and old.exists() and len(removed) == 1
