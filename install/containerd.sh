@@ -236,12 +236,15 @@ stop_instance() {
             umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
         done
     fi
-    # a killed task leaves its cgroup a moment later (v2 shows it as populated until then): retry for up to 5 s
+    # a killed task leaves its cgroup a moment later (v2 shows it as populated until then), later still on a loaded
+    # machine, and a task started meanwhile (a runc or CRIU the dying shim had begun) is killed too: retry for 30 s
     for cg in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/unified/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
-        for _ in $(seq 50); do
+        for _ in $(seq 300); do
             [ -d "$cg" ] || break
             find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
-            [ -d "$cg" ] && sleep 0.1
+            [ -d "$cg" ] || break
+            find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+            sleep 0.1
         done
     done
     rm -rf "$DIR"
