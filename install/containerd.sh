@@ -17,6 +17,10 @@
 #              GPUCR_CONTAINERD_NRI_DISABLE=true   start with NRI disabled (gpucr doctor's tests).
 #              GPUCR_CONTAINERD_NRI=default  leave NRI at containerd's default (1.7: disabled, 2.x: enabled), as a stock
 #                                   config does (its socket and plugin dirs stay private); for `gpucr setup --apply`.
+#              GPUCR_CONTAINERD_UNSHARE=1  start containerd in new network and mount namespaces (a second "node" on
+#                                   one host: its host-network pods get its own netns, with lo up; its containers'
+#                                   mounts stay inside; it sees the host's mounts as they were at start). Everything
+#                                   in them dies with the instance's processes at stop. Not with restart.
 #        install/containerd.sh restart VERSION  the daemon only (containers and shims keep running), same config
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -140,7 +144,7 @@ write_info() {
  "runc_root": "$DIR/runc", "state_dir": "$DIR/state", "root_dir": "$DIR/root", "log": "$LOG",
  "cgroup_parent": "/$CGROUP_PARENT", "bin_dir": "$BIN", "pid": $(cat "$PIDFILE"),
  "busybox_image": "localhost/gpucr-busybox:test", "pause_image": "localhost/gpucr-pause:test",
- "daemon_path": "$DAEMON_PATH"}
+ "daemon_path": "$DAEMON_PATH", "netns": "$([ -e "$DIR/unshared" ] && echo "/proc/$(cat "$PIDFILE")/ns/net")"}
 JSON
     # a shell-friendly copy for people: . info.env; ctr t ls
     cat > "$DIR/info.env" <<ENV
@@ -165,9 +169,14 @@ start() {
     write_config
     [ -e /run/containerd ] || { mkdir -p /run/containerd; touch "$GPUCR_TEST_ROOT/.created-run-containerd"; }
     [ -n "$RUNC" ] && [ -x "$RUNC" ] || die "runc not found${GPUCR_RUNC_DIR:+ in GPUCR_RUNC_DIR=$GPUCR_RUNC_DIR}: run install/deps.sh first"
-    # TMPDIR catches ctr restore's leaks.
-    env -i PATH="$DAEMON_PATH" TMPDIR="$DIR/tmp" HOME=/root setsid "$PREFIX/usr/bin/containerd" --config "$DIR/config.toml" \
-        >"$LOG" 2>&1 </dev/null &
+    # TMPDIR catches ctr restore's leaks. unshare and sh exec in turn: the pid is containerd's.
+    local ns=()
+    if [ "${GPUCR_CONTAINERD_UNSHARE:-}" = 1 ]; then
+        ns=(unshare --net --mount --propagation slave -- sh -c 'ip link set lo up && exec "$@"' containerd)
+        touch "$DIR/unshared"
+    fi
+    env -i PATH="$DAEMON_PATH" TMPDIR="$DIR/tmp" HOME=/root setsid "${ns[@]}" "$PREFIX/usr/bin/containerd" \
+        --config "$DIR/config.toml" >"$LOG" 2>&1 </dev/null &
     echo $! > "$PIDFILE"
     local i
     for i in $(seq 100); do
@@ -227,12 +236,15 @@ stop_instance() {
             umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
         done
     fi
-    # a killed task leaves its cgroup a moment later (v2 shows it as populated until then): retry for up to 5 s
+    # a killed task leaves its cgroup a moment later (v2 shows it as populated until then), later still on a loaded
+    # machine, and a task started meanwhile (a runc or CRIU the dying shim had begun) is killed too: retry for 30 s
     for cg in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/unified/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
-        for _ in $(seq 50); do
+        for _ in $(seq 300); do
             [ -d "$cg" ] || break
             find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
-            [ -d "$cg" ] && sleep 0.1
+            [ -d "$cg" ] || break
+            find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+            sleep 0.1
         done
     done
     rm -rf "$DIR"
@@ -251,6 +263,7 @@ restart() {
     need_root restart
     instance_vars "$1"
     running || die "containerd $VER is not running (start it first)"
+    [ ! -e "$DIR/unshared" ] || die "containerd $VER runs in its own namespaces (GPUCR_CONTAINERD_UNSHARE=1): stop and start it"
     local p; p=$(cat "$PIDFILE")
     kill -TERM "$p"
     for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done

@@ -43,12 +43,13 @@ from typing import Any
 
 from .. import __version__
 from ..errors import GpucrError
+from ..host.nodeid import node_tag, tag_is_this_node
 from ..host.proc import alive
 from .durable import DIR_MODE, FILE_MODE, fsync_path, fsync_tree
 
 __all__ = [
     "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
-    "CheckpointStore", "check_disk_space", "check_owner", "staging_path",
+    "CheckpointStore", "check_disk_space", "check_owner", "leftover_pid", "own_suffix", "staging_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,10 @@ _EXCLUDED = frozenset({METADATA, f".{METADATA}.tmp"})
 _LOGS = frozenset({"restore.log", "dump.log", "stats-dump", "stats-restore"})
 #: a filesystem with less free space than this after a failed dump is reported full
 FULL_BELOW_BYTES = 2 << 20
-#: the marker of a checkpoint dir's temporary name while it is written: ``.NAME.gpucr-tmp-<pid>``
+#: the marker of a checkpoint dir's temporary name while it is written: ``.NAME.gpucr-tmp-<node tag>-<pid>`` (the
+#: node's tag, host/nodeid.py: a checkpoint root may be shared by several nodes, where a pid alone is not unique)
 STAGING_MARK = ".gpucr-tmp-"
-#: the marker of a replaced checkpoint moved aside until the new one stands: ``.NAME.gpucr-old-<pid>``
+#: the marker of a replaced checkpoint moved aside until the new one stands: ``.NAME.gpucr-old-<node tag>-<pid>``
 ASIDE_MARK = ".gpucr-old-"
 
 
@@ -280,26 +282,46 @@ def _mkdirs(path: Path) -> None:
 
 
 def staging_path(path: Path, pid: int | None = None) -> Path:
-    """The temporary sibling a checkpoint for ``path`` is written under: ``.NAME.gpucr-tmp-<pid>``."""
-    return path.with_name(f".{path.name}{STAGING_MARK}{os.getpid() if pid is None else pid}")
+    """The temporary sibling a checkpoint for ``path`` is written under: ``.NAME.gpucr-tmp-<node tag>-<pid>``."""
+    return path.with_name(f".{path.name}{STAGING_MARK}{node_tag()}-{os.getpid() if pid is None else pid}")
+
+
+def _marked(path: Path, mark: str) -> tuple[str, int] | None:
+    """(node tag, pid) in ``.NAME<mark><tag>-<pid>`` (or the older ``.NAME<mark><pid>``: tag ""), or None."""
+    name = path.name
+    if not name.startswith(".") or mark not in name:
+        return None
+    tag, _, pid = name.rsplit(mark, 1)[1].rpartition("-")
+    return (tag, int(pid)) if pid.isdigit() else None
 
 
 def _aside_owner(path: Path) -> int | None:
-    """The pid in the name of a replaced checkpoint moved aside (``.NAME.gpucr-old-<pid>``), or None."""
-    name = path.name
-    if not name.startswith(".") or ASIDE_MARK not in name:
-        return None
-    tail = name.rsplit(ASIDE_MARK, 1)[1]
-    return int(tail) if tail.isdigit() else None
+    """The pid in the name of a replaced checkpoint moved aside (``.NAME.gpucr-old-<tag>-<pid>``), or None."""
+    m = _marked(path, ASIDE_MARK)
+    return m[1] if m else None
 
 
 def _staging_owner(path: Path) -> int | None:
-    """The pid in a temporary checkpoint name, or None when ``path`` is not one."""
-    name = path.name
-    if not name.startswith(".") or STAGING_MARK not in name:
-        return None
-    tail = name.rsplit(STAGING_MARK, 1)[1]
-    return int(tail) if tail.isdigit() else None
+    """The pid in a temporary checkpoint name (of any node), or None when ``path`` is not one."""
+    m = _marked(path, STAGING_MARK)
+    return m[1] if m else None
+
+
+def own_suffix(mark: str) -> str:
+    """``<mark><node tag>-<pid>``: the tail of a temporary name this process writes (unique on a shared root)."""
+    return f"{mark}{node_tag()}-{os.getpid()}"
+
+
+def leftover_pid(path: Path, mark: str) -> int | None:
+    """The pid in ``path``'s ``<mark><tag>-<pid>`` tail when the tag is this node's (or absent: names written before
+    tags); None for another node's name (its pid means nothing here: it is left alone) or no such tail."""
+    m = _marked(path, mark)
+    return m[1] if m and tag_is_this_node(m[0]) else None
+
+
+def _local_leftover(path: Path) -> int | None:
+    """The pid of this node's temporary or moved-aside checkpoint ``path``, else None."""
+    return leftover_pid(path, STAGING_MARK if STAGING_MARK in path.name else ASIDE_MARK)
 
 
 class CheckpointDir:
@@ -482,7 +504,7 @@ class CheckpointDir:
         checkpoint it had moved aside goes back in place when nothing took that place (else it is removed). Only
         dirs of ours are touched (never a symlink, nor what another user put there)."""
         for p in path.parent.glob(f".{path.name}.gpucr-*"):
-            owner = _staging_owner(p) if STAGING_MARK in p.name else _aside_owner(p)
+            owner = _local_leftover(p)
             if owner is None or owner == os.getpid() or alive(owner):
                 continue
             try:
@@ -521,7 +543,7 @@ class CheckpointDir:
                 check_owner(final)  # what stage() found there, still ours (--force replaces nothing else)
                 # the old checkpoint goes aside only now that the new one is complete and durable; a crash between
                 # the two renames leaves the old one whole at .NAME.gpucr-old-<pid>
-                old = final.with_name(f".{final.name}{ASIDE_MARK}{os.getpid()}")
+                old = final.with_name(f".{final.name}{own_suffix(ASIDE_MARK)}")
                 if os.path.lexists(old):
                     _remove_entry(old)
                 os.rename(final, old)

@@ -24,16 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GpucrError
+from ..host.nodeid import node_tag, tag_is_this_node
 from . import marker as _marker
 from .layout import IMAGES, METADATA, CheckpointDir, LayoutError, Metadata, check_owner
 
-__all__ = ["ARCHIVE", "STAGING", "RestoreSource", "RestoreSourceError", "Staged", "acquire_lock", "archive_member",
+__all__ = ["ARCHIVE", "LOCKS", "STAGING", "RestoreSource", "RestoreSourceError", "Staged", "acquire_lock",
+           "archive_member", "locks_dir",
            "open_source", "release_lock", "resolve", "stage", "unstage"]
 
 ARCHIVE = "checkpoint.tar"
 #: the staging area under the checkpoint root (a NAME cannot start with '.', so it never names a checkpoint)
 STAGING = ".restore"
 _DESCRIPTORS = "descriptors.json"
+#: the restore locks, in the checkpoint root itself: nodes sharing the root see each other's
+LOCKS = ".restore-locks"
 
 
 class RestoreSourceError(GpucrError):
@@ -161,25 +165,41 @@ def open_source(root: Path, name: str, *, verify_sha256: bool = True) -> Restore
 
 # -- one restore at a time per checkpoint ------------------------------------------------------------------------
 
+def locks_dir(root: Path) -> Path:
+    """Where restore locks of checkpoints under ``root`` live: ``ROOT/.restore-locks`` (symlinks resolved)."""
+    return root.resolve() / LOCKS
+
+
 def acquire_lock(locks_dir: Path, source: RestoreSource, container_id: str, is_live: Any) -> Path:
-    """Take ``source``'s restore lock for ``container_id`` (a file created exclusively). A lock whose owner
-    ``is_live(owner)`` says is gone is taken over.
+    """Take ``source``'s restore lock for ``container_id`` (a file created exclusively). ``locks_dir`` is
+    :func:`locks_dir` of the checkpoint root, so nodes sharing the root exclude each other; the lock is named after
+    the checkpoint's real path relative to the root (the same through any symlink, and on every node whatever its
+    mount path) and records the node (host/nodeid.py). A lock of this node whose owner ``is_live(owner)`` says is
+    gone is taken over; another node's lock is never judged from here.
 
     Raises:
         RestoreSourceError: another container is restoring this checkpoint now.
     """
     import hashlib
     locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock = locks_dir / f"{hashlib.sha256(str(source.path).encode()).hexdigest()[:24]}.lock"
-    body = json.dumps({"container_id": container_id, "checkpoint": str(source.path)}).encode()
+    rel = os.path.relpath(source.path.resolve(), locks_dir.resolve().parent)
+    lock = locks_dir / f"{hashlib.sha256(rel.encode()).hexdigest()[:24]}.lock"
+    body = json.dumps({"container_id": container_id, "checkpoint": str(source.path), "name": rel,
+                       "node": node_tag()}).encode()
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
             try:
-                owner = str(json.loads(lock.read_bytes()).get("container_id") or "")
-            except (OSError, ValueError):
-                owner = ""
+                held = json.loads(lock.read_bytes())
+                owner, node = str(held.get("container_id") or ""), str(held.get("node") or "")
+            except (OSError, ValueError, AttributeError):
+                owner, node = "", ""
+            if owner and not tag_is_this_node(node):
+                raise RestoreSourceError(
+                    f"checkpoint {source.name!r} is being restored by container {owner} on node {node} now (lock "
+                    f"{lock}): one restore of a checkpoint at a time; retry later, or remove the lock if that node "
+                    "is gone") from None
             if owner and owner != container_id and is_live(owner):
                 raise RestoreSourceError(
                     f"checkpoint {source.name!r} is being restored by container {owner} now: one restore of a "

@@ -8,11 +8,11 @@ Layout (dirs 0700, root's)::
 
 so ``gpucr.io/restore-from: periodic/<namespace>/<pod>/<container>/latest`` names the newest and
 ``.../20261130T124501Z`` one in particular (the restore resolves ``latest`` inside the root and locks the checkpoint
-it points to). A checkpoint is written under ``.NAME.gpucr-tmp-<pid>`` (:func:`.layout.staging_path`), sealed and
+it points to). A checkpoint is written under ``.NAME.gpucr-tmp-<node>-<pid>`` (:func:`.layout.staging_path`), sealed and
 fsynced by its writer, then renamed into place with the parent fsynced (:meth:`.layout.CheckpointDir.commit`); only
 then does ``latest`` move (a symlink renamed over the old one) and only then are old ones removed. Removal takes only
 complete gpucr checkpoints of this series (a timestamp name, a real dir of ours, ``gpucr.json`` naming the series)
-that no restore holds the lock on, and moves each aside (``.NAME.gpucr-del-<pid>``) before it is deleted, so a
+that no restore holds the lock on, and moves each aside (``.NAME.gpucr-del-<node>-<pid>``) before it is deleted, so a
 restore never meets half a checkpoint.
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 from ..host.proc import alive
 from .durable import fsync_path
 from .layout import (
-    METADATA, STAGING_MARK, CheckpointDir, LayoutError, Metadata, check_owner, staging_path,
+    METADATA, STAGING_MARK, CheckpointDir, LayoutError, Metadata, check_owner, leftover_pid, own_suffix, staging_path,
 )
 
 __all__ = ["LATEST", "SERIES_ROOT", "Series", "series_name"]
@@ -63,7 +63,8 @@ def _key(name: str) -> tuple[str, int] | None:
 
 
 def _locked(locks_dir: Path) -> set[str]:
-    """The checkpoints (real paths) that restores hold the lock on (``ckpt.restore_source.acquire_lock``)."""
+    """The checkpoints that restores hold the lock on (``ckpt.restore_source.acquire_lock``): their real paths on the
+    locking node, and their paths relative to the root (the same on every node sharing it)."""
     out: set[str] = set()
     try:
         names = os.listdir(locks_dir)
@@ -73,7 +74,8 @@ def _locked(locks_dir: Path) -> set[str]:
         if not n.endswith(".lock"):
             continue
         try:
-            out.add(str(json.loads((locks_dir / n).read_bytes()).get("checkpoint") or ""))
+            held = json.loads((locks_dir / n).read_bytes())
+            out.update(str(held.get(k) or "") for k in ("checkpoint", "name"))
         except (OSError, ValueError, AttributeError):
             continue
     return out
@@ -128,7 +130,7 @@ class Series:
         cp = CheckpointDir(tmp)
         cp.final = final
         cp.commit()
-        link = self.dir / f".{LATEST}.tmp-{os.getpid()}"
+        link = self.dir / f".{LATEST}{own_suffix('.tmp-')}"
         try:
             if os.path.lexists(link):
                 os.unlink(link)
@@ -142,7 +144,7 @@ class Series:
     @staticmethod
     def discard(tmp: Path) -> None:
         """Remove a staging dir of ours that did not become a checkpoint."""
-        if STAGING_MARK in tmp.name and tmp.name.endswith(f"{STAGING_MARK}{os.getpid()}"):
+        if tmp.name.endswith(own_suffix(STAGING_MARK)):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def tidy(self) -> None:
@@ -153,15 +155,15 @@ class Series:
             return
         for p in entries:
             if p.name.startswith(f".{LATEST}.tmp-") and p.is_symlink():  # commit() died before renaming it
-                tail = p.name.rsplit("-", 1)[1]
-                if tail.isdigit() and int(tail) != os.getpid() and not alive(int(tail)):
+                owner = leftover_pid(p, ".tmp-")
+                if owner is not None and owner != os.getpid() and not alive(owner):
                     p.unlink(missing_ok=True)
                 continue
             mark = STAGING_MARK if STAGING_MARK in p.name else DELETE_MARK if DELETE_MARK in p.name else ""
             if not p.name.startswith(".") or not mark:
                 continue
-            tail = p.name.rsplit(mark, 1)[1]
-            if not tail.isdigit() or int(tail) == os.getpid() or alive(int(tail)):
+            owner = leftover_pid(p, mark)  # this node's only: the root may be shared (host/nodeid.py)
+            if owner is None or owner == os.getpid() or alive(owner):
                 continue
             try:
                 st = os.lstat(p)
@@ -170,7 +172,7 @@ class Series:
                 check_owner(p, st)
             except (OSError, LayoutError):
                 continue
-            log.warning("removing %s, left by gpucr (pid %s) killed mid-checkpoint", p, tail)
+            log.warning("removing %s, left by gpucr (pid %s) killed mid-checkpoint", p, owner)
             shutil.rmtree(p, ignore_errors=True)
 
     def completed(self) -> list[Path]:
@@ -202,16 +204,17 @@ class Series:
         held: list[Path] = []
         for p in self.completed()[:-keep] if keep > 0 else []:
             real = str(p.resolve())
-            if real in _locked(locks_dir):
+            keys = {real, os.path.relpath(real, self.root.resolve())}
+            if keys & _locked(locks_dir):
                 held.append(p)
                 continue
-            aside = p.with_name(f".{p.name}{DELETE_MARK}{os.getpid()}")
+            aside = p.with_name(f".{p.name}{own_suffix(DELETE_MARK)}")
             try:
                 os.rename(p, aside)
             except OSError as exc:
                 log.warning("could not remove old periodic checkpoint %s: %s", p, exc.strerror)
                 continue
-            if real in _locked(locks_dir):  # a restore took it meanwhile: it stays
+            if keys & _locked(locks_dir):  # a restore took it meanwhile: it stays
                 os.rename(aside, p)
                 held.append(p)
                 continue

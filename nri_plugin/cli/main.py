@@ -21,7 +21,7 @@ from ..errors import GpucrError
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 #: subcommand module names, in --help order
-SUBCOMMANDS: list[str] = ["version", "cri", "plugin", "checkpoint", "recover", "seal", "setup", "doctor"]
+SUBCOMMANDS: list[str] = ["version", "cri", "plugin", "checkpoint", "recover", "seal", "export", "setup", "doctor"]
 
 
 def build_parser() -> argparse.ArgumentParser:

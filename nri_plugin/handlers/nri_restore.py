@@ -26,8 +26,8 @@ from pathlib import Path
 from ..ckpt import marker
 from ..ckpt.layout import IMAGES
 from ..ckpt.restore_source import (
-    ARCHIVE, STAGING, RestoreSource, RestoreSourceError, acquire_lock, archive_member, open_source, release_lock,
-    unstage,
+    ARCHIVE, STAGING, RestoreSource, RestoreSourceError, acquire_lock, archive_member, locks_dir, open_source,
+    release_lock, unstage,
 )
 from ..policy import ContainerView, Decision, NodeConfig
 from ..policy.restore import RestorePlan, assigned_gpus, plan_restore
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 RESTORE_ANNOTATION = "gpucr.io/restore-from"
 #: added by the plugin's adjustment with the container's id: the runc wrapper's proof that containerd applied it
 TICKET_ANNOTATION = "gpucr.io/restore-ticket"
-TICKETS, LOCKS = "restore", "restore-locks"
+TICKETS = "restore"
 PENDING, READY, REFUSED = "pending", "ready", "refused"
 #: test-only: a file whose number is the seconds the plugin sleeps in a restore's CreateContainer after the pending
 #: ticket (tests of an answer containerd drops); a product run never sets it
@@ -212,7 +212,7 @@ def _prepare(view: ContainerView, decision: Decision, node: NodeConfig, name: st
         return t is not None and t.state != REFUSED
 
     try:
-        lock = acquire_lock(state / LOCKS, src, view.id, live)
+        lock = acquire_lock(locks_dir(root), src, view.id, live)
     except RestoreSourceError as exc:
         raise RestoreSourceError(f"{what}: {exc}") from exc
     try:

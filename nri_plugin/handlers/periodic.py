@@ -24,13 +24,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..ckpt.restore_source import locks_dir
 from ..errors import GpucrError
 from ..nri import pb
 from ..policy import AnnotationError, NodeConfig, decide
 from .lease_sweep import SweepingPolicyPlugin
 from .metrics import report
 from .nri_policy import container_view
-from .nri_restore import LOCKS
 
 __all__ = ["Job", "PeriodicCheckpoints", "PeriodicPolicyPlugin", "job_of"]
 
@@ -138,7 +138,7 @@ class PeriodicCheckpoints:
                 except BaseException:
                     series.discard(tmp)
                     raise
-                removed, kept = series.prune(job.keep, node.state_dir / LOCKS)
+                removed, kept = series.prune(job.keep, locks_dir(node.checkpoint_root))
         except CheckpointBusy as exc:
             log.info("periodic checkpoint of %s skipped: %s; next try in %ds", job.what, exc, job.interval_s)
             return True

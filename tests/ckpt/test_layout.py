@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nri_plugin import __version__
+from nri_plugin.host.nodeid import node_tag
 from nri_plugin.ckpt.layout import (
     FORMAT_VERSION, METADATA, CheckpointDir, GpuProcess, LayoutError, Metadata, check_disk_space,
 )
@@ -325,7 +326,7 @@ def _staged(path: Path, **kw: object) -> CheckpointDir:
 def test_staged_checkpoint_is_valid_only_once_committed(tmp_path: Path) -> None:
     final = tmp_path / "ck"
     cp = _staged(final)
-    assert cp.path == tmp_path / f".ck.gpucr-tmp-{os.getpid()}" and not final.exists()
+    assert cp.path == tmp_path / f".ck.gpucr-tmp-{node_tag()}-{os.getpid()}" and not final.exists()
     assert mode_of(cp.path) == 0o700 and cp.metadata_file.exists()
     # a crash here leaves only the temporary name: restore refuses it, and finds nothing at the final one
     with pytest.raises(LayoutError, match=f"temporary dir of a checkpoint that never finished \\(gpucr pid "
@@ -446,7 +447,7 @@ def test_fsync_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cp.finalize(_meta())
     cp.commit()
     names = [(k, p.replace(str(tmp_path), "")) for k, p in events]
-    staged = f"/.ck.gpucr-tmp-{os.getpid()}"
+    staged = f"/.ck.gpucr-tmp-{node_tag()}-{os.getpid()}"
     meta_at = names.index(("fsync", f"{staged}/.gpucr.json.tmp"))
     assert {("fsync", f"{staged}/images/{n}") for n in ("inventory.img", "pages-1.img", "dump.log")} \
         <= set(names[:meta_at])
@@ -464,11 +465,13 @@ def test_leftovers_of_a_killed_gpucr_are_tidied_by_the_next_checkpoint(tmp_path:
     old.commit()
     old.settle()
     before = (final / METADATA).read_text()
-    os.rename(final, tmp_path / f".ck.gpucr-old-{dead.pid}")
-    (tmp_path / f".ck.gpucr-tmp-{dead.pid}").mkdir()
-    live = tmp_path / f".ck.gpucr-tmp-{os.getppid()}"
+    os.rename(final, tmp_path / f".ck.gpucr-old-{node_tag()}-{dead.pid}")
+    (tmp_path / f".ck.gpucr-tmp-{dead.pid}").mkdir()  # the name before node tags: this node's
+    live = tmp_path / f".ck.gpucr-tmp-{node_tag()}-{os.getppid()}"
     live.mkdir()
+    other = tmp_path / f".ck.gpucr-tmp-othernode.0badc0de-{dead.pid}"  # another node sharing the root: its pid
+    other.mkdir()                                                      # means nothing here, never tidied
     cp = CheckpointDir.stage(final, force=True)
     assert (final / METADATA).read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", cp.path.name, live.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", cp.path.name, live.name, other.name])
     cp.discard()

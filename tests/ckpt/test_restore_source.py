@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import io
 import os
 import tarfile
@@ -176,3 +178,31 @@ def test_sizes_only_open_is_what_the_plugin_runs(tmp_path: Path) -> None:
     os.truncate(d / "images/pages-1.img", 10)
     with pytest.raises(RestoreSourceError, match="truncated or changed"):
         open_source(tmp_path, "ck", verify_sha256=False)
+
+
+def test_lock_of_another_node_sharing_the_root_is_never_taken_over(tmp_path: Path) -> None:
+    """A restore lock written by another node (a shared checkpoint root) is not judged by this node's liveness
+    check: the second restore is refused naming that node; the lock is named after the checkpoint's name, so a
+    node that mounts the root at another path finds the same lock."""
+    _images_ckpt(tmp_path, "ck")
+    s = open_source(tmp_path, "ck")
+    lock = acquire_lock(tmp_path / ".restore-locks", s, "a", lambda owner: True)
+    body = json.loads(lock.read_bytes())
+    lock.write_text(json.dumps({**body, "node": "othernode.0badc0de"}))
+    with pytest.raises(RestoreSourceError, match="by container a on node othernode.0badc0de now"):
+        acquire_lock(tmp_path / ".restore-locks", s, "b", lambda owner: False)
+    assert json.loads(lock.read_bytes())["node"] == "othernode.0badc0de"
+    (tmp_path / "elsewhere").symlink_to(tmp_path)  # the same root under another path
+    s2 = open_source(tmp_path / "elsewhere", "ck")
+    with pytest.raises(RestoreSourceError, match="on node othernode"):
+        acquire_lock(tmp_path / "elsewhere" / ".restore-locks", s2, "b", lambda owner: False)
+
+
+def test_one_lock_per_checkpoint_whatever_name_reaches_it(tmp_path: Path) -> None:
+    """A symlinked name inside the root (a series' ``latest``) and the checkpoint's own name take the same lock."""
+    _images_ckpt(tmp_path, "ck")
+    (tmp_path / "latest").symlink_to("ck")
+    first = acquire_lock(tmp_path / ".restore-locks", open_source(tmp_path, "latest"), "a", lambda owner: True)
+    assert json.loads(first.read_bytes())["name"] == "ck"
+    with pytest.raises(RestoreSourceError, match="being restored by container a now"):
+        acquire_lock(tmp_path / ".restore-locks", open_source(tmp_path, "ck"), "b", lambda owner: True)

@@ -105,3 +105,33 @@ def test_begin_tidies_what_a_killed_writer_left(series: Series) -> None:
     assert sorted(x.name for x in series.dir.iterdir()) == sorted([tmp.name, mine.name])
     Series.discard(tmp)
     assert not tmp.exists()
+
+
+def test_another_nodes_leftovers_in_a_shared_root_are_left_alone(series: Series) -> None:
+    """The root may be shared by several nodes (docs/flows.md): a staging or half-deleted dir named by another
+    node carries a pid that means nothing here, so tidy never removes it."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    series.dir.mkdir(parents=True)
+    other = [series.dir / f".20270115T075959Z.gpucr-{m}-othernode.0badc0de-{p.pid}" for m in ("tmp", "del")]
+    for d in other:
+        d.mkdir(mode=0o700)
+    tmp, _ = series.begin(T0)
+    assert all(d.exists() for d in other) and tmp.name.endswith(f"-{os.getpid()}")
+    Series.discard(tmp)
+    assert not tmp.exists()
+
+
+def test_prune_keeps_one_that_another_node_restores_through_its_own_mount(series: Series) -> None:
+    """A lock written by another node names the checkpoint at that node's mount path; its path relative to the
+    root (``name``) is what both nodes share, and it keeps the checkpoint."""
+    old = _take(series, T0)
+    for i in range(1, 3):
+        _take(series, T0 + i)
+    locks = series.root / ".restore-locks"
+    locks.mkdir()
+    rel = os.path.relpath(old.resolve(), series.root.resolve())
+    (locks / "x.lock").write_text(json.dumps({"container_id": "r", "checkpoint": f"/mnt/elsewhere/{rel}",
+                                              "name": rel, "node": "othernode.0badc0de"}))
+    removed, held = series.prune(1, locks)
+    assert held == [old] and old.exists() and len(removed) == 1

@@ -188,7 +188,7 @@ def test_restore_into_new_pod(ctrd: Containerd, plugin: Any, front_route: FrontR
             c.remove_container(cid)
             assert cid not in [x.id for x in c.list_containers(pod_id)]
     assert not (node["root"] / ".restore" / cid).exists()
-    assert not list((node["state"] / "restore-locks").glob("*.lock"))
+    assert not list((node["root"] / ".restore-locks").glob("*.lock"))
     assert _digest(checkpoint["path"]) == digest
 
 
@@ -257,7 +257,7 @@ def test_restore_bad_input_fails_creation(ctrd: Containerd, plugin: Any, node: d
             else:
                 shutil.rmtree(p, ignore_errors=True)
     assert not any((root / ".restore").glob("*")) if (root / ".restore").exists() else True
-    assert not list((node["state"] / "restore-locks").glob("*.lock")) if (node["state"] / "restore-locks").exists() \
+    assert not list((node["root"] / ".restore-locks").glob("*.lock")) if (node["root"] / ".restore-locks").exists() \
         else True
     assert _digest(checkpoint["path"]) == digest
 
@@ -279,7 +279,7 @@ def test_two_restores_of_one_checkpoint_at_once(ctrd: Containerd, plugin: Any, n
         assert f"is being restored by container {first} now" in str(ei.value), ei.value
         assert [x.id for x in c.list_containers(pod_id)] == [first]
         c.remove_container(first)
-    wait_for(lambda: not list((node["state"] / "restore-locks").glob("*.lock")), what="the lock to go")
+    wait_for(lambda: not list((node["root"] / ".restore-locks").glob("*.lock")), what="the lock to go")
     assert not (node["root"] / ".restore" / first).exists()
 
 
