@@ -76,6 +76,8 @@ def new_pid_ns() -> Iterator[int]:
     try:
         init = wait_for(lambda: next((int(c) for c in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text()
                                       .split()), 0), what="the namespace's init")
+        # forked but maybe not yet exec'd: the tests name the holder by its command
+        wait_for(lambda: Path(f"/proc/{init}/comm").read_text().strip() == "sleep", what="the init to exec sleep")
         yield init
     finally:
         p.kill()
