@@ -16,8 +16,6 @@ otherwise the dump goes straight to disk and the summary says why.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -25,6 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..host import _mount
 from ..host.proc import alive
 from .durable import DIR_MODE
 
@@ -36,27 +35,15 @@ log = logging.getLogger(__name__)
 MEMORY_MARGIN_FRACTION = 0.1
 MEMORY_MARGIN_BYTES = 2 << 30
 _PREFIX = "mem-"
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
-_MNT_DETACH = 2
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 def _mount_tmpfs(path: Path, size: int, huge: bool) -> None:
     data = f"size={size},mode=0700,uid=0,gid=0" + (",huge=always" if huge else "")
-    if _libc.mount(b"gpucr-mem", str(path).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
-                   data.encode()) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), str(path))
+    _mount.mount("gpucr-mem", str(path), "tmpfs", _mount.MS_NOSUID | _mount.MS_NODEV | _mount.MS_NOEXEC, data)
 
 
 def _umount(path: Path) -> None:
-    if _libc.umount2(str(path).encode(), _MNT_DETACH) != 0:
-        e = ctypes.get_errno()
-        if e != errno.EINVAL:  # EINVAL: not a mount point (already gone)
-            raise OSError(e, os.strerror(e), str(path))
+    _mount.umount2(str(path), _mount.MNT_DETACH)
 
 
 @dataclass
