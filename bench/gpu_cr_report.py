@@ -134,8 +134,8 @@ def markdown(doc: dict[str, Any]) -> str:
                    f"{_x(g.get('wall_s'), b.get('total_s'))} | {_f(rc)} | {_x(g.get('wall_s'), rc)} | {steps} | "
                    f"{bsteps} | {_ok(row, 'baseline_restore')} / {_ok(row, 'gpucr_restore')} |")
     out += ["", "## Leave-running: the workload's downtime", "",
-            "Baseline downtime = CUDA lock + checkpoint + `criu dump --leave-running` + CUDA restore + unlock (then "
-            "fsync); gpucr's = its summary's `downtime_s` (CUDA lock until the workload runs again); total = until the "
+            "Baseline downtime = CUDA lock + checkpoint + `criu dump --leave-running` + CUDA restore + unlock (its "
+            "images were not fsynced afterwards); gpucr's = its summary's `downtime_s` (CUDA lock until the workload runs again); total = until the "
             "checkpoint is durable (gpucr: its wall time, sealed).", "",
             "| GiB data | baseline downtime s | gpucr downtime s | gpucr / baseline | baseline total s | gpucr total s | "
             "gpucr dumped to | gpucr steps | data after (b / g) |", "|---|---|---|---|---|---|---|---|---|"]
