@@ -494,7 +494,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--sizes", default="1,8,32")
-    ap.add_argument("--parallel", type=float, default=0, help="GiB per process for the two-process case (0: skip)")
+    ap.add_argument("--parallel", type=float, default=0,
+                    help="GiB per process for the two-process case, run after the first size (0: skip)")
     ap.add_argument("--ceilings", type=float, default=0, help="GiB of the disk probe file (0: skip)")
     ap.add_argument("--driver-probe", type=float, default=0, help="GiB of the driver-only probe (0: skip)")
     ap.add_argument("--thp-always", action="store_true", help="the bench may set THP 'always' (put back after)")
@@ -531,10 +532,11 @@ def main() -> int:
             attempt("ceilings", b.ceilings, a.ceilings)
         if a.driver_probe:
             attempt("driver probe", b.driver_probe, a.driver_probe, a.thp_always)
-        for g in [float(s) for s in a.sizes.split(",") if s]:
+        sizes = [float(s) for s in a.sizes.split(",") if s]
+        for i, g in enumerate(sizes):  # the two-process case right after the first size (the must-shows first)
             attempt(f"{g:g} GiB", b.size, g)
-        if a.parallel:
-            attempt("parallel", b.parallel, a.parallel)
+            if i == 0 and a.parallel:
+                attempt("parallel", b.parallel, a.parallel)
     finally:
         b.save()
         shutil.rmtree(work, ignore_errors=True)
