@@ -157,6 +157,8 @@ def markdown(doc: dict[str, Any]) -> str:
                        f"{', '.join('identical' if c['identical'] else 'DIFFERENT' for c in p.get('checks', []))} |")
     for err in doc.get("errors", []):
         out += ["", f"**FAILED** {err['what']}: `{err['error'][-600:]}`"]
+    if doc.get("notes"):
+        out += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     return "\n".join(out) + "\n"
 
 
@@ -184,6 +186,7 @@ def plot(doc: dict[str, Any], png: Path) -> None:
         ax.set_ylabel("seconds")
         ax.grid(alpha=0.3)
         ax.set_ylim(bottom=0)
+        ax.set_xlim(0, max(xs, default=1) * 1.1)
         ax.legend(fontsize=8)
     e = doc["env"]
     fig.suptitle(f"gpucr on {e.get('gpus', ['?'])[0].split(',')[0]} ({e.get('date')}, THP {e.get('thp')})")
