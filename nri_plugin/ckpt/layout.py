@@ -119,6 +119,14 @@ class Metadata:
     driver_stage: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # a key of a typed field given in ``extra`` (by a caller that predates it) goes to that field, which
+        # to_json would otherwise write over it
+        for name in [k for k in self.extra if k in self.__dataclass_fields__ and k != "extra"]:
+            value = self.extra.pop(name)
+            if getattr(self, name) in (None, {}, [], False):
+                setattr(self, name, value)
+
     def to_json(self) -> str:
         d = asdict(self)
         extra = d.pop("extra")
