@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import __version__
 from ..errors import GpucrError
 from ..host.proc import alive, container_id, kill_tree, rss_bytes, tree_pids
 from ..host.thp import ThpError
