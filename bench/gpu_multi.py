@@ -40,7 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_cr import WORKLOAD, install_criu, install_wheels  # noqa: E402
+from _stage import packaged  # noqa: E402
+from gpu_cr import WORKLOAD  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
@@ -357,17 +358,14 @@ def main() -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--gib", type=float, default=8.0, help="GiB per worker for the one-vs-two and THP cases")
     ap.add_argument("--pair-gib", type=float, default=16.0, help="GiB per worker for parallel vs sequential")
-    ap.add_argument("--debs", type=Path, default=REPO / ".device/stage/debs")
-    ap.add_argument("--wheels", type=Path, default=REPO / ".device/stage/whl")
+    ap.add_argument("--debs", type=Path, default=REPO / "dist", help="where gpucr_*.deb and gpucr-criu_*.deb are")
     ap.add_argument("--work", type=Path, default=None, help="where checkpoints go (default: a temp dir)")
     ap.add_argument("--skip-thp", action="store_true", help="leave out the driver_thp keep/always case")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    tools = Path(tempfile.mkdtemp(prefix="gpucr-tools-"))
-    criu = install_criu(a.debs, tools / "criu")
-    install_wheels(a.wheels, tools / "site")
+    criu, site, _ = packaged(a.debs)  # bench/_stage.py: gpucr's packages, as gpu_cr.py
     work = a.work or Path(tempfile.mkdtemp(prefix="gpucr-multi-"))
-    m = Multi(a.out, criu, tools / "site", work)
+    m = Multi(a.out, criu, site, work)
     failures = 0
     cases = [("one vs two", lambda: m.one_vs_two(a.gib)), ("parallel vs sequential",
              lambda: m.parallel_vs_sequential(a.pair_gib))]

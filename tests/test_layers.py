@@ -94,9 +94,10 @@ def test_layering(name: str, path: Path) -> None:
             bad = sorted(i for i in imports if i.split(".")[0] in IMPURE)
             assert not bad, f"pure module {name} imports {bad}"
     if "ctypes" in {i.split(".")[0] for i in imports}:
-        # and the front's pidfd_getfd(2), which Python lacks (nri_plugin/front/_pidfd.py)
-        assert name.endswith(("ckpt.cuda._lib", "front._pidfd")), \
-            f"ctypes belongs in nri_plugin/ckpt/cuda/_lib.py (and front/_pidfd.py) only, not {name}"
+        # and the front's pidfd_getfd(2) and the memory stage's mount(2)/umount2(2), which Python lacks
+        # (nri_plugin/front/_pidfd.py, nri_plugin/host/_mount.py)
+        assert name.endswith(("ckpt.cuda._lib", "front._pidfd", "host._mount")), \
+            f"ctypes belongs in nri_plugin/ckpt/cuda/_lib.py (and front/_pidfd.py, host/_mount.py) only, not {name}"
 
 
 def test_handlers_reached_only_from_entry_points() -> None:

@@ -31,6 +31,7 @@ from ..errors import GpucrError
 from ..host.mounts import bind_mounts, rootfs_overlay
 from ..host.proc import cgroup_path, external_pid_ns, pid_ns_init
 from ..host.proc import container_id as cgroup_container_id
+from .layout import FileEntry, Metadata
 
 __all__ = ["DESCRIPTORS", "KIND", "ContainerError", "ContainerStore", "check_restore", "describe", "dump_options",
            "restore_options", "write_runc_files"]
@@ -150,7 +151,7 @@ def dump_options(desc: dict[str, Any]) -> dict[str, Any]:
 _EXT_NS = (("ext_pid_ns", "pid", "extRootPidNS"), ("ext_net_ns", "net", "extRootNetNS"))
 
 
-def write_runc_files(images: Path, desc: dict[str, Any], meta: dict[str, Any], *, managed: bool) -> None:
+def write_runc_files(images: Path, desc: dict[str, Any], meta: Metadata, *, managed: bool) -> None:
     """Into CRIU's images dir of a container checkpoint, before it is sealed: runc's ``descriptors.json`` and, when
     CUDA processes were checkpointed, gpucr's CUDA marker (the same the CRIU front writes). Raises OSError."""
     from . import marker
@@ -158,10 +159,10 @@ def write_runc_files(images: Path, desc: dict[str, Any], meta: dict[str, Any], *
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(list(desc.get("descriptors") or ["", "", ""]), f)
-    cuda = meta.get("cuda") or {}
+    cuda = meta.cuda
     if cuda.get("processes"):
-        marker.write(str(images), marker.CudaMarker(str(meta.get("container_id") or ""), managed,
-                                                    int(meta.get("pid") or 0), list(cuda["processes"]),
+        marker.write(str(images), marker.CudaMarker(meta.container_id or "", managed,
+                                                    int(meta.root_pid or 0), list(cuda["processes"]),
                                                     dict(cuda.get("gpus") or {}), str(cuda.get("driver_version") or "")))
 
 
@@ -172,9 +173,9 @@ class ContainerStore:
     def __init__(self, store: Any, desc: dict[str, Any], *, managed: bool) -> None:
         self._store, self._desc, self._managed = store, desc, managed
 
-    def write_metadata(self, images_dir: Path, meta: dict[str, Any]) -> None:
+    def write_metadata(self, images_dir: Path, meta: Metadata, known: dict[str, FileEntry] | None = None) -> None:
         write_runc_files(self._store.images_of(images_dir), self._desc, meta, managed=self._managed)
-        self._store.write_metadata(images_dir, meta)
+        self._store.write_metadata(images_dir, meta, known)
 
     def __getattr__(self, name: str) -> Any:  # every other StoreLike method is the wrapped store's
         return getattr(self._store, name)

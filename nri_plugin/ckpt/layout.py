@@ -31,12 +31,14 @@ import errno
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +107,25 @@ class Metadata:
     timings: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     manifest: dict[str, FileEntry] = field(default_factory=dict)
+    #: ``gpucr checkpoint``'s record of the workload: the CUDA facts restore checks against the node (driver API,
+    #: GPU inventory by UUID, processes with their GPU bytes per UUID), the cgroup freezer it lived in, and for a
+    #: container what CRIU needs to restore it (:mod:`.container`)
+    leave_running: bool = False
+    frozen_before: bool = False
+    freezer: dict[str, Any] = field(default_factory=dict)
+    cuda: dict[str, Any] = field(default_factory=dict)
+    container: dict[str, Any] = field(default_factory=dict)
+    #: how the driver copied the GPU memory (THP mode, the node's own, CustomStorage): ``CudaSteps.stage``
+    driver_stage: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # a key of a typed field given in ``extra`` (by a caller that predates it) goes to that field, which
+        # to_json would otherwise write over it
+        for name in [k for k in self.extra if k in self.__dataclass_fields__ and k != "extra"]:
+            value = self.extra.pop(name)
+            if getattr(self, name) in (None, {}, [], False):
+                setattr(self, name, value)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -153,6 +173,9 @@ class Metadata:
             root_pid=want("root_pid", int, True), container_id=want("container_id", str, True),
             driver_version=want("driver_version", str, True), processes=procs,
             timings=want("timings", dict), sizes=want("sizes", dict), manifest=manifest,
+            leave_running=bool(want("leave_running", bool, True)), frozen_before=bool(want("frozen_before", bool, True)),
+            freezer=want("freezer", dict, True) or {}, cuda=want("cuda", dict, True) or {},
+            container=want("container", dict, True) or {}, driver_stage=want("driver_stage", dict, True) or {},
             extra={k: v for k, v in raw.items() if k not in known},
         )
 
@@ -163,15 +186,75 @@ PIECE_BYTES = 256 << 20
 _TREE_PREFIX = "sha256-tree-256MiB:"
 
 
-def _sha256_range(fd: int, start: int, length: int) -> bytes:
+def _sha256_range(fd: int, start: int, length: int, stop: threading.Event | None = None) -> bytes:
     h = hashlib.sha256()
     end = start + length
     while start < end:
+        if stop is not None and stop.is_set():
+            raise _Stopped()
         chunk = os.pread(fd, min(_CHUNK, end - start), start)
         if not chunk:
             break
         h.update(chunk)  # hashlib releases the GIL on large buffers: pieces hash on several cores
         start += len(chunk)
+    return h.digest()
+
+
+class _Stopped(Exception):
+    """A background hash was cancelled (the restore it belonged to failed first)."""
+
+
+def _pieces(size: int) -> list[tuple[int, int]]:
+    """(start, length) of the pieces a file of ``size`` bytes is hashed in (one piece up to :data:`PIECE_BYTES`)."""
+    if size <= PIECE_BYTES:
+        return [(0, size)]
+    return [(st, min(PIECE_BYTES, size - st)) for st in range(0, size, PIECE_BYTES)]
+
+
+def _combine(size: int, digests: list[bytes]) -> str:
+    """The manifest digest of a file from its pieces' digests (see :func:`_sha256`)."""
+    if size <= PIECE_BYTES:
+        return digests[0].hex()
+    return _TREE_PREFIX + hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def _workers(n: int) -> int:
+    return max(1, min(n, os.cpu_count() or 1, IO_THREADS))
+
+
+#: threads that copy, hash and prefetch image pieces (the disk measured flat from 1 to 16 threads with O_DIRECT,
+#: sha256 runs at about 1.5-2 GB/s per core: several keep the disk busy)
+IO_THREADS = 8
+_IO_CHUNK = 8 << 20
+_ALIGN = 4096
+_io_local = threading.local()
+
+
+def _io_buffer() -> memoryview:
+    """This thread's page-aligned copy buffer (an anonymous mmap: O_DIRECT needs aligned memory)."""
+    buf = getattr(_io_local, "buf", None)
+    if buf is None:
+        buf = _io_local.buf = mmap.mmap(-1, _IO_CHUNK)
+    return memoryview(buf)
+
+
+def _copy_piece(sfd: int, dfd: int, direct_fd: int | None, start: int, length: int) -> bytes:
+    """Copy ``length`` bytes at ``start`` from ``sfd`` to ``dfd`` and return their sha256, in one pass over one
+    buffer: aligned chunks go through ``direct_fd`` (O_DIRECT: no second copy in the page cache), a short tail
+    through ``dfd``."""
+    h = hashlib.sha256()
+    mv = _io_buffer()
+    off, end = start, start + length
+    while off < end:
+        n = os.preadv(sfd, [mv[:min(_IO_CHUNK, end - off)]], off)
+        if n <= 0:
+            raise OSError(errno.EIO, f"short read at offset {off}")
+        h.update(mv[:n])
+        fd = direct_fd if direct_fd is not None and n % _ALIGN == 0 else dfd
+        done = 0
+        while done < n:
+            done += os.pwritev(fd, [mv[done:n]], off + done)
+        off += n
     return h.digest()
 
 
@@ -181,15 +264,81 @@ def _sha256(path: Path) -> str:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        if size <= PIECE_BYTES:
+        pieces = _pieces(size)
+        if len(pieces) == 1:
             return _sha256_range(fd, 0, size).hex()
-        starts = range(0, size, PIECE_BYTES)
-        workers = max(1, min(len(starts), os.cpu_count() or 1, 16))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpucr-sha256") as pool:
-            digests = list(pool.map(lambda st: _sha256_range(fd, st, min(PIECE_BYTES, size - st)), starts))
-        return _TREE_PREFIX + hashlib.sha256(b"".join(digests)).hexdigest()
+        with ThreadPoolExecutor(max_workers=_workers(len(pieces)), thread_name_prefix="gpucr-sha256") as pool:
+            digests = list(pool.map(lambda p: _sha256_range(fd, *p), pieces))
+        return _combine(size, digests)
     finally:
         os.close(fd)
+
+
+def _is_pages(name: str) -> bool:
+    """CRIU's page data (``images/pages-N.img``): raw memory that CRIU copies into the tasks and never parses."""
+    p = Path(name)
+    return p.parent == Path(IMAGES) and p.name.startswith("pages-") and p.name.endswith(".img")
+
+
+class PendingVerify:
+    """The sha256 check of a checkpoint's page images, running in threads while CRIU restores (it reads the pages
+    ahead of CRIU, so it is also the prefetch from disk). Every image CRIU parses is checked before CRIU starts;
+    page data only fills the restored tasks' memory, and :meth:`wait` (at CRIU's ``post-restore``, before the tasks
+    run again: a failure there makes CRIU kill them) refuses a checkpoint whose pages were changed."""
+
+    def __init__(self, cp: CheckpointDir, entries: dict[str, FileEntry]) -> None:
+        self.cp = cp
+        self._verdict: str | None = None
+        self._stop = threading.Event()
+        n = sum(len(_pieces(e.size)) for e in entries.values())
+        self._pool = ThreadPoolExecutor(max_workers=_workers(n), thread_name_prefix="gpucr-verify")
+        self._fds: list[int] = []
+        self._jobs: list[tuple[str, FileEntry, list[Future[bytes]]]] = []
+        try:
+            for name, entry in entries.items():
+                fd = os.open(cp.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                self._fds.append(fd)
+                futs = [self._pool.submit(_sha256_range, fd, st, ln, self._stop) for st, ln in _pieces(entry.size)]
+                self._jobs.append((name, entry, futs))
+        except OSError as exc:
+            self.cancel()
+            raise LayoutError(f"cannot read checkpoint {cp.path}: {exc}") from exc
+
+    def wait(self) -> None:
+        """Block until every page image is hashed (again: the first verdict).
+
+        Raises:
+            LayoutError: the first page image that does not match its sha256 (or could not be read).
+        """
+        if self._verdict is None:
+            try:
+                self._check()
+                self._verdict = ""
+            except LayoutError as exc:
+                self._verdict = str(exc)
+        if self._verdict:
+            raise LayoutError(self._verdict)
+
+    def _check(self) -> None:
+        try:
+            for name, entry, futs in self._jobs:
+                try:
+                    digest = _combine(entry.size, [f.result() for f in futs])
+                except (_Stopped, CancelledError) as exc:
+                    raise LayoutError(f"the check of {name} of checkpoint {self.cp.path} was cancelled") from exc
+                except OSError as exc:
+                    raise LayoutError(f"cannot read {name} of checkpoint {self.cp.path}: {exc}") from exc
+                if digest != entry.sha256:
+                    raise LayoutError(f"checkpoint {self.cp.path} is corrupt: {name} does not match its sha256")
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -324,6 +473,120 @@ def _local_leftover(path: Path) -> int | None:
     return leftover_pid(path, STAGING_MARK if STAGING_MARK in path.name else ASIDE_MARK)
 
 
+class ImageCopier:
+    """Copies a dump from the memory stage into a checkpoint's ``images/`` at disk rate, hashing each piece from
+    the buffer it is written from (the manifest then costs no extra pass): pieces of :data:`PIECE_BYTES` in parallel
+    threads, O_DIRECT for the aligned part (no second copy in the page cache), every file fdatasynced.
+
+    With :meth:`follow` it starts while CRIU is still dumping: CRIU appends to its page images (``pages-N.img``)
+    sequentially, so every whole piece below a page image's current size is final and is copied at once; the rest
+    (the last pieces, and every other image, small) once CRIU is done (:meth:`finish`). The disk then works while
+    CRIU copies memory, and the dump and the write overlap."""
+
+    POLL_S = 0.05
+
+    def __init__(self, cp: CheckpointDir, src: Path) -> None:
+        self.cp, self.src = cp, src
+        self._pool = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="gpucr-write")
+        self._fds: list[int] = []
+        #: per copied file (relative to ``src``): source fd, destination fd, O_DIRECT fd, next piece, piece futures
+        self._files: dict[str, tuple[int, int, int | None, list[int], list[Future[bytes]]]] = {}
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._poll_error: BaseException | None = None
+
+    def follow(self) -> ImageCopier:
+        """Start copying the page images' finished pieces while CRIU writes them."""
+        self._poller = threading.Thread(target=self._poll, name="gpucr-follow", daemon=True)
+        self._poller.start()
+        return self
+
+    def _poll(self) -> None:
+        try:
+            while not self._stop.wait(self.POLL_S):
+                for name in os.listdir(self.src):
+                    if name.startswith("pages-") and name.endswith(".img"):
+                        size = os.stat(self.src / name).st_size
+                        self._submit(name, size, final=False)
+        except BaseException as exc:  # reported by finish()
+            self._poll_error = exc
+
+    def _open(self, rel: str) -> tuple[int, int, int | None, list[int], list[Future[bytes]]]:
+        f = self._files.get(rel)
+        if f is not None:
+            return f
+        sp, dp = self.src / rel, self.cp.images_dir / rel
+        if not stat.S_ISREG(os.lstat(sp).st_mode):
+            raise LayoutError(f"{sp} in the dump is not a regular file: CRIU writes none")
+        sfd = os.open(sp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._fds.append(sfd)
+        dfd = os.open(dp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        self._fds.append(dfd)
+        direct: int | None = None
+        try:
+            direct = os.open(dp, os.O_WRONLY | os.O_DIRECT | os.O_NOFOLLOW | os.O_CLOEXEC)
+            self._fds.append(direct)
+        except OSError:  # a filesystem without O_DIRECT: buffered, fdatasynced all the same
+            direct = None
+        f = self._files[rel] = (sfd, dfd, direct, [0], [])
+        return f
+
+    def _submit(self, rel: str, size: int, *, final: bool) -> None:
+        """Queue the pieces of ``rel`` that are complete at ``size`` (with ``final``: all the rest)."""
+        sfd, dfd, direct, nxt, futs = self._open(rel)
+        while nxt[0] + PIECE_BYTES <= size or (final and (nxt[0] < size or not futs)):
+            length = min(PIECE_BYTES, size - nxt[0])
+            futs.append(self._pool.submit(_copy_piece, sfd, dfd, direct, nxt[0], length))
+            nxt[0] += length
+            if length == 0:
+                break
+
+    def finish(self) -> dict[str, FileEntry]:
+        """CRIU is done: copy what is left, wait for every piece, fdatasync. Returns the manifest entries of the
+        copied files (CRIU's logs excluded: they are not part of the manifest).
+
+        Raises:
+            LayoutError: a file could not be read or written (ENOSPC and EIO included).
+        """
+        try:
+            self._stop.set()
+            if self._poller is not None:
+                self._poller.join()
+            if self._poll_error is not None:
+                raise self._poll_error
+            for dirpath, dirnames, filenames in os.walk(self.src):
+                rel_dir = Path(dirpath).relative_to(self.src)
+                for d in sorted(dirnames):
+                    os.makedirs(self.cp.images_dir / rel_dir / d, DIR_MODE, exist_ok=True)
+                for name in sorted(filenames):
+                    rel = str(rel_dir / name)
+                    self._submit(rel, os.lstat(Path(dirpath, name)).st_size, final=True)
+            known: dict[str, FileEntry] = {}
+            for rel, (sfd, dfd, _direct, nxt, futs) in sorted(self._files.items()):
+                digests = [f.result() for f in futs]
+                size = os.fstat(sfd).st_size
+                if size != nxt[0]:
+                    raise LayoutError(f"{self.src / rel} changed while it was copied ({nxt[0]} of {size} bytes)")
+                os.fdatasync(dfd)
+                if Path(rel).name not in _LOGS:
+                    known[str(Path(IMAGES) / rel)] = FileEntry(size, _combine(size, digests))
+            return known
+        except OSError as exc:
+            raise LayoutError(f"cannot write the images of {self.cp.path}: {exc.strerror or exc}") from exc
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop following and close every file (a failed dump; after :meth:`finish`, a no-op)."""
+        self._stop.set()
+        if self._poller is not None and self._poller is not threading.current_thread():
+            self._poller.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
+
 class CheckpointDir:
     """A checkpoint directory (see the module docstring for its layout)."""
 
@@ -333,6 +596,8 @@ class CheckpointDir:
         self.final: Path | None = None
         #: the previous checkpoint that :meth:`commit` moved aside, until :meth:`settle` or :meth:`discard`
         self.replaced: Path | None = None
+        #: the background check of the page images started by :meth:`open` with ``defer_pages``
+        self.pending: PendingVerify | None = None
 
     @property
     def images_dir(self) -> Path:
@@ -379,6 +644,36 @@ class CheckpointDir:
     _check_root = check_root
 
     @classmethod
+    def _check_existing(cls, path: Path, st: os.stat_result, *, force: bool, renamed: bool = False) -> bool:
+        """The rules for a dir already at ``path`` (``st`` its lstat): a real directory, ours and not writable by
+        others, not a mount point when a staged checkpoint is to be ``renamed`` onto it, and either empty or a
+        complete gpucr checkpoint (which only ``force`` replaces). Returns whether it holds such a checkpoint.
+
+        Raises:
+            LayoutError: naming the dir, what is wrong and the fix.
+        """
+        if stat.S_ISLNK(st.st_mode):
+            raise LayoutError(f"checkpoint dir {path} is a symlink: give the real path")
+        if not stat.S_ISDIR(st.st_mode):
+            raise LayoutError(f"checkpoint dir {path} exists and is not a directory: choose another path")
+        check_owner(path, st)
+        if renamed and os.lstat(path.parent).st_dev != st.st_dev:
+            raise LayoutError(f"checkpoint dir {path} is a mount point: a checkpoint is written beside it and "
+                              f"renamed into place, which a mount point cannot be; give a new dir inside it "
+                              f"(e.g. {path / 'ck'})")
+        if cls.holds_gpucr_checkpoint(path):
+            if not force:
+                raise LayoutError(f"{path} already holds a checkpoint: choose another dir, or pass --force to "
+                                  "replace it")
+            return True
+        if _non_empty(path):
+            what = ("holds CRIU images but no valid gpucr.json (an unfinished or foreign checkpoint)"
+                    if cls.holds_checkpoint(path) else "is not empty and holds no gpucr checkpoint")
+            raise LayoutError(f"checkpoint dir {path} {what}: choose an empty or new dir (--force replaces only a "
+                              "complete gpucr checkpoint)")
+        return False
+
+    @classmethod
     def create(cls, path: Path, *, force: bool = False, root: Path | None = None) -> CheckpointDir:
         """Make ``path`` ready for a new checkpoint: created 0700 (parents too), ``images/`` inside.
 
@@ -400,21 +695,8 @@ class CheckpointDir:
             except FileNotFoundError:
                 st = None
             if st is not None:
-                if stat.S_ISLNK(st.st_mode):
-                    raise LayoutError(f"checkpoint dir {path} is a symlink: give the real path")
-                if not stat.S_ISDIR(st.st_mode):
-                    raise LayoutError(f"checkpoint dir {path} exists and is not a directory: choose another path")
-                check_owner(path, st)
-                if cls.holds_gpucr_checkpoint(path):
-                    if not force:
-                        raise LayoutError(f"{path} already holds a checkpoint: choose another dir, or pass --force "
-                                          "to replace it")
+                if cls._check_existing(path, st, force=force):
                     _remove_checkpoint(path)
-                elif _non_empty(path):
-                    what = ("holds CRIU images but no valid gpucr.json (an unfinished or foreign checkpoint)"
-                            if cls.holds_checkpoint(path) else "is not empty and holds no gpucr checkpoint")
-                    raise LayoutError(f"checkpoint dir {path} {what}: choose an empty or new dir (--force replaces "
-                                      "only a complete gpucr checkpoint)")
             else:
                 _mkdirs(path)
             _chmod_nofollow(path, DIR_MODE)
@@ -469,24 +751,7 @@ class CheckpointDir:
             except FileNotFoundError:
                 st = None
             if st is not None:
-                if stat.S_ISLNK(st.st_mode):
-                    raise LayoutError(f"checkpoint dir {path} is a symlink: give the real path")
-                if not stat.S_ISDIR(st.st_mode):
-                    raise LayoutError(f"checkpoint dir {path} exists and is not a directory: choose another path")
-                check_owner(path, st)
-                if os.lstat(path.parent).st_dev != st.st_dev:
-                    raise LayoutError(f"checkpoint dir {path} is a mount point: a checkpoint is written beside it and "
-                                      f"renamed into place, which a mount point cannot be; give a new dir inside it "
-                                      f"(e.g. {path / 'ck'})")
-                if cls.holds_gpucr_checkpoint(path):
-                    if not force:
-                        raise LayoutError(f"{path} already holds a checkpoint: choose another dir, or pass --force "
-                                          "to replace it")
-                elif _non_empty(path):
-                    what = ("holds CRIU images but no valid gpucr.json (an unfinished or foreign checkpoint)"
-                            if cls.holds_checkpoint(path) else "is not empty and holds no gpucr checkpoint")
-                    raise LayoutError(f"checkpoint dir {path} {what}: choose an empty or new dir (--force replaces "
-                                      "only a complete gpucr checkpoint)")
+                cls._check_existing(path, st, force=force, renamed=True)
             tmp = staging_path(path)
             _mkdirs(path.parent)
             cls.tidy_after_crash(path)
@@ -599,9 +864,16 @@ class CheckpointDir:
                 out.append(p)
         return out
 
-    def finalize(self, meta: Metadata, progress: Callable[[str], None] | None = None) -> Metadata:
+    def fill_from(self, src: Path) -> dict[str, FileEntry]:
+        """Copy CRIU's images from ``src`` (the memory stage, :mod:`.memstage`) into ``images/`` at disk rate
+        (:class:`ImageCopier`); returns the manifest entries of the copied files, for :meth:`finalize` ``known``."""
+        return ImageCopier(self, src).finish()
+
+    def finalize(self, meta: Metadata, progress: Callable[[str], None] | None = None,
+                 known: dict[str, FileEntry] | None = None) -> Metadata:
         """Tighten modes (0700/0600), fill ``meta.manifest`` and ``meta.sizes['total_bytes']``, then write
-        ``gpucr.json`` atomically (its appearance marks the checkpoint complete). Returns ``meta``.
+        ``gpucr.json`` atomically (its appearance marks the checkpoint complete). Returns ``meta``. ``known``: entries
+        hashed while :meth:`fill_from` wrote them (taken when the size still matches; every other file is hashed).
 
         Raises:
             LayoutError: a file could not be read or the metadata not written.
@@ -618,7 +890,9 @@ class CheckpointDir:
                 _chmod_nofollow(p, FILE_MODE)
                 if progress is not None:
                     progress(str(p.relative_to(self.path)))
-                manifest[str(p.relative_to(self.path))] = FileEntry(p.stat().st_size, _sha256(p))
+                rel, size = str(p.relative_to(self.path)), p.stat().st_size
+                k = (known or {}).get(rel)
+                manifest[rel] = k if k is not None and k.size == size else FileEntry(size, _sha256(p))
             meta.manifest = manifest
             meta.sizes["total_bytes"] = sum(e.size for e in manifest.values())
             meta.sizes["files"] = len(manifest)
@@ -636,11 +910,14 @@ class CheckpointDir:
         return meta
 
     @classmethod
-    def open(cls, path: Path, *, root: Path | None = None, verify: bool = True) -> tuple[CheckpointDir, Metadata]:
+    def open(cls, path: Path, *, root: Path | None = None, verify: bool = True,
+             defer_pages: bool = False) -> tuple[CheckpointDir, Metadata]:
         """Load a checkpoint for restore and check it before CRIU sees it.
 
         Args:
             verify: check every manifest entry's size *and* sha256 (False: sizes only, for speed).
+            defer_pages: with ``verify``, hash CRIU's page images in background threads (:class:`PendingVerify`,
+                in ``.pending``) instead of before returning; every other file is hashed now.
 
         Raises:
             LayoutError: missing, outside ``root``, incomplete (no gpucr.json), not ours or writable by others (the
@@ -664,15 +941,17 @@ class CheckpointDir:
         except OSError as exc:
             raise LayoutError(f"cannot read {cp.metadata_file}: {exc.strerror}") from exc
         meta = Metadata.from_json(text, str(cp.metadata_file))
-        cp.verify(meta, full=verify)
+        cp.pending = cp.verify(meta, full=verify, defer_pages=defer_pages)
         return cp, meta
 
-    def verify(self, meta: Metadata, *, full: bool = True) -> None:
-        """Every manifest file present, with its size (and with ``full`` its sha256); nothing missing.
+    def verify(self, meta: Metadata, *, full: bool = True, defer_pages: bool = False) -> PendingVerify | None:
+        """Every manifest file present, with its size (and with ``full`` its sha256); nothing missing. With
+        ``defer_pages`` the page images' sha256 is checked in the background: returns that check.
 
         Raises:
             LayoutError: names the first bad file and what is wrong with it.
         """
+        deferred: dict[str, FileEntry] = {}
         if not meta.manifest:
             raise LayoutError(f"{self.metadata_file} lists no files: the checkpoint is empty or corrupt")
         for name, entry in meta.manifest.items():
@@ -686,8 +965,11 @@ class CheckpointDir:
             if size != entry.size:
                 raise LayoutError(f"checkpoint {self.path} is corrupt: {name} has {size} bytes, the manifest says "
                                   f"{entry.size} (truncated or changed)")
-            if full and _sha256(p) != entry.sha256:
+            if full and defer_pages and _is_pages(name):
+                deferred[name] = entry
+            elif full and _sha256(p) != entry.sha256:
                 raise LayoutError(f"checkpoint {self.path} is corrupt: {name} does not match its sha256")
+        return PendingVerify(self, deferred) if deferred else None
 
 
 # --- host resource checks ------------------------------------------------------------------------------------------
@@ -714,13 +996,7 @@ def check_disk_space(path: Path, needed_bytes: int, *, what: str = "the checkpoi
                           "filesystem or free space")
 
 
-# --- the engine's view: a metadata dict over CheckpointDir ----------------------------------------------------------
-# The engine works with a plain metadata dict; CheckpointStore maps it onto Metadata (GPU processes, driver version,
-# container id, timings) and keeps the CUDA details (GPU inventory, per-process memory by UUID, the cgroup freezer the
-# workload lived in) under ``extra``, which Metadata round-trips unchanged.
-
-#: metadata keys that layout.Metadata models itself; everything else of the engine's dict goes to ``extra``
-_OWN = {"pid", "container_id", "timings_s", "image_bytes"}
+# --- the engine's view: checkpoint directories by the path the caller named ---------------------------------------
 
 
 class CheckpointStore:
@@ -728,13 +1004,15 @@ class CheckpointStore:
 
     Args:
         root: refuse dirs outside it.
-        verify_sha256: on restore check every file's sha256 (True) or only its size (False, faster on big images).
+        verify_sha256: on restore check every file's sha256 (True: the page images in the background while CRIU
+            restores, :class:`PendingVerify`) or only its size (False).
     """
 
     def __init__(self, root: Path | None = None, *, verify_sha256: bool = True) -> None:
         self.root = root
         self.verify_sha256 = verify_sha256
         self._staged: dict[Path, CheckpointDir] = {}
+        self._opened: dict[Path, CheckpointDir] = {}
 
     def prepare(self, images_dir: Path, *, force: bool) -> Path:
         """Stage the checkpoint dir under its temporary name (0700; an existing checkpoint is refused unless
@@ -759,6 +1037,11 @@ class CheckpointStore:
         except OSError as exc:
             raise LayoutError(f"cannot write the images of {images_dir} to disk (fsync of {d.images_dir}): "
                               f"{exc.strerror or exc}") from exc
+
+    def copier(self, images_dir: Path, src: Path) -> ImageCopier:
+        """The copier of a dump made in memory (``src``) into the staged checkpoint for ``images_dir`` at disk rate,
+        hashed on the way (:class:`ImageCopier`)."""
+        return ImageCopier(self._dir(images_dir), src)
 
     def discard(self, images_dir: Path) -> None:
         """Undo the checkpoint for ``images_dir`` (a failed checkpoint): its temporary dir removed, or, committed
@@ -799,24 +1082,33 @@ class CheckpointStore:
             p = p.parent
         check_disk_space(p, need_bytes, what=what)
 
-    def write_metadata(self, images_dir: Path, meta: dict[str, Any]) -> None:
-        cuda = meta.get("cuda") or {}
-        gpus: dict[str, str] = cuda.get("gpus") or {}
-        procs = [GpuProcess(int(p["pid"]), list(p.get("gpus") or {}), [gpus.get(u, "") for u in p.get("gpus") or {}],
-                            sum((p.get("gpus") or {}).values())) for p in cuda.get("processes") or []]
-        md = Metadata(root_pid=int(meta["pid"]), container_id=meta.get("container_id") or None,
-                      driver_version=cuda.get("driver_version") or None, processes=procs,
-                      timings=dict(meta.get("timings_s") or {}),
-                      sizes={"image_bytes": int(meta.get("image_bytes") or 0)},
-                      extra={k: v for k, v in meta.items() if k not in _OWN})
+    def write_metadata(self, images_dir: Path, meta: Metadata, known: dict[str, FileEntry] | None = None) -> None:
+        """Seal the staged checkpoint: manifest (``known`` entries taken as hashed while written), ``gpucr.json``
+        written last, then the atomic rename into place."""
         cp = self._dir(images_dir)
-        cp.finalize(md)
+        cp.finalize(meta, known=known)
         cp.commit()
 
-    def read_metadata(self, images_dir: Path) -> tuple[dict[str, Any], Path]:
-        """The engine's metadata dict and CRIU's images dir. Raises LayoutError for a corrupt/truncated checkpoint."""
-        cp, md = CheckpointDir.open(images_dir, root=self.root, verify=self.verify_sha256)
-        meta = dict(md.extra)
-        meta.update(pid=md.root_pid, container_id=md.container_id or "", timings_s=md.timings,
-                    image_bytes=md.sizes.get("image_bytes", 0))
-        return meta, cp.images_dir
+    def read_metadata(self, images_dir: Path) -> tuple[Metadata, Path]:
+        """The checkpoint's metadata and CRIU's images dir, every file checked (the page images' sha256 in the
+        background until :meth:`finish_verify`). Raises LayoutError for a corrupt/truncated checkpoint."""
+        cp, md = CheckpointDir.open(images_dir, root=self.root, verify=self.verify_sha256,
+                                    defer_pages=self.verify_sha256)
+        self._opened[images_dir] = cp
+        return md, cp.images_dir
+
+    def finish_verify(self, images_dir: Path) -> None:
+        """Wait for the background check of the page images :meth:`read_metadata` started (none: returns).
+
+        Raises:
+            LayoutError: a page image does not match its sha256.
+        """
+        cp = self._opened.get(images_dir)
+        if cp is not None and cp.pending is not None:
+            cp.pending.wait()
+
+    def drop_verify(self, images_dir: Path) -> None:
+        """Stop a background check still running (the restore failed first)."""
+        cp = self._opened.pop(images_dir, None)
+        if cp is not None and cp.pending is not None:
+            cp.pending.cancel()

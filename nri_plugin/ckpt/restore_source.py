@@ -137,10 +137,10 @@ def open_source(root: Path, name: str, *, verify_sha256: bool = True) -> Restore
         mk = path / IMAGES / _marker.MARKER
         raw = mk.read_bytes() if f"{IMAGES}/{_marker.MARKER}" in meta.manifest else None
         has_desc = True
-    elif meta.extra.get("container"):
+    elif meta.container:
         raise RestoreSourceError(
             f"checkpoint {name!r} ({path}) is a direct checkpoint of container "
-            f"{meta.container_id or meta.extra['container'].get('id', '?')} made by a gpucr that wrote no runc "
+            f"{meta.container_id or meta.container.get('id', '?')} made by a gpucr that wrote no runc "
             f"{_DESCRIPTORS}: restore it with `gpucr restore {path}`, or checkpoint the container again with this "
             "gpucr (`gpucr checkpoint CONTAINER --to ROOT/NAME`)")
     else:

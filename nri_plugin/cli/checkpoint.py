@@ -158,7 +158,10 @@ def _engine(args: argparse.Namespace, cfg: NodeConfig, progress: _ProgressLine, 
     thp = ThpStage(cfg.state_dir) if cfg.driver_thp == "always" else None
     cuda = CudaSteps(Driver(libcuda, call_timeout_s=cfg.driver_call_timeout_s), freezer_of, nvml=Nvml(args.libnvml),
                      progress=progress, on_phase=on_phase, thp=thp)
-    return Engine(cuda, Criu(args.criu), store, freezer_at=freezer_at)
+    via_memory = cfg.dump_via_memory == "always" or (
+        cfg.dump_via_memory == "leave-running" and getattr(args, "leave_running", False))
+    return Engine(cuda, Criu(args.criu), store, freezer_at=freezer_at,
+                  mem_base=cfg.state_dir if via_memory else None)
 
 
 def _print(summary: Any, as_json: bool) -> None:
@@ -229,6 +232,8 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     # a lease around the critical section, stale ones of earlier runs rolled back first (ckpt/lease.py)
     from ._guard import Guard, steps_factory, sweep_now
     sweep_now(cfg, args.libcuda)
+    from ..ckpt.memstage import sweep as sweep_memory
+    sweep_memory(cfg.state_dir)  # tmpfs dumps of a gpucr killed mid-checkpoint
     guard = Guard(cfg, what=f"container {container_id} (pid {pid})" if container_id else f"pid {pid}",
                   container_id=container_id, lock_timeout_ms=lock_timeout_ms)
     from contextlib import nullcontext

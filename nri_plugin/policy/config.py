@@ -23,6 +23,7 @@ _CHOICES = {
     "annotation_errors": ("fail", "warn"),
     "unmanaged_cuda": ("protect", "ignore"),
     "driver_thp": ("keep", "always"),
+    "dump_via_memory": ("leave-running", "always", "never"),
 }
 
 
@@ -82,6 +83,9 @@ class NodeConfig:
     checkpoint_keep_max: int = 10
     #: containerd's socket, through which the daemon takes periodic checkpoints (CRI and its task API)
     containerd_address: Path = Path("/run/containerd/containerd.sock")
+    #: `gpucr checkpoint` dumps into a private tmpfs first and writes the images to disk while and after CRIU dumps,
+    #: when the node has the memory: "always" (default), only for "leave-running" checkpoints, or "never"
+    dump_via_memory: str = "always"
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def phase_budgets(self, lock_timeout_ms: int | None = None,

@@ -187,10 +187,14 @@ def test_sigkill_of_gpucr_at_post_dump_with_cuda_is_swept(criu_binary: str, fsyn
         w.kill()
 
 
-def test_disk_full(criu_binary: str, fake_cuda: FakeCuda, small_fs: Callable[[int], Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("via_memory", ["never", "always"])
+def test_disk_full(criu_binary: str, fake_cuda: FakeCuda, small_fs: Callable[[int], Path], tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch, via_memory: str) -> None:
     """The target filesystem fills up during the dump: the tmpfs is large enough for gpucr's own disk checks (the
     tree's memory, then its GPU data, with the engine's margin: both pass), and a criu wrapper fills it first. CRIU
-    fails, gpucr rolls the CUDA processes back, the workload runs on, one error says the disk is full."""
+    fails (straight to disk), or gpucr's copy of the dump out of memory does (``dump_via_memory``); gpucr rolls the
+    CUDA processes back, the workload runs on, one error says the disk is full."""
+    monkeypatch.setenv("GPUCR_CONFIG", node_config(tmp_path, dump_via_memory=via_memory)["GPUCR_CONFIG"])
     w = FakeWorkload(fake_cuda, tmp_path, nproc=2, gpu_bytes=64 << 20)
     try:
         w.advancing()
@@ -204,7 +208,8 @@ def test_disk_full(criu_binary: str, fake_cuda: FakeCuda, small_fs: Callable[[in
         ck = small / "ck"
         r = gpucr("checkpoint", "--pid", str(w.root), "--to", str(ck), env={"GPUCR_CRIU": str(filler)}, check=False)
         assert r.returncode == 1
-        one_error(r.stderr, f"pid {w.root}", "failed at step criu-dump", f"no space left on the filesystem of {ck}",
+        step = "criu-dump" if via_memory == "never" else "write-images"
+        one_error(r.stderr, f"pid {w.root}", f"failed at step {step}", f"no space left on the filesystem of {ck}",
                   f"fix: the filesystem of {ck} is full")
         assert all(fake_cuda.state(p) == "RUNNING" for p in w.pids)
         w.advancing()

@@ -11,6 +11,7 @@ import pytest
 
 from nri_plugin.ckpt import marker
 from nri_plugin.ckpt.container import ContainerError, ContainerStore, check_restore, dump_options
+from nri_plugin.ckpt.layout import Metadata
 
 SNAP = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots"
 
@@ -55,7 +56,7 @@ class _Store:
     def images_of(self, images_dir: Path) -> Path:
         return self.images
 
-    def write_metadata(self, images_dir: Path, meta: dict[str, object]) -> None:
+    def write_metadata(self, images_dir: Path, meta: Metadata, known: object = None) -> None:
         assert (self.images / "descriptors.json").exists()  # before the seal, so the manifest covers it
         self.written.append(meta)
 
@@ -67,7 +68,7 @@ def test_container_store_writes_runcs_files_before_the_seal(tmp_path: Path) -> N
     store = _Store(tmp_path)
     desc = {"id": "c1", "descriptors": ["/dev/null", "pipe:[5]", "pipe:[6]"]}
     cuda = {"processes": [{"pid": 9, "gpus": {"GPU-a": 10}}], "gpus": {"GPU-a": "H200"}, "driver_version": "580"}
-    ContainerStore(store, desc, managed=True).write_metadata(tmp_path, {"pid": 9, "container_id": "c1", "cuda": cuda})
+    ContainerStore(store, desc, managed=True).write_metadata(tmp_path, Metadata(root_pid=9, container_id="c1", cuda=cuda))
     assert json.loads((tmp_path / "descriptors.json").read_text()) == desc["descriptors"]
     mk = marker.read(str(tmp_path))
     assert (mk.container_id, mk.pid, mk.processes, mk.gpus, mk.driver_version, mk.managed) == \
@@ -78,5 +79,5 @@ def test_container_store_writes_runcs_files_before_the_seal(tmp_path: Path) -> N
 
 def test_container_store_writes_no_marker_without_cuda(tmp_path: Path) -> None:
     ContainerStore(_Store(tmp_path), {"id": "c1", "descriptors": ["a", "b", "c"]}, managed=False).write_metadata(
-        tmp_path, {"pid": 9, "container_id": "c1", "cuda": {"processes": []}})
+        tmp_path, Metadata(root_pid=9, container_id="c1", cuda={"processes": []}))
     assert (tmp_path / "descriptors.json").exists() and not (tmp_path / marker.MARKER).exists()

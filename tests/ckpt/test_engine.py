@@ -68,7 +68,7 @@ def test_leave_running_order(mocker: MockerFixture, procs: list[int], tmp_path: 
     assert summary.gpu_bytes == 2 * GIB and set(summary.timings_s) >= {"cuda-lock", "cuda-checkpoint", "criu-dump"}
     meta, images = s.store.read_metadata(s.dir)
     assert images == s.dir / "images" and (images / f"core-{procs[0]}.img").exists()
-    assert meta["cuda"]["driver_version"] == "580.159.04" and len(meta["cuda"]["processes"]) == 2
+    assert meta.cuda["driver_version"] == "580.159.04" and len(meta.cuda["processes"]) == 2
 
 
 def test_frozen_cgroup_is_thawed_for_cuda_and_refrozen(mocker: MockerFixture, procs: list[int],
