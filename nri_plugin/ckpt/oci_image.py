@@ -40,8 +40,9 @@ from typing import IO, Any
 from .durable import DIR_MODE, FILE_MODE, fsync_path, fsync_tree
 from .layout import IMAGES, METADATA, CheckpointDir, LayoutError, Metadata, check_owner, staging_path
 
-__all__ = ["ARTIFACT_TYPE", "COMPRESSIONS", "CONFIG_TYPE", "LAYER_TYPE", "MANIFEST_TYPE", "BlobRef", "ImageFormatError",
-           "Packed", "check_config", "check_manifest", "check_name", "pack", "sha256_file", "unpack"]
+__all__ = ["ARTIFACT_TYPE", "COMPRESSIONS", "CONFIG_TYPE", "CTR_CRIU_TAR", "CTR_RW_TAR", "INDEX_TYPES", "LAYER_TYPE",
+           "MANIFEST_TYPE", "BlobRef", "ImageFormatError", "Packed", "check_config", "check_ctr_index", "check_manifest",
+           "check_name", "pack", "sha256_file", "unpack", "unpack_ctr"]
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 ARTIFACT_TYPE = "application/vnd.gpucr.checkpoint.v1"
@@ -371,10 +372,12 @@ def _member_path(m: tarfile.TarInfo, image: str) -> Path:
     return rel
 
 
-def _extract(tar_stream: IO[bytes], dst: Path, image: str) -> set[str]:
+def _extract(tar_stream: IO[bytes], dst: Path, image: str, *, skip_top: bool = False) -> set[str]:
     files: set[str] = set()
     with tarfile.open(fileobj=tar_stream, mode="r|") as t:  # type: ignore[call-overload]
         for m in t:
+            if skip_top and m.isdir() and m.name.strip("/") in ("", "."):
+                continue  # the tar's own top dir (dst itself)
             rel = _member_path(m, image)
             out = dst / rel
             for parent in reversed(rel.parents[:-1]):  # our own dirs only: never a link to follow
@@ -448,6 +451,88 @@ def unpack(layer: Path, layer_ref: BlobRef, config: dict[str, Any], final: Path,
             raise ImageFormatError(f"image {image}: the layer holds files that {METADATA} does not list "
                                    f"({', '.join(extra[:5])}): refusing it")
         CheckpointDir(staged).verify(meta, full=True)
+        fsync_tree(staged, tighten=True)
+        if os.path.lexists(final):
+            raise ImageFormatError(f"checkpoint {final.name!r} appeared under {root} during the import: import "
+                                   "under another name")
+        os.rename(staged, final)
+        fsync_path(final.parent, directory=True)
+        return meta
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+# -- containerd's own checkpoint image (``ctr c checkpoint --task``) -------------------------------------------------
+
+#: what ``ctr c checkpoint`` writes (containerd's ``images/mediatypes.go``, 1.7 and 2.x): the image's target is an
+#: index whose entries are the blobs themselves, not manifests
+INDEX_TYPES = frozenset({"application/vnd.oci.image.index.v1+json",
+                         "application/vnd.docker.distribution.manifest.list.v2+json"})
+CTR_CRIU_TAR = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
+CTR_RW_TAR = "application/vnd.containerd.container.rw.tar"
+_DESCRIPTORS = "descriptors.json"
+
+
+def check_ctr_index(data: bytes, ref: BlobRef, image: str) -> tuple[BlobRef, list[str]]:
+    """The CRIU tar's descriptor in containerd's checkpoint index ``data`` (checked against ``ref``), and the media
+    types of the index's other entries (the rw layer, the container's spec and runtime options, its base image).
+
+    Raises:
+        ImageFormatError: not an index holding exactly one CRIU tar (names what it is instead), or tampered with.
+    """
+    if ref.size > MAX_JSON_BYTES:
+        raise ImageFormatError(f"image {image}: its index is {ref.size} bytes: not a containerd checkpoint image")
+    check_blob(data, ref, f"image {image}: the index")
+    try:
+        entries = [_ref(d, f"image {image}: index entry") for d in json.loads(data)["manifests"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ImageFormatError(f"image {image}: its index is not an OCI index ({exc!r})") from exc
+    criu = [e for e in entries if e.media_type == CTR_CRIU_TAR]
+    if len(criu) != 1:
+        raise ImageFormatError(
+            f"image {image} is not a gpucr checkpoint, nor a containerd checkpoint image: its index lists "
+            f"{len(criu)} CRIU images ({CTR_CRIU_TAR}) among {sorted({e.media_type for e in entries})}; import an "
+            "image made by `gpucr export` or by `ctr c checkpoint --task`")
+    return criu[0], sorted(e.media_type for e in entries if e is not criu[0])
+
+
+def unpack_ctr(criu_tar: Path, criu_ref: BlobRef, final: Path, root: Path, image: str,
+               extra: dict[str, Any]) -> Metadata:
+    """Unpack the spooled CRIU tar of containerd's checkpoint image ``image`` (checked against ``criu_ref``) into
+    ``final/images`` and seal it (``gpucr.json``, kind "runtime" as ``gpucr seal`` writes, plus ``extra``): staged
+    beside ``final``, fsynced, then renamed; nothing stays behind on a failure. The same member rules as
+    :func:`unpack` (regular files and dirs, plain relative names); containerd's tar may name its top dir ``.``.
+
+    Raises:
+        ImageFormatError: the tar does not match its digest, holds something a checkpoint does not, or no runc
+            ``descriptors.json`` (not a container checkpoint runc can restore); ``final`` exists.
+        LayoutError: outside the root.
+    """
+    CheckpointDir.check_root(final, root)
+    if os.path.lexists(final):
+        raise ImageFormatError(f"checkpoint {final.name!r} exists already under {root}: import under another name, "
+                               "or remove it first")
+    if criu_tar.stat().st_size != criu_ref.size or sha256_file(criu_tar) != criu_ref.digest:
+        raise ImageFormatError(f"image {image}: its CRIU images ({CTR_CRIU_TAR}) do not match their digest "
+                               f"{criu_ref.digest}: the content store's copy is corrupt or was tampered with; "
+                               "checkpoint the container again")
+    staged = staging_path(final)
+    CheckpointDir.tidy_after_crash(final)
+    if os.path.lexists(staged):
+        shutil.rmtree(staged)
+    os.mkdir(staged, DIR_MODE)
+    try:
+        os.mkdir(staged / IMAGES, DIR_MODE)
+        try:
+            with open(criu_tar, "rb") as f:
+                files = _extract(f, staged / IMAGES, image, skip_top=True)
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise ImageFormatError(f"image {image}: its CRIU images are not a readable tar ({exc}): corrupt") from exc
+        if _DESCRIPTORS not in files:
+            raise ImageFormatError(f"image {image}: its CRIU images hold no runc {_DESCRIPTORS}: not a container "
+                                   "checkpoint runc can restore")
+        meta = CheckpointDir(staged).finalize(Metadata(extra={"kind": "runtime", "mounts": {}, **extra}))
         fsync_tree(staged, tighten=True)
         if os.path.lexists(final):
             raise ImageFormatError(f"checkpoint {final.name!r} appeared under {root} during the import: import "

@@ -22,7 +22,8 @@ from typing import Any
 
 from ..ckpt.layout import CheckpointDir, check_owner
 from ..ckpt.oci_image import (
-    BlobRef, ImageFormatError, check_config, check_manifest, check_name, pack, unpack,
+    CTR_RW_TAR, INDEX_TYPES, MAX_JSON_BYTES, BlobRef, ImageFormatError, check_config, check_ctr_index, check_manifest,
+    check_name, pack, unpack, unpack_ctr,
 )
 from ..ckpt.restore_source import resolve
 from ..containerd.content import CHUNK_BYTES, ContentClient, Descriptor, ImageExistsError, NotFoundError
@@ -99,6 +100,47 @@ def _read_small(client: ContentClient, ref: BlobRef, limit: int) -> bytes:
     return bytes(out)
 
 
+def _spool_blob(client: ContentClient, blob: BlobRef, dst: Path) -> None:
+    """``blob`` copied from the content store into the new private file ``dst`` (at most one byte past its size:
+    the digest check that follows refuses a longer or shorter one)."""
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        n = 0
+        for chunk in client.read(blob.digest):
+            n += len(chunk)
+            if n > blob.size:
+                f.write(chunk[:1])
+                break
+            f.write(chunk)
+
+
+def _import_ctr_checkpoint(client: ContentClient, ref: str, iref: BlobRef, real_root: Path, final: Path, root: Path,
+                           t0: float) -> dict[str, Any]:
+    """containerd's own checkpoint image (``ctr c checkpoint --task``): its CRIU tar becomes ``final/images``,
+    sealed as ``gpucr seal`` seals a ``ctr t checkpoint`` dir. The rest of the image (the rw layer, the container's
+    spec and runtime options) is not used: restore-from takes the spec, rootfs and volumes of the new container."""
+    criu, others = check_ctr_index(_read_small(client, iref, MAX_JSON_BYTES + 1), iref, ref)
+    spool = _spool(real_root)
+    try:
+        tar = spool / "criu.tar"
+        _spool_blob(client, criu, tar)
+        meta = unpack_ctr(tar, criu, final, root, ref, {
+            "via": "imported (containerd checkpoint image)", "image": ref, "image_digest": iref.digest,
+            "criu_digest": criu.digest, "not_imported": others})
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    total = time.monotonic() - t0
+    if CTR_RW_TAR in others:
+        log.warning("image %s holds the container's rw layer (%s): not applied on restore-from (the new container "
+                    "starts from its own image's rootfs)", ref, CTR_RW_TAR)
+    log.info("imported containerd checkpoint image %s as checkpoint %s (%d files) in %.2fs", ref, final,
+             len(meta.manifest), total)
+    return {"action": "import", "image": ref, "namespace": client.namespace, "digest": iref.digest, "name": final.name,
+            "path": str(final), "kind": "containerd-checkpoint", "exported_as": "", "files": len(meta.manifest),
+            "bytes": sum(e.size for e in meta.manifest.values()), "not_imported": others,
+            "timings_s": {"total": round(total, 3)}}
+
+
 def import_checkpoint(client: ContentClient, ref: str, root: Path, name: str) -> dict[str, Any]:
     """Unpack image ``ref`` into a new checkpoint ``root/name``. Returns a summary.
 
@@ -121,7 +163,8 @@ def import_checkpoint(client: ContentClient, ref: str, root: Path, name: str) ->
                          f"{client.namespace} images import --no-unpack FILE)") from exc
     t0 = time.monotonic()
     mref = BlobRef(target.media_type, target.digest, target.size)
-    from ..ckpt.oci_image import MAX_JSON_BYTES
+    if mref.media_type in INDEX_TYPES:
+        return _import_ctr_checkpoint(client, ref, mref, real_root, final, root, t0)
     if mref.size > MAX_JSON_BYTES:
         check_manifest(b"", mref, ref)  # names why
     cref, lref, ann = check_manifest(_read_small(client, mref, MAX_JSON_BYTES), mref, ref)

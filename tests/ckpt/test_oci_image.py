@@ -14,8 +14,8 @@ import pytest
 
 from nri_plugin.ckpt.layout import CheckpointDir, Metadata
 from nri_plugin.ckpt.oci_image import (
-    ARTIFACT_TYPE, CONFIG_TYPE, DIFF_ID, LAYER_TYPE, MANIFEST_TYPE, BlobRef, ImageFormatError, check_config,
-    check_manifest, check_name, pack, unpack,
+    ARTIFACT_TYPE, CONFIG_TYPE, CTR_CRIU_TAR, CTR_RW_TAR, DIFF_ID, LAYER_TYPE, MANIFEST_TYPE, BlobRef, ImageFormatError,
+    check_config, check_ctr_index, check_manifest, check_name, pack, unpack, unpack_ctr,
 )
 from nri_plugin.ckpt.restore_source import open_source
 
@@ -161,3 +161,72 @@ def test_layer_with_what_a_checkpoint_never_holds_is_refused(tmp_path: Path, cas
     with pytest.raises(ImageFormatError, match=expect):
         unpack(layer, ref, cfg, root / "copy", root, "img")
     assert sorted(q.name for q in root.iterdir()) == ["ck"] and not (tmp_path / "evil").exists()
+
+
+# -- containerd's own checkpoint image (ctr c checkpoint --task) -----------------------------------------------------
+
+def _ctr_index(blobs: dict[str, bytes]) -> tuple[bytes, BlobRef]:
+    """An index as ``ctr c checkpoint`` writes it: its entries are the blobs (media type -> content)."""
+    idx = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": mt, "digest": "sha256:" + hashlib.sha256(b).hexdigest(), "size": len(b)}
+        for mt, b in blobs.items()]}).encode()
+    return idx, BlobRef("application/vnd.oci.image.index.v1+json", "sha256:" + hashlib.sha256(idx).hexdigest(),
+                        len(idx))
+
+
+def _criu_tar(tmp_path: Path, *extra: object) -> tuple[Path, bytes]:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        top = tarfile.TarInfo(".")
+        top.type = tarfile.DIRTYPE
+        t.addfile(top)
+        for name, data in (("descriptors.json", b'["/dev/null"]'), ("pages-1.img", os.urandom(4096)),
+                           ("core-1.img", b"core")):
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode = len(data), 0o644
+            t.addfile(ti, io.BytesIO(data))
+        for add in extra:
+            add(t)  # type: ignore[operator]
+    p = tmp_path / "criu.tar"
+    p.write_bytes(buf.getvalue())
+    return p, buf.getvalue()
+
+
+def test_ctr_checkpoint_image_unpacks_into_a_sealed_images_dir(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    tar, data = _criu_tar(tmp_path)
+    idx, iref = _ctr_index({CTR_CRIU_TAR: data, CTR_RW_TAR: b"rw",
+                            "application/vnd.containerd.container.checkpoint.config.v1+proto": b"spec"})
+    criu, others = check_ctr_index(idx, iref, "img")
+    assert criu.media_type == CTR_CRIU_TAR and CTR_RW_TAR in others
+    meta = unpack_ctr(tar, criu, root / "ck", root, "img", {"via": "imported"})
+    assert sorted(meta.manifest) == ["images/core-1.img", "images/descriptors.json", "images/pages-1.img"]
+    assert meta.extra["kind"] == "runtime" and meta.extra["via"] == "imported"
+    assert sorted(q.name for q in root.iterdir()) == ["ck"]
+    assert oct((root / "ck" / "images" / "pages-1.img").stat().st_mode & 0o777) == "0o600"
+    assert open_source(root, "ck").kind == "images"
+
+
+def test_ctr_checkpoint_image_bad_input_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    tar, data = _criu_tar(tmp_path)
+    idx, iref = _ctr_index({"application/vnd.oci.image.manifest.v1+json": b"{}"})
+    with pytest.raises(ImageFormatError, match="is not a gpucr checkpoint, nor a containerd checkpoint image"):
+        check_ctr_index(idx, iref, "img")
+    idx, iref = _ctr_index({CTR_CRIU_TAR: data})
+    with pytest.raises(ImageFormatError, match="tampered with"):
+        check_ctr_index(idx + b" ", iref, "img")
+    criu, _ = check_ctr_index(idx, iref, "img")
+    raw = bytearray(data)
+    raw[len(raw) // 2] ^= 0xFF
+    tar.write_bytes(bytes(raw))
+    with pytest.raises(ImageFormatError, match="do not match their digest"):
+        unpack_ctr(tar, criu, root / "ck", root, "img", {})
+    tar, data = _criu_tar(tmp_path, _member("evil", tarfile.SYMTYPE, linkname="/etc/shadow"))
+    idx, iref = _ctr_index({CTR_CRIU_TAR: data})
+    criu, _ = check_ctr_index(idx, iref, "img")
+    with pytest.raises(ImageFormatError, match="a symlink"):
+        unpack_ctr(tar, criu, root / "ck", root, "img", {})
+    assert list(root.iterdir()) == []

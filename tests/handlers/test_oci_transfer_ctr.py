@@ -1,0 +1,120 @@
+"""``gpucr import`` of containerd's own checkpoint image (``ctr c checkpoint --task``, an index in containerd's
+content store holding the CRIU images as a tar), on containerd 1.7.24 and 2.1.9 with the front route and the fake
+CUDA driver (the node, containerd and plugin of ``tests/front/test_restore_from.py``).
+
+A managed fake-CUDA CRI container is checkpointed with ``ctr -n k8s.io c checkpoint --task`` through the front,
+imported as ``ROOT/NAME`` and restored into a new pod through ``gpucr.io/restore-from: NAME``: the counter goes on,
+the fake driver reports the new pid RUNNING, CRI lists, stops and removes it. The same image with its CRIU tar
+changed in the content store is refused with one error line, and nothing is written under the root.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nri_plugin.ckpt.oci_image import CTR_CRIU_TAR
+from nri_plugin.containerd import ContentClient
+from tests.fakes.cuda import FakeCuda
+from tests.front.conftest import FrontRoute, front_route  # noqa: F401  (fixture)
+from tests.front.test_front_containerd import _n
+from tests.front.test_gpufront import cuda_running, fake, gpu_front  # noqa: F401  (fixtures)
+from tests.front.test_restore_from import _container, _lines, _restore_config, ctrd, node, plugin  # noqa: F401
+from tests.testenv import REPO, Containerd, wait_for
+
+pytestmark = pytest.mark.integration
+
+HOOKS = "nri_plugin.handlers.front_cuda:make"
+
+
+def _gpucr(node: dict[str, Path], ctrd: Containerd, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", *args, "--address", ctrd.address,
+                           "--namespace", "k8s.io", "--config", str(node["config"])],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def _criu_blob(ctrd: Containerd, ref: str) -> tuple[Path, int]:
+    """The CRIU tar's blob file in the instance's content store, and its size as the index records it."""
+    with ContentClient(ctrd.address, "k8s.io") as cc:
+        index = json.loads(b"".join(cc.read(cc.image(ref).digest)))
+    (d,) = [m for m in index["manifests"] if m["mediaType"] == CTR_CRIU_TAR]
+    return (Path(ctrd.info["root_dir"]) / "io.containerd.content.v1.content/blobs/sha256"
+            / d["digest"].removeprefix("sha256:"), int(d["size"]))
+
+
+def test_ctr_checkpoint_image_imported_then_restored(ctrd: Containerd, plugin: Any,  # noqa: F811
+                                                      front_route: FrontRoute, node: dict[str, Path],  # noqa: F811
+                                                      fake: FakeCuda, tmp_path: Path) -> None:  # noqa: F811
+    data = tmp_path / "data"
+    data.mkdir()
+    ref, name = "localhost/gpucr-ctr-ckpt/cuda:1", "ctr-image"
+    root = node["root"]
+    with front_route.configured(hooks=HOOKS, node_config=str(node["config"]), libnvml=str(fake.lib)):
+        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+            cid = c.create_container(pod_id, _container(fake, data, "cuda", {}, ctrd.image), cfg)
+            c.start_container(cid)
+            pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
+            cuda_running(fake, pid)
+            wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+            lo = _n(data)
+            ctrd.ctr("c", "checkpoint", "--task", cid, ref, namespace="k8s.io")
+            hi = _n(data)
+            c.stop_container(cid, 0)
+        try:
+            r = _gpucr(node, ctrd, "import", ref, name, "--json")
+            assert r.returncode == 0, r.stderr
+            s = json.loads(r.stdout)
+            assert s["kind"] == "containerd-checkpoint" and s["name"] == name, s
+            ck = root / name
+            meta = json.loads((ck / "gpucr.json").read_text())
+            assert meta["via"] == "imported (containerd checkpoint image)" and meta["kind"] == "runtime", meta
+            assert "images/descriptors.json" in meta["manifest"] and "images/gpucr-cuda.json" in meta["manifest"]
+            for p in [ck, *ck.rglob("*")]:
+                st = p.lstat()
+                assert stat.S_IMODE(st.st_mode) == (0o700 if stat.S_ISDIR(st.st_mode) else 0o600), p
+                assert stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode), p
+            assert not [p for p in root.iterdir() if p.name.startswith(".") and "gpucr" in p.name]
+
+            data2 = tmp_path / "data2"
+            shutil.copytree(data, data2)
+            before = len(_lines(data2))
+            with ctrd.pod() as (c, pod_id, cfg):
+                conf = _restore_config(fake, data2, "restored", restore_from=name)
+                conf.image.image = ctrd.image
+                new = c.create_container(pod_id, conf, cfg)
+                c.start_container(new)
+                wait_for(lambda: len(_lines(data2)) >= before + 3, what="the restored counter", timeout=30)
+                after = _lines(data2)[before:]
+                assert lo - 1 <= after[0] - 1 <= hi, (lo, hi, after)
+                assert after == list(range(after[0], after[0] + len(after)))
+                st, info = c.container_status(new, verbose=True)
+                assert st.state == 1, st  # CONTAINER_RUNNING
+                npid = int(info["info"]["pid"])
+                assert npid != pid and fake.state(npid) == "RUNNING"
+                assert new in [x.id for x in c.list_containers(pod_id)]
+                c.stop_container(new, 0)
+                assert c.container_status(new)[0].state == 2  # CONTAINER_EXITED
+                c.remove_container(new)
+                assert new not in [x.id for x in c.list_containers(pod_id)]
+
+            blob, size = _criu_blob(ctrd, ref)
+            assert blob.stat().st_size == size
+            raw = bytearray(blob.read_bytes())
+            raw[len(raw) // 2] ^= 0xFF
+            blob.chmod(0o600)
+            blob.write_bytes(bytes(raw))
+            entries = sorted(p.name for p in root.iterdir())
+            r = _gpucr(node, ctrd, "import", ref, "ctr-tampered")
+            assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert r.stderr.startswith("gpucr import: error: ") and "tampered with" in r.stderr, r.stderr
+            assert sorted(p.name for p in root.iterdir()) == entries
+        finally:
+            shutil.rmtree(root / name, ignore_errors=True)
+            ctrd.ctr("images", "rm", ref, namespace="k8s.io", check=False)
