@@ -472,11 +472,14 @@ INDEX_TYPES = frozenset({"application/vnd.oci.image.index.v1+json",
 CTR_CRIU_TAR = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
 CTR_RW_TAR = "application/vnd.containerd.container.rw.tar"
 _DESCRIPTORS = "descriptors.json"
+#: where an imported rw layer lies, beside ``images/`` (the name CRI's archive gives it; ``restore_source.stage``)
+ROOTFS_DIFF = "rootfs-diff.tar"
 
 
-def check_ctr_index(data: bytes, ref: BlobRef, image: str) -> tuple[BlobRef, list[str]]:
-    """The CRIU tar's descriptor in containerd's checkpoint index ``data`` (checked against ``ref``), and the media
-    types of the index's other entries (the rw layer, the container's spec and runtime options, its base image).
+def check_ctr_index(data: bytes, ref: BlobRef, image: str) -> tuple[BlobRef, BlobRef | None, list[str]]:
+    """The CRIU tar's and the rw layer's (None without ``--rw``) descriptors in containerd's checkpoint index
+    ``data`` (checked against ``ref``), and the media types of the index's other entries (the container's record,
+    the checkpoint and runtime options, its base image with ``--image``): not imported.
 
     Raises:
         ImageFormatError: not an index holding exactly one CRIU tar (names what it is instead), or tampered with.
@@ -494,29 +497,61 @@ def check_ctr_index(data: bytes, ref: BlobRef, image: str) -> tuple[BlobRef, lis
             f"image {image} is not a gpucr checkpoint, nor a containerd checkpoint image: its index lists "
             f"{len(criu)} CRIU images ({CTR_CRIU_TAR}) among {sorted({e.media_type for e in entries})}; import an "
             "image made by `gpucr export` or by `ctr c checkpoint --task`")
-    return criu[0], sorted(e.media_type for e in entries if e is not criu[0])
+    rw = [e for e in entries if e.media_type == CTR_RW_TAR]
+    if len(rw) > 1:
+        raise ImageFormatError(f"image {image}: its index lists {len(rw)} rw layers ({CTR_RW_TAR}): not what "
+                               "`ctr c checkpoint` writes")
+    return criu[0], (rw[0] if rw else None), sorted(e.media_type for e in entries if e.media_type not in
+                                                    (CTR_CRIU_TAR, CTR_RW_TAR))
 
 
-def unpack_ctr(criu_tar: Path, criu_ref: BlobRef, final: Path, root: Path, image: str,
-               extra: dict[str, Any]) -> Metadata:
+def _check_spooled(path: Path, ref: BlobRef, what: str, image: str) -> None:
+    if path.stat().st_size != ref.size or sha256_file(path) != ref.digest:
+        raise ImageFormatError(f"image {image}: its {what} ({ref.media_type}) does not match its digest "
+                               f"{ref.digest}: the content store's copy is corrupt or was tampered with; "
+                               "checkpoint the container again")
+
+
+def _place_rw(rw: Path, dst: Path, image: str) -> None:
+    """The rw layer as ``dst`` (``rootfs-diff.tar``, what the restore applies: ``ckpt.rootfs_diff``), gunzipped
+    when containerd compressed it, and judged member by member now (refused whole, as the restore would)."""
+    from .rootfs_diff import RootfsDiffError, check_archive
+
+    with open(rw, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    if gz:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        with os.fdopen(fd, "wb") as out, gzip.open(rw, "rb") as src:
+            shutil.copyfileobj(src, out, _CHUNK)
+    else:
+        os.rename(rw, dst)
+    try:
+        check_archive(dst)
+    except RootfsDiffError as exc:
+        raise ImageFormatError(f"image {image}: its rw layer is refused ({exc})") from exc
+
+
+def unpack_ctr(criu_tar: Path, criu_ref: BlobRef, final: Path, root: Path, image: str, extra: dict[str, Any],
+               rw: tuple[Path, BlobRef] | None = None) -> Metadata:
     """Unpack the spooled CRIU tar of containerd's checkpoint image ``image`` (checked against ``criu_ref``) into
-    ``final/images`` and seal it (``gpucr.json``, kind "runtime" as ``gpucr seal`` writes, plus ``extra``): staged
-    beside ``final``, fsynced, then renamed; nothing stays behind on a failure. The same member rules as
-    :func:`unpack` (regular files and dirs, plain relative names); containerd's tar may name its top dir ``.``.
+    ``final/images``, its spooled rw layer (``rw``: the container's rootfs changes, ``ctr c checkpoint --rw``) as
+    ``final/rootfs-diff.tar``, and seal it (``gpucr.json``, kind "runtime" as ``gpucr seal`` writes, plus
+    ``extra``): staged beside ``final``, fsynced, then renamed; nothing stays behind on a failure. The same member
+    rules as :func:`unpack` (regular files and dirs, plain relative names); containerd's tar names its top dir ``.``.
 
     Raises:
-        ImageFormatError: the tar does not match its digest, holds something a checkpoint does not, or no runc
-            ``descriptors.json`` (not a container checkpoint runc can restore); ``final`` exists.
+        ImageFormatError: a blob does not match its digest, the CRIU tar holds something a checkpoint does not or no
+            runc ``descriptors.json`` (not a container checkpoint runc can restore), the rw layer holds what a
+            restore refuses; ``final`` exists.
         LayoutError: outside the root.
     """
     CheckpointDir.check_root(final, root)
     if os.path.lexists(final):
         raise ImageFormatError(f"checkpoint {final.name!r} exists already under {root}: import under another name, "
                                "or remove it first")
-    if criu_tar.stat().st_size != criu_ref.size or sha256_file(criu_tar) != criu_ref.digest:
-        raise ImageFormatError(f"image {image}: its CRIU images ({CTR_CRIU_TAR}) do not match their digest "
-                               f"{criu_ref.digest}: the content store's copy is corrupt or was tampered with; "
-                               "checkpoint the container again")
+    _check_spooled(criu_tar, criu_ref, "CRIU images", image)
+    if rw is not None:
+        _check_spooled(rw[0], rw[1], "rw layer", image)
     staged = staging_path(final)
     CheckpointDir.tidy_after_crash(final)
     if os.path.lexists(staged):
@@ -532,6 +567,8 @@ def unpack_ctr(criu_tar: Path, criu_ref: BlobRef, final: Path, root: Path, image
         if _DESCRIPTORS not in files:
             raise ImageFormatError(f"image {image}: its CRIU images hold no runc {_DESCRIPTORS}: not a container "
                                    "checkpoint runc can restore")
+        if rw is not None:
+            _place_rw(rw[0], staged / ROOTFS_DIFF, image)
         meta = CheckpointDir(staged).finalize(Metadata(extra={"kind": "runtime", "mounts": {}, **extra}))
         fsync_tree(staged, tighten=True)
         if os.path.lexists(final):

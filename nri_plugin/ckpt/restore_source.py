@@ -233,10 +233,16 @@ def _link_tree(src: Path, dst: Path) -> None:
         if entry.is_dir():
             _link_tree(entry, target)
             continue
-        try:
-            os.link(entry, target)
-        except OSError:
-            shutil.copy2(entry, target)
+        _link_file(entry, target)
+
+
+def _link_file(src: Path, dst: Path) -> None:
+    if src.is_symlink():
+        raise RestoreSourceError(f"{src} is a symlink inside the checkpoint: refusing it")
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 #: CRI's archive members beside ``checkpoint/`` that change the new container's rootfs (``ckpt.rootfs_diff``)
@@ -245,8 +251,8 @@ ROOTFS_DIFF, DELETED_FILES = "rootfs-diff.tar", "deleted.files"
 
 @dataclass(frozen=True)
 class Staged:
-    """What :func:`stage` made: CRIU's ``images`` and ``work`` dirs, and from CRI's archive the container's
-    rootfs changes (``rootfs_diff``: the archive's ``rootfs-diff.tar`` copied out; ``deleted``: the paths its
+    """What :func:`stage` made: CRIU's ``images`` and ``work`` dirs, and from CRI's archive (or beside the images of
+    an imported containerd checkpoint image) the container's rootfs changes (``rootfs_diff``: the archive's ``rootfs-diff.tar`` copied out; ``deleted``: the paths its
     ``deleted.files`` lists)."""
 
     images: Path
@@ -329,7 +335,11 @@ def stage(source: RestoreSource, root: Path, container_id: str) -> Staged:
             staged = _extract_archive(source.path / ARCHIVE, area)
         else:
             _link_tree(source.path / IMAGES, area / "images")
-            staged = Staged(area / "images", area / "work")
+            diff = None
+            if ROOTFS_DIFF in source.meta.manifest:  # a containerd checkpoint image's rw layer (gpucr import)
+                diff = area / ROOTFS_DIFF
+                _link_file(source.path / ROOTFS_DIFF, diff)
+            staged = Staged(area / "images", area / "work", diff)
         staged.work.mkdir(mode=0o700)
         return staged
     except (OSError, tarfile.TarError) as exc:

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import GpucrError
 
-__all__ = ["AppliedDiff", "RootfsDiffError", "apply"]
+__all__ = ["AppliedDiff", "RootfsDiffError", "apply", "check_archive"]
 
 WHITEOUT, OPAQUE = ".wh.", ".wh..wh..opq"
 
@@ -61,6 +61,20 @@ def _check(t: tarfile.TarFile, diff: Path) -> list[tarfile.TarInfo]:
         if rel.name.startswith(WHITEOUT) and not m.isreg():
             raise RootfsDiffError(f"{diff}: whiteout {m.name!r} is not a plain file")
     return members
+
+
+def check_archive(diff: Path) -> int:
+    """The members of ``diff`` judged as :func:`apply` judges them, writing nothing (``gpucr import`` refuses an
+    unsafe rw layer before it becomes a checkpoint). Returns the number of members.
+
+    Raises:
+        RootfsDiffError: an unsafe member (named), or not a tar.
+    """
+    try:
+        with tarfile.open(diff) as t:
+            return len(_check(t, diff))
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise RootfsDiffError(f"{diff} is not a readable tar ({exc})") from exc
 
 
 def _parent(rootfs: Path, rel: PurePosixPath, create: bool) -> Path | None:

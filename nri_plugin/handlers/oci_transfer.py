@@ -22,7 +22,7 @@ from typing import Any
 
 from ..ckpt.layout import CheckpointDir, check_owner
 from ..ckpt.oci_image import (
-    CTR_RW_TAR, INDEX_TYPES, MAX_JSON_BYTES, BlobRef, ImageFormatError, check_config, check_ctr_index, check_manifest,
+    INDEX_TYPES, MAX_JSON_BYTES, BlobRef, ImageFormatError, check_config, check_ctr_index, check_manifest,
     check_name, pack, unpack, unpack_ctr,
 )
 from ..ckpt.restore_source import resolve
@@ -116,29 +116,31 @@ def _spool_blob(client: ContentClient, blob: BlobRef, dst: Path) -> None:
 
 def _import_ctr_checkpoint(client: ContentClient, ref: str, iref: BlobRef, real_root: Path, final: Path, root: Path,
                            t0: float) -> dict[str, Any]:
-    """containerd's own checkpoint image (``ctr c checkpoint --task``): its CRIU tar becomes ``final/images``,
-    sealed as ``gpucr seal`` seals a ``ctr t checkpoint`` dir. The rest of the image (the rw layer, the container's
-    spec and runtime options) is not used: restore-from takes the spec, rootfs and volumes of the new container."""
-    criu, others = check_ctr_index(_read_small(client, iref, MAX_JSON_BYTES + 1), iref, ref)
+    """containerd's own checkpoint image (``ctr c checkpoint --task [--rw]``): its CRIU tar becomes
+    ``final/images`` and its rw layer ``final/rootfs-diff.tar``, sealed as ``gpucr seal`` seals a ``ctr t
+    checkpoint`` dir. The rest (the container's record, checkpoint and runtime options, ``--image``'s base image) is
+    not imported: restore-from takes the spec, image and volumes of the new container."""
+    criu, rw, others = check_ctr_index(_read_small(client, iref, MAX_JSON_BYTES + 1), iref, ref)
     spool = _spool(real_root)
     try:
         tar = spool / "criu.tar"
         _spool_blob(client, criu, tar)
+        rw_spooled = None
+        if rw is not None:
+            _spool_blob(client, rw, spool / "rw.tar")
+            rw_spooled = (spool / "rw.tar", rw)
         meta = unpack_ctr(tar, criu, final, root, ref, {
             "via": "imported (containerd checkpoint image)", "image": ref, "image_digest": iref.digest,
-            "criu_digest": criu.digest, "not_imported": others})
+            "criu_digest": criu.digest, "rw_digest": rw.digest if rw else "", "not_imported": others}, rw_spooled)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     total = time.monotonic() - t0
-    if CTR_RW_TAR in others:
-        log.warning("image %s holds the container's rw layer (%s): not applied on restore-from (the new container "
-                    "starts from its own image's rootfs)", ref, CTR_RW_TAR)
-    log.info("imported containerd checkpoint image %s as checkpoint %s (%d files) in %.2fs", ref, final,
-             len(meta.manifest), total)
+    log.info("imported containerd checkpoint image %s as checkpoint %s (%d files%s) in %.2fs", ref, final,
+             len(meta.manifest), ", rw layer as rootfs-diff.tar" if rw else "", total)
     return {"action": "import", "image": ref, "namespace": client.namespace, "digest": iref.digest, "name": final.name,
             "path": str(final), "kind": "containerd-checkpoint", "exported_as": "", "files": len(meta.manifest),
-            "bytes": sum(e.size for e in meta.manifest.values()), "not_imported": others,
-            "timings_s": {"total": round(total, 3)}}
+            "bytes": sum(e.size for e in meta.manifest.values()), "rootfs_diff": rw is not None,
+            "not_imported": others, "timings_s": {"total": round(total, 3)}}
 
 
 def import_checkpoint(client: ContentClient, ref: str, root: Path, name: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from nri_plugin.ckpt.oci_image import (
     ARTIFACT_TYPE, CONFIG_TYPE, CTR_CRIU_TAR, CTR_RW_TAR, DIFF_ID, LAYER_TYPE, MANIFEST_TYPE, BlobRef, ImageFormatError,
     check_config, check_ctr_index, check_manifest, check_name, pack, unpack, unpack_ctr,
 )
-from nri_plugin.ckpt.restore_source import open_source
+from nri_plugin.ckpt.restore_source import open_source, stage, unstage
 
 
 def _sealed(root: Path, name: str = "ck") -> Path:
@@ -198,14 +198,34 @@ def test_ctr_checkpoint_image_unpacks_into_a_sealed_images_dir(tmp_path: Path) -
     tar, data = _criu_tar(tmp_path)
     idx, iref = _ctr_index({CTR_CRIU_TAR: data, CTR_RW_TAR: b"rw",
                             "application/vnd.containerd.container.checkpoint.config.v1+proto": b"spec"})
-    criu, others = check_ctr_index(idx, iref, "img")
-    assert criu.media_type == CTR_CRIU_TAR and CTR_RW_TAR in others
-    meta = unpack_ctr(tar, criu, root / "ck", root, "img", {"via": "imported"})
-    assert sorted(meta.manifest) == ["images/core-1.img", "images/descriptors.json", "images/pages-1.img"]
+    criu, rw, others = check_ctr_index(idx, iref, "img")
+    assert criu.media_type == CTR_CRIU_TAR and rw is not None and rw.media_type == CTR_RW_TAR and others == [
+        "application/vnd.containerd.container.checkpoint.config.v1+proto"]
+    rw_path, rw_ref = _rw_layer(tmp_path, _member("etc/written", tarfile.REGTYPE, mode=0o644))
+    meta = unpack_ctr(tar, criu, root / "ck", root, "img", {"via": "imported"}, (rw_path, rw_ref))
+    assert sorted(meta.manifest) == ["images/core-1.img", "images/descriptors.json", "images/pages-1.img",
+                                     "rootfs-diff.tar"]
+    with tarfile.open(root / "ck" / "rootfs-diff.tar") as t:
+        assert t.getnames() == ["etc/written"]
+    src = open_source(root, "ck")
+    staged = stage(src, root, "c1")
+    assert staged.rootfs_diff is not None and staged.rootfs_diff.read_bytes() == \
+        (root / "ck" / "rootfs-diff.tar").read_bytes()
+    unstage(root, "c1")
     assert meta.extra["kind"] == "runtime" and meta.extra["via"] == "imported"
-    assert sorted(q.name for q in root.iterdir()) == ["ck"]
+    assert sorted(q.name for q in root.iterdir()) == [".restore", "ck"]
     assert oct((root / "ck" / "images" / "pages-1.img").stat().st_mode & 0o777) == "0o600"
-    assert open_source(root, "ck").kind == "images"
+    assert src.kind == "images"
+
+
+def _rw_layer(tmp_path: Path, add: object) -> tuple[Path, BlobRef]:
+    """containerd's rw layer: a gzipped OCI layer tar holding what ``add(tarfile)`` puts in."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        add(t)  # type: ignore[operator]
+    p = tmp_path / "rw.tar"
+    p.write_bytes(buf.getvalue())
+    return p, BlobRef(CTR_RW_TAR, "sha256:" + hashlib.sha256(buf.getvalue()).hexdigest(), len(buf.getvalue()))
 
 
 def test_ctr_checkpoint_image_bad_input_writes_nothing(tmp_path: Path) -> None:
@@ -218,15 +238,25 @@ def test_ctr_checkpoint_image_bad_input_writes_nothing(tmp_path: Path) -> None:
     idx, iref = _ctr_index({CTR_CRIU_TAR: data})
     with pytest.raises(ImageFormatError, match="tampered with"):
         check_ctr_index(idx + b" ", iref, "img")
-    criu, _ = check_ctr_index(idx, iref, "img")
+    criu, _, _ = check_ctr_index(idx, iref, "img")
     raw = bytearray(data)
     raw[len(raw) // 2] ^= 0xFF
     tar.write_bytes(bytes(raw))
-    with pytest.raises(ImageFormatError, match="do not match their digest"):
+    with pytest.raises(ImageFormatError, match="does not match its digest"):
         unpack_ctr(tar, criu, root / "ck", root, "img", {})
     tar, data = _criu_tar(tmp_path, _member("evil", tarfile.SYMTYPE, linkname="/etc/shadow"))
     idx, iref = _ctr_index({CTR_CRIU_TAR: data})
-    criu, _ = check_ctr_index(idx, iref, "img")
+    criu, _, _ = check_ctr_index(idx, iref, "img")
     with pytest.raises(ImageFormatError, match="a symlink"):
         unpack_ctr(tar, criu, root / "ck", root, "img", {})
+    tar, data = _criu_tar(tmp_path)
+    idx, iref = _ctr_index({CTR_CRIU_TAR: data})
+    criu, _, _ = check_ctr_index(idx, iref, "img")
+    rw = _rw_layer(tmp_path, _member("dev/evil", tarfile.CHRTYPE, devmajor=1, devminor=3))
+    with pytest.raises(ImageFormatError, match="its rw layer is refused .*device node"):
+        unpack_ctr(tar, criu, root / "ck", root, "img", {}, rw)
+    rw = _rw_layer(tmp_path, _member("etc/ok", tarfile.REGTYPE))
+    rw[0].write_bytes(rw[0].read_bytes() + b"x")
+    with pytest.raises(ImageFormatError, match="rw layer .* does not match its digest"):
+        unpack_ctr(tar, criu, root / "ck", root, "img", {}, rw)
     assert list(root.iterdir()) == []

@@ -49,12 +49,15 @@ def _criu_blob(ctrd: Containerd, ref: str) -> tuple[Path, int]:
             / d["digest"].removeprefix("sha256:"), int(d["size"]))
 
 
+@pytest.mark.parametrize("rw", [False, True], ids=["task", "task-rw"])
 def test_ctr_checkpoint_image_imported_then_restored(ctrd: Containerd, plugin: Any,  # noqa: F811
                                                       front_route: FrontRoute, node: dict[str, Path],  # noqa: F811
-                                                      fake: FakeCuda, tmp_path: Path) -> None:  # noqa: F811
+                                                      fake: FakeCuda, tmp_path: Path, rw: bool) -> None:  # noqa: F811
+    """With ``--rw`` the image also holds the container's rw layer: imported as ``rootfs-diff.tar`` and applied to
+    the new container's rootfs (a file the old container wrote there is in the new one); without, it is not."""
     data = tmp_path / "data"
     data.mkdir()
-    ref, name = "localhost/gpucr-ctr-ckpt/cuda:1", "ctr-image"
+    ref, name = f"localhost/gpucr-ctr-ckpt/cuda:{int(rw)}", f"ctr-image-{int(rw)}"
     root = node["root"]
     with front_route.configured(hooks=HOOKS, node_config=str(node["config"]), libnvml=str(fake.lib)):
         with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
@@ -63,19 +66,22 @@ def test_ctr_checkpoint_image_imported_then_restored(ctrd: Containerd, plugin: A
             pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
             cuda_running(fake, pid)
             wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+            r = c.exec_sync(cid, ["/bin/sh", "-c", "echo written-before > /rw-marker"])
+            assert r.exit_code == 0, r
             lo = _n(data)
-            ctrd.ctr("c", "checkpoint", "--task", cid, ref, namespace="k8s.io")
+            ctrd.ctr("c", "checkpoint", "--task", *(["--rw"] if rw else []), cid, ref, namespace="k8s.io")
             hi = _n(data)
             c.stop_container(cid, 0)
         try:
             r = _gpucr(node, ctrd, "import", ref, name, "--json")
             assert r.returncode == 0, r.stderr
             s = json.loads(r.stdout)
-            assert s["kind"] == "containerd-checkpoint" and s["name"] == name, s
+            assert s["kind"] == "containerd-checkpoint" and s["name"] == name and s["rootfs_diff"] is rw, s
             ck = root / name
             meta = json.loads((ck / "gpucr.json").read_text())
             assert meta["via"] == "imported (containerd checkpoint image)" and meta["kind"] == "runtime", meta
             assert "images/descriptors.json" in meta["manifest"] and "images/gpucr-cuda.json" in meta["manifest"]
+            assert ("rootfs-diff.tar" in meta["manifest"]) is rw, sorted(meta["manifest"])
             for p in [ck, *ck.rglob("*")]:
                 st = p.lstat()
                 assert stat.S_IMODE(st.st_mode) == (0o700 if stat.S_ISDIR(st.st_mode) else 0o600), p
@@ -99,6 +105,8 @@ def test_ctr_checkpoint_image_imported_then_restored(ctrd: Containerd, plugin: A
                 npid = int(info["info"]["pid"])
                 assert npid != pid and fake.state(npid) == "RUNNING"
                 assert new in [x.id for x in c.list_containers(pod_id)]
+                r = c.exec_sync(new, ["/bin/sh", "-c", "cat /rw-marker || echo absent"])
+                assert r.exit_code == 0 and r.stdout.strip() == (b"written-before" if rw else b"absent"), r
                 c.stop_container(new, 0)
                 assert c.container_status(new)[0].state == 2  # CONTAINER_EXITED
                 c.remove_container(new)
@@ -111,7 +119,7 @@ def test_ctr_checkpoint_image_imported_then_restored(ctrd: Containerd, plugin: A
             blob.chmod(0o600)
             blob.write_bytes(bytes(raw))
             entries = sorted(p.name for p in root.iterdir())
-            r = _gpucr(node, ctrd, "import", ref, "ctr-tampered")
+            r = _gpucr(node, ctrd, "import", ref, f"ctr-tampered-{int(rw)}")
             assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
             assert r.stderr.startswith("gpucr import: error: ") and "tampered with" in r.stderr, r.stderr
             assert sorted(p.name for p in root.iterdir()) == entries
