@@ -41,8 +41,8 @@ from .durable import DIR_MODE, FILE_MODE, fsync_path, fsync_tree
 from .layout import IMAGES, METADATA, CheckpointDir, LayoutError, Metadata, check_owner, staging_path
 
 __all__ = ["ARTIFACT_TYPE", "COMPRESSIONS", "CONFIG_TYPE", "CTR_CRIU_TAR", "CTR_RW_TAR", "INDEX_TYPES", "LAYER_TYPE",
-           "MANIFEST_TYPE", "BlobRef", "ImageFormatError", "Packed", "check_config", "check_ctr_index", "check_manifest",
-           "check_name", "pack", "sha256_file", "unpack", "unpack_ctr"]
+           "MANIFEST_TYPE", "RW_TYPES", "BlobRef", "ImageFormatError", "Packed", "check_config", "check_ctr_index",
+           "check_manifest", "check_name", "pack", "sha256_file", "unpack", "unpack_ctr"]
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 ARTIFACT_TYPE = "application/vnd.gpucr.checkpoint.v1"
@@ -471,6 +471,11 @@ INDEX_TYPES = frozenset({"application/vnd.oci.image.index.v1+json",
                          "application/vnd.docker.distribution.manifest.list.v2+json"})
 CTR_CRIU_TAR = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
 CTR_RW_TAR = "application/vnd.containerd.container.rw.tar"
+#: the rw layer (``ctr c checkpoint --rw``): containerd's diff of the container's snapshot, which 1.7 and 2.x write
+#: as an ordinary gzipped OCI layer (seen here on 1.7.24 and 2.1.9), not as CTR_RW_TAR; any of these is taken
+RW_TYPES = frozenset({CTR_RW_TAR, "application/vnd.oci.image.layer.v1.tar",
+                      "application/vnd.oci.image.layer.v1.tar+gzip",
+                      "application/vnd.docker.image.rootfs.diff.tar.gzip"})
 _DESCRIPTORS = "descriptors.json"
 #: where an imported rw layer lies, beside ``images/`` (the name CRI's archive gives it; ``restore_source.stage``)
 ROOTFS_DIFF = "rootfs-diff.tar"
@@ -497,12 +502,12 @@ def check_ctr_index(data: bytes, ref: BlobRef, image: str) -> tuple[BlobRef, Blo
             f"image {image} is not a gpucr checkpoint, nor a containerd checkpoint image: its index lists "
             f"{len(criu)} CRIU images ({CTR_CRIU_TAR}) among {sorted({e.media_type for e in entries})}; import an "
             "image made by `gpucr export` or by `ctr c checkpoint --task`")
-    rw = [e for e in entries if e.media_type == CTR_RW_TAR]
+    rw = [e for e in entries if e.media_type in RW_TYPES]
     if len(rw) > 1:
-        raise ImageFormatError(f"image {image}: its index lists {len(rw)} rw layers ({CTR_RW_TAR}): not what "
-                               "`ctr c checkpoint` writes")
-    return criu[0], (rw[0] if rw else None), sorted(e.media_type for e in entries if e.media_type not in
-                                                    (CTR_CRIU_TAR, CTR_RW_TAR))
+        raise ImageFormatError(f"image {image}: its index lists {len(rw)} rw layers "
+                               f"({sorted(e.media_type for e in rw)}): not what `ctr c checkpoint --rw` writes")
+    return criu[0], (rw[0] if rw else None), sorted(e.media_type for e in entries if e.media_type != CTR_CRIU_TAR
+                                                    and e.media_type not in RW_TYPES)
 
 
 def _check_spooled(path: Path, ref: BlobRef, what: str, image: str) -> None:

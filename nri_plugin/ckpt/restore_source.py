@@ -252,8 +252,8 @@ ROOTFS_DIFF, DELETED_FILES = "rootfs-diff.tar", "deleted.files"
 @dataclass(frozen=True)
 class Staged:
     """What :func:`stage` made: CRIU's ``images`` and ``work`` dirs, and from CRI's archive (or beside the images of
-    an imported containerd checkpoint image) the container's rootfs changes (``rootfs_diff``: the archive's ``rootfs-diff.tar`` copied out; ``deleted``: the paths its
-    ``deleted.files`` lists)."""
+    an imported containerd checkpoint image) the container's rootfs changes (``rootfs_diff``: the archive's
+    ``rootfs-diff.tar`` copied out; ``deleted``: the paths its ``deleted.files`` lists)."""
 
     images: Path
     work: Path
