@@ -16,6 +16,10 @@ out is checked against ``gpucr.json`` (every file's size and sha256, and no file
 the staged dir renamed to its final name. Deliberately not here: containerd (``containerd/content.py``) and the
 joining of the two (``handlers/oci_transfer.py``).
 
+containerd's own checkpoint image (``ctr c checkpoint --task [--rw]``) is read too (``check_ctr_index``,
+``unpack_ctr``): its CRIU tar becomes ``images/`` and its rw layer ``rootfs-diff.tar``, checked the same way, and the
+result is sealed (``gpucr.json`` written here, as ``gpucr seal`` does), since that image carries no gpucr metadata.
+
 zstd goes through the ``zstd`` program (``/usr/bin``; no Python binding is a dependency): optional.
 """
 

@@ -1,6 +1,7 @@
 """``gpucr export NAME REF`` and its inverse ``gpucr import REF NAME`` (one module, as ``checkpoint`` holds
 ``restore``): a checkpoint under the node's ``checkpoint_root`` as an OCI image in containerd's content store, and
-back (``handlers.oci_transfer``; the format: ``ckpt.oci_image``).
+back (``handlers.oci_transfer``; the format: ``ckpt.oci_image``). Import also takes containerd's own checkpoint
+image (``ctr c checkpoint --task``), so ``gpucr.io/restore-from`` can name it.
 
 Moving it between nodes is containerd's: ``ctr images push``/``pull`` through a registry, or ``ctr images
 export``/``import --no-unpack`` as a file (docs/flows.md).
@@ -34,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="layer compression (default: %(default)s; zstd needs /usr/bin/zstd)")
     _common(e)
     e.set_defaults(func=run_export)
-    i = sub.add_parser("import", help="unpack OCI image REF (made by gpucr export) into a new checkpoint NAME under "
-                                      "checkpoint_root")
+    i = sub.add_parser("import", help="unpack OCI image REF (made by gpucr export, or by ctr c checkpoint --task) "
+                                      "into a new checkpoint NAME under checkpoint_root")
     i.add_argument("ref", metavar="REF", help="image reference in containerd's content store")
     i.add_argument("name", metavar="NAME", help="a new checkpoint name (gpucr.io/restore-from: NAME restores it)")
     _common(i)

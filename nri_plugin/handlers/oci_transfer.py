@@ -7,6 +7,10 @@ creates the image record last; ``ctr images push``/``export`` then move it like 
 that exists before it reads anything, checks the manifest and config (gpucr's artifact, digests), spools the
 layer, and unpacks it (``oci_image.unpack``: checked, staged, renamed). Spool files live in a private dir in the
 checkpoint root (same filesystem as the checkpoints, never /tmp) and are removed afterwards.
+
+Import also takes containerd's own checkpoint image (``ctr c checkpoint --task [--rw]``: an index, told apart by
+its target's media type): its CRIU tar and rw layer are spooled, checked and unpacked into a sealed checkpoint
+(``oci_image.unpack_ctr``).
 """
 
 from __future__ import annotations
