@@ -558,7 +558,7 @@ def unpack_ctr(criu_tar: Path, criu_ref: BlobRef, final: Path, root: Path, image
     if os.path.lexists(final):
         raise ImageFormatError(f"checkpoint {final.name!r} exists already under {root}: import under another name, "
                                "or remove it first")
-    _check_spooled(criu_tar, criu_ref, "CRIU images", image)
+    _check_spooled(criu_tar, criu_ref, "CRIU tar", image)
     if rw is not None:
         _check_spooled(rw[0], rw[1], "rw layer", image)
     staged = staging_path(final)
