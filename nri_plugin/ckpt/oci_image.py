@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from . import marker as _marker
 from .durable import DIR_MODE, FILE_MODE, fsync_path, fsync_tree
 from .layout import IMAGES, METADATA, CheckpointDir, LayoutError, Metadata, check_owner, staging_path
 
@@ -576,9 +577,17 @@ def unpack_ctr(criu_tar: Path, criu_ref: BlobRef, final: Path, root: Path, image
         if _DESCRIPTORS not in files:
             raise ImageFormatError(f"image {image}: its CRIU images hold no runc {_DESCRIPTORS}: not a container "
                                    "checkpoint runc can restore")
+        cuda = _marker.MARKER in files
+        if cuda:  # the front's CUDA marker, kept as it is; unreadable, the restore would refuse it: refused now
+            try:
+                _marker.read(str(staged / IMAGES))
+            except (_marker.MarkerError, ValueError, OSError) as exc:
+                raise ImageFormatError(f"image {image}: gpucr's CUDA marker in its CRIU images is unreadable "
+                                       f"({exc}): checkpoint the container again") from exc
         if rw is not None:
             _place_rw(rw[0], staged / ROOTFS_DIFF, image)
-        meta = CheckpointDir(staged).finalize(Metadata(extra={"kind": "runtime", "mounts": {}, **extra}))
+        meta = CheckpointDir(staged).finalize(Metadata(extra={"kind": "runtime", "mounts": {}, "cuda_marker": cuda,
+                                                              **extra}))
         fsync_tree(staged, tighten=True)
         if os.path.lexists(final):
             raise ImageFormatError(f"checkpoint {final.name!r} appeared under {root} during the import: import "

@@ -212,7 +212,7 @@ def test_ctr_checkpoint_image_unpacks_into_a_sealed_images_dir(tmp_path: Path) -
     assert staged.rootfs_diff is not None and staged.rootfs_diff.read_bytes() == \
         (root / "ck" / "rootfs-diff.tar").read_bytes()
     unstage(root, "c1")
-    assert meta.extra["kind"] == "runtime" and meta.extra["via"] == "imported"
+    assert meta.extra["kind"] == "runtime" and meta.extra["via"] == "imported" and meta.extra["cuda_marker"] is False
     assert sorted(q.name for q in root.iterdir()) == [".restore", "ck"]
     assert oct((root / "ck" / "images" / "pages-1.img").stat().st_mode & 0o777) == "0o600"
     assert src.kind == "images"
@@ -255,6 +255,11 @@ def test_ctr_checkpoint_image_bad_input_writes_nothing(tmp_path: Path) -> None:
     rw = _rw_layer(tmp_path, _member("dev/evil", tarfile.CHRTYPE, devmajor=1, devminor=3))
     with pytest.raises(ImageFormatError, match="its rw layer is refused .*device node"):
         unpack_ctr(tar, criu, root / "ck", root, "img", {}, rw)
+    tar, data = _criu_tar(tmp_path, _member("gpucr-cuda.json", tarfile.REGTYPE))  # empty: not JSON
+    idx, iref = _ctr_index({CTR_CRIU_TAR: data})
+    criu, _, _ = check_ctr_index(idx, iref, "img")
+    with pytest.raises(ImageFormatError, match="CUDA marker in its CRIU images is unreadable"):
+        unpack_ctr(tar, criu, root / "ck", root, "img", {})
     rw = _rw_layer(tmp_path, _member("etc/ok", tarfile.REGTYPE))
     rw[0].write_bytes(rw[0].read_bytes() + b"x")
     with pytest.raises(ImageFormatError, match="rw layer .* does not match its digest"):

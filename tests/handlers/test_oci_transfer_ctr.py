@@ -80,6 +80,7 @@ def test_ctr_checkpoint_image_imported_then_restored(ctrd: Containerd, plugin: A
             ck = root / name
             meta = json.loads((ck / "gpucr.json").read_text())
             assert meta["via"] == "imported (containerd checkpoint image)" and meta["kind"] == "runtime", meta
+            assert meta["cuda_marker"] is True and meta["image"] == ref, meta
             assert "images/descriptors.json" in meta["manifest"] and "images/gpucr-cuda.json" in meta["manifest"]
             assert ("rootfs-diff.tar" in meta["manifest"]) is rw, sorted(meta["manifest"])
             for p in [ck, *ck.rglob("*")]:
