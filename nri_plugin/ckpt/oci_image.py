@@ -550,9 +550,9 @@ def unpack_ctr(criu_tar: Path, criu_ref: BlobRef, final: Path, root: Path, image
     rules as :func:`unpack` (regular files and dirs, plain relative names); containerd's tar names its top dir ``.``.
 
     Raises:
-        ImageFormatError: a blob does not match its digest, the CRIU tar holds something a checkpoint does not or no
-            runc ``descriptors.json`` (not a container checkpoint runc can restore), the rw layer holds what a
-            restore refuses; ``final`` exists.
+        ImageFormatError: a blob does not match its digest, the CRIU tar holds something a checkpoint does not, no
+            runc ``descriptors.json`` (not a container checkpoint runc can restore) or an unreadable CUDA marker,
+            the rw layer holds what a restore refuses; ``final`` exists.
         LayoutError: outside the root.
     """
     CheckpointDir.check_root(final, root)
