@@ -386,7 +386,8 @@ class Doctor:
         name = (route or {}).get("runtime") or default
         opts = handlers.get(name, {}).get("options", {}) if isinstance(handlers.get(name), dict) else {}
         ours = "systemd" if isinstance(opts, dict) and opts.get("SystemdCgroup") else "cgroupfs"
-        detail = f"cgroup v{v}, handler '{name}' uses the {ours} driver"
+        detail = (f"cgroup v{v}" if v else "no cgroup filesystem mounted at /sys/fs/cgroup") + \
+            f", handler '{name}' uses the {ours} driver"
         try:
             m = re.search(r"^cgroupDriver:\s*\"?(\w+)", self.kubelet_config.read_text(), re.M)
         except OSError:
