@@ -123,6 +123,12 @@ def fresh(kind: str) -> Iterator[Freezer]:
         _rmdir(d, deadline)
 
 
+def rmdir(d: Path, timeout_s: float = 30) -> None:
+    """rmdir a test cgroup whose processes were killed, waiting while the kernel still counts them (EBUSY for a while
+    on a loaded machine); raises when it is still there after ``timeout_s``."""
+    _rmdir(d, time.monotonic() + timeout_s)
+
+
 def _rmdir(d: Path, deadline: float) -> None:
     while d.exists():
         try:

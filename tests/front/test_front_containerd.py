@@ -218,7 +218,7 @@ def _subreaper(cgroup: str) -> Iterator[list[int]]:
     try:
         yield pids
     finally:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(ChildProcessError):
                 while os.waitpid(-1, os.WNOHANG) != (0, 0):
