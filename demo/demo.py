@@ -7,10 +7,9 @@ opts in with ``gpucr.io/checkpoint: enabled`` runs a counter; it is checkpointed
 (``ctr c checkpoint --task``), killed, and brought back with ``ctr c restore``: the counter continues from its
 checkpointed value. Then the restore the kubelet cannot do: the pod, checkpointed through CRI (``gpucr checkpoint
 --via-runtime``: CheckpointContainer on 2.x, the task API on 1.7) into the node's checkpoint root, is restored into a
-NEW pod whose container names it with ``gpucr.io/restore-from`` (counter pod; docs/design.md). With an NVIDIA GPU
-present (and torch in this Python) the pod trains a model on the GPU instead
-(demo/gpu_pod.py): training continues after the restore and its GPU data is bit-identical (GPUCR_DEMO_CPU=1 forces
-the counter). Each step prints what gpucr did (from the plugin's and the front's logs and its state records).
+NEW pod whose container names it with ``gpucr.io/restore-from`` (docs/design.md). With an NVIDIA GPU present (and
+torch in this Python) the pod trains a model on the GPU instead (demo/gpu_pod.py), through both restores: training
+continues and its GPU data is bit-identical (GPUCR_DEMO_CPU=1 forces the counter). Each step prints what gpucr did (from the plugin's and the front's logs and its state records).
 Everything is cleaned up at the end (containerd stopped, nothing left running or mounted); the last line is JSON.
 """
 
@@ -86,38 +85,62 @@ def wait(pred, what: str, timeout: float = 20.0):  # type: ignore[no-untyped-def
     return v
 
 
-def new_pod_restore(cri: CriClient, info: dict[str, str], work: Path, data: Path, at_ckpt: tuple[int, int],
-                    plog: Log, flog: Log) -> dict[str, object]:
-    """Restore checkpoint counter-1 into a NEW pod through gpucr.io/restore-from, its volume at another host path;
-    the container is then stopped and removed like any other."""
+def new_pod_restore(cri: CriClient, info: dict[str, str], work: Path, data: Path, name: str,
+                    at_ckpt: tuple[int, int], plog: Log, flog: Log, gpu_digest: str | None = None) -> dict[str, object]:
+    """Restore checkpoint ``name`` into a NEW pod through gpucr.io/restore-from, its volume at another host path;
+    the container is then stopped and removed like any other. With ``gpu_digest`` the pod is the GPU training pod:
+    its GPU data must come back bit-identical (a fresh start draws other random data) and its step go on from the
+    checkpoint's."""
     data2 = work / "data-new-pod"
     shutil.copytree(data, data2)
-    n0 = len(counter(data2 / "counter.log"))
+    gpu = gpu_digest is not None
+    if gpu:
+        for f in [data2 / "step", *data2.glob("digest-*"), *data2.glob("verify-*")]:
+            f.unlink(missing_ok=True)  # the restored process writes them again
+    n0 = 0 if gpu else len(counter(data2 / "counter.log"))
     pcfg = pod_config("gpucr-demo-new", namespace="default", cgroup_parent=info["cgroup_parent"],
                       log_directory=str(work / "logs2"))
     pod_id = cri.run_pod_sandbox(pcfg)
     try:
-        cfg = container_config("counter", info["busybox_image"], command=["/bin/sh", "-c", "exit 3"],
-                               mounts=[(str(data2), "/data", False)],
-                               annotations={"gpucr.io/restore-from": "counter-1"})
-        cfg.linux.security_context.namespace_options.pid = cri_pb.CONTAINER
-        say(f"a NEW pod ({pod_id[:12]}), its container annotated gpucr.io/restore-from: counter-1 and its /data "
+        ann = {"gpucr.io/restore-from": name}
+        if gpu:
+            cfg = gpu_pod.gpu_container_config(data2, float(os.environ.get("GPUCR_DEMO_GIB", "1")))
+            for k, v in ann.items():
+                cfg.annotations[k] = v
+        else:
+            cfg = container_config("counter", info["busybox_image"], command=["/bin/sh", "-c", "exit 3"],
+                                   mounts=[(str(data2), "/data", False)], annotations=ann)
+            cfg.linux.security_context.namespace_options.pid = cri_pb.CONTAINER
+        say(f"a NEW pod ({pod_id[:12]}), its container annotated gpucr.io/restore-from: {name} and its /data "
             f"volume at another host path ({data2})")
         cid = cri.create_container(pod_id, cfg, pcfg)
         gpucr_said("\n".join(ln.split(" INFO ", 1)[-1] for ln in plog.new().splitlines() if "restored from" in ln))
         cri.start_container(cid)
-        after = wait(lambda: counter(data2 / "counter.log")[n0:][:3] if
-                     len(counter(data2 / "counter.log")) >= n0 + 3 else None, "the counter in the new pod")
+        if gpu:
+            wait(lambda: gpu_pod.step(data2) > 0, "the restored training to step", timeout=300)
+            resumed = gpu_pod.step(data2)
+            same = gpu_pod.verify(data2, "new-pod") == gpu_digest
+            after: list[int] = [resumed]
+            continued = same and resumed >= at_ckpt[0]
+        else:
+            after = wait(lambda: counter(data2 / "counter.log")[n0:][:3] if
+                         len(counter(data2 / "counter.log")) >= n0 + 3 else None, "the counter in the new pod")
+            continued = at_ckpt[0] <= after[0] <= at_ckpt[1] + 2
         gpucr_said(flog.new() or "(no front log lines)", "  gpucr criu front")
         state = state_name(cri.container_status(cid)[0].state)
-        continued = at_ckpt[0] <= after[0] <= at_ckpt[1] + 2
-        say(f"restored into the new pod: CRI says {state}; the counter continues {after[0]}, {after[1]}, {after[2]} "
-            f"({'from its checkpointed value' if continued else 'NOT from the checkpoint'})")
+        if gpu:
+            say(f"restored into the new pod: CRI says {state}; training continues at step {after[0]} (checkpointed "
+                f"between steps {at_ckpt[0]} and {at_ckpt[1]}); GPU data "
+                f"{'bit-identical' if same else 'DIFFERENT'} to before the checkpoint")
+        else:
+            say(f"restored into the new pod: CRI says {state}; the counter continues {after[0]}, {after[1]}, "
+                f"{after[2]} ({'from its checkpointed value' if continued else 'NOT from the checkpoint'})")
         cri.stop_container(cid, 0)
         cri.remove_container(cid)
         say("the restored container stopped and removed through CRI like any other")
-        return {"pod_id": pod_id, "container_id": cid, "state": state, "counter_at_checkpoint": at_ckpt,
-                "counter_after_restore": after, "continued": continued}
+        return {"pod_id": pod_id, "container_id": cid, "state": state, "checkpoint": name,
+                "at_checkpoint": at_ckpt, "after_restore": after, "continued": continued,
+                **({"gpu_data_identical": same} if gpu else {})}
     finally:
         cri.stop_pod_sandbox(pod_id)
         cri.remove_pod_sandbox(pod_id)
@@ -214,17 +237,17 @@ def main() -> int:
             gpucr_said(flog.new() or "(no front log lines)", "  gpucr criu front")
 
             # -- a second checkpoint, through CRI, into the node's checkpoint root -------------------------------
-            if not gpu:
-                say(f"checkpointing it again through the runtime's API: gpucr checkpoint {cid[:12]} --via-runtime "
-                    f"--to {ckpts / 'counter-1'}")
-                lo2 = counter(data / "counter.log")[-1]
-                run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", cid, "--via-runtime",
-                     "--leave-running", "--to", str(ckpts / "counter-1"), "--address", info["address"],
-                     "--config", str(conf)],
-                    cwd=REPO, env=ctr_env)
-                at_ckpt2 = (lo2, counter(data / "counter.log")[-1])  # it ran on meanwhile (leave-running)
-                say(f"checkpoint counter-1 sealed (gpucr.json with a manifest); the counter was at {at_ckpt2[0]}.."
-                    f"{at_ckpt2[1]} while it was taken")
+            name2 = "train-1" if gpu else "counter-1"
+            say(f"checkpointing it again through the runtime's API: gpucr checkpoint {cid[:12]} --via-runtime "
+                f"--to {ckpts / name2}")
+            lo2 = gpu_pod.step(data) if gpu else counter(data / "counter.log")[-1]
+            run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", cid, "--via-runtime",
+                 "--leave-running", "--to", str(ckpts / name2), "--address", info["address"],
+                 "--config", str(conf)],
+                cwd=REPO, env=ctr_env)
+            at_ckpt2 = (lo2, gpu_pod.step(data) if gpu else counter(data / "counter.log")[-1])  # it ran on meanwhile
+            say(f"checkpoint {name2} sealed (gpucr.json with a manifest); the "
+                f"{'training step' if gpu else 'counter'} was at {at_ckpt2[0]}..{at_ckpt2[1]} while it was taken")
 
             # -- kill it ---------------------------------------------------------------------------------------
             cri.stop_container(cid, 0)
@@ -268,9 +291,9 @@ def main() -> int:
             cri.remove_container(cid)
             cri.stop_pod_sandbox(pod_id)
             cri.remove_pod_sandbox(pod_id)
-            if not gpu:
-                result["new_pod"] = new_pod_restore(cri, info, work, data, at_ckpt2, plog, flog)
-                result["continued"] = bool(result["continued"]) and result["new_pod"]["continued"]
+            result["new_pod"] = new_pod_restore(cri, info, work, data, name2, at_ckpt2, plog, flog,
+                                                gpu_digest=digest0 if gpu else None)
+            result["continued"] = bool(result["continued"]) and result["new_pod"]["continued"]
     except GpucrError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         if os.environ.get("GPUCR_DEMO_KEEP"):
