@@ -32,8 +32,9 @@ __all__ = ["GPUCR_LIB", "PKG_CRIU", "ROOT", "apt_install", "find_debs", "install
            "package_site", "packaged", "setup"]
 
 REPO = Path(__file__).resolve().parent.parent
-#: GPUCR_TEST_ROOT of the benches that use install/containerd.sh
-ROOT = Path("/tmp/gpucr-test")
+#: GPUCR_TEST_ROOT of the benches that use install/containerd.sh; root's alone (not under /tmp: the CRIU front refuses
+#: a route under a directory others can write, and the demo makes its route here)
+ROOT = Path("/var/lib/gpucr-bench")
 GPUCR_LIB = Path("/usr/lib/gpucr")
 #: gpucr-criu's launcher (packaging/build.sh)
 PKG_CRIU = GPUCR_LIB / "criu/criu"
@@ -135,6 +136,7 @@ def setup(stage: Path, pkgs: Path | None = None) -> dict[str, str]:
     site = package_site()
     sys.path.insert(0, str(site))
     # install/lib.sh: containerd 2.1.9 at $GPUCR_TEST_ROOT/opt/containerd-2.1.9/usr/bin, criu at $GPUCR_TEST_ROOT/bin
+    ROOT.mkdir(mode=0o700, exist_ok=True)
     bindir = ROOT / "opt/containerd-2.1.9/usr/bin"
     bindir.mkdir(parents=True, exist_ok=True)
     for tool in ("containerd", "ctr", "containerd-shim-runc-v2"):

@@ -121,10 +121,14 @@ def gpu_container_config(data: Path, gib: float) -> Any:
     (data / "work.py").write_text(WORKLOAD)
     mounts, devs = gpu_mounts_and_devices()
     exe, pydirs = python_for_container()
-    return container_config("train", HOSTROOT, command=[exe, "/data/work.py", "/data", str(gib)],
-                            env={"LD_LIBRARY_PATH": "/usr/local/nvidia/lib64", "PATH": "/usr/bin:/bin",
-                                 "HOME": "/tmp", "PYTHONPATH": pydirs[0]},
-                            mounts=[*mounts, (str(data), "/data", False)], devices=devs, log_path="train.log")
+    from nri_plugin.cri._pb import api_pb2 as cri_pb
+
+    cfg = container_config("train", HOSTROOT, command=[exe, "/data/work.py", "/data", str(gib)],
+                           env={"LD_LIBRARY_PATH": "/usr/local/nvidia/lib64", "PATH": "/usr/bin:/bin",
+                                "HOME": "/tmp", "PYTHONPATH": pydirs[0]},
+                           mounts=[*mounts, (str(data), "/data", False)], devices=devs, log_path="train.log")
+    cfg.linux.security_context.namespace_options.pid = cri_pb.CONTAINER  # kubelet's default: its own PID namespace
+    return cfg
 
 
 def step(d: Path) -> int:
