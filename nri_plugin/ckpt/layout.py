@@ -81,6 +81,9 @@ class LayoutError(GpucrError):
 class FileEntry:
     size: int
     sha256: str
+    #: the file's modification time when the checkpoint was sealed (None: sealed before gpucr recorded it). With
+    #: the size it lets a restore refuse a changed file at once, without hashing (:meth:`CheckpointDir.verify`)
+    mtime_ns: int | None = None
 
 
 @dataclass
@@ -160,7 +163,8 @@ class Metadata:
             return value
 
         try:
-            manifest = {name: FileEntry(int(e["size"]), str(e["sha256"]))
+            manifest = {name: FileEntry(int(e["size"]), str(e["sha256"]),
+                                        None if e.get("mtime_ns") is None else int(e["mtime_ns"]))
                         for name, e in want("manifest", dict).items()}
             procs = [GpuProcess(int(p["pid"]), list(p.get("gpu_uuids", [])), list(p.get("chips", [])),
                                 int(p.get("memory_bytes", 0))) for p in want("processes", list)]
@@ -890,9 +894,10 @@ class CheckpointDir:
                 _chmod_nofollow(p, FILE_MODE)
                 if progress is not None:
                     progress(str(p.relative_to(self.path)))
-                rel, size = str(p.relative_to(self.path)), p.stat().st_size
+                rel, st = str(p.relative_to(self.path)), p.stat()
                 k = (known or {}).get(rel)
-                manifest[rel] = k if k is not None and k.size == size else FileEntry(size, _sha256(p))
+                manifest[rel] = FileEntry(st.st_size, k.sha256 if k is not None and k.size == st.st_size
+                                          else _sha256(p), st.st_mtime_ns)
             meta.manifest = manifest
             meta.sizes["total_bytes"] = sum(e.size for e in manifest.values())
             meta.sizes["files"] = len(manifest)
@@ -944,9 +949,19 @@ class CheckpointDir:
         cp.pending = cp.verify(meta, full=verify, defer_pages=defer_pages)
         return cp, meta
 
+    def stamp_times(self, meta: Metadata) -> None:
+        """Give each file the modification time the manifest recorded at sealing: for files written again elsewhere
+        (an import) after :meth:`verify` with ``full`` proved their content."""
+        for name, entry in meta.manifest.items():
+            if entry.mtime_ns is not None:
+                os.utime(self.path / name, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+
     def verify(self, meta: Metadata, *, full: bool = True, defer_pages: bool = False) -> PendingVerify | None:
         """Every manifest file present, with its size (and with ``full`` its sha256); nothing missing. With
-        ``defer_pages`` the page images' sha256 is checked in the background: returns that check.
+        ``defer_pages`` the page images' sha256 is checked in the background: returns that check. Without ``full``
+        (the bounded check at CreateContainer) a file whose modification time differs from the one recorded at
+        sealing is refused too: a change of content that kept the size (the digests, checked later, catch a change
+        that also restored the time).
 
         Raises:
             LayoutError: names the first bad file and what is wrong with it.
@@ -965,6 +980,11 @@ class CheckpointDir:
             if size != entry.size:
                 raise LayoutError(f"checkpoint {self.path} is corrupt: {name} has {size} bytes, the manifest says "
                                   f"{entry.size} (truncated or changed)")
+            if not full and entry.mtime_ns is not None and p.stat().st_mtime_ns != entry.mtime_ns:
+                raise LayoutError(f"checkpoint {self.path}: {name} was modified after the checkpoint was sealed (its "
+                                  "modification time is not the one recorded then), so it cannot be trusted: "
+                                  "refusing it. A copy must keep the files' times (cp -a, rsync -a, or gpucr "
+                                  "export/import); otherwise checkpoint again")
             if full and defer_pages and _is_pages(name):
                 deferred[name] = entry
             elif full and _sha256(p) != entry.sha256:

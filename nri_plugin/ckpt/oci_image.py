@@ -456,6 +456,7 @@ def unpack(layer: Path, layer_ref: BlobRef, config: dict[str, Any], final: Path,
             raise ImageFormatError(f"image {image}: the layer holds files that {METADATA} does not list "
                                    f"({', '.join(extra[:5])}): refusing it")
         CheckpointDir(staged).verify(meta, full=True)
+        CheckpointDir(staged).stamp_times(meta)  # the content is proven: its sealing times make it restorable
         fsync_tree(staged, tighten=True)
         if os.path.lexists(final):
             raise ImageFormatError(f"checkpoint {final.name!r} appeared under {root} during the import: import "

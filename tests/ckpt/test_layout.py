@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -227,14 +228,42 @@ def test_truncated_file_detected(done: CheckpointDir) -> None:
         CheckpointDir.open(done.path)
 
 
-def test_flipped_byte_detected_only_by_full_verify(done: CheckpointDir) -> None:
+def test_flipped_byte_refused_by_its_time_then_by_full_verify(done: CheckpointDir) -> None:
+    """A byte changed after sealing, size kept: the quick check (sizes and sealing times) refuses it by its new
+    modification time; with that time put back only the full check (sha256) can tell, and does."""
     pages = done.images_dir / "pages-1.img"
+    sealed = pages.stat().st_mtime_ns
     data = bytearray(pages.read_bytes())
     data[500] ^= 0xFF
     pages.write_bytes(bytes(data))
-    CheckpointDir.open(done.path, verify=False)  # sizes only: same size passes
+    os.utime(pages, ns=(sealed + 10**9, sealed + 10**9))  # a coarse clock could keep the time: make it differ
+    with pytest.raises(LayoutError, match="images/pages-1.img was modified after the checkpoint was sealed"):
+        CheckpointDir.open(done.path, verify=False)
     with pytest.raises(LayoutError, match="images/pages-1.img does not match its sha256"):
         CheckpointDir.open(done.path)
+    os.utime(pages, ns=(sealed, sealed))
+    CheckpointDir.open(done.path, verify=False)  # sizes and times only: passes
+    with pytest.raises(LayoutError, match="images/pages-1.img does not match its sha256"):
+        CheckpointDir.open(done.path)
+
+
+def test_sealing_times_recorded_and_a_copy_that_keeps_them_passes(done: CheckpointDir, tmp_path: Path) -> None:
+    _, meta = CheckpointDir.open(done.path)
+    assert all(e.mtime_ns == (done.path / n).stat().st_mtime_ns for n, e in meta.manifest.items())
+    kept = tmp_path / "kept"
+    shutil.copytree(done.path, kept)  # copy2: times kept
+    CheckpointDir.open(kept, verify=False)
+    plain = tmp_path / "plain"
+    shutil.copytree(done.path, plain, copy_function=shutil.copyfile)
+    for q in plain.rglob("*"):
+        if q.is_file() and q.name != "gpucr.json":
+            os.utime(q, ns=(1, 1))
+    with pytest.raises(LayoutError, match="was modified after the checkpoint was sealed.*cp -a, rsync -a"):
+        CheckpointDir.open(plain, verify=False)
+    cp = CheckpointDir(plain)
+    cp.verify(meta, full=True)  # the content is the same: the full check passes, then the times can be put back
+    cp.stamp_times(meta)
+    CheckpointDir.open(plain, verify=False)
 
 
 def test_missing_file_and_incomplete_checkpoint(done: CheckpointDir) -> None:

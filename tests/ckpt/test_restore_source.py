@@ -167,11 +167,18 @@ def test_stage_refuses_a_corrupt_deleted_files_list(tmp_path: Path) -> None:
 
 
 def test_sizes_only_open_is_what_the_plugin_runs(tmp_path: Path) -> None:
-    """Without digests a changed byte passes (the wrapper's full check catches it); a changed size does not."""
+    """Without digests a changed byte is refused by its new modification time; with the sealing time put back it
+    passes (the wrapper's full check catches it); a changed size does not pass."""
     d = _images_ckpt(tmp_path, "ck")
-    b = bytearray((d / "images/pages-1.img").read_bytes())
+    pages = d / "images/pages-1.img"
+    sealed = pages.stat().st_mtime_ns
+    b = bytearray(pages.read_bytes())
     b[0] ^= 0xFF
-    (d / "images/pages-1.img").write_bytes(bytes(b))
+    pages.write_bytes(bytes(b))
+    os.utime(pages, ns=(sealed + 10**9, sealed + 10**9))
+    with pytest.raises(RestoreSourceError, match="modified after the checkpoint was sealed"):
+        open_source(tmp_path, "ck", verify_sha256=False)
+    os.utime(pages, ns=(sealed, sealed))
     open_source(tmp_path, "ck", verify_sha256=False)
     with pytest.raises(RestoreSourceError, match="does not match its sha256"):
         open_source(tmp_path, "ck")

@@ -208,8 +208,8 @@ def _refused(ctrd: Containerd, fake: FakeCuda, tmp_path: Path, name: str, **ann:
                                   "missing-volume"])
 def test_restore_bad_input_fails_creation(ctrd: Containerd, plugin: Any, node: dict[str, Path], fake: FakeCuda,
                                           checkpoint: dict[str, Any], tmp_path: Path, case: str) -> None:
-    """Each bad restore-from that is cheap to see (everything but a changed byte: the digests are the wrapper's, see
-    test_tampered_checkpoint_fails_at_start) fails CreateContainer with one clear error; no container, no staging,
+    """Each bad restore-from that is cheap to see (everything but a changed byte whose sealing time was put back:
+    the digests are the wrapper's, see test_tampered_checkpoint_is_refused) fails CreateContainer with one clear error; no container, no staging,
     no lock; the original checkpoint is untouched."""
     root: Path = node["root"]
     digest = _digest(checkpoint["path"])
@@ -383,18 +383,24 @@ def test_slow_staging_with_the_default_nri_timeout(ctrd: Containerd, plugin: Any
     _gone(node, cid)
 
 
-def test_tampered_checkpoint_fails_at_start(ctrd: Containerd, plugin: Any, front_route: FrontRoute,
-                                            node: dict[str, Path], fake: FakeCuda, checkpoint: dict[str, Any],
-                                            tmp_path: Path) -> None:
-    """A byte changed in the checkpoint (same size): CreateContainer (sizes only) accepts it; the wrapper's digests
-    at runc create refuse it with one clear error; nothing runs, nothing is left; the checkpoint is untouched."""
+@pytest.mark.parametrize("keep_time", [False, True], ids=["changed", "changed-time-put-back"])
+def test_tampered_checkpoint_is_refused(ctrd: Containerd, plugin: Any, front_route: FrontRoute,
+                                       node: dict[str, Path], fake: FakeCuda, checkpoint: dict[str, Any],
+                                       tmp_path: Path, keep_time: bool) -> None:
+    """A byte changed in the checkpoint (same size). Its new modification time differs from the one sealed in the
+    manifest: CreateContainer refuses it at once, no container. With the sealing time put back (only a deliberate
+    forgery does that) CreateContainer's bounded check accepts it and the wrapper's digests at runc create refuse
+    it with one clear error. Either way nothing runs, nothing is left, the checkpoint is untouched."""
     root: Path = node["root"]
     shutil.copytree(checkpoint["path"], root / "tampered")
     big = max((p for p in (root / "tampered").rglob("*") if p.is_file() and p.name != "gpucr.json"),
               key=lambda p: p.stat().st_size)
+    sealed = big.stat().st_mtime_ns
     b = bytearray(big.read_bytes())
     b[len(b) // 2] ^= 0xFF
     big.write_bytes(bytes(b))
+    t = sealed if keep_time else sealed + 10**9
+    os.utime(big, ns=(t, t))
     digest = _digest(root / "tampered")
     data = tmp_path / "d"
     shutil.copytree(checkpoint["data"], data)
@@ -405,18 +411,30 @@ def test_tampered_checkpoint_fails_at_start(ctrd: Containerd, plugin: Any, front
             with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
                 conf = _restore_config(fake, data, "bad", restore_from="tampered")
                 conf.image.image = ctrd.image
-                cid = c.create_container(pod_id, conf, cfg)
-                with pytest.raises(CriError) as ei:
-                    c.start_container(cid)
-                msg = str(ei.value)
-                assert f"container {cid}: restore from checkpoint 'tampered' refused at step verify" in msg, msg
-                assert "does not match its sha256" in msg, msg
-                assert c.container_status(cid)[0].state != 1  # not RUNNING
+                if not keep_time:
+                    with pytest.raises(CriError) as ei:
+                        c.create_container(pod_id, conf, cfg)
+                    msg = str(ei.value)
+                    assert "cannot restore from checkpoint 'tampered'" in msg, msg
+                    assert f"{big.relative_to(root / 'tampered')} was modified after the checkpoint was sealed" \
+                        in msg, msg
+                    assert not c.list_containers(pod_id), "a container was created"
+                    cid = None
+                else:
+                    cid = c.create_container(pod_id, conf, cfg)
+                    with pytest.raises(CriError) as ei:
+                        c.start_container(cid)
+                    msg = str(ei.value)
+                    assert f"container {cid}: restore from checkpoint 'tampered' refused at step verify" in msg, msg
+                    assert "does not match its sha256" in msg, msg
+                    assert c.container_status(cid)[0].state != 1  # not RUNNING
                 assert "request RESTORE" not in front_route.log_since(mark)  # CRIU never ran
-                assert not (root / ".restore" / cid).exists()  # staging dropped at the failure
+                assert not (root / ".restore").exists() or not list((root / ".restore").iterdir())
                 assert not list((node["state"] / "restore-locks").glob("*.lock"))
-                c.remove_container(cid)
-        _gone(node, cid)
+                if cid is not None:
+                    c.remove_container(cid)
+        if cid is not None:
+            _gone(node, cid)
         assert _digest(root / "tampered") == digest
     finally:
         shutil.rmtree(root / "tampered", ignore_errors=True)

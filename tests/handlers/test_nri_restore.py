@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,11 +42,18 @@ def test_prepare_tickets_and_finish_cleans(tmp_path: Path) -> None:
 
 
 def test_prepare_does_not_hash(tmp_path: Path) -> None:
-    """A changed byte (same size) passes CreateContainer: the digests are the wrapper's, at runc create."""
+    """A changed byte (same size) with its sealing time put back passes CreateContainer: the digests are the
+    wrapper's, at runc create; with a new modification time it is refused there at once."""
     node = _node(tmp_path)
     img = node.checkpoint_root / "ck" / "images" / "descriptors.json"
+    sealed = img.stat().st_mtime_ns
     img.write_text("{}")  # same length as "[]"
+    os.utime(img, ns=(sealed + 10**9, sealed + 10**9))
     v = _view({"gpucr.io/restore-from": "ck"})
+    with pytest.raises(RestoreSourceError, match="images/descriptors.json was modified after the checkpoint was sealed"):
+        nri_restore.prepare(v, decide(v, node), node)
+    assert nri_restore.finish(node, "cid1")
+    os.utime(img, ns=(sealed, sealed))
     nri_restore.prepare(v, decide(v, node), node)
     assert nri_restore.finish(node, "cid1")
 
