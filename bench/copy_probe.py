@@ -2,7 +2,7 @@
 a huge tmpfs to a checkpoint dir, beside the raw O_DIRECT disk probe of ``bench/gpu_cr.py --ceilings``, in one run.
 
     python3 bench/copy_probe.py OUT_DIR [--gib 8] [--dir /var/tmp] [--repeat 3] [--follow] [--buffered]
-                                [--threads N] [--chunk-mib M]
+                                [--threads N] [--chunk-mib M] [--no-prealloc] [--no-disk]
 
 No GPU needed; root (the tmpfs is mounted the memory stage's way, :mod:`nri_plugin.ckpt.memstage`: ``huge=always``
 where the kernel has it, detached). The dump: ``pages-1.img`` of ``--gib`` GiB of ``os.urandom`` data plus 12 KiB
@@ -10,7 +10,8 @@ where the kernel has it, detached). The dump: ``pages-1.img`` of ``--gib`` GiB o
 ``--dir`` (``ImageCopier.finish``: hashed on the way, every file fdatasynced) and checks the manifest digest against a
 hash of the source; ``--follow`` also times the copy following a page image that grows at memory speed (the dump
 written while it is copied, as CRIU's is: copy rate = bytes / time from the first byte written to durable).
-``--threads``/``--chunk-mib`` override the copier's ``IO_THREADS``/``_IO_CHUNK`` for a tuning run. Writes
+``--threads``/``--chunk-mib`` override the copier's ``IO_THREADS``/``_IO_CHUNK`` and ``--no-prealloc`` turns its
+preallocation off, for tuning runs. Writes
 ``OUT_DIR/copy_probe.json`` and ``OUT_DIR/copy_probe.md``; medians over the repeats.
 """
 
@@ -118,7 +119,8 @@ def markdown(doc: dict[str, Any]) -> str:
     out = ["# ImageCopier against the disk (bench/copy_probe.py)", "",
            f"- {e['date']}, {e['host']} ({e['cpus']} CPUs, kernel {e['kernel']}); source: {e['source']}; "
            f"destination: `{e['dir']}` ({e['fs']})",
-           f"- copier: {c['threads']} threads, {c['chunk_mib']} MiB chunks, {c['piece_mib']} MiB pieces; "
+           f"- copier: {c['threads']} threads, {c['chunk_mib']} MiB chunks, {c['piece_mib']} MiB pieces, "
+           f"{'preallocated' if c['preallocate'] else 'not preallocated'}; "
            f"{doc['gib']:g} GiB + {TAIL >> 10} KiB of random data, {doc['repeat']} repeats (median)", "",
            "| what | GB/s (median) | each |", "|---|---|---|"]
     for k, v in d.items():
@@ -150,11 +152,14 @@ def main() -> int:
     ap.add_argument("--no-disk", action="store_true", help="skip the disk probe (copier tuning runs)")
     ap.add_argument("--threads", type=int, default=0, help="override the copier's IO_THREADS")
     ap.add_argument("--chunk-mib", type=int, default=0, help="override the copier's _IO_CHUNK")
+    ap.add_argument("--no-prealloc", action="store_true", help="the copier without its preallocation")
     a = ap.parse_args()
     if a.threads:
         layout.IO_THREADS = a.threads
     if a.chunk_mib:
         layout._IO_CHUNK = a.chunk_mib << 20
+    if a.no_prealloc:
+        layout.ImageCopier.PREALLOCATE = False
     a.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="copy-probe-", dir=a.dir))
     size = int(a.gib * GIB) + TAIL
@@ -167,7 +172,7 @@ def main() -> int:
         "env": {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "cpus": os.cpu_count(),
                 "kernel": platform.release(), "source": how, "dir": str(a.dir), "fs": fs},
         "copy": {"threads": layout.IO_THREADS, "chunk_mib": layout._IO_CHUNK >> 20,
-                 "piece_mib": layout.PIECE_BYTES >> 20},
+                 "piece_mib": layout.PIECE_BYTES >> 20, "preallocate": layout.ImageCopier.PREALLOCATE},
         "disk": {}}
     try:
         doc["fill_s"] = round(fill(src / "pages-1.img", size), 2)
