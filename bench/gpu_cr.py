@@ -45,54 +45,12 @@ REPO = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _workload as wl  # noqa: E402
 from _diskprobe import disk_rates, drop_caches  # noqa: E402
 from _stage import packaged  # noqa: E402
+from _workload import WORKLOAD  # noqa: E402
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
-WORKLOAD = r'''
-import hashlib, json, os, sys, time, torch
-d, gib = sys.argv[1], float(sys.argv[2])
-torch.manual_seed(1234)
-n = int(gib * (1 << 30)) // 4
-chunk = 1 << 28
-data = [torch.rand(min(chunk, n - i), device="cuda") for i in range(0, n, chunk)]
-
-def digest():
-    h = hashlib.sha256()
-    for t in data:
-        v = t.view(torch.int32)
-        h.update(str(int(v.sum(dtype=torch.int64))).encode())
-        h.update(str(int((v[::7] ^ 0x5A5A5A5A).sum(dtype=torch.int64))).encode())
-        h.update(v[:4096].cpu().numpy().tobytes())
-    return h.hexdigest()
-
-def put(name, text):
-    tmp = os.path.join(d, name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(d, name))
-
-model = torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 1024)).cuda()
-opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-xb = torch.randn(256, 1024, device="cuda")
-yb = torch.randn(256, 1024, device="cuda")
-torch.cuda.synchronize()
-put("ready", json.dumps({"pid": os.getpid(), "digest": digest()}))
-step = 0
-while True:
-    opt.zero_grad()
-    loss = torch.nn.functional.mse_loss(model(xb), yb)
-    loss.backward()
-    opt.step()
-    step += 1
-    lv = float(loss)  # synchronizes: keeps the GPU queue shallow so a lock drains fast
-    put("step", f"{step} {lv:.9g}")
-    for name in os.listdir(d):
-        if name.startswith("verify-"):
-            os.unlink(os.path.join(d, name))
-            put("digest-" + name[7:], digest())
-    time.sleep(0.01)
-'''
 
 #: the by-hand driver calls (what NVIDIA's cuda-checkpoint tool does): ``suspend PID`` = lock + checkpoint,
 #: ``resume PID`` = restore + unlock; prints the seconds of each call as JSON
@@ -194,51 +152,26 @@ class Workload:
         self.gib = gib
 
     def ready(self) -> None:
-        deadline = time.monotonic() + 300
-        while not (self.d / "ready").exists():
-            if self.p.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"workload failed: {(self.d / 'log').read_text()[-3000:]}")
-            time.sleep(0.1)
-        self.digest0 = json.loads((self.d / "ready").read_text())["digest"]
+        self.digest0 = wl.wait_ready(self.d, self.p)["digest"]
         self.wait_steps(3)
 
     def step(self) -> int:
-        try:
-            return int((self.d / "step").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return 0
+        return wl.step(self.d)
 
     def wait_steps(self, n: int, timeout: float = 120) -> int:
-        s0 = self.step()
-        deadline = time.monotonic() + timeout
-        while self.step() < s0 + n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"training in {self.d} did not advance: {(self.d / 'log').read_text()[-2000:]}")
-            time.sleep(0.02)
-        return self.step()
+        return wl.wait_steps(self.d, n, timeout)
 
     def check(self, tag: str) -> dict[str, Any]:
         """Training advances and the GPU data is bit-identical to what it was at start."""
         at = self.step()
         after = self.wait_steps(3)
-        (self.d / f"verify-{tag}").write_text("")
-        deadline = time.monotonic() + 300
-        while not (self.d / f"digest-{tag}").exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no digest from {self.d}: {(self.d / 'log').read_text()[-2000:]}")
-            time.sleep(0.05)
-        return {"identical": (self.d / f"digest-{tag}").read_text() == self.digest0, "steps": [at, after]}
+        got = wl.ask_digest(self.d, tag)
+        if got is None:
+            raise RuntimeError(f"no digest from {self.d}: {(self.d / 'log').read_text()[-2000:]}")
+        return {"identical": got == self.digest0, "steps": [at, after]}
 
     def wait_gone(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while os.path.exists(f"/proc/{self.pid}"):
-            try:
-                os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"pid {self.pid} still exists after the dump")
-            time.sleep(0.02)
+        wl.wait_gone(self.pid, timeout)
 
     def kill(self) -> None:
         try:

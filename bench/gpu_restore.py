@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_cr import WORKLOAD as _BASE  # noqa: E402
+from _workload import WORKLOAD as _BASE  # noqa: E402
 from gpu_front import REPO, ROOT, Instance, log, setup, sh  # noqa: E402
 from gpu_http import front_excerpt, gpu_apps, phases, versions, wait_for  # noqa: E402
 
@@ -57,7 +57,7 @@ from nri_plugin.cli.doctor import parse_duration  # noqa: E402
 from demo.gpu_pod import gpu_container_config, verify  # noqa: E402
 
 NAME = "train-ck"
-# bench/gpu_cr.py's workload, each step's loss appended to /data/loss.log (opened and closed per step: no open file
+# bench/_workload.py's workload, each step's loss appended to /data/loss.log (opened and closed per step: no open file
 # for CRIU to carry)
 WORKLOAD = _BASE.replace('    put("step", f"{step} {lv:.9g}")\n',
                          '    put("step", f"{step} {lv:.9g}")\n'
@@ -65,7 +65,7 @@ WORKLOAD = _BASE.replace('    put("step", f"{step} {lv:.9g}")\n',
                          '        f.write(f"{step} {lv:.9g}\\n")\n')
 # seeded per process start: a fresh start cannot reproduce the data, so an identical digest proves the restore
 WORKLOAD = WORKLOAD.replace("torch.manual_seed(1234)", "torch.manual_seed(int.from_bytes(os.urandom(8), 'little'))")
-assert "loss.log" in WORKLOAD and "os.urandom" in WORKLOAD, "bench/gpu_cr.py's workload changed: update the edits"
+assert "loss.log" in WORKLOAD and "os.urandom" in WORKLOAD, "bench/_workload.py's workload changed: update the edits"
 
 
 def losses(d: Path) -> list[tuple[int, float]]:
