@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -49,8 +47,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _workload import WORKLOAD as _BASE  # noqa: E402
-from gpu_front import REPO, ROOT, Instance, log, setup, sh  # noqa: E402
-from gpu_http import front_excerpt, gpu_apps, phases, versions, wait_for  # noqa: E402
+from gpu_front import REPO, ROOT, Instance, log, sh  # noqa: E402
+from gpu_http import front_excerpt, gpu_apps, phases, pod_bench, versions, wait_for  # noqa: E402
 
 from nri_plugin.cli.doctor import parse_duration  # noqa: E402
 
@@ -368,21 +366,7 @@ def main() -> int:
         ap.error("--explicit-map goes with --cross-gpu")
     if parse_duration(args.nri_timeout) is None:
         ap.error(f"--nri-timeout {args.nri_timeout!r} is not a duration containerd takes (e.g. 2s, 500ms, 1m)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    env = setup(args.stage)
-    os.environ.update({k: env[k] for k in ("GPUCR_TEST_ROOT", "PYTHONPATH", "PATH")})
-    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
-                           "gib": args.gib, "code": args.code}
-    try:
-        run(args, env, res)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a failed step is reported with what was measured
-        res["error"] = f"{type(exc).__name__}: {exc}"[-3000:]
-        raise
-    finally:
-        (args.out / "gpu_restore.json").write_text(json.dumps(res, indent=1))
-        (args.out / "gpu_restore.md").write_text(markdown(res))
-        print(json.dumps({k: x for k, x in res.items() if k != "front_log"}, indent=1))
-    return 0
+    return pod_bench(args, "gpu_restore", run, markdown, error_chars=3000)
 
 
 if __name__ == "__main__":
