@@ -1,6 +1,6 @@
 """GPU checkpoint/restore speed on a real NVIDIA GPU: gpucr against the by-hand baseline, and the hardware's ceilings.
 
-    python3 bench/gpu_cr.py OUT_DIR [--sizes 1,8,32] [--parallel 16] [--ceilings 4] [--driver-probe 8]
+    python3 bench/gpu_cr.py OUT_DIR [--sizes 1,8,32] [--parallel 16] [--ceilings 2 [--probe-gib 8]] [--driver-probe 8]
                             [--thp-always] [--config-extra 'driver_thp = "always"'] [--work DIR] [--debs DIR]
 
 For each size (GiB of ``torch.rand`` data a live PyTorch process holds on the GPU, with a training loop running), in
@@ -14,8 +14,9 @@ the same run, each flow on its own fresh process (leave-running first, then kill
    cache dropped, ``gpucr restore``.
 After every leave-running checkpoint and every restore the GPU data's digest must be bit-identical and training must
 advance. ``--parallel G``: two G GiB processes checkpointed (leave-running, durable) one after the other, then both at
-once. ``--ceilings``: disk write/read rate (O_DIRECT with 4 threads, buffered with fsync / cold) on the checkpoint's
-filesystem and pinned device-to-host copy rate. ``--driver-probe G``: the driver's checkpoint/restore rate alone on a
+once. ``--ceilings``: disk write/read rate (O_DIRECT with 4 threads, buffered with fsync / cold; bench/_diskprobe.py) on
+the checkpoint's filesystem, O_DIRECT again with a ``--probe-gib`` file (the sustained rate the ceiling uses), and
+pinned device-to-host copy rate. ``--driver-probe G``: the driver's checkpoint/restore rate alone on a
 G GiB process in the node's THP mode, and with ``--thp-always`` also with THP ``always`` (the node's setting is put
 back). Peak host memory = the highest MemTotal - MemAvailable seen during a step, less what was used before it.
 Writes ``OUT_DIR/gpu_cr.json`` (a ``--merge`` file's results come first) and ``OUT_DIR/gpu_cr.md``; the plot is made
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import mmap
 import os
 import platform
 import shutil
@@ -45,53 +45,12 @@ REPO = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _workload as wl  # noqa: E402
+from _diskprobe import disk_rates, drop_caches  # noqa: E402
 from _stage import packaged  # noqa: E402
+from _workload import WORKLOAD  # noqa: E402
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
-WORKLOAD = r'''
-import hashlib, json, os, sys, time, torch
-d, gib = sys.argv[1], float(sys.argv[2])
-torch.manual_seed(1234)
-n = int(gib * (1 << 30)) // 4
-chunk = 1 << 28
-data = [torch.rand(min(chunk, n - i), device="cuda") for i in range(0, n, chunk)]
-
-def digest():
-    h = hashlib.sha256()
-    for t in data:
-        v = t.view(torch.int32)
-        h.update(str(int(v.sum(dtype=torch.int64))).encode())
-        h.update(str(int((v[::7] ^ 0x5A5A5A5A).sum(dtype=torch.int64))).encode())
-        h.update(v[:4096].cpu().numpy().tobytes())
-    return h.hexdigest()
-
-def put(name, text):
-    tmp = os.path.join(d, name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(d, name))
-
-model = torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 1024)).cuda()
-opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-xb = torch.randn(256, 1024, device="cuda")
-yb = torch.randn(256, 1024, device="cuda")
-torch.cuda.synchronize()
-put("ready", json.dumps({"pid": os.getpid(), "digest": digest()}))
-step = 0
-while True:
-    opt.zero_grad()
-    loss = torch.nn.functional.mse_loss(model(xb), yb)
-    loss.backward()
-    opt.step()
-    step += 1
-    lv = float(loss)  # synchronizes: keeps the GPU queue shallow so a lock drains fast
-    put("step", f"{step} {lv:.9g}")
-    for name in os.listdir(d):
-        if name.startswith("verify-"):
-            os.unlink(os.path.join(d, name))
-            put("digest-" + name[7:], digest())
-    time.sleep(0.01)
-'''
 
 #: the by-hand driver calls (what NVIDIA's cuda-checkpoint tool does): ``suspend PID`` = lock + checkpoint,
 #: ``resume PID`` = restore + unlock; prints the seconds of each call as JSON
@@ -129,11 +88,6 @@ print(json.dumps({"pinned_d2h_GBps": round(best / 1e9, 2)}))
 
 def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def fsync_tree(path: Path) -> None:
@@ -198,51 +152,26 @@ class Workload:
         self.gib = gib
 
     def ready(self) -> None:
-        deadline = time.monotonic() + 300
-        while not (self.d / "ready").exists():
-            if self.p.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"workload failed: {(self.d / 'log').read_text()[-3000:]}")
-            time.sleep(0.1)
-        self.digest0 = json.loads((self.d / "ready").read_text())["digest"]
+        self.digest0 = wl.wait_ready(self.d, self.p)["digest"]
         self.wait_steps(3)
 
     def step(self) -> int:
-        try:
-            return int((self.d / "step").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return 0
+        return wl.step(self.d)
 
     def wait_steps(self, n: int, timeout: float = 120) -> int:
-        s0 = self.step()
-        deadline = time.monotonic() + timeout
-        while self.step() < s0 + n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"training in {self.d} did not advance: {(self.d / 'log').read_text()[-2000:]}")
-            time.sleep(0.02)
-        return self.step()
+        return wl.wait_steps(self.d, n, timeout)
 
     def check(self, tag: str) -> dict[str, Any]:
         """Training advances and the GPU data is bit-identical to what it was at start."""
         at = self.step()
         after = self.wait_steps(3)
-        (self.d / f"verify-{tag}").write_text("")
-        deadline = time.monotonic() + 300
-        while not (self.d / f"digest-{tag}").exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no digest from {self.d}: {(self.d / 'log').read_text()[-2000:]}")
-            time.sleep(0.05)
-        return {"identical": (self.d / f"digest-{tag}").read_text() == self.digest0, "steps": [at, after]}
+        got = wl.ask_digest(self.d, tag)
+        if got is None:
+            raise RuntimeError(f"no digest from {self.d}: {(self.d / 'log').read_text()[-2000:]}")
+        return {"identical": got == self.digest0, "steps": [at, after]}
 
     def wait_gone(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while os.path.exists(f"/proc/{self.pid}"):
-            try:
-                os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"pid {self.pid} still exists after the dump")
-            time.sleep(0.02)
+        wl.wait_gone(self.pid, timeout)
 
     def kill(self) -> None:
         try:
@@ -448,42 +377,16 @@ class Bench:
             w.kill()
 
     # -- ceilings ------------------------------------------------------------------------------------------------
-    def ceilings(self, gib: float) -> None:
+    def ceilings(self, gib: float, sustained_gib: float) -> None:
+        """The disk probe with a ``gib`` GiB file (all four rates), O_DIRECT again at the ``sustained_gib`` size the
+        ceiling column uses (a small file can show a cache's rate, not the disk's), the pinned copy rate."""
         c = self.doc["ceilings"]
-        f = self.work / "disk-probe"
-        n = int(gib * GIB)
-        chunk = 16 << 20
-        src = mmap.mmap(-1, chunk)
-        src.write(os.urandom(chunk))
-        offsets = list(range(0, n, chunk))
-
-        def run(flags: int, write: bool, threads: int) -> float:
-            fd = os.open(f, flags | (os.O_WRONLY | os.O_CREAT if write else os.O_RDONLY), 0o600)
-
-            def one(part: list[int]) -> None:
-                buf = mmap.mmap(-1, chunk)
-                if write:
-                    buf.write(src[:])
-                for off in part:
-                    (os.pwritev if write else os.preadv)(fd, [buf], off)
-            t = time.monotonic()
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(one, [offsets[i::threads] for i in range(threads)]))
-            if write:
-                os.fsync(fd)
-            dt = time.monotonic() - t
-            os.close(fd)
-            return round(n / dt / 1e9, 3)
-
-        c["disk_write_direct_GBps"] = run(os.O_DIRECT, True, 4)
-        drop_caches()
-        c["disk_read_direct_GBps"] = run(os.O_DIRECT, False, 4)
-        f.unlink()
-        c["disk_write_buffered_GBps"] = run(0, True, 1)
-        drop_caches()
-        c["disk_read_buffered_GBps"] = run(0, False, 1)
-        f.unlink()
+        c.update(disk_rates(self.work, gib))
         c["disk_probe_gib"] = gib
+        if sustained_gib:
+            c.update({k.replace("_GBps", "_sustained_GBps"): v
+                      for k, v in disk_rates(self.work, sustained_gib, buffered=False).items()})
+            c["disk_sustained_gib"] = sustained_gib
         r = sh([sys.executable, "-c", PINNED], timeout=300)
         if r.returncode == 0:
             c.update(json.loads(r.stdout))
@@ -497,6 +400,8 @@ def main() -> int:
     ap.add_argument("--parallel", type=float, default=0,
                     help="GiB per process for the two-process case, run after the first size (0: skip)")
     ap.add_argument("--ceilings", type=float, default=0, help="GiB of the disk probe file (0: skip)")
+    ap.add_argument("--probe-gib", type=float, default=8,
+                    help="GiB of the sustained O_DIRECT disk probe the ceiling uses, run with --ceilings (0: skip)")
     ap.add_argument("--driver-probe", type=float, default=0, help="GiB of the driver-only probe (0: skip)")
     ap.add_argument("--thp-always", action="store_true", help="the bench may set THP 'always' (put back after)")
     ap.add_argument("--config-extra", default="", help="TOML lines added to gpucr's node config")
@@ -529,7 +434,7 @@ def main() -> int:
 
     try:
         if a.ceilings:
-            attempt("ceilings", b.ceilings, a.ceilings)
+            attempt("ceilings", b.ceilings, a.ceilings, a.probe_gib)
         if a.driver_probe:
             attempt("driver probe", b.driver_probe, a.driver_probe, a.thp_always)
         sizes = [float(s) for s in a.sizes.split(",") if s]

@@ -47,55 +47,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _workload as wl  # noqa: E402
 from _stage import install_gpucr  # noqa: E402
 
-WORKLOAD = r'''
-import hashlib, json, os, sys, time, torch
-d, gib = sys.argv[1], float(sys.argv[2])
-torch.manual_seed(1234)
-n = int(gib * (1 << 30)) // 4
-chunk = 1 << 26
-data = [torch.rand(min(chunk, n - i), device="cuda") for i in range(0, n, chunk)]
-buf = torch.empty(chunk, dtype=torch.float32, pin_memory=True)
-
-def digest():
-    """sha256 of every byte of the GPU data (copied chunk by chunk through one pinned buffer)."""
-    h = hashlib.sha256()
-    for t in data:
-        b = buf[: t.numel()]
-        b.copy_(t)
-        h.update(b.numpy().tobytes())
-    return h.hexdigest()
-
-def put(name, text):
-    tmp = os.path.join(d, name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(d, name))
-
-model = torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 1024)).cuda()
-opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-xb = torch.randn(256, 1024, device="cuda")
-yb = torch.randn(256, 1024, device="cuda")
-torch.cuda.synchronize()
-t0 = time.monotonic()
-dg = digest()
-put("ready", json.dumps({"pid": os.getpid(), "digest": dg, "digest_s": time.monotonic() - t0}))
-step = 0
-while True:
-    opt.zero_grad()
-    loss = torch.nn.functional.mse_loss(model(xb), yb)
-    loss.backward()
-    opt.step()
-    step += 1
-    lv = float(loss)  # synchronizes: keeps the GPU queue shallow so a lock drains fast
-    put("step", f"{step} {lv:.9g} {time.time():.3f}")
-    for name in os.listdir(d):
-        if name.startswith("verify-"):
-            os.unlink(os.path.join(d, name))
-            put("digest-" + name[7:], digest())
-    time.sleep(0.01)
-'''
+#: every byte of the GPU data in the digest; the step line with the wall time
+WORKLOAD = wl.workload(full_digest=True, step_time=True)
 
 T0 = time.monotonic()
 EVENTS: list[str] = []
@@ -155,40 +111,18 @@ class Workload:
         self.log = open(d / "log", "w")
         self.proc = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(d), str(gib)], stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=d)
-        deadline = time.monotonic() + 300
-        while not (d / "ready").exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"workload failed: {(d / 'log').read_text()[-3000:]}")
-            time.sleep(0.1)
-        self.ready = json.loads((d / "ready").read_text())
+        self.ready = wl.wait_ready(d, self.proc)
         self.pid = self.proc.pid
         self.wait_steps(3)
 
     def step(self) -> int:
-        try:
-            return int((self.d / "step").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return 0
+        return wl.step(self.d)
 
     def wait_steps(self, n: int, timeout: float = 120) -> int:
-        s0 = self.step()
-        deadline = time.monotonic() + timeout
-        while self.step() < s0 + n:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"workload did not advance ({s0} -> {self.step()}): "
-                                   f"{(self.d / 'log').read_text()[-2000:]}")
-            time.sleep(0.02)
-        return self.step()
+        return wl.wait_steps(self.d, n, timeout, self.proc)
 
     def digest(self, tag: str, timeout: float = 180) -> str:
-        (self.d / f"verify-{tag}").write_text("")
-        out = self.d / f"digest-{tag}"
-        deadline = time.monotonic() + timeout
-        while not out.exists():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                return "no digest"
-            time.sleep(0.05)
-        return out.read_text()
+        return wl.ask_digest(self.d, tag, timeout, self.proc) or "no digest"
 
     def stop(self) -> None:
         try:

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -458,7 +459,14 @@ def main() -> int:
     ap.add_argument("--code", default="", help="which code ran (e.g. the commit), for the summary")
     ap.add_argument("--no-drop-caches", dest="drop_caches", action="store_false",
                     help="keep the page cache before the restore")
-    args = ap.parse_args()
+    return pod_bench(ap.parse_args(), "gpu_http", run, markdown, error_chars=2000)
+
+
+def pod_bench(args: argparse.Namespace, name: str, run: Callable[[argparse.Namespace, dict[str, str], dict[str, Any]],
+              None], markdown: Callable[[dict[str, Any]], str], error_chars: int) -> int:
+    """The pod benches' frame (this one and bench/gpu_restore.py): the stage set up (``args.stage``), ``run`` filling
+    the results, and whatever happens ``OUT/NAME.json`` and ``OUT/NAME.md`` written and the results printed (the
+    front's log left out); a failure is recorded in the results' ``error`` and raised again."""
     args.out.mkdir(parents=True, exist_ok=True)
     env = setup(args.stage)
     os.environ.update({k: env[k] for k in ("GPUCR_TEST_ROOT", "PYTHONPATH", "PATH")})
@@ -467,11 +475,11 @@ def main() -> int:
     try:
         run(args, env, res)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - a failed step is reported with what was measured
-        res["error"] = f"{type(exc).__name__}: {exc}"[-2000:]
+        res["error"] = f"{type(exc).__name__}: {exc}"[-error_chars:]
         raise
     finally:
-        (args.out / "gpu_http.json").write_text(json.dumps(res, indent=1))
-        (args.out / "gpu_http.md").write_text(markdown(res))
+        (args.out / f"{name}.json").write_text(json.dumps(res, indent=1))
+        (args.out / f"{name}.md").write_text(markdown(res))
         print(json.dumps({k: v for k, v in res.items() if k != "front_log"}, indent=1))
     return 0
 

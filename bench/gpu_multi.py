@@ -41,7 +41,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _stage import packaged  # noqa: E402
-from gpu_cr import WORKLOAD  # noqa: E402
+import _workload as wl  # noqa: E402
+from _workload import WORKLOAD  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
@@ -141,41 +142,21 @@ class Multi:
 
     @staticmethod
     def step(d: Path) -> int:
-        try:
-            return int((d / "step").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return 0
+        return wl.step(d)
 
     def wait_steps(self, d: Path, n: int, timeout: float = 120) -> int:
-        s0 = self.step(d)
-        deadline = time.monotonic() + timeout
-        while self.step(d) < s0 + n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"training in {d} did not advance ({s0} -> {self.step(d)})")
-            time.sleep(0.05)
-        return self.step(d)
+        return wl.wait_steps(d, n, timeout, poll=0.05)
 
     @staticmethod
     def verify(d: Path, tag: str, timeout: float = 300) -> str:
-        (d / f"verify-{tag}").write_text("")
-        deadline = time.monotonic() + timeout
-        while not (d / f"digest-{tag}").exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no digest from {d}")
-            time.sleep(0.05)
-        return (d / f"digest-{tag}").read_text()
+        got = wl.ask_digest(d, tag, timeout)
+        if got is None:
+            raise RuntimeError(f"no digest from {d}")
+        return got
 
     @staticmethod
     def wait_gone(pid: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while os.path.exists(f"/proc/{pid}"):
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"pid {pid} still exists after the dump")
-            time.sleep(0.05)
+        wl.wait_gone(pid, timeout, poll=0.05)
 
     def kill(self, pid: int) -> None:
         """The restored launcher and its workers (a restored tree is no child of ours)."""

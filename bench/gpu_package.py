@@ -294,7 +294,7 @@ class Run:
         # seeded per process start (bench/gpu_restore.py does the same): a fresh start cannot reproduce the data, so an
         # identical digest after the restore proves the restore
         work = (data / "work.py").read_text()
-        assert "torch.manual_seed(1234)" in work, "bench/gpu_cr.py's workload changed: update the seed edit"
+        assert "torch.manual_seed(1234)" in work, "bench/_workload.py's workload changed: update the seed edit"
         (data / "work.py").write_text(work.replace("torch.manual_seed(1234)",
                                                    "torch.manual_seed(int.from_bytes(os.urandom(8), 'little'))"))
         cid = cri.create_container(pod, ccfg, pcfg)

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -48,16 +46,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_cr import WORKLOAD as _BASE  # noqa: E402
-from gpu_front import REPO, ROOT, Instance, log, setup, sh  # noqa: E402
-from gpu_http import front_excerpt, gpu_apps, phases, versions, wait_for  # noqa: E402
+from _workload import WORKLOAD as _BASE  # noqa: E402
+from gpu_front import REPO, ROOT, Instance, log, sh  # noqa: E402
+from gpu_http import front_excerpt, gpu_apps, phases, pod_bench, versions, wait_for  # noqa: E402
 
 from nri_plugin.cli.doctor import parse_duration  # noqa: E402
 
 from demo.gpu_pod import gpu_container_config, verify  # noqa: E402
 
 NAME = "train-ck"
-# bench/gpu_cr.py's workload, each step's loss appended to /data/loss.log (opened and closed per step: no open file
+# bench/_workload.py's workload, each step's loss appended to /data/loss.log (opened and closed per step: no open file
 # for CRIU to carry)
 WORKLOAD = _BASE.replace('    put("step", f"{step} {lv:.9g}")\n',
                          '    put("step", f"{step} {lv:.9g}")\n'
@@ -65,7 +63,7 @@ WORKLOAD = _BASE.replace('    put("step", f"{step} {lv:.9g}")\n',
                          '        f.write(f"{step} {lv:.9g}\\n")\n')
 # seeded per process start: a fresh start cannot reproduce the data, so an identical digest proves the restore
 WORKLOAD = WORKLOAD.replace("torch.manual_seed(1234)", "torch.manual_seed(int.from_bytes(os.urandom(8), 'little'))")
-assert "loss.log" in WORKLOAD and "os.urandom" in WORKLOAD, "bench/gpu_cr.py's workload changed: update the edits"
+assert "loss.log" in WORKLOAD and "os.urandom" in WORKLOAD, "bench/_workload.py's workload changed: update the edits"
 
 
 def losses(d: Path) -> list[tuple[int, float]]:
@@ -368,21 +366,7 @@ def main() -> int:
         ap.error("--explicit-map goes with --cross-gpu")
     if parse_duration(args.nri_timeout) is None:
         ap.error(f"--nri-timeout {args.nri_timeout!r} is not a duration containerd takes (e.g. 2s, 500ms, 1m)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    env = setup(args.stage)
-    os.environ.update({k: env[k] for k in ("GPUCR_TEST_ROOT", "PYTHONPATH", "PATH")})
-    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
-                           "gib": args.gib, "code": args.code}
-    try:
-        run(args, env, res)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a failed step is reported with what was measured
-        res["error"] = f"{type(exc).__name__}: {exc}"[-3000:]
-        raise
-    finally:
-        (args.out / "gpu_restore.json").write_text(json.dumps(res, indent=1))
-        (args.out / "gpu_restore.md").write_text(markdown(res))
-        print(json.dumps({k: x for k, x in res.items() if k != "front_log"}, indent=1))
-    return 0
+    return pod_bench(args, "gpu_restore", run, markdown, error_chars=3000)
 
 
 if __name__ == "__main__":

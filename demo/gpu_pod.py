@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from gpu_cr import WORKLOAD  # noqa: E402
+from _workload import WORKLOAD  # noqa: E402
 
 __all__ = ["HOSTROOT", "WORKLOAD", "gpu_container_config", "has_gpu", "hostroot_image", "step", "verify"]
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import GpucrError
+from ..host import _mount
 from ..host.nodeid import node_tag, tag_is_this_node
 from ..host.proc import alive
 from .durable import DIR_MODE, FILE_MODE, fsync_path, fsync_tree
@@ -488,6 +489,10 @@ class ImageCopier:
     CRIU copies memory, and the dump and the write overlap."""
 
     POLL_S = 0.05
+    #: allocate the blocks of the pieces before they are written (``fallocate``, never past the source's size): an
+    #: O_DIRECT write into allocated blocks inside the file's size is an overwrite, which ext4 lets run in parallel;
+    #: one past the end or into a hole extends or allocates, each under the inode's exclusive lock (bench/NOTES.md)
+    PREALLOCATE = True
 
     def __init__(self, cp: CheckpointDir, src: Path) -> None:
         self.cp, self.src = cp, src
@@ -532,12 +537,18 @@ class ImageCopier:
             self._fds.append(direct)
         except OSError:  # a filesystem without O_DIRECT: buffered, fdatasynced all the same
             direct = None
-        f = self._files[rel] = (sfd, dfd, direct, [0], [])
+        f = self._files[rel] = (sfd, dfd, direct, [0, 0], [])
         return f
 
     def _submit(self, rel: str, size: int, *, final: bool) -> None:
-        """Queue the pieces of ``rel`` that are complete at ``size`` (with ``final``: all the rest)."""
+        """Queue the pieces of ``rel`` that are complete at ``size`` (with ``final``: all the rest), their blocks
+        allocated first (see :attr:`PREALLOCATE`)."""
         sfd, dfd, direct, nxt, futs = self._open(rel)
+        end = size if final else nxt[0] + (size - nxt[0]) // PIECE_BYTES * PIECE_BYTES
+        if self.PREALLOCATE and direct is not None and end > nxt[1]:
+            if not _mount.fallocate(dfd, nxt[1], end - nxt[1]):
+                self.PREALLOCATE = False  # this filesystem cannot: written as before
+            nxt[1] = end
         while nxt[0] + PIECE_BYTES <= size or (final and (nxt[0] < size or not futs)):
             length = min(PIECE_BYTES, size - nxt[0])
             futs.append(self._pool.submit(_copy_piece, sfd, dfd, direct, nxt[0], length))
@@ -572,6 +583,9 @@ class ImageCopier:
                 if size != nxt[0]:
                     raise LayoutError(f"{self.src / rel} changed while it was copied ({nxt[0]} of {size} bytes)")
                 os.fdatasync(dfd)
+                if os.fstat(dfd).st_size != size:
+                    raise LayoutError(f"{self.cp.images_dir / rel} is {os.fstat(dfd).st_size} bytes after the copy, "
+                                      f"not the dump's {size}")
                 if Path(rel).name not in _LOGS:
                     known[str(Path(IMAGES) / rel)] = FileEntry(size, _combine(size, digests))
             return known
