@@ -493,6 +493,11 @@ class ImageCopier:
     #: O_DIRECT write into allocated blocks inside the file's size is an overwrite, which ext4 lets run in parallel;
     #: one past the end or into a hole extends or allocates, each under the inode's exclusive lock (bench/NOTES.md)
     PREALLOCATE = True
+    #: while following, the blocks are allocated this far ahead of the pieces queued: ext4's fallocate waits for every
+    #: O_DIRECT write in flight on the file (its inode_dio_wait), so one per queued piece drained the writers each
+    #: poll; at most as far again as the image already is (a small dump allocates little), the excess past the
+    #: dump's final size cut at :meth:`finish` (or :meth:`cancel`)
+    PREALLOCATE_AHEAD = 4 << 30
 
     def __init__(self, cp: CheckpointDir, src: Path) -> None:
         self.cp, self.src = cp, src
@@ -546,9 +551,17 @@ class ImageCopier:
         sfd, dfd, direct, nxt, futs = self._open(rel)
         end = size if final else nxt[0] + (size - nxt[0]) // PIECE_BYTES * PIECE_BYTES
         if self.PREALLOCATE and direct is not None and end > nxt[1]:
-            if not _mount.fallocate(dfd, nxt[1], end - nxt[1]):
+            want = end if final else end + min(self.PREALLOCATE_AHEAD, end)  # ahead as far as the image has grown
+            try:
+                ok = _mount.fallocate(dfd, nxt[1], want - nxt[1])
+            except OSError as exc:  # no room for the look-ahead: only what is queued (ENOSPC there is an error)
+                if exc.errno != errno.ENOSPC or want == end:
+                    raise
+                want = end
+                ok = _mount.fallocate(dfd, nxt[1], want - nxt[1])
+            if not ok:
                 self.PREALLOCATE = False  # this filesystem cannot: written as before
-            nxt[1] = end
+            nxt[1] = want
         while nxt[0] + PIECE_BYTES <= size or (final and (nxt[0] < size or not futs)):
             length = min(PIECE_BYTES, size - nxt[0])
             futs.append(self._pool.submit(_copy_piece, sfd, dfd, direct, nxt[0], length))
@@ -582,6 +595,8 @@ class ImageCopier:
                 size = os.fstat(sfd).st_size
                 if size != nxt[0]:
                     raise LayoutError(f"{self.src / rel} changed while it was copied ({nxt[0]} of {size} bytes)")
+                if os.fstat(dfd).st_size > size:
+                    os.ftruncate(dfd, size)  # the look-ahead's blocks past the dump's end
                 os.fdatasync(dfd)
                 if os.fstat(dfd).st_size != size:
                     raise LayoutError(f"{self.cp.images_dir / rel} is {os.fstat(dfd).st_size} bytes after the copy, "
@@ -600,9 +615,16 @@ class ImageCopier:
         if self._poller is not None and self._poller is not threading.current_thread():
             self._poller.join()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for _sfd, dfd, _direct, nxt, _futs in self._files.values():
+            try:
+                if os.fstat(dfd).st_size > nxt[0]:  # never left longer than what was queued from the dump
+                    os.ftruncate(dfd, nxt[0])
+            except OSError:
+                pass  # closing is all that is left to do; the caller removes the staged checkpoint
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
+        self._files.clear()
 
 
 class CheckpointDir:

@@ -1,5 +1,6 @@
 """The image copier's preallocation (``ImageCopier.PREALLOCATE``): a destination's blocks are allocated before its
-pieces are written, and never past the source's size, whether the copy ends, a piece fails, the dump is cancelled
+pieces are written (while following a growing dump, ahead of them: ``PREALLOCATE_AHEAD``), and the file is left no
+longer than the source, or than what was queued from it, whether the copy ends, a piece fails, the dump is cancelled
 or the disk is full."""
 
 from __future__ import annotations
@@ -79,6 +80,30 @@ def test_cancelled_dump_leaves_only_whole_pieces(tmp_path: Path) -> None:
     copier.cancel()
     assert os.stat(cp.images_dir / "pages-1.img").st_size == 3 * PIECE < len(data)
     assert (cp.images_dir / "pages-1.img").read_bytes() == data[:3 * PIECE]
+
+
+def test_following_allocates_ahead_and_cuts_the_excess(tmp_path: Path) -> None:
+    """While following, blocks are allocated ahead of the queued pieces (so ext4's fallocate, which waits for the
+    writes in flight, runs seldom); the finished copy is the source's exact size and bytes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    cp = CheckpointDir.create(tmp_path / "ck")
+    copier = layout.ImageCopier(cp, src).follow()
+    data = os.urandom(4 * PIECE + 777)
+    with open(src / "pages-1.img", "wb") as f:
+        f.write(data[:2 * PIECE])
+        f.flush()
+        deadline = time.monotonic() + 10
+        while copier._files.get("pages-1.img", (0, 0, 0, [0, 0], []))[3][1] <= 2 * PIECE:
+            assert time.monotonic() < deadline, "the copier did not allocate ahead"
+            time.sleep(0.005)
+        assert os.stat(cp.images_dir / "pages-1.img").st_size == 4 * PIECE  # as far again as the image had grown
+        f.write(data[2 * PIECE:])
+    (src / "pagemap-1.img").write_bytes(b"map")
+    known = copier.finish()
+    out = cp.images_dir / "pages-1.img"
+    assert out.read_bytes() == data and os.stat(out).st_size == len(data)
+    assert known["images/pages-1.img"] == layout.FileEntry(len(data), _sha256(out))
 
 
 def test_full_disk_is_a_layout_error_and_nothing_grows(tmp_path: Path) -> None:
