@@ -46,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_front import REPO, ROOT, Instance, log, setup, sh  # noqa: E402
+from gpu_front import REPO, Instance, log, setup, sh  # noqa: E402
 from gpu_http import front_excerpt, gpu_apps, versions, wait_for  # noqa: E402
 from gpu_restore import apps_by_gpu, gpu_uuids, losses, train_config  # noqa: E402
 
@@ -232,7 +232,7 @@ def write_nv_config(args: argparse.Namespace, placed: Placed, disable: list[str]
 def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any], placed: Placed) -> None:
     from nri_plugin.cri import CriClient
 
-    criu = ROOT / "bin/criu"
+    criu = Path(env["GPUCR_TEST_ROOT"]) / "bin/criu"
     res["versions"] = versions(criu)
     extra = args.out / "extra"
     shutil.rmtree(WORK, ignore_errors=True)
@@ -245,7 +245,7 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any], plac
     install_toolkit(args, placed, res, disable)
     res["step"] = "containerd"
     (WORK / "extra.toml").write_text(extra_config(WORK / "runc-nvidia"))
-    inst = Instance({**env, "GPUCR_CONTAINERD_EXTRA_CONFIG": str(WORK / "extra.toml")}, "nvidia", None)
+    inst = Instance({**env, "GPUCR_CONTAINERD_EXTRA_CONFIG": str(WORK / "extra.toml")}, args.instance, None)
     plugin = None
     d = WORK / "data"
     gpucr = [sys.executable, "-m", "nri_plugin.cli.main"]
@@ -275,7 +275,10 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any], plac
                                    "--log-file", str(extra / "plugin.log")], env=env, cwd=REPO)
         time.sleep(3)
         cri = CriClient(inst.info["address"], timeout_s=300)
-        uuids = gpu_uuids()
+        try:
+            uuids = gpu_uuids()
+        except OSError as exc:  # no nvidia-smi: a CPU machine (--local-root), the runtime's create fails later
+            uuids, res["nvidia_smi"] = [], str(exc)
         res["gpu_uuids"] = uuids
         gpu = uuids[0] if uuids else "all"
 
@@ -433,6 +436,10 @@ def main() -> int:
     ap.add_argument("--disable-hooks", default="auto", choices=["auto", "none", "all"],
                     help="NVIDIA's CDI hooks: auto = keep them, drop them all if the first pod cannot start")
     ap.add_argument("--code", default="")
+    ap.add_argument("--local-root", type=Path, default=None,
+                    help="CPU check only: install no packages, use this test rig's GPUCR_TEST_ROOT (install/deps.sh) "
+                         "for containerd and criu; the run stops where the runtime needs NVML")
+    ap.add_argument("--instance", default="nvidia", help="GPUCR_INSTANCE of the private containerd")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "extra").mkdir(exist_ok=True)
@@ -447,7 +454,11 @@ def main() -> int:
     signal.alarm(int(args.budget))
     rc = 1
     try:
-        env = setup(args.stage)
+        if args.local_root:
+            env = {**os.environ, "GPUCR_TEST_ROOT": str(args.local_root), "PYTHONPATH": str(REPO),
+                   "PYTHONUNBUFFERED": "1"}
+        else:
+            env = setup(args.stage)
         os.environ.update({k: env[k] for k in ("GPUCR_TEST_ROOT", "PYTHONPATH", "PATH")})
         run(args, env, res, placed)
         rc = 0 if res.get("verdict") == "PASS" else 1
