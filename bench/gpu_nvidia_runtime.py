@@ -264,7 +264,8 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any], plac
                env=fenv)
         if r.returncode:
             raise SystemExit(f"install/hook.sh install failed: {r.stderr[-800:]}")
-        r = sh(["bash", str(REPO / "install/front.sh"), "status", "--config", str(conf), "--runtime", HANDLER], env=fenv)
+        r = sh(["bash", str(REPO / "install/front.sh"), "status", "--config", str(conf), "--runtime", HANDLER],
+               env=fenv)
         res["chain"] = (r.stdout + r.stderr).strip()
         shutil.copy(conf, extra / "containerd-config.toml")
         r = sh(["bash", str(REPO / "install/containerd.sh"), "restart", "2.1"], env=inst.env)
@@ -369,9 +370,9 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any], plac
         cri.remove_container(new)
         remove_pod(cri, pod2)
         res["step"] = "done"
-        res["verdict"] = "PASS" if (rs["digest_identical"] and rs["continues_from_checkpoint"] and rs["steps_consecutive"]
-                                    and rs["loss_decreasing"] and rs["state"] == 1 and ex.exit_code == 0
-                                    and rs["front_restore_success"]) else "FAIL"
+        res["verdict"] = "PASS" if (rs["digest_identical"] and rs["continues_from_checkpoint"]
+                                    and rs["steps_consecutive"] and rs["loss_decreasing"] and rs["state"] == 1
+                                    and ex.exit_code == 0 and rs["front_restore_success"]) else "FAIL"
     finally:
         if watch is not None:
             watch.done()
