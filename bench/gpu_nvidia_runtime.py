@@ -89,8 +89,8 @@ class Placed:
 
 def nv_config(mode: str, log_file: Path, disable_hooks: list[str]) -> str:
     """nvidia-container-runtime's config.toml (keys as api/config/v1 reads them)."""
-    hooks = f"\n[nvidia-container-runtime.modes.jit-cdi]\nnvcdi-disable-hooks = {json.dumps(disable_hooks)}\n" \
-        if disable_hooks else ""
+    hooks = (f"\n[nvidia-container-runtime.modes.jit-cdi]\nnvcdi-disable-hooks = {json.dumps(disable_hooks)}\n"
+             "[features]\ndisable-cuda-compat-lib-hook = true\n") if disable_hooks else ""
     return (f'[nvidia-container-runtime]\nmode = "{mode}"\nruntimes = ["runc"]\nlog-level = "debug"\n'
             f'debug = "{log_file}"\n[nvidia-ctk]\npath = "/usr/bin/nvidia-ctk"\n{hooks}')
 
