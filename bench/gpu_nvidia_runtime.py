@@ -46,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_front import REPO, Instance, log, setup, sh  # noqa: E402
+from gpu_front import REPO, ROOT, Instance, log, setup, sh  # noqa: E402
 from gpu_http import front_excerpt, gpu_apps, versions, wait_for  # noqa: E402
 from gpu_restore import apps_by_gpu, gpu_uuids, losses, train_config  # noqa: E402
 
@@ -69,14 +69,17 @@ class Placed:
 
     def __init__(self) -> None:
         self.added: list[Path] = []
+        self.dirs: list[Path] = []
         self.saved: dict[Path, bytes] = {}
 
     def put(self, path: Path, data: bytes, mode: int) -> None:
         if path.exists():
             self.saved.setdefault(path, path.read_bytes())
-        else:
+        elif path not in self.added:
             self.added.append(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True)
+            self.dirs.append(path.parent)
         path.write_bytes(data)
         path.chmod(mode)
 
@@ -85,6 +88,11 @@ class Placed:
             p.unlink(missing_ok=True)
         for p, data in self.saved.items():
             p.write_bytes(data)
+        for d in reversed(self.dirs):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 def nv_config(mode: str, log_file: Path, disable_hooks: list[str]) -> str:
@@ -458,6 +466,7 @@ def main() -> int:
         if args.local_root:
             env = {**os.environ, "GPUCR_TEST_ROOT": str(args.local_root), "PYTHONPATH": str(REPO),
                    "PYTHONUNBUFFERED": "1"}
+            (ROOT / "images").mkdir(parents=True, exist_ok=True)  # gpu_front.Instance builds the hostroot image there
         else:
             env = setup(args.stage)
         os.environ.update({k: env[k] for k in ("GPUCR_TEST_ROOT", "PYTHONPATH", "PATH")})
