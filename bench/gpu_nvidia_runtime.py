@@ -413,7 +413,8 @@ def markdown(res: dict[str, Any]) -> str:
          "`gpucr.io/restore-from`)",
          f"- date {res.get('date')}; {res.get('host')} ({v.get('gpu')}); {v.get('containerd')}; {v.get('runc')}; "
          f"CRIU {v.get('criu')}; code {res.get('code')}",
-         f"- toolkit: {res.get('toolkit')}", f"- chain: `{res.get('chain', '')}`",
+         f"- toolkit: {res.get('toolkit')}", "- chain (install/front.sh status):", "", "```",
+         res.get("chain", ""), "```", "",
          f"- first-pod attempts: {json.dumps(res.get('attempts'))}",
          f"- checkpoint: {res.get('checkpoint')}",
          f"- restore: start {res.get('restore_start_s')} s; digest identical {rs.get('digest_identical')}; continues "
