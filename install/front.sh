@@ -9,7 +9,8 @@
 # DIR/path/front.conf tells it where the real criu is. Only that handler (a Kubernetes RuntimeClass) is affected;
 # the daemon and other runtimes keep the real criu; uninstall puts the config back byte for byte. The wrapper also
 # turns the `create` of a container gpucr's plugin ticketed for gpucr.io/restore-from into `runc restore`
-# (docs/design.md).
+# (docs/design.md); when the handler's runtime is not runc itself (nvidia-container-runtime edits the spec only on
+# create), it hands the target the create with DIR/chain first on PATH, whose `runc` restores into the edited spec.
 #
 # Usage:
 #   install/front.sh install --config FILE [--runtime NAME] [--dir DIR] [--prefix PREFIX] [route options]
@@ -99,7 +100,7 @@ make_route() {
     case "$DIR/" in "$repo"/*) die "--dir $DIR is inside the checkout $repo: choose a root-owned place" ;; esac
     check_root_path "$DIR" "--dir"
     install_code "$PREFIX" "$DIR/path/criu"
-    mkdir_root "$DIR" "$DIR/bin" "$DIR/path"
+    mkdir_root "$DIR" "$DIR/bin" "$DIR/path" "$DIR/chain"
     # the front runs as DIR/path/criu and reads DIR/path/front.conf beside it. A link to the copy's
     # hooks/criu_front.py (its shebang is /usr/bin/python3 -SE) costs no extra exec; another Python gets a launcher.
     rm -f "$DIR/path/criu"
@@ -151,6 +152,14 @@ case "\$cmd" in
 esac
 exec $target "\$@"
 SH
+    # DIR/chain/runc: the runc a chaining target (nvidia-container-runtime) finds first on PATH while the wrapper
+    # hands it a restoring create: that create, edited by the target, becomes runc restore with the real runc
+    # (nri_plugin/handlers/runc_restore.py inner_main); never on PATH otherwise
+    write_root "$DIR/chain/runc" 0755 <<SH
+#!/bin/sh
+# gpucr: the runc that $target finds during a gpucr.io/restore-from restore (install/front.sh)
+exec $PYTHON -S -E $PREFIX/hooks/runc_restore.py --criu $DIR/path/criu --inner -- "\$@"
+SH
     say "route ready in $DIR: runtime binary $DIR/bin/runc -> $target, front $DIR/path/criu ($PREFIX) -> real criu $REAL_CRIU"
 }
 
@@ -189,7 +198,7 @@ case "$cmd" in
         [ -n "$CONFIG" ] || die "--config FILE is required"
         edit uninstall "$CONFIG" "$RUNTIME" "$DIR/bin/runc" "$DIR/install.json"
         prefix=$(route_prefix || true)
-        rm -rf "${DIR:?}/bin" "${DIR:?}/path" "$DIR/install.json" "$DIR/config.before-gpucr"
+        rm -rf "${DIR:?}/bin" "${DIR:?}/path" "${DIR:?}/chain" "$DIR/install.json" "$DIR/config.before-gpucr"
         [ -z "$prefix" ] || release_code "$prefix" "$DIR/path/criu"
         rmdir "$DIR" 2>/dev/null || true
         say "route $DIR removed; restart containerd to apply" ;;

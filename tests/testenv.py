@@ -89,17 +89,18 @@ class Containerd:
         self.ctr("images", "rm", "--sync", ref, namespace=namespace, check=False)
 
     @contextlib.contextmanager
-    def pod(self, name: str | None = None, **kw: Any) -> Iterator[tuple[CriClient, str, Any]]:
-        """A CRI pod sandbox (host network, this instance's cgroup parent), removed afterwards."""
+    def pod(self, name: str | None = None, handler: str = "", **kw: Any) -> Iterator[tuple[CriClient, str, Any]]:
+        """A CRI pod sandbox (host network, this instance's cgroup parent; ``handler``: a runtime handler other than
+        the default), removed afterwards."""
         name = name or f"p-{uuid.uuid4().hex[:8]}"
-        with self.pod_of(pod_config(name, cgroup_parent=self.cgroup_parent, **kw)) as pod:
+        with self.pod_of(pod_config(name, cgroup_parent=self.cgroup_parent, **kw), handler) as pod:
             yield pod
 
     @contextlib.contextmanager
-    def pod_of(self, cfg: Any) -> Iterator[tuple[CriClient, str, Any]]:
+    def pod_of(self, cfg: Any, handler: str = "") -> Iterator[tuple[CriClient, str, Any]]:
         """The CRI pod sandbox of the config ``cfg``; it, its containers and their tasks removed afterwards."""
         with self.cri() as c:
-            pod_id = c.run_pod_sandbox(cfg)
+            pod_id = c.run_pod_sandbox(cfg, handler)
             try:
                 yield c, pod_id, cfg
             finally:

@@ -13,6 +13,15 @@ links of a gpucr images dir, or CRI's archive extracted), the archive's rootfs c
 of the checkpointed pipes (``descriptors.json``). After a successful restore the wrapper leaves ``gpucr-restored``
 in runc's state dir of the container, so containerd's following ``runc start`` (which would fail on a running
 container) is answered by the wrapper as done.
+
+A chaining runtime in front of runc (``nvidia-container-runtime``: it edits config.json only for ``create``, adding
+the driver's device nodes, library mounts and hooks, then execs the first ``runc`` on PATH; its ``restore`` passes
+through unedited) would restore into a spec without the mounts and devices the checkpoint holds as CRIU's external
+mounts. So when the wrapper's target is not runc itself (front.conf ``restore_route``: ``auto``, ``direct``,
+``chain``), the create is handed to the target unchanged with the route's ``chain/`` dir first on PATH: the target
+edits the spec and execs ``chain/runc`` (:func:`inner_main`), which restores with the real runc into the edited spec.
+A target that creates the container without running ``runc`` from PATH is caught (no restore mark), the created
+container deleted, the create failed.
 """
 
 from __future__ import annotations
@@ -29,11 +38,16 @@ from typing import Any
 
 from ..errors import GpucrError
 
-__all__ = ["RESTORED_MARK", "CreateArgs", "RuncArgsError", "main", "parse_create", "restore_argv"]
+__all__ = ["CHAIN_ENV", "RESTORED_MARK", "CreateArgs", "RuncArgsError", "inner_main", "main", "parse_create",
+           "real_runc", "restore_argv", "restore_route"]
 
 #: left in ``<runc root>/<id>/`` after a restore: the wrapper then answers ``runc start`` itself
 RESTORED_MARK = "gpucr-restored"
 _GLOBAL_WITH_VALUE = {"--root", "--log", "--log-format", "--criu", "--rootless"}
+#: set for the target's create in a chained restore: the id of the container the route's chain/runc restores
+CHAIN_ENV = "GPUCR_RESTORE_CHAIN_ID"
+#: where a runtime without PATH looks (nvidia-container-toolkit pkg/lookup/path.go: the same list after PATH)
+_DEFAULT_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 class RuncArgsError(Exception):
@@ -123,6 +137,35 @@ def restore_argv(runc: str, c: CreateArgs, images: str, work: str) -> list[str]:
     if c.no_pivot:
         argv.append("--no-pivot")
     return [*argv, c.container_id]
+
+
+def restore_route(target: str, values: dict[str, str]) -> str:
+    """``direct`` (``TARGET restore``) or ``chain`` (``TARGET create`` whose ``runc`` restores): front.conf's
+    ``restore_route``, where ``auto`` (the default) means direct only for a target named ``runc``."""
+    v = values.get("restore_route") or "auto"
+    if v not in ("auto", "direct", "chain"):
+        raise RuncArgsError(f"front.conf restore_route = {v!r}: expected auto, direct or chain")
+    if v == "auto":
+        return "direct" if os.path.basename(target) == "runc" else "chain"
+    return v
+
+
+def route_dirs(criu: str) -> tuple[str, str]:
+    """The route's ``chain/`` and ``bin/`` dirs, beside ``path/`` where the front (``criu``) is."""
+    top = os.path.dirname(os.path.dirname(os.path.abspath(criu)))
+    return os.path.join(top, "chain"), os.path.join(top, "bin")
+
+
+def real_runc(path: str, skip: Sequence[str]) -> str | None:
+    """The first executable ``runc`` on ``path`` (then the usual system dirs) outside ``skip`` (gpucr's own)."""
+    skipped = {os.path.realpath(d) for d in skip}
+    for d in [*path.split(":"), *_DEFAULT_PATH]:
+        if not d or not os.path.isabs(d) or os.path.realpath(d) in skipped:
+            continue
+        f = os.path.join(d, "runc")
+        if os.path.isfile(f) and os.access(f, os.X_OK):
+            return f
+    return None
 
 
 def _fail(c: CreateArgs | None, msg: str) -> int:
@@ -226,10 +269,67 @@ def _shared_pid_ns(c: CreateArgs, spec: dict[str, Any], images: str) -> str:
     return ""
 
 
+def _ticket_problem(c: CreateArgs, annotations: dict[str, str], ticket: Any) -> str:
+    """Why the plugin's ticket does not allow this create to restore, or "" when it does."""
+    from .nri_restore import PENDING, REFUSED, RESTORE_ANNOTATION, TICKET_ANNOTATION
+    if ticket.state == REFUSED:
+        return f"{ticket.error} (gpucr's plugin refused it at CreateContainer; containerd created the container " \
+               "anyway, without the plugin's answer)"
+    if ticket.state == PENDING or annotations.get(TICKET_ANNOTATION) != c.container_id:
+        late = "had not finished its checks" if ticket.state == PENDING else "answered too late"
+        return (f"container {c.container_id} asked for gpucr.io/restore-from {ticket.checkpoint!r} but containerd "
+                f"created it without gpucr's adjustments: gpucr's plugin {late} when containerd stopped waiting "
+                "(containerd's NRI plugin_request_timeout; `gpucr doctor` shows it). Not starting it fresh: remove "
+                "it and create it again")
+    if annotations.get(RESTORE_ANNOTATION) != ticket.checkpoint:
+        return (f"container {c.container_id}: its spec restores {annotations.get(RESTORE_ANNOTATION)!r}, gpucr's "
+                f"plugin checked {ticket.checkpoint!r}; recreate the container")
+    return ""
+
+
+def _through_chain(target: str, rest: list[str], c: CreateArgs, criu: str, ticket: Any, values: dict[str, str]) -> int:
+    """The restore as the target's own create: ``TARGET create ...`` with the route's ``chain/`` first on PATH, so
+    the target edits the spec as for any create and its ``runc`` (:func:`inner_main`) restores into it."""
+    what = f"container {c.container_id}: restore from checkpoint {ticket.checkpoint!r}"
+    chain, _ = route_dirs(criu)
+    if not os.access(os.path.join(chain, "runc"), os.X_OK):
+        return _fail(c, f"{what} refused at step chain: {chain}/runc is missing (a route made before gpucr restored "
+                        f"through {target}); fix: run install/front.sh install (or gpucr setup --apply) again")
+    env = {**os.environ, "PATH": f"{chain}:{os.environ.get('PATH') or ':'.join(_DEFAULT_PATH)}",
+           CHAIN_ENV: c.container_id}
+    r = subprocess.run([target, *rest], env=env, check=False)
+    if os.path.exists(os.path.join(c.root, c.container_id, RESTORED_MARK)):
+        return r.returncode
+    if r.returncode != 0:
+        return _fail(c, f"{what} failed at step chain: {target} create exited with status {r.returncode} (the "
+                        "restore runs inside it; its own error is above or in the container's log)")
+    subprocess.run([target, *c.globals_, "delete", "--force", c.container_id], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf = values.get("conf_file") or "the route's front.conf"
+    return _fail(c, f"{what} failed at step chain: {target} created the container without running `runc` from "
+                    "PATH (it is a low-level runtime itself, or its configuration names its runtime by absolute "
+                    "path), so nothing was restored and the created container was deleted; fix: set restore_route "
+                    f"= direct in {conf} if {target} is a runc, or let the runtime find `runc` on PATH "
+                    "(nvidia-container-runtime: runtimes = [\"runc\"] in its config.toml)")
+
+
+def _load(c: CreateArgs, criu: str) -> tuple[dict[str, str], Any, Any]:
+    from ..front.config import load
+    from ..policy.config import load_config
+    from .nri_restore import load_ticket
+    cfg = load({}, criu)
+    values = {**cfg.values, "conf_file": cfg.conf_file or ""}
+    node = load_config(Path(values["node_config"]) if values.get("node_config") else None)
+    return values, node, load_ticket(node.state_dir, c.container_id)
+
+
 def main(argv: Sequence[str]) -> int:
-    """``runc_restore.py --criu PATH/criu -- RUNC ARGS...`` (from the route's wrapper, for a ``create`` whose spec
-    names ``gpucr.io/restore-from`` or for which gpucr's plugin left a ticket). Returns runc's status."""
+    """``runc_restore.py --criu PATH/criu -- TARGET ARGS...`` (from the route's wrapper, for a ``create`` whose spec
+    names ``gpucr.io/restore-from`` or for which gpucr's plugin left a ticket), or ``--criu PATH/criu --inner --
+    ARGS...`` (the route's ``chain/runc``: :func:`inner_main`). Returns the runtime's status."""
     args = list(argv[1:])
+    if len(args) >= 4 and args[0] == "--criu" and args[2] == "--inner" and args[3] == "--":
+        return inner_main(args[1], args[4:])
     if len(args) < 4 or args[0] != "--criu" or args[2] != "--":
         return _fail(None, f"runc wrapper: bad restore call {args!r}")
     criu, runc, rest = args[1], args[3], args[4:]
@@ -239,15 +339,12 @@ def main(argv: Sequence[str]) -> int:
     except RuncArgsError as exc:
         return _fail(None, f"restore of a container from gpucr.io/restore-from: {exc}")
     from ..ckpt.restore_source import RestoreSourceError
-    from ..front.config import load
-    from ..policy.config import load_config
-    from .nri_restore import PENDING, REFUSED, RESTORE_ANNOTATION, TICKET_ANNOTATION, finish, load_ticket
+    from .nri_restore import RESTORE_ANNOTATION, finish
     annotations = spec.get("annotations") or {}
     try:
-        values = load({}, criu).values
-        node = load_config(Path(values["node_config"]) if values.get("node_config") else None)
-        ticket = load_ticket(node.state_dir, c.container_id)
-    except (GpucrError, RestoreSourceError) as exc:
+        values, node, ticket = _load(c, criu)
+        route = restore_route(runc, values)
+    except (GpucrError, RestoreSourceError, RuncArgsError) as exc:
         return _fail(c, f"container {c.container_id}: restore from gpucr.io/restore-from failed at step ticket: {exc}")
     if ticket is None:
         if RESTORE_ANNOTATION not in annotations:  # the shell's grep matched elsewhere (an env value, a path)
@@ -257,19 +354,12 @@ def main(argv: Sequence[str]) -> int:
                         "created? Recreate the container with the plugin running")
     ran = False
     try:
-        if ticket.state == REFUSED:
-            return _fail(c, f"{ticket.error} (gpucr's plugin refused it at CreateContainer; containerd created the "
-                            "container anyway, without the plugin's answer)")
-        if ticket.state == PENDING or annotations.get(TICKET_ANNOTATION) != c.container_id:
-            late = "had not finished its checks" if ticket.state == PENDING else "answered too late"
-            return _fail(c, f"container {c.container_id} asked for gpucr.io/restore-from {ticket.checkpoint!r} but "
-                            f"containerd created it without gpucr's adjustments: gpucr's plugin {late} when "
-                            "containerd stopped waiting (containerd's NRI plugin_request_timeout; `gpucr doctor` "
-                            "shows it). Not starting it fresh: remove it and create it again")
-        if annotations.get(RESTORE_ANNOTATION) != ticket.checkpoint:
-            return _fail(c, f"container {c.container_id}: its spec restores {annotations.get(RESTORE_ANNOTATION)!r}, "
-                            f"gpucr's plugin checked {ticket.checkpoint!r}; recreate the container")
+        problem = _ticket_problem(c, annotations, ticket)
+        if problem:
+            return _fail(c, problem)
         ran = True
+        if route == "chain":
+            return _through_chain(runc, rest, c, criu, ticket, values)
         return _restore(runc, c, node, ticket, spec, values)
     except (GpucrError, OSError) as exc:
         ran = False
@@ -277,3 +367,41 @@ def main(argv: Sequence[str]) -> int:
                      f"container {c.container_id}: restore from checkpoint {ticket.checkpoint!r} failed: {exc}")
     finally:
         finish(node, c.container_id, keep_work=ran)
+
+
+def inner_main(criu: str, rest: list[str]) -> int:
+    """The route's ``chain/runc``: the ``runc`` a chaining target finds first on PATH during :func:`_through_chain`.
+    The create of the container named by ``CHAIN_ENV`` becomes ``runc restore`` into the spec as the target left it
+    (the ticket checked again, nothing released: the outer wrapper does that); anything else runs the real runc,
+    the first ``runc`` on PATH outside the route (never the wrapper or this, so no loop)."""
+    chain, bin_dir = route_dirs(criu)
+    runc = real_runc(os.environ.get("PATH", ""), [chain, bin_dir, os.path.dirname(os.path.abspath(criu))])
+    want = os.environ.pop(CHAIN_ENV, "")
+    os.environ["PATH"] = ":".join(d for d in os.environ.get("PATH", "").split(":")
+                                  if d and os.path.realpath(d) != os.path.realpath(chain))
+    if runc is None:
+        return _fail(None, f"gpucr chain/runc: no runc on PATH outside gpucr's route ({chain}); fix: install runc "
+                           f"where the runtime in front of it looks ({':'.join(_DEFAULT_PATH)})")
+    try:
+        c = parse_create(rest)
+    except RuncArgsError:
+        c = None
+    if c is None or not want or c.container_id != want:
+        os.execv(runc, [runc, *rest])
+    from ..ckpt.restore_source import RestoreSourceError
+    try:
+        spec = _spec(c.bundle)
+        values, node, ticket = _load(c, criu)
+    except (GpucrError, RestoreSourceError, RuncArgsError) as exc:
+        return _fail(c, f"container {c.container_id}: restore from gpucr.io/restore-from failed at step chain: {exc}")
+    if ticket is None:
+        return _fail(c, f"container {c.container_id}: restore through the runtime chain found no ticket in "
+                        f"{node.state_dir}/restore (removed meanwhile?); recreate the container")
+    problem = _ticket_problem(c, spec.get("annotations") or {}, ticket)
+    if problem:
+        return _fail(c, f"{problem} (after the runtime in front of runc edited the spec)")
+    try:
+        return _restore(runc, c, node, ticket, spec, values)
+    except (GpucrError, OSError) as exc:
+        return _fail(c, str(exc) if isinstance(exc, GpucrError) else
+                     f"container {c.container_id}: restore from checkpoint {ticket.checkpoint!r} failed: {exc}")

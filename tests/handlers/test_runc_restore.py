@@ -1,4 +1,5 @@
-"""The runc wrapper's restore half: a shim's ``runc create`` mapped onto ``runc restore`` (argv mapping) and its check of a pod's shared pid namespace."""
+"""The runc wrapper's restore half: a shim's ``runc create`` mapped onto ``runc restore`` (argv mapping), its check
+of a pod's shared pid namespace, and the route through a chaining runtime (which way, the inner runc's lookup)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,59 @@ def test_shared_pid_ns_only_for_a_bundle_joining_one(tmp_path: Path) -> None:
     spec["linux"]["namespaces"][0]["path"] = "/proc/self/ns/pid"
     Path(tmp_path, "pstree.img").write_bytes(pstree(_entry(os.getpid(), 0, 1, 1, [os.getpid()])))
     assert f"container c1: the checkpoint's pid(s) [{os.getpid()}] are taken" in _shared_pid_ns(c, spec, str(tmp_path))
+
+
+def test_restore_route_auto_direct_only_for_runc() -> None:
+    """A target named runc restores directly; any other (nvidia-container-runtime) through its own create;
+    front.conf's restore_route forces either; a bad value is refused."""
+    from nri_plugin.handlers.runc_restore import restore_route
+
+    assert restore_route("/usr/sbin/runc", {}) == "direct"
+    assert restore_route("/usr/bin/nvidia-container-runtime", {}) == "chain"
+    assert restore_route("/usr/bin/nvidia-container-runtime", {"restore_route": "direct"}) == "direct"
+    assert restore_route("/usr/sbin/runc", {"restore_route": "chain"}) == "chain"
+    with pytest.raises(RuncArgsError, match="expected auto, direct or chain"):
+        restore_route("/usr/sbin/runc", {"restore_route": "sometimes"})
+
+
+def _exe(path: Path, body: str = "#!/bin/sh\nexit 0\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body)
+    path.chmod(0o755)
+    return path
+
+
+def test_real_runc_skips_the_routes_own_dirs(tmp_path: Path) -> None:
+    """The inner runc never resolves to the route's chain/runc or bin/runc wrapper (no loop): the first runc on
+    PATH outside them, in PATH order."""
+    from nri_plugin.handlers.runc_restore import real_runc
+
+    route = tmp_path / "route"
+    chain, wrapper, real = (_exe(route / "chain/runc"), _exe(route / "bin/runc"), _exe(tmp_path / "sys/runc"))
+    path = f"{route / 'chain'}:{route / 'path'}:{route / 'bin'}:{tmp_path / 'sys'}"
+    assert real_runc(path, [str(route / "chain"), str(route / "bin")]) == str(real)
+    assert real_runc(path, []) == str(chain)
+    assert wrapper.exists()
+
+
+def test_inner_runc_passes_other_commands_to_the_real_runc(tmp_path: Path) -> None:
+    """chain/runc for anything but the create of the container the wrapper named (another command, another id, no
+    id at all) execs the real runc with the arguments unchanged, and without the route's chain dir on PATH."""
+    import subprocess
+    import sys
+
+    route = tmp_path / "route"
+    _exe(route / "chain/runc")
+    log = tmp_path / "args"
+    _exe(tmp_path / "sys/runc", f'#!/bin/sh\necho "$PATH|$GPUCR_RESTORE_CHAIN_ID|$*" >> {log}\n')
+    code = ("import sys; from nri_plugin.handlers.runc_restore import inner_main; "
+            f"sys.exit(inner_main({str(route / 'path/criu')!r}, sys.argv[1:]))")
+    path = f"{route / 'chain'}:{tmp_path / 'sys'}"
+    for args, chain_id in ((["state", "c1"], "c1"), (["create", "--bundle", "/b", "c2"], "c1"),
+                           (["create", "--bundle", "/b", "c1"], "")):
+        env = {**os.environ, "PATH": path, "GPUCR_RESTORE_CHAIN_ID": chain_id}
+        r = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    sys_dir = tmp_path / "sys"
+    assert log.read_text().splitlines() == [f"{sys_dir}||state c1", f"{sys_dir}||create --bundle /b c2",
+                                            f"{sys_dir}||create --bundle /b c1"]
