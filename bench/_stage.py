@@ -20,6 +20,7 @@ the tree) with the package's pinned wheels; bench/gpu_package.py and bench/gpu_f
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -28,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GPUCR_LIB", "PKG_CRIU", "ROOT", "apt_install", "find_debs", "install_containerd", "install_gpucr",
-           "package_site", "packaged", "setup"]
+__all__ = ["GPUCR_LIB", "PKG_CRIU", "ROOT", "apt_install", "find_debs", "gpucr_json", "install_containerd",
+           "install_gpucr", "package_site", "packaged", "setup"]
 
 REPO = Path(__file__).resolve().parent.parent
 #: GPUCR_TEST_ROOT of the benches that use install/containerd.sh; root's alone (not under /tmp: the CRIU front refuses
@@ -150,3 +151,17 @@ def setup(stage: Path, pkgs: Path | None = None) -> dict[str, str]:
     for t in ("busybox.tar", "pause.tar"):
         shutil.copy(stage / "images" / t, ROOT / "images" / t)
     return {**os.environ, "GPUCR_TEST_ROOT": str(ROOT), "PYTHONPATH": f"{REPO}:{site}", "PYTHONUNBUFFERED": "1"}
+
+
+def gpucr_json(env: dict[str, str], args: tuple[str, ...], timeout: float) -> dict[str, Any]:
+    """``gpucr ARGS --json`` with the checkout's code (``env``'s PYTHONPATH): its summary, plus ``wall_s``.
+    Raises RuntimeError (stderr's tail) when it fails."""
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", "import sys; from nri_plugin.cli.main import main; sys.exit(main())",
+                        *args, "--json"], capture_output=True, text=True, env=env, timeout=timeout)
+    wall = time.monotonic() - t0
+    if r.returncode:
+        raise RuntimeError(f"gpucr {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-4000:]}")
+    s: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    s["wall_s"] = round(wall, 3)
+    return s

@@ -2,7 +2,7 @@
 a huge tmpfs to a checkpoint dir, beside the raw O_DIRECT disk probe of ``bench/gpu_cr.py --ceilings``, in one run.
 
     python3 bench/copy_probe.py OUT_DIR [--gib 8] [--dir /var/tmp] [--repeat 3] [--follow] [--buffered]
-                                [--threads N] [--chunk-mib M] [--no-prealloc] [--no-disk]
+                                [--threads N] [--chunk-mib M] [--no-prealloc | --ab] [--no-disk]
 
 No GPU needed; root (the tmpfs is mounted the memory stage's way, :mod:`nri_plugin.ckpt.memstage`: ``huge=always``
 where the kernel has it, detached). The dump: ``pages-1.img`` of ``--gib`` GiB of ``os.urandom`` data plus 12 KiB
@@ -11,7 +11,7 @@ where the kernel has it, detached). The dump: ``pages-1.img`` of ``--gib`` GiB o
 hash of the source; ``--follow`` also times the copy following a page image that grows at memory speed (the dump
 written while it is copied, as CRIU's is: copy rate = bytes / time from the first byte written to durable).
 ``--threads``/``--chunk-mib`` override the copier's ``IO_THREADS``/``_IO_CHUNK`` and ``--no-prealloc`` turns its
-preallocation off, for tuning runs. Writes
+preallocation off, for tuning runs; ``--ab`` copies once more per repeat without preallocation, right after. Writes
 ``OUT_DIR/copy_probe.json`` and ``OUT_DIR/copy_probe.md``; medians over the repeats.
 """
 
@@ -135,6 +135,9 @@ def markdown(doc: dict[str, Any]) -> str:
                        f"{v['median']} | {v['each']} |")
     out.append(f"| ImageCopier.finish (tmpfs -> disk, hashed, fdatasync) | {c['GBps']['median']} | "
                f"{c['GBps']['each']} |")
+    if "not_preallocated_GBps" in c:
+        out.append(f"| ImageCopier.finish without preallocation (A/B, right after) | "
+                   f"{c['not_preallocated_GBps']['median']} | {c['not_preallocated_GBps']['each']} |")
     if "follow_GBps" in c:
         out.append(f"| ImageCopier following a growing page image | {c['follow_GBps']['median']} | "
                    f"{c['follow_GBps']['each']} |")
@@ -160,11 +163,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="override the copier's IO_THREADS")
     ap.add_argument("--chunk-mib", type=int, default=0, help="override the copier's _IO_CHUNK")
     ap.add_argument("--no-prealloc", action="store_true", help="the copier without its preallocation")
+    ap.add_argument("--ab", action="store_true", help="each repeat also copies without preallocation (A/B)")
     a = ap.parse_args()
     if a.threads:
         layout.IO_THREADS = a.threads
     if a.chunk_mib:
         layout._IO_CHUNK = a.chunk_mib << 20
+    if a.no_prealloc and a.ab:
+        ap.error("--ab already copies without preallocation")
     if a.no_prealloc:
         layout.ImageCopier.PREALLOCATE = False
     a.out.mkdir(parents=True, exist_ok=True)
@@ -194,6 +200,7 @@ def main() -> int:
         rates: dict[str, list[float]] = {}
         copies: list[float] = []
         follows: list[float] = []
+        plain: list[float] = []
         for i in range(a.repeat):
             if not a.no_disk:
                 for k, v in disk_rates(work, a.gib, buffered=a.buffered).items():
@@ -203,13 +210,21 @@ def main() -> int:
             else:
                 follows.append(size / follow_once(master, src, work / f"cf{i}", want, size) / 1e9)
                 copies.append(size / copy_once(src, work / f"ck{i}", want, size) / 1e9)
+            if a.ab:  # the same copy without preallocation, right after
+                layout.ImageCopier.PREALLOCATE = False
+                plain.append(size / copy_once(src, work / f"cn{i}", want, size) / 1e9)
+                layout.ImageCopier.PREALLOCATE = True
             drop_caches()
-            print(f"repeat {i + 1}: copy {copies[-1]:.3f} GB/s" + (f", follow {follows[-1]:.3f} GB/s" if follows
+            print(f"repeat {i + 1}: copy {copies[-1]:.3f} GB/s" + (f", not preallocated {plain[-1]:.3f}" if plain
+                                                                    else "")
+                  + (f", follow {follows[-1]:.3f} GB/s" if follows
                                                                     else ""), file=sys.stderr, flush=True)
         doc["disk"] = {k: _stats(v) for k, v in rates.items()}
         doc["copy"]["GBps"] = _stats(copies)
         if follows:
             doc["copy"]["follow_GBps"] = _stats(follows)
+        if plain:
+            doc["copy"]["not_preallocated_GBps"] = _stats(plain)
     finally:
         if stage is not None:
             stage.close()

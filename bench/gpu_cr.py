@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _workload as wl  # noqa: E402
 from _diskprobe import disk_rates, drop_caches  # noqa: E402
-from _stage import packaged  # noqa: E402
+from _stage import gpucr_json, packaged  # noqa: E402
 from _workload import WORKLOAD  # noqa: E402
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -215,15 +215,7 @@ class Bench:
 
     # -- the two flows -------------------------------------------------------------------------------------------
     def gpucr(self, *args: str) -> dict[str, Any]:
-        t0 = time.monotonic()
-        r = subprocess.run([sys.executable, "-c", "import sys; from nri_plugin.cli.main import main; sys.exit(main())",
-                            *args, "--json"], capture_output=True, text=True, env=self.env, timeout=900)
-        wall = time.monotonic() - t0
-        if r.returncode:
-            raise RuntimeError(f"gpucr {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-4000:]}")
-        s = json.loads(r.stdout.strip().splitlines()[-1])
-        s["wall_s"] = round(wall, 3)
-        return s
+        return gpucr_json(self.env, args, timeout=900)
 
     def helper(self, op: str, pid: int) -> dict[str, float]:
         t0 = time.monotonic()

@@ -237,6 +237,19 @@ def phases(front_log: Path) -> dict[str, float]:
     return {k: round(at[b] - at[a], 3) for k, (a, b) in spans.items() if a in at and b in at}
 
 
+def install_front(env: dict[str, str], work: Path, criu: Path, hooks: str, node: Path) -> None:
+    """The front (``WORK/route``) and the OCI hook (``WORK/hook/gpucr-hook``) as installed: one root-owned copy of
+    gpucr's code (``WORK/route/lib``), never this tree (this bench and bench/gpu_restore.py)."""
+    route, hook = work / "route", work / "hook/gpucr-hook"
+    for cmd in (["front.sh", "route", "--dir", str(route), "--real-criu", str(criu), "--log-dir",
+                 str(work / "front-log"), "--hooks", hooks, "--node-config", str(node)],
+                ["hook.sh", "install", "--path", str(hook), "--prefix", str(route / "lib")]):
+        r = sh(["bash", str(REPO / "install" / cmd[0]), *cmd[1:]],
+               env={**env, "GPUCR_FRONT_PYTHON": sys.executable, "GPUCR_HOOK_PYTHON": sys.executable})
+        if r.returncode:
+            raise SystemExit(f"install/{cmd[0]} {cmd[1]} failed: {r.stdout}{r.stderr}")
+
+
 def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> None:
     criu = ROOT / "bin/criu"
     res["versions"] = versions(criu)
@@ -250,14 +263,7 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
     runc_conf.write_text(f"network-lock {lock}\n" if lock else "")
     node.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\nhook_path = "{hook}"\n'
                     f'runc_criu_config = "{runc_conf}"\n')
-    # the front and the OCI hook as installed: one root-owned copy of gpucr's code (ROUTE/lib), never this tree
-    for cmd in (["front.sh", "route", "--dir", str(route), "--real-criu", str(criu), "--log-dir",
-                 str(work / "front-log"), "--hooks", args.hooks, "--node-config", str(node)],
-                ["hook.sh", "install", "--path", str(hook), "--prefix", str(route / "lib")]):
-        r = sh(["bash", str(REPO / "install" / cmd[0]), *cmd[1:]],
-               env={**env, "GPUCR_FRONT_PYTHON": sys.executable, "GPUCR_HOOK_PYTHON": sys.executable})
-        if r.returncode:
-            raise SystemExit(f"install/{cmd[0]} {cmd[1]} failed: {r.stdout}{r.stderr}")
+    install_front(env, work, criu, args.hooks, node)
     inst = Instance(env, "http", route / "path")
     plugin = None
     d = work / "data"

@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stage import packaged  # noqa: E402
+from _stage import gpucr_json, packaged  # noqa: E402
 import _workload as wl  # noqa: E402
 from _workload import WORKLOAD  # noqa: E402
 
@@ -100,15 +100,7 @@ class Multi:
 
     # -- gpucr ---------------------------------------------------------------------------------------------------
     def gpucr(self, *args: str) -> dict[str, Any]:
-        t0 = time.monotonic()
-        r = subprocess.run([sys.executable, "-c", "import sys; from nri_plugin.cli.main import main; sys.exit(main())",
-                            *args, "--json"], capture_output=True, text=True, env=self.env, timeout=550)
-        wall = time.monotonic() - t0
-        if r.returncode:
-            raise RuntimeError(f"gpucr {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-4000:]}")
-        s = json.loads(r.stdout.strip().splitlines()[-1])
-        s["wall_s"] = round(wall, 3)
-        return s
+        return gpucr_json(self.env, args, timeout=550)
 
     @staticmethod
     def drop_caches() -> None:

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _workload import WORKLOAD as _BASE  # noqa: E402
 from gpu_front import REPO, ROOT, Instance, log, sh  # noqa: E402
-from gpu_http import front_excerpt, gpu_apps, phases, pod_bench, versions, wait_for  # noqa: E402
+from gpu_http import front_excerpt, gpu_apps, install_front, phases, pod_bench, versions, wait_for  # noqa: E402
 
 from nri_plugin.cli.doctor import parse_duration  # noqa: E402
 
@@ -125,13 +125,7 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
     ckroot.mkdir(mode=0o700)
     node.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\nhook_path = "{hook}"\n'
                     f'checkpoint_root = "{ckroot}"\n')
-    for cmd in (["front.sh", "route", "--dir", str(route), "--real-criu", str(criu), "--log-dir",
-                 str(work / "front-log"), "--hooks", args.hooks, "--node-config", str(node)],
-                ["hook.sh", "install", "--path", str(hook), "--prefix", str(route / "lib")]):
-        r = sh(["bash", str(REPO / "install" / cmd[0]), *cmd[1:]],
-               env={**env, "GPUCR_FRONT_PYTHON": sys.executable, "GPUCR_HOOK_PYTHON": sys.executable})
-        if r.returncode:
-            raise SystemExit(f"install/{cmd[0]} {cmd[1]} failed: {r.stdout}{r.stderr}")
+    install_front(env, work, criu, args.hooks, node)
     # containerd's runtime binary is the route's runc wrapper, as install/front.sh install sets BinaryName on a node
     inst = Instance({**env, "GPUCR_RUNC_DIR": str(route / "bin"), "GPUCR_NRI_REQUEST_TIMEOUT": args.nri_timeout},
                     "restore", route / "path")

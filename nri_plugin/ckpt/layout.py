@@ -481,7 +481,8 @@ def _local_leftover(path: Path) -> int | None:
 class ImageCopier:
     """Copies a dump from the memory stage into a checkpoint's ``images/`` at disk rate, hashing each piece from
     the buffer it is written from (the manifest then costs no extra pass): pieces of :data:`PIECE_BYTES` in parallel
-    threads, O_DIRECT for the aligned part (no second copy in the page cache), every file fdatasynced.
+    threads, O_DIRECT for the aligned part (no second copy in the page cache) into blocks allocated just before
+    (:attr:`PREALLOCATE`), every file fdatasynced and checked to have the dump's size.
 
     With :meth:`follow` it starts while CRIU is still dumping: CRIU appends to its page images (``pages-N.img``)
     sequentially, so every whole piece below a page image's current size is final and is copied at once; the rest
