@@ -172,6 +172,18 @@ def spec_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
                 "both": len(set(pa[k]) & set(pb_[k]))} for k in pa}
 
 
+def nvidia_train_config(d: Path, gib: float, ann: dict[str, str], gpu: str) -> Any:
+    """The training container without the GPU's device nodes (the NVIDIA runtime injects them and its driver's
+    libraries) and without the host's /etc bound over the image: NVIDIA's CDI edits mount files under /etc (e.g.
+    /etc/vulkan/icd.d), which needs the rootfs's own, writable /etc (the hostroot image carries a copy of the host's)."""
+    conf = train_config(d, gib, ann, gpu)
+    del conf.devices[:]
+    keep = [m for m in conf.mounts if not (m.container_path == "/etc" or m.container_path.startswith("/etc/"))]
+    del conf.mounts[:]
+    conf.mounts.extend(keep)
+    return conf
+
+
 def start_pod(cri: Any, inst: Instance, name: str, d: Path, gib: float, ann: dict[str, str], gpu: str,
               logs: str) -> tuple[str, str, Any]:
     from nri_plugin.cri import pod_config
@@ -179,8 +191,7 @@ def start_pod(cri: Any, inst: Instance, name: str, d: Path, gib: float, ann: dic
     pcfg = pod_config(name, cgroup_parent=inst.info["cgroup_parent"], annotations={"gpucr.io/checkpoint": "enabled"},
                       log_directory=str(d / logs))
     pod = cri.run_pod_sandbox(pcfg, HANDLER)
-    conf = train_config(d, gib, ann, gpu)
-    del conf.devices[:]  # the NVIDIA runtime injects the GPU's device nodes (and its driver's libraries)
+    conf = nvidia_train_config(d, gib, ann, gpu)
     cid = cri.create_container(pod, conf, pcfg)
     return pod, cid, pcfg
 
@@ -343,8 +354,7 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any], plac
         pcfg2 = pod_config("nv-train-restored", cgroup_parent=inst.info["cgroup_parent"],
                            annotations={"gpucr.io/checkpoint": "enabled"}, log_directory=str(d / "logs2"))
         pod2 = cri.run_pod_sandbox(pcfg2, HANDLER)
-        conf2 = train_config(d, args.gib, {"gpucr.io/restore-from": NAME}, gpu)
-        del conf2.devices[:]
+        conf2 = nvidia_train_config(d, args.gib, {"gpucr.io/restore-from": NAME}, gpu)
         new = cri.create_container(pod2, conf2, pcfg2)
         watch = SpecWatch(inst, extra / "config-restored.json")
         watch.start(new)

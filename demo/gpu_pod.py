@@ -46,7 +46,10 @@ def hostroot_image(path: Path) -> None:
     """A one-layer OCI image: merged-/usr symlinks and empty dirs; the host's /usr, /etc, /opt are bound over it."""
     layer = io.BytesIO()
     with tarfile.open(fileobj=layer, mode="w") as tar:
-        for d in ("usr", "etc", "opt", "proc", "sys", "dev", "tmp", "data", "run", "var", "root", "home"):
+        # a copy of the host's /etc, for containers that do not bind it (bench/gpu_nvidia_runtime.py: the NVIDIA
+        # runtime mounts files under /etc); a bound /etc covers it
+        tar.add("/etc", arcname="etc", filter=lambda ti: ti if ti.isfile() or ti.isdir() or ti.issym() else None)
+        for d in ("usr", "opt", "proc", "sys", "dev", "tmp", "data", "run", "var", "root", "home"):
             ti = tarfile.TarInfo(d)
             ti.type, ti.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
             tar.addfile(ti)

@@ -39,7 +39,7 @@ from typing import Any
 from ..errors import GpucrError
 
 __all__ = ["CHAIN_ENV", "RESTORED_MARK", "CreateArgs", "RuncArgsError", "inner_main", "main", "parse_create",
-           "real_runc", "restore_argv", "restore_route"]
+           "real_runc", "resolve_bind_sources", "restore_argv", "restore_route"]
 
 #: left in ``<runc root>/<id>/`` after a restore: the wrapper then answers ``runc start`` itself
 RESTORED_MARK = "gpucr-restored"
@@ -202,6 +202,34 @@ def _spec(bundle: str) -> dict[str, Any]:
     return spec
 
 
+def resolve_bind_sources(bundle: str, spec: dict[str, Any]) -> list[str]:
+    """Point each bind mount whose source is a symlink at the file it names, in the bundle's config.json.
+
+    ``runc create`` follows a symlinked source when it mounts; ``runc restore`` hands the source to CRIU as the
+    external mount's path, and CRIU's mount engine clones it without following the last link, then fails ("Can't
+    remount ... with MS_PRIVATE: Invalid argument"). NVIDIA's CDI specs name such sources (e.g. a driver's
+    ``nvidia_icd.json`` linked into /usr/share/vulkan; bench/results/gpu_nvidia_runtime.md). Returns what was
+    changed (``destination: old -> new``)."""
+    changed = []
+    for m in spec.get("mounts") or []:
+        if not isinstance(m, dict):
+            continue
+        src, opts = m.get("source"), m.get("options") or []
+        if not isinstance(src, str) or not os.path.isabs(src):
+            continue
+        if (m.get("type") == "bind" or "bind" in opts or "rbind" in opts) and os.path.islink(src):
+            real = os.path.realpath(src)
+            changed.append(f"{m.get('destination')}: {src} -> {real}")
+            m["source"] = real
+    if changed:
+        path = os.path.join(bundle, "config.json")
+        tmp = f"{path}.gpucr-tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(spec, f)
+        os.replace(tmp, path)
+    return changed
+
+
 def _stage_delay(values: dict[str, str]) -> None:
     """Test-only: ``test_restore_stage_delay_s`` in front.conf makes staging that much slower (tests showing that a
     slow staging no longer meets containerd's NRI timeout). A product config never sets it."""
@@ -243,6 +271,8 @@ def _restore(runc: str, c: CreateArgs, node: Any, ticket: Any, spec: dict[str, A
     problem = _shared_pid_ns(c, spec, str(staged.images))
     if problem:
         raise RestoreSourceError(f"{what} refused at step pid-namespace: {problem}")
+    for line in resolve_bind_sources(c.bundle, spec):
+        print(f"gpucr: {what}: bind mount source resolved for CRIU: {line}", file=sys.stderr, flush=True)
     r = subprocess.run(restore_argv(runc, c, str(staged.images), str(staged.work)), check=False)
     if r.returncode == 0:
         mark = os.path.join(c.root, c.container_id, RESTORED_MARK)

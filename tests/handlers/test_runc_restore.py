@@ -3,6 +3,7 @@ of a pod's shared pid namespace, and the route through a chaining runtime (which
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -107,3 +108,32 @@ def test_inner_runc_passes_other_commands_to_the_real_runc(tmp_path: Path) -> No
     sys_dir = tmp_path / "sys"
     assert log.read_text().splitlines() == [f"{sys_dir}||state c1", f"{sys_dir}||create --bundle /b c2",
                                             f"{sys_dir}||create --bundle /b c1"]
+
+
+def test_symlinked_bind_sources_are_resolved_in_the_bundle(tmp_path: Path) -> None:
+    """A bind mount whose source is a symlink (as NVIDIA's CDI specs name some driver files) gets the file it names,
+    in config.json, before runc restore hands it to CRIU; other mounts and fields stay as they were."""
+    from nri_plugin.handlers.runc_restore import resolve_bind_sources
+
+    real = tmp_path / "driver" / "nvidia_icd.json"
+    real.parent.mkdir()
+    real.write_text("{}")
+    link = tmp_path / "nvidia_icd.json"
+    link.symlink_to(real)
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    spec = {"ociVersion": "1.1.0", "mounts": [
+        {"destination": "/etc/vulkan/icd.d/nvidia_icd.json", "source": str(link), "options": ["ro", "rbind"]},
+        {"destination": "/data", "source": str(plain), "type": "bind", "options": ["rw"]},
+        {"destination": "/proc", "source": "proc", "type": "proc"},
+        {"destination": "/x", "source": str(link), "type": "tmpfs"}]}
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps(spec))
+    changed = resolve_bind_sources(str(bundle), spec)
+    assert changed == [f"/etc/vulkan/icd.d/nvidia_icd.json: {link} -> {real}"]
+    after = json.loads((bundle / "config.json").read_text())
+    assert after["mounts"][0]["source"] == str(real)
+    assert [m["source"] for m in after["mounts"][1:]] == [str(plain), "proc", str(link)]
+    assert after["ociVersion"] == "1.1.0"
+    assert resolve_bind_sources(str(bundle), after) == []
