@@ -91,8 +91,8 @@ def check_cri(config: Path, doc: dict[str, Any] | None, enable_cri: bool) -> Non
         raise SetupError(f"containerd's CRI plugin is disabled in {config} (disabled_plugins = {json.dumps(names)}, "
                          "as Docker's containerd.io package ships it): kubelet cannot use this containerd and gpucr's "
                          "plugin would see no container. Fix: gpucr setup --apply --enable-cri (enables CRI; "
-                         "--revert disables it again), or take \"cri\" out of disabled_plugins yourself; ctr-only "
-                         "hosts need no setup (docs/install.md, \"containerd from Docker\")")
+                         "--revert disables it again), or take \"cri\" out of disabled_plugins yourself; a host "
+                         "without Kubernetes needs no setup for ctr containers (docs/install.md)")
 
 
 def containerd_major(binary: str | None) -> int:
