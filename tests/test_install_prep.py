@@ -102,3 +102,15 @@ def test_versionless_config_needs_the_containerd_version(tmp_path: Path) -> None
     config.write_text('disabled_plugins = []\n')
     r = _run("prepare", config, state)
     assert r.returncode == 1 and "--containerd PATH" in r.stderr and config.read_text() == 'disabled_plugins = []\n'
+
+
+def test_full_cri_id_in_a_versioned_config_is_taken_out_alone(tmp_path: Path) -> None:
+    text = 'version = 3\n# keep me\ndisabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs"]\n'
+    config, state = tmp_path / "config.toml", tmp_path / "state"
+    state.mkdir()
+    config.write_text(text)
+    assert _run("prepare", config, state).returncode == 1 and config.read_text() == text
+    r = _run("prepare", config, state, "--enable-cri")
+    assert r.returncode == 0, r.stderr
+    assert config.read_text() == text.replace('"io.containerd.grpc.v1.cri", ', "")
+    assert _run("revert", config, state).returncode == 0 and config.read_text() == text
