@@ -123,8 +123,9 @@ def prepare(config: Path, state_dir: Path, major: int | None, enable_cri: bool) 
             for n in (doc.get("disabled_plugins") or []) + (doc.get("required_plugins") or []))):
         raise InstallError(f"{config} has no version line (containerd reads it as version 1) and names plugins by "
                            "their version 1 names: convert it to version "
-                           f"{schema(major) if major else '2 (1.7) or 3 (2.x)'} first (containerd 2.x: `containerd config migrate`; 1.7: add version = 2 "
-                           "and give each plugin its full ID, e.g. plugins.\"io.containerd.grpc.v1.cri\")")
+                           f"{schema(major) if major else '2 (1.7) or 3 (2.x)'} first (containerd 2.x: `containerd "
+                           "config migrate`; 1.7: add version = 2 and give each plugin its full ID, e.g. "
+                           "plugins.\"io.containerd.grpc.v1.cri\")")
     after = _edit(before.decode(), doc, config, major, drop).encode()
     meta = os.stat(config)
     backup = state_dir / "config.before-prep"

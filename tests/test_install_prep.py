@@ -105,7 +105,8 @@ def test_versionless_config_needs_the_containerd_version(tmp_path: Path) -> None
 
 
 def test_full_cri_id_in_a_versioned_config_is_taken_out_alone(tmp_path: Path) -> None:
-    text = 'version = 3\n# keep me\ndisabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs"]\n'
+    text = ('version = 3\n# keep me\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs"]\n')
     config, state = tmp_path / "config.toml", tmp_path / "state"
     state.mkdir()
     config.write_text(text)

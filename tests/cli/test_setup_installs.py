@@ -185,7 +185,7 @@ def test_release_tarball_no_config(version: str, root_dir: Path, fake_cuda_lib: 
 
     r = setup("--revert", "--state-dir", str(root_dir / "setup"))
     assert r.returncode == 0, r.stderr
-    assert not (root_dir / "etc/containerd").exists() and not (root_dir / "setup").exists() and not (root_dir / "lib").exists()
+    assert not any((root_dir / d).exists() for d in ("etc/containerd", "setup", "lib"))
     assert tree(root_dir) == before
 
 
