@@ -44,7 +44,7 @@ find nri_plugin hooks -name '*.py' -not -path '*/__pycache__/*' -print0 | while 
 done
 chmod 0755 "$lib/hooks/criu_front.py"
 install -m 0755 install/front.sh "$lib/install/front.sh"
-install -m 0644 install/code.sh install/launcher.sh install/runtime_config.py install/nri_config.py install/toml_edit.py "$lib/install/"
+install -m 0644 install/code.sh install/launcher.sh install/runtime_config.py install/nri_config.py install/config_prep.py install/toml_edit.py "$lib/install/"
 echo "gpucr $VERSION (system package): install/code.sh uses this tree as it is" > "$lib/.packaged"
 install -D -m 0755 packaging/10-gpucr "$lib/nri/10-gpucr"
 install -D -m 0755 packaging/gpucr "$stage/usr/bin/gpucr"

@@ -147,11 +147,34 @@ class Doctor:
                      f"fix {p} (`containerd config dump` shows what containerd makes of it)")
             return
         ver = self.doc.get("version", 1)
+        if "version" not in self.doc and "plugins" not in self.doc:
+            self.add("containerd config", "ok", f"{p} (no version line: containerd reads it as version 1; it sets no "
+                     "plugin options)", path=str(p), version=1)
+            self.check_cri_enabled()
+            return
         if ver not in _CRI:
             self.add("containerd config", "fail", f"{p} is a version {ver} config",
                      f"convert it: `containerd config migrate > {p}.new` and move it in place, then restart containerd")
             return
         self.add("containerd config", "ok", f"{p} (config version {ver})", path=str(p), version=ver)
+        self.check_cri_enabled()
+
+    def cri_disabled(self) -> list[str]:
+        """The ``disabled_plugins`` entries that turn CRI off ("cri" counts in a config without version, read as
+        version 1: Docker's containerd.io package ships ``disabled_plugins = ["cri"]``)."""
+        names = (self.doc or {}).get("disabled_plugins") or []
+        return [n for n in names if n == "io.containerd.grpc.v1.cri" or (n == "cri" and "version" not in self.doc)] \
+            if isinstance(names, list) else []
+
+    def check_cri_enabled(self) -> None:
+        off = self.cri_disabled()
+        if off:
+            self.add("CRI", "fail", f"containerd's CRI plugin is disabled in {self.containerd_config} (disabled_plugins"
+                     f" = {json.dumps(self.doc['disabled_plugins'])}, as Docker's containerd.io package ships it): "
+                     "kubelet and crictl cannot use this containerd, and gpucr's plugin sees only CRI containers",
+                     f"`gpucr setup --apply --enable-cri --config {self.containerd_config}` (reverted by gpucr setup "
+                     f"--revert), or take {json.dumps(off[0])} out of disabled_plugins; then restart containerd",
+                     disabled=off)
 
     def check_oom_score_adj(self) -> None:
         """CRI gives every pod sandbox oom_score_adj -998; where root cannot lower it (no CAP_SYS_RESOURCE: nodes in
@@ -185,6 +208,10 @@ class Doctor:
 
         nri = self._plugin(NRI_KEY)
         sock = self.nri_socket()
+        if self.cri_disabled():
+            self.add("NRI", "fail", f"containerd's CRI plugin is disabled in {self.containerd_config}: NRI serves only "
+                     "CRI containers", "fix the CRI check first")
+            return
         if self.version is None and "disable" not in nri:
             self.add("NRI", "fail", "cannot tell whether NRI is on: containerd is not reachable and its config "
                      f"{self.containerd_config} does not say (1.7 defaults to off, 2.x to on)",
@@ -272,13 +299,20 @@ class Doctor:
     def check_routes(self) -> None:
         handlers, default = self._handlers()
         wanted = self.runtimes or [default]
+        if self.cri_disabled():
+            for name in wanted:
+                self.add(f"route {name}", "fail", f"no runtime handler '{name}': containerd's CRI plugin is disabled "
+                         f"in {self.containerd_config}", "fix the CRI check first")
+            return
         for name in sorted(set(handlers) | set(wanted)):
             required = name in wanted
             fix = f"`gpucr setup --apply --config {self.containerd_config} --runtime {name}`, then restart containerd"
             if name not in handlers:
+                where = f"in {self.containerd_config}" if self.containerd_config.exists() else \
+                    f"configured (no {self.containerd_config}: containerd's built-in handler)"
                 self.add(f"route {name}", "fail" if required else "info",
-                         f"runtime handler '{name}' is not in {self.containerd_config}: it runs plain runc, without "
-                         "gpucr's CRIU front", fix)
+                         f"runtime handler '{name}' is not {where}: it runs plain runc, without gpucr's CRIU front",
+                         fix)
                 continue
             r = subprocess.run([sys.executable, str(INSTALL / "runtime_config.py"), "status",
                                 str(self.containerd_config), name, "--json"], capture_output=True, text=True)

@@ -31,11 +31,24 @@ def test_apply_needs_root(tmp_path: Path) -> None:
 
 
 def test_apply_without_config_is_one_line_and_touches_nothing(tmp_path: Path) -> None:
+    """A config missing with its directories is a wrong --config (a tarball's /etc/containerd/config.toml is missing
+    in an existing /etc: gpucr setup creates it, tests/cli/test_setup_installs.py)."""
     state = tmp_path / "state"
-    r = _gpucr("setup", "--apply", "--config", str(tmp_path / "missing.toml"), "--state-dir", str(state))
+    r = _gpucr("setup", "--apply", "--config", str(tmp_path / "no/such/config.toml"), "--state-dir", str(state))
     errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
     assert r.returncode == 1 and len(errors) == 1 and "does not exist" in errors[0] and "--config" in errors[0]
     assert not state.exists()
+
+
+def test_missing_config_needs_the_containerd_version(tmp_path: Path) -> None:
+    """Creating a config takes its schema from the containerd binary; none runnable: one line, nothing made."""
+    (tmp_path / "etc").mkdir()
+    state = tmp_path / "state"
+    r = _gpucr("setup", "--apply", "--config", str(tmp_path / "etc/containerd/config.toml"), "--state-dir",
+               str(state), "--real-criu", "/bin/true", "--containerd", str(tmp_path / "no-containerd"))
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert r.returncode == 1 and len(errors) == 1 and "--containerd PATH" in errors[0], r.stderr
+    assert not state.exists() and not (tmp_path / "etc/containerd").exists()
 
 
 def test_revert_with_nothing_applied_changes_nothing(tmp_path: Path) -> None:
