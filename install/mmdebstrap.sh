@@ -8,11 +8,16 @@ find_mmdebstrap() {
     if command -v mmdebstrap; then return 0; fi
     tools=$cache/tools
     if [ ! -x "$tools/usr/bin/mmdebstrap" ]; then
-        command -v apt-get >/dev/null || { echo "error: mmdebstrap is not installed and there is no apt-get to fetch it (install mmdebstrap)" >&2; return 1; }
+        if ! command -v apt-get >/dev/null; then
+            echo "error: mmdebstrap is not installed and there is no apt-get to fetch it (install mmdebstrap)" >&2
+            return 1
+        fi
         echo "mmdebstrap is not installed: unpacking the host apt's mmdebstrap into $tools" >&2
         rm -rf "$tools.dl"; mkdir -p "$tools.dl"; chown _apt "$tools.dl" 2>/dev/null || true
-        (cd "$tools.dl" && apt-get download -qq mmdebstrap) >&2 \
-            || { echo "error: apt-get download mmdebstrap failed (install mmdebstrap, or reach the host's apt mirror)" >&2; return 1; }
+        if ! (cd "$tools.dl" && apt-get download -qq mmdebstrap) >&2; then
+            echo "error: apt-get download mmdebstrap failed (install mmdebstrap, or reach the host's apt mirror)" >&2
+            return 1
+        fi
         rm -rf "$tools"; dpkg-deb -x "$tools.dl"/mmdebstrap_*.deb "$tools"; rm -rf "$tools.dl"
     fi
     echo "$tools/usr/bin/mmdebstrap"

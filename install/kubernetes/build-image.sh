@@ -30,12 +30,16 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$OUT" ] || die "usage: $0 OUT.tar [--debs DIR] [--dist trixie|bookworm]"
-case "$DIST" in trixie|bookworm) ;; *) die "--dist $DIST: trixie or bookworm (the releases the package is tested on)" ;; esac
+case "$DIST" in
+    trixie|bookworm) ;;
+    *) die "--dist $DIST: trixie or bookworm (the releases the package is tested on)" ;;
+esac
 [ "$(id -u)" -eq 0 ] || die "must run as root (mmdebstrap --mode=root: the image's files are root's)"
 shopt -s nullglob
 debs=("$DEBS"/gpucr_*.deb "$DEBS"/gpucr-criu_*.deb)
 shopt -u nullglob
-[ ${#debs[@]} -eq 2 ] || die "want one gpucr_*.deb and one gpucr-criu_*.deb in $DEBS, found: ${debs[*]:-none} (run make package)"
+[ ${#debs[@]} -eq 2 ] \
+    || die "want one gpucr_*.deb and one gpucr-criu_*.deb in $DEBS, found: ${debs[*]:-none} (run make package)"
 VERSION=$(dpkg-deb -f "${debs[0]}" Version) || die "dpkg-deb cannot read ${debs[0]}"
 VERSION=${VERSION%-*}
 REF=ghcr.io/gpucr/gpucr:$VERSION
@@ -51,12 +55,14 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$CACHE/$DIST" "$work/debs"
 cp "${debs[@]}" "$work/debs/"
 in_root='chroot "$1" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8'
-say "mmdebstrap --variant=apt $DIST + util-linux + $(basename "${debs[0]}") $(basename "${debs[1]}") (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)"
+apt_install="apt-get install -y -q -o Dpkg::Use-Pty=0 --no-install-recommends"
+say "mmdebstrap --variant=apt $DIST + util-linux + $(basename "${debs[0]}") $(basename "${debs[1]}")" \
+    "(SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)"
 "$MMDEBSTRAP" --quiet --mode=root --variant=apt --include=util-linux --skip=output/dev \
     --setup-hook='mkdir -p "$1"/var/cache/apt/archives' \
     --setup-hook="sync-in $CACHE/$DIST /var/cache/apt/archives/" \
     --customize-hook="copy-in $work/debs /tmp" \
-    --customize-hook="$in_root sh -c 'apt-get install -y -q -o Dpkg::Use-Pty=0 --no-install-recommends /tmp/debs/*.deb'" \
+    --customize-hook="$in_root sh -c '$apt_install /tmp/debs/*.deb'" \
     --customize-hook="sync-out /var/cache/apt/archives $CACHE/$DIST" \
     --customize-hook='rm -rf "$1"/tmp/debs "$1"/var/cache/apt/archives/*.deb' \
     --customize-hook="$in_root sh -c 'gpucr --version && nsenter --version'" \
@@ -85,7 +91,8 @@ def blob(obj):
 layer = blob_file(os.path.join(work, "layer.tar"))
 created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 labels = {"org.opencontainers.image.title": "gpucr", "org.opencontainers.image.version": version,
-          "org.opencontainers.image.description": "gpucr's packages on Debian: the image of install/kubernetes/daemonset.yaml"}
+          "org.opencontainers.image.description":
+              "gpucr's packages on Debian: the image of install/kubernetes/daemonset.yaml"}
 config = blob({"architecture": "amd64", "os": "linux", "created": created,
                "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
                           "Cmd": ["gpucr", "--version"], "Labels": labels},
@@ -109,7 +116,8 @@ def norm(ti):
     ti.mtime = epoch
     return ti
 with tarfile.open(os.path.join(work, "image.tar"), "w", format=tarfile.PAX_FORMAT) as tar:
-    for name in ["oci-layout", "index.json"] + [f"blobs/sha256/{n}" for n in sorted(os.listdir(os.path.join(oci, "blobs/sha256")))]:
+    blobs = sorted(os.listdir(os.path.join(oci, "blobs/sha256")))
+    for name in ["oci-layout", "index.json"] + [f"blobs/sha256/{n}" for n in blobs]:
         tar.add(os.path.join(oci, name), arcname=name, filter=norm)
 print(manifest["digest"])
 PY

@@ -138,8 +138,10 @@ class Pod:
             metadata=pb.PodSandboxMetadata(name=f"gpucr-{os.getpid()}", namespace="gpucr-system",
                                            uid=f"uid-gpucr-{os.getpid()}", attempt=0),
             labels=dict(template["metadata"]["labels"]), log_directory=str(self.logs),
-            linux=pb.LinuxPodSandboxConfig(cgroup_parent=ctrd.cgroup_parent, security_context=pb.LinuxSandboxSecurityContext(
-                privileged=privileged, namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pb.NODE, ipc=pb.POD))))
+            linux=pb.LinuxPodSandboxConfig(
+                cgroup_parent=ctrd.cgroup_parent, security_context=pb.LinuxSandboxSecurityContext(
+                    privileged=privileged,
+                    namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pb.NODE, ipc=pb.POD))))
         # volumes: hostPath (redirected, made as kubelet makes DirectoryOrCreate) and the ConfigMap as files
         self.volumes: dict[str, tuple[str, str | None]] = {}  # name -> (host path, manifest host path or None)
         for v in spec["volumes"]:
@@ -292,7 +294,8 @@ def run(ctrd: Containerd, archive: Path, red: Redirect) -> None:
             probe = plugin["livenessProbe"]["httpGet"]
             with urllib.request.urlopen(f"http://{metrics}{probe['path']}", timeout=10) as r:
                 body = r.read().decode()
-            check(r.status == 200 and "gpucr_" in body, f"the liveness probe's GET {probe['path']} answers (on {metrics})")
+            check(r.status == 200 and "gpucr_" in body,
+                  f"the liveness probe's GET {probe['path']} answers with gpucr's metrics (on {metrics})")
 
             step("a managed pod (gpucr.io/checkpoint: enabled) on this containerd")
             with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c2, p2, cfg2):
