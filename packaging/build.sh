@@ -43,7 +43,7 @@ find nri_plugin hooks -name '*.py' -not -path '*/__pycache__/*' -print0 | while 
     install -D -m 0644 "$f" "$lib/$f"
 done
 chmod 0755 "$lib/hooks/criu_front.py"
-install -m 0755 install/front.sh "$lib/install/front.sh"
+install -m 0755 install/front.sh install/hook.sh "$lib/install/"
 install -m 0644 install/code.sh install/launcher.sh install/runtime_config.py install/nri_config.py install/config_prep.py install/toml_edit.py "$lib/install/"
 echo "gpucr $VERSION (system package): install/code.sh uses this tree as it is" > "$lib/.packaged"
 install -D -m 0755 packaging/10-gpucr "$lib/nri/10-gpucr"
@@ -73,7 +73,7 @@ PYCHK
 done
 chmod -R u=rwX,go=rX "$stage"
 chmod 0755 "$stage/usr/bin/gpucr" "$stage/usr/libexec/gpucr/gpucr-hook" "$lib/hooks/criu_front.py" \
-    "$lib/install/front.sh" "$lib/nri/10-gpucr"
+    "$lib/install/front.sh" "$lib/install/hook.sh" "$lib/nri/10-gpucr"
 
 # nfpm's config, generated: one package, deb and rpm
 cat > "$build/gpucr.yaml" <<YAML

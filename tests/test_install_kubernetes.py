@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import kubernetes.client as k8s
 import pytest
 import yaml
 
+import nri_plugin
 from nri_plugin.policy.annotations import parse_annotations
+from nri_plugin.policy.config import NodeConfig
 
 KUBE = Path(__file__).resolve().parent.parent / "install/kubernetes"
 _PRIMITIVE = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object,
@@ -101,10 +104,18 @@ def test_daemonset_has_what_gpucr_needs() -> None:
     assert plugin["command"][:2] == ["gpucr", "plugin"] and "/var/run/nri/nri.sock" in plugin["command"]
     init = spec["initContainers"][0]
     script = init["args"][0]
-    assert "install/front.sh install" in script and "install/hook.sh install" in script and "nsenter" in script
+    assert '/install/front.sh" install' in script and '/install/hook.sh" install' in script
+    assert 'nsenter --target "$GPUCR_HOST_PID" --mount' in script
+    # the host paths the init container installs to: configurable (tests/package/image_check.py redirects them), each
+    # defaulting to what a node has (the node config's hook_path, install/front.sh's and install/hook.sh's defaults)
+    env = {e["name"]: e["value"] for e in init["env"]}
+    assert env == {"GPUCR_RUNTIME": "nvidia", "GPUCR_HOST_PID": "1",
+                   "GPUCR_CONTAINERD_CONFIG": "/etc/containerd/config.toml", "GPUCR_STAGE": "/usr/lib/gpucr-stage",
+                   "GPUCR_PREFIX": "/usr/lib/gpucr", "GPUCR_HOOK_PATH": NodeConfig().hook_path,
+                   "GPUCR_FRONT_DIR": "/usr/local/lib/gpucr/front", "GPUCR_REAL_CRIU": "/usr/sbin/criu",
+                   "GPUCR_LOG_DIR": "/var/log/gpucr"}
+    assert all(f"${k}" in script or f"${{{k}}}" in script for k in env)  # every one of them is used
     cm = next(d for _, d in documents() if d["kind"] == "ConfigMap")
-    from nri_plugin.policy.config import NodeConfig
-    import tomllib
     cfg = NodeConfig.from_mapping(tomllib.loads(cm["data"]["config.toml"]), "configmap")
     assert cfg.metrics_address.endswith(":9477")
     assert plugin["ports"][0]["containerPort"] == 9477
@@ -114,3 +125,17 @@ def test_example_pod_annotations_parse() -> None:
     pod = yaml.safe_load((KUBE / "pytorch-pod.yaml").read_text())
     policy = parse_annotations(pod["metadata"]["annotations"], {}, what="example pod")
     assert policy.checkpoint is True and policy.tcp_established is True and policy.lock_timeout_ms == 30000
+
+
+def test_the_image_is_the_package() -> None:
+    """The Dockerfile and build-image.sh install gpucr's .debs on Debian (no pip), and the DaemonSet runs the image of
+    this version: the tag build-image.sh names the archive with (the package version) is the manifest's."""
+    docker = (KUBE / "Dockerfile").read_text()
+    assert "FROM debian:" in docker and "pip" not in docker
+    assert "dist/gpucr_*.deb dist/gpucr-criu_*.deb" in docker and "util-linux" in docker
+    build = (KUBE / "build-image.sh").read_text()
+    assert "REF=ghcr.io/gpucr/gpucr:$VERSION" in build and "--include=util-linux" in build
+    ds = next(d for _, d in documents() if d["kind"] == "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    images = {c["image"] for c in spec["containers"] + spec["initContainers"]}
+    assert images == {f"ghcr.io/gpucr/gpucr:{nri_plugin.__version__}"}

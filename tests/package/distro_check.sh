@@ -39,18 +39,10 @@ MIRROR="deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://de
 t0=$(date +%s)
 lap() { echo "   ($(( $(date +%s) - t0 )) s)"; }
 
-# -- mmdebstrap: the host's, or the host's apt's package unpacked into a private prefix (perl script, needs apt) --
-MMDEBSTRAP=$(command -v mmdebstrap || true)
-if [ -z "$MMDEBSTRAP" ]; then
-    tools=$CACHE/tools
-    if [ ! -x "$tools/usr/bin/mmdebstrap" ]; then
-        say "mmdebstrap is not installed: unpacking the host apt's mmdebstrap into $tools"
-        rm -rf "$tools.dl"; mkdir -p "$tools.dl"; chown _apt "$tools.dl" 2>/dev/null || true
-        (cd "$tools.dl" && apt-get download -qq mmdebstrap) || fail "apt-get download mmdebstrap failed"
-        rm -rf "$tools"; dpkg-deb -x "$tools.dl"/mmdebstrap_*.deb "$tools"; rm -rf "$tools.dl"
-    fi
-    MMDEBSTRAP=$tools/usr/bin/mmdebstrap
-fi
+# -- mmdebstrap: the host's, or the host's apt's package unpacked into a private prefix (install/mmdebstrap.sh) --
+# shellcheck source=install/mmdebstrap.sh
+. install/mmdebstrap.sh
+MMDEBSTRAP=$(find_mmdebstrap "$CACHE") || fail "no mmdebstrap (above)"
 
 # -- the root filesystem and its clean-up: unmount what we mounted (reverse order), then remove it ---------------
 root=$(mktemp -d /var/tmp/gpucr-distro-"$DIST".XXXXXX)
