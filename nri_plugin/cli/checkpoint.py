@@ -69,9 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _default_criu() -> str:
-    from .setup import GPUCR_CRIU
+    from ..ckpt.criu.binary import default_criu
 
-    return str(GPUCR_CRIU) if GPUCR_CRIU.exists() else "criu"
+    return default_criu() or "criu"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
