@@ -30,7 +30,7 @@ from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _n
 from tests.front.test_gpufront import advancing, cuda_running, fake  # noqa: F401  (fixtures)
 from tests.front.test_restore_from import _container, _lines, ctrd  # noqa: F401  (fixtures)
-from tests.testenv import REPO, TEST_ROOT, Containerd, installed_hook, wait_for
+from tests.testenv import CRIU, REPO, TEST_ROOT, Containerd, installed_hook, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +86,7 @@ def daemon(ctrd: Containerd, node: dict[str, Path], fake: FakeCuda) -> Iterator[
         f'state_dir = "{node["state"]}"\ncriu_config_dir = "{node["criu"]}"\nhook_path = "{node["hook"]}"\n'
         f'runc_criu_config = "{node["dir"] / "runc.conf"}"\nlibcuda = "{fake.lib}"\nlock_timeout_ms = 2000\n'
         f'driver_call_timeout_s = 10\ncheckpoint_root = "{node["root"]}"\ncontainerd_address = "{ctrd.address}"\n'
-        'checkpoint_interval_min_s = 2\ncheckpoint_keep_max = 5\n')
+        f'checkpoint_interval_min_s = 2\ncheckpoint_keep_max = 5\ncriu_path = "{CRIU}"\n')
     node["log"].unlink(missing_ok=True)
     d = Daemon(ctrd, node)
     d.start()
