@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from nri_plugin.ckpt.criu.binary import cli_version
 from nri_plugin.ckpt.container_lock import busy_reason, held
 from nri_plugin.ckpt.restore_source import open_source
 from nri_plugin.ckpt.series import LATEST, series_name
@@ -165,6 +166,7 @@ def test_periodic_checkpoints_rotate_and_the_newest_restores(
         src = open_source(root, f"{name}/{ck}")
         assert src.meta.extra["periodic"]["series"] == name and src.meta.container_id == cid
         assert src.marker is not None and src.marker.processes, src
+        assert (src.meta.criu_version, src.meta.kernel_release) == (cli_version(str(CRIU)), os.uname().release)
         assert (sdir / ck).stat().st_mode & 0o077 == 0
     latest = open_source(root, f"{name}/{LATEST}")
     assert latest.path == (sdir / kept[-1]).resolve()
