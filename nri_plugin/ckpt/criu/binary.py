@@ -65,7 +65,8 @@ def cli_version(binary: str) -> str:
         CriuError: the binary is missing, does not run, or prints no version (names it and the fix).
     """
     path = binary if "/" in binary else shutil.which(binary)
-    fix = "install gpucr-criu (or CRIU >= 4.1), or set criu_path in /etc/gpucr/config.toml to the CRIU gpucr's front runs"
+    fix = ("install gpucr-criu (or CRIU >= 4.1), or set criu_path in /etc/gpucr/config.toml to the CRIU gpucr's "
+           "front runs")
     try:
         if path is None:
             raise FileNotFoundError(f"{binary} is not on PATH")
