@@ -184,7 +184,7 @@ def main() -> int:
         ckpts = work / "checkpoints"
         ckpts.mkdir(mode=0o700)
         conf.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\n'
-                        f'hook_path = "{hook}"\ncheckpoint_root = "{ckpts}"\n')
+                        f'hook_path = "{hook}"\ncheckpoint_root = "{ckpts}"\ncriu_path = "{TEST_ROOT / "bin/criu"}"\n')
         plog = Log(work / "plugin.log")
         plugin_proc = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "plugin", "--socket",
                                         info["nri_socket"], "--config", str(conf), "--log-file", str(plog.path)],

@@ -174,10 +174,12 @@ def one_error(r: subprocess.CompletedProcess[str], status: int | None = 1) -> st
 
 def node_config(where: Path, **values: Any) -> dict[str, str]:
     """A gpucr node config at ``where/gpucr.toml`` (``checkpoint_root`` defaults to ``where``, ``state_dir`` to
-    ``where/state``), as the env that points the CLI at it (``GPUCR_CONFIG``): every CLI test confines its checkpoints
-    and its leases to its own tmp dir this way (never the node's /run/gpucr, which concurrent sessions share)."""
+    ``where/state``, ``criu_path`` to the rig's CRIU), as the env that points the CLI at it (``GPUCR_CONFIG``): every
+    CLI test confines its checkpoints and its leases to its own tmp dir this way (never the node's /run/gpucr, which
+    concurrent sessions share)."""
     values.setdefault("checkpoint_root", str(where))
     values.setdefault("state_dir", str(where / "state"))
+    values.setdefault("criu_path", str(CRIU))  # the CRIU the rig's front runs (its version goes into gpucr.json)
     lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]  # TOML accepts JSON strings, ints and booleans
     path = where / "gpucr.toml"
     path.write_text("\n".join(lines) + "\n")

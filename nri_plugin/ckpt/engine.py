@@ -36,6 +36,7 @@ from ..host.proc import alive, container_id, kill_tree, rss_bytes, tree_pids
 from ..host.thp import ThpError
 from . import memstage
 from .compat import check_compat
+from .criu.errors import CriuError
 from .cuda.driver import format_api_version
 from .cuda_steps import CudaSteps, FreezerLike, Suspended
 from .discovery import CudaProcess, GpuInventory, gpu_inventory
@@ -83,6 +84,7 @@ def _no_space(exc: BaseException | None) -> bool:
 
 
 class CriuLike(Protocol):
+    def version(self) -> tuple[int, int, int]: ...
     def dump(self, opts: Any, on_notify: Any = None) -> Any: ...
     def restore(self, opts: Any, on_notify: Any = None) -> Any: ...
 
@@ -435,7 +437,19 @@ class Engine:
                 "processes": [p.to_json() for p in procs],
                 "gpu_bytes": summary.gpu_bytes,
             },
-            container=container, driver_stage=dict(summary.driver_stage), extra=extra)
+            container=container, driver_stage=dict(summary.driver_stage), criu_version=self._criu_version(),
+            kernel_release=os.uname().release, extra=extra)
+
+    def _criu_version(self) -> str | None:
+        """The dumping CRIU's version, from its VERSION answer (asked before the dump, cached by the client)."""
+        try:
+            v = self.criu.version()
+        except CriuError as exc:  # cannot happen after a dump; recorded as unknown rather than failing the seal
+            log.warning("CRIU's version is unknown (%s): not recorded in the checkpoint", exc)
+            return None
+        if not isinstance(v, tuple) or len(v) < 2:
+            return None
+        return ".".join(map(str, v[:2] if len(v) > 2 and v[2] == 0 else v))  # as criu --version prints it
 
     def _freezer_json(self, pid: int) -> dict[str, Any]:
         f = self.cuda.last_freezer

@@ -12,9 +12,9 @@ parent fsynced (:meth:`CheckpointDir.commit`). So ``DIR`` is either absent, the 
 replaces it only by that rename), or a complete, durable one; a crash leaves only the temporary name, which
 :meth:`CheckpointDir.open` refuses.
 
-``gpucr.json`` records the format version, gpucr and driver versions, per-process GPU facts (filled by the engine),
-the container id, timings, sizes, and a manifest (size + sha256) of every file of the checkpoint, so a truncated or
-corrupt checkpoint is refused *before* CRIU runs on restore.
+``gpucr.json`` records the format version, gpucr, driver, CRIU and kernel versions, per-process GPU facts (filled by
+the engine), the container id, timings, sizes, and a manifest (size + sha256) of every file of the checkpoint, so a
+truncated or corrupt checkpoint is refused *before* CRIU runs on restore.
 
 Who may have written a checkpoint: restore runs as root and feeds the images to CRIU, so a checkpoint dir (and the
 dirs gpucr creates for it) must be owned by this user (root) and not group- or world-writable, and must lie inside
@@ -121,6 +121,11 @@ class Metadata:
     container: dict[str, Any] = field(default_factory=dict)
     #: how the driver copied the GPU memory (THP mode, the node's own, CustomStorage): ``CudaSteps.stage``
     driver_stage: dict[str, Any] = field(default_factory=dict)
+    #: the CRIU that dumped (e.g. "4.2.1") and the kernel release it ran on (``uname -r``): a restore is refused on
+    #: an older CRIU or kernel (policy.restore.version_problems). None: unknown (sealed before gpucr recorded them,
+    #: or imported from a runtime's checkpoint image that does not say)
+    criu_version: str | None = None
+    kernel_release: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -181,6 +186,7 @@ class Metadata:
             leave_running=bool(want("leave_running", bool, True)), frozen_before=bool(want("frozen_before", bool, True)),
             freezer=want("freezer", dict, True) or {}, cuda=want("cuda", dict, True) or {},
             container=want("container", dict, True) or {}, driver_stage=want("driver_stage", dict, True) or {},
+            criu_version=want("criu_version", str, True), kernel_release=want("kernel_release", str, True),
             extra={k: v for k, v in raw.items() if k not in known},
         )
 

@@ -14,6 +14,7 @@ checkpoints (:mod:`nri_plugin.handlers.periodic`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tarfile
 import time
@@ -25,7 +26,9 @@ from typing import Any
 from ..errors import GpucrError
 from . import marker as _marker
 
-__all__ = ["RuntimeCheckpoint", "RuntimeTarget", "checkpoint", "runtime_major"]
+__all__ = ["RuntimeCheckpoint", "RuntimeTarget", "checkpoint", "runtime_major", "sealing_versions"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,11 @@ def _marker_of(path: Path, archive: bool) -> _marker.CudaMarker | None:
 
 
 def _seal(out: Path, t: RuntimeTarget, via: str, runtime: str, mk: _marker.CudaMarker | None,
-          extra: Mapping[str, Any]) -> None:
+          extra: Mapping[str, Any], criu_path: str = "") -> None:
     """Make ``out`` a gpucr checkpoint: ``gpucr.json`` (written last, fsynced) with a manifest of every file (so a
-    restore through ``gpucr.io/restore-from`` can refuse a truncated or changed one) and the container's volumes
-    (container path -> host path, so that restore can check the new container mounts each of them)."""
+    restore through ``gpucr.io/restore-from`` can refuse a truncated or changed one), the container's volumes
+    (container path -> host path, so that restore can check the new container mounts each of them), and the CRIU
+    and kernel that dumped it (:func:`sealing_versions`)."""
     from ..cri import CriClient, CriError
     from .layout import CheckpointDir, Metadata
     mounts: dict[str, str] = {}
@@ -102,19 +106,36 @@ def _seal(out: Path, t: RuntimeTarget, via: str, runtime: str, mk: _marker.CudaM
             mounts = {m.container_path: m.host_path for m in status.mounts}
     except CriError:
         pass  # not a CRI container: no volumes recorded
+    criu, kernel = sealing_versions(criu_path)
     CheckpointDir(out).finalize(Metadata(
         root_pid=t.pid, container_id=t.container_id, driver_version=(mk.driver_version or None) if mk else None,
+        criu_version=criu, kernel_release=kernel,
         extra={"kind": "runtime", "via": via, "runtime": runtime, "mounts": mounts, **extra}))
+
+
+def sealing_versions(criu_path: str = "") -> tuple[str | None, str]:
+    """(CRIU version, kernel release) for ``gpucr.json`` of a runtime's checkpoint sealed on this node: the runtime
+    ran the node's CRIU (``criu_path`` of the node config, the one gpucr's front runs; its ``criu --version``,
+    cached per process). The CRIU version is None, with a warning, when it cannot be asked: the checkpoint is still
+    sealed, and a restore then does not compare CRIU versions."""
+    from .criu.binary import cli_version, node_criu
+    from .criu.errors import CriuError
+    try:
+        criu: str | None = cli_version(node_criu(criu_path))
+    except CriuError as exc:
+        log.warning("the CRIU version is not recorded in the checkpoint: %s", exc)
+        criu = None
+    return criu, os.uname().release
 
 
 def checkpoint(t: RuntimeTarget, out: Path, *, leave_running: bool, libcuda: str,
                extra: Mapping[str, Any] | None = None, runtime: tuple[int, str] | None = None,
-               images_only: bool = False) -> RuntimeCheckpoint:
+               images_only: bool = False, criu_path: str = "") -> RuntimeCheckpoint:
     """Checkpoint ``t`` through containerd into the empty private dir ``out``, seal it and fsync it (``out``'s
     parent too). ``runtime``: containerd's (major, text) when the caller knows it. ``extra``: more fields for
     ``gpucr.json``. ``images_only``: a CRI container on 2.x goes through the task API too, so CRIU's images are
     written once, into ``out`` (CRI's path has containerd copy them into its content store and then into the archive;
-    the price: no rootfs diff, no container config).
+    the price: no rootfs diff, no container config). ``criu_path``: the node config's (whose version is recorded).
 
     Raises:
         GpucrError: the runtime refused (e.g. CRIU or the front failed: the container keeps running when
@@ -148,7 +169,7 @@ def checkpoint(t: RuntimeTarget, out: Path, *, leave_running: bool, libcuda: str
         raise GpucrError(f"container {t.container_id} (pid {t.pid}) holds CUDA state but its checkpoint {target} has "
                          f"no gpucr marker: {text}'s runc did not run gpucr's CRIU front; install it for this "
                          f"runtime (install/front.sh install --config <containerd config>) and restart containerd")
-    _seal(out, t, via, text, mk, extra or {})
+    _seal(out, t, via, text, mk, extra or {}, criu_path)
     # containerd wrote the checkpoint (the front fsynced CRIU's images, not containerd's archive or its dir): on
     # disk before it is called done
     t1 = time.monotonic()

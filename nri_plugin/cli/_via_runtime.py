@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, cfg: NodeConfig, found: Resolved) -> int:
     res = via_runtime.checkpoint(
         via_runtime.RuntimeTarget(args.address, found.id, found.pid, found.namespace, found.via_cri), out,
         leave_running=args.leave_running, libcuda=args.libcuda or cfg.libcuda or "libcuda.so.1",
-        images_only=args.images_only)
+        images_only=args.images_only, criu_path=cfg.criu_path)
     mk = res.marker
     summary = {"action": "checkpoint", "container_id": res.container_id, "pid": res.pid, "via": res.via,
                "runtime": res.runtime, "path": str(res.target), "cuda_processes": mk.processes if mk else [],

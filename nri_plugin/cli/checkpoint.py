@@ -68,18 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.set_defaults(func=run_restore)
 
 
-def _default_criu() -> str:
-    from .setup import GPUCR_CRIU
-
-    return str(GPUCR_CRIU) if GPUCR_CRIU.exists() else "criu"
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     p.add_argument("--address", default=os.environ.get("GPUCR_CRI_ADDRESS", "/run/containerd/containerd.sock"),
                    help="containerd's socket (CRI and task API) used to resolve CONTAINER (default: %(default)s)")
-    p.add_argument("--criu", default=os.environ.get("GPUCR_CRIU") or _default_criu(),
-                   help="criu binary (default: %(default)s: gpucr-criu's when installed, else criu on PATH)")
+    p.add_argument("--criu", default=os.environ.get("GPUCR_CRIU") or None,
+                   help="criu binary (default: $GPUCR_CRIU, else the node config's criu_path, else gpucr-criu's when "
+                        "installed, else criu on PATH)")
     p.add_argument("--libcuda", default=os.environ.get("GPUCR_LIBCUDA") or None,
                    help="libcuda to use (default: libcuda of the node config, else the system's libcuda.so.1)")
     p.add_argument("--libnvml", default=os.environ.get("GPUCR_LIBNVML") or None, help="NVML library to use")
@@ -160,7 +155,8 @@ def _engine(args: argparse.Namespace, cfg: NodeConfig, progress: _ProgressLine, 
                      progress=progress, on_phase=on_phase, thp=thp)
     via_memory = cfg.dump_via_memory == "always" or (
         cfg.dump_via_memory == "leave-running" and getattr(args, "leave_running", False))
-    return Engine(cuda, Criu(args.criu), store, freezer_at=freezer_at,
+    from ..ckpt.criu.binary import default_criu
+    return Engine(cuda, Criu(args.criu or cfg.criu_path or default_criu() or "criu"), store, freezer_at=freezer_at,
                   mem_base=cfg.state_dir if via_memory else None)
 
 

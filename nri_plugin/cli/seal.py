@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     """Seal ``args.dir``. Raises GpucrError (outside the root, not a runtime checkpoint, already sealed)."""
     from ..ckpt.layout import METADATA, CheckpointDir, Metadata, check_owner
+    from ..ckpt.via_runtime import sealing_versions
     from .checkpoint import node_config
 
     cfg = node_config(args.config)
@@ -50,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise GpucrError(f"{d} holds no runtime checkpoint (neither checkpoint.tar nor images/descriptors.json): "
                          f"write one there first (e.g. ctr t checkpoint --image-path {d}/images CONTAINER)")
-    meta = CheckpointDir(d).finalize(Metadata(extra={"kind": "runtime", "via": f"sealed ({kind})", "mounts": {}}))
+    criu, kernel = sealing_versions(cfg.criu_path)  # the runtime that wrote it ran this node's CRIU
+    meta = CheckpointDir(d).finalize(Metadata(criu_version=criu, kernel_release=kernel,
+                                              extra={"kind": "runtime", "via": f"sealed ({kind})", "mounts": {}}))
     summary = {"action": "seal", "path": str(d), "name": str(name), "kind": kind, "files": meta.sizes.get("files", 0),
                "bytes": meta.sizes.get("total_bytes", 0)}
     print(json.dumps(summary) if args.json else f"sealed {d} ({kind}, {summary['files']} files): "

@@ -28,14 +28,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from ..ckpt.criu.binary import GPUCR_CRIU, default_criu
 from ..errors import GpucrError
 
 __all__ = ["register", "SetupError", "default_runtime", "default_real_criu"]
 
 INSTALL = Path(__file__).resolve().parents[2] / "install"
 STATE_DIR = Path("/var/lib/gpucr/setup")
-#: gpucr-criu's launcher (packaging/build.sh): the real criu of the front and the CLI when installed
-GPUCR_CRIU = Path("/usr/lib/gpucr/criu/criu")
 _CRI = {2: ("io.containerd.grpc.v1.cri", "containerd"), 3: ("io.containerd.cri.v1.runtime", "containerd")}
 
 
@@ -123,11 +122,10 @@ def default_runtime(config: Path) -> str:
 
 
 def default_real_criu() -> str:
-    if GPUCR_CRIU.exists():
-        return str(GPUCR_CRIU)
-    found = shutil.which("criu", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    """The front's real criu by the node's one rule (:func:`nri_plugin.ckpt.criu.binary.default_criu`)."""
+    found = default_criu()
     if not found:
-        raise SetupError("no criu found (neither gpucr-criu's /usr/lib/gpucr/criu/criu nor criu on PATH): install the "
+        raise SetupError(f"no criu found (neither gpucr-criu's {GPUCR_CRIU} nor criu on PATH): install the "
                          "gpucr-criu package (or CRIU >= 4.1) or pass --real-criu PATH")
     return found
 
@@ -283,6 +281,9 @@ def run(args: argparse.Namespace) -> int:
         apply(config, runtimes, real_criu, args.state_dir, prep, args.prefix)
         _say(f"applied to {config}: NRI enabled, runtime handler(s) {', '.join(runtimes)} through gpucr's CRIU front "
              f"(real criu {real_criu}); undo with gpucr setup --revert")
+        if real_criu != default_criu():  # the plugin's restore checks ask the node config's criu_path
+            _say(f"set criu_path = \"{real_criu}\" in /etc/gpucr/config.toml: restores are checked against the "
+                 "version of the CRIU the front runs")
     elif not revert(args.state_dir):
         return 0
     if args.restart:

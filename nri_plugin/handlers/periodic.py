@@ -132,7 +132,7 @@ class PeriodicCheckpoints:
                 try:
                     res = via_runtime.checkpoint(
                         via_runtime.RuntimeTarget(address, job.container_id, pid), tmp, leave_running=True,
-                        libcuda=node.libcuda or "libcuda.so.1",
+                        libcuda=node.libcuda or "libcuda.so.1", criu_path=node.criu_path,
                         extra={"periodic": {"series": job.series, "interval_s": job.interval_s}})
                     series.commit(tmp, final)
                 except BaseException:

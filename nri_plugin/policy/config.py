@@ -26,6 +26,9 @@ _CHOICES = {
     "dump_via_memory": ("leave-running", "always", "never"),
 }
 
+#: string keys holding a path: absolute, or "" for the default
+_ABSOLUTE_OR_EMPTY = frozenset({"criu_path"})
+
 
 class ConfigError(GpucrError):
     """The node configuration is unreadable or holds a bad key or value."""
@@ -86,6 +89,12 @@ class NodeConfig:
     #: `gpucr checkpoint` dumps into a private tmpfs first and writes the images to disk while and after CRIU dumps,
     #: when the node has the memory: "always" (default), only for "leave-running" checkpoints, or "never"
     dump_via_memory: str = "always"
+    #: the CRIU gpucr's front runs ("" = gpucr-criu's /usr/lib/gpucr/criu/criu when installed, else criu on PATH);
+    #: a restore through gpucr.io/restore-from is refused when the checkpoint was dumped by a newer CRIU than this
+    criu_path: str = ""
+    #: accept a restore through gpucr.io/restore-from of a checkpoint dumped on a newer kernel (major.minor) than
+    #: this node's (false: refused, since CRIU may have saved state that an older kernel cannot restore)
+    restore_allow_older_kernel: bool = False
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def phase_budgets(self, lock_timeout_ms: int | None = None,
@@ -123,6 +132,8 @@ class NodeConfig:
             elif isinstance(default, str):
                 if not isinstance(value, str):
                     raise ConfigError(f"{source}: {name} must be a string, not {value!r}")
+                if name in _ABSOLUTE_OR_EMPTY and value and not value.startswith("/"):
+                    raise ConfigError(f"{source}: {name} must be an absolute path or \"\", not {value!r}")
                 if name in _CHOICES and value not in _CHOICES[name]:
                     raise ConfigError(f"{source}: {name} = {value!r}; accepted: {', '.join(_CHOICES[name])}")
             kw[name] = value

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from nri_plugin.ckpt.criu.binary import cli_version
 from tests import cgroups
 from tests.testenv import Containerd, node_config, wait_for
 
@@ -57,6 +58,7 @@ def test_checkpoint_container_leave_running(containerd: Containerd, criu_binary:
         meta = json.loads((ck / "gpucr.json").read_text())
         assert meta["container"]["id"] == cid
         assert meta["container"]["bind_mounts"]["/data"] == str(data)
+        assert (meta["criu_version"], meta["kernel_release"]) == (cli_version(criu_binary), os.uname().release)
         assert any(p.name.startswith("core-") for p in (ck / "images").iterdir())
         if paused:
             # left exactly as containerd paused it

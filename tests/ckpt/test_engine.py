@@ -4,6 +4,7 @@ naming the step and the pid."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ class Setup:
         self.freezer = MockFreezer(frozen, self.driver.log) if frozen is not None else None
         self.criu = mocker.MagicMock()
         self.criu.dump.side_effect = self._dump
+        self.criu.version.return_value = (4, 2, 1)
         found = [CudaProcess(p, ProcessState.RUNNING, "python3", {UUID0: GIB}) for p in pids]
         mocker.patch.object(cuda_steps_mod, "discover", side_effect=lambda *a, **k: (
             [CudaProcess(p.pid, self.driver.state[p.pid], p.comm, dict(p.gpus)) for p in found],
@@ -69,6 +71,8 @@ def test_leave_running_order(mocker: MockerFixture, procs: list[int], tmp_path: 
     meta, images = s.store.read_metadata(s.dir)
     assert images == s.dir / "images" and (images / f"core-{procs[0]}.img").exists()
     assert meta.cuda["driver_version"] == "580.159.04" and len(meta.cuda["processes"]) == 2
+    assert meta.kernel_release == os.uname().release  # and the CRIU's VERSION answer (the client's cache)
+    assert meta.criu_version == "4.2.1" and s.criu.version.called
 
 
 def test_frozen_cgroup_is_thawed_for_cuda_and_refrozen(mocker: MockerFixture, procs: list[int],

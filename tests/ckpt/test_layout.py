@@ -284,6 +284,8 @@ def test_missing_file_and_incomplete_checkpoint(done: CheckpointDir) -> None:
     (lambda d: json.dumps({**d, "format_version": 99}), "format version 99; this gpucr .* reads version 1"),
     (lambda d: json.dumps({**d, "root_pid": "42"}), "field 'root_pid' is '42'"),
     (lambda d: json.dumps({**d, "created_at": True}), "field 'created_at'"),
+    (lambda d: json.dumps({**d, "criu_version": 4.2}), "field 'criu_version' is 4.2"),
+    (lambda d: json.dumps({**d, "kernel_release": ["6.1"]}), "field 'kernel_release'"),
     (lambda d: json.dumps({**d, "manifest": {"images/x": {"size": 1}}}), "malformed manifest"),
     (lambda d: json.dumps({**d, "manifest": {}}), "lists no files"),
     (lambda d: json.dumps({**d, "manifest": {"../../etc/passwd": {"size": 1, "sha256": "0"}}}), "outside the"),
@@ -504,3 +506,12 @@ def test_leftovers_of_a_killed_gpucr_are_tidied_by_the_next_checkpoint(tmp_path:
     assert (final / METADATA).read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", cp.path.name, live.name, other.name])
     cp.discard()
+
+
+def test_criu_and_kernel_versions_round_trip_and_old_metadata_lacks_them() -> None:
+    m = Metadata.from_json(Metadata(criu_version="4.2.1", kernel_release="6.1.0-28-amd64").to_json())
+    assert (m.criu_version, m.kernel_release) == ("4.2.1", "6.1.0-28-amd64") and "criu_version" not in m.extra
+    old = {k: v for k, v in json.loads(_meta().to_json()).items() if k not in ("criu_version", "kernel_release")}
+    m = Metadata.from_json(json.dumps(old))  # sealed before gpucr recorded them
+    assert m.criu_version is None and m.kernel_release is None
+    assert Metadata.from_json(json.dumps({**old, "criu_version": "99.0"})).criu_version == "99.0"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from nri_plugin.ckpt.criu.binary import cli_version
 from nri_plugin.ckpt.restore_source import open_source
 from nri_plugin.cli.main import main
+from tests.testenv import CRIU
 
 
 @pytest.fixture
@@ -16,7 +19,7 @@ def root(tmp_path: Path) -> tuple[Path, Path]:
     r = tmp_path / "root"
     r.mkdir(mode=0o700)
     conf = tmp_path / "config.toml"
-    conf.write_text(f'checkpoint_root = "{r}"\n')
+    conf.write_text(f'checkpoint_root = "{r}"\ncriu_path = "{CRIU}"\n')
     return r, conf
 
 
@@ -27,7 +30,9 @@ def test_seal_images_then_restore_source_accepts(root: tuple[Path, Path], capsys
     assert main(["seal", str(r / "a"), "--config", str(conf), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["kind"] == "images" and out["name"] == "a" and out["files"] == 1
-    assert open_source(r, "a").kind == "images"
+    src = open_source(r, "a")
+    assert src.kind == "images" and src.meta.kernel_release == os.uname().release
+    assert src.meta.criu_version == cli_version(str(CRIU))  # the node config's criu_path
     assert main(["seal", str(r / "a"), "--config", str(conf)]) == 1
     assert "already a gpucr checkpoint" in capsys.readouterr().err
 

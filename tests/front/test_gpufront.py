@@ -35,7 +35,7 @@ from tests import cgroups
 from tests.fakes.cuda import FakeCuda, build, make_device
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import RUNC_PARENT, _bundle, _n, _runc_pid, _subreaper
-from tests.testenv import REPO, TEST_ROOT, Containerd, installed_hook, node_config, running_plugin, wait_for
+from tests.testenv import CRIU, REPO, TEST_ROOT, Containerd, installed_hook, node_config, running_plugin, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +86,8 @@ def gpu_node(d: Path, fake: FakeCuda, **config: object) -> Iterator[dict[str, Pa
             paths["config"].write_text(
                 f'state_dir = "{paths["state"]}"\ncriu_config_dir = "{paths["criu"]}"\nhook_path = "{hook}"\n'
                 f'runc_criu_config = "{d / "runc.conf"}"\nlibcuda = "{fake.lib}"\nlock_timeout_ms = 2000\n'
-                f'driver_call_timeout_s = 10\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+                f'driver_call_timeout_s = 10\ncriu_path = "{CRIU}"\n'
+                + "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
             yield paths
     finally:
         shutil.rmtree(d, ignore_errors=True)

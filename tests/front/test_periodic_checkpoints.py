@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from nri_plugin.ckpt.criu.binary import cli_version
 from nri_plugin.ckpt.container_lock import busy_reason, held
 from nri_plugin.ckpt.restore_source import open_source
 from nri_plugin.ckpt.series import LATEST, series_name
@@ -30,7 +31,7 @@ from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _n
 from tests.front.test_gpufront import advancing, cuda_running, fake  # noqa: F401  (fixtures)
 from tests.front.test_restore_from import _container, _lines, ctrd  # noqa: F401  (fixtures)
-from tests.testenv import REPO, TEST_ROOT, Containerd, installed_hook, wait_for
+from tests.testenv import CRIU, REPO, TEST_ROOT, Containerd, installed_hook, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +87,7 @@ def daemon(ctrd: Containerd, node: dict[str, Path], fake: FakeCuda) -> Iterator[
         f'state_dir = "{node["state"]}"\ncriu_config_dir = "{node["criu"]}"\nhook_path = "{node["hook"]}"\n'
         f'runc_criu_config = "{node["dir"] / "runc.conf"}"\nlibcuda = "{fake.lib}"\nlock_timeout_ms = 2000\n'
         f'driver_call_timeout_s = 10\ncheckpoint_root = "{node["root"]}"\ncontainerd_address = "{ctrd.address}"\n'
-        'checkpoint_interval_min_s = 2\ncheckpoint_keep_max = 5\n')
+        f'checkpoint_interval_min_s = 2\ncheckpoint_keep_max = 5\ncriu_path = "{CRIU}"\n')
     node["log"].unlink(missing_ok=True)
     d = Daemon(ctrd, node)
     d.start()
@@ -165,6 +166,7 @@ def test_periodic_checkpoints_rotate_and_the_newest_restores(
         src = open_source(root, f"{name}/{ck}")
         assert src.meta.extra["periodic"]["series"] == name and src.meta.container_id == cid
         assert src.marker is not None and src.marker.processes, src
+        assert (src.meta.criu_version, src.meta.kernel_release) == (cli_version(str(CRIU)), os.uname().release)
         assert (sdir / ck).stat().st_mode & 0o077 == 0
     latest = open_source(root, f"{name}/{LATEST}")
     assert latest.path == (sdir / kept[-1]).resolve()

@@ -24,12 +24,17 @@ def test_values_are_typed_and_checked(tmp_path: Path) -> None:
     c = load_config(p)
     assert c.manage_gpu_containers and c.state_dir == Path("/run/x") and c.lock_timeout_ms == 500
     assert c.annotation_errors == "warn"
+    assert c.criu_path == "" and not c.restore_allow_older_kernel  # the defaults: gpucr-criu's or PATH's; refuse
+    p.write_text('criu_path = "/usr/lib/gpucr/criu/criu"\nrestore_allow_older_kernel = true\n')
+    c = load_config(p)
+    assert c.criu_path == "/usr/lib/gpucr/criu/criu" and c.restore_allow_older_kernel
 
 
 @pytest.mark.parametrize("text,match", [
     ("bogus = 1", "unknown key"),
     ("manage_gpu_containers = 1", "true or false"),
     ('state_dir = "relative"', "absolute path"),
+    ('criu_path = "criu"', "criu_path must be an absolute path or"),
     ('annotation_errors = "maybe"', "accepted: fail, warn"),
     ("lock_timeout_ms = -1", "positive number"),
     ("this is = not toml [", "not valid TOML"),
