@@ -89,7 +89,8 @@ def test_one_failing_process_rolls_every_process_back(fake_cuda: FakeCuda, three
     restored = fake_cuda.calls("restore")
     assert sorted(c.pid for c in restored) == sorted(set(three.pids) - {failed[0].pid})
     assert overlap(restored), f"the rollback restored one process after the other: {restored}"
-    assert overlap(fake_cuda.calls("checkpoint"))
+    copied = [c for c in fake_cuda.calls("checkpoint") if c.result == 0]  # the failing call returns at once
+    assert len(copied) == 2 and overlap(copied), f"the checkpoints ran one after the other: {copied}"
     assert read_mode(knob) == "madvise"
 
 
