@@ -104,6 +104,14 @@ def checkpoint(ctrd: Containerd, plugin: Any, front_route: FrontRoute, node: dic
                                capture_output=True, text=True, cwd=REPO, timeout=120)
             assert r.returncode == 0, r.stderr
             hi = _n(data)
+            # the dump's CRIU options for the restore: known through the task API (1.7: gpucr's file_locks and the
+            # container's CRIU config), containerd's own through CRI (2.x: none recorded, the restore's defaults)
+            meta = json.loads((node["root"] / "ck1" / "gpucr.json").read_text())
+            if ctrd.major_minor[0] >= 2:
+                assert "criu_dump" not in meta, meta
+            else:
+                assert meta["criu_dump"] == {"tcp_established": False, "ext_unix_sk": False, "file_locks": True,
+                                             "shell_job": False}, meta
             c.stop_container(cid, 0)
         try:
             yield {"name": "ck1", "path": node["root"] / "ck1", "data": data, "lo": lo, "hi": hi, "pid": pid}
