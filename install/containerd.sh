@@ -136,7 +136,8 @@ TOML
     # routed handler (container_annotations passing gpucr.io/*), by the same function, so tests run what users get
     if [ -n "$RUNC" ] && grep -qsF "# gpucr: runc with gpucr's CRIU front first on PATH" "$RUNC"; then
         /usr/bin/python3 -S -E -c 'import sys; sys.path.insert(0, sys.argv[1]); import runtime_config as rc
-p = sys.argv[2]; t = open(p).read(); open(p, "w").write(rc.with_annotations(t, p, "runc"))' "$here" "$DIR/config.toml"
+p = sys.argv[2]; t = open(p).read(); open(p, "w").write(rc.with_annotations(t, p, "runc"))' \
+            "$here" "$DIR/config.toml"
     fi
     if [ -n "${GPUCR_CONTAINERD_EXTRA_CONFIG:-}" ]; then
         [ -r "$GPUCR_CONTAINERD_EXTRA_CONFIG" ] || die "GPUCR_CONTAINERD_EXTRA_CONFIG=$GPUCR_CONTAINERD_EXTRA_CONFIG is not readable"

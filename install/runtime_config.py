@@ -106,7 +106,8 @@ def _builtin_runc(text: str, path: str, runtime: str, wrapper: str) -> tuple[str
     version = doc["version"]
     lines = [text if not text or text.endswith("\n") else text + "\n",
              "\n", f"[{render_key([*base, runtime], version)}]\n", '  runtime_type = "io.containerd.runc.v2"\n',
-             f"  container_annotations = [{json.dumps(PASS_ANNOTATIONS)}]\n", "\n", f"[{render_key([*base, runtime, 'options'], version)}]\n", f"  BinaryName = {json.dumps(wrapper)}\n"]
+             f"  container_annotations = [{json.dumps(PASS_ANNOTATIONS)}]\n",
+             "\n", f"[{render_key([*base, runtime, 'options'], version)}]\n", f"  BinaryName = {json.dumps(wrapper)}\n"]
     out = "".join(lines)
     expected = copy.deepcopy(doc)
     table = expected
