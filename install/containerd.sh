@@ -9,7 +9,8 @@
 # Environment: GPUCR_INSTANCE=name  runs a second instance of the same version beside the first.
 #              GPUCR_CRIU_DIR=dir   a directory put first on containerd's PATH (where runc finds `criu`).
 #              GPUCR_RUNC_DIR=dir   a directory whose `runc` is the runtime binary (CRI BinaryName, and `runc` on
-#                                   containerd's PATH for ctr containers); the test rig's cgroup-v2 leg sets it.
+#                                   containerd's PATH for ctr containers); the test rig's cgroup-v2 leg sets it. A
+#                                   gpucr runc wrapper there also gets install/front.sh's container_annotations.
 #              GPUCR_NRI_REQUEST_TIMEOUT=2s  NRI plugin_request_timeout (containerd's default 2s; bench/gpu_restore.py
 #                                   raises it: staging a multi-GiB checkpoint.tar at CreateContainer takes longer).
 #              GPUCR_CONTAINERD_LOG_LEVEL (default debug).
@@ -130,6 +131,13 @@ $(nri_enable_lines)
       bin_dirs = ["$DIR/cni/bin"]
       conf_dir = "$DIR/cni/net.d"
 TOML
+    fi
+    # a gpucr runc wrapper as the runtime binary: its handler also gets what install/front.sh install adds to a
+    # routed handler (container_annotations passing gpucr.io/*), by the same function, so tests run what users get
+    if [ -n "$RUNC" ] && grep -qsF "# gpucr: runc with gpucr's CRIU front first on PATH" "$RUNC"; then
+        /usr/bin/python3 -S -E -c 'import sys; sys.path.insert(0, sys.argv[1]); import runtime_config as rc
+p = sys.argv[2]; t = open(p).read(); open(p, "w").write(rc.with_annotations(t, p, "runc"))' \
+            "$here" "$DIR/config.toml"
     fi
     if [ -n "${GPUCR_CONTAINERD_EXTRA_CONFIG:-}" ]; then
         [ -r "$GPUCR_CONTAINERD_EXTRA_CONFIG" ] || die "GPUCR_CONTAINERD_EXTRA_CONFIG=$GPUCR_CONTAINERD_EXTRA_CONFIG is not readable"

@@ -1,5 +1,10 @@
 """install/front.sh's edit of containerd's config: one runtime handler's ``BinaryName`` becomes gpucr's runc wrapper,
-and uninstall puts the file back byte for byte.
+its ``container_annotations`` pass ``gpucr.io/*`` into the OCI spec, and uninstall puts the file back byte for byte.
+
+CRI copies a container's annotations into config.json only where the handler's ``container_annotations`` names them
+(containerd 1.7 and 2.x alike); the wrapper needs ``gpucr.io/restore-from`` there to refuse a restore gpucr's plugin
+did not check (the plugin down at CreateContainer) instead of starting the container fresh (docs/design.md). The
+value already there is kept and ``gpucr.io/*`` appended, unless a pattern there passes ``gpucr.io/restore-from``.
 
 The wrapper execs what the handler ran before (its previous ``BinaryName``, e.g. nvidia-container-runtime or a
 custom runc; with none, the runc found now), so the runtime chain is kept. Install keeps a copy of the config and
@@ -33,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toml_edit import InstallError, dig, render_key, run, set_key, sha256, write_atomic
+from toml_edit import InstallError, dig, header_key, literal, render_key, run, set_key, sha256, write_atomic
 
 #: the CRI plugin's runtime handlers table per config schema (containerd 1.7: version 2; containerd 2.x: version 3)
 HANDLERS = {2: ["plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"],
@@ -41,6 +46,9 @@ HANDLERS = {2: ["plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"
 #: the second line of every wrapper install/front.sh writes (how gpucr recognises its own wrapper)
 WRAPPER_MARK = "# gpucr: runc with gpucr's CRIU front first on PATH"
 STATE_FORMAT = 1
+#: appended to the routed handler's container_annotations (what the wrapper must see: RESTORE_ANNOTATION)
+PASS_ANNOTATIONS = "gpucr.io/*"
+RESTORE_ANNOTATION = "gpucr.io/restore-from"
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+@:-]*$")
 
 
@@ -98,13 +106,15 @@ def _builtin_runc(text: str, path: str, runtime: str, wrapper: str) -> tuple[str
     version = doc["version"]
     lines = [text if not text or text.endswith("\n") else text + "\n",
              "\n", f"[{render_key([*base, runtime], version)}]\n", '  runtime_type = "io.containerd.runc.v2"\n',
+             f"  container_annotations = [{json.dumps(PASS_ANNOTATIONS)}]\n",
              "\n", f"[{render_key([*base, runtime, 'options'], version)}]\n", f"  BinaryName = {json.dumps(wrapper)}\n"]
     out = "".join(lines)
     expected = copy.deepcopy(doc)
     table = expected
     for k in base:
         table = table.setdefault(k, {})
-    table[runtime] = {"runtime_type": "io.containerd.runc.v2", "options": {"BinaryName": wrapper}}
+    table[runtime] = {"runtime_type": "io.containerd.runc.v2", "container_annotations": [PASS_ANNOTATIONS],
+                      "options": {"BinaryName": wrapper}}
     try:
         got = tomllib.loads(out)
     except tomllib.TOMLDecodeError as exc:
@@ -132,7 +142,89 @@ def edit(text: str, path: str, runtime: str, wrapper: str) -> tuple[str, Handler
                               f"[{render_key(want, h.version)}] table (inline or dotted keys): write that table, then "
                               "install again",
                   what=f"editing {path} for runtime '{runtime}'", fix=fix)
-    return out, h
+    return with_annotations(out, path, runtime), h
+
+
+def passes(patterns: list[str], key: str = RESTORE_ANNOTATION) -> bool:
+    """Whether one of a handler's annotation patterns passes ``key`` (containerd matches them with Go's
+    ``path.Match``: ``*`` and ``?`` stop at ``/``, ``[...]`` classes, ``\\`` escapes)."""
+    return any(_go_match(p, key) for p in patterns)
+
+
+def _go_match(pattern: str, name: str) -> bool:
+    rx, i = "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            rx += "[^/]*"
+        elif c == "?":
+            rx += "[^/]"
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            rx += re.escape(pattern[i])
+        elif c == "[":
+            end = pattern.find("]", i + 2)
+            if end < 0:
+                return False  # path.Match: ErrBadPattern, which containerd treats as no match
+            body = pattern[i + 1:end]
+            rx += "[" + ("^" + re.escape(body[1:]).replace("\\-", "-") if body.startswith("^")
+                         else re.escape(body).replace("\\-", "-")) + "]"
+            i = end
+        else:
+            rx += re.escape(c)
+        i += 1
+    return re.fullmatch(rx, name) is not None
+
+
+def annotation_patterns(doc: dict[str, Any], keys: list[str], path: str, runtime: str) -> list[str]:
+    """The handler's ``container_annotations`` (none: []). Raises InstallError when it is not a list of strings."""
+    value = (dig(doc, keys) or {}).get("container_annotations")
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InstallError(f"{path}: container_annotations of runtime handler '{runtime}' is not a list of strings "
+                           f"({value!r}): fix it (e.g. container_annotations = [{json.dumps(PASS_ANNOTATIONS)}])")
+    return value
+
+
+def _append_table(text: str, path: str, h: Handler, want: list[str]) -> str:
+    """A handler defined only through its ``[...options]`` table (TOML makes it implicitly): its own header appended
+    with the one key, proven by tomllib to add just that (dotted keys defining it make the check fail)."""
+    table = render_key(h.keys, h.version)
+    out = (text if not text or text.endswith("\n") else text + "\n") + \
+        f"\n[{table}]\n  container_annotations = {literal(want)}\n"
+    expected = copy.deepcopy(h.doc)
+    node = expected
+    for k in h.keys:
+        node = node.setdefault(k, {})
+    node["container_annotations"] = want
+    try:
+        ok = tomllib.loads(out) == expected
+    except tomllib.TOMLDecodeError:
+        ok = False
+    if not ok:
+        raise InstallError(f"{path}: runtime handler '{h.keys[-1]}' is written with dotted keys or inline tables, so "
+                           f"gpucr cannot add container_annotations to it; file unchanged: write it as a [{table}] "
+                           f"table with container_annotations = {literal(want)}, then install again")
+    return out
+
+
+def with_annotations(text: str, path: str, runtime: str) -> str:
+    """``text`` with ``gpucr.io/*`` appended to handler ``runtime``'s container_annotations (kept as they are when a
+    pattern there already passes ``gpucr.io/restore-from``), checked with tomllib to change that value only."""
+    h = find_handler(text, path, runtime)
+    have = annotation_patterns(h.doc, h.keys, path, runtime)
+    if passes(have):
+        return text
+    want = [*have, PASS_ANNOTATIONS]
+    table = render_key(h.keys, h.version)
+    if not any(header_key(ln) == h.keys for ln in text.splitlines()):
+        return _append_table(text, path, h, want)
+    return set_key(text, h.doc, h.keys, "container_annotations", want, version=h.version,
+                   not_a_table=f"{path}: runtime handler '{runtime}' is not written as a [{table}] table (only its "
+                               f"options table, or dotted keys): write that table header, then install again",
+                   what=f"adding {PASS_ANNOTATIONS} to container_annotations of runtime '{runtime}' in {path}",
+                   fix=f"set container_annotations = {json.dumps(want)} under [{table}] by hand")
 
 
 # -- the binary the wrapper execs ------------------------------------------------------------------------------------
@@ -222,7 +314,15 @@ def install(config: Path, runtime: str, wrapper: str, state: Path, target: str) 
         if sha256(before) != st["sha256_installed"]:
             return (f"{config} was edited since install (runtime '{runtime}' still runs {wrapper}); left as it is "
                     "(uninstall will refuse to overwrite those edits)")
-        return f"{config} already runs {wrapper} for runtime '{runtime}' (unchanged)"
+        after = with_annotations(before.decode(), str(config), runtime).encode()
+        if after == before:
+            return f"{config} already runs {wrapper} for runtime '{runtime}' (unchanged)"
+        # an install by a gpucr before container_annotations: added now; uninstall still restores the first copy
+        meta = os.stat(config)
+        write_atomic(state, json.dumps({**st, "sha256_installed": sha256(after)}, indent=1).encode() + b"\n",
+                     0o600, 0, 0)
+        write_atomic(config, after, stat.S_IMODE(meta.st_mode), meta.st_uid, meta.st_gid)
+        return f"{config}: runtime '{runtime}' now passes {PASS_ANNOTATIONS} annotations into the OCI spec"
     out, h = edit(before.decode(), str(config), runtime, wrapper)
     after = out.encode()
     meta = os.stat(config)
@@ -240,7 +340,8 @@ def install(config: Path, runtime: str, wrapper: str, state: Path, target: str) 
         backup.unlink(missing_ok=True)
         raise
     was = f"BinaryName {h.previous}" if h.previous else "no BinaryName (runc)"
-    return f"{config}: runtime '{runtime}' now runs {wrapper} -> {target} (it had {was}; a copy is in {backup})"
+    return (f"{config}: runtime '{runtime}' now runs {wrapper} -> {target} and passes {PASS_ANNOTATIONS} annotations "
+            f"into the OCI spec (it had {was}; a copy is in {backup})")
 
 
 def uninstall(config: Path, runtime: str, wrapper: str, state: Path) -> str:
@@ -302,8 +403,12 @@ def chain(config: Path, runtime: str) -> dict[str, Any]:
     builtin = _builtin_runc(text, str(config), runtime, "/")
     h = builtin[1] if builtin is not None else find_handler(text, str(config), runtime)  # built-in runc: no options
     binary = h.previous or "runc"
+    patterns = [] if builtin is not None else annotation_patterns(h.doc, h.keys, str(config), runtime)
     out: dict[str, Any] = {"config": str(config), "runtime": runtime, "BinaryName": h.previous, "gpucr": False,
-                           "chain": [binary]}
+                           "chain": [binary], "container_annotations": patterns,
+                           "passes_restore_from": passes(patterns),
+                           "annotations_fix": f"container_annotations = {json.dumps([*patterns, PASS_ANNOTATIONS])} "
+                                              f"under [{render_key(h.keys, h.version)}]"}
     resolved = binary if "/" in binary else shutil.which(binary)
     if not resolved or not is_gpucr_wrapper(resolved):
         return out
@@ -328,6 +433,10 @@ def render_chain(c: dict[str, Any]) -> str:
     lines = [f"runtime '{c['runtime']}' in {c['config']}:",
              f"  {c['runtime']} -> {c['wrapper']} (gpucr runc wrapper) -> {c['target']} (the handler's runtime before "
              "gpucr)"]
+    lines.append(f"  container_annotations: {c['container_annotations']} (gpucr.io/restore-from reaches the OCI spec)"
+                 if c["passes_restore_from"] else
+                 f"  container_annotations: {c['container_annotations']}: gpucr.io/restore-from does not reach the OCI "
+                 f"spec, so a container created while gpucr's plugin is down starts fresh; fix: {c['annotations_fix']}")
     if c.get("front"):
         lines.append(f"  criu on its PATH -> {c['front']} (gpucr CRIU front, code {c['front_code']}, hooks "
                      f"{c.get('hooks') or 'none'}) -> {c.get('real_criu') or '/usr/sbin/criu'} (real criu)")

@@ -41,7 +41,7 @@ from .cuda.driver import format_api_version
 from .cuda_steps import CudaSteps, FreezerLike, Suspended
 from .discovery import CudaProcess, GpuInventory, gpu_inventory
 from .errors import CheckpointError
-from .layout import FileEntry, GpuProcess, ImageCopier, LayoutError, Metadata
+from .layout import CRIU_DUMP, FileEntry, GpuProcess, ImageCopier, LayoutError, Metadata, dump_record
 
 __all__ = ["CheckpointError", "CheckpointRequest", "CriuLike", "Engine", "RestoreRequest", "StoreLike", "Summary"]
 
@@ -52,6 +52,9 @@ DISK_MARGIN_FRACTION = 0.1
 DISK_MARGIN_BYTES = 32 << 20
 #: CRIU's notification once every image is written, before it kills (or resumes) the tasks (criu.rpc.Notify)
 POST_DUMP = "post-dump"
+#: CRIU options of every dump (a request's criu_options override them); recorded in gpucr.json (``criu_dump``)
+_DUMP_DEFAULTS: dict[str, Any] = dict(file_locks=True, tcp_established=True, ext_unix_sk=True, link_remap=True,
+                                      force_irmap=True, shell_job=True)
 
 log = logging.getLogger(__name__)
 
@@ -408,8 +411,7 @@ class Engine:
 
     def _make_dump_options(self, req: CheckpointRequest, criu_dir: Path, freeze_cgroup: str | None) -> Any:
         kw: dict[str, Any] = dict(pid=req.pid, images_dir=criu_dir, leave_running=req.leave_running,
-                                  file_locks=True, tcp_established=True, ext_unix_sk=True, link_remap=True,
-                                  force_irmap=True, shell_job=True)
+                                  **_DUMP_DEFAULTS)
         if freeze_cgroup:
             kw["freeze_cgroup"] = freeze_cgroup
         kw.update(req.criu_options)
@@ -423,6 +425,8 @@ class Engine:
         api = self.cuda.driver.api_version if procs else 0
         extra = dict(req.extra_metadata)
         container = extra.pop("container", None) or {}
+        # what a restore must be given again (runc restore's flags for a container: handlers/runc_restore.py)
+        extra[CRIU_DUMP] = dump_record({**_DUMP_DEFAULTS, **req.criu_options})
         return Metadata(
             root_pid=req.pid, container_id=req.container_id or None, driver_version=inv.driver_version or None,
             processes=[GpuProcess(p.pid, list(p.gpus), [inv.gpus.get(u, "") for u in p.gpus], sum(p.gpus.values()))

@@ -37,7 +37,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,8 +51,8 @@ from ..host.proc import alive
 from .durable import DIR_MODE, FILE_MODE, fsync_path, fsync_tree
 
 __all__ = [
-    "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
-    "CheckpointStore", "check_disk_space", "check_owner", "leftover_pid", "own_suffix", "staging_path",
+    "CRIU_DUMP", "DUMP_FLAGS", "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
+    "CheckpointStore", "check_disk_space", "check_owner", "dump_record", "leftover_pid", "own_suffix", "staging_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,11 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 METADATA = "gpucr.json"
 IMAGES = "images"
+#: gpucr.json's record of the CRIU options a dump used that its restore must be given again (runc restore's
+#: --tcp-established, --ext-unix-sk, --file-locks, --shell-job): without them CRIU fails on those objects or, for file
+#: locks, silently restores none
+CRIU_DUMP = "criu_dump"
+DUMP_FLAGS = ("tcp_established", "ext_unix_sk", "file_locks", "shell_job")
 _CHUNK = 4 << 20
 _EXCLUDED = frozenset({METADATA, f".{METADATA}.tmp"})
 #: CRIU's logs: restore.log is written by every restore, dump.log (and stats-dump) still by CRIU after ``post-dump``,
@@ -95,6 +100,11 @@ class GpuProcess:
     gpu_uuids: list[str] = field(default_factory=list)
     chips: list[str] = field(default_factory=list)     # e.g. "NVIDIA H200", one per UUID
     memory_bytes: int = 0
+
+
+def dump_record(options: Mapping[str, Any]) -> dict[str, bool]:
+    """The ``criu_dump`` record of a dump made with CRIU ``options`` (DumpOptions' field names)."""
+    return {k: bool(options.get(k)) for k in DUMP_FLAGS}
 
 
 @dataclass

@@ -409,6 +409,33 @@ def _extract(tar_stream: IO[bytes], dst: Path, image: str, *, skip_top: bool = F
     return files
 
 
+@contextmanager
+def _staging(final: Path) -> Iterator[Path]:
+    """A fresh staged dir beside ``final`` (``.NAME.gpucr-tmp-<node>-<pid>``; a crashed import's leftovers tidied
+    first), removed on any failure inside the block: an import leaves a whole checkpoint or nothing."""
+    staged = staging_path(final)
+    CheckpointDir.tidy_after_crash(final)
+    if os.path.lexists(staged):
+        shutil.rmtree(staged)
+    os.mkdir(staged, DIR_MODE)
+    try:
+        yield staged
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+def _publish(staged: Path, final: Path, root: Path) -> None:
+    """The checked ``staged`` checkpoint made durable and renamed to ``final``; refused if that name appeared
+    meanwhile (another import). Inside :func:`_staging`, which removes ``staged`` when this raises."""
+    fsync_tree(staged, tighten=True)
+    if os.path.lexists(final):
+        raise ImageFormatError(f"checkpoint {final.name!r} appeared under {root} during the import: import under "
+                               "another name")
+    os.rename(staged, final)
+    fsync_path(final.parent, directory=True)
+
+
 def unpack(layer: Path, layer_ref: BlobRef, config: dict[str, Any], final: Path, root: Path, image: str) -> Metadata:
     """Unpack the spooled ``layer`` (checked against ``layer_ref``) into a new checkpoint at ``final`` under
     ``root``: staged beside it (``.NAME.gpucr-tmp-<node>-<pid>``), checked whole, fsynced, then renamed. Nothing is
@@ -429,12 +456,7 @@ def unpack(layer: Path, layer_ref: BlobRef, config: dict[str, Any], final: Path,
     if diff_id != config.get("diff_id"):
         raise ImageFormatError(f"image {image}: the layer's diff-id {diff_id!r} differs from the config's "
                                f"{config.get('diff_id')!r}: tampered with")
-    staged = staging_path(final)
-    CheckpointDir.tidy_after_crash(final)
-    if os.path.lexists(staged):
-        shutil.rmtree(staged)
-    os.mkdir(staged, DIR_MODE)
-    try:
+    with _staging(final) as staged:
         try:
             with _decompressed(layer, layer_ref.media_type) as stream:
                 hr = _HashingReader(stream)
@@ -457,16 +479,8 @@ def unpack(layer: Path, layer_ref: BlobRef, config: dict[str, Any], final: Path,
                                    f"({', '.join(extra[:5])}): refusing it")
         CheckpointDir(staged).verify(meta, full=True)
         CheckpointDir(staged).stamp_times(meta)  # the content is proven: its sealing times make it restorable
-        fsync_tree(staged, tighten=True)
-        if os.path.lexists(final):
-            raise ImageFormatError(f"checkpoint {final.name!r} appeared under {root} during the import: import "
-                                   "under another name")
-        os.rename(staged, final)
-        fsync_path(final.parent, directory=True)
+        _publish(staged, final, root)
         return meta
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
 
 
 # -- containerd's own checkpoint image (``ctr c checkpoint --task``) -------------------------------------------------
@@ -563,12 +577,7 @@ def unpack_ctr(criu_tar: Path, criu_ref: BlobRef, final: Path, root: Path, image
     _check_spooled(criu_tar, criu_ref, "CRIU tar", image)
     if rw is not None:
         _check_spooled(rw[0], rw[1], "rw layer", image)
-    staged = staging_path(final)
-    CheckpointDir.tidy_after_crash(final)
-    if os.path.lexists(staged):
-        shutil.rmtree(staged)
-    os.mkdir(staged, DIR_MODE)
-    try:
+    with _staging(final) as staged:
         os.mkdir(staged / IMAGES, DIR_MODE)
         try:
             with open(criu_tar, "rb") as f:
@@ -589,13 +598,5 @@ def unpack_ctr(criu_tar: Path, criu_ref: BlobRef, final: Path, root: Path, image
             _place_rw(rw[0], staged / ROOTFS_DIFF, image)
         meta = CheckpointDir(staged).finalize(Metadata(extra={"kind": "runtime", "mounts": {}, "cuda_marker": cuda,
                                                               **extra}))
-        fsync_tree(staged, tighten=True)
-        if os.path.lexists(final):
-            raise ImageFormatError(f"checkpoint {final.name!r} appeared under {root} during the import: import "
-                                   "under another name")
-        os.rename(staged, final)
-        fsync_path(final.parent, directory=True)
+        _publish(staged, final, root)
         return meta
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GpucrError
+from .layout import CRIU_DUMP, dump_record
 from . import marker as _marker
 
 __all__ = ["RuntimeCheckpoint", "RuntimeTarget", "checkpoint", "runtime_major", "sealing_versions"]
@@ -130,12 +131,17 @@ def sealing_versions(criu_path: str = "") -> tuple[str | None, str]:
 
 def checkpoint(t: RuntimeTarget, out: Path, *, leave_running: bool, libcuda: str,
                extra: Mapping[str, Any] | None = None, runtime: tuple[int, str] | None = None,
-               images_only: bool = False, criu_path: str = "") -> RuntimeCheckpoint:
+               images_only: bool = False, criu_path: str = "",
+               config_flags: Mapping[str, bool] | None = None) -> RuntimeCheckpoint:
     """Checkpoint ``t`` through containerd into the empty private dir ``out``, seal it and fsync it (``out``'s
     parent too). ``runtime``: containerd's (major, text) when the caller knows it. ``extra``: more fields for
     ``gpucr.json``. ``images_only``: a CRI container on 2.x goes through the task API too, so CRIU's images are
     written once, into ``out`` (CRI's path has containerd copy them into its content store and then into the archive;
     the price: no rootfs diff, no container config). ``criu_path``: the node config's (whose version is recorded).
+    ``config_flags``: the restore-relevant options of the container's CRIU config file
+    (``policy.criu_conf.dump_flags``); with them a dump through the task API records ``criu_dump`` (its own options
+    are known: ``file_locks``); without them, or through CRI (containerd's options), nothing is recorded and a restore
+    takes the defaults.
 
     Raises:
         GpucrError: the runtime refused (e.g. CRIU or the front failed: the container keeps running when
@@ -163,6 +169,8 @@ def checkpoint(t: RuntimeTarget, out: Path, *, leave_running: bool, libcuda: str
         with TaskClient(t.address, t.namespace) as tc:
             tc.checkpoint(t.container_id, target, work_path=out / "work", exit=not leave_running, file_locks=True)
         via, archive = "containerd task Checkpoint", False
+        if config_flags is not None:
+            extra = {**(extra or {}), CRIU_DUMP: dump_record({"file_locks": True, **config_flags})}
     timings = {"runtime": round(time.monotonic() - t0, 4)}
     mk = _marker_of(target, archive)
     if mk is None and holds_cuda:

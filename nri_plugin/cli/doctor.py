@@ -325,11 +325,28 @@ class Doctor:
             if c["gpucr"]:
                 self.add(f"route {name}", "ok", f"{name} -> {c['wrapper']} (gpucr) -> {final}; criu -> "
                          f"{c.get('front')} -> {c.get('real_criu') or '/usr/sbin/criu'}", **c)
+                self._check_annotations(name, c)
             else:
                 self.add(f"route {name}", "fail" if required else "info",
                          f"{name} runs {final} directly: checkpoints through it (kubelet, crictl, ctr) are not "
                          "GPU-safe" + ("" if required else " (not a handler gpucr was asked to check)"),
                          fix if required else "", **c)
+
+    def _check_annotations(self, name: str, c: dict[str, Any]) -> None:
+        """A routed handler must pass gpucr.io/restore-from into the OCI spec, or the runc wrapper cannot refuse a
+        restore the plugin never checked (created while it was down): the container would start fresh."""
+        have = c.get("container_annotations") or []
+        if c.get("passes_restore_from"):
+            self.add(f"annotations {name}", "ok", f"container_annotations {have} pass gpucr.io/restore-from into "
+                     "the OCI spec", container_annotations=have)
+            return
+        self.add(f"annotations {name}", "warn",
+                 f"runtime handler '{name}' is routed through gpucr but its container_annotations ({have or 'none'}) "
+                 "do not pass gpucr.io/restore-from into the OCI spec: a container created with it while gpucr's "
+                 "plugin is down starts fresh instead of failing",
+                 f"in {self.containerd_config} set {c.get('annotations_fix')}, then restart containerd (or run "
+                 f"`gpucr setup --apply --config {self.containerd_config} --runtime {name}` again)",
+                 container_annotations=have)
 
     def _default_route(self) -> dict[str, Any] | None:
         handlers, default = self._handlers()

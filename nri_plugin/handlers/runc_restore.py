@@ -38,8 +38,8 @@ from typing import Any
 
 from ..errors import GpucrError
 
-__all__ = ["CHAIN_ENV", "RESTORED_MARK", "CreateArgs", "RuncArgsError", "inner_main", "main", "parse_create",
-           "real_runc", "resolve_bind_sources", "restore_argv", "restore_route"]
+__all__ = ["CHAIN_ENV", "DEFAULT_RESTORE_FLAGS", "RESTORED_MARK", "CreateArgs", "RuncArgsError", "inner_main", "main",
+           "parse_create", "real_runc", "resolve_bind_sources", "restore_argv", "restore_flags", "restore_route"]
 
 #: left in ``<runc root>/<id>/`` after a restore: the wrapper then answers ``runc start`` itself
 RESTORED_MARK = "gpucr-restored"
@@ -126,10 +126,29 @@ def parse_create(args: Sequence[str]) -> CreateArgs:
     return out
 
 
-def restore_argv(runc: str, c: CreateArgs, images: str, work: str) -> list[str]:
-    """The ``runc restore`` command standing in for ``c``'s create (detached, no subreaper: the shim reaps)."""
+#: runc restore's flag for each CRIU option a dump records (gpucr.json's ``criu_dump``, ckpt.layout.DUMP_FLAGS)
+_RESTORE_FLAGS = {"tcp_established": "--tcp-established", "ext_unix_sk": "--ext-unix-sk",
+                  "file_locks": "--file-locks", "shell_job": "--shell-job"}
+#: for a checkpoint that records none (a runtime's own dump, kubelet's archive, an older gpucr): each of these only
+#: lets CRIU restore what the images hold (established connections, external unix sockets, file locks) and changes
+#: nothing for images without them; --shell-job, which changes the restored tree's session, only when recorded
+DEFAULT_RESTORE_FLAGS = ("--tcp-established", "--ext-unix-sk", "--file-locks")
+
+
+def restore_flags(meta_extra: dict[str, Any]) -> list[str]:
+    """runc restore's flags matching the checkpoint's dump (its ``criu_dump`` record), else the defaults."""
+    from ..ckpt.layout import CRIU_DUMP
+    rec = meta_extra.get(CRIU_DUMP)
+    if not isinstance(rec, dict):
+        return list(DEFAULT_RESTORE_FLAGS)
+    return [flag for key, flag in _RESTORE_FLAGS.items() if rec.get(key) is True]
+
+
+def restore_argv(runc: str, c: CreateArgs, images: str, work: str, flags: Sequence[str] = ()) -> list[str]:
+    """The ``runc restore`` command standing in for ``c``'s create (detached, no subreaper: the shim reaps), with
+    the CRIU ``flags`` of :func:`restore_flags`."""
     argv = [runc, *c.globals_, "restore", "--detach", "--no-subreaper", "--bundle", c.bundle, "--image-path", images,
-            "--work-path", work]
+            "--work-path", work, *flags]
     if c.pid_file:
         argv += ["--pid-file", c.pid_file]
     if c.console_socket:
@@ -273,7 +292,8 @@ def _restore(runc: str, c: CreateArgs, node: Any, ticket: Any, spec: dict[str, A
         raise RestoreSourceError(f"{what} refused at step pid-namespace: {problem}")
     for line in resolve_bind_sources(c.bundle, spec):
         print(f"gpucr: {what}: bind mount source resolved for CRIU: {line}", file=sys.stderr, flush=True)
-    r = subprocess.run(restore_argv(runc, c, str(staged.images), str(staged.work)), check=False)
+    r = subprocess.run(restore_argv(runc, c, str(staged.images), str(staged.work), restore_flags(src.meta.extra)),
+                       check=False)
     if r.returncode == 0:
         mark = os.path.join(c.root, c.container_id, RESTORED_MARK)
         with open(mark, "w", encoding="utf-8") as f:

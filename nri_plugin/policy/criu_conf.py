@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CriuOption", "parse_config", "merge_config", "render_config"]
+__all__ = ["CriuOption", "dump_flags", "parse_config", "merge_config", "render_config"]
 
 #: options CRIU accepts several times (each occurrence adds); merged by exact value, not by name
 _MULTI = {"external", "inherit-fd", "ext-mount-map", "veth-pair", "cgroup-root", "irmap-scan-path", "join-ns",
@@ -40,6 +40,21 @@ def parse_config(text: str) -> list[CriuOption]:
         name, _, value = line.partition(" ")
         out.append(CriuOption(name.lstrip("-"), value.strip() or None))
     return out
+
+
+def dump_flags(path: str) -> dict[str, bool] | None:
+    """The options of the container's CRIU config ``path`` (its record's ``criu_config``) that a restore must be
+    given again, by DumpOptions' names (``tcp-established`` -> ``tcp_established``); None when it is unreadable (the
+    dump's options are then unknown)."""
+    from pathlib import Path
+    try:
+        names = {o.name for o in parse_config(Path(path).read_text())} if path else None
+    except (OSError, ValueError):
+        return None
+    if names is None:
+        return None
+    return {n.replace("-", "_"): True for n in ("tcp-established", "ext-unix-sk", "file-locks", "shell-job")
+            if n in names}
 
 
 def merge_config(user: Sequence[CriuOption], ours: Iterable[CriuOption]) -> list[CriuOption]:

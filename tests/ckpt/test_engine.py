@@ -73,6 +73,10 @@ def test_leave_running_order(mocker: MockerFixture, procs: list[int], tmp_path: 
     assert meta.cuda["driver_version"] == "580.159.04" and len(meta.cuda["processes"]) == 2
     assert meta.kernel_release == os.uname().release  # and the CRIU's VERSION answer (the client's cache)
     assert meta.criu_version == "4.2.1" and s.criu.version.called
+    # the options a restore must repeat, as the dump used them (runc restore's flags: handlers/runc_restore.py)
+    assert meta.extra["criu_dump"] == {"tcp_established": True, "ext_unix_sk": True, "file_locks": True,
+                                       "shell_job": True}
+    assert (opts.tcp_established, opts.ext_unix_sk, opts.file_locks, opts.shell_job) == (True, True, True, True)
 
 
 def test_frozen_cgroup_is_thawed_for_cuda_and_refrozen(mocker: MockerFixture, procs: list[int],

@@ -170,6 +170,18 @@ def test_everything_ready(containerd: testenv.Containerd, plugin: Path, root_dir
     assert c["GPUs"]["data"]["gpus"], "the fake driver's GPUs come through NVML"
     assert c["checkpoint root"]["status"] == "ok"
     assert text.rstrip().splitlines()[-1] == "ready: every required check passed"
+    assert c["annotations runc"]["status"] == "ok", c["annotations runc"]
+    # a routed handler without gpucr.io/* in container_annotations (an install before them, or edited): a warning
+    # with the exact line to write
+    installed = conf.read_text()
+    conf.write_text("".join(ln for ln in installed.splitlines(keepends=True) if "container_annotations" not in ln))
+    rc, report, text = doctor("--address", containerd.address, "--containerd-config", str(conf), "--config",
+                              str(plugin), "--kubelet-config", str(root_dir / "no-kubelet.yaml"),
+                              "--libcuda", str(fake_cuda_lib), "--libnvml", str(fake_cuda_lib))
+    a = by_name(report)["annotations runc"]
+    assert a["status"] == "warn" and "starts fresh instead of failing" in a["detail"], a
+    assert 'container_annotations = ["gpucr.io/*"] under [' in a["fix"] and str(conf) in a["fix"], a
+    conf.write_text(installed)
     r = subprocess.run(["bash", str(testenv.INSTALL / "front.sh"), "uninstall", "--config", str(conf), "--runtime",
                         "runc", "--dir", str(root_dir / "front")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -21,15 +21,18 @@ from typing import Any
 
 import pytest
 
-from nri_plugin.cri import CriError, container_config
-from nri_plugin.cri._pb import api_pb2 as pb
+from nri_plugin.cri import CriError
 from nri_plugin.handlers import nri_restore
 from tests.conftest import VERSIONS
 from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute
+from tests.front.restoring import counter_config as _container
+from tests.front.restoring import lines as _lines
+from tests.front.restoring import restore_and_check
+from tests.front.restoring import restore_config as _restore_config
 from tests.front.test_front_containerd import _n
 from tests.front.test_gpufront import (  # noqa: F401  (fixtures)
-    FAKE_MNT, GPU0, GPU1, GPU_DEV, COUNTER, cuda_running, fake, fake_env, gpu_front, gpu_node,
+    GPU0, GPU1, cuda_running, fake, gpu_front, gpu_node,
 )
 from tests.testenv import INSTALL, REPO, TEST_ROOT, Containerd, running_plugin, wait_for
 
@@ -77,10 +80,6 @@ def plugin(ctrd: Containerd, node: dict[str, Path]) -> Iterator[subprocess.Popen
         yield proc
 
 
-def _lines(data: Path) -> list[int]:
-    return [int(x) for x in (data / "log").read_text().split()] if (data / "log").exists() else []
-
-
 @pytest.fixture(scope="module")
 def checkpoint(ctrd: Containerd, plugin: Any, front_route: FrontRoute, node: dict[str, Path], fake: FakeCuda,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
@@ -105,6 +104,14 @@ def checkpoint(ctrd: Containerd, plugin: Any, front_route: FrontRoute, node: dic
                                capture_output=True, text=True, cwd=REPO, timeout=120)
             assert r.returncode == 0, r.stderr
             hi = _n(data)
+            # the dump's CRIU options for the restore: known through the task API (1.7: gpucr's file_locks and the
+            # container's CRIU config), containerd's own through CRI (2.x: none recorded, the restore's defaults)
+            meta = json.loads((node["root"] / "ck1" / "gpucr.json").read_text())
+            if ctrd.major_minor[0] >= 2:
+                assert "criu_dump" not in meta, meta
+            else:
+                assert meta["criu_dump"] == {"tcp_established": False, "ext_unix_sk": False, "file_locks": True,
+                                             "shell_job": False}, meta
             c.stop_container(cid, 0)
         try:
             yield {"name": "ck1", "path": node["root"] / "ck1", "data": data, "lo": lo, "hi": hi, "pid": pid}
@@ -121,23 +128,6 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _container(fake: FakeCuda, data: Path | None, name: str, ann: dict[str, str], image: str = "",
-               env: dict[str, str] | None = None) -> Any:
-    """The fake CUDA counter with its own PID namespace (the kubelet's default; a container in the pod's shared
-    PID namespace restores only while its old pids are free there)."""
-    conf = container_config(name, image, command=COUNTER, env={**fake_env(fake), **(env or {})},
-                            mounts=([(str(data), "/data", False)] if data else [])
-                            + [(str(fake.lib.parent), FAKE_MNT, False)],
-                            devices=[(str(fake.device), GPU_DEV, "rw")], annotations=ann)
-    conf.linux.security_context.namespace_options.pid = pb.CONTAINER
-    return conf
-
-
-def _restore_config(fake: FakeCuda, data: Path, name: str, **ann: str) -> Any:
-    env = {"NVIDIA_VISIBLE_DEVICES": ann.pop("visible")} if "visible" in ann else {}
-    return _container(fake, data, name, {"gpucr.io/restore-from": ann.pop("restore_from"), **ann}, env=env)
-
-
 @pytest.mark.parametrize("visible", ["", GPU1])
 def test_restore_into_new_pod(ctrd: Containerd, plugin: Any, front_route: FrontRoute, node: dict[str, Path],
                               fake: FakeCuda, checkpoint: dict[str, Any], tmp_path: Path, visible: str) -> None:
@@ -147,46 +137,28 @@ def test_restore_into_new_pod(ctrd: Containerd, plugin: Any, front_route: FrontR
     as running, exec works, and it stops and is removed like any other; the checkpoint is unchanged."""
     data = tmp_path / "data2"  # another host path for the same volume
     shutil.copytree(checkpoint["data"], data)
-    before = len(_lines(data))
     digest = _digest(checkpoint["path"])
-    ann = {"restore_from": checkpoint["name"], **({"visible": visible} if visible else {})}
     with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
                                 libnvml=str(fake.lib)):
         mark = front_route.log_mark()
-        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-            conf = _restore_config(fake, data, "restored", **ann)
-            conf.image.image = ctrd.image
-            cid = c.create_container(pod_id, conf, cfg)
-            try:
-                c.start_container(cid)
-            except CriError as exc:
-                rl = node["root"] / ".restore" / cid / "work" / "restore.log"
-                errs = [ln for ln in rl.read_text().splitlines() if "Error (" in ln] if rl.exists() else []
-                raise AssertionError(f"{exc}\n" + "\n".join(errs[-20:]) + "\n"
-                                     f"{front_route.log_since(mark)[-3000:]}") from exc
-            wait_for(lambda: len(_lines(data)) >= before + 3, what="the restored counter", timeout=30)
-            after = _lines(data)[before:]
-            assert checkpoint["lo"] - 1 <= after[0] - 1 <= checkpoint["hi"], (
-                checkpoint, after, node["log"].read_text()[-1500:], front_route.log_since(mark)[-2000:],
-                ctrd.log_tail(40))
-            assert after == list(range(after[0], after[0] + len(after)))
-            st, info = c.container_status(cid, verbose=True)
-            assert st.state == 1, st  # CONTAINER_RUNNING
-            pid = int(info["info"]["pid"])
-            assert pid != checkpoint["pid"] and fake.state(pid) == "RUNNING"
+
+        def on_gpu(c: Any, cid: str, pid: int) -> None:
             log = front_route.log_since(mark)
             assert fake.gpu(pid) == (GPU1 if visible else GPU0), log[-3000:]
             assert "RESTORE success=True" in log and f"restored and unlocked 1 CUDA process(es) [{pid}]" in log, log
             plog = node["log"].read_text()
-            assert f"will be restored from checkpoint 'ck1'" in plog
+            assert "will be restored from checkpoint 'ck1'" in plog
             assert f"/data: {checkpoint['data']} -> {data}" in plog, plog
-            r = c.exec_sync(cid, ["/bin/sh", "-c", "echo alive"])
-            assert r.exit_code == 0 and r.stdout.strip() == b"alive", r
-            assert cid in [x.id for x in c.list_containers(pod_id)]
-            c.stop_container(cid, 0)
-            assert c.container_status(cid)[0].state == 2  # CONTAINER_EXITED
-            c.remove_container(cid)
-            assert cid not in [x.id for x in c.list_containers(pod_id)]
+
+        def explain(exc: CriError, cid: str) -> str:
+            rl = node["root"] / ".restore" / cid / "work" / "restore.log"
+            errs = [ln for ln in rl.read_text().splitlines() if "Error (" in ln] if rl.exists() else []
+            return f"{exc}\n" + "\n".join(errs[-20:]) + f"\n{front_route.log_since(mark)[-3000:]}"
+
+        cid = restore_and_check(ctrd, fake, data, checkpoint["name"], lo=checkpoint["lo"], hi=checkpoint["hi"],
+                                old_pid=checkpoint["pid"], visible=visible,
+                                pod_annotations={"gpucr.io/checkpoint": "enabled"}, during=on_gpu,
+                                explain=explain).cid
     assert not (node["root"] / ".restore" / cid).exists()
     assert not list((node["root"] / ".restore-locks").glob("*.lock"))
     assert _digest(checkpoint["path"]) == digest
@@ -314,19 +286,7 @@ def test_ctr_checkpoint_sealed_then_restored_into_new_pod(ctrd: Containerd, plug
             r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "seal", str(node["root"] / name),
                                 "--config", str(node["config"]), "--json"], capture_output=True, text=True, cwd=REPO)
             assert r.returncode == 0 and json.loads(r.stdout)["kind"] == "images", r.stderr
-            before = len(_lines(data2))
-            with ctrd.pod() as (c, pod_id, cfg):
-                conf = _restore_config(fake, data2, "restored", restore_from=name)
-                conf.image.image = ctrd.image
-                new = c.create_container(pod_id, conf, cfg)
-                c.start_container(new)
-                wait_for(lambda: len(_lines(data2)) >= before + 3, what="the restored counter", timeout=30)
-                after = _lines(data2)[before:]
-                assert lo - 1 <= after[0] - 1 <= hi, (lo, hi, after)
-                npid = int(c.container_status(new, verbose=True)[1]["info"]["pid"])
-                assert fake.state(npid) == "RUNNING"
-                c.stop_container(new, 0)
-                c.remove_container(new)
+            restore_and_check(ctrd, fake, data2, name, lo=lo, hi=hi, old_pid=pid)
         finally:
             shutil.rmtree(node["root"] / name, ignore_errors=True)
 

@@ -28,6 +28,8 @@ from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _n
 from tests.front.test_gpufront import GPU0, cuda_running, fake, gpu_front  # noqa: F401  (fixtures)
+from tests.front.restoring import restore_and_check
+from tests.front.test_front_tcp import SERVER_AND_CLIENT, ask, counts, free_port
 from tests.front.test_restore_from import (  # noqa: F401  (fixtures)
     _container, _lines, _restore_config, ctrd, node, plugin,
 )
@@ -82,35 +84,21 @@ def test_direct_checkpoint_restored_into_new_pod(ctrd: Containerd, plugin: Any, 
             desc = json.loads((ck / "images" / "descriptors.json").read_text())
             assert len(desc) == 3 and any(d.startswith("pipe:[") for d in desc), desc
             assert "images/descriptors.json" in meta["manifest"] and "images/gpucr-cuda.json" in meta["manifest"]
+            assert meta["criu_dump"] == {"tcp_established": True, "ext_unix_sk": True, "file_locks": True,
+                                         "shell_job": True}, meta  # what the wrapper's runc restore passes again
             data2 = tmp_path / "data2"
             shutil.copytree(data, data2)
-            before = len(_lines(data2))
             mark = front_route.log_mark()
-            with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-                conf = _restore_config(fake, data2, "restored", restore_from=name)
-                conf.image.image = ctrd.image
-                new = c.create_container(pod_id, conf, cfg)
-                try:
-                    c.start_container(new)
-                except CriError as exc:
-                    raise AssertionError(_restore_failed(exc, node, new, front_route, mark)) from exc
-                wait_for(lambda: len(_lines(data2)) >= before + 3, what="the restored counter", timeout=30)
-                after = _lines(data2)[before:]
-                assert after[0] == at_dump + 1 and after == list(range(after[0], after[0] + len(after))), \
-                    (at_dump, after)
-                st, info = c.container_status(new, verbose=True)
-                assert st.state == 1, st  # CONTAINER_RUNNING
-                npid = int(info["info"]["pid"])
+
+            def on_gpu(c: Any, cid: str, npid: int) -> None:
                 log = front_route.log_since(mark)
-                assert fake.state(npid) == "RUNNING" and fake.gpu(npid) == GPU0, log[-3000:]
+                assert fake.gpu(npid) == GPU0, log[-3000:]
                 assert f"restored and unlocked 1 CUDA process(es) [{npid}]" in log, log[-3000:]
-                r = c.exec_sync(new, ["/bin/sh", "-c", "echo alive"])
-                assert r.exit_code == 0 and r.stdout.strip() == b"alive", r
-                assert new in [x.id for x in c.list_containers(pod_id)]
-                c.stop_container(new, 0)
-                assert c.container_status(new)[0].state == 2  # CONTAINER_EXITED
-                c.remove_container(new)
-                assert new not in [x.id for x in c.list_containers(pod_id)]
+
+            # the counter goes on from the dumped value exactly (kill mode: nothing ran after the dump)
+            new = restore_and_check(ctrd, fake, data2, name, lo=at_dump + 1, hi=at_dump, old_pid=pid,
+                                    pod_annotations={"gpucr.io/checkpoint": "enabled"}, during=on_gpu,
+                                    explain=lambda exc, cid: _restore_failed(exc, node, cid, front_route, mark)).cid
         assert (ck / "gpucr.json").exists() and not (node["root"] / ".restore" / new).exists()
     finally:
         shutil.rmtree(node["root"] / name, ignore_errors=True)
@@ -229,5 +217,65 @@ def test_shared_pid_namespace_restores_every_time(ctrd: Containerd, plugin: Any,
                     and "container restored in pod default/" in msg, msg
                 assert [x.metadata.name for x in c.list_containers(pod_id)] == ["sleepers"]  # nothing half-created
         assert not list((node["state"] / "restore-locks").glob("*.lock"))
+    finally:
+        shutil.rmtree(node["root"] / name, ignore_errors=True)
+
+
+def test_established_tcp_connection_comes_back_through_the_annotation(ctrd: Containerd, plugin: Any,
+                                                                      front_route: FrontRoute, node: dict[str, Path],
+                                                                      fake: FakeCuda, tmp_path: Path) -> None:
+    """A container talking to itself over an established loopback connection (host network), checkpointed with
+    `gpucr checkpoint CONTAINER` (gpucr's dumps use --tcp-established, and gpucr.json records it), restored into a new
+    pod whose container asks nothing about TCP (no gpucr.io/tcp-established: the plugin's CRIU config for it has no
+    tcp-established line): the wrapper's runc restore passes --tcp-established from the record, so the connection
+    comes back and its server's count goes on (a new connection would start at 1); the listener accepts again.
+    Without the flag CRIU refuses the restore (``Connected TCP socket in image``)."""
+    from nri_plugin.ckpt.criu import Criu
+    from nri_plugin.cri import container_config
+    from tests.ckpt._tcp import criu_dumps_tcp, kernel_version
+    version = Criu(str(CRIU)).version()
+    assert criu_dumps_tcp(version), (f"{CRIU} is CRIU {version}, which cannot dump TCP sockets on kernel "
+                                     f"{kernel_version()}: run install/deps.sh (it installs CRIU 4.2.x)")
+    port, name = free_port(), "tcp-ck"
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def tcp_container(cname: str, d: Path, ann: dict[str, str]) -> Any:
+        conf = container_config(cname, ctrd.image, command=["/bin/sh", "-c", SERVER_AND_CLIENT],
+                                env={"PORT": str(port)}, mounts=[(str(d), "/data", False)], annotations=ann)
+        conf.linux.security_context.namespace_options.pid = pb.CONTAINER
+        return conf
+
+    try:
+        with front_route.configured(hooks=CUDA_HOOKS, node_config=str(node["config"]), libnvml=str(fake.lib)):
+            with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+                cid = c.create_container(pod_id, tcp_container("tcp", data, {}), cfg)
+                c.start_container(cid)
+                wait_for(lambda: len(counts(data)) >= 3, what="the in-container client's answers")
+                _direct_checkpoint(ctrd, node, fake, cid, name)
+                at_dump = counts(data)
+                assert at_dump == list(range(1, len(at_dump) + 1)), at_dump  # one connection all along
+            meta = json.loads((node["root"] / name / "gpucr.json").read_text())
+            assert meta["criu_dump"]["tcp_established"] is True, meta
+            data2 = tmp_path / "data2"
+            shutil.copytree(data, data2)
+            mark = front_route.log_mark()
+            with ctrd.pod() as (c, pod_id, cfg):
+                conf = tcp_container("restored", data2, {"gpucr.io/restore-from": name})
+                new = c.create_container(pod_id, conf, cfg)
+                record = json.loads((node["state"] / "containers" / f"{new}.json").read_text())
+                assert "tcp-established" not in Path(record["criu_config"]).read_text().split(), record
+                try:
+                    c.start_container(new)
+                except CriError as exc:
+                    raise AssertionError(_restore_failed(exc, node, new, front_route, mark)) from exc
+                wait_for(lambda: len(counts(data2)) >= len(at_dump) + 3,
+                         what="answers over the restored connection")
+                after = counts(data2)[len(at_dump):]
+                assert at_dump[-1] < after[0] <= at_dump[-1] + 2, (at_dump, after)
+                assert after == list(range(after[0], after[0] + len(after))), after
+                assert ask(port, "again") == "1 again"  # the restored listening socket accepts
+                c.stop_container(new, 0)
+                c.remove_container(new)
     finally:
         shutil.rmtree(node["root"] / name, ignore_errors=True)

@@ -118,28 +118,95 @@ def _runtime_config() -> Any:
 H3 = "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]"
 
 
+#: the handler table install/front.sh adds (or completes) with container_annotations, for handlers defined only
+#: through their options table
+PASS3 = "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  container_annotations = [\"gpucr.io/*\"]\n"
+
+
 @pytest.mark.parametrize("text, expected", [
     # a header with spaces and a comment; the commented-out BinaryName stays a comment
     (f"version = 3\n[ plugins . 'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options ]  # gpu\n"
      "    # BinaryName = '/old'\n    SystemdCgroup = true\n",
      "version = 3\n[ plugins . 'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options ]  # gpu\n"
-     '    BinaryName = "/w/bin/runc"\n    # BinaryName = \'/old\'\n    SystemdCgroup = true\n'),
+     '    BinaryName = "/w/bin/runc"\n    # BinaryName = \'/old\'\n    SystemdCgroup = true\n' + PASS3),
     # a quoted key is replaced in place, the next table is untouched
     (f"version = 3\n{H3}\n  \"BinaryName\" = \"/usr/bin/nvidia-container-runtime\"\n[x]\n  BinaryName = 1\n",
-     f'version = 3\n{H3}\n  BinaryName = "/w/bin/runc"\n[x]\n  BinaryName = 1\n'),
+     f'version = 3\n{H3}\n  BinaryName = "/w/bin/runc"\n[x]\n  BinaryName = 1\n' + PASS3),
     # an empty options table gets the line indented under its header
-    (f"version = 3\n  {H3}\n", f'version = 3\n  {H3}\n    BinaryName = "/w/bin/runc"\n'),
+    (f"version = 3\n  {H3}\n", f'version = 3\n  {H3}\n    BinaryName = "/w/bin/runc"\n' + PASS3),
 ], ids=["spaced-header-commented-line", "quoted-key", "empty-table"])
-def test_edit_changes_only_binaryname(text: str, expected: str) -> None:
+def test_edit_changes_only_binaryname_and_annotations(text: str, expected: str) -> None:
     out, _ = _runtime_config().edit(text, "config.toml", "runc", "/w/bin/runc")
     assert out == expected
+
+
+H2 = '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]'
+
+
+@pytest.mark.parametrize("have, expected", [
+    (None, '["gpucr.io/*"]'),
+    ('["io.kubernetes.cri.*"]', '["io.kubernetes.cri.*", "gpucr.io/*"]'),  # merged, the admin's value kept
+    ('["gpucr.io/restore-*"]', None),  # already passes gpucr.io/restore-from: unchanged
+    ('["*"]', '["*", "gpucr.io/*"]'),  # containerd's path.Match: * stops at /
+], ids=["none", "merged", "covered", "star"])
+def test_edit_passes_gpucr_annotations_on_both_layouts(have: str | None, expected: str | None) -> None:
+    rc = _runtime_config()
+    for text in (V2_NO_BINARYNAME, V3_NO_OPTIONS):
+        if have:
+            text = text.replace('runtime_type = "io.containerd.runc.v2"\n',
+                                f'runtime_type = "io.containerd.runc.v2"\n  container_annotations = {have}\n')
+        out, _ = rc.edit(text, "config.toml", "runc", "/w/bin/runc")
+        doc = tomllib.loads(out)
+        handler = rc.dig(doc, [*rc.HANDLERS[doc["version"]], "runc"])
+        assert handler["container_annotations"] == json.loads(expected or have), out
+        assert handler["options"]["BinaryName"] == "/w/bin/runc"
+        # nothing else changed: the edit is two lines (one where the handler had no options table)
+        assert len({ln for ln in out.splitlines() if ln.strip()} - set(text.splitlines())) <= 3, out
+    bad = V2_NO_BINARYNAME.replace('runtime_type = "io.containerd.runc.v2"\n',
+                                   'runtime_type = "io.containerd.runc.v2"\n  container_annotations = "gpucr.io/*"\n')
+    with pytest.raises(rc.InstallError, match="container_annotations of runtime handler 'runc' is not a list"):
+        rc.edit(bad, "config.toml", "runc", "/w")
+    assert H2 in V2_NO_BINARYNAME
+
+
+def test_install_adds_annotations_to_an_older_install(tmp_path: Path, root_dir: Path) -> None:
+    """A route installed by a gpucr before container_annotations (its record's config lacks them): installing
+    again adds them and keeps the first copy, so uninstall still restores the original byte for byte; status and
+    the JSON chain say whether the handler passes gpucr.io/restore-from."""
+    config = tmp_path / "config.toml"
+    config.write_text(V2_NO_BINARYNAME)
+    route, prefix = root_dir / "route", root_dir / "lib"
+    args = ["--config", str(config), "--dir", str(route), "--prefix", str(prefix), "--real-criu", str(REAL_CRIU)]
+    r = front_sh("install", *args)
+    assert r.returncode == 0 and "passes gpucr.io/* annotations" in r.stderr, r.stderr
+    assert tomllib.loads(config.read_text())["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"][
+        "runc"]["container_annotations"] == ["gpucr.io/*"]
+    chain = json.loads(front_sh("status", "--config", str(config), "--json").stdout)
+    assert chain["passes_restore_from"] is True and chain["container_annotations"] == ["gpucr.io/*"]
+    # what an older install left: the config without the line, recorded as installed
+    old = "".join(ln for ln in config.read_text().splitlines(keepends=True) if "container_annotations" not in ln)
+    config.write_text(old)
+    record = json.loads((route / "install.json").read_text())
+    import hashlib
+    record["sha256_installed"] = hashlib.sha256(old.encode()).hexdigest()
+    (route / "install.json").write_text(json.dumps(record))
+    status = front_sh("status", "--config", str(config)).stdout
+    assert "gpucr.io/restore-from does not reach the OCI spec" in status and \
+        f'fix: container_annotations = ["gpucr.io/*"] under [{H2[1:-1]}]' in status, status
+    r = front_sh("install", *args)
+    assert r.returncode == 0 and "now passes gpucr.io/* annotations into the OCI spec" in r.stderr, r.stderr
+    assert config.read_text() == old.replace(f"{H2}\n", f'{H2}\n        container_annotations = ["gpucr.io/*"]\n')
+    r = front_sh("uninstall", "--config", str(config), "--dir", str(route))
+    assert r.returncode == 0, r.stderr
+    assert config.read_text() == V2_NO_BINARYNAME
 
 
 def test_edit_writes_out_containerds_builtin_runc_only_where_it_is_the_default() -> None:
     rc = _runtime_config()
     out, h = rc.edit(DEBIAN_PACKAGE, "config.toml", "runc", "/w/bin/runc")
     assert out == DEBIAN_PACKAGE + ('\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
-                                    '  runtime_type = "io.containerd.runc.v2"\n\n'
+                                    '  runtime_type = "io.containerd.runc.v2"\n'
+                                    '  container_annotations = ["gpucr.io/*"]\n\n'
                                     '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
                                     '  BinaryName = "/w/bin/runc"\n')
     assert h.previous is None
@@ -147,6 +214,7 @@ def test_edit_writes_out_containerds_builtin_runc_only_where_it_is_the_default()
     out, _ = rc.edit(v3, "config.toml", "runc", "/w/bin/runc")
     assert tomllib.loads(out)["plugins"]["io.containerd.cri.v1.runtime"] == {
         "enable_cdi": True, "containerd": {"runtimes": {"runc": {"runtime_type": "io.containerd.runc.v2",
+                                                                 "container_annotations": ["gpucr.io/*"],
                                                                  "options": {"BinaryName": "/w/bin/runc"}}}}}
     # another default runtime, or another handler name: nothing is invented, the error names the fix
     other = DEBIAN_PACKAGE + '    [plugins."io.containerd.grpc.v1.cri".containerd]\n      default_runtime_name = "nvidia"\n'

@@ -25,13 +25,14 @@ from typing import Any
 import pytest
 
 from nri_plugin.containerd import ContentClient
-from nri_plugin.cri import CriError
 from tests.conftest import VERSIONS
 from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute, front_route  # noqa: F401  (fixture)
 from tests.front.test_front_containerd import _n
 from tests.front.test_gpufront import cuda_running, fake  # noqa: F401  (fixture)
-from tests.front.test_restore_from import _container, _digest, _lines, _restore_config
+from tests.front.restoring import counter_config as _container
+from tests.front.restoring import restore_and_check
+from tests.front.test_restore_from import _digest
 from tests.testenv import INSTALL, REPO, TEST_ROOT, Containerd, installed_hook, wait_for
 
 pytestmark = pytest.mark.integration
@@ -148,41 +149,23 @@ def checkpoint(nodes: dict[str, Any], front_route: FrontRoute, fake: FakeCuda,  
 def _restore_on(node: Node, name: str, ck: dict[str, Any], front_route: FrontRoute, fake: FakeCuda,  # noqa: F811
                 tmp: Path) -> None:
     """Restore checkpoint ``name`` into a new pod on ``node`` through gpucr.io/restore-from and check it as
-    test_restore_from does: counter continues, the fake driver's state, CRI listing, exec, stop, remove."""
+    every restore test does (``tests.front.restoring``), on this node's network namespace."""
     data = tmp / f"data-{name}"
     shutil.copytree(ck["data"], data)
-    before = len(_lines(data))
     with front_route.configured(hooks=HOOKS, node_config=str(node.config), libnvml=str(fake.lib)):
         mark = front_route.log_mark()
-        with node.ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-            conf = _restore_config(fake, data, "restored", restore_from=name)
-            conf.image.image = node.ctrd.image
-            cid = c.create_container(pod_id, conf, cfg)
-            try:
-                c.start_container(cid)
-            except CriError as exc:
-                raise AssertionError(f"{exc}\n{front_route.log_since(mark)[-3000:]}\n{node.ctrd.log_tail(30)}") from exc
-            wait_for(lambda: len(_lines(data)) >= before + 3, what=f"the restored counter on node {node.name}",
-                     timeout=30)
-            after = _lines(data)[before:]
-            assert ck["lo"] <= after[0] <= ck["hi"] + 1, (ck, after, front_route.log_since(mark)[-2000:])
-            assert after == list(range(after[0], after[0] + len(after)))
-            st, info = c.container_status(cid, verbose=True)
-            assert st.state == 1, st  # CONTAINER_RUNNING
-            pid = int(info["info"]["pid"])
-            assert pid != ck["pid"] and fake.state(pid) == "RUNNING"
+
+        def on_node(c: Any, cid: str, pid: int) -> None:
             daemon = node.ctrd.info["pid"]  # the restored pod lives in this node's network namespace
             assert os.readlink(f"/proc/{pid}/ns/net") == os.readlink(f"/proc/{daemon}/ns/net")
             log = front_route.log_since(mark)
             assert "RESTORE success=True" in log and f"restored and unlocked 1 CUDA process(es) [{pid}]" in log, log
             assert f"will be restored from checkpoint '{name}'" in node.log.read_text()
-            r = c.exec_sync(cid, ["/bin/sh", "-c", "echo alive"])
-            assert r.exit_code == 0 and r.stdout.strip() == b"alive", r
-            assert cid in [x.id for x in c.list_containers(pod_id)]
-            c.stop_container(cid, 0)
-            assert c.container_status(cid)[0].state == 2  # CONTAINER_EXITED
-            c.remove_container(cid)
-            assert cid not in [x.id for x in c.list_containers(pod_id)]
+
+        cid = restore_and_check(
+            node.ctrd, fake, data, name, lo=ck["lo"], hi=ck["hi"], old_pid=ck["pid"],
+            pod_annotations={"gpucr.io/checkpoint": "enabled"}, during=on_node,
+            explain=lambda exc, _: f"{exc}\n{front_route.log_since(mark)[-3000:]}\n{node.ctrd.log_tail(30)}").cid
     assert not (node.root / ".restore" / cid).exists()
     assert not list((node.root / ".restore-locks").glob("*.lock"))
 

@@ -4,7 +4,7 @@ CUDA driver (the node, containerd and plugin of ``tests/front/test_restore_from.
 
 A managed fake-CUDA CRI container is checkpointed with ``ctr -n k8s.io c checkpoint --task`` through the front,
 imported as ``ROOT/NAME`` and restored into a new pod through ``gpucr.io/restore-from: NAME``: the counter goes on,
-the fake driver reports the new pid RUNNING, CRI lists, stops and removes it. The same image with its CRIU tar
+the fake driver reports the new pid RUNNING, CRI lists, stops and removes it (``tests.front.restoring``). The same image with its CRIU tar
 changed in the content store is refused with one error line, and nothing is written under the root.
 """
 
@@ -26,7 +26,9 @@ from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute, front_route  # noqa: F401  (fixture)
 from tests.front.test_front_containerd import _n
 from tests.front.test_gpufront import cuda_running, fake, gpu_front  # noqa: F401  (fixtures)
-from tests.front.test_restore_from import _container, _lines, _restore_config, ctrd, node, plugin  # noqa: F401
+from tests.front.restoring import counter_config as _container
+from tests.front.restoring import restore_and_check
+from tests.front.test_restore_from import ctrd, node, plugin  # noqa: F401  (fixtures)
 from tests.testenv import REPO, Containerd, wait_for
 
 pytestmark = pytest.mark.integration
@@ -91,27 +93,12 @@ def test_ctr_checkpoint_image_imported_then_restored(ctrd: Containerd, plugin: A
 
             data2 = tmp_path / "data2"
             shutil.copytree(data, data2)
-            before = len(_lines(data2))
-            with ctrd.pod() as (c, pod_id, cfg):
-                conf = _restore_config(fake, data2, "restored", restore_from=name)
-                conf.image.image = ctrd.image
-                new = c.create_container(pod_id, conf, cfg)
-                c.start_container(new)
-                wait_for(lambda: len(_lines(data2)) >= before + 3, what="the restored counter", timeout=30)
-                after = _lines(data2)[before:]
-                assert lo - 1 <= after[0] - 1 <= hi, (lo, hi, after)
-                assert after == list(range(after[0], after[0] + len(after)))
-                st, info = c.container_status(new, verbose=True)
-                assert st.state == 1, st  # CONTAINER_RUNNING
-                npid = int(info["info"]["pid"])
-                assert npid != pid and fake.state(npid) == "RUNNING"
-                assert new in [x.id for x in c.list_containers(pod_id)]
+
+            def rw_marker(c: Any, new: str, npid: int) -> None:
                 r = c.exec_sync(new, ["/bin/sh", "-c", "cat /rw-marker || echo absent"])
                 assert r.exit_code == 0 and r.stdout.strip() == (b"written-before" if rw else b"absent"), r
-                c.stop_container(new, 0)
-                assert c.container_status(new)[0].state == 2  # CONTAINER_EXITED
-                c.remove_container(new)
-                assert new not in [x.id for x in c.list_containers(pod_id)]
+
+            restore_and_check(ctrd, fake, data2, name, lo=lo, hi=hi, old_pid=pid, during=rw_marker)
 
             blob, size = _criu_blob(ctrd, ref)
             assert blob.stat().st_size == size

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from nri_plugin.handlers.runc_restore import RuncArgsError, parse_create, restore_argv
+from nri_plugin.ckpt.layout import CRIU_DUMP, dump_record
+from nri_plugin.handlers.runc_restore import (
+    DEFAULT_RESTORE_FLAGS, RuncArgsError, parse_create, restore_argv, restore_flags,
+)
 
 
 def test_containerd_shim_create_maps_to_restore() -> None:
@@ -21,6 +24,20 @@ def test_containerd_shim_create_maps_to_restore() -> None:
         "/usr/bin/runc", "--root", "/r", "--log", "/b/log.json", "--log-format", "json", "--systemd-cgroup",
         "restore", "--detach", "--no-subreaper", "--bundle", "/b", "--image-path", "/img", "--work-path", "/work",
         "--pid-file", "/b/init.pid", "--console-socket", "/s.sock", "--no-pivot", "cid"]
+
+
+def test_restore_flags_follow_the_dump_record() -> None:
+    """The flags the dump recorded (a direct dump: all four; a task-API dump: file locks plus its CRIU config's);
+    without a record the permissive three, never --shell-job; they go before the container id."""
+    direct = dump_record({"tcp_established": True, "ext_unix_sk": True, "file_locks": True, "shell_job": True,
+                          "link_remap": True})
+    assert restore_flags({CRIU_DUMP: direct}) == ["--tcp-established", "--ext-unix-sk", "--file-locks",
+                                                  "--shell-job"]
+    assert restore_flags({CRIU_DUMP: dump_record({"file_locks": True})}) == ["--file-locks"]
+    assert restore_flags({}) == list(DEFAULT_RESTORE_FLAGS) == ["--tcp-established", "--ext-unix-sk", "--file-locks"]
+    assert restore_flags({CRIU_DUMP: "junk"}) == list(DEFAULT_RESTORE_FLAGS)
+    c = parse_create(["create", "--bundle", "/b", "cid"])
+    assert restore_argv("runc", c, "/i", "/w", ["--file-locks"])[-2:] == ["--file-locks", "cid"]
 
 
 def test_equals_forms_and_defaults() -> None:
