@@ -39,7 +39,8 @@ from typing import Any
 from ..errors import GpucrError
 
 __all__ = ["CHAIN_ENV", "DEFAULT_RESTORE_FLAGS", "RESTORED_MARK", "CreateArgs", "RuncArgsError", "inner_main", "main",
-           "parse_create", "real_runc", "resolve_bind_sources", "restore_argv", "restore_flags", "restore_route"]
+           "legacy_nvidia_hook", "parse_create", "real_runc", "resolve_bind_sources", "restore_argv", "restore_flags",
+           "restore_route"]
 
 #: left in ``<runc root>/<id>/`` after a restore: the wrapper then answers ``runc start`` itself
 RESTORED_MARK = "gpucr-restored"
@@ -249,6 +250,23 @@ def resolve_bind_sources(bundle: str, spec: dict[str, Any]) -> list[str]:
     return changed
 
 
+#: NVIDIA's legacy-mode hook (nvidia-container-runtime in mode "legacy", Docker's --gpus): at create it mounts the
+#: driver's files and /proc/driver/nvidia into the container and allows the devices in its cgroup, none of it in the
+#: spec; runc restore runs prestart hooks while CRIU restores those same mounts
+LEGACY_NVIDIA_HOOKS = frozenset({"nvidia-container-runtime-hook", "nvidia-container-toolkit"})
+
+
+def legacy_nvidia_hook(spec: dict[str, Any]) -> str | None:
+    """The path of NVIDIA's legacy prestart/createRuntime hook in ``spec``, or None."""
+    hooks = spec.get("hooks") or {}
+    for kind in ("prestart", "createRuntime"):
+        for h in hooks.get(kind) or [] if isinstance(hooks, dict) else []:
+            path = h.get("path") if isinstance(h, dict) else None
+            if isinstance(path, str) and os.path.basename(path) in LEGACY_NVIDIA_HOOKS:
+                return path
+    return None
+
+
 def _stage_delay(values: dict[str, str]) -> None:
     """Test-only: ``test_restore_stage_delay_s`` in front.conf makes staging that much slower (tests showing that a
     slow staging no longer meets containerd's NRI timeout). A product config never sets it."""
@@ -264,6 +282,15 @@ def _restore(runc: str, c: CreateArgs, node: Any, ticket: Any, spec: dict[str, A
     from .nri_restore import stage_gpu_map
 
     what = f"container {c.container_id}: restore from checkpoint {ticket.checkpoint!r}"
+    hook = legacy_nvidia_hook(spec)
+    if hook is not None:
+        raise RestoreSourceError(
+            f"{what} refused at step nvidia-hook: the container's spec runs NVIDIA's legacy-mode hook {hook}, which "
+            "mounts the driver into the container and allows its devices outside the spec, while runc restore runs it "
+            "as CRIU restores those mounts: gpucr restores GPU containers only through CDI (the spec names the "
+            "driver's devices and mounts). Fix: set the NVIDIA runtime's mode to \"cdi\" or \"jit-cdi\" (in "
+            "/etc/nvidia-container-runtime/config.toml; its default \"auto\" picks jit-cdi from toolkit 1.18), or "
+            "use CDI devices (nvidia.com/gpu=...), then recreate the container")
     try:
         src = open_source(node.checkpoint_root, ticket.checkpoint, verify_sha256=True)
     except RestoreSourceError as exc:
@@ -347,10 +374,14 @@ def _through_chain(target: str, rest: list[str], c: CreateArgs, criu: str, ticke
                         f"through {target}); fix: run install/front.sh install (or gpucr setup --apply) again")
     env = {**os.environ, "PATH": f"{chain}:{os.environ.get('PATH') or ':'.join(_DEFAULT_PATH)}",
            CHAIN_ENV: c.container_id}
+    start = _log_size(c.log)
     r = subprocess.run([target, *rest], env=env, check=False)
     if os.path.exists(os.path.join(c.root, c.container_id, RESTORED_MARK)):
         return r.returncode
     if r.returncode != 0:
+        inner = _last_gpucr_error(c.log, start)
+        if inner:  # the inner restore's own line (the shim shows only the last one)
+            return _fail(c, f"{inner} (through {target} create, which exited with status {r.returncode})")
         return _fail(c, f"{what} failed at step chain: {target} create exited with status {r.returncode} (the "
                         "restore runs inside it; its own error is above or in the container's log)")
     subprocess.run([target, *c.globals_, "delete", "--force", c.container_id], check=False,
@@ -361,6 +392,33 @@ def _through_chain(target: str, rest: list[str], c: CreateArgs, criu: str, ticke
                     "path), so nothing was restored and the created container was deleted; fix: set restore_route "
                     f"= direct in {conf} if {target} is a runc, or let the runtime find `runc` on PATH "
                     "(nvidia-container-runtime: runtimes = [\"runc\"] in its config.toml)")
+
+
+def _log_size(log: str | None) -> int:
+    try:
+        return os.path.getsize(log) if log else 0
+    except OSError:
+        return 0
+
+
+def _last_gpucr_error(log: str | None, start: int) -> str:
+    """The last ``gpucr: ...`` error written to runc's log after offset ``start`` (by the inner restore), or ""."""
+    if not log:
+        return ""
+    try:
+        with open(log, "rb") as f:
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for ln in reversed(lines):
+        try:
+            msg = json.loads(ln).get("msg", "")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(msg, str) and msg.startswith("gpucr: "):
+            return msg[len("gpucr: "):]
+    return ""
 
 
 def _load(c: CreateArgs, criu: str) -> tuple[dict[str, str], Any, Any]:

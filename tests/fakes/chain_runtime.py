@@ -8,8 +8,8 @@ hooks; then the first ``runc`` found on PATH, else in /usr/local/sbin:/usr/local
 (internal/oci/runtime_low_level.go, pkg/lookup/path.go) is exec'd with the same arguments. Every other command
 (``restore``, ``checkpoint``, ``start``, ``delete``) passes through unedited.
 
-Here the edit comes from ``<this file without .py>.json`` beside the script (``mounts``, ``devices``: OCI entries
-appended as they are; a device also gets its cgroup allow rule) so a test can tell the injected parts apart.
+Here the edit comes from ``<this file without .py>.json`` beside the script (``mounts``, ``devices``, ``hooks``: OCI
+entries appended as they are; a device also gets its cgroup allow rule) so a test can tell the injected parts apart.
 """
 import json
 import os
@@ -56,6 +56,8 @@ def edit(bundle, extra):
         linux.setdefault("devices", []).append(d)
         linux.setdefault("resources", {}).setdefault("devices", []).append(
             {"allow": True, "type": d["type"], "major": d["major"], "minor": d["minor"], "access": "rwm"})
+    for kind, hooks in extra.get("hooks", {}).items():  # e.g. NVIDIA's legacy mode: its prestart hook
+        spec.setdefault("hooks", {}).setdefault(kind, []).extend(hooks)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(spec, f)
     os.rename(path + ".tmp", path)

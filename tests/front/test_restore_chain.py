@@ -250,3 +250,38 @@ def test_a_chain_target_that_never_runs_runc_from_path_fails_the_create(
         wrapper.write_text(text)
         assert stat.S_IMODE(wrapper.stat().st_mode) == 0o755
     assert len(_lines(data)) == before  # nothing ran fresh
+
+
+def test_nvidia_legacy_hook_in_the_restoring_spec_is_refused(
+        ctrd: Containerd, plugin: Any, chain: dict[str, Path], checkpoint: dict[str, Any], tmp_path: Path) -> None:
+    """The chain adds a prestart hook named as NVIDIA's legacy-mode hook (what nvidia-container-runtime in mode
+    "legacy" adds at create): the restore is refused before anything is staged, with the fix (CDI); nothing runs,
+    no lock is left, the checkpoint is untouched."""
+    data = tmp_path / "data"
+    shutil.copytree(checkpoint["data"], data)
+    before = len(_lines(data))
+    edits = Path(chain["runtime"]).with_suffix(".json")
+    base = edits.read_text()
+    hook = tmp_path / "nvidia-container-runtime-hook"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    edits.write_text(json.dumps({**json.loads(base), "hooks": {"prestart": [
+        {"path": str(hook), "args": ["nvidia-container-runtime-hook", "prestart"]}]}}))
+    digest = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in (chain["root"] / "ck").rglob("*"))
+    try:
+        with ctrd.pod(handler="chain", annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+            cid = c.create_container(pod_id, _counter(data, "legacy", ctrd.image,
+                                                      {"gpucr.io/restore-from": checkpoint["name"]}), cfg)
+            with pytest.raises(CriError) as ei:
+                c.start_container(cid)
+            msg = str(ei.value)
+            assert f"container {cid}: restore from checkpoint 'ck' refused at step nvidia-hook" in msg, msg
+            assert str(hook) in msg and 'mode to "cdi" or "jit-cdi"' in msg, msg
+            assert c.container_status(cid)[0].state != 1
+            c.remove_container(cid)
+    finally:
+        edits.write_text(base)
+    assert len(_lines(data)) == before  # nothing ran
+    assert not (chain["root"] / ".restore" / cid).exists()
+    assert not list((chain["root"] / ".restore-locks").glob("*.lock"))
+    assert sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in (chain["root"] / "ck").rglob("*")) == digest

@@ -154,3 +154,21 @@ def test_symlinked_bind_sources_are_resolved_in_the_bundle(tmp_path: Path) -> No
     assert [m["source"] for m in after["mounts"][1:]] == [str(plain), "proc", str(link)]
     assert after["ociVersion"] == "1.1.0"
     assert resolve_bind_sources(str(bundle), after) == []
+
+
+@pytest.mark.parametrize("hooks, found", [
+    ({"prestart": [{"path": "/usr/bin/nvidia-container-runtime-hook", "args": ["nvidia-container-runtime-hook",
+                                                                             "prestart"]}]},
+     "/usr/bin/nvidia-container-runtime-hook"),
+    ({"createRuntime": [{"path": "/usr/local/nvidia/toolkit/nvidia-container-toolkit"}]},
+     "/usr/local/nvidia/toolkit/nvidia-container-toolkit"),
+    ({"createContainer": [{"path": "/usr/bin/nvidia-cdi-hook", "args": ["nvidia-cdi-hook", "update-ldcache"]}],
+      "createRuntime": [{"path": "/usr/libexec/gpucr/gpucr-hook"}]}, None),
+    ({}, None),
+])
+def test_legacy_nvidia_hook_is_found_cdi_hooks_are_not(hooks: dict, found: str | None) -> None:
+    """NVIDIA's legacy-mode hook (it mounts the driver outside the spec) is what a restore refuses; CDI's hooks
+    (nvidia-cdi-hook, run by runc at create only) and gpucr's own are not."""
+    from nri_plugin.handlers.runc_restore import legacy_nvidia_hook
+
+    assert legacy_nvidia_hook({"hooks": hooks}) == found
