@@ -232,7 +232,8 @@ def test_a_chain_target_that_never_runs_runc_from_path_fails_the_create(
     data = tmp_path / "data"
     shutil.copytree(checkpoint["data"], data)
     before = len(_lines(data))
-    real = shutil.which("runc", path=f"{ctrd.info['bin_dir']}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin")
+    # the runc the chain itself would find: containerd's PATH (the cgroup-v2 leg puts its rig's runc first there)
+    real = shutil.which("runc", path=ctrd.info["daemon_path"])
     assert real, "runc not found"
     wrapper = chain["route"] / "bin/runc"
     text = wrapper.read_text()
