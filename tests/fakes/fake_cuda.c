@@ -397,7 +397,8 @@ static int injected(const char *step) {
     close(fd);
     if (n <= 0) return 0;
     int rc = atoi(buf);
-    if (strstr(buf, "once")) unlink(p);
+    /* "once": only the caller that removes the file fires it (concurrent callers all read it first) */
+    if (strstr(buf, "once") && unlink(p) != 0) return 0;
     return rc;
 }
 
