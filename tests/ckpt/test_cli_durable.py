@@ -127,7 +127,11 @@ def test_durable_before_the_workload_goes(criu_binary: str, fsync_gate: Path, wo
 def test_sigkill_of_gpucr_at_post_dump(criu_binary: str, fsync_gate: Path, workload: Workload, tmp_path: Path,
                                        leave_running: bool) -> None:
     """gpucr dies while CRIU waits on its post-dump answer: CRIU's dump fails and it resumes the tasks (never kills
-    them); the checkpoint exists only under its temporary name, which restore refuses."""
+    them); the checkpoint exists only under its temporary name, which restore refuses. With leave-running the dump
+    goes straight to disk here (``dump_via_memory = "never"``): through memory, gpucr's first fsync comes after the
+    tasks already run again (the images are written while the workload runs), which is not this case."""
+    if leave_running:
+        node_config(tmp_path, dump_via_memory="never")  # the autouse fixture's GPUCR_CONFIG file, rewritten
     ck, gate = tmp_path / "ck", tmp_path / "blocked"
     env = {**os.environ, "GPUCR_CRIU": criu_binary, "LD_PRELOAD": str(fsync_gate), "FSYNC_GATE_BLOCK": str(gate)}
     p = subprocess.Popen([GPUCR, "checkpoint", "--pid", str(workload.root), "--to", str(ck),
