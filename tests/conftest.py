@@ -8,6 +8,7 @@ when the suite left mounts, processes, cgroups, sockets or containerd dirs behin
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -104,6 +105,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_line("passed: no mounts, processes, cgroups, shim/NRI sockets or containerd dirs left "
                                     "behind (compared with the start of the session)", green=True)
     terminalreporter.write_line(leg())
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """Tests that call the CLI in-process get its stderr handler on the root logger, bound to pytest's capture of
+    that test; without this, later tests' log records go to a closed stream ("Logging error" noise in the log)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

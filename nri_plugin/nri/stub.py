@@ -351,9 +351,10 @@ class Stub:
             return pb.SynchronizeResponse(more=True)
         pods, containers = self._sync_pods, self._sync_containers
         self._sync_pods, self._sync_containers = [], []
-        self.log.info("synchronized: %d pods, %d containers", len(pods), len(containers))
         h = handler_for(self.plugin, "synchronize")
         updates = (await h(pods, containers)) if h is not None else None
+        # logged after the handler: "synchronized" means the plugin has taken in the runtime's state
+        self.log.info("synchronized: %d pods, %d containers", len(pods), len(containers))
         return pb.SynchronizeResponse(update=list(updates or []))
 
     async def _shutdown(self, req: pb.Empty) -> Message:
