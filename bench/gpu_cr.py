@@ -50,6 +50,9 @@ from _diskprobe import disk_rates, drop_caches  # noqa: E402
 from _stage import gpucr_json, packaged  # noqa: E402
 from _workload import WORKLOAD  # noqa: E402
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+#: threads of the parallel cold read probe: as many as read page images ahead of CRIU at restore
+#: (nri_plugin/ckpt/layout.py IO_THREADS)
+PREFETCH_THREADS = 8
 
 
 #: the by-hand driver calls (what NVIDIA's cuda-checkpoint tool does): ``suspend PID`` = lock + checkpoint,
@@ -370,14 +373,15 @@ class Bench:
 
     # -- ceilings ------------------------------------------------------------------------------------------------
     def ceilings(self, gib: float, sustained_gib: float) -> None:
-        """The disk probe with a ``gib`` GiB file (all four rates), O_DIRECT again at the ``sustained_gib`` size the
-        ceiling column uses (a small file can show a cache's rate, not the disk's), the pinned copy rate."""
+        """The disk probe with a ``gib`` GiB file (all four rates), again at the ``sustained_gib`` size the ceiling
+        column uses (a small file can show a cache's rate, not the disk's; with the parallel cold read), the pinned
+        copy rate."""
         c = self.doc["ceilings"]
         c.update(disk_rates(self.work, gib))
         c["disk_probe_gib"] = gib
         if sustained_gib:
             c.update({k.replace("_GBps", "_sustained_GBps"): v
-                      for k, v in disk_rates(self.work, sustained_gib, buffered=False).items()})
+                      for k, v in disk_rates(self.work, sustained_gib, parallel_read=PREFETCH_THREADS).items()})
             c["disk_sustained_gib"] = sustained_gib
         r = sh([sys.executable, "-c", PINNED], timeout=300)
         if r.returncode == 0:
