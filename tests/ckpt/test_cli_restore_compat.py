@@ -80,6 +80,13 @@ def test_newer_criu_or_kernel_is_refused_before_criu_runs(criu_binary: str, fake
         leases = tmp_path / "state" / "leases"
         assert not leases.exists() or not any(leases.iterdir())  # no lease taken for it
 
+        if case == "criu":  # the CRIU it would run, named by GPUCR_CRIU (as by --criu), does not answer: refused too
+            line = one_error_line(gpucr("restore", str(ck), env={**env, **NO_DRIVER, "GPUCR_CRIU": "/nonexistent/criu"},
+                                        check=False), "restore")
+            assert (f"checkpoint {ck}: the checkpoint was dumped by CRIU 99.0 and this node's CRIU version is unknown: "
+                    "cannot run criu '/nonexistent/criu'") in line, line
+            assert not (ck / "images" / "restore.log").exists() and _digest(ck) == digest
+
         r = gpucr("restore", str(ck), "--json", env=allow, check=case == "kernel")
         if case == "criu":  # the node's kernel setting does not accept an older CRIU
             assert "dumped by CRIU 99.0" in one_error_line(r, "restore") and _digest(ck) == digest
