@@ -42,6 +42,7 @@ from .cuda_steps import CudaSteps, FreezerLike, Suspended
 from .discovery import CudaProcess, GpuInventory, gpu_inventory
 from .errors import CheckpointError
 from .layout import CRIU_DUMP, FileEntry, GpuProcess, ImageCopier, LayoutError, Metadata, dump_record
+from .versions import node_version_problems
 
 __all__ = ["CheckpointError", "CheckpointRequest", "CriuLike", "Engine", "RestoreRequest", "StoreLike", "Summary"]
 
@@ -194,8 +195,12 @@ class Engine:
     def __init__(self, cuda: CudaSteps, criu: CriuLike, store: StoreLike, *,
                  freezer_at: Callable[[str, int], FreezerLike | None] | None = None,
                  dump_options: Callable[..., Any] | None = None,
-                 restore_options: Callable[..., Any] | None = None, mem_base: Path | None = None) -> None:
+                 restore_options: Callable[..., Any] | None = None, mem_base: Path | None = None,
+                 criu_binary: str | None = None, allow_older_kernel: bool = False) -> None:
         self.cuda, self.criu, self.store = cuda, criu, store
+        #: the binary ``criu`` runs: a restore compares its version and this kernel with the checkpoint's first
+        #: (:mod:`.versions`; None: not compared); ``allow_older_kernel``: the node config's restore_allow_older_kernel
+        self.criu_binary, self.allow_older_kernel = criu_binary, allow_older_kernel
         #: where the memory stage of a dump is mounted (None: CRIU dumps straight to disk)
         self.mem_base = mem_base
         self.freezer_at = freezer_at or (lambda path, version: None)
@@ -455,6 +460,17 @@ class Engine:
             return None
         return ".".join(map(str, v[:2] if len(v) > 2 and v[2] == 0 else v))  # as criu --version prints it
 
+    def _version_problems(self, req: RestoreRequest, meta: Metadata) -> list[str]:
+        """The checkpoint's CRIU and kernel against the CRIU this engine runs and this kernel (the check the NRI
+        restore makes at CreateContainer)."""
+        if self.criu_binary is None:
+            return []
+        try:
+            return node_version_problems(criu_then=meta.criu_version, kernel_then=meta.kernel_release,
+                                         criu=self.criu_binary, allow_older_kernel=self.allow_older_kernel)
+        except CriuError as exc:
+            raise CheckpointError(f"checkpoint {req.images_dir}: {exc}", step="compatibility") from exc
+
     def _freezer_json(self, pid: int) -> dict[str, Any]:
         f = self.cuda.last_freezer
         return {"path": str(f.path), "version": int(getattr(f, "version", 0))} if f is not None else {}
@@ -476,14 +492,15 @@ class Engine:
         old_procs = cuda.get("processes") or []
         self._node_gpus = list((cuda.get("gpus") or {}).keys())
         summary.gpu_bytes = int(cuda.get("gpu_bytes") or 0)
-        if old_procs:
-            with self.cuda.step("compatibility"):
+        with self.cuda.step("compatibility"):  # CRIU and kernel first: before CRIU runs or the driver is asked
+            diffs = self._version_problems(req, meta)
+            if old_procs and not diffs:
                 inv, _ = gpu_inventory(self.cuda.nvml)
                 diffs = check_compat(cuda, inv.gpus, self.cuda.driver.api_version, self.cuda.driver.supports_remap,
                                      req.gpu_map)
-                if diffs:
-                    raise CheckpointError("checkpoint is not compatible with this node: " + "; ".join(diffs),
-                                          step="compatibility")
+            if diffs:
+                raise CheckpointError(f"checkpoint {req.images_dir} is not compatible with this node (step "
+                                      f"compatibility): {'; '.join(diffs)}", step="compatibility")
         self.cuda.check_host_memory(summary.gpu_bytes, f"restore {req.images_dir}")
         # CRIU puts the tasks back into their cgroup; if a caller keeps it frozen, the restore would freeze mid-way:
         # thaw it for the restore and the CUDA steps, and freeze it again at the end (the tree comes back paused,

@@ -132,7 +132,7 @@ class Metadata:
     #: how the driver copied the GPU memory (THP mode, the node's own, CustomStorage): ``CudaSteps.stage``
     driver_stage: dict[str, Any] = field(default_factory=dict)
     #: the CRIU that dumped (e.g. "4.2.1") and the kernel release it ran on (``uname -r``): a restore is refused on
-    #: an older CRIU or kernel (policy.restore.version_problems). None: unknown (sealed before gpucr recorded them,
+    #: an older CRIU or kernel (:mod:`.versions`). None: unknown (sealed before gpucr recorded them,
     #: or imported from a runtime's checkpoint image that does not say)
     criu_version: str | None = None
     kernel_release: str | None = None

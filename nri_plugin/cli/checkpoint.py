@@ -7,7 +7,10 @@ else is ever taken for a container. The node config (``/etc/gpucr/config.toml``,
 root-owned and not group/world-writable, because it names the libcuda loaded as root) gives ``checkpoint_root``,
 which every ``--to`` and restore ``DIR`` must lie in, the default ``lock_timeout_ms`` and ``libcuda``. The CUDA driver
 and NVML can also be named with ``--libcuda``/``GPUCR_LIBCUDA`` and ``--libnvml``/``GPUCR_LIBNVML`` (the tests point
-both at the fake driver), CRIU with ``--criu``/``GPUCR_CRIU``. Long steps print a progress line on stderr; ``--json``
+both at the fake driver), CRIU with ``--criu``/``GPUCR_CRIU`` (else the config's ``criu_path``). ``gpucr restore``
+refuses, before CRIU runs or the driver is asked, a checkpoint dumped by a newer CRIU than that one or on a newer
+kernel (major.minor; the config's ``restore_allow_older_kernel`` accepts that), as ``gpucr.io/restore-from`` does
+(:mod:`nri_plugin.ckpt.versions`). Long steps print a progress line on stderr; ``--json``
 prints the summary (per-step timings, image size) as one JSON object on stdout; ``-v``/``-vv`` log on stderr.
 """
 
@@ -156,8 +159,10 @@ def _engine(args: argparse.Namespace, cfg: NodeConfig, progress: _ProgressLine, 
     via_memory = cfg.dump_via_memory == "always" or (
         cfg.dump_via_memory == "leave-running" and getattr(args, "leave_running", False))
     from ..ckpt.criu.binary import default_criu
-    return Engine(cuda, Criu(args.criu or cfg.criu_path or default_criu() or "criu"), store, freezer_at=freezer_at,
-                  mem_base=cfg.state_dir if via_memory else None)
+    criu = args.criu or cfg.criu_path or default_criu() or "criu"
+    # a restore compares this binary's version (and the kernel) with the checkpoint's first, as the NRI restore does
+    return Engine(cuda, Criu(criu), store, freezer_at=freezer_at, mem_base=cfg.state_dir if via_memory else None,
+                  criu_binary=criu, allow_older_kernel=cfg.restore_allow_older_kernel)
 
 
 def _print(summary: Any, as_json: bool) -> None:

@@ -5,7 +5,7 @@ container *without* the plugin's adjustments (bench/results/gpu_restore.md: a 4.
 call started fresh). So the plugin does only what is bounded by the number of files, not their size: it resolves the
 named checkpoint (``ckpt.restore_source``: inside the node's checkpoint root, gpucr metadata, every file's size, the
 CUDA marker), fits it to the new container (``policy.restore``: the GPU UUID map, the volumes, GPU model and driver,
-the CRIU and kernel that dumped it), takes the checkpoint's restore lock and leaves a *ticket* in its root-only state
+the CRIU and kernel that dumped it: ``ckpt.versions``), takes the checkpoint's restore lock and leaves a *ticket* in its root-only state
 dir (``<state_dir>/restore/<container id>.json``). The ticket is written first of all, as ``pending``, before anything
 that could be slow, then ``ready`` or ``refused``: gpucr's runc wrapper (``handlers.runc_restore``) looks for it at
 every ``runc create``, so a container whose plugin answer containerd dropped fails to start with the reason instead of
@@ -30,7 +30,7 @@ from ..ckpt.restore_source import (
     release_lock, unstage,
 )
 from ..policy import ContainerView, Decision, NodeConfig
-from ..policy.restore import RestorePlan, assigned_gpus, plan_restore, version_problems
+from ..policy.restore import RestorePlan, assigned_gpus, plan_restore
 
 __all__ = ["PENDING", "READY", "REFUSED", "RESTORE_ANNOTATION", "TEST_DELAY_ENV", "TICKET_ANNOTATION", "RestorePlan",
            "Ticket", "finish", "load_ticket", "prepare", "stage_gpu_map", "staging_area", "ticket_path"]
@@ -139,21 +139,15 @@ def _node_gpus() -> tuple[dict[str, str], str]:
 
 
 def _version_problems(src: RestoreSource, node: NodeConfig, what: str) -> list[str]:
-    """The checkpoint's CRIU and kernel against this node's (``policy.restore.version_problems``). The node's CRIU
-    is asked only when the checkpoint recorded a version: ``criu --version`` once per installed binary (cached)."""
-    from ..ckpt.criu.binary import cli_version, node_criu
+    """The checkpoint's CRIU and kernel against this node's CRIU (the config's ``criu_path``) and kernel
+    (:func:`nri_plugin.ckpt.versions.node_version_problems`, which ``gpucr restore`` runs too)."""
     from ..ckpt.criu.errors import CriuError
-    criu_now = criu_path = ""
-    if src.meta.criu_version:
-        try:
-            criu_path = node_criu(node.criu_path)
-            criu_now = cli_version(criu_path)
-        except CriuError as exc:
-            raise RestoreSourceError(f"{what}: the checkpoint was dumped by CRIU {src.meta.criu_version} and this "
-                                     f"node's CRIU version is unknown: {exc}") from exc
-    return version_problems(criu_then=src.meta.criu_version, criu_now=criu_now, criu_path=criu_path,
-                            kernel_then=src.meta.kernel_release, kernel_now=os.uname().release,
-                            allow_older_kernel=node.restore_allow_older_kernel)
+    from ..ckpt.versions import node_version_problems
+    try:
+        return node_version_problems(criu_then=src.meta.criu_version, kernel_then=src.meta.kernel_release,
+                                     criu=node.criu_path, allow_older_kernel=node.restore_allow_older_kernel)
+    except CriuError as exc:
+        raise RestoreSourceError(f"{what}: {exc}") from exc
 
 
 def _check_shared_pid_ns(ns_path: str, src: RestoreSource, what: str) -> None:

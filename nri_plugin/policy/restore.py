@@ -6,14 +6,13 @@ incompatible checkpoint is refused before anything starts.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..ckpt.compat import gpu_pairs
 from ..ckpt.errors import CheckpointError
 
-__all__ = ["RestorePlan", "assigned_gpus", "plan_restore", "version_numbers", "version_problems"]
+__all__ = ["RestorePlan", "assigned_gpus", "plan_restore"]
 
 
 @dataclass(frozen=True)
@@ -124,39 +123,3 @@ def plan_restore(*, used: Sequence[str], node_gpus: Mapping[str, str], assigned:
         elif new != old:
             volumes.append((dest, old, new))
     return RestorePlan(gpu_map, tuple(volumes), tuple(problems))
-
-
-_NUMBERS = re.compile(r"\d+(?:\.\d+)*")
-
-
-def version_numbers(text: str) -> tuple[int, ...]:
-    """The first dotted number in a version: "Version: 4.1" -> (4, 1), "4.2.1 (v4.2.1-3-gabc)" -> (4, 2, 1),
-    "6.1.0-28-amd64" -> (6, 1, 0); () when there is none."""
-    m = _NUMBERS.search(text)
-    return tuple(int(x) for x in m.group(0).split(".")) if m else ()
-
-
-def _newer(then: tuple[int, ...], now: tuple[int, ...]) -> bool:
-    width = max(len(then), len(now))
-    return then + (0,) * (width - len(then)) > now + (0,) * (width - len(now))
-
-
-def version_problems(*, criu_then: str | None, criu_now: str, criu_path: str, kernel_then: str | None,
-                     kernel_now: str, allow_older_kernel: bool) -> list[str]:
-    """Why this node cannot restore a checkpoint dumped by CRIU ``criu_then`` on kernel ``kernel_then`` (None or
-    unparsable: unknown, not compared): CRIU reads the images of older CRIUs, not necessarily of newer ones; and CRIU
-    may have saved kernel state that an older kernel (major.minor) lacks, unless the node accepts that
-    (``allow_older_kernel``)."""
-    problems: list[str] = []
-    then, now = version_numbers(criu_then or ""), version_numbers(criu_now)
-    if then and now and _newer(then, now):
-        problems.append(f"the checkpoint was dumped by CRIU {criu_then} and this node's CRIU ({criu_path}) is "
-                        f"{criu_now}, older: install gpucr-criu or a CRIU >= {criu_then} (criu_path in "
-                        "/etc/gpucr/config.toml names the one gpucr uses)")
-    k_then, k_now = version_numbers(kernel_then or "")[:2], version_numbers(kernel_now)[:2]
-    if len(k_then) == 2 and len(k_now) == 2 and k_then > k_now and not allow_older_kernel:
-        need = ".".join(map(str, k_then))
-        problems.append(f"the checkpoint was dumped on kernel {kernel_then} and this node runs kernel {kernel_now}, "
-                        f"older: restore on a node with kernel >= {need}, or set restore_allow_older_kernel = true "
-                        "in /etc/gpucr/config.toml to accept it")
-    return problems

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nri_plugin.policy import AnnotationError, ContainerView, NodeConfig, decide, parse_annotations
-from nri_plugin.policy.restore import assigned_gpus, plan_restore, version_numbers, version_problems
+from nri_plugin.policy.restore import assigned_gpus, plan_restore
 
 G = [f"GPU-00000000-0000-4000-8000-00000000000{i}" for i in range(4)]
 
@@ -88,44 +88,3 @@ def test_other_model_and_older_driver_are_refused_with_the_difference() -> None:
     assert p.problems == (f"GPU {G[0]} (for {G[0]} of the checkpoint) is not on this node (here: {G[1]})",)
     assert not plan_restore(**kw, inventory={G[0]: "NVIDIA H200"}, driver_now="580.65.06",  # type: ignore[arg-type]
                             driver_then="580.65.06").problems
-
-
-@pytest.mark.parametrize("text,numbers", [
-    ("4.2.1", (4, 2, 1)), ("Version: 4.1", (4, 1)), ("4.1.1 (v4.1.1-12-gdeadbee)", (4, 1, 1)),
-    ("v4.2-3-g1234abc", (4, 2)), ("6.1.0-28-amd64", (6, 1, 0)), ("6.18.44-fc-v657", (6, 18, 44)), ("dev", ()),
-])
-def test_version_numbers(text: str, numbers: tuple[int, ...]) -> None:
-    assert version_numbers(text) == numbers
-
-
-def _problems(criu_then: str | None = None, criu_now: str = "4.2.1", kernel_then: str | None = None,
-              kernel_now: str = "6.1.0-28-amd64", allow: bool = False) -> list[str]:
-    return version_problems(criu_then=criu_then, criu_now=criu_now, criu_path="/usr/sbin/criu",
-                            kernel_then=kernel_then, kernel_now=kernel_now, allow_older_kernel=allow)
-
-
-@pytest.mark.parametrize("then,now", [("4.2.1", "4.2.1"), ("4.2", "4.2.0"), ("4.1", "4.2.1"), ("4.2.0", "4.2"),
-                                      (None, "4.1"), ("4.2.1", "4.2.1 (v4.2.1-5-gabc)"), ("unknown", "4.1")])
-def test_same_or_older_criu_passes(then: str | None, now: str) -> None:
-    assert _problems(criu_then=then, criu_now=now) == []
-
-
-@pytest.mark.parametrize("then,now", [("4.2.1", "4.2"), ("99.0", "4.2.1"), ("4.2", "Version: 4.1")])
-def test_newer_criu_is_refused_naming_both_and_the_fix(then: str, now: str) -> None:
-    (p,) = _problems(criu_then=then, criu_now=now)
-    assert f"dumped by CRIU {then}" in p and f"/usr/sbin/criu) is {now}" in p
-    assert f"install gpucr-criu or a CRIU >= {then}" in p
-
-
-@pytest.mark.parametrize("then,now", [("6.1.0-28-amd64", "6.1.0-28-amd64"), ("6.1.0-28-amd64", "6.18.44-fc-v657"),
-                                      ("6.1.99", "6.1.0-28-amd64"), (None, "5.4.0"), ("", "5.4.0")])
-def test_same_or_newer_kernel_passes(then: str | None, now: str) -> None:
-    assert _problems(kernel_then=then, kernel_now=now) == []
-
-
-def test_newer_kernel_is_refused_unless_the_node_accepts_it() -> None:
-    (p,) = _problems(kernel_then="6.18.44-fc-v657", kernel_now="6.1.0-28-amd64")
-    assert "kernel 6.18.44-fc-v657" in p and "runs kernel 6.1.0-28-amd64" in p
-    assert "restore on a node with kernel >= 6.18" in p and "restore_allow_older_kernel = true" in p
-    assert _problems(kernel_then="6.18.44-fc-v657", kernel_now="6.1.0-28-amd64", allow=True) == []
-    assert len(_problems(criu_then="99.0", kernel_then="99.0.0", allow=False)) == 2
