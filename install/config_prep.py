@@ -26,13 +26,13 @@ import copy
 import json
 import os
 import re
-import stat
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from toml_edit import InstallError, literal, run, sha256, write_atomic
+from toml_edit import (InstallError, edit_keeping_copy, literal, remove_written, restore_copy, run, sha256,
+                       write_atomic, write_record)
 
 STATE = "config_prep.json"
 #: the CRI plugin's names in ``disabled_plugins``: its full ID, and in a version 1 config its short one
@@ -98,8 +98,8 @@ def prepare(config: Path, state_dir: Path, major: int | None, enable_cri: bool) 
         made = [str(p) for p in reversed(config.parents) if not p.exists()]
         for d in made:
             os.mkdir(d, 0o755)
-        rec = {"format": 1, "config": str(config), "action": "created", "sha256": sha256(data), "made_dirs": made}
-        write_atomic(state, json.dumps(rec, indent=1).encode() + b"\n", 0o600, 0, 0)
+        write_record(state, {"format": 1, "config": str(config), "action": "created", "sha256": sha256(data),
+                             "made_dirs": made})
         write_atomic(config, data, 0o644, 0, 0)
         return (f"config: {config} created (there was none: containerd ran on its built-in defaults; "
                 f"version = {schema(major)} keeps them)")
@@ -116,7 +116,7 @@ def prepare(config: Path, state_dir: Path, major: int | None, enable_cri: bool) 
     rec: dict[str, Any] = {"format": 1, "config": str(config)}
     if not drop and "version" in doc:
         rec["action"] = "none"
-        write_atomic(state, json.dumps(rec, indent=1).encode() + b"\n", 0o600, 0, 0)
+        write_record(state, rec)
         return f"config: {config} needs no preparation (unchanged)"
     if "version" not in doc and ("plugins" in doc or any(
             isinstance(n, str) and "." not in n and n not in drop
@@ -127,13 +127,8 @@ def prepare(config: Path, state_dir: Path, major: int | None, enable_cri: bool) 
                            "config migrate`; 1.7: add version = 2 and give each plugin its full ID, e.g. "
                            "plugins.\"io.containerd.grpc.v1.cri\")")
     after = _edit(before.decode(), doc, config, major, drop).encode()
-    meta = os.stat(config)
     backup = state_dir / "config.before-prep"
-    write_atomic(backup, before, 0o600, 0, 0)
-    rec.update(action="edit", backup=str(backup), sha256_before=sha256(before), sha256_after=sha256(after),
-               mode=stat.S_IMODE(meta.st_mode), uid=meta.st_uid, gid=meta.st_gid)
-    write_atomic(state, json.dumps(rec, indent=1).encode() + b"\n", 0o600, 0, 0)
-    write_atomic(config, after, rec["mode"], meta.st_uid, meta.st_gid)
+    edit_keeping_copy(config, before, after, backup, state, rec)
     what = ([f"version = {schema(major)} added"] if "version" not in doc else []) + \
         ([f"CRI enabled ({', '.join(json.dumps(d) for d in drop)} taken out of disabled_plugins)"] if drop else [])
     return f"config: {config}: {' and '.join(what)} (a copy of the file is in {backup})"
@@ -147,33 +142,12 @@ def revert(config: Path, state_dir: Path) -> str:
         return "config: nothing recorded (unchanged)"
     action = rec.get("action")
     if action == "created":
-        if config.exists():
-            if sha256(config.read_bytes()) != rec["sha256"]:
-                raise InstallError(f"{config} was edited since gpucr setup created it: not removing it; remove it by "
-                                   f"hand (containerd then runs on its built-in defaults) and {state}")
-            config.unlink()
-        for d in reversed(rec.get("made_dirs") or []):
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
+        remove_written(config, rec["sha256"], rec.get("made_dirs") or [], did="created it",
+                       fix=f"remove it by hand (containerd then runs on its built-in defaults) and {state}")
         msg = f"config: {config} removed (there was none before gpucr setup)"
     elif action == "edit":
-        now = config.read_bytes()
-        if sha256(now) == rec["sha256_after"]:
-            data = Path(rec["backup"]).read_bytes()
-            if sha256(data) != rec["sha256_before"]:
-                raise InstallError(f"the copy {rec['backup']} does not match the config gpucr setup prepared: config "
-                                   "left as it is; undo the version line and disabled_plugins by hand")
-            write_atomic(config, data, rec["mode"], rec["uid"], rec["gid"])
-            os.unlink(rec["backup"])
-            msg = f"config: {config} restored (byte-identical to before gpucr setup)"
-        elif sha256(now) == rec["sha256_before"]:
-            msg = f"config: {config} is already as it was before gpucr setup (unchanged)"
-        else:
-            raise InstallError(f"{config} was edited since gpucr setup prepared it: not overwriting those edits. Fix: "
-                               f"undo its version line and disabled_plugins by hand (the file as it was is "
-                               f"{rec['backup']}), then run gpucr setup --revert again")
+        msg = "config: " + restore_copy(config, rec, did="prepared it",
+                                        undo="undo its version line and disabled_plugins")
     else:
         msg = f"config: {config} was left as it was (nothing to revert)"
     state.unlink()

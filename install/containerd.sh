@@ -51,11 +51,13 @@ nri_enable_lines() {
         || printf '    disable = %s\n    disable_connections = false\n' "${GPUCR_CONTAINERD_NRI_DISABLE:-false}"
 }
 
-write_config() {
-    local major=${VER%%.*} lvl=${GPUCR_CONTAINERD_LOG_LEVEL:-debug}
-    if [ "$major" = 1 ]; then
-        cat > "$DIR/config.toml" <<TOML
-version = 2
+# the start of the config, alike in both schema versions ($1: 2 for containerd 1.7, 3 for 2.x) but for how plugin IDs
+# are quoted: the version line, the instance's dirs and sockets, its log level, NRI and the opt plugin
+config_head() {
+    local q=\" lvl=${GPUCR_CONTAINERD_LOG_LEVEL:-debug}
+    [ "$1" = 2 ] || q=\'
+    cat <<TOML
+version = $1
 root = "$DIR/root"
 state = "$DIR/state"
 temp = "$DIR/tmp"
@@ -64,15 +66,22 @@ temp = "$DIR/tmp"
 [debug]
   level = "$lvl"
 [plugins]
-  [plugins."io.containerd.nri.v1.nri"]
+  [plugins.${q}io.containerd.nri.v1.nri${q}]
 $(nri_enable_lines)
     socket_path = "$NRI_SOCK"
     plugin_path = "$DIR/nri/plugins"
     plugin_config_path = "$DIR/nri/conf.d"
     plugin_registration_timeout = "5s"
     plugin_request_timeout = "${GPUCR_NRI_REQUEST_TIMEOUT:-2s}"
-  [plugins."io.containerd.internal.v1.opt"]
+  [plugins.${q}io.containerd.internal.v1.opt${q}]
     path = "$DIR/opt"
+TOML
+}
+
+write_config() {
+    local major=${VER%%.*}
+    if [ "$major" = 1 ]; then
+        { config_head 2; cat <<TOML
   [plugins."io.containerd.grpc.v1.cri"]
     sandbox_image = "localhost/gpucr-pause:test"
     restrict_oom_score_adj = true
@@ -91,26 +100,9 @@ $(nri_enable_lines)
       bin_dir = "$DIR/cni/bin"
       conf_dir = "$DIR/cni/net.d"
 TOML
+        } > "$DIR/config.toml"
     else
-        cat > "$DIR/config.toml" <<TOML
-version = 3
-root = "$DIR/root"
-state = "$DIR/state"
-temp = "$DIR/tmp"
-[grpc]
-  address = "$SOCK"
-[debug]
-  level = "$lvl"
-[plugins]
-  [plugins.'io.containerd.nri.v1.nri']
-$(nri_enable_lines)
-    socket_path = "$NRI_SOCK"
-    plugin_path = "$DIR/nri/plugins"
-    plugin_config_path = "$DIR/nri/conf.d"
-    plugin_registration_timeout = "5s"
-    plugin_request_timeout = "${GPUCR_NRI_REQUEST_TIMEOUT:-2s}"
-  [plugins.'io.containerd.internal.v1.opt']
-    path = "$DIR/opt"
+        { config_head 3; cat <<TOML
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = "overlayfs"
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
@@ -131,6 +123,7 @@ $(nri_enable_lines)
       bin_dirs = ["$DIR/cni/bin"]
       conf_dir = "$DIR/cni/net.d"
 TOML
+        } > "$DIR/config.toml"
     fi
     # a gpucr runc wrapper as the runtime binary: its handler also gets what install/front.sh install adds to a
     # routed handler (container_annotations passing gpucr.io/*), by the same function, so tests run what users get

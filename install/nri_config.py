@@ -24,13 +24,13 @@ import fnmatch
 import glob
 import json
 import os
-import stat
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from toml_edit import InstallError, literal, render_key, run, set_key, sha256, write_atomic
+from toml_edit import (InstallError, edit_keeping_copy, literal, remove_written, render_key, restore_copy, run,
+                       set_key, sha256, write_atomic, write_record)
 
 NRI = "io.containerd.nri.v1.nri"
 DROP_IN = "gpucr-nri.toml"
@@ -112,15 +112,10 @@ def enable(config: Path, state_dir: Path) -> str:
         msg = f"NRI: enabled by the drop-in {drop} ({config} imports it; the config itself is unchanged)"
     else:
         after = edit(before.decode(), str(config)).encode()
-        meta = os.stat(config)
         backup = state_dir / "config.before-nri"
-        write_atomic(backup, before, 0o600, 0, 0)
-        record.update(action="edit", backup=str(backup), sha256_before=sha256(before), sha256_after=sha256(after),
-                      mode=stat.S_IMODE(meta.st_mode), uid=meta.st_uid, gid=meta.st_gid)
-        write_atomic(state, json.dumps(record, indent=1).encode() + b"\n", 0o600, 0, 0)
-        write_atomic(config, after, record["mode"], meta.st_uid, meta.st_gid)
+        edit_keeping_copy(config, before, after, backup, state, record)
         return f"NRI: enabled in {config} (disable = false in its NRI table; a copy of the file is in {backup})"
-    write_atomic(state, json.dumps(record, indent=1).encode() + b"\n", 0o600, 0, 0)
+    write_record(state, record)
     return msg
 
 
@@ -133,33 +128,11 @@ def revert(config: Path, state_dir: Path) -> str:
     action = rec.get("action")
     if action == "drop-in":
         drop = Path(rec["path"])
-        if drop.exists():
-            if sha256(drop.read_bytes()) != rec["sha256"]:
-                raise InstallError(f"{drop} was edited since gpucr setup wrote it: not removing it; remove it by hand "
-                                   f"(and {state}) if NRI should be disabled again")
-            drop.unlink()
-        if rec.get("made_dir"):
-            try:
-                os.rmdir(rec["made_dir"])
-            except OSError:
-                pass
+        remove_written(drop, rec["sha256"], [rec["made_dir"]] if rec.get("made_dir") else [], did="wrote it",
+                       fix=f"remove it by hand (and {state}) if NRI should be disabled again")
         msg = f"NRI: drop-in {drop} removed"
     elif action == "edit":
-        now = config.read_bytes()
-        if sha256(now) == rec["sha256_after"]:
-            data = Path(rec["backup"]).read_bytes()
-            if sha256(data) != rec["sha256_before"]:
-                raise InstallError(f"the copy {rec['backup']} does not match the config gpucr setup edited: config "
-                                   "left as it is; set disable back in the NRI table by hand")
-            write_atomic(config, data, rec["mode"], rec["uid"], rec["gid"])
-            os.unlink(rec["backup"])
-            msg = f"NRI: {config} restored (byte-identical to before gpucr setup)"
-        elif sha256(now) == rec["sha256_before"]:
-            msg = f"NRI: {config} is already as it was before gpucr setup (unchanged)"
-        else:
-            raise InstallError(f"{config} was edited since gpucr setup enabled NRI in it: not overwriting those "
-                               f"edits. Fix: set the NRI table's disable back by hand (the file as it was is "
-                               f"{rec['backup']}), then run gpucr setup --revert again")
+        msg = "NRI: " + restore_copy(config, rec, did="enabled NRI in it", undo="set the NRI table's disable back")
     else:
         msg = f"NRI: {config} was left as it was (nothing to revert)"
     state.unlink()

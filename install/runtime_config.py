@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toml_edit import InstallError, dig, header_key, literal, render_key, run, set_key, sha256, write_atomic
+from toml_edit import (InstallError, dig, header_key, literal, render_key, run, set_key, sha256, write_atomic,
+                       write_record)
 
 #: the CRI plugin's runtime handlers table per config schema (containerd 1.7: version 2; containerd 2.x: version 3)
 HANDLERS = {2: ["plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"],
@@ -319,8 +320,7 @@ def install(config: Path, runtime: str, wrapper: str, state: Path, target: str) 
             return f"{config} already runs {wrapper} for runtime '{runtime}' (unchanged)"
         # an install by a gpucr before container_annotations: added now; uninstall still restores the first copy
         meta = os.stat(config)
-        write_atomic(state, json.dumps({**st, "sha256_installed": sha256(after)}, indent=1).encode() + b"\n",
-                     0o600, 0, 0)
+        write_record(state, {**st, "sha256_installed": sha256(after)})
         write_atomic(config, after, stat.S_IMODE(meta.st_mode), meta.st_uid, meta.st_gid)
         return f"{config}: runtime '{runtime}' now passes {PASS_ANNOTATIONS} annotations into the OCI spec"
     out, h = edit(before.decode(), str(config), runtime, wrapper)
@@ -332,7 +332,7 @@ def install(config: Path, runtime: str, wrapper: str, state: Path, target: str) 
               "previous_binary_name": h.previous, "target": target, "backup": str(backup),
               "sha256_before": sha256(before), "sha256_installed": sha256(after),
               "mode": stat.S_IMODE(meta.st_mode), "uid": meta.st_uid, "gid": meta.st_gid}
-    write_atomic(state, json.dumps(record, indent=1).encode() + b"\n", 0o600, 0, 0)
+    write_record(state, record)
     try:
         write_atomic(config, after, stat.S_IMODE(meta.st_mode), meta.st_uid, meta.st_gid)
     except OSError:

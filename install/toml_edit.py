@@ -1,8 +1,10 @@
-"""The part of gpucr's containerd-config edits that install/runtime_config.py (a runtime handler's ``BinaryName``)
-and install/nri_config.py (NRI's ``disable``) share: set one key of one ``[table]`` with the smallest change of the
-text, proven by tomllib to change that value only; write files atomically; report errors as one line.
+"""The part of gpucr's containerd-config edits that install/runtime_config.py (a runtime handler's ``BinaryName``),
+install/nri_config.py (NRI's ``disable``) and install/config_prep.py (a config made editable) share: set one key of
+one ``[table]`` with the smallest change of the text, proven by tomllib to change that value only; write files
+atomically; keep a copy of an edited config and restore it byte for byte (or remove a file gpucr wrote) on revert;
+report errors as one line.
 
-Standard library only, imported by those two scripts from their own directory (they run as ``python3 -S -E``).
+Standard library only, imported by those scripts from their own directory (they run as ``python3 -S -E``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 import tomllib
 from collections.abc import Callable
@@ -155,6 +158,69 @@ def write_atomic(path: Path, data: bytes, mode: int, uid: int, gid: int) -> None
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def write_record(state: Path, record: dict[str, Any]) -> None:
+    """The record of what a step did (what its revert reads), written durably, private to root."""
+    write_atomic(state, json.dumps(record, indent=1).encode() + b"\n", 0o600, 0, 0)
+
+
+def edit_keeping_copy(config: Path, before: bytes, after: bytes, backup: Path, state: Path,
+                      record: dict[str, Any]) -> None:
+    """Replace ``config`` (now ``before``) with ``after``, keeping what :func:`restore_copy` needs: ``before`` in
+    ``backup`` and ``record`` (``action = "edit"``, the two hashes, the file's mode and owner) in ``state``, both
+    written before the config changes."""
+    meta = os.stat(config)
+    write_atomic(backup, before, 0o600, 0, 0)
+    record.update(action="edit", backup=str(backup), sha256_before=sha256(before), sha256_after=sha256(after),
+                  mode=stat.S_IMODE(meta.st_mode), uid=meta.st_uid, gid=meta.st_gid)
+    write_record(state, record)
+    write_atomic(config, after, record["mode"], meta.st_uid, meta.st_gid)
+
+
+def restore_copy(config: Path, record: dict[str, Any], *, did: str, undo: str) -> str:
+    """Undo what :func:`edit_keeping_copy` recorded: ``config`` restored byte for byte from the copy while it is still
+    exactly what the edit wrote (the copy then removed), or left when it is already as it was. Returns what was done,
+    starting with the config's path.
+
+    Raises:
+        InstallError: the config was edited since, or the copy does not match what the config was; ``did`` says what
+            gpucr setup did to it ("enabled NRI in it"), ``undo`` the fix by hand ("set the NRI table's disable
+            back"). Nothing is written.
+    """
+    now = sha256(config.read_bytes())
+    backup = record["backup"]
+    if now == record["sha256_after"]:
+        data = Path(backup).read_bytes()
+        if sha256(data) != record["sha256_before"]:
+            raise InstallError(f"the copy {backup} does not match what {config} was before gpucr setup {did}: config "
+                               f"left as it is; {undo} by hand")
+        write_atomic(config, data, record["mode"], record["uid"], record["gid"])
+        os.unlink(backup)
+        return f"{config} restored (byte-identical to before gpucr setup)"
+    if now == record["sha256_before"]:
+        return f"{config} is already as it was before gpucr setup (unchanged)"
+    raise InstallError(f"{config} was edited since gpucr setup {did}: not overwriting those edits. Fix: {undo} by hand "
+                       f"(the file as it was is {backup}), then run gpucr setup --revert again")
+
+
+def remove_written(path: Path, digest: str, made_dirs: list[str], *, did: str, fix: str) -> None:
+    """Remove the file gpucr setup wrote at ``path`` (SHA-256 ``digest``), then the directories it made for it
+    (outermost first in ``made_dirs``; one that is not empty stays). Gone already: nothing to remove.
+
+    Raises:
+        InstallError: the file was edited since (``did``: what gpucr setup did, "created it"; ``fix``: how to
+            remove it by hand); nothing is removed.
+    """
+    if path.exists():
+        if sha256(path.read_bytes()) != digest:
+            raise InstallError(f"{path} was edited since gpucr setup {did}: not removing it; {fix}")
+        path.unlink()
+    for d in reversed(made_dirs):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
 
 
 def run(prog: str, action: Callable[[], None]) -> int:

@@ -52,7 +52,8 @@ from .durable import DIR_MODE, FILE_MODE, fsync_path, fsync_tree
 
 __all__ = [
     "CRIU_DUMP", "DUMP_FLAGS", "FORMAT_VERSION", "IMAGES", "METADATA", "CheckpointDir", "FileEntry", "GpuProcess", "LayoutError", "Metadata",
-    "CheckpointStore", "check_disk_space", "check_owner", "dump_record", "leftover_pid", "own_suffix", "staging_path",
+    "CheckpointStore", "check_disk_space", "check_owner", "dump_record", "leftover_pid", "orphan_pid", "own_suffix",
+    "staging_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -407,14 +408,21 @@ def _chmod_nofollow(path: Path, mode: int) -> None:
         os.close(fd)
 
 
+def _lstat(path: Path) -> os.stat_result | None:
+    """``path``'s own status (a link's, not its target's); None when nothing is there."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
 def _remove_checkpoint(path: Path) -> None:
     """Remove the checkpoint in the dir ``path`` (``images/``, ``gpucr.json`` and its temporary file; other entries
     stay) without following links: a link is removed itself, a dir through rmtree's fd-based walk."""
     for name in (IMAGES, METADATA, f".{METADATA}.tmp"):
         p = path / name
-        try:
-            st = os.lstat(p)
-        except FileNotFoundError:
+        st = _lstat(p)
+        if st is None:
             continue
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(p)
@@ -489,9 +497,22 @@ def leftover_pid(path: Path, mark: str) -> int | None:
     return m[1] if m and tag_is_this_node(m[0]) else None
 
 
-def _local_leftover(path: Path) -> int | None:
-    """The pid of this node's temporary or moved-aside checkpoint ``path``, else None."""
-    return leftover_pid(path, STAGING_MARK if STAGING_MARK in path.name else ASIDE_MARK)
+def orphan_pid(path: Path, mark: str) -> int | None:
+    """The pid of the dead gpucr process of this node that left the dir ``path`` (named ``...<mark><tag>-<pid>``),
+    when ``path`` is a real dir of ours: it may be removed. None for anything to leave alone: no such name, a live
+    owner (or this process), a symlink or another file, a dir that is not ours (logged)."""
+    owner = leftover_pid(path, mark)
+    if owner is None or owner == os.getpid() or alive(owner):
+        return None
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        check_owner(path, st)
+    except (OSError, LayoutError) as exc:
+        log.warning("leaving %s alone: %s", path, exc)
+        return None
+    return owner
 
 
 class ImageCopier:
@@ -747,10 +768,7 @@ class CheckpointDir:
         """
         cls.check_root(path, root)
         try:
-            try:
-                st: os.stat_result | None = os.lstat(path)
-            except FileNotFoundError:
-                st = None
+            st = _lstat(path)
             if st is not None:
                 if cls._check_existing(path, st, force=force):
                     _remove_checkpoint(path)
@@ -803,10 +821,7 @@ class CheckpointDir:
         """
         cls.check_root(path, root)
         try:
-            try:
-                st: os.stat_result | None = os.lstat(path)
-            except FileNotFoundError:
-                st = None
+            st = _lstat(path)
             if st is not None:
                 cls._check_existing(path, st, force=force, renamed=True)
             tmp = staging_path(path)
@@ -826,16 +841,8 @@ class CheckpointDir:
         checkpoint it had moved aside goes back in place when nothing took that place (else it is removed). Only
         dirs of ours are touched (never a symlink, nor what another user put there)."""
         for p in path.parent.glob(f".{path.name}.gpucr-*"):
-            owner = _local_leftover(p)
-            if owner is None or owner == os.getpid() or alive(owner):
-                continue
-            try:
-                st = os.lstat(p)
-                if not stat.S_ISDIR(st.st_mode):
-                    continue
-                check_owner(p, st)
-            except (OSError, LayoutError) as exc:
-                log.warning("leaving %s alone: %s", p, exc)
+            owner = orphan_pid(p, STAGING_MARK if STAGING_MARK in p.name else ASIDE_MARK)
+            if owner is None:
                 continue
             if STAGING_MARK not in p.name and not os.path.lexists(path):
                 log.warning("putting back checkpoint %s that gpucr (pid %d) moved aside before it died", path, owner)

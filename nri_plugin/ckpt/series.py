@@ -30,7 +30,8 @@ from pathlib import Path
 from ..host.proc import alive
 from .durable import fsync_path
 from .layout import (
-    METADATA, STAGING_MARK, CheckpointDir, LayoutError, Metadata, check_owner, leftover_pid, own_suffix, staging_path,
+    METADATA, STAGING_MARK, CheckpointDir, LayoutError, Metadata, check_owner, leftover_pid, orphan_pid, own_suffix,
+    staging_path,
 )
 
 __all__ = ["LATEST", "SERIES_ROOT", "Series", "series_name"]
@@ -162,15 +163,8 @@ class Series:
             mark = STAGING_MARK if STAGING_MARK in p.name else DELETE_MARK if DELETE_MARK in p.name else ""
             if not p.name.startswith(".") or not mark:
                 continue
-            owner = leftover_pid(p, mark)  # this node's only: the root may be shared (host/nodeid.py)
-            if owner is None or owner == os.getpid() or alive(owner):
-                continue
-            try:
-                st = os.lstat(p)
-                if not stat.S_ISDIR(st.st_mode):
-                    continue
-                check_owner(p, st)
-            except (OSError, LayoutError):
+            owner = orphan_pid(p, mark)  # this node's only: the root may be shared (host/nodeid.py)
+            if owner is None:
                 continue
             log.warning("removing %s, left by gpucr (pid %s) killed mid-checkpoint", p, owner)
             shutil.rmtree(p, ignore_errors=True)

@@ -180,14 +180,7 @@ def import_checkpoint(client: ContentClient, ref: str, root: Path, name: str) ->
     spool = _spool(real_root)
     try:
         layer = spool / "layer"
-        fd = os.open(layer, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            n = 0
-            for chunk in client.read(lref.digest):
-                n += len(chunk)
-                if n > lref.size:
-                    break
-                f.write(chunk)
+        _spool_blob(client, lref, layer)
         meta = unpack(layer, lref, config, final, root, ref)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
