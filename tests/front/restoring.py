@@ -14,7 +14,7 @@ from typing import Any
 from nri_plugin.cri import CriClient, CriError, container_config
 from nri_plugin.cri._pb import api_pb2 as pb
 from tests.fakes.cuda import FakeCuda
-from tests.front.test_gpufront import COUNTER, FAKE_MNT, GPU_DEV, fake_env
+from tests.front.test_gpufront import COUNTER, FAKE_MNT, GPU_DEV, cuda_running, fake_env
 from tests.testenv import Containerd, wait_for
 
 
@@ -39,6 +39,16 @@ def restore_config(fake: FakeCuda, data: Path, name: str, **ann: str) -> Any:
     """:func:`counter_config` naming ``restore_from`` (and ``visible``: the GPUs the new container is given)."""
     env = {"NVIDIA_VISIBLE_DEVICES": ann.pop("visible")} if "visible" in ann else {}
     return counter_config(fake, data, name, {"gpucr.io/restore-from": ann.pop("restore_from"), **ann}, env=env)
+
+
+def start_cuda(c: CriClient, pod_id: str, pod_cfg: Any, conf: Any, fake: FakeCuda) -> tuple[str, int]:
+    """Create and start the container ``conf`` (a fake CUDA app) in the pod ``pod_id``: its id and pid, once the fake
+    driver has that pid RUNNING with its GPU mapped."""
+    cid = c.create_container(pod_id, conf, pod_cfg)
+    c.start_container(cid)
+    pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
+    cuda_running(fake, pid)
+    return cid, pid
 
 
 @dataclass
