@@ -34,7 +34,7 @@ from nri_plugin.policy.records import ContainerRecord, RecordedPolicy, remove_re
 from tests import cgroups
 from tests.fakes.cuda import FakeCuda, build, make_device
 from tests.front.conftest import FrontRoute
-from tests.front.test_front_containerd import RUNC_PARENT, _bundle, _n, _runc_pid, _subreaper
+from tests.front.test_front_containerd import _bundle, _n, _runc_pid, _subreaper
 from tests.testenv import CRIU, REPO, TEST_ROOT, Containerd, installed_hook, node_config, running_plugin, wait_for
 
 pytestmark = pytest.mark.integration
@@ -459,11 +459,7 @@ def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[st
     CRI containers) whose gpu-map swaps GPU 0 and GPU 1 (the driver wants a one-to-one map over the node's GPUs); the
     CUDA restore at post-resume applies it. "bad-gpu-map": a map that is not one-to-one fails the restore with a clear
     error, and the restored processes (their CUDA state unusable) are killed, not left locked."""
-    name = f"gf-runc-{uuid.uuid4().hex[:6]}"
-    data = tmp_path / "data"
-    data.mkdir()
-    cgroup = f"/{RUNC_PARENT}/{name}"
-    bundle = _bundle(tmp_path, name, data, cgroup)
+    name, data, cgroup, bundle = _bundle(tmp_path, "gf-runc")
     spec = json.loads((bundle / "config.json").read_text())
     spec["process"]["args"] = COUNTER
     spec["process"]["env"] += [f"{k}={v}" for k, v in fake_env(fake).items()]
