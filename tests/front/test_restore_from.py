@@ -30,7 +30,7 @@ from tests.front.restoring import counter_config as _container
 from tests.front.restoring import lines as _lines
 from tests.front.restoring import restore_and_check
 from tests.front.restoring import restore_config as _restore_config
-from tests.front.restoring import start_cuda
+from tests.front.restoring import cuda_counter_pod
 from tests.front.test_front_containerd import _n
 from tests.front.test_gpufront import (  # noqa: F401  (fixtures)
     GPU0, GPU1, fake, gpu_front, gpu_node,
@@ -79,9 +79,7 @@ def checkpoint(ctrd: Containerd, plugin: Any, front_route: FrontRoute, node: dic
     data.mkdir()
     with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
                                 libnvml=str(fake.lib)):
-        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-            cid, pid = start_cuda(c, pod_id, cfg, _container(fake, data, "cuda", {}, ctrd.image), fake)
-            wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+        with cuda_counter_pod(ctrd, fake, data) as (c, cid, pid):
             lo = _n(data)
             r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", cid, "--via-runtime",
                                 "--leave-running", "--to", str(node["root"] / "ck1"), "--json", "--address",
@@ -252,9 +250,7 @@ def test_ctr_checkpoint_sealed_then_restored_into_new_pod(ctrd: Containerd, plug
     name = "ctr-ck"
     with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
                                 libnvml=str(fake.lib)):
-        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-            cid, pid = start_cuda(c, pod_id, cfg, _container(fake, data, "cuda", {}, ctrd.image), fake)
-            wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+        with cuda_counter_pod(ctrd, fake, data) as (c, cid, pid):
             lo = _n(data)
             (node["root"] / name).mkdir(mode=0o700)
             ctrd.ctr("t", "checkpoint", "--image-path", str(node["root"] / name / "images"), cid, namespace="k8s.io")

@@ -28,7 +28,7 @@ from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _n
 from tests.front.test_gpufront import GPU0, fake, gpu_front  # noqa: F401  (fixtures)
-from tests.front.restoring import restore_and_check, start_cuda
+from tests.front.restoring import cuda_counter_pod, restore_and_check, start_cuda
 from tests.front.test_front_tcp import SERVER_AND_CLIENT, ask, counts, free_port
 from tests.front.test_restore_from import (  # noqa: F401  (fixtures)
     _container, _lines, _restore_config, ctrd, node, plugin,
@@ -68,9 +68,7 @@ def test_direct_checkpoint_restored_into_new_pod(ctrd: Containerd, plugin: Any, 
     name = "direct-ck"
     try:
         with front_route.configured(hooks=CUDA_HOOKS, node_config=str(node["config"]), libnvml=str(fake.lib)):
-            with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-                cid, pid = start_cuda(c, pod_id, cfg, _container(fake, data, "cuda", {}, ctrd.image), fake)
-                wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+            with cuda_counter_pod(ctrd, fake, data) as (c, cid, pid):
                 s = _direct_checkpoint(ctrd, node, fake, cid, name)
                 assert [p["pid"] for p in s["cuda_processes"]] == [pid], s
                 at_dump = _n(data)
