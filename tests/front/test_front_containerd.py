@@ -12,7 +12,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +43,17 @@ def _n(data: Path) -> int:
 
 
 @contextlib.contextmanager
-def ctr_counter(ctrd: Containerd, tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
-    """A ctr container writing a counter to DATA/n; yields (name, data dir, cgroup path)."""
-    name = f"fr-{uuid.uuid4().hex[:6]}"
+def ctr_counter(ctrd: Containerd, tmp_path: Path, *run_args: str, prefix: str = "fr",
+                command: Sequence[str] = ("/bin/sh", "-c", COUNTER)) -> Iterator[tuple[str, Path, str]]:
+    """A ctr container writing a counter to DATA/n (``command``; ``run_args``: more ``ctr run`` options), once it
+    has counted to 2; yields (name, data dir, cgroup path). Killed and removed afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     data = tmp_path / "data"
     data.mkdir()
     d = ctrd.info["dir"]
     cgroup = f"{ctrd.cgroup_parent}/{name}"
     ctrd.ctr("run", "-d", "--null-io", "--fifo-dir", f"{d}/fifo", "--runc-root", f"{d}/runc-ctr", "--cgroup", cgroup,
-             "--mount", f"type=bind,src={data},dst=/data,options=rbind:rw", ctrd.image, name, "/bin/sh", "-c", COUNTER)
+             "--mount", f"type=bind,src={data},dst=/data,options=rbind:rw", *run_args, ctrd.image, name, *command)
     try:
         wait_for(lambda: _n(data) >= 2, what="counter to start")
         yield name, data, cgroup
