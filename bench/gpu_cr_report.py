@@ -101,6 +101,11 @@ def _f(v: Any) -> str:
     return f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}" if abs(v) < 100 else f"{v:.1f}"
 
 
+def _steps(run: dict[str, Any]) -> str:
+    """gpucr's steps of ``run`` that took 0.05 s or more, with their times (its summary's ``timings_s``)."""
+    return ", ".join(f"{k} {_f(v)}" for k, v in run.get("timings_s", {}).items() if v >= 0.05)
+
+
 def _x(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -149,8 +154,7 @@ def markdown(doc: dict[str, Any]) -> str:
     for row in doc.get("runs", []):
         b, g = row.get("baseline_ckpt", {}), row.get("gpucr_ckpt", {})
         cc, _ = ceilings(doc, row)
-        t = g.get("timings_s", {})
-        steps = ", ".join(f"{k} {_f(v)}" for k, v in t.items() if v >= 0.05)
+        steps = _steps(g)
         out.append(f"| {row['gib']:g} | {_gpu_bytes(row) / GIB:.2f} | {(g.get('image_bytes') or 0) / GIB:.2f} | "
                    f"{_f(b.get('total_s'))} | {_f(g.get('wall_s'))} | {_x(g.get('wall_s'), b.get('total_s'))} | "
                    f"{_f(cc)} | {_x(g.get('wall_s'), cc)} | {steps} | {b.get('peak_mem_gib', '-')} / "
@@ -167,8 +171,7 @@ def markdown(doc: dict[str, Any]) -> str:
     for row in doc.get("runs", []):
         b, g = row.get("baseline_restore", {}), row.get("gpucr_restore", {})
         _, rc = ceilings(doc, row)
-        t = g.get("timings_s", {})
-        steps = ", ".join(f"{k} {_f(v)}" for k, v in t.items() if v >= 0.05)
+        steps = _steps(g)
         bsteps = (f"criu restore {_f(b.get('criu_restore_s'))}, CUDA restore "
                   f"{_f(b.get('cuda_resume', {}).get('restore'))}") if b else "-"
         out.append(f"| {row['gib']:g} | {_f(b.get('total_s'))} | {_f(g.get('wall_s'))} | "
@@ -182,8 +185,7 @@ def markdown(doc: dict[str, Any]) -> str:
             "gpucr dumped to | gpucr steps | data after (b / g) |", "|---|---|---|---|---|---|---|---|---|"]
     for row in doc.get("runs", []):
         b, g = row.get("baseline_lr", {}), row.get("gpucr_lr", {})
-        t = g.get("timings_s", {})
-        steps = ", ".join(f"{k} {_f(v)}" for k, v in t.items() if v >= 0.05)
+        steps = _steps(g)
         out.append(f"| {row['gib']:g} | {_f(b.get('downtime_s'))} | {_f(g.get('downtime_s'))} | "
                    f"{_x(g.get('downtime_s'), b.get('downtime_s'))} | {_f(b.get('total_s'))} | {_f(g.get('wall_s'))} | "
                    f"{g.get('dump_to', '-')} | {steps} | {_ok(row, 'baseline_lr')} / {_ok(row, 'gpucr_lr')} |")

@@ -42,13 +42,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _workload as wl  # noqa: E402
-from _stage import install_gpucr  # noqa: E402
+from _stage import install_gpucr, out_of, sh  # noqa: E402
 
 #: every byte of the GPU data in the digest; the step line with the wall time
 WORKLOAD = wl.workload(full_digest=True, step_time=True)
@@ -61,19 +62,6 @@ def say(msg: str) -> None:
     line = f"[{time.monotonic() - T0:7.2f}s] {msg}"
     EVENTS.append(line)
     print(line, flush=True)
-
-
-def sh(cmd: list[str], timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    except FileNotFoundError as exc:
-        return subprocess.CompletedProcess(cmd, 127, "", str(exc))
-    except subprocess.TimeoutExpired as exc:
-        return subprocess.CompletedProcess(cmd, 124, str(exc.stdout or ""), f"timed out after {timeout}s")
-
-
-def out_of(r: subprocess.CompletedProcess[str]) -> str:
-    return (r.stdout + r.stderr).strip()
 
 
 # --- the driver's view of a process (ctypes; a call into a stopped process blocks, so each has a watchdog) ---
@@ -141,9 +129,8 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def children(pid: int) -> list[tuple[int, str, str]]:
-    """(pid, command line (comm when none), state) of pid's direct children."""
-    found = []
+def proc_stats() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, comm, the stat fields after comm: state, ppid, ...) of each process still there when read."""
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
@@ -151,26 +138,20 @@ def children(pid: int) -> list[tuple[int, str, str]]:
             stat = (p / "stat").read_text()
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1: stat.rindex(")")]
-        rest = stat[stat.rindex(")") + 2:].split()
-        if int(rest[1]) == pid:
-            found.append((int(p.name), cmdline(int(p.name))[:200] or comm, rest[0]))
-    return found
+        yield int(p.name), stat[stat.index("(") + 1: stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+
+
+def children(pid: int) -> list[tuple[int, str, str]]:
+    """(pid, command line (comm when none), state) of pid's direct children."""
+    return [(p, cmdline(p)[:200] or comm, rest[0]) for p, comm, rest in proc_stats() if int(rest[1]) == pid]
 
 
 def criu_procs() -> list[str]:
     found = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            stat = (p / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1: stat.rindex(")")]
-        cmd = cmdline(int(p.name))
+    for p, comm, rest in proc_stats():
+        cmd = cmdline(p)
         if "criu" in comm or "sbin/criu" in cmd:
-            found.append(f"pid {p.name} {cmd[:120] or comm} state {stat[stat.rindex(')') + 2]}")
+            found.append(f"pid {p} {cmd[:120] or comm} state {rest[0]}")
     return found
 
 

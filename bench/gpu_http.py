@@ -250,6 +250,20 @@ def install_front(env: dict[str, str], work: Path, criu: Path, hooks: str, node:
             raise SystemExit(f"install/{cmd[0]} {cmd[1]} failed: {r.stdout}{r.stderr}")
 
 
+def checkpoint_node(work: Path) -> tuple[Path, Path, Path, Path]:
+    """``work`` afresh, root's alone, with a checkpoint root ``work/checkpoints`` (made) and gpucr's node config
+    ``work/node.toml`` naming it (state and CRIU config dirs under ``work``, the hook where :func:`install_front` puts
+    it): the route dir, the hook, the node config and the checkpoint root (bench/gpu_restore.py,
+    bench/gpu_nvidia_runtime.py)."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, mode=0o700)
+    route, hook, node, ckroot = work / "route", work / "hook/gpucr-hook", work / "node.toml", work / "checkpoints"
+    ckroot.mkdir(mode=0o700)
+    node.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\nhook_path = "{hook}"\n'
+                    f'checkpoint_root = "{ckroot}"\n')
+    return route, hook, node, ckroot
+
+
 def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> None:
     criu = ROOT / "bin/criu"
     res["versions"] = versions(criu)

@@ -47,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_front import REPO, ROOT, Instance, log, setup, sh  # noqa: E402
-from gpu_http import front_excerpt, gpu_apps, versions, wait_for  # noqa: E402
+from gpu_http import checkpoint_node, front_excerpt, gpu_apps, versions, wait_for  # noqa: E402
 from gpu_restore import apps_by_gpu, gpu_uuids, losses, train_config  # noqa: E402
 
 from demo.gpu_pod import verify  # noqa: E402
@@ -254,12 +254,7 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any], plac
     criu = Path(env["GPUCR_TEST_ROOT"]) / "bin/criu"
     res["versions"] = versions(criu)
     extra = args.out / "extra"
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True, mode=0o700)
-    route, hook, node, ckroot = WORK / "route", WORK / "hook/gpucr-hook", WORK / "node.toml", WORK / "checkpoints"
-    ckroot.mkdir(mode=0o700)
-    node.write_text(f'state_dir = "{WORK / "state"}"\ncriu_config_dir = "{WORK / "criu"}"\nhook_path = "{hook}"\n'
-                    f'checkpoint_root = "{ckroot}"\n')
+    route, hook, node, ckroot = checkpoint_node(WORK)
     disable = ["all"] if args.disable_hooks == "all" else []
     install_toolkit(args, placed, res, disable)
     res["step"] = "containerd"

@@ -48,7 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _workload import WORKLOAD as _BASE  # noqa: E402
 from gpu_front import REPO, ROOT, Instance, log, sh  # noqa: E402
-from gpu_http import front_excerpt, gpu_apps, install_front, phases, pod_bench, versions, wait_for  # noqa: E402
+from gpu_http import (  # noqa: E402
+    checkpoint_node, front_excerpt, gpu_apps, install_front, phases, pod_bench, versions, wait_for,
+)
 
 from nri_plugin.cli.doctor import parse_duration  # noqa: E402
 
@@ -119,12 +121,7 @@ def run(args: argparse.Namespace, env: dict[str, str], res: dict[str, Any]) -> N
     criu = ROOT / "bin/criu"
     res["versions"] = versions(criu)
     work = Path("/var/lib/gpucr-restore-bench")  # not /tmp: the CRIU front refuses a route others could change
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True, mode=0o700)
-    route, hook, node, ckroot = work / "route", work / "hook/gpucr-hook", work / "node.toml", work / "checkpoints"
-    ckroot.mkdir(mode=0o700)
-    node.write_text(f'state_dir = "{work / "state"}"\ncriu_config_dir = "{work / "criu"}"\nhook_path = "{hook}"\n'
-                    f'checkpoint_root = "{ckroot}"\n')
+    route, hook, node, ckroot = checkpoint_node(work)
     install_front(env, work, criu, args.hooks, node)
     # containerd's runtime binary is the route's runc wrapper, as install/front.sh install sets BinaryName on a node
     inst = Instance({**env, "GPUCR_RUNC_DIR": str(route / "bin"), "GPUCR_NRI_REQUEST_TIMEOUT": args.nri_timeout},

@@ -4,17 +4,20 @@ counter keeps going (leave-running), and a container paused by containerd before
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nri_plugin.ckpt.criu.binary import cli_version
+from nri_plugin.cri import CriClient
 from tests import cgroups
 from tests.testenv import Containerd, node_config, wait_for
 
@@ -32,17 +35,30 @@ def last(log: Path) -> int:
     return int(log.read_text().split()[-1])
 
 
-@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused-by-containerd"])
-def test_checkpoint_container_leave_running(containerd: Containerd, criu_binary: str, tmp_path: Path,
-                                            paused: bool) -> None:
+def counter_env(tmp_path: Path, criu_binary: str) -> tuple[Path, Path, dict[str, str]]:
+    """The counter's volume (``tmp_path/data``), its log there, and gpucr's env: the rig's CRIU, no CUDA driver, a
+    node config confined to ``tmp_path``."""
     data = tmp_path / "data"
     data.mkdir()
-    log = data / "counter.log"
     env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1", **node_config(tmp_path)}
+    return data, data / "counter.log", env
+
+
+@contextlib.contextmanager
+def running_counter(containerd: Containerd, data: Path, log: Path) -> Iterator[tuple[CriClient, str]]:
+    """The counter in a new pod (its volume ``data``), once it has written 3: the CRI client and its container id."""
     with containerd.pod() as (c, pod_id, cfg):
         cid = containerd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER],
                                        mounts=[(str(data), "/data", False)])
         wait_for(lambda: log.exists() and last(log) >= 3, what="counter to start")
+        yield c, cid
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused-by-containerd"])
+def test_checkpoint_container_leave_running(containerd: Containerd, criu_binary: str, tmp_path: Path,
+                                            paused: bool) -> None:
+    data, log, env = counter_env(tmp_path, criu_binary)
+    with running_counter(containerd, data, log) as (c, cid):
         _, info = c.container_status(cid, verbose=True)
         pid = int(info["info"]["pid"])
         freezer = cgroups.of_pid(pid)
@@ -77,14 +93,8 @@ def test_checkpoint_and_restore_container_counter_continues(containerd: Containe
                                                            tmp_path: Path) -> None:
     """Kill-mode checkpoint of a CRI container, then `gpucr restore`: the processes come back in the pod's pid
     namespace on the container's remounted root filesystem, and the counter continues from its checkpointed value."""
-    data = tmp_path / "data"
-    data.mkdir()
-    log = data / "counter.log"
-    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1", **node_config(tmp_path)}
-    with containerd.pod() as (c, pod_id, cfg):
-        cid = containerd.run_container(c, pod_id, cfg, "counter", ["/bin/sh", "-c", COUNTER],
-                                       mounts=[(str(data), "/data", False)])
-        wait_for(lambda: log.exists() and last(log) >= 3, what="counter to start")
+    data, log, env = counter_env(tmp_path, criu_binary)
+    with running_counter(containerd, data, log) as (c, cid):
         ck = tmp_path / "ck"
         r = gpucr("checkpoint", cid, "--to", str(ck), "--json", "--address", containerd.address, env=env)
         assert r.returncode == 0, r.stderr
@@ -113,10 +123,7 @@ def test_restore_checks_what_gpucr_json_asks_for(containerd: Containerd, criu_bi
     from nri_plugin.cri import container_config, pod_config
     from nri_plugin.cri._pb import api_pb2 as pb
 
-    data = tmp_path / "data"
-    data.mkdir()
-    log = data / "counter.log"
-    env = {"GPUCR_CRIU": criu_binary, "GPUCR_LIBCUDA": "/nonexistent/libcuda.so.1", **node_config(tmp_path)}
+    data, log, env = counter_env(tmp_path, criu_binary)
     cfg = pod_config(f"p-{uuid.uuid4().hex[:8]}", cgroup_parent=containerd.cgroup_parent)
     cfg.linux.security_context.namespace_options.pid = pb.POD
     restored: list[int] = []

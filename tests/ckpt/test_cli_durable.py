@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -91,6 +90,18 @@ def one_error(stderr: str, *parts: str) -> str:
     assert len(errors) == 1, stderr
     assert errors[0].startswith("gpucr checkpoint: error: ") and all(p in errors[0] for p in parts), errors[0]
     return errors[0]
+
+
+def rolled_back(r: subprocess.CompletedProcess[str], fake_cuda: FakeCuda, w: FakeWorkload, ck: Path, criu: str,
+                *parts: str) -> None:
+    """``gpucr checkpoint`` of ``w`` failed with one error line containing every part and rolled back: its CUDA
+    processes RUNNING and advancing, no ``ck`` nor a temporary sibling, nothing there ``gpucr restore`` accepts."""
+    assert r.returncode == 1
+    one_error(r.stderr, *parts)
+    assert all(fake_cuda.state(p) == "RUNNING" for p in w.pids)
+    w.advancing()
+    assert not ck.exists() and not list(ck.parent.glob(f".{ck.name}.gpucr-*"))
+    no_checkpoint(ck, {"GPUCR_CRIU": criu})
 
 
 def test_durable_before_the_workload_goes(criu_binary: str, fsync_gate: Path, workload: Workload,
@@ -234,13 +245,9 @@ def test_criu_killed_mid_dump(criu_binary: str, fake_cuda: FakeCuda, tmp_path: P
         ck = tmp_path / "ck"
         r = gpucr("checkpoint", "--pid", str(w.root), "--to", str(ck),
                   env={"GPUCR_CRIU": killer_criu(tmp_path, criu_binary, stage)}, check=False)
-        assert r.returncode == 1
-        one_error(r.stderr, f"pid {w.root}", "failed at step criu-dump", "exited without a final answer",
-                  "rolled back: 2 CUDA process(es) restored and unlocked", f"no new checkpoint in {ck}", "fix:")
-        assert all(fake_cuda.state(p) == "RUNNING" for p in w.pids)
-        w.advancing()
-        assert not ck.exists() and not list(tmp_path.glob(".ck.gpucr-*"))
-        no_checkpoint(ck, {"GPUCR_CRIU": criu_binary})
+        rolled_back(r, fake_cuda, w, ck, criu_binary, f"pid {w.root}", "failed at step criu-dump",
+                    "exited without a final answer", "rolled back: 2 CUDA process(es) restored and unlocked",
+                    f"no new checkpoint in {ck}", "fix:")
     finally:
         w.kill()
 
@@ -278,12 +285,7 @@ def test_driver_error_at_each_step(criu_binary: str, fake_cuda: FakeCuda, tmp_pa
         fake_cuda.fail(fail, 999, once=True)
         r = gpucr("checkpoint", "--pid", str(w.root), "--to", str(ck),
                   *(["--leave-running"] if leave_running else []), env={"GPUCR_CRIU": criu_binary}, check=False)
-        assert r.returncode == 1
-        one_error(r.stderr, f"pid {w.root}", f"failed at step {step}", "CUDA_ERROR_UNKNOWN", "fix:",
-                  f"no new checkpoint in {ck}")
-        assert all(fake_cuda.state(p) == "RUNNING" for p in w.pids)
-        w.advancing()
-        assert not ck.exists() and not list(tmp_path.glob(".ck.gpucr-*"))
-        no_checkpoint(ck, {"GPUCR_CRIU": criu_binary})
+        rolled_back(r, fake_cuda, w, ck, criu_binary, f"pid {w.root}", f"failed at step {step}", "CUDA_ERROR_UNKNOWN",
+                    "fix:", f"no new checkpoint in {ck}")
     finally:
         w.kill()

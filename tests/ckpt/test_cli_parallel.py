@@ -13,13 +13,10 @@ import pytest
 
 from nri_plugin.host.thp import KNOB, read_mode
 from tests.ckpt.test_cli_checkpoint import criu_env, gpucr, summary  # noqa: F401 (fixture)
-from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib, overlap  # noqa: F401 (fixtures)
+from tests.fakes.cuda import FakeCuda, FakeWorkload, fake_cuda, fake_cuda_lib  # noqa: F401 (fixtures)
 from tests.testenv import node_config, wait_for
 
 pytestmark = pytest.mark.criu
-
-STEPS = ("lock", "checkpoint", "restore", "unlock")
-
 
 def test_three_processes_at_once_with_the_thp_boost(criu_env: dict[str, str], fake_cuda: FakeCuda,
                                                     tmp_path: Path) -> None:
@@ -29,9 +26,7 @@ def test_three_processes_at_once_with_the_thp_boost(criu_env: dict[str, str], fa
     env = {**criu_env, **node_config(tmp_path, driver_thp="always")}
     w = FakeWorkload(fake_cuda, tmp_path, nproc=3)
     try:
-        for step in STEPS:
-            fake_cuda.delay(step, 300)
-        fake_cuda.start_trace()
+        fake_cuda.trace_steps_slowed(300)
         ck = tmp_path / "ck"
         r = gpucr("checkpoint", "--pid", str(w.root), "--to", str(ck), "--json", env=env)
         s = summary(r)
@@ -45,12 +40,7 @@ def test_three_processes_at_once_with_the_thp_boost(criu_env: dict[str, str], fa
         assert f"driver stage: THP always (node: {node_mode})" in r.stdout or node_mode == "always", r.stdout
         assert {fake_cuda.state(p) for p in w.pids} == {"RUNNING"}
         w.advancing()
-        for step in STEPS:
-            calls = fake_cuda.calls(step)
-            assert sorted(c.pid for c in calls) == sorted(w.pids), (step, calls)
-            assert overlap(calls), f"the {step} calls did not run at once: {calls}"
-        assert {c.thp for c in fake_cuda.calls("checkpoint") + fake_cuda.calls("restore")} == {"always"}
-        assert {c.thp for c in fake_cuda.calls("lock") + fake_cuda.calls("unlock")} == {node_mode}
+        fake_cuda.assert_steps_at_once(w.pids, node_mode)
         assert read_mode(KNOB) == node_mode
     finally:
         w.kill()

@@ -19,7 +19,6 @@ from tests.fakes.cuda import (  # noqa: F401 (fixtures)
 )
 
 GIB = 1 << 30
-STEPS = ("lock", "checkpoint", "restore", "unlock")
 
 
 @pytest.fixture
@@ -45,9 +44,7 @@ def steps_of(fc: FakeCuda, tmp_path: Path, knob: Path, lib: Path | None = None) 
 
 def test_every_process_at_once_with_the_boost_around_the_copies_only(fake_cuda: FakeCuda, three: FakeWorkload,
                                                                      tmp_path: Path, knob: Path) -> None:
-    for step in STEPS:
-        fake_cuda.delay(step, 300)
-    fake_cuda.start_trace()
+    fake_cuda.trace_steps_slowed(300)
     steps = steps_of(fake_cuda, tmp_path, knob)
     s = steps.suspend(three.root)
     assert sorted(p.pid for p in s.procs) == sorted(three.pids)
@@ -56,13 +53,7 @@ def test_every_process_at_once_with_the_boost_around_the_copies_only(fake_cuda: 
     steps.resume(s)
     assert {fake_cuda.state(p) for p in three.pids} == {"RUNNING"}
     three.advancing()
-    for step in STEPS:
-        calls = fake_cuda.calls(step)
-        assert sorted(c.pid for c in calls) == sorted(three.pids), (step, calls)
-        assert overlap(calls), f"the {step} calls did not run at once: {calls}"
-    # the copies ran with huge pages, the lock and unlock in the node's mode
-    assert {c.thp for c in fake_cuda.calls("checkpoint") + fake_cuda.calls("restore")} == {"always"}
-    assert {c.thp for c in fake_cuda.calls("lock") + fake_cuda.calls("unlock")} == {"madvise"}
+    fake_cuda.assert_steps_at_once(three.pids, "madvise")  # the copies with huge pages, the lock in the node's mode
     assert read_mode(knob) == "madvise"
     assert steps.stage == {"custom_storage": False, "thp": "always", "thp_node": "madvise"}
 

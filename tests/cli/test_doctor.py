@@ -8,6 +8,7 @@ Each failing check must carry its fix, and the exit status must say whether a re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,23 +60,32 @@ def node_config(where: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def plugin(containerd: testenv.Containerd, root_dir: Path) -> Iterator[Path]:
-    """gpucr's plugin daemon registered with ``containerd``; yields its node config."""
-    cfg = node_config(root_dir)
-    log = (root_dir / "plugin.log").open("w")
-    p = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "plugin", "--socket", containerd.nri_socket,
-                          "--config", str(cfg), "--idx", "90", "--name", f"doctor{os.getpid()}"],
+@contextlib.contextmanager
+def registered_plugin(socket: str, cfg: Path, where: Path, name: str, timeout: float) -> Iterator[Path]:
+    """gpucr's plugin daemon ``--idx 90 --name NAME`` on the NRI ``socket`` with the node config ``cfg`` (its state
+    dir ``where/state``, its output in ``where/plugin.log``), once its status file says it registered; terminated
+    afterwards. Yields the status file."""
+    log = (where / "plugin.log").open("w")
+    p = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "plugin", "--socket", socket,
+                          "--config", str(cfg), "--idx", "90", "--name", name],
                          cwd=testenv.REPO, stdout=log, stderr=subprocess.STDOUT)
-    status = root_dir / "state/plugin.json"
+    status = where / "state/plugin.json"
     try:
-        testenv.wait_for(lambda: status.exists() and json.loads(status.read_text())["registered"], timeout=20,
-                         what=f"the plugin's {status} (log: {root_dir / 'plugin.log'})")
-        yield cfg
+        testenv.wait_for(lambda: status.exists() and json.loads(status.read_text())["registered"], timeout=timeout,
+                         what=f"the plugin to register through {socket}: {status} (log {where / 'plugin.log'})")
+        yield status
     finally:
         p.terminate()
         p.wait(timeout=20)
         log.close()
+
+
+@pytest.fixture
+def plugin(containerd: testenv.Containerd, root_dir: Path) -> Iterator[Path]:
+    """gpucr's plugin daemon registered with ``containerd``; yields its node config."""
+    cfg = node_config(root_dir)
+    with registered_plugin(containerd.nri_socket, cfg, root_dir, f"doctor{os.getpid()}", timeout=20) as status:
+        yield cfg
     assert not status.exists(), "the plugin must remove its status file when it exits"
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import pytest
 from nri_plugin.cli.doctor import can_lower_oom_score_adj
 from nri_plugin.cri import CriClient
 from tests import testenv
-from tests.cli.test_doctor import by_name, doctor, failed, node_config
+from tests.cli.test_doctor import by_name, doctor, failed, node_config, registered_plugin
 from tests.conftest import VERSIONS
 from tests.fakes.cuda import fake_cuda_lib  # noqa: F401 (fixture)
 
@@ -85,24 +84,6 @@ def daemon(version: str, config: Path | None, where: Path) -> Iterator[str]:
                 subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
 
 
-@contextlib.contextmanager
-def plugin(cfg: Path, where: Path) -> Iterator[None]:
-    """gpucr's plugin daemon registered through containerd's default NRI socket."""
-    log = (where / "plugin.log").open("w")
-    p = subprocess.Popen([sys.executable, "-m", "nri_plugin.cli.main", "plugin", "--socket", str(NRI_SOCKET),
-                          "--config", str(cfg), "--idx", "90", "--name", f"installs{os.getpid()}"],
-                         cwd=testenv.REPO, stdout=log, stderr=subprocess.STDOUT)
-    status = where / "state/plugin.json"
-    try:
-        testenv.wait_for(lambda: status.exists() and json.loads(status.read_text())["registered"], timeout=30,
-                         what=f"the plugin to register through {NRI_SOCKET} (log {where / 'plugin.log'})")
-        yield
-    finally:
-        p.terminate()
-        p.wait(timeout=20)
-        log.close()
-
-
 def setup(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "setup", *args], capture_output=True,
                           text=True, cwd=testenv.REPO, timeout=300)
@@ -146,7 +127,7 @@ def applied_and_ready(version: str, config: Path, root: Path, cuda: Path) -> Non
         testenv.wait_for(NRI_SOCKET.is_socket, timeout=20, what=f"containerd's NRI socket {NRI_SOCKET}")
         with CriClient(sock, timeout_s=10) as c:
             assert c.version().runtime_version.lstrip("v").startswith(version)
-        with plugin(root / "gpucr.toml", root):
+        with registered_plugin(str(NRI_SOCKET), root / "gpucr.toml", root, f"installs{os.getpid()}", timeout=30):
             rc, c, rep = report(sock, config, root, libcuda=cuda, libnvml=cuda)
     # a stock config leaves pods' oom_score_adj to root: where root cannot lower it (this CI machine, a node in a
     # container) doctor rightly fails that check (tests/cli/test_doctor_oom.py); everything else is ready

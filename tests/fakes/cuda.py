@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,10 @@ def _mailbox(pid: int) -> Path | None:
         if name.startswith("mb-") and " " not in name:
             return Path(name)
     return None
+
+
+#: the driver calls a checkpoint and its restore make for each CUDA process, in order
+STEPS = ("lock", "checkpoint", "restore", "unlock")
 
 
 @dataclass
@@ -163,6 +168,23 @@ class FakeCuda:
     def start_trace(self) -> None:
         """From now on, every lock/checkpoint/restore/unlock call is recorded (see :meth:`calls`)."""
         (self.state_dir / "trace").write_text("")
+
+    def trace_steps_slowed(self, ms: int = 300) -> None:
+        """Each of :data:`STEPS` slowed by ``ms`` (:meth:`delay`) and traced from now on (:meth:`start_trace`): a
+        step's calls overlap only when the caller makes them concurrently."""
+        for step in STEPS:
+            self.delay(step, ms)
+        self.start_trace()
+
+    def assert_steps_at_once(self, pids: Sequence[int], node_mode: str) -> None:
+        """Each of :data:`STEPS` was called for exactly ``pids``, all at once (:func:`overlap`); the copies
+        (checkpoint, restore) with THP ``always``, the lock and unlock in the node's ``node_mode``."""
+        for step in STEPS:
+            calls = self.calls(step)
+            assert sorted(c.pid for c in calls) == sorted(pids), (step, calls)
+            assert overlap(calls), f"the {step} calls did not run at once: {calls}"
+        assert {c.thp for c in self.calls("checkpoint") + self.calls("restore")} == {"always"}
+        assert {c.thp for c in self.calls("lock") + self.calls("unlock")} == {node_mode}
 
     def calls(self, step: str | None = None) -> list[TracedCall]:
         """The traced calls (of ``step``), in the order they ended."""

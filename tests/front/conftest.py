@@ -102,10 +102,26 @@ def front_route() -> Iterator[FrontRoute]:
         shutil.rmtree(route.root, ignore_errors=True)
 
 
-def _containerd_sh(cmd: str, version: str, route: FrontRoute) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route.criu.parent)}
+def containerd_sh(cmd: str, version: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``install/containerd.sh CMD VERSION`` with ``env`` (its GPUCR_INSTANCE, the route's dirs) over this process's."""
     return subprocess.run(["bash", str(testenv.INSTALL / "containerd.sh"), cmd, version], capture_output=True,
-                          text=True, env=env)
+                          text=True, env={**os.environ, **env})
+
+
+@contextlib.contextmanager
+def private_containerd(version: str, env: dict[str, str]) -> Iterator[testenv.Containerd]:
+    """The private containerd ``version`` that install/containerd.sh starts with ``env`` (its ``GPUCR_INSTANCE`` and
+    where it finds the front: ``GPUCR_CRIU_DIR``, ``GPUCR_RUNC_DIR``, ...); stopped afterwards, and also when it
+    failed to start (the test then fails with containerd.sh's complaint)."""
+    r = containerd_sh("start", version, env)
+    if r.returncode != 0:
+        containerd_sh("stop", version, env)
+        pytest.fail(f"install/containerd.sh start {version} (GPUCR_INSTANCE={env['GPUCR_INSTANCE']}) failed:\n"
+                    f"{r.stderr}", pytrace=False)
+    try:
+        yield testenv.Containerd(json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text()))
+    finally:
+        containerd_sh("stop", version, env)
 
 
 @pytest.fixture(scope="session", params=VERSIONS, ids=[f"containerd-{v}" for v in VERSIONS])
@@ -114,14 +130,6 @@ def front_containerd(request: pytest.FixtureRequest, front_route: FrontRoute) ->
     problem = testenv.deps_problem()
     if problem:
         pytest.fail(problem, pytrace=False)
-    version = request.param
-    r = _containerd_sh("start", version, front_route)
-    if r.returncode != 0:
-        _containerd_sh("stop", version, front_route)
-        pytest.fail(f"install/containerd.sh start {version} (GPUCR_INSTANCE={INSTANCE}) failed:\n{r.stderr}",
-                    pytrace=False)
-    info = json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text())
-    try:
-        yield testenv.Containerd(info)
-    finally:
-        _containerd_sh("stop", version, front_route)
+    with private_containerd(request.param,
+                            {"GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(front_route.criu.parent)}) as ctrd:
+        yield ctrd

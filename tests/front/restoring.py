@@ -6,7 +6,8 @@ has RUNNING, exec works, and it stops and is removed like any other container.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from typing import Any
 from nri_plugin.cri import CriClient, CriError, container_config
 from nri_plugin.cri._pb import api_pb2 as pb
 from tests.fakes.cuda import FakeCuda
-from tests.front.test_gpufront import COUNTER, FAKE_MNT, GPU_DEV, fake_env
+from tests.front.test_front_containerd import _n
+from tests.front.test_gpufront import COUNTER, FAKE_MNT, GPU_DEV, cuda_running, fake_env
 from tests.testenv import Containerd, wait_for
 
 
@@ -39,6 +41,26 @@ def restore_config(fake: FakeCuda, data: Path, name: str, **ann: str) -> Any:
     """:func:`counter_config` naming ``restore_from`` (and ``visible``: the GPUs the new container is given)."""
     env = {"NVIDIA_VISIBLE_DEVICES": ann.pop("visible")} if "visible" in ann else {}
     return counter_config(fake, data, name, {"gpucr.io/restore-from": ann.pop("restore_from"), **ann}, env=env)
+
+
+@contextlib.contextmanager
+def cuda_counter_pod(ctrd: Containerd, fake: FakeCuda, data: Path) -> Iterator[tuple[CriClient, str, int]]:
+    """A pod opted in to checkpoints (``gpucr.io/checkpoint: enabled``) whose fake CUDA counter (volume ``data``) is
+    RUNNING in the driver and counting: the CRI client, the container's id and pid; the pod removed afterwards."""
+    with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
+        cid, pid = start_cuda(c, pod_id, cfg, counter_config(fake, data, "cuda", {}, ctrd.image), fake)
+        wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+        yield c, cid, pid
+
+
+def start_cuda(c: CriClient, pod_id: str, pod_cfg: Any, conf: Any, fake: FakeCuda) -> tuple[str, int]:
+    """Create and start the container ``conf`` (a fake CUDA app) in the pod ``pod_id``: its id and pid, once the fake
+    driver has that pid RUNNING with its GPU mapped."""
+    cid = c.create_container(pod_id, conf, pod_cfg)
+    c.start_container(cid)
+    pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
+    cuda_running(fake, pid)
+    return cid, pid
 
 
 @dataclass

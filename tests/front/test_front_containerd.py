@@ -12,7 +12,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +43,17 @@ def _n(data: Path) -> int:
 
 
 @contextlib.contextmanager
-def ctr_counter(ctrd: Containerd, tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
-    """A ctr container writing a counter to DATA/n; yields (name, data dir, cgroup path)."""
-    name = f"fr-{uuid.uuid4().hex[:6]}"
+def ctr_counter(ctrd: Containerd, tmp_path: Path, *run_args: str, prefix: str = "fr",
+                command: Sequence[str] = ("/bin/sh", "-c", COUNTER)) -> Iterator[tuple[str, Path, str]]:
+    """A ctr container writing a counter to DATA/n (``command``; ``run_args``: more ``ctr run`` options), once it
+    has counted to 2; yields (name, data dir, cgroup path). Killed and removed afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     data = tmp_path / "data"
     data.mkdir()
     d = ctrd.info["dir"]
     cgroup = f"{ctrd.cgroup_parent}/{name}"
     ctrd.ctr("run", "-d", "--null-io", "--fifo-dir", f"{d}/fifo", "--runc-root", f"{d}/runc-ctr", "--cgroup", cgroup,
-             "--mount", f"type=bind,src={data},dst=/data,options=rbind:rw", ctrd.image, name, "/bin/sh", "-c", COUNTER)
+             "--mount", f"type=bind,src={data},dst=/data,options=rbind:rw", *run_args, ctrd.image, name, *command)
     try:
         wait_for(lambda: _n(data) >= 2, what="counter to start")
         yield name, data, cgroup
@@ -244,7 +246,13 @@ def _remove_cgroup(cgroup: str, quiet: bool = False) -> bool:
     return not left
 
 
-def _bundle(root: Path, name: str, data: Path, cgroup: str) -> Path:
+def _bundle(root: Path, prefix: str) -> tuple[str, Path, str, Path]:
+    """A runc container ``PREFIX-XXXXXX`` of the counter (busybox rootfs; its volume ``root/data`` at /data) in its
+    own cgroup under RUNC_PARENT: its name, volume, cgroup path and bundle ``root/bundle``."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    data = root / "data"
+    data.mkdir()
+    cgroup = f"/{RUNC_PARENT}/{name}"
     bundle = root / "bundle"
     rootfs = bundle / "rootfs"
     (rootfs / "bin").mkdir(parents=True)
@@ -260,16 +268,12 @@ def _bundle(root: Path, name: str, data: Path, cgroup: str) -> Path:
     spec["mounts"].append({"destination": "/data", "type": "bind", "source": str(data), "options": ["rbind", "rw"]})
     spec["linux"]["cgroupsPath"] = cgroup
     (bundle / "config.json").write_text(json.dumps(spec))
-    return bundle
+    return name, data, cgroup, bundle
 
 
 def test_runc_direct_through_the_wrapper(front_route: FrontRoute, tmp_path: Path) -> None:
     """`runc checkpoint` / `runc restore -d` run through the route's runc wrapper (BinaryName), cgroup THAWED."""
-    name = f"fr-runc-{uuid.uuid4().hex[:6]}"
-    data = tmp_path / "data"
-    data.mkdir()
-    cgroup = f"/{RUNC_PARENT}/{name}"
-    bundle = _bundle(tmp_path, name, data, cgroup)
+    name, data, cgroup, bundle = _bundle(tmp_path, "fr-runc")
     runc = [str(front_route.runc), "--root", str(tmp_path / "runc-root")]
     rec = tmp_path / "hooks.jsonl"
     images, work = tmp_path / "images", tmp_path / "work"
@@ -387,11 +391,7 @@ class ConsoleSocket:
 def test_terminal_container_pty_master_crosses_the_relay(front_route: FrontRoute, tmp_path: Path) -> None:
     """On RESTORE of a terminal container CRIU sends the new pty master with the orphan-pts-master notify
     (SCM_RIGHTS); the relay must pass the fd on to runc, which hands it to the console socket."""
-    name = f"fr-tty-{uuid.uuid4().hex[:6]}"
-    data = tmp_path / "data"
-    data.mkdir()
-    cgroup = f"/{RUNC_PARENT}/{name}"
-    bundle = _bundle(tmp_path, name, data, cgroup)
+    name, data, cgroup, bundle = _bundle(tmp_path, "fr-tty")
     spec = json.loads((bundle / "config.json").read_text())
     spec["process"]["terminal"] = True
     (bundle / "config.json").write_text(json.dumps(spec))

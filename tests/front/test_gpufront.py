@@ -34,7 +34,7 @@ from nri_plugin.policy.records import ContainerRecord, RecordedPolicy, remove_re
 from tests import cgroups
 from tests.fakes.cuda import FakeCuda, build, make_device
 from tests.front.conftest import FrontRoute
-from tests.front.test_front_containerd import RUNC_PARENT, _bundle, _n, _runc_pid, _subreaper
+from tests.front.test_front_containerd import _bundle, _n, _runc_pid, _subreaper, ctr_counter
 from tests.testenv import CRIU, REPO, TEST_ROOT, Containerd, installed_hook, node_config, running_plugin, wait_for
 
 pytestmark = pytest.mark.integration
@@ -350,25 +350,11 @@ def ctr_workload(ctrd: Containerd, fake: FakeCuda, tmp_path: Path,
     """A ctr container running the fake CUDA app (RUNNING on return). ctr's --device keeps the host path inside the
     container: it gets the host's loop device node itself (same numbers as the fake's node)."""
     dev = str(fake.host_node)
-    name = f"gf-{uuid.uuid4().hex[:6]}"
-    data = tmp_path / "data"
-    data.mkdir()
-    d = ctrd.info["dir"]
-    cgroup = f"{ctrd.cgroup_parent}/{name}"
-    ctrd.ctr("run", "-d", "--null-io", "--fifo-dir", f"{d}/fifo", "--runc-root", f"{d}/runc-ctr", "--cgroup", cgroup,
-             *(f"--env={k}={v}" for k, v in fake_env(fake, dev).items()), "--device", dev,
-             "--mount", f"type=bind,src={data},dst=/data,options=rbind:rw",
-             "--mount", f"type=bind,src={fake.lib.parent},dst={FAKE_MNT},options=rbind:rw", *extra,
-             ctrd.image, name, *COUNTER)
-    try:
-        wait_for(lambda: _n(data) >= 2, what="counter to start")
+    with ctr_counter(ctrd, tmp_path, *(f"--env={k}={v}" for k, v in fake_env(fake, dev).items()), "--device", dev,
+                     "--mount", f"type=bind,src={fake.lib.parent},dst={FAKE_MNT},options=rbind:rw", *extra,
+                     prefix="gf", command=COUNTER) as (name, data, cgroup):
         cuda_running(fake, _task_pid(ctrd, name), dev)
-        yield name, data, cgroup, d
-    finally:
-        ctrd.ctr("t", "kill", "-s", "KILL", name, check=False)
-        time.sleep(0.3)
-        ctrd.ctr("t", "rm", "-f", name, check=False)
-        ctrd.ctr("c", "rm", name, check=False)
+        yield name, data, cgroup, ctrd.info["dir"]
 
 
 def _task_pid(ctrd: Containerd, name: str, namespace: str = "default") -> int:
@@ -459,11 +445,7 @@ def test_runc_checkpoint_and_restore_direct(gpu_front: FrontRoute, node: dict[st
     CRI containers) whose gpu-map swaps GPU 0 and GPU 1 (the driver wants a one-to-one map over the node's GPUs); the
     CUDA restore at post-resume applies it. "bad-gpu-map": a map that is not one-to-one fails the restore with a clear
     error, and the restored processes (their CUDA state unusable) are killed, not left locked."""
-    name = f"gf-runc-{uuid.uuid4().hex[:6]}"
-    data = tmp_path / "data"
-    data.mkdir()
-    cgroup = f"/{RUNC_PARENT}/{name}"
-    bundle = _bundle(tmp_path, name, data, cgroup)
+    name, data, cgroup, bundle = _bundle(tmp_path, "gf-runc")
     spec = json.loads((bundle / "config.json").read_text())
     spec["process"]["args"] = COUNTER
     spec["process"]["env"] += [f"{k}={v}" for k, v in fake_env(fake).items()]

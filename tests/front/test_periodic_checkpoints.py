@@ -29,7 +29,8 @@ from nri_plugin.cri import CriError
 from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _n
-from tests.front.test_gpufront import advancing, cuda_running, fake  # noqa: F401  (fixtures)
+from tests.front.restoring import start_cuda
+from tests.front.test_gpufront import advancing, fake  # noqa: F401  (fixtures)
 from tests.front.test_restore_from import _container, _lines, ctrd  # noqa: F401  (fixtures)
 from tests.testenv import CRIU, REPO, TEST_ROOT, Containerd, installed_hook, wait_for
 
@@ -130,10 +131,7 @@ def test_periodic_checkpoints_rotate_and_the_newest_restores(
             foreign = sdir / "20000101T000000Z"  # oldest by name, but not gpucr's: never counted nor removed
             foreign.mkdir(mode=0o700)
             (foreign / "mine").write_text("keep me")
-            cid = c.create_container(pod_id, _container(fake, data, "cuda", PERIODIC, ctrd.image), cfg)
-            c.start_container(cid)
-            pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
-            cuda_running(fake, pid)
+            cid, pid = start_cuda(c, pod_id, cfg, _container(fake, data, "cuda", PERIODIC, ctrd.image), fake)
             what = f"container cuda in pod default/{cfg.metadata.name}"
             wait_for(lambda: _done(daemon.log(), what) >= 2, what="two periodic checkpoints", timeout=60)
             assert f"gpucr.io/restore-from: {name}/latest" in daemon.log()
@@ -207,10 +205,7 @@ def test_failed_tick_leaves_the_container_running_and_the_next_succeeds(
                                 libnvml=str(fake.lib)):
         with ctrd.pod() as (c, pod_id, cfg):
             _, sdir = _series(node["root"], cfg, "cuda")
-            cid = c.create_container(pod_id, _container(fake, data, "cuda", PERIODIC, ctrd.image), cfg)
-            c.start_container(cid)
-            pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
-            cuda_running(fake, pid)
+            cid, pid = start_cuda(c, pod_id, cfg, _container(fake, data, "cuda", PERIODIC, ctrd.image), fake)
             what = f"container cuda in pod default/{cfg.metadata.name}"
             wait_for(lambda: _done(daemon.log(), what) >= 1, what="a periodic checkpoint", timeout=60)
             fake.fail("lock", 999)

@@ -29,7 +29,7 @@ from nri_plugin.cri import CriError, container_config
 from nri_plugin.cri._pb import api_pb2 as pb
 from tests.conftest import VERSIONS
 from tests.fakes.cuda import FakeCuda
-from tests.front.conftest import REAL_CRIU
+from tests.front.conftest import REAL_CRIU, private_containerd
 from tests.front.test_gpufront import fake, gpu_node  # noqa: F401  (fixtures)
 from tests.testenv import INSTALL, REPO, TEST_ROOT, Containerd, running_plugin, wait_for
 
@@ -80,27 +80,16 @@ def _extra_config(version: str, route: Path, runc_root: Path) -> str:
             f'  BinaryName = "{route}/bin/runc"\n  Root = "{runc_root}"\n  SystemdCgroup = false\n')
 
 
-def _containerd_sh(cmd: str, version: str, chain: dict[str, Path]) -> subprocess.CompletedProcess[str]:
-    extra = chain["root"].parent / f"extra-{version}.toml"
-    extra.write_text(_extra_config(version, chain["route"], chain["root"].parent / f"runc-{version}"))
-    env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(chain["route"] / "path"),
-           "GPUCR_CONTAINERD_EXTRA_CONFIG": str(extra)}
-    return subprocess.run(["bash", str(INSTALL / "containerd.sh"), cmd, version], capture_output=True, text=True,
-                          env=env)
-
-
 @pytest.fixture(scope="module", params=VERSIONS, ids=[f"containerd-{v}" for v in VERSIONS])
 def ctrd(request: pytest.FixtureRequest, chain: dict[str, Path]) -> Iterator[Containerd]:
     """A private containerd with a runtime handler ``chain``: BinaryName the route's wrapper -> the chain -> runc
     (the chain's ``runc`` lookup never finds the wrapper: the route's bin/ is not on containerd's PATH)."""
-    r = _containerd_sh("start", request.param, chain)
-    if r.returncode != 0:
-        _containerd_sh("stop", request.param, chain)
-        pytest.fail(f"install/containerd.sh start {request.param} failed:\n{r.stderr}", pytrace=False)
-    try:
-        yield Containerd(json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text()))
-    finally:
-        _containerd_sh("stop", request.param, chain)
+    version = request.param
+    extra = chain["root"].parent / f"extra-{version}.toml"
+    extra.write_text(_extra_config(version, chain["route"], chain["root"].parent / f"runc-{version}"))
+    with private_containerd(version, {"GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(chain["route"] / "path"),
+                                      "GPUCR_CONTAINERD_EXTRA_CONFIG": str(extra)}) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -25,16 +25,17 @@ from nri_plugin.cri import CriError
 from nri_plugin.handlers import nri_restore
 from tests.conftest import VERSIONS
 from tests.fakes.cuda import FakeCuda
-from tests.front.conftest import FrontRoute
+from tests.front.conftest import FrontRoute, private_containerd
 from tests.front.restoring import counter_config as _container
 from tests.front.restoring import lines as _lines
 from tests.front.restoring import restore_and_check
 from tests.front.restoring import restore_config as _restore_config
+from tests.front.restoring import cuda_counter_pod
 from tests.front.test_front_containerd import _n
 from tests.front.test_gpufront import (  # noqa: F401  (fixtures)
-    GPU0, GPU1, cuda_running, fake, gpu_front, gpu_node,
+    GPU0, GPU1, fake, gpu_front, gpu_node,
 )
-from tests.testenv import INSTALL, REPO, TEST_ROOT, Containerd, running_plugin, wait_for
+from tests.testenv import REPO, TEST_ROOT, Containerd, running_plugin, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,24 +53,12 @@ def node(fake: FakeCuda) -> Iterator[dict[str, Path]]:
         yield paths
 
 
-def _containerd_sh(cmd: str, version: str, route: FrontRoute) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(route.criu.parent),
-           "GPUCR_RUNC_DIR": str(route.runc.parent)}
-    return subprocess.run(["bash", str(INSTALL / "containerd.sh"), cmd, version], capture_output=True, text=True,
-                          env=env)
-
-
 @pytest.fixture(scope="module", params=VERSIONS, ids=[f"containerd-{v}" for v in VERSIONS])
 def ctrd(request: pytest.FixtureRequest, front_route: FrontRoute) -> Iterator[Containerd]:
     """A private containerd whose runtime binary is gpucr's runc wrapper (the route's bin/runc)."""
-    r = _containerd_sh("start", request.param, front_route)
-    if r.returncode != 0:
-        _containerd_sh("stop", request.param, front_route)
-        pytest.fail(f"install/containerd.sh start {request.param} failed:\n{r.stderr}", pytrace=False)
-    try:
-        yield Containerd(json.loads(Path(r.stdout.strip().splitlines()[-1]).read_text()))
-    finally:
-        _containerd_sh("stop", request.param, front_route)
+    with private_containerd(request.param, {"GPUCR_INSTANCE": INSTANCE, "GPUCR_CRIU_DIR": str(front_route.criu.parent),
+                                            "GPUCR_RUNC_DIR": str(front_route.runc.parent)}) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +79,7 @@ def checkpoint(ctrd: Containerd, plugin: Any, front_route: FrontRoute, node: dic
     data.mkdir()
     with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
                                 libnvml=str(fake.lib)):
-        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-            conf = _container(fake, data, "cuda", {}, ctrd.image)
-            cid = c.create_container(pod_id, conf, cfg)
-            c.start_container(cid)
-            pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
-            wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
-            cuda_running(fake, pid)
+        with cuda_counter_pod(ctrd, fake, data) as (c, cid, pid):
             lo = _n(data)
             r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", cid, "--via-runtime",
                                 "--leave-running", "--to", str(node["root"] / "ck1"), "--json", "--address",
@@ -267,12 +250,7 @@ def test_ctr_checkpoint_sealed_then_restored_into_new_pod(ctrd: Containerd, plug
     name = "ctr-ck"
     with front_route.configured(hooks="nri_plugin.handlers.front_cuda:make", node_config=str(node["config"]),
                                 libnvml=str(fake.lib)):
-        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-            cid = c.create_container(pod_id, _container(fake, data, "cuda", {}, ctrd.image), cfg)
-            c.start_container(cid)
-            pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
-            cuda_running(fake, pid)
-            wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+        with cuda_counter_pod(ctrd, fake, data) as (c, cid, pid):
             lo = _n(data)
             (node["root"] / name).mkdir(mode=0o700)
             ctrd.ctr("t", "checkpoint", "--image-path", str(node["root"] / name / "images"), cid, namespace="k8s.io")

@@ -27,8 +27,8 @@ from nri_plugin.cri._pb import api_pb2 as pb
 from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute
 from tests.front.test_front_containerd import _n
-from tests.front.test_gpufront import GPU0, cuda_running, fake, gpu_front  # noqa: F401  (fixtures)
-from tests.front.restoring import restore_and_check
+from tests.front.test_gpufront import GPU0, fake, gpu_front  # noqa: F401  (fixtures)
+from tests.front.restoring import cuda_counter_pod, restore_and_check, start_cuda
 from tests.front.test_front_tcp import SERVER_AND_CLIENT, ask, counts, free_port
 from tests.front.test_restore_from import (  # noqa: F401  (fixtures)
     _container, _lines, _restore_config, ctrd, node, plugin,
@@ -68,12 +68,7 @@ def test_direct_checkpoint_restored_into_new_pod(ctrd: Containerd, plugin: Any, 
     name = "direct-ck"
     try:
         with front_route.configured(hooks=CUDA_HOOKS, node_config=str(node["config"]), libnvml=str(fake.lib)):
-            with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-                cid = c.create_container(pod_id, _container(fake, data, "cuda", {}, ctrd.image), cfg)
-                c.start_container(cid)
-                pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
-                cuda_running(fake, pid)
-                wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+            with cuda_counter_pod(ctrd, fake, data) as (c, cid, pid):
                 s = _direct_checkpoint(ctrd, node, fake, cid, name)
                 assert [p["pid"] for p in s["cuda_processes"]] == [pid], s
                 at_dump = _n(data)
@@ -158,10 +153,7 @@ def test_shared_pid_namespace_restores_every_time(ctrd: Containerd, plugin: Any,
                 wait_for(lambda: c.container_status(burner)[0].state == 2, what="the burner to exit")
                 conf = _container(fake, data, "cuda", {}, ctrd.image)
                 conf.linux.security_context.namespace_options.pid = pb.POD
-                cid = c.create_container(pod_id, conf, cfg)
-                c.start_container(cid)
-                pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
-                cuda_running(fake, pid)
+                cid, pid = start_cuda(c, pod_id, cfg, conf, fake)
                 old_nspid = _nspid(pid)[-1]
                 assert old_nspid > 40, old_nspid
                 wait_for(lambda: _n(data) >= 2, what="CRI counter to start")

@@ -339,7 +339,6 @@ def test_every_cuda_process_of_the_container_at_once(fake_cuda: FakeCuda, tmp_pa
     each call slowed by its delay hook, all of a step overlapping), with the node's THP boost (driver_thp =
     "always") around the copies only, and the log line says which mode ran."""
     from nri_plugin.host.thp import KNOB, ThpStage, read_mode
-    from tests.fakes.cuda import overlap
 
     knob = tmp_path / "thp-enabled"  # the test's own knob (the real one is the CLI test's)
     knob.write_text("always [madvise] never\n")
@@ -348,9 +347,7 @@ def test_every_cuda_process_of_the_container_at_once(fake_cuda: FakeCuda, tmp_pa
     try:
         images = tmp_path / "images"
         images.mkdir()
-        for step in ("lock", "checkpoint", "restore", "unlock"):
-            fake_cuda.delay(step, 300)
-        fake_cuda.start_trace()
+        fake_cuda.trace_steps_slowed(300)
         h = hooks(tmp_path, fake_cuda, driver_thp="always")
         stage = h.steps().thp
         assert stage is not None and stage.knob == KNOB and stage.state_dir == tmp_path / "state"
@@ -362,11 +359,7 @@ def test_every_cuda_process_of_the_container_at_once(fake_cuda: FakeCuda, tmp_pa
         h.after_response(req, True)
         assert {fake_cuda.state(p) for p in w.pids} == {"RUNNING"}
         w.advancing()
-        for step in ("lock", "checkpoint", "restore", "unlock"):
-            calls = fake_cuda.calls(step)
-            assert sorted(c.pid for c in calls) == sorted(w.pids) and overlap(calls), (step, calls)
-        assert {c.thp for c in fake_cuda.calls("checkpoint") + fake_cuda.calls("restore")} == {"always"}
-        assert {c.thp for c in fake_cuda.calls("lock") + fake_cuda.calls("unlock")} == {"madvise"}
+        fake_cuda.assert_steps_at_once(w.pids, "madvise")
         assert read_mode(knob) == "madvise"
         assert "in parallel (THP always (node: madvise), CustomStorage absent)" in log_text(tmp_path)
     finally:

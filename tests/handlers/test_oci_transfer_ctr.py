@@ -25,11 +25,10 @@ from nri_plugin.containerd import ContentClient
 from tests.fakes.cuda import FakeCuda
 from tests.front.conftest import FrontRoute, front_route  # noqa: F401  (fixture)
 from tests.front.test_front_containerd import _n
-from tests.front.test_gpufront import cuda_running, fake, gpu_front  # noqa: F401  (fixtures)
-from tests.front.restoring import counter_config as _container
-from tests.front.restoring import restore_and_check
+from tests.front.test_gpufront import fake, gpu_front  # noqa: F401  (fixtures)
+from tests.front.restoring import cuda_counter_pod, restore_and_check
 from tests.front.test_restore_from import ctrd, node, plugin  # noqa: F401  (fixtures)
-from tests.testenv import REPO, Containerd, wait_for
+from tests.testenv import REPO, Containerd
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +61,7 @@ def test_ctr_checkpoint_image_imported_then_restored(ctrd: Containerd, plugin: A
     ref, name = f"localhost/gpucr-ctr-ckpt/cuda:{int(rw)}", f"ctr-image-{int(rw)}"
     root = node["root"]
     with front_route.configured(hooks=HOOKS, node_config=str(node["config"]), libnvml=str(fake.lib)):
-        with ctrd.pod(annotations={"gpucr.io/checkpoint": "enabled"}) as (c, pod_id, cfg):
-            cid = c.create_container(pod_id, _container(fake, data, "cuda", {}, ctrd.image), cfg)
-            c.start_container(cid)
-            pid = int(c.container_status(cid, verbose=True)[1]["info"]["pid"])
-            cuda_running(fake, pid)
-            wait_for(lambda: _n(data) >= 2, what="CRI counter to start")
+        with cuda_counter_pod(ctrd, fake, data) as (c, cid, pid):
             r = c.exec_sync(cid, ["/bin/sh", "-c", "echo written-before > /rw-marker"])
             assert r.exit_code == 0, r
             lo = _n(data)
