@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import GpucrError
+from ..policy.criu_conf import container_dump_flags
 
 if TYPE_CHECKING:
     from ..policy.config import NodeConfig
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace, cfg: NodeConfig, found: Resolved) -> int:
     res = via_runtime.checkpoint(
         via_runtime.RuntimeTarget(args.address, found.id, found.pid, found.namespace, found.via_cri), out,
         leave_running=args.leave_running, libcuda=args.libcuda or cfg.libcuda or "libcuda.so.1",
-        images_only=args.images_only, criu_path=cfg.criu_path, config_flags=_config_flags(cfg, found.id))
+        images_only=args.images_only, criu_path=cfg.criu_path, config_flags=container_dump_flags(cfg.state_dir, found.id))
     mk = res.marker
     summary = {"action": "checkpoint", "container_id": res.container_id, "pid": res.pid, "via": res.via,
                "runtime": res.runtime, "path": str(res.target), "cuda_processes": mk.processes if mk else [],
@@ -56,14 +57,3 @@ def run(args: argparse.Namespace, cfg: NodeConfig, found: Resolved) -> int:
         print(f"checkpoint of container {res.container_id} done through {res.via} ({res.runtime}): "
               f"{len(summary['cuda_processes'])} CUDA process(es) made GPU-safe by gpucr's CRIU front; {res.target}")
     return 0
-
-
-def _config_flags(cfg: NodeConfig, container_id: str) -> dict[str, bool] | None:
-    """The restore-relevant options of a managed container's CRIU config (runc hands it to CRIU at the dump);
-    None for a container gpucr's plugin did not record (its options are unknown here)."""
-    from ..policy import RecordError, load_record
-    from ..policy.criu_conf import dump_flags
-    try:
-        return dump_flags(load_record(cfg.state_dir, container_id).criu_config)
-    except RecordError:
-        return None

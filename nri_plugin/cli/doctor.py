@@ -160,11 +160,9 @@ class Doctor:
         self.check_cri_enabled()
 
     def cri_disabled(self) -> list[str]:
-        """The ``disabled_plugins`` entries that turn CRI off ("cri" counts in a config without version, read as
-        version 1: Docker's containerd.io package ships ``disabled_plugins = ["cri"]``)."""
-        names = (self.doc or {}).get("disabled_plugins") or []
-        return [n for n in names if n == "io.containerd.grpc.v1.cri" or (n == "cri" and "version" not in self.doc)] \
-            if isinstance(names, list) else []
+        """The config's ``disabled_plugins`` entries that turn CRI off (the rule ``gpucr setup`` refuses by)."""
+        from .setup import cri_disabled
+        return cri_disabled(self.doc)
 
     def check_cri_enabled(self) -> None:
         off = self.cri_disabled()

@@ -31,7 +31,7 @@ from typing import Any
 from ..ckpt.criu.binary import GPUCR_CRIU, default_criu
 from ..errors import GpucrError
 
-__all__ = ["register", "SetupError", "default_runtime", "default_real_criu"]
+__all__ = ["register", "SetupError", "cri_disabled", "default_runtime", "default_real_criu"]
 
 INSTALL = Path(__file__).resolve().parents[2] / "install"
 STATE_DIR = Path("/var/lib/gpucr/setup")
@@ -80,13 +80,19 @@ def read_config(config: Path) -> dict[str, Any] | None:
         raise SetupError(f"cannot read containerd config {config}: {exc}") from exc
 
 
-def check_cri(config: Path, doc: dict[str, Any] | None, enable_cri: bool) -> None:
-    """Refuse a config that disables containerd's CRI plugin, unless --enable-cri (install/config_prep.py names the
-    same entries: the full ID, and "cri" in a config without version, which containerd reads as version 1)."""
+def cri_disabled(doc: dict[str, Any] | None) -> list[str]:
+    """The ``disabled_plugins`` entries of containerd's config ``doc`` that turn CRI off: the full ID, and "cri" in
+    a config without version, which containerd reads as version 1 (Docker's containerd.io package ships
+    ``disabled_plugins = ["cri"]``; install/config_prep.py, which cannot import gpucr, names the same entries)."""
     names = (doc or {}).get("disabled_plugins") or []
-    off = [n for n in names if n == "io.containerd.grpc.v1.cri" or (n == "cri" and "version" not in (doc or {}))] \
+    return [n for n in names if n == "io.containerd.grpc.v1.cri" or (n == "cri" and "version" not in (doc or {}))] \
         if isinstance(names, list) else []
-    if off and not enable_cri:
+
+
+def check_cri(config: Path, doc: dict[str, Any] | None, enable_cri: bool) -> None:
+    """Refuse a config that disables containerd's CRI plugin (:func:`cri_disabled`), unless --enable-cri."""
+    names = (doc or {}).get("disabled_plugins") or []
+    if cri_disabled(doc) and not enable_cri:
         raise SetupError(f"containerd's CRI plugin is disabled in {config} (disabled_plugins = {json.dumps(names)}, "
                          "as Docker's containerd.io package ships it): kubelet cannot use this containerd and gpucr's "
                          "plugin would see no container. Fix: gpucr setup --apply --enable-cri (enables CRI; "

@@ -28,6 +28,7 @@ from ..ckpt.restore_source import locks_dir
 from ..errors import GpucrError
 from ..nri import pb
 from ..policy import AnnotationError, NodeConfig, decide
+from ..policy.criu_conf import container_dump_flags
 from .lease_sweep import SweepingPolicyPlugin
 from .metrics import report
 from .nri_policy import container_view
@@ -134,7 +135,7 @@ class PeriodicCheckpoints:
                         via_runtime.RuntimeTarget(address, job.container_id, pid), tmp, leave_running=True,
                         libcuda=node.libcuda or "libcuda.so.1", criu_path=node.criu_path,
                         extra={"periodic": {"series": job.series, "interval_s": job.interval_s}},
-                        config_flags=_config_flags(node, job.container_id))
+                        config_flags=container_dump_flags(node.state_dir, job.container_id))
                     series.commit(tmp, final)
                 except BaseException:
                     series.discard(tmp)
@@ -217,13 +218,3 @@ class PeriodicPolicyPlugin(SweepingPolicyPlugin):
     async def remove_container(self, pod: pb.PodSandbox, ctr: pb.Container) -> None:
         self.periodic.disarm(ctr.id, "the container was removed")
         await super().remove_container(pod, ctr)
-
-
-def _config_flags(node: NodeConfig, container_id: str) -> dict[str, bool] | None:
-    """The restore-relevant options of the container's CRIU config (``policy.criu_conf.dump_flags``), or None."""
-    from ..policy import RecordError, load_record
-    from ..policy.criu_conf import dump_flags
-    try:
-        return dump_flags(load_record(node.state_dir, container_id).criu_config)
-    except RecordError:
-        return None

@@ -127,9 +127,6 @@ def parse_create(args: Sequence[str]) -> CreateArgs:
     return out
 
 
-#: runc restore's flag for each CRIU option a dump records (gpucr.json's ``criu_dump``, ckpt.layout.DUMP_FLAGS)
-_RESTORE_FLAGS = {"tcp_established": "--tcp-established", "ext_unix_sk": "--ext-unix-sk",
-                  "file_locks": "--file-locks", "shell_job": "--shell-job"}
 #: for a checkpoint that records none (a runtime's own dump, kubelet's archive, an older gpucr): each of these only
 #: lets CRIU restore what the images hold (established connections, external unix sockets, file locks) and changes
 #: nothing for images without them; --shell-job, which changes the restored tree's session, only when recorded
@@ -137,12 +134,13 @@ DEFAULT_RESTORE_FLAGS = ("--tcp-established", "--ext-unix-sk", "--file-locks")
 
 
 def restore_flags(meta_extra: dict[str, Any]) -> list[str]:
-    """runc restore's flags matching the checkpoint's dump (its ``criu_dump`` record), else the defaults."""
-    from ..ckpt.layout import CRIU_DUMP
+    """runc restore's flags matching the checkpoint's dump (its ``criu_dump`` record, ckpt.layout.DUMP_FLAGS: runc
+    names each option as CRIU does, ``tcp_established`` -> ``--tcp-established``), else the defaults."""
+    from ..ckpt.layout import CRIU_DUMP, DUMP_FLAGS
     rec = meta_extra.get(CRIU_DUMP)
     if not isinstance(rec, dict):
         return list(DEFAULT_RESTORE_FLAGS)
-    return [flag for key, flag in _RESTORE_FLAGS.items() if rec.get(key) is True]
+    return ["--" + key.replace("_", "-") for key in DUMP_FLAGS if rec.get(key) is True]
 
 
 def restore_argv(runc: str, c: CreateArgs, images: str, work: str, flags: Sequence[str] = ()) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CriuOption", "dump_flags", "parse_config", "merge_config", "render_config"]
+__all__ = ["CriuOption", "container_dump_flags", "dump_flags", "parse_config", "merge_config", "render_config"]
 
 #: options CRIU accepts several times (each occurrence adds); merged by exact value, not by name
 _MULTI = {"external", "inherit-fd", "ext-mount-map", "veth-pair", "cgroup-root", "irmap-scan-path", "join-ns",
@@ -47,14 +47,25 @@ def dump_flags(path: str) -> dict[str, bool] | None:
     given again, by DumpOptions' names (``tcp-established`` -> ``tcp_established``); None when it is unreadable (the
     dump's options are then unknown)."""
     from pathlib import Path
+
+    from ..ckpt.layout import DUMP_FLAGS
+    if not path:
+        return None
     try:
-        names = {o.name for o in parse_config(Path(path).read_text())} if path else None
+        names = {o.name for o in parse_config(Path(path).read_text())}
     except (OSError, ValueError):
         return None
-    if names is None:
+    return {k: True for k in DUMP_FLAGS if k.replace("_", "-") in names}
+
+
+def container_dump_flags(state_dir: str, container_id: str) -> dict[str, bool] | None:
+    """:func:`dump_flags` of the CRIU config gpucr's plugin recorded for ``container_id``; None for a container it
+    did not record (its dump's options are unknown here). For the runtime checkpoints' ``criu_dump`` record."""
+    from .records import RecordError, load_record
+    try:
+        return dump_flags(load_record(state_dir, container_id).criu_config)
+    except RecordError:
         return None
-    return {n.replace("-", "_"): True for n in ("tcp-established", "ext-unix-sk", "file-locks", "shell-job")
-            if n in names}
 
 
 def merge_config(user: Sequence[CriuOption], ours: Iterable[CriuOption]) -> list[CriuOption]:
