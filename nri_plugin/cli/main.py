@@ -2,8 +2,9 @@
 
 Each subcommand lives in ``nri_plugin/cli/<name>.py`` (or ``_<name>.py``) and exposes ``register(subparsers)``,
 which adds its parser and sets ``func`` to a callable taking the parsed args and returning the exit status. Adding a
-subcommand is one line in :data:`SUBCOMMANDS`. Modules are imported lazily so ``gpucr --help`` stays fast and a
-broken optional dependency only breaks its own subcommand.
+subcommand is one line in :data:`SUBCOMMANDS`. A command imports only its own module (``gpucr checkpoint`` does not
+load the daemon's asyncio or the CRI client's protobuf: its start is on a checkpoint's critical path), so a broken
+optional dependency only breaks its own subcommand; ``gpucr --help`` and an unknown command load them all.
 """
 
 from __future__ import annotations
@@ -22,14 +23,29 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 #: subcommand module names, in --help order
 SUBCOMMANDS: list[str] = ["version", "cri", "plugin", "checkpoint", "recover", "seal", "export", "setup", "doctor"]
+#: commands registered by a module of another name
+_MODULE_OF = {"restore": "checkpoint", "import": "export"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _module_of(argv: Sequence[str]) -> str | None:
+    """The module of the command ``argv`` names (its first word: gpucr's own options take no value), if known and
+    gpucr's own help is not asked for before it (that lists every command)."""
+    i = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if i is None or {"-h", "--help"} & set(argv[:i]):
+        return None
+    word = argv[i]
+    name = _MODULE_OF.get(word, word)
+    return name if name in SUBCOMMANDS else None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv`` that names a command, with that command's subparser alone."""
     ap = argparse.ArgumentParser(prog="gpucr", description="GPU-safe checkpoint/restore for containerd.")
     ap.add_argument("--version", action="version", version=f"gpucr {__version__}")
     ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: info, -vv: debug)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    only = _module_of(argv) if argv is not None else None
+    for name in [only] if only else SUBCOMMANDS:
         mod = importlib.import_module(f".{name}", __package__)
         mod.register(sub)
     for p in sub.choices.values():  # -v also after the subcommand (gpucr checkpoint -v ...)
@@ -67,7 +83,8 @@ def setup_logging(verbosity: int, default: int = logging.WARNING) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    ap = build_parser(argv)
     args = ap.parse_args(argv)
     if not getattr(args, "func", None):
         ap.print_help()

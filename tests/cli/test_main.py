@@ -32,3 +32,19 @@ def test_unreachable_runtime_is_one_error_line(tmp_path, capsys) -> None:  # typ
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert len(err) == 1 and err[0].startswith("gpucr cri: error: CRI Version") and "nothing.sock" in err[0]
+
+
+def test_a_command_loads_only_its_own_module() -> None:
+    """`gpucr checkpoint` starts without the daemon's asyncio and the CRI client (its start is on the checkpoint's
+    critical path); `restore` is checkpoint's module; --help still lists every command (above)."""
+    code = ("import atexit, sys; from nri_plugin.cli.main import main\n"
+            "atexit.register(lambda: print(sorted(m for m in sys.modules\n"
+            "                                     if m.startswith('nri_plugin.cli.') or m == 'asyncio')))\n"
+            "main(sys.argv[1:])\n")
+    for argv, module in ((["-v", "checkpoint", "--help"], "checkpoint"), (["restore", "--help"], "checkpoint"),
+                         (["import", "--help"], "export")):
+        r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        loaded = eval(r.stdout.strip().splitlines()[-1])  # noqa: S307 (our own print of a list of str)
+        assert f"nri_plugin.cli.{module}" in loaded
+        assert "asyncio" not in loaded and "nri_plugin.cli.plugin" not in loaded and "nri_plugin.cli.cri" not in loaded
