@@ -2,8 +2,10 @@
 
     python3 bench/gpu_cr_report.py bench/results/gpu_cr.json [OUT_DIR]   # writes gpu_cr.md and gpu_cr.png
 
-Ceilings, from the same run: checkpoint = the GPU bytes at the driver's best measured checkpoint rate (the driver
-probe and every run) + the image bytes at the disk's sustained O_DIRECT write rate (the ``--probe-gib`` file; without
+Ceilings, from the same run: checkpoint = the GPU bytes at the driver's best measured checkpoint rate at that size
+(the driver probe and both flows' calls on processes of that size, each call's bytes its own process's: the rate
+varies with the size, 3.2-3.6 GB/s from 1 to 32 GiB in one THP mode, and gpucr calls the driver once per process, so
+no flow can beat the driver's own call at that size; the report also gives the ratio against any size's best) + the image bytes at the disk's sustained O_DIRECT write rate (the ``--probe-gib`` file; without
 it the best of the small probe's O_DIRECT and buffered + fsync rates); restore = the image bytes at the disk's best
 cold read rate (of the sustained probe when it ran its reads: O_DIRECT, buffered, buffered in parallel threads) + the
 GPU bytes at the driver's best restore rate. The plot needs
@@ -22,36 +24,51 @@ GIB = 1 << 30
 PREFETCH_THREADS = 8
 
 
-def _gpu_bytes(row: dict[str, Any]) -> int:
-    for k in ("gpucr_ckpt", "gpucr_lr"):
+#: whose GPU bytes a flow's driver calls moved: gpucr's summary has them; the baseline's process holds the same data
+#: at the same point (leave-running first, then kill + restore, each flow on its own process)
+_BYTES_OF = {"baseline_lr": "gpucr_lr", "baseline_ckpt": "gpucr_ckpt", "baseline_restore": "gpucr_ckpt",
+             "gpucr_restore": "gpucr_restore"}
+
+
+def _gpu_bytes(row: dict[str, Any], flow: str = "") -> int:
+    """The GPU bytes behind ``flow``'s driver calls, else the row's (its checkpoint's)."""
+    for k in ((_BYTES_OF.get(flow, flow),) if flow else ()) + ("gpucr_ckpt", "gpucr_lr"):
         if row.get(k, {}).get("gpu_bytes"):
             return int(row[k]["gpu_bytes"])
     return int(row["gib"] * GIB)
 
 
-def rates(doc: dict[str, Any]) -> dict[str, float]:
-    """Best measured bytes/s: driver checkpoint and restore, disk write and read."""
+def _driver_rates(doc: dict[str, Any], gib: float | None = None) -> tuple[list[float], list[float]]:
+    """The driver's measured checkpoint and restore rates (GPU bytes / call time) of every call, or only of the
+    calls on a process holding ``gib`` GiB of data (both flows, and the driver probe of that size)."""
     ck, rs = [], []
     for p in doc.get("driver_probe", []):
-        if p.get("gpu_bytes"):
+        if p.get("gpu_bytes") and gib in (None, p.get("gib")):
             ck.append(p["gpu_bytes"] / p["checkpoint_s"])
             rs.append(p["gpu_bytes"] / p["restore_s"])
     for r in doc.get("runs", []):
-        g = _gpu_bytes(r)
+        if gib not in (None, r.get("gib")):
+            continue
         for k in ("gpucr_lr", "gpucr_ckpt"):
             t = r.get(k, {}).get("timings_s", {})
             if t.get("cuda-checkpoint"):
-                ck.append(g / t["cuda-checkpoint"])
-        for k in ("gpucr_restore",):
-            t = r.get(k, {}).get("timings_s", {})
-            if t.get("cuda-restore"):
-                rs.append(g / t["cuda-restore"])
+                ck.append(_gpu_bytes(r, k) / t["cuda-checkpoint"])
+        t = r.get("gpucr_restore", {}).get("timings_s", {})
+        if t.get("cuda-restore"):
+            rs.append(_gpu_bytes(r, "gpucr_restore") / t["cuda-restore"])
         for k in ("baseline_lr", "baseline_ckpt"):
             if r.get(k, {}).get("cuda_suspend"):
-                ck.append(g / r[k]["cuda_suspend"]["checkpoint"])
+                ck.append(_gpu_bytes(r, k) / r[k]["cuda_suspend"]["checkpoint"])
         for k in ("baseline_lr", "baseline_restore"):
             if r.get(k, {}).get("cuda_resume"):
-                rs.append(g / r[k]["cuda_resume"]["restore"])
+                rs.append(_gpu_bytes(r, k) / r[k]["cuda_resume"]["restore"])
+    return ck, rs
+
+
+def rates(doc: dict[str, Any], gib: float | None = None) -> dict[str, float]:
+    """Best measured bytes/s: driver checkpoint and restore (of the calls at ``gib`` GiB when given: the driver's
+    rate depends on the process's size, see the module docstring), disk write and read."""
+    ck, rs = _driver_rates(doc, gib)
     c = doc.get("ceilings", {})
     write = c.get("disk_write_direct_sustained_GBps") or max(c.get("disk_write_direct_GBps", 0),
                                                              c.get("disk_write_buffered_GBps", 0))
@@ -85,14 +102,22 @@ def read_probe(doc: dict[str, Any]) -> str:
     return "the best cold read of any probe"
 
 
-def ceilings(doc: dict[str, Any], row: dict[str, Any]) -> tuple[float, float]:
-    """(checkpoint, restore) ceilings in seconds for one size's run."""
-    r = rates(doc)
+def ceilings(doc: dict[str, Any], row: dict[str, Any], any_size: bool = False) -> tuple[float, float]:
+    """(checkpoint, restore) ceilings in seconds for one size's run: the driver at its best rate measured at this
+    size (``any_size``: at any size of the run), the disk at its measured rates."""
+    r = rates(doc, None if any_size else row["gib"])
     g = _gpu_bytes(row)
     img = row.get("gpucr_ckpt", {}).get("image_bytes") or row.get("baseline_ckpt", {}).get("image_bytes") or 0
     if not all(r.values()):
         return 0.0, 0.0
     return g / r["driver_ckpt"] + img / r["disk_write"], img / r["disk_read"] + g / r["driver_restore"]
+
+
+def sequential_s(p: dict[str, Any]) -> float | None:
+    """One after the other = the two checkpoints' own wall times added (a run before 2026-12-01 also timed the
+    removal of the first checkpoint between them in its ``sequential_s``)."""
+    walls = [s.get("wall_s") for s in p.get("sequential", [])]
+    return round(sum(walls), 3) if walls and all(walls) else p.get("sequential_s")
 
 
 def _f(v: Any) -> str:
@@ -140,8 +165,8 @@ def markdown(doc: dict[str, Any]) -> str:
                f"{PREFETCH_THREADS} threads {c.get('disk_read_buffered_parallel_sustained_GBps')} GB/s"]
               if c.get("disk_read_buffered_sustained_GBps") else []),
             f"- pinned device-to-host copy: {c.get('pinned_d2h_GBps')} GB/s",
-            f"- driver (best measured, GPU bytes / call time): checkpoint {r['driver_ckpt'] / 1e9:.2f} GB/s, restore "
-            f"{r['driver_restore'] / 1e9:.2f} GB/s"]
+            f"- driver (best measured at any size, GPU bytes / call time): checkpoint {r['driver_ckpt'] / 1e9:.2f} "
+            f"GB/s, restore {r['driver_restore'] / 1e9:.2f} GB/s"]
     for p in doc.get("driver_probe", []):
         out.append(f"  - driver probe {p['gib']:g} GiB data ({p['gpu_bytes'] / GIB:.2f} GiB GPU memory), THP "
                    f"`{p['thp']}`: checkpoint {p['checkpoint_s']:.2f} s ({p['gpu_bytes'] / p['checkpoint_s'] / 1e9:.2f}"
@@ -159,6 +184,13 @@ def markdown(doc: dict[str, Any]) -> str:
                    f"{_f(b.get('total_s'))} | {_f(g.get('wall_s'))} | {_x(g.get('wall_s'), b.get('total_s'))} | "
                    f"{_f(cc)} | {_x(g.get('wall_s'), cc)} | {steps} | {b.get('peak_mem_gib', '-')} / "
                    f"{g.get('peak_mem_gib', '-')} |")
+    out += ["", "The driver's rate depends on the process's size (the run's calls at each size: "
+            + "; ".join(f"{row['gib']:g} GiB {max(_driver_rates(doc, row['gib'])[0], default=0) / 1e9:.2f} GB/s"
+                        for row in doc.get("runs", [])) + "), so each row's ceiling takes the driver's best call at that "
+            "size. With the best rate of any size instead: " + "; ".join(
+                f"{row['gib']:g} GiB ceiling {_f(ceilings(doc, row, any_size=True)[0])} s, gpucr "
+                f"{_x(row.get('gpucr_ckpt', {}).get('wall_s'), ceilings(doc, row, any_size=True)[0])}"
+                for row in doc.get("runs", [])) + "."]
     out += ["", "Baseline steps: " + "; ".join(
         f"{row['gib']:g} GiB: lock {_f(row['baseline_ckpt']['cuda_suspend']['lock'])}, CUDA checkpoint "
         f"{_f(row['baseline_ckpt']['cuda_suspend']['checkpoint'])} (helper {_f(row['baseline_ckpt']['cuda_suspend']['wall'])}), "
@@ -194,8 +226,9 @@ def markdown(doc: dict[str, Any]) -> str:
                 "| processes | one after the other s | both at once s | at once / one after the other | downtimes at "
                 "once s | data after |", "|---|---|---|---|---|---|"]
         for p in doc["parallel"]:
-            out.append(f"| 2 x {p['gib']:g} GiB | {_f(p.get('sequential_s'))} | {_f(p.get('parallel_s'))} | "
-                       f"{_x(p.get('parallel_s'), p.get('sequential_s'))} | "
+            seq = sequential_s(p)
+            out.append(f"| 2 x {p['gib']:g} GiB | {_f(seq)} | {_f(p.get('parallel_s'))} | "
+                       f"{_x(p.get('parallel_s'), seq)} | "
                        f"{', '.join(_f(s.get('downtime_s')) for s in p.get('parallel', []))} | "
                        f"{', '.join('identical' if c['identical'] else 'DIFFERENT' for c in p.get('checks', []))} |")
     for err in doc.get("errors", []):
