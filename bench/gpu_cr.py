@@ -50,6 +50,7 @@ from _diskprobe import disk_rates, drop_caches  # noqa: E402
 from _stage import gpucr_json, packaged  # noqa: E402
 from _workload import WORKLOAD  # noqa: E402
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+DEFRAG = Path("/sys/kernel/mm/transparent_hugepage/defrag")
 #: threads of the parallel cold read probe: as many as read page images ahead of CRIU at restore
 #: (nri_plugin/ckpt/layout.py IO_THREADS)
 PREFETCH_THREADS = 8
@@ -104,12 +105,20 @@ def fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
+def anon_huge(pid: int) -> int:
+    """Bytes of ``pid``'s anonymous memory on transparent huge pages (smaps_rollup's AnonHugePages)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def du(path: Path) -> int:
     return sum(os.lstat(os.path.join(d, n)).st_size for d, _, fs in os.walk(path) for n in fs)
 
 
-def thp_mode() -> str:
-    text = THP.read_text()
+def thp_mode(knob: Path = THP) -> str:
+    text = knob.read_text()
     return text[text.index("[") + 1:text.index("]")]
 
 
@@ -350,24 +359,31 @@ class Bench:
                 w.kill()
                 shutil.rmtree(self.work / f"pck{i}", ignore_errors=True)
 
-    def driver_probe(self, gib: float, thp_always: bool) -> None:
-        """The driver's copy rates alone (no CRIU), in the node's THP mode and, if allowed, with THP always."""
+    def driver_probe(self, gib: float, thp_always: bool, thp_defrag: list[str]) -> None:
+        """The driver's copy rates alone (no CRIU), in the node's THP mode and, if allowed, with THP always (and
+        then with each of ``thp_defrag``'s THP defrag modes); how much of the process's memory was on huge pages
+        while it was checkpointed."""
         w = Workload(self.work, f"drv{gib:g}", gib)
-        node = thp_mode()
+        node, defrag0 = thp_mode(), thp_mode(DEFRAG)
         try:
             w.ready()
             q = sh(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]).stdout
             used = [int(ln.split(",")[1]) << 20 for ln in q.splitlines() if ln.split(",")[0].strip() == str(w.pid)]
-            for mode in [node] + (["always"] if thp_always and node != "always" else []):
+            modes = [(node, defrag0)] + ([("always", defrag0)] if thp_always and node != "always" else [])
+            modes += [("always", d) for d in thp_defrag if thp_always and d != defrag0]
+            for mode, defrag in modes:
                 THP.write_text(mode)
+                DEFRAG.write_text(defrag)
                 sus = self.helper("suspend", w.pid)
+                huge = anon_huge(w.pid)  # the driver's host buffers hold the GPU data now: on huge pages or not
                 res = self.helper("resume", w.pid)
-                self.doc["driver_probe"].append({"gib": gib, "thp": mode, "gpu_bytes": sum(used),
-                                                 "checkpoint_s": sus["checkpoint"],
-                                                 "restore_s": res["restore"], "check": w.check(f"drv{mode}")})
+                self.doc["driver_probe"].append({"gib": gib, "thp": mode, "defrag": defrag, "gpu_bytes": sum(used),
+                                                 "checkpoint_s": sus["checkpoint"], "anon_huge_bytes": huge,
+                                                 "restore_s": res["restore"], "check": w.check(f"drv{mode}{defrag}")})
                 self.save()
         finally:
             THP.write_text(node)
+            DEFRAG.write_text(defrag0)
             w.kill()
 
     # -- ceilings ------------------------------------------------------------------------------------------------
@@ -399,6 +415,8 @@ def main() -> int:
                     help="GiB of the sustained O_DIRECT disk probe the ceiling uses, run with --ceilings (0: skip)")
     ap.add_argument("--driver-probe", type=float, default=0, help="GiB of the driver-only probe (0: skip)")
     ap.add_argument("--thp-always", action="store_true", help="the bench may set THP 'always' (put back after)")
+    ap.add_argument("--thp-defrag", default="", help="with --thp-always, the driver probe also runs 'always' with "
+                    "each of these THP defrag modes (comma-separated, e.g. always,defer; put back after)")
     ap.add_argument("--config-extra", default="", help="TOML lines added to gpucr's node config")
     ap.add_argument("--merge", type=Path, default=None, help="a gpu_cr.json of the same lease to continue")
     ap.add_argument("--debs", type=Path, default=REPO / "dist", help="where gpucr_*.deb and gpucr-criu_*.deb are")
@@ -431,7 +449,8 @@ def main() -> int:
         if a.ceilings:
             attempt("ceilings", b.ceilings, a.ceilings, a.probe_gib)
         if a.driver_probe:
-            attempt("driver probe", b.driver_probe, a.driver_probe, a.thp_always)
+            attempt("driver probe", b.driver_probe, a.driver_probe, a.thp_always,
+                    [d for d in a.thp_defrag.split(",") if d])
         sizes = [float(s) for s in a.sizes.split(",") if s]
         for i, g in enumerate(sizes):  # the two-process case right after the first size (the must-shows first)
             attempt(f"{g:g} GiB", b.size, g)

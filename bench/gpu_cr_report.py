@@ -153,9 +153,10 @@ def markdown(doc: dict[str, Any]) -> str:
         out += [f"The ceilings, the driver probe and the rows before this call's were measured by the first call of the "
                 f"same lease ({f.get('date')}, {f.get('host')}).", ""]
     out += ["## Ceilings measured in this run", "",
-            f"- disk (checkpoint filesystem, {c.get('disk_probe_gib', '?')} GiB file): write O_DIRECT "
-            f"{c.get('disk_write_direct_GBps')} GB/s, buffered + fsync {c.get('disk_write_buffered_GBps')} GB/s; read "
-            f"O_DIRECT {c.get('disk_read_direct_GBps')} GB/s, buffered cold {c.get('disk_read_buffered_GBps')} GB/s",
+            *([f"- disk (checkpoint filesystem, {c.get('disk_probe_gib', '?')} GiB file): write O_DIRECT "
+               f"{c.get('disk_write_direct_GBps')} GB/s, buffered + fsync {c.get('disk_write_buffered_GBps')} GB/s; "
+               f"read O_DIRECT {c.get('disk_read_direct_GBps')} GB/s, buffered cold {c.get('disk_read_buffered_GBps')} "
+               "GB/s"] if c.get("disk_probe_gib") else []),
             *([f"- disk, sustained ({c['disk_sustained_gib']:g} GiB file, O_DIRECT): write "
                f"{c.get('disk_write_direct_sustained_GBps')} GB/s, read {c.get('disk_read_direct_sustained_GBps')} GB/s"]
               if c.get("disk_sustained_gib") else []),
@@ -164,14 +165,20 @@ def markdown(doc: dict[str, Any]) -> str:
                f"{c.get('disk_read_buffered_sustained_GBps')} GB/s, read cold in "
                f"{PREFETCH_THREADS} threads {c.get('disk_read_buffered_parallel_sustained_GBps')} GB/s"]
               if c.get("disk_read_buffered_sustained_GBps") else []),
-            f"- pinned device-to-host copy: {c.get('pinned_d2h_GBps')} GB/s",
+            *([f"- pinned device-to-host copy: {c.get('pinned_d2h_GBps')} GB/s"] if c.get("pinned_d2h_GBps") else []),
             f"- driver (best measured at any size, GPU bytes / call time): checkpoint {r['driver_ckpt'] / 1e9:.2f} "
             f"GB/s, restore {r['driver_restore'] / 1e9:.2f} GB/s"]
     for p in doc.get("driver_probe", []):
+        defrag = f", defrag `{p['defrag']}`" if p.get("defrag") else ""
+        huge = (f" (the process's memory on huge pages while checkpointed: {p['anon_huge_bytes'] / GIB:.1f} GiB)"
+                if "anon_huge_bytes" in p else "")
         out.append(f"  - driver probe {p['gib']:g} GiB data ({p['gpu_bytes'] / GIB:.2f} GiB GPU memory), THP "
-                   f"`{p['thp']}`: checkpoint {p['checkpoint_s']:.2f} s ({p['gpu_bytes'] / p['checkpoint_s'] / 1e9:.2f}"
-                   f" GB/s), restore {p['restore_s']:.2f} s ({p['gpu_bytes'] / p['restore_s'] / 1e9:.2f} GB/s); "
+                   f"`{p['thp']}`{defrag}{huge}: checkpoint {p['checkpoint_s']:.2f} s "
+                   f"({p['gpu_bytes'] / p['checkpoint_s'] / 1e9:.2f} GB/s), restore {p['restore_s']:.2f} s "
+                   f"({p['gpu_bytes'] / p['restore_s'] / 1e9:.2f} GB/s); "
                    f"data {'identical' if p['check']['identical'] else 'DIFFERENT'}")
+    if not doc.get("runs") and not doc.get("parallel"):  # a driver-probe-only call
+        return "\n".join(out) + "\n"
     out += ["", "## Checkpoint to a durable checkpoint (fsync included, both flows)", "",
             f"The ceiling's disk write rate: {r['disk_write'] / 1e9:.2f} GB/s, from {write_probe(doc)}.", "",
             "| GiB data | GPU GiB | images GiB | baseline s | gpucr s | gpucr / baseline | ceiling s | gpucr / ceiling | "
@@ -184,7 +191,7 @@ def markdown(doc: dict[str, Any]) -> str:
                    f"{_f(b.get('total_s'))} | {_f(g.get('wall_s'))} | {_x(g.get('wall_s'), b.get('total_s'))} | "
                    f"{_f(cc)} | {_x(g.get('wall_s'), cc)} | {steps} | {b.get('peak_mem_gib', '-')} / "
                    f"{g.get('peak_mem_gib', '-')} |")
-    out += ["", "The driver's rate depends on the process's size (the run's calls at each size: "
+    out += [] if not doc.get("runs") else ["", "The driver's rate depends on the process's size (the run's calls at each size: "
             + "; ".join(f"{row['gib']:g} GiB {max(_driver_rates(doc, row['gib'])[0], default=0) / 1e9:.2f} GB/s"
                         for row in doc.get("runs", [])) + "), so each row's ceiling takes the driver's best call at that "
             "size. With the best rate of any size instead: " + "; ".join(
