@@ -5,8 +5,8 @@
 Ceilings, from the same run: checkpoint = the GPU bytes at the driver's best measured checkpoint rate at that size
 (the driver probe and both flows' calls on processes of that size, each call's bytes its own process's: the rate
 varies with the size, 3.2-3.6 GB/s from 1 to 32 GiB in one THP mode, and gpucr calls the driver once per process, so
-no flow can beat the driver's own call at that size; the report also gives the ratio against any size's best) + the image bytes at the disk's sustained O_DIRECT write rate (the ``--probe-gib`` file; without
-it the best of the small probe's O_DIRECT and buffered + fsync rates); restore = the image bytes at the disk's best
+no flow can beat the driver's own call at that size; the report also gives the ratio against any size's best) + the
+image bytes at the disk's sustained O_DIRECT write rate (the ``--probe-gib`` file; without it the best of the small probe's O_DIRECT and buffered + fsync rates); restore = the image bytes at the disk's best
 cold read rate (of the sustained probe when it ran its reads: O_DIRECT, buffered, buffered in parallel threads) + the
 GPU bytes at the driver's best restore rate. The plot needs
 matplotlib (a bench tool only: ``.venv/bin/pip install matplotlib``; not one of gpucr's requirements).
@@ -191,13 +191,14 @@ def markdown(doc: dict[str, Any]) -> str:
                    f"{_f(b.get('total_s'))} | {_f(g.get('wall_s'))} | {_x(g.get('wall_s'), b.get('total_s'))} | "
                    f"{_f(cc)} | {_x(g.get('wall_s'), cc)} | {steps} | {b.get('peak_mem_gib', '-')} / "
                    f"{g.get('peak_mem_gib', '-')} |")
-    out += [] if not doc.get("runs") else ["", "The driver's rate depends on the process's size (the run's calls at each size: "
-            + "; ".join(f"{row['gib']:g} GiB {max(_driver_rates(doc, row['gib'])[0], default=0) / 1e9:.2f} GB/s"
-                        for row in doc.get("runs", [])) + "), so each row's ceiling takes the driver's best call at that "
-            "size. With the best rate of any size instead: " + "; ".join(
-                f"{row['gib']:g} GiB ceiling {_f(ceilings(doc, row, any_size=True)[0])} s, gpucr "
-                f"{_x(row.get('gpucr_ckpt', {}).get('wall_s'), ceilings(doc, row, any_size=True)[0])}"
-                for row in doc.get("runs", [])) + "."]
+    if doc.get("runs"):
+        any_size = [(row, ceilings(doc, row, any_size=True)[0]) for row in doc["runs"]]
+        out += ["", "The driver's rate depends on the process's size (the run's calls at each size: " + "; ".join(
+            f"{row['gib']:g} GiB {max(_driver_rates(doc, row['gib'])[0], default=0) / 1e9:.2f} GB/s"
+            for row in doc["runs"]) + "), so each row's ceiling takes the driver's best call at that size. With the "
+            "best rate of any size instead: " + "; ".join(
+                f"{row['gib']:g} GiB ceiling {_f(cc)} s, gpucr {_x(row.get('gpucr_ckpt', {}).get('wall_s'), cc)}"
+                for row, cc in any_size) + "."]
     out += ["", "Baseline steps: " + "; ".join(
         f"{row['gib']:g} GiB: lock {_f(row['baseline_ckpt']['cuda_suspend']['lock'])}, CUDA checkpoint "
         f"{_f(row['baseline_ckpt']['cuda_suspend']['checkpoint'])} (helper {_f(row['baseline_ckpt']['cuda_suspend']['wall'])}), "

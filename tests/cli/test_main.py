@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -37,14 +38,28 @@ def test_unreachable_runtime_is_one_error_line(tmp_path, capsys) -> None:  # typ
 def test_a_command_loads_only_its_own_module() -> None:
     """`gpucr checkpoint` starts without the daemon's asyncio and the CRI client (its start is on the checkpoint's
     critical path); `restore` is checkpoint's module; --help still lists every command (above)."""
-    code = ("import atexit, sys; from nri_plugin.cli.main import main\n"
-            "atexit.register(lambda: print(sorted(m for m in sys.modules\n"
-            "                                     if m.startswith('nri_plugin.cli.') or m == 'asyncio')))\n"
+    code = ("import atexit, json, sys; from nri_plugin.cli.main import main\n"
+            "atexit.register(lambda: print(json.dumps(sorted(m for m in sys.modules\n"
+            "                                                if m.startswith('nri_plugin.cli.') or m == 'asyncio'))))\n"
             "main(sys.argv[1:])\n")
     for argv, module in ((["-v", "checkpoint", "--help"], "checkpoint"), (["restore", "--help"], "checkpoint"),
                          (["import", "--help"], "export")):
         r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-        loaded = eval(r.stdout.strip().splitlines()[-1])  # noqa: S307 (our own print of a list of str)
+        loaded = json.loads(r.stdout.strip().splitlines()[-1])
         assert f"nri_plugin.cli.{module}" in loaded
         assert "asyncio" not in loaded and "nri_plugin.cli.plugin" not in loaded and "nri_plugin.cli.cri" not in loaded
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    return set(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices)
+
+
+def test_every_command_names_the_module_that_registers_it() -> None:
+    """The command -> module map that lets a command load alone covers every command (a new one registered under
+    another name would otherwise load every module again)."""
+    from nri_plugin.cli.main import _module_of, build_parser
+
+    for command in _commands(build_parser()):
+        assert _module_of([command]) is not None, command
+        assert command in _commands(build_parser([command])), command
