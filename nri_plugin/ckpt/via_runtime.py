@@ -1,11 +1,14 @@
 """A container checkpointed through containerd's own checkpoint, as every other caller does, so gpucr's CRIU front
 does the CUDA work; then sealed (``gpucr.json`` with a manifest) and fsynced, so ``gpucr.io/restore-from`` can name it.
 
-containerd 2.x: CRI CheckpointContainer into ``DIR/checkpoint.tar`` (the container keeps running). containerd 1.7 has
-no CRI checkpoint: the task API's Checkpoint with ``image_path=DIR/images`` (CRIU images, as ``ctr t checkpoint
---image-path``); so does a container found outside CRI (``ctr run``, any namespace). Afterwards the checkpoint must
-carry the front's marker (``gpucr-cuda.json``): a container holding CUDA state whose checkpoint lacks it did not pass
-through the front, and the error says how to install it.
+containerd 2.x: CRI CheckpointContainer into ``DIR/checkpoint.tar`` (the container keeps running: CRI's checkpoint
+has no kill mode). containerd 1.7 has no CRI checkpoint: the task API's Checkpoint with ``image_path=DIR/images``
+(CRIU images, as ``ctr t checkpoint --image-path``); so does a container found outside CRI (``ctr run``, any
+namespace). Afterwards the checkpoint must carry the front's marker (``gpucr-cuda.json``): a container holding CUDA
+state whose checkpoint lacks it did not pass through the front, and the error says how to install it.
+
+Without leave-running the task API's checkpoint stops the container, and the checkpoint is reported done only once
+containerd has it stopped (:mod:`.stopped`).
 
 Callers: ``gpucr checkpoint --via-runtime`` (:mod:`nri_plugin.cli._via_runtime`) and the plugin daemon's periodic
 checkpoints (:mod:`nri_plugin.handlers.periodic`).
@@ -26,6 +29,7 @@ from typing import Any
 from ..errors import GpucrError
 from .layout import CRIU_DUMP, dump_record
 from . import marker as _marker
+from .stopped import await_stopped
 
 __all__ = ["RuntimeCheckpoint", "RuntimeTarget", "checkpoint", "runtime_major", "sealing_versions"]
 
@@ -45,7 +49,8 @@ class RuntimeTarget:
 
 @dataclass(frozen=True)
 class RuntimeCheckpoint:
-    """What :func:`checkpoint` wrote: ``target`` is the archive or the images dir inside the checkpoint dir."""
+    """What :func:`checkpoint` wrote: ``target`` is the archive or the images dir inside the checkpoint dir;
+    ``left_running``: the container runs on (leave-running, or CRI's checkpoint on 2.x, which always leaves it)."""
 
     container_id: str
     pid: int
@@ -54,6 +59,7 @@ class RuntimeCheckpoint:
     target: Path
     marker: _marker.CudaMarker | None
     timings_s: dict[str, float] = field(default_factory=dict)
+    left_running: bool = True
 
 
 def runtime_major(address: str) -> tuple[int, str]:
@@ -189,4 +195,7 @@ def checkpoint(t: RuntimeTarget, out: Path, *, leave_running: bool, libcuda: str
                          f"not be written to disk ({exc.strerror or exc}); fix: check that filesystem (free space, "
                          "dmesg), then checkpoint again") from exc
     timings["sync"] = round(time.monotonic() - t1, 4)
-    return RuntimeCheckpoint(t.container_id, t.pid, via, text, target, mk, timings)
+    left_running = leave_running or archive
+    if not left_running:
+        await_stopped(t.address, t.container_id, t.pid, namespace=t.namespace, via_cri=t.via_cri)
+    return RuntimeCheckpoint(t.container_id, t.pid, via, text, target, mk, timings, left_running=left_running)

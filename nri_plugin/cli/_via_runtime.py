@@ -50,10 +50,18 @@ def run(args: argparse.Namespace, cfg: NodeConfig, found: Resolved) -> int:
     mk = res.marker
     summary = {"action": "checkpoint", "container_id": res.container_id, "pid": res.pid, "via": res.via,
                "runtime": res.runtime, "path": str(res.target), "cuda_processes": mk.processes if mk else [],
-               "gpus": mk.gpus if mk else {}, "timings_s": {"sync": res.timings_s.get("sync", 0.0)}}
+               "gpus": mk.gpus if mk else {}, "timings_s": {"sync": res.timings_s.get("sync", 0.0)},
+               "left_running": res.left_running}
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
+        if res.left_running:
+            after = ("the container keeps running" if args.leave_running else "the container keeps running "
+                     "(CRI's checkpoint always leaves it running: stop it yourself, or add --images-only for a dump "
+                     "that stops it)")
+        else:
+            after = "the container is stopped"
         print(f"checkpoint of container {res.container_id} done through {res.via} ({res.runtime}): "
-              f"{len(summary['cuda_processes'])} CUDA process(es) made GPU-safe by gpucr's CRIU front; {res.target}")
+              f"{len(summary['cuda_processes'])} CUDA process(es) made GPU-safe by gpucr's CRIU front; {res.target}; "
+              f"{after}")
     return 0

@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="container id, unique id prefix (at least 4 characters) or unique name, as containerd knows it")
     c.add_argument("--to", required=True, type=Path, metavar="DIR",
                    help="checkpoint directory, inside the node's checkpoint_root (created 0700)")
-    c.add_argument("--leave-running", action="store_true", help="keep the workload running after the dump")
+    c.add_argument("--leave-running", action="store_true", help="keep the workload running after the dump (--via-runtime through CRI on "
+                        "containerd 2.x always does; --images-only there stops it)")
     c.add_argument("--force", action="store_true", help="replace a gpucr checkpoint already in DIR (nothing else)")
     c.add_argument("--lock-timeout-ms", type=int, default=None,
                    help="CUDA lock timeout (default: lock_timeout_ms of the node config, 10000)")
@@ -257,6 +258,9 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         raise
     finally:
         progress.done()
+    if container_id and not args.leave_running:  # CRIU killed its tasks: done once containerd has it stopped
+        from ..ckpt.stopped import await_stopped
+        await_stopped(args.address, container_id, pid, namespace=found.namespace, via_cri=found.via_cri)
     report(cfg.state_dir, "checkpoint", "cli", True, summary.timings_s, summary.image_bytes, summary.gpu_bytes)
     log.info("checkpoint of pid %d done: %s", pid, summary.timings_s)
     _print(summary, args.json)

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from nri_plugin.ckpt.cuda import CudaTimeoutError, Driver
+from nri_plugin.ckpt.stopped import await_stopped
 from nri_plugin.handlers.front_cuda import MARKER
 from nri_plugin.handlers.metrics import Metrics
 from nri_plugin.host.proc import cgroup_path
@@ -559,6 +560,55 @@ def test_gpucr_checkpoint_via_runtime(front_containerd: Containerd, plugin: subp
         assert ("thawed it, " in log) == cri, log
         assert fake.state(w.pid) == "RUNNING" and freezer_state(w.cgroup) == "THAWED"
         advancing(w.data)
+
+
+@pytest.mark.parametrize("images_only", [False, True], ids=["default", "images-only"])
+def test_gpucr_checkpoint_via_runtime_without_leave_running(front_containerd: Containerd,
+                                                            plugin: subprocess.Popen[bytes], gpu_front: FrontRoute,
+                                                            node: dict[str, Path], fake: FakeCuda, tmp_path: Path,
+                                                            images_only: bool) -> None:
+    """`gpucr checkpoint CONTAINER --via-runtime` without --leave-running. Through the task API (1.7.24; 2.1.9 with
+    --images-only) CRIU stops the container after the dump, and the command returns only once containerd has it
+    stopped: CRI says exited at once and a stop and removal right after succeed (on 1.7 a stop in the moment before
+    containerd saw the exit failed with "ttrpc: closed"). Through CRI on 2.1.9 the container runs on, and the summary
+    says so either way (``left_running``)."""
+    ctrd = front_containerd
+    task_api = ctrd.major_minor < (2, 0) or images_only
+    with cri_workload(ctrd, fake, tmp_path) as (c, w):
+        out = tmp_path / "ckpt"
+        r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", w.cid, "--via-runtime",
+                            *(["--images-only"] if images_only else []), "--to", str(out), "--address",
+                            ctrd.address, "--libcuda", str(fake.lib)], capture_output=True, text=True, cwd=REPO,
+                           timeout=120, env={**os.environ, **node_config(tmp_path)})
+        assert r.returncode == 0, r.stderr
+        state = c.container_status(w.cid)[0].state  # right when the command returned
+        if task_api:
+            assert r.stdout.rstrip().endswith("; the container is stopped"), r.stdout
+            assert state == 2, f"CRI state {state} (2 = exited) when the checkpoint was reported done"
+            c.stop_container(w.cid, 0)
+            c.remove_container(w.cid)
+            assert not Path(f"/proc/{w.pid}").exists()
+            for via_cri in (True, False):  # gone from CRI and from the task API: stopped, no waiting
+                assert await_stopped(ctrd.address, w.cid, w.pid, via_cri=via_cri, timeout_s=0)
+        else:
+            assert "the container keeps running (CRI's checkpoint always leaves it running" in r.stdout, r.stdout
+            assert state == 1 and fake.state(w.pid) == "RUNNING"
+            advancing(w.data)
+            for via_cri in (True, False):  # running in both views: the wait gives up at its deadline
+                t0 = time.monotonic()
+                assert not await_stopped(ctrd.address, w.cid, w.pid, via_cri=via_cri, timeout_s=0.3)
+                assert 0.3 <= time.monotonic() - t0 < 5
+    out2 = tmp_path / "ckpt2"
+    (tmp_path / "again").mkdir()
+    with cri_workload(ctrd, fake, tmp_path / "again") as (c, w):
+        r = subprocess.run([sys.executable, "-m", "nri_plugin.cli.main", "checkpoint", w.cid, "--via-runtime",
+                            *(["--images-only"] if images_only else []), "--to", str(out2), "--json", "--address",
+                            ctrd.address, "--libcuda", str(fake.lib)], capture_output=True, text=True, cwd=REPO,
+                           timeout=120, env={**os.environ, **node_config(tmp_path)})
+        assert r.returncode == 0, r.stderr
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        assert summary["left_running"] is not task_api, summary
+        assert (c.container_status(w.cid)[0].state == 2) is task_api
 
 
 def test_managed_cri_container_ctr_checkpoint_kill_and_restore(
