@@ -43,8 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="container id, unique id prefix (at least 4 characters) or unique name, as containerd knows it")
     c.add_argument("--to", required=True, type=Path, metavar="DIR",
                    help="checkpoint directory, inside the node's checkpoint_root (created 0700)")
-    c.add_argument("--leave-running", action="store_true", help="keep the workload running after the dump (--via-runtime through CRI on "
-                        "containerd 2.x always does; --images-only there stops it)")
+    c.add_argument("--leave-running", action="store_true",
+                   help="keep the workload running after the dump (--via-runtime through CRI on containerd 2.x always "
+                        "does; --images-only there stops it)")
     c.add_argument("--force", action="store_true", help="replace a gpucr checkpoint already in DIR (nothing else)")
     c.add_argument("--lock-timeout-ms", type=int, default=None,
                    help="CUDA lock timeout (default: lock_timeout_ms of the node config, 10000)")
